@@ -1,0 +1,73 @@
+//! Kubernetes leader election over a `coordination.k8s.io/v1` Lease: the pure elector.
+//!
+//! client-go's algorithm (`tools/leaderelection`), kept where it is right and fixed where it is not:
+//!
+//! 1. **Conditional writes only**: create is a POST, every update a PUT carrying the `resourceVersion` read.
+//! 2. **Expiry by our own clock**: a follower takes an unchanged Lease only after `leaseDurationSeconds` (the
+//!    record's, not ours) has passed on its own monotonic clock since it first saw that version.
+//! 3. **A leader stops believing before anyone may take over**: leadership is valid until the send time of
+//!    the last successful renew plus `renew_deadline`, even while a request hangs.
+//! 4. **Stop the work, then release**: leader-only work is cancelled and awaited before the Lease is released.
+//! 5. **Release only what we hold**: a fresh GET, then a guarded write only if the Lease still names us.
+//! 6. **Never die of a transient error**: retries forever with jittered backoff.
+//! 7. **Followers watch** the one Lease, so a release is taken over at once; they poll only where watching is
+//!    forbidden.
+//! 8. **Fencing**: the term number (`leaseTransitions`) is published with our leadership.
+//! 9. **Faithful wire format**: Leases written are readable by client-go and kubectl, and any Lease they write
+//!    is read.
+//!
+//! The crate has no event bus, HTTP server or metrics registry: those live in `leaderelection-controller`.
+//! Measurements reach callers through [`Observer`].
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use leaderelection::{Callbacks, Config, Elector, KubeLeaseLock};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = kube::Client::try_default().await?;
+//! let config = Config::new(std::env::var("POD_NAME")?, "my-controller", "default");
+//! let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
+//! let elector = Elector::new(
+//!     config,
+//!     lock,
+//!     Callbacks::new().on_started_leading(|term, token| async move {
+//!         // reconcile, stamping writes with term.transitions, until the term ends
+//!         token.cancelled().await;
+//!     }),
+//! )?;
+//! let shutdown = CancellationToken::new();
+//! elector.run(shutdown).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # RBAC
+//!
+//! The ServiceAccount needs, on `coordination.k8s.io` `leases`: `get`, `create`, `update` (required), and
+//! `list`, `watch` (to watch the Lease; without them followers poll every retry period).
+//!
+//! ```yaml
+//! - apiGroups: ["coordination.k8s.io"]
+//!   resources: ["leases"]
+//!   verbs: ["get", "create", "update", "list", "watch"]
+//! ```
+
+mod callbacks;
+mod config;
+mod elector;
+mod healthz;
+mod lock;
+mod record;
+mod state;
+
+pub use crate::callbacks::{Callbacks, NoopObserver, Observer, Phase, Request};
+pub use crate::config::{Config, ConfigError, JITTER_FACTOR};
+pub use crate::elector::{Elector, Error};
+pub use crate::healthz::{Unhealthy, Watchdog};
+pub use crate::lock::{
+    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LockCall, LockError, LockFault,
+    MemoryLeaseLock, MemoryLeaseStore, ObservedLease,
+};
+pub use crate::record::LeaderElectionRecord;
+pub use crate::state::{LeaderState, StopReason, Term};

@@ -1,0 +1,115 @@
+//! `LeaseLock`: the four operations the elector needs from a Lease store, and their outcomes.
+//!
+//! Two implementations share these semantics: [`KubeLeaseLock`] over the Kubernetes API, and
+//! [`MemoryLeaseLock`], in memory, for tests and simulation.
+
+mod kube;
+mod memory;
+
+pub use self::kube::KubeLeaseLock;
+pub use self::memory::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::LeaderElectionRecord;
+
+/// A Lease as read: its election record and the `resourceVersion` that guards the next write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedLease {
+    /// The election record in the Lease's spec.
+    pub record: LeaderElectionRecord,
+    /// `metadata.resourceVersion`: opaque, compared for equality only.
+    pub resource_version: String,
+}
+
+/// A change to the watched Lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// The Lease was created or changed (watch `ADDED` or `MODIFIED`).
+    Applied(ObservedLease),
+    /// The Lease was deleted; carries the deleting `resourceVersion`.
+    Deleted(String),
+    /// Nothing changed; the watch has progressed to this `resourceVersion` (watch `BOOKMARK`).
+    Bookmark(String),
+}
+
+/// A stream of changes to one Lease; it ends when the server closes the watch (resume from the last
+/// `resourceVersion`), and yields [`LockError::Gone`] when that version is too old (read again).
+pub type LeaseEventStream = BoxStream<'static, Result<LeaseEvent, LockError>>;
+
+/// What can go wrong talking to the Lease store.
+///
+/// The elector treats [`LockError::NotFound`], [`LockError::AlreadyExists`] and [`LockError::Conflict`] as
+/// normal outcomes of the protocol, [`LockError::Forbidden`] on watch as "fall back to polling", and
+/// everything else as transient: it retries forever.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The Lease does not exist (HTTP 404 NotFound).
+    #[error("lease not found")]
+    NotFound,
+    /// A create lost the race: the Lease exists (HTTP 409, reason AlreadyExists).
+    #[error("lease already exists")]
+    AlreadyExists,
+    /// An update carried a stale `resourceVersion`: someone else wrote first (HTTP 409, reason Conflict).
+    #[error("lease was modified since it was read (resourceVersion conflict)")]
+    Conflict,
+    /// The `resourceVersion` to watch from is too old (HTTP 410 Gone, reason Expired).
+    #[error("resourceVersion too old to watch from")]
+    Gone,
+    /// RBAC denies the verb (HTTP 403 Forbidden).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The request did not complete within the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// Any other API error (e.g. 429, 500, 503, 422), with the status code, reason and message.
+    #[error("API error {code} {reason}: {message}")]
+    Api {
+        /// HTTP status code.
+        code: u16,
+        /// `Status.reason`, e.g. `TooManyRequests`, `InternalError`, `Invalid`.
+        reason: String,
+        /// `Status.message`.
+        message: String,
+    },
+    /// The request never got an answer: connection refused or reset, malformed response.
+    #[error("transport error")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where the elector reads and writes its Lease.
+///
+/// Every write is conditional: `create` fails with [`LockError::AlreadyExists`] when the Lease exists, and
+/// `update` with [`LockError::Conflict`] unless the stored `resourceVersion` equals the one given. There is
+/// no unconditional write in this trait, so no implementation can offer one to the elector.
+///
+/// The elector bounds each call with its request timeout and drops the future on timeout or shutdown, so
+/// implementations must be cancel safe in the sense that dropping a call leaves the store either written or
+/// not (never half-written); the elector never assumes which.
+pub trait LeaseLock: Send + Sync + std::fmt::Debug + 'static {
+    /// Reads the Lease; `Ok(None)` when it does not exist.
+    fn get(&self) -> BoxFuture<'_, Result<Option<ObservedLease>, LockError>>;
+
+    /// Creates the Lease with `record` (POST).
+    fn create<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>>;
+
+    /// Replaces the Lease's record if its `resourceVersion` is still `resource_version` (PUT).
+    fn update<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>>;
+
+    /// Watches the one Lease for changes after `resource_version`.
+    fn watch<'a>(
+        &'a self,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>>;
+
+    /// `namespace/name`, for logs.
+    fn describe(&self) -> String;
+}

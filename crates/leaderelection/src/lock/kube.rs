@@ -1,0 +1,208 @@
+//! `KubeLeaseLock`: a [`LeaseLock`] over the Kubernetes API (`coordination.k8s.io/v1` Lease).
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::{Api, Client};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::{LeaseEvent, LeaseEventStream, LeaseLock, LockError, ObservedLease};
+use crate::LeaderElectionRecord;
+
+/// How long a watch request stays open before the server ends it and we resume, in seconds.
+/// Under kube's default 295 s read timeout, as client-go's reflector keeps its watches.
+const WATCH_TIMEOUT_SECONDS: u32 = 290;
+
+/// A [`LeaseLock`] on one Lease, through a kube [`Client`].
+///
+/// Writes are a POST (create) and a PUT carrying the `resourceVersion` read (update): never a patch, never
+/// server-side apply with force. Labels and annotations already on the Lease are kept by updates.
+///
+/// ## RBAC
+///
+/// ```yaml
+/// - apiGroups: ["coordination.k8s.io"]
+///   resources: ["leases"]
+///   verbs: ["get", "create", "update", "list", "watch"]
+/// ```
+/// Without `list`/`watch` the elector polls instead of watching (and says so once in its logs).
+pub struct KubeLeaseLock {
+    api: Api<Lease>,
+    name: String,
+    namespace: String,
+    /// Metadata of the Lease as last read or written, kept for the next update.
+    last: Arc<Mutex<Option<ObjectMeta>>>,
+}
+
+impl std::fmt::Debug for KubeLeaseLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeLeaseLock")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+// === impl KubeLeaseLock ===
+
+impl KubeLeaseLock {
+    /// A lock on Lease `namespace/name`.
+    #[must_use]
+    pub fn new(client: Client, namespace: &str, name: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            last: Arc::default(),
+        }
+    }
+
+    fn last_metadata(&self) -> Option<ObjectMeta> {
+        self.last.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn observe(&self, lease: Lease) -> ObservedLease {
+        remember(&self.last, lease)
+    }
+}
+
+/// Reads `lease` and keeps its metadata in `last` for the next update.
+fn remember(last: &Mutex<Option<ObjectMeta>>, lease: Lease) -> ObservedLease {
+    let observed = ObservedLease {
+        record: LeaderElectionRecord::from_lease_spec(lease.spec.as_ref()),
+        resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
+    };
+    *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease.metadata);
+    observed
+}
+
+impl LeaseLock for KubeLeaseLock {
+    fn get(&self) -> BoxFuture<'_, Result<Option<ObservedLease>, LockError>> {
+        async move {
+            match self.api.get_opt(&self.name).await {
+                Ok(lease) => Ok(lease.map(|lease| self.observe(lease))),
+                Err(err) => Err(lock_error(err)),
+            }
+        }
+        .boxed()
+    }
+
+    fn create<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        async move {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(record.to_lease_spec()),
+            };
+            self.api
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(|lease| self.observe(lease))
+                .map_err(lock_error)
+        }
+        .boxed()
+    }
+
+    fn update<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        async move {
+            // Carry the metadata last read (labels, annotations, ownerReferences, as client-go's LeaseLock
+            // keeps its cached object's) when it is of the version we guard on; a PUT replaces the object.
+            let metadata = self
+                .last_metadata()
+                .filter(|meta| meta.resource_version.as_deref() == Some(resource_version))
+                .unwrap_or_else(|| ObjectMeta {
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    resource_version: Some(resource_version.to_string()),
+                    ..ObjectMeta::default()
+                });
+            let lease = Lease {
+                metadata,
+                spec: Some(record.to_lease_spec()),
+            };
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|lease| self.observe(lease))
+                .map_err(lock_error)
+        }
+        .boxed()
+    }
+
+    fn watch<'a>(
+        &'a self,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>> {
+        async move {
+            let params = WatchParams::default()
+                .fields(&format!("metadata.name={}", self.name))
+                .timeout(WATCH_TIMEOUT_SECONDS)
+                .disable_bookmarks();
+            let stream = self
+                .api
+                .watch(&params, resource_version)
+                .await
+                .map_err(lock_error)?;
+            let last = Arc::clone(&self.last);
+            let events = stream.map_err(lock_error).map(move |event| match event? {
+                WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
+                    Ok(LeaseEvent::Applied(remember(&last, lease)))
+                }
+                WatchEvent::Deleted(lease) => Ok(LeaseEvent::Deleted(
+                    lease.metadata.resource_version.unwrap_or_default(),
+                )),
+                WatchEvent::Bookmark(bookmark) => {
+                    Ok(LeaseEvent::Bookmark(bookmark.metadata.resource_version))
+                }
+                WatchEvent::Error(status) => Err(status_error(
+                    status.code,
+                    status.reason.clone(),
+                    status.message.clone(),
+                )),
+            });
+            Ok(events.boxed())
+        }
+        .boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+fn lock_error(err: kube::Error) -> LockError {
+    match err {
+        kube::Error::Api(status) => {
+            status_error(status.code, status.reason.clone(), status.message.clone())
+        }
+        other => LockError::Transport(Box::new(other)),
+    }
+}
+
+/// Maps a Kubernetes `Status` to the protocol outcome it stands for (409 is told apart by its reason,
+/// as client-go's `errors.IsAlreadyExists` / `IsConflict` do).
+fn status_error(code: u16, reason: String, message: String) -> LockError {
+    match (code, reason.as_str()) {
+        (404, _) => LockError::NotFound,
+        (409, "AlreadyExists") => LockError::AlreadyExists,
+        (409, _) => LockError::Conflict,
+        (410, _) => LockError::Gone,
+        (403, _) => LockError::Forbidden(message),
+        _ => LockError::Api {
+            code,
+            reason,
+            message,
+        },
+    }
+}

@@ -1,0 +1,134 @@
+//! `LeaderState`: what the elector publishes, and the `Term` that fences a leader's writes.
+
+use jiff::Timestamp;
+use tokio::time::Instant;
+
+/// One leadership term of this candidate: who, which term number, since when.
+///
+/// `transitions` is the Lease's `leaseTransitions` when this term began: it increases with every change of
+/// holder, so downstream writes stamped with it can reject a stale leader (fencing). A process frozen past
+/// the end of its term (GC pause, SIGSTOP, paused VM) cannot be stopped by any timer; its term number can
+/// still be rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    /// The holder: this candidate's identity.
+    pub holder: String,
+    /// `leaseTransitions` of the Lease for this term: the term number.
+    pub transitions: i32,
+    /// `acquireTime` written when this term began (wall clock, microseconds).
+    pub acquire_time: Option<Timestamp>,
+}
+
+/// What this candidate knows of the election, published on every change through
+/// [`crate::Elector::subscribe`].
+///
+/// Leadership is valid only until [`LeaderState::valid_until`]: consumers must re-check
+/// [`LeaderState::is_leader`] on every pass rather than trust a value they read earlier. The elector also
+/// publishes a new state at that instant, so a consumer looping on `changed()` hears of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaderState {
+    /// The Lease's `holderIdentity` as last observed (possibly us); `None` when nobody holds it or it was
+    /// not read yet.
+    pub leader: Option<String>,
+    /// The Lease's `leaseTransitions` as last observed.
+    pub lease_transitions: i32,
+    /// Our current term, while we lead.
+    pub term: Option<Term>,
+    /// Monotonic deadline of our leadership: the send time of the last successful acquire or renew plus
+    /// `renew_deadline`. `None` while leading means no deadline (election disabled).
+    pub valid_until: Option<Instant>,
+    /// Send time of the last successful acquire or renew request (for the healthz watchdog).
+    pub renewed_at: Option<Instant>,
+}
+
+// === impl LeaderState ===
+
+impl LeaderState {
+    /// Whether we lead now: we hold a term and its deadline has not passed.
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.is_leader_at(Instant::now())
+    }
+
+    /// Whether we lead at `now` (monotonic).
+    #[must_use]
+    pub fn is_leader_at(&self, now: Instant) -> bool {
+        self.term.is_some() && self.valid_until.is_none_or(|deadline| now < deadline)
+    }
+
+    /// Our term, if we lead now.
+    #[must_use]
+    pub fn current_term(&self) -> Option<&Term> {
+        self.term.as_ref().filter(|_| self.is_leader())
+    }
+}
+
+/// Why a term ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Another candidate holds the Lease (seen on a renew conflict).
+    LeaseLost {
+        /// The holder now.
+        new_holder: String,
+    },
+    /// No renew succeeded within `renew_deadline` (API unreachable, slow or failing; or this process was
+    /// frozen past its deadline).
+    RenewDeadlineExceeded,
+    /// The Lease was released or deleted by someone else while we held it (e.g. `leader-elect release`).
+    Released,
+    /// `run` was shut down.
+    Shutdown,
+}
+
+// === impl StopReason ===
+
+impl StopReason {
+    /// A stable snake_case name, for logs, events and metric labels.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::LeaseLost { .. } => "lease_lost",
+            Self::RenewDeadlineExceeded => "renew_deadline_exceeded",
+            Self::Released => "released",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_ends_at_its_deadline_without_anyone_publishing() {
+        let now = Instant::now();
+        let state = LeaderState {
+            term: Some(Term {
+                holder: "a".into(),
+                transitions: 1,
+                acquire_time: None,
+            }),
+            valid_until: Some(now + Duration::from_secs(10)),
+            ..LeaderState::default()
+        };
+        assert!(state.is_leader());
+        assert!(state.is_leader_at(now + Duration::from_millis(9_999)));
+        assert!(!state.is_leader_at(now + Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!state.is_leader());
+        assert!(state.current_term().is_none());
+        let disabled = LeaderState {
+            valid_until: None,
+            ..state
+        };
+        assert!(disabled.is_leader());
+        assert!(!LeaderState::default().is_leader());
+    }
+}
