@@ -89,17 +89,25 @@ impl Callbacks {
         self
     }
 
-    pub(crate) fn started(&self, term: Term, token: CancellationToken) -> Option<BoxFuture<'static, ()>> {
+    /// Invokes `on_started_leading`: the term's work, `None` if unset. For adapters that wrap callbacks.
+    #[must_use]
+    pub fn started_leading(
+        &self,
+        term: Term,
+        token: CancellationToken,
+    ) -> Option<BoxFuture<'static, ()>> {
         self.started.as_ref().map(|f| f(term, token))
     }
 
-    pub(crate) fn stopped(&self, reason: StopReason) {
+    /// Invokes `on_stopped_leading`, if set.
+    pub fn stopped_leading(&self, reason: StopReason) {
         if let Some(f) = &self.stopped {
             f(reason);
         }
     }
 
-    pub(crate) fn new_leader(&self, identity: &str) {
+    /// Invokes `on_new_leader`, if set.
+    pub fn new_leader(&self, identity: &str) {
         if let Some(f) = &self.new_leader {
             f(identity);
         }

@@ -221,7 +221,9 @@ impl Config {
                 ));
             }
         }
-        if self.lease_duration.subsec_nanos() != 0 || self.lease_duration.as_secs() > i32::MAX as u64 {
+        if self.lease_duration.subsec_nanos() != 0
+            || self.lease_duration.as_secs() > i32::MAX as u64
+        {
             return Err(ConfigError::new(
                 "lease_duration",
                 dur(self.lease_duration),
@@ -266,10 +268,7 @@ fn humanize(d: Duration) -> String {
 pub(crate) fn check_dns_subdomain(field: &'static str, value: &str) -> Result<(), ConfigError> {
     let rule = "must be a lowercase RFC 1123 subdomain: at most 253 characters of [a-z0-9-.], \
                 starting and ending with an alphanumeric character";
-    if value.is_empty()
-        || value.len() > DNS_SUBDOMAIN_MAX
-        || !value.split('.').all(is_dns_label)
-    {
+    if value.is_empty() || value.len() > DNS_SUBDOMAIN_MAX || !value.split('.').all(is_dns_label) {
         return Err(ConfigError::new(field, value.to_string(), rule));
     }
     Ok(())
@@ -357,7 +356,8 @@ mod tests {
             .with_retry_period(secs(1.0));
         assert_eq!(c.effective_request_timeout(), secs(1.0));
         assert_eq!(
-            c.with_request_timeout(secs(0.3)).effective_request_timeout(),
+            c.with_request_timeout(secs(0.3))
+                .effective_request_timeout(),
             secs(0.3)
         );
     }
@@ -454,7 +454,10 @@ mod tests {
         };
         let err = c.validate().unwrap_err();
         assert_eq!(err.field, "lease_duration");
-        assert!(err.rule.starts_with("leaseDuration must be greater than renewDeadline"));
+        assert!(
+            err.rule
+                .starts_with("leaseDuration must be greater than renewDeadline")
+        );
     }
 
     #[test]
@@ -471,7 +474,7 @@ mod tests {
 
     #[test]
     fn names_accept_valid_kubernetes_names() {
-        let longest = [&"a".repeat(63)[..]; 4].join(".") + ".a"; // 253 bytes, labels of <= 63
+        let longest = [&"a".repeat(63)[..]; 3].join(".") + "." + &"a".repeat(61); // 253 bytes, labels of <= 63
         assert_eq!(longest.len(), 253);
         for name in ["a", "my-lease", "kube-system.leader", &longest] {
             assert!(check_dns_subdomain("lease_name", name).is_ok(), "{name}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use rand::Rng;
+use sync_wrapper::SyncWrapper;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout_at};
@@ -236,7 +237,7 @@ async fn run_disabled(inner: &Inner, shutdown: CancellationToken) {
         state.leader = None;
     });
     work.stop(inner).await;
-    inner.callbacks.stopped(StopReason::Shutdown);
+    inner.callbacks.stopped_leading(StopReason::Shutdown);
 }
 
 /// The leader-only work of one term: its task and the token that stops it.
@@ -252,7 +253,7 @@ impl Work {
         let token = shutdown.child_token();
         let task = inner
             .callbacks
-            .started(term, token.clone())
+            .started_leading(term, token.clone())
             .map(tokio::spawn);
         Self { token, task }
     }
@@ -311,7 +312,9 @@ enum Watching {
     /// Open a watch when next waiting.
     Idle,
     Open {
-        events: LeaseEventStream,
+        /// `SyncWrapper`: the stream is only polled through `&mut`, so the runner stays `Sync` (and
+        /// `run`'s future `Send`) whatever the lock's stream is.
+        events: SyncWrapper<LeaseEventStream>,
         opened_at: Instant,
     },
     /// Watching is not allowed (RBAC) or disabled: poll.
@@ -418,7 +421,10 @@ impl<'a> Runner<'a> {
 
     /// GETs the Lease. `false` on a transient error (already logged).
     async fn read(&mut self) -> bool {
-        match self.request("get", Phase::Acquire, self.inner.lock.get()).await {
+        match self
+            .request("get", Phase::Acquire, self.inner.lock.get())
+            .await
+        {
             Ok(Some(lease)) => {
                 self.observe(lease);
                 true
@@ -551,7 +557,7 @@ impl<'a> Runner<'a> {
                     biased;
                     () = shutdown.cancelled() => return None,
                     () = sleep_until(until) => return Some(()),
-                    event = events.next() => event,
+                    event = events.get_mut().next() => event,
                 };
                 self.on_watch_event(event, opened_at).await
             }
@@ -578,7 +584,7 @@ impl<'a> Runner<'a> {
         {
             Ok(events) => {
                 self.watching = Watching::Open {
-                    events,
+                    events: SyncWrapper::new(events),
                     opened_at: Instant::now(),
                 };
             }
@@ -699,7 +705,7 @@ impl<'a> Runner<'a> {
                 );
             }
         }
-        self.inner.callbacks.stopped(reason.clone());
+        self.inner.callbacks.stopped_leading(reason.clone());
         reason
     }
 

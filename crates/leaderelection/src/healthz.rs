@@ -129,14 +129,25 @@ mod tests {
             leader: Some("b".into()),
             ..LeaderState::default()
         });
-        assert_eq!(dog.check_at(now + Duration::from_secs(3600)), Ok(()), "follower");
+        assert_eq!(
+            dog.check_at(now + Duration::from_secs(3600)),
+            Ok(()),
+            "follower"
+        );
         tx.send_replace(leading(now));
         assert_eq!(dog.check_at(now + Duration::from_secs(5)), Ok(()), "fresh");
-        assert_eq!(dog.check_at(now + Duration::from_secs(35)), Ok(()), "at the limit");
+        assert_eq!(
+            dog.check_at(now + Duration::from_secs(35)),
+            Ok(()),
+            "at the limit"
+        );
         let err = dog.check_at(now + Duration::from_secs(36)).unwrap_err();
         assert_eq!(err.limit, Duration::from_secs(35));
         assert_eq!(err.since, Duration::from_secs(36));
-        assert!(err.to_string().starts_with("failed election to renew leadership on lease default/l"));
+        assert!(
+            err.to_string()
+                .starts_with("failed election to renew leadership on lease default/l")
+        );
         assert_eq!(dog.name(), "leaderElection");
     }
 }

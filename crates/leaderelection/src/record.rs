@@ -191,7 +191,13 @@ mod tests {
             ".{0,12}".prop_map(serde_json::Value::from),
             (
                 0i64..3000,
-                prop_oneof![Just(""), Just(".1"), Just(".123"), Just(".123456"), Just(".123456789")],
+                prop_oneof![
+                    Just(""),
+                    Just(".1"),
+                    Just(".123"),
+                    Just(".123456"),
+                    Just(".123456789")
+                ],
                 prop_oneof![Just("Z"), Just("+02:00"), Just("")]
             )
                 .prop_map(|(y, frac, tz)| serde_json::Value::from(format!(

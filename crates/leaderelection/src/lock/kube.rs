@@ -59,7 +59,10 @@ impl KubeLeaseLock {
     }
 
     fn last_metadata(&self) -> Option<ObjectMeta> {
-        self.last.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn observe(&self, lease: Lease) -> ObservedLease {

@@ -421,7 +421,10 @@ mod tests {
             fail: true,
             ..LockFault::default()
         });
-        assert!(matches!(a.get().await, Err(LockError::Api { code: 500, .. })));
+        assert!(matches!(
+            a.get().await,
+            Err(LockError::Api { code: 500, .. })
+        ));
         assert!(b.get().await.is_ok());
         a.set_fault(LockFault {
             commit_then_fail: true,
