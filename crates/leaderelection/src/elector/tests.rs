@@ -1,1 +1,735 @@
-//! Tests of the elector.
+//! Tests of the elector on the in-memory lock, under tokio's paused clock: client-go's
+//! `leaderelection_test.go` scenarios (exact API calls, records written, callbacks fired) and one test per
+//! invariant of the architecture page.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Callbacks, Config, Elector, Error, LeaderElectionRecord, LeaderState, LockFault,
+    MemoryLeaseLock, MemoryLeaseStore, StopReason,
+};
+
+const LEASE: Duration = Duration::from_secs(15);
+const RENEW: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(2);
+
+/// What the callbacks saw, in order: `new_leader:X`, `started:T`, `work_stopped:holder=H`, `stopped:R`.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+
+    fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct Candidate {
+    elector: Elector,
+    lock: MemoryLeaseLock,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+    log: Recorder,
+}
+
+impl Candidate {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn config(identity: &str) -> Config {
+    Config::new(identity, "lease", "default")
+        .with_lease_duration(LEASE)
+        .with_renew_deadline(RENEW)
+        .with_retry_period(RETRY)
+}
+
+/// Callbacks that record everything; the work records the Lease's holder at the moment it stops.
+fn recording(log: &Recorder, store: &MemoryLeaseStore, work_stop_delay: Duration) -> Callbacks {
+    let (started, stopped, new_leader) = (log.clone(), log.clone(), log.clone());
+    let store = store.clone();
+    Callbacks::new()
+        .on_started_leading(move |term, token| {
+            let log = started.clone();
+            let store = store.clone();
+            async move {
+                log.push(format!("started:{}", term.transitions));
+                token.cancelled().await;
+                tokio::time::sleep(work_stop_delay).await;
+                let holder = store
+                    .lease()
+                    .map(|l| l.record.holder_identity)
+                    .unwrap_or_default();
+                log.push(format!("work_stopped:holder={holder}"));
+            }
+        })
+        .on_stopped_leading(move |reason| stopped.push(format!("stopped:{reason}")))
+        .on_new_leader(move |id| new_leader.push(format!("new_leader:{id}")))
+}
+
+fn spawn_with(store: &MemoryLeaseStore, config: Config, work_stop_delay: Duration) -> Candidate {
+    let log = Recorder::default();
+    let lock = store.lock(&config.identity);
+    let elector = Elector::new(
+        config,
+        lock.clone(),
+        recording(&log, store, work_stop_delay),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
+    Candidate {
+        elector,
+        lock,
+        shutdown,
+        task,
+        log,
+    }
+}
+
+fn spawn(store: &MemoryLeaseStore, identity: &str) -> Candidate {
+    spawn_with(store, config(identity), Duration::ZERO)
+}
+
+async fn until(candidate: &Candidate, f: impl Fn(&LeaderState) -> bool) -> Instant {
+    candidate
+        .elector
+        .subscribe()
+        .wait_for(|s| f(s))
+        .await
+        .unwrap();
+    Instant::now()
+}
+
+async fn until_leader(candidate: &Candidate) -> Instant {
+    until(candidate, LeaderState::is_leader).await
+}
+
+fn held_by(holder: &str, duration_seconds: i32, transitions: i32) -> LeaderElectionRecord {
+    LeaderElectionRecord {
+        holder_identity: holder.into(),
+        lease_duration_seconds: duration_seconds,
+        lease_transitions: transitions,
+        ..LeaderElectionRecord::default()
+    }
+}
+
+fn holder(store: &MemoryLeaseStore) -> String {
+    store.lease().unwrap().record.holder_identity
+}
+
+// --- client-go's tryAcquireOrRenew scenarios ---
+
+/// client-go "acquire from no object": get (404), create; transitions 0; on_new_leader(self), then the work.
+#[tokio::test(start_paused = true)]
+async fn acquires_from_no_object_with_get_then_create() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    let t0 = Instant::now();
+    until_leader(&a).await;
+    assert_eq!(Instant::now(), t0, "no waiting for a missing lease");
+    assert_eq!(store.calls_of("a"), ["get:not_found", "create"]);
+    let record = store.lease().unwrap().record;
+    assert_eq!(record.holder_identity, "a");
+    assert_eq!(record.lease_duration_seconds, 15);
+    assert_eq!(record.lease_transitions, 0);
+    assert!(record.acquire_time.is_some() && record.renew_time.is_some());
+    tokio::task::yield_now().await;
+    assert_eq!(a.log.entries(), ["new_leader:a", "started:0"]);
+    assert_eq!(a.elector.leader().as_deref(), Some("a"));
+    let term = a.elector.state().term.unwrap();
+    assert_eq!((term.holder.as_str(), term.transitions), ("a", 0));
+}
+
+/// client-go "acquire from unled object" and "acquire from empty-holder object even while acked": a released
+/// Lease is taken at once with get, update, and the transitions bumped.
+#[tokio::test(start_paused = true)]
+async fn takes_a_released_lease_at_once_and_bumps_transitions() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("", 1, 4));
+    let a = spawn(&store, "a");
+    let t0 = Instant::now();
+    until_leader(&a).await;
+    assert_eq!(Instant::now(), t0);
+    assert_eq!(store.calls_of("a"), ["get", "update"]);
+    assert_eq!(store.lease().unwrap().record.lease_transitions, 5);
+    assert_eq!(a.elector.state().term.unwrap().transitions, 5);
+}
+
+/// client-go "acquire from led, unacked object" (observedTime long past): the follower takes the Lease once
+/// it has been unchanged for the record's leaseDurationSeconds on its own clock, with get, watch, update.
+#[tokio::test(start_paused = true)]
+async fn takes_an_expired_lease_after_the_records_duration() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("b", 3, 0));
+    let a = spawn(&store, "a");
+    let t0 = Instant::now();
+    let took = until_leader(&a).await;
+    assert_eq!(took - t0, Duration::from_secs(3));
+    assert_eq!(store.calls_of("a"), ["get", "watch", "update"]);
+    assert_eq!(store.lease().unwrap().record.lease_transitions, 1);
+    tokio::task::yield_now().await;
+    assert_eq!(
+        a.log.entries(),
+        ["new_leader:b", "new_leader:a", "started:1"]
+    );
+}
+
+/// client-go "don't acquire from led, acked object": while the holder keeps renewing, the follower never
+/// writes, and (watching) sends no request at all after its first get and watch.
+#[tokio::test(start_paused = true)]
+async fn never_writes_while_the_holder_renews() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("b", 15, 2));
+    let a = spawn(&store, "a");
+    for _ in 0..60 {
+        tokio::time::sleep(RETRY).await;
+        store.put(held_by("b", 15, 2));
+    }
+    assert!(!a.elector.is_leader());
+    assert_eq!(store.calls_of("a"), ["get", "watch"]);
+    assert_eq!(a.elector.leader().as_deref(), Some("b"));
+    assert_eq!(holder(&store), "b");
+    a.stop().await;
+}
+
+/// client-go "renew already acquired object" / `TestFastPathLeaderElection`: a leader renews with one
+/// update per retry period and no get.
+#[tokio::test(start_paused = true)]
+async fn leader_renews_with_one_update_per_retry_period() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let first = store.lease().unwrap();
+    tokio::time::sleep(RETRY * 5 + Duration::from_millis(1)).await;
+    assert_eq!(
+        store.calls_of("a"),
+        [
+            "get:not_found",
+            "create",
+            "update",
+            "update",
+            "update",
+            "update",
+            "update"
+        ]
+    );
+    let renewed = store.lease().unwrap().record;
+    assert_eq!(
+        renewed.acquire_time, first.record.acquire_time,
+        "acquireTime kept"
+    );
+    assert_eq!(renewed.lease_transitions, 0, "transitions kept");
+    assert!(renewed.renew_time > first.record.renew_time);
+    assert!(a.elector.is_leader());
+}
+
+/// `TestFastPathLeaderElection` with a conflict: update(409), get, update — the slow path — and
+/// leadership continues when the Lease still names us.
+#[tokio::test(start_paused = true)]
+async fn renew_conflict_takes_the_slow_path_and_keeps_leading_if_still_ours() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let mut ours = store.lease().unwrap().record;
+    ours.renew_time = None;
+    store.put(ours); // someone else wrote (e.g. a label edit): new resourceVersion, still ours
+    tokio::time::sleep(RETRY + Duration::from_millis(1)).await;
+    assert_eq!(
+        store.calls_of("a"),
+        [
+            "get:not_found",
+            "create",
+            "update:conflict",
+            "get",
+            "update"
+        ]
+    );
+    assert!(a.elector.is_leader());
+    assert_eq!(a.log.entries(), ["new_leader:a", "started:0"]);
+}
+
+/// A renew conflict that shows another holder ends the term with `LeaseLost`, and the work stops.
+#[tokio::test(start_paused = true)]
+async fn renew_conflict_with_another_holder_ends_the_term() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    store.put(held_by("b", 15, 1));
+    until(&a, |s| !s.is_leader()).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        a.log.entries(),
+        [
+            "new_leader:a",
+            "started:0",
+            "new_leader:b",
+            "work_stopped:holder=b",
+            "stopped:lease_lost"
+        ]
+    );
+    assert_eq!(holder(&store), "b", "a must not release b's lease");
+}
+
+/// client-go `testReleaseLease` / `TestReleaseMethodCallsGet`: on shutdown the leader does a fresh get, then
+/// writes holder "", leaseDurationSeconds 1, transitions kept.
+#[tokio::test(start_paused = true)]
+async fn release_on_shutdown_gets_then_writes_an_empty_holder() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("", 1, 6));
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    store.clear_calls();
+    let log = a.log.clone();
+    a.stop().await;
+    assert_eq!(store.calls_of("a"), ["get", "update"]);
+    let record = store.lease().unwrap().record;
+    assert_eq!(record.holder_identity, "");
+    assert_eq!(record.lease_duration_seconds, 1);
+    assert_eq!(record.lease_transitions, 7);
+    assert_eq!(
+        log.entries(),
+        [
+            "new_leader:a",
+            "started:7",
+            "work_stopped:holder=a",
+            "stopped:shutdown"
+        ]
+    );
+}
+
+/// Without release_on_cancel, shutdown leaves the Lease to expire.
+#[tokio::test(start_paused = true)]
+async fn no_release_without_release_on_cancel() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(
+        &store,
+        config("a").with_release_on_cancel(false),
+        Duration::ZERO,
+    );
+    until_leader(&a).await;
+    store.clear_calls();
+    a.stop().await;
+    assert!(store.calls_of("a").is_empty());
+    assert_eq!(holder(&store), "a");
+}
+
+/// client-go's `OnStoppedLeading` fires for replicas that never led; ours does not.
+#[tokio::test(start_paused = true)]
+async fn stopped_leading_fires_only_after_having_led() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("b", 15, 0));
+    let a = spawn(&store, "a");
+    until(&a, |s| s.leader.is_some()).await;
+    let log = a.log.clone();
+    a.stop().await;
+    assert_eq!(log.entries(), ["new_leader:b"]);
+}
+
+// --- the invariants (architecture page, "The elector: rules that must hold") ---
+
+/// Invariant 1: conditional writes only. Candidates racing for a missing Lease all create (POST); exactly
+/// one wins, the others get AlreadyExists and follow; nobody overwrites the winner.
+#[tokio::test(start_paused = true)]
+async fn invariant_1_racing_creates_have_one_winner() {
+    let store = MemoryLeaseStore::new();
+    let candidates: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| spawn(&store, id))
+        .collect();
+    // The same latency for everyone, so that all read "not found" before anyone creates.
+    for c in &candidates {
+        c.lock.set_fault(LockFault {
+            delay: Duration::from_millis(10),
+            ..LockFault::default()
+        });
+    }
+    tokio::time::sleep(RETRY * 10).await;
+    let leaders: Vec<_> = candidates
+        .iter()
+        .filter(|c| c.elector.is_leader())
+        .map(|c| c.elector.identity().to_string())
+        .collect();
+    assert_eq!(leaders, [holder(&store)]);
+    let creates = store.calls().iter().filter(|c| c.verb == "create").count();
+    let lost = store
+        .calls()
+        .iter()
+        .filter(|c| c.outcome == "already_exists")
+        .count();
+    assert_eq!((creates, lost), (4, 3));
+    for c in &candidates {
+        assert_eq!(c.elector.leader(), Some(leaders[0].clone()));
+    }
+}
+
+/// Invariant 2: expiry by our own clock, with the record's duration (7 s here, not our 15 s) counted from
+/// when we first saw the current resourceVersion; every change restarts the count; server timestamps
+/// (renewTime in the distant past) are ignored.
+#[tokio::test(start_paused = true)]
+async fn invariant_2_expiry_is_measured_on_our_clock_from_the_last_change() {
+    let store = MemoryLeaseStore::new();
+    let mut stale = held_by("b", 7, 0);
+    stale.renew_time = Some("2001-01-01T00:00:00Z".parse().unwrap());
+    store.put(stale.clone());
+    let a = spawn(&store, "a");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    store.put(stale); // b renews once, 5 s in
+    let renewed_at = Instant::now();
+    let took = until_leader(&a).await;
+    assert_eq!(took - renewed_at, Duration::from_secs(7));
+    assert_eq!(store.calls_of("a"), ["get", "watch", "update"]);
+}
+
+/// Invariant 3: leadership is valid only until the last successful renew was sent plus renew_deadline. A
+/// renew that hangs flips `is_leader()` (and the published state) to false at exactly that deadline, and
+/// the work's token is cancelled.
+#[tokio::test(start_paused = true)]
+async fn invariant_3_a_hanging_renew_ends_leadership_at_the_deadline() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    let acquired = until_leader(&a).await;
+    a.lock.set_fault(LockFault {
+        hang: true,
+        ..LockFault::default()
+    });
+    let mut state = a.elector.subscribe();
+    let deadline = state.borrow().valid_until.unwrap();
+    assert_eq!(deadline, acquired + RENEW);
+    tokio::time::sleep_until(deadline - Duration::from_millis(1)).await;
+    assert!(a.elector.is_leader());
+    tokio::time::sleep_until(deadline).await;
+    assert!(
+        !a.elector.is_leader(),
+        "by the clock, before anyone publishes"
+    );
+    let flipped = state.wait_for(|s| s.term.is_none()).await.unwrap();
+    assert!(!flipped.is_leader());
+    drop(flipped);
+    assert_eq!(
+        Instant::now(),
+        deadline,
+        "the state is published at the deadline"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(
+        a.log
+            .entries()
+            .contains(&"work_stopped:holder=a".to_string())
+    );
+    // Nobody could have taken over yet: the lease is valid for 15 s after its last change.
+    assert!(deadline < acquired + LEASE);
+}
+
+/// Invariant 3, renew failing rather than hanging: errors until the deadline end the term with
+/// `RenewDeadlineExceeded`; the leader retried every retry period meanwhile.
+#[tokio::test(start_paused = true)]
+async fn invariant_3_failing_renews_end_leadership_at_the_deadline() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    let acquired = until_leader(&a).await;
+    a.lock.set_fault(LockFault {
+        fail: true,
+        ..LockFault::default()
+    });
+    let lost = until(&a, |s| s.term.is_none()).await;
+    assert_eq!(lost - acquired, RENEW);
+    // The release is attempted (the API may still hold our lease) for at most renew_deadline.
+    tokio::time::sleep(RENEW + Duration::from_millis(1)).await;
+    assert!(
+        a.log
+            .entries()
+            .contains(&"stopped:renew_deadline_exceeded".to_string())
+    );
+    let failed_renews = store
+        .calls_of("a")
+        .iter()
+        .filter(|c| *c == "update:error")
+        .count();
+    assert_eq!(failed_renews, 4, "renews at 2, 4, 6, 8 s after acquiring");
+}
+
+/// Invariant 4: stop the work, then release. The work takes 3 s to stop; the Lease still names us when it
+/// has stopped, and is released only afterwards.
+#[tokio::test(start_paused = true)]
+async fn invariant_4_work_is_awaited_before_release() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(&store, config("a"), Duration::from_secs(3));
+    until_leader(&a).await;
+    let log = a.log.clone();
+    let t0 = Instant::now();
+    a.stop().await;
+    assert_eq!(Instant::now() - t0, Duration::from_secs(3));
+    assert_eq!(
+        log.entries(),
+        [
+            "new_leader:a",
+            "started:0",
+            "work_stopped:holder=a",
+            "stopped:shutdown"
+        ]
+    );
+    assert_eq!(holder(&store), "");
+}
+
+/// Invariant 4, work that ignores its token: aborted after stop_timeout; released after the abort.
+#[tokio::test(start_paused = true)]
+async fn invariant_4_work_that_does_not_stop_is_aborted_after_stop_timeout() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(
+        &store,
+        config("a").with_stop_timeout(Duration::from_secs(4)),
+        Duration::from_secs(3600),
+    );
+    until_leader(&a).await;
+    let log = a.log.clone();
+    let t0 = Instant::now();
+    a.stop().await;
+    assert_eq!(Instant::now() - t0, Duration::from_secs(4));
+    assert!(!log.entries().iter().any(|e| e.starts_with("work_stopped")));
+    assert_eq!(holder(&store), "");
+}
+
+/// Invariant 5: release only what we hold. A leader shut down just after another candidate took the Lease
+/// reads it fresh and does not write.
+#[tokio::test(start_paused = true)]
+async fn invariant_5_release_never_overwrites_another_holder() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    store.put(held_by("b", 15, 1));
+    store.clear_calls();
+    a.shutdown.cancel();
+    a.task.await.unwrap().unwrap();
+    assert_eq!(store.calls_of("a"), ["get"]);
+    assert_eq!(holder(&store), "b");
+    assert_eq!(store.lease().unwrap().record.lease_transitions, 1);
+}
+
+/// Invariant 6: never die of a transient error. 50 failed requests in a row do not end `run`; the
+/// candidate leads once the API answers again.
+#[tokio::test(start_paused = true)]
+async fn invariant_6_fifty_errors_in_a_row_do_not_end_run() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    a.lock.set_fault(LockFault {
+        fail: true,
+        ..LockFault::default()
+    });
+    while store.calls_of("a").len() < 50 {
+        tokio::time::sleep(RETRY).await;
+        assert!(!a.task.is_finished());
+    }
+    assert!(store.calls_of("a").iter().all(|c| c.ends_with(":error")));
+    a.lock.set_fault(LockFault::default());
+    until_leader(&a).await;
+    assert!(!a.task.is_finished());
+}
+
+/// Invariant 6, errors while following: the retries are jittered, client-go's [RP, 2.2 x RP).
+#[tokio::test(start_paused = true)]
+async fn invariant_6_follower_retries_are_jittered_like_client_go() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    a.lock.set_fault(LockFault {
+        fail: true,
+        ..LockFault::default()
+    });
+    let mut times = Vec::new();
+    let mut seen = 0;
+    while times.len() < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = store.calls_of("a").len();
+        if n > seen {
+            seen = n;
+            times.push(Instant::now());
+        }
+    }
+    for gap in times.windows(2).map(|w| w[1] - w[0]) {
+        assert!(
+            gap >= RETRY && gap < RETRY.mul_f64(2.2) + Duration::from_millis(10),
+            "{gap:?}"
+        );
+    }
+    a.stop().await;
+}
+
+/// Invariant 7: a watching follower takes a released Lease at once, without waiting for a poll.
+#[tokio::test(start_paused = true)]
+async fn invariant_7_watching_follower_takes_a_released_lease_at_once() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let b = spawn(&store, "b");
+    until(&b, |s| s.leader.as_deref() == Some("a")).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!b.elector.is_leader());
+    let released_at = Instant::now();
+    a.stop().await;
+    let took = until_leader(&b).await;
+    assert_eq!(
+        took, released_at,
+        "no virtual time passes: no poll, no timer"
+    );
+    assert_eq!(store.calls_of("b"), ["get", "watch", "update"]);
+    assert_eq!(store.lease().unwrap().record.lease_transitions, 1);
+}
+
+/// Invariant 7, fallback: where watching is forbidden (RBAC) the follower polls every jittered retry period
+/// and still takes a released Lease within 2.2 x RP.
+#[tokio::test(start_paused = true)]
+async fn invariant_7_polls_when_watch_is_forbidden() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let b = spawn(&store, "b");
+    b.lock.set_fault(LockFault {
+        forbid_watch: true,
+        ..LockFault::default()
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let gets = store.calls_of("b").iter().filter(|c| *c == "get").count();
+    assert!(
+        (30 / 5..=30 / 2 + 1).contains(&gets),
+        "{gets} polls in 30 s"
+    );
+    assert_eq!(
+        store
+            .calls_of("b")
+            .iter()
+            .filter(|c| c.starts_with("watch"))
+            .count(),
+        1,
+        "watch tried once, then polling"
+    );
+    let released_at = Instant::now();
+    a.stop().await;
+    let took = until_leader(&b).await;
+    assert!(
+        took - released_at < RETRY.mul_f64(2.2),
+        "{:?}",
+        took - released_at
+    );
+}
+
+/// Invariant 8: the term is the fencing token. Each change of holder increases leaseTransitions, and the
+/// leader's published term carries it.
+#[tokio::test(start_paused = true)]
+async fn invariant_8_terms_increase_with_every_change_of_holder() {
+    let store = MemoryLeaseStore::new();
+    let mut terms = Vec::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    terms.push(a.elector.state().term.unwrap().transitions);
+    let b = spawn(&store, "b");
+    until(&b, |s| s.leader.is_some()).await;
+    a.stop().await;
+    until_leader(&b).await;
+    terms.push(b.elector.state().term.unwrap().transitions);
+    let a = spawn(&store, "a");
+    until(&a, |s| s.leader.is_some()).await;
+    b.stop().await;
+    until_leader(&a).await;
+    let term = a.elector.state().term.unwrap();
+    terms.push(term.transitions);
+    assert_eq!(terms, [0, 1, 2]);
+    assert_eq!(term.holder, "a");
+    assert_eq!(store.lease().unwrap().record.lease_transitions, 2);
+}
+
+/// Invariant 8, a frozen leader that resumes: modelled by a renew that returns only after the deadline
+/// (the runtime cannot be frozen from inside). When it resumes, the term is over: it writes nothing on
+/// the strength of its old view, re-reads, and follows the new holder.
+#[tokio::test(start_paused = true)]
+async fn invariant_8_a_leader_resuming_after_its_deadline_does_not_renew() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    a.lock.set_fault(LockFault {
+        delay: LEASE * 2,
+        ..LockFault::default()
+    });
+    let b = spawn(&store, "b");
+    until_leader(&b).await;
+    a.lock.set_fault(LockFault::default());
+    tokio::time::sleep(LEASE * 3).await;
+    assert!(!a.elector.is_leader());
+    assert!(b.elector.is_leader());
+    assert_eq!(holder(&store), "b");
+    let a_writes_after_b: Vec<_> = store
+        .calls()
+        .iter()
+        .skip_while(|c| !(c.client == "b" && c.verb == "update" && c.outcome == "ok"))
+        .filter(|c| c.client == "a" && c.outcome == "ok" && c.verb != "get" && c.verb != "watch")
+        .cloned()
+        .collect();
+    assert!(a_writes_after_b.is_empty(), "{a_writes_after_b:?}");
+}
+
+/// Disabled mode: leads at once, makes no API call, publishes its state, and stops on shutdown.
+#[tokio::test(start_paused = true)]
+async fn disabled_mode_leads_at_once_without_api_calls() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(&store, config("a").with_enabled(false), Duration::ZERO);
+    until_leader(&a).await;
+    let state = a.elector.state();
+    assert_eq!(state.valid_until, None);
+    assert_eq!(state.leader.as_deref(), Some("a"));
+    tokio::time::sleep(LEASE * 10).await;
+    assert!(a.elector.is_leader());
+    let log = a.log.clone();
+    let elector = a.elector.clone();
+    a.stop().await;
+    assert!(!elector.is_leader());
+    assert!(store.calls().is_empty());
+    assert_eq!(
+        log.entries(),
+        [
+            "new_leader:a",
+            "started:0",
+            "work_stopped:holder=",
+            "stopped:shutdown"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_concurrent_run_is_refused() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let again = a.elector.clone().run(CancellationToken::new()).await;
+    assert!(matches!(again, Err(Error::AlreadyRunning)));
+    assert!(a.elector.is_leader());
+    a.stop().await;
+}
+
+#[test]
+fn elector_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Elector>();
+    check::<LeaderState>();
+    check::<StopReason>();
+}
+
+#[test]
+fn new_validates_the_config() {
+    let store = MemoryLeaseStore::new();
+    let err = Elector::new(
+        config("a").with_renew_deadline(LEASE),
+        store.lock("a"),
+        Callbacks::new(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "lease_duration");
+}
