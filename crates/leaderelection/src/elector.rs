@@ -921,6 +921,10 @@ impl<'a> Runner<'a> {
     }
 
     fn log_transient(&self, what: &str, err: &LockError) {
+        if self.shutdown.is_cancelled() && matches!(err, LockError::Timeout) {
+            // Abandoned because we are stopping (a release that fails says so on its own).
+            return;
+        }
         warn!(
             identity = %self.identity(),
             lease = %self.inner.lock.describe(),

@@ -69,7 +69,10 @@ impl Watchdog {
 
     fn check_at(&self, now: Instant) -> Result<(), Unhealthy> {
         let state = self.state.borrow();
-        let (Some(_), Some(renewed_at)) = (&state.term, state.renewed_at) else {
+        // No term: a follower. No deadline: election disabled, nothing to renew.
+        let (Some(_), Some(_), Some(renewed_at)) =
+            (&state.term, state.valid_until, state.renewed_at)
+        else {
             return Ok(());
         };
         let since = now.saturating_duration_since(renewed_at);
@@ -149,5 +152,10 @@ mod tests {
                 .starts_with("failed election to renew leadership on lease default/l")
         );
         assert_eq!(dog.name(), "leaderElection");
+        tx.send_replace(LeaderState {
+            valid_until: None,
+            ..leading(now)
+        });
+        assert_eq!(dog.check_at(now + Duration::from_secs(3600)), Ok(()), "election disabled");
     }
 }
