@@ -156,6 +156,10 @@ mod tests {
             valid_until: None,
             ..leading(now)
         });
-        assert_eq!(dog.check_at(now + Duration::from_secs(3600)), Ok(()), "election disabled");
+        assert_eq!(
+            dog.check_at(now + Duration::from_secs(3600)),
+            Ok(()),
+            "election disabled"
+        );
     }
 }
