@@ -1,1 +1,345 @@
-//! placeholder
+//! An in-memory Kubernetes API server: the part of the API that leader election and the claim coordinator
+//! use, served over plain HTTP on loopback, with per-listener fault injection.
+//!
+//! It behaves like kube-apiserver wherever a client can see it: one global increasing resourceVersion,
+//! `Status` errors with kube-apiserver's codes, reasons and messages (404 `NotFound`, 409 `AlreadyExists`,
+//! 409 `Conflict`, 422 `Invalid`, 400 `BadRequest`, 410 `Expired`), optimistic concurrency, watches that
+//! resume from a resourceVersion, Lease validation, discovery for kubectl. See the crate's README section in
+//! the repository's `docs/fake-apiserver.md` for the list of behaviours and the known differences.
+//!
+//! Every listener serves the same store; each has its own [`Faults`], so a test can cut one client off the
+//! API while the others still reach it.
+//!
+//! # Examples
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+//! use fake_apiserver::{FakeApiServer, Faults};
+//!
+//! let server = FakeApiServer::start().await?;
+//! let partitioned = server.add_listener().await?; // a second address on the same store
+//! partitioned.set_faults(Faults { black_hole: true, ..Faults::default() });
+//! println!("kubectl --server {} get leases -A", server.url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Admin routes
+//!
+//! Fault injection and counters are also reachable over HTTP on every listener (never faulted themselves):
+//! `GET /fake/listeners`, `POST /fake/listeners` (opens a new listener, answers `{id, url}`),
+//! `GET|PUT /fake/listeners/<id>/faults` ([`Faults`] as JSON), `GET|DELETE /fake/counts` ([`Count`]s),
+//! `GET /fake/requests` ([`RequestRecord`]s, oldest first).
+
+mod http;
+mod listener;
+mod resource;
+mod status;
+mod store;
+mod watch;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::listener::{Faults, FaultsError, Listener};
+pub use crate::resource::ResourceType;
+pub use crate::status::ApiError;
+
+use crate::store::Store;
+
+/// Default number of events kept for watches that resume from a resourceVersion.
+pub const DEFAULT_HISTORY_LIMIT: usize = 1000;
+/// Default number of requests kept in the request log.
+pub const DEFAULT_LOG_LIMIT: usize = 10_000;
+
+/// Builds a [`FakeApiServer`]: listen address, custom resources, bounds.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    listen: SocketAddr,
+    resources: Vec<ResourceType>,
+    history_limit: usize,
+    log_limit: usize,
+    watch_buffer: usize,
+    bookmark_interval: Duration,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            resources: vec![ResourceType::lease()],
+            history_limit: DEFAULT_HISTORY_LIMIT,
+            log_limit: DEFAULT_LOG_LIMIT,
+            watch_buffer: 256,
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Builder {
+    /// The default listener's address (default `127.0.0.1:0`, an ephemeral port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Registers a custom resource type (served with the same verbs as Leases, plus `/status`).
+    pub fn custom_resource(mut self, rt: ResourceType) -> Self {
+        self.resources.push(rt);
+        self
+    }
+
+    /// Events kept for watches that resume from a resourceVersion (older ones answer 410 `Expired`).
+    pub fn history_limit(mut self, events: usize) -> Self {
+        self.history_limit = events;
+        self
+    }
+
+    /// Requests kept in the request log (the oldest are dropped first).
+    pub fn log_limit(mut self, requests: usize) -> Self {
+        self.log_limit = requests;
+        self
+    }
+
+    /// Events a watcher may fall behind before it is dropped (its watch ends; the client re-watches).
+    pub fn watch_buffer(mut self, events: usize) -> Self {
+        self.watch_buffer = events;
+        self
+    }
+
+    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK (kube-apiserver: about a minute).
+    pub fn bookmark_interval(mut self, interval: Duration) -> Self {
+        self.bookmark_interval = interval;
+        self
+    }
+
+    /// Binds the default listener and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of binding the address.
+    pub async fn start(self) -> std::io::Result<FakeApiServer> {
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::new(self.history_limit, self.watch_buffer)),
+            resources: self.resources,
+            listeners: Mutex::new(Vec::new()),
+            stats: Mutex::new(Stats::default()),
+            log_limit: self.log_limit,
+            bookmark_interval: self.bookmark_interval,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let default = Shared::add_listener(&shared, self.listen)?;
+        Ok(FakeApiServer { shared, default })
+    }
+}
+
+/// A running fake API server. Dropping it does not stop it; call [`FakeApiServer::shutdown`].
+#[derive(Debug)]
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    default: Listener,
+}
+
+impl FakeApiServer {
+    /// A builder for a server with custom resources or other bounds.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Starts a server serving Leases on an ephemeral loopback port.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of binding `127.0.0.1:0`.
+    pub async fn start() -> std::io::Result<Self> {
+        Builder::default().start().await
+    }
+
+    /// The default listener's base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        self.default.url()
+    }
+
+    /// The default listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.default.addr()
+    }
+
+    /// The default listener (id 0).
+    pub fn default_listener(&self) -> &Listener {
+        &self.default
+    }
+
+    /// Opens another listener on an ephemeral loopback port, serving the same store with its own faults.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of binding the port.
+    pub async fn add_listener(&self) -> std::io::Result<Listener> {
+        Shared::add_listener(&self.shared, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Every listener, in the order opened.
+    pub fn listeners(&self) -> Vec<Listener> {
+        self.shared.listeners().clone()
+    }
+
+    /// Request counts per listener, verb and resource, in a stable order.
+    pub fn counts(&self) -> Vec<Count> {
+        self.shared.counts()
+    }
+
+    /// Resets the counts and the request log.
+    pub fn reset_counts(&self) {
+        *self.shared.stats() = Stats::default();
+    }
+
+    /// The request log (bounded; oldest first).
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared.stats().log.iter().cloned().collect()
+    }
+
+    /// The current global resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store().resource_version()
+    }
+
+    /// Stops every listener and connection (watches end) and waits for them.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    /// Serves until `stop` is cancelled, then shuts down.
+    pub async fn run_until(self, stop: CancellationToken) {
+        stop.cancelled().await;
+        self.shutdown().await;
+    }
+}
+
+/// Requests seen for one (listener, verb, resource).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    /// Listener id (0 is the default listener).
+    pub listener: usize,
+    /// Kubernetes verb: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, or `discovery`.
+    pub verb: String,
+    /// Plural resource name (`leases`), or the discovery path.
+    pub resource: String,
+    /// Number of requests.
+    pub count: u64,
+}
+
+/// One request, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Wall-clock time the request arrived, RFC 3339.
+    pub at: String,
+    /// Listener id.
+    pub listener: usize,
+    /// Kubernetes verb (see [`Count::verb`]).
+    pub verb: String,
+    /// Plural resource name or discovery path.
+    pub resource: String,
+    /// Namespace, if any.
+    pub namespace: Option<String>,
+    /// Object name, if any.
+    pub name: Option<String>,
+    /// HTTP status answered; `None` when no answer was sent (black hole, commit-then-drop).
+    pub code: Option<u16>,
+    /// Time from arrival to answer (or to the start of a watch stream), in milliseconds.
+    pub latency_ms: f64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    counts: BTreeMap<(usize, String, String), u64>,
+    log: VecDeque<RequestRecord>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Store>,
+    resources: Vec<ResourceType>,
+    listeners: Mutex<Vec<Listener>>,
+    stats: Mutex<Stats>,
+    log_limit: usize,
+    bookmark_interval: Duration,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn listeners(&self) -> std::sync::MutexGuard<'_, Vec<Listener>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn listener(&self, id: usize) -> Option<Listener> {
+        self.listeners().get(id).cloned()
+    }
+
+    /// Binds synchronously (a std listener made non-blocking), so that the admin route can open listeners.
+    fn add_listener(shared: &Arc<Self>, addr: SocketAddr) -> std::io::Result<Listener> {
+        let socket = std::net::TcpListener::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        let socket = TcpListener::from_std(socket)?;
+        let mut listeners = shared.listeners();
+        let listener = Listener::new(listeners.len(), socket.local_addr()?);
+        listeners.push(listener.clone());
+        drop(listeners);
+        shared
+            .tasks
+            .spawn(listener::serve(shared.clone(), listener.clone(), socket));
+        Ok(listener)
+    }
+
+    fn counts(&self) -> Vec<Count> {
+        self.stats()
+            .counts
+            .iter()
+            .map(|((listener, verb, resource), count)| Count {
+                listener: *listener,
+                verb: verb.clone(),
+                resource: resource.clone(),
+                count: *count,
+            })
+            .collect()
+    }
+
+    fn record(&self, record: RequestRecord) {
+        let mut stats = self.stats();
+        *stats
+            .counts
+            .entry((
+                record.listener,
+                record.verb.clone(),
+                record.resource.clone(),
+            ))
+            .or_default() += 1;
+        if stats.log.len() >= self.log_limit {
+            stats.log.pop_front();
+        }
+        if self.log_limit > 0 {
+            stats.log.push_back(record);
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Resource types served, and the validation kube-apiserver applies to them.
+
+use serde_json::Value;
+
+/// A resource type the server serves: the built-in `coordination.k8s.io/v1` Lease, or a custom resource
+/// registered at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceType {
+    /// API group, e.g. `coordination.k8s.io` or `claims.example.com`.
+    pub group: String,
+    /// API version, e.g. `v1`.
+    pub version: String,
+    /// Kind, e.g. `Lease`.
+    pub kind: String,
+    /// Plural resource name used in paths, e.g. `leases`.
+    pub plural: String,
+    /// Whether objects live in namespaces (`/namespaces/<ns>/<plural>`) or at cluster scope.
+    pub namespaced: bool,
+    /// Whether a `/status` subresource is served (and the main resource ignores `status` on writes).
+    pub status_subresource: bool,
+    /// Short names for kubectl (e.g. none for leases).
+    pub short_names: Vec<String>,
+}
+
+impl ResourceType {
+    /// The built-in `coordination.k8s.io/v1` `Lease`, namespaced, without a status subresource.
+    pub fn lease() -> Self {
+        Self {
+            group: "coordination.k8s.io".into(),
+            version: "v1".into(),
+            kind: "Lease".into(),
+            plural: "leases".into(),
+            namespaced: true,
+            status_subresource: false,
+            short_names: Vec::new(),
+        }
+    }
+
+    /// A custom resource with a `/status` subresource.
+    pub fn custom(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            namespaced,
+            status_subresource: true,
+            short_names: Vec::new(),
+        }
+    }
+
+    /// `group/version`.
+    pub fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+
+    /// `<plural>.<group>`, as kube-apiserver names a resource in messages.
+    pub(crate) fn qualified(&self) -> String {
+        format!("{}.{}", self.plural, self.group)
+    }
+
+    pub(crate) fn is_lease(&self) -> bool {
+        self.group == "coordination.k8s.io" && self.plural == "leases"
+    }
+
+    /// Checks a decoded object of this type as kube-apiserver's validation does; each cause is one
+    /// `<field>: <detail>` of a 422.
+    pub(crate) fn validate(&self, object: &Value) -> Vec<String> {
+        let mut causes = Vec::new();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if let Some(rule) = dns_subdomain_error(name) {
+            causes.push(format!("metadata.name: Invalid value: \"{name}\": {rule}"));
+        }
+        if self.is_lease() {
+            validate_lease_spec(object.get("spec"), &mut causes);
+        }
+        causes
+    }
+
+    /// Checks the wire format kube-apiserver's decoder enforces for this type (a 400 when it fails).
+    pub(crate) fn decode_check(&self, object: &Value) -> Result<(), String> {
+        if !object.is_object() {
+            return Err("Object 'Kind' is missing in the request body".into());
+        }
+        if self.is_lease() {
+            check_lease_types(object.get("spec")).map_err(|e| {
+                format!("Lease in version \"v1\" cannot be handled as a Lease: {e}")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Why `name` is not a DNS-1123 subdomain, or `None` if it is one.
+pub(crate) fn dns_subdomain_error(name: &str) -> Option<&'static str> {
+    const RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or \
+                        '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex \
+                        used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+    if name.is_empty() {
+        return Some("name or generateName is required");
+    }
+    if name.len() > 253 {
+        return Some("must be no more than 253 characters");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.split('.').all(label_ok) {
+        None
+    } else {
+        Some(RULE)
+    }
+}
+
+/// Why `name` is not a DNS-1123 label (a namespace name), or `None` if it is one.
+pub(crate) fn dns_label_error(name: &str) -> Option<&'static str> {
+    if name.len() > 63 || name.contains('.') {
+        return Some("must be a DNS-1123 label of at most 63 characters");
+    }
+    dns_subdomain_error(name)
+}
+
+/// Type checks of the Lease decoder: integers are integers, MicroTimes carry exactly six fractional digits.
+fn check_lease_types(spec: Option<&Value>) -> Result<(), String> {
+    let Some(spec) = spec.filter(|s| !s.is_null()) else {
+        return Ok(());
+    };
+    let Some(spec) = spec.as_object() else {
+        return Err(
+            "json: cannot unmarshal into Go struct field Lease.spec of type v1.LeaseSpec".into(),
+        );
+    };
+    for field in ["leaseDurationSeconds", "leaseTransitions"] {
+        match spec.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()) => {}
+            Some(v) => {
+                return Err(format!(
+                    "json: cannot unmarshal {v} into Go struct field LeaseSpec.spec.{field} of type int32"
+                ));
+            }
+        }
+    }
+    for field in ["holderIdentity", "strategy", "preferredHolder"] {
+        match spec.get(field) {
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(v) => {
+                return Err(format!(
+                    "json: cannot unmarshal {v} into Go struct field LeaseSpec.spec.{field} of type string"
+                ));
+            }
+        }
+    }
+    for field in ["acquireTime", "renewTime"] {
+        match spec.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => check_micro_time(s)?,
+            Some(v) => return Err(format!("json: cannot unmarshal {v} into a MicroTime")),
+        }
+    }
+    Ok(())
+}
+
+/// MicroTime: RFC 3339 with exactly six fractional digits (`2006-01-02T15:04:05.000000Z07:00`).
+fn check_micro_time(s: &str) -> Result<(), String> {
+    let err = || {
+        format!(
+            "parsing time \"{s}\" as \"2006-01-02T15:04:05.000000Z07:00\": cannot parse \"{s}\" as \".000000\""
+        )
+    };
+    let fraction = s
+        .get(19..)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .ok_or_else(err)?;
+    let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+    if digits != 6 {
+        return Err(err());
+    }
+    s.parse::<jiff::Timestamp>().map_err(|_| err())?;
+    Ok(())
+}
+
+/// `ValidateLeaseSpec` of kube-apiserver (`pkg/apis/coordination/validation`).
+fn validate_lease_spec(spec: Option<&Value>, causes: &mut Vec<String>) {
+    let Some(spec) = spec else { return };
+    if let Some(d) = spec.get("leaseDurationSeconds").and_then(Value::as_i64)
+        && d <= 0
+    {
+        causes.push(format!(
+            "spec.leaseDurationSeconds: Invalid value: {d}: must be greater than 0"
+        ));
+    }
+    if let Some(t) = spec.get("leaseTransitions").and_then(Value::as_i64)
+        && t < 0
+    {
+        causes.push(format!(
+            "spec.leaseTransitions: Invalid value: {t}: must be greater than or equal to 0"
+        ));
+    }
+    let strategy = spec.get("strategy").and_then(Value::as_str);
+    if let Some(s) = strategy
+        && s != "OldestEmulationVersion"
+        && !s.contains('/')
+    {
+        causes.push(format!(
+            "spec.strategy: Unsupported value: \"{s}\": supported values: \"OldestEmulationVersion\""
+        ));
+    }
+    if spec.get("preferredHolder").is_some_and(|p| !p.is_null()) && strategy.is_none() {
+        causes.push(
+            "spec.preferredHolder: Forbidden: may only be specified if `strategy` is defined"
+                .into(),
+        );
+    }
+}
+
+/// RFC 7386 JSON merge patch; keys starting with `$` (strategic-merge directives) are ignored, which is what
+/// a strategic merge patch means for types without merge keys (Lease, custom resources).
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(map) = target else { return };
+    for (key, value) in patch {
+        if key.starts_with('$') {
+            continue;
+        }
+        if value.is_null() {
+            map.remove(key);
+        } else {
+            merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn micro_time_needs_six_digits() {
+        assert!(check_micro_time("2026-05-01T12:00:00.123456Z").is_ok());
+        assert!(check_micro_time("2026-05-01T12:00:00.123Z").is_err());
+        assert!(check_micro_time("2026-05-01T12:00:00Z").is_err());
+        assert!(check_micro_time("2026-05-01T12:00:00.123456789Z").is_err());
+        assert!(check_micro_time("garbage").is_err());
+    }
+
+    #[test]
+    fn lease_validation_names_the_field() {
+        let rt = ResourceType::lease();
+        let causes = rt.validate(&json!({"metadata": {"name": "Bad_Name"},
+            "spec": {"leaseDurationSeconds": 0, "leaseTransitions": -1}}));
+        assert_eq!(causes.len(), 3, "{causes:?}");
+        assert!(causes[0].starts_with("metadata.name: Invalid value: \"Bad_Name\""));
+        assert_eq!(
+            causes[1],
+            "spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"
+        );
+        assert_eq!(
+            causes[2],
+            "spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0"
+        );
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut target = json!({"a": {"b": 1, "c": 2}, "d": [1, 2]});
+        merge_patch(
+            &mut target,
+            &json!({"a": {"b": null, "e": 3}, "d": [3], "$patch": "x"}),
+        );
+        assert_eq!(target, json!({"a": {"c": 2, "e": 3}, "d": [3]}));
+    }
+}

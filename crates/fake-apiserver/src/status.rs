@@ -1,0 +1,193 @@
+//! `metav1.Status` errors with kube-apiserver's codes, reasons and messages.
+
+use serde_json::{Value, json};
+
+use crate::resource::ResourceType;
+
+/// An API error, answered as a `Status` object (`kind: Status`, `status: Failure`).
+///
+/// The messages are kube-apiserver's (`k8s.io/apimachinery/pkg/api/errors`), e.g.
+/// `leases.coordination.k8s.io "x" not found`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status code (404, 409, 422, ...).
+    pub code: u16,
+    /// `Status.reason`, e.g. `NotFound`, `AlreadyExists`, `Conflict`, `Invalid`, `BadRequest`.
+    pub reason: &'static str,
+    /// `Status.message`.
+    pub message: String,
+    /// `Status.details`, when kube-apiserver fills them.
+    details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, rt: &ResourceType, name: &str) -> Self {
+        self.details = Some(json!({"name": name, "group": rt.group, "kind": rt.plural}));
+        self
+    }
+
+    /// 404 `NotFound`: `<plural>.<group> "<name>" not found`.
+    pub(crate) fn not_found(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.qualified()),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 404 for a path that names no resource.
+    pub(crate) fn no_route() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
+    /// 409 `AlreadyExists`: `<plural>.<group> "<name>" already exists`.
+    pub(crate) fn already_exists(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.qualified()),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 409 `Conflict`: the optimistic-concurrency failure of an update with a stale resourceVersion.
+    pub(crate) fn conflict(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply \
+                 your changes to the latest version and try again",
+                rt.qualified()
+            ),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 422 `Invalid`: `<Kind>.<group> "<name>" is invalid: <field>: <detail>`.
+    pub(crate) fn invalid(rt: &ResourceType, name: &str, causes: &[String]) -> Self {
+        let message = format!(
+            "{}.{} \"{name}\" is invalid: {}",
+            rt.kind,
+            rt.group,
+            causes.join(", ")
+        );
+        Self::new(422, "Invalid", message).with_details(rt, name)
+    }
+
+    /// 400 `BadRequest`.
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 405 `MethodNotAllowed`.
+    pub(crate) fn method_not_allowed(method: &str) -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )
+    }
+
+    /// 413 `RequestEntityTooLarge`.
+    pub(crate) fn too_large() -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            "the request entity is too large (limit is 3145728 bytes)",
+        )
+    }
+
+    /// 415 `UnsupportedMediaType` for a PATCH content type we do not implement.
+    pub(crate) fn unsupported_patch(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({content_type}) - accepted media types \
+                 include: application/merge-patch+json, application/strategic-merge-patch+json"
+            ),
+        )
+    }
+
+    /// 410 `Expired`: a watch from a resourceVersion older than the kept history.
+    pub(crate) fn expired(requested: u64, oldest: u64) -> Self {
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+
+    /// An injected fault: 429 `TooManyRequests`, 500 `InternalError` or 503 `ServiceUnavailable`.
+    pub(crate) fn injected(code: u16) -> Self {
+        match code {
+            429 => Self::new(
+                429,
+                "TooManyRequests",
+                "the server has received too many requests and has asked us to try again later",
+            ),
+            503 => Self::new(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            ),
+            _ => Self::new(
+                500,
+                "InternalError",
+                "Internal error occurred: injected fault",
+            ),
+        }
+    }
+
+    /// 500 `InternalError` with a message.
+    pub(crate) fn internal(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        )
+    }
+
+    /// The `Status` object.
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(details) = &self.details {
+            status["details"] = details.clone();
+        }
+        if self.code == 429 {
+            status["details"] = json!({"retryAfterSeconds": 1});
+        }
+        status
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}

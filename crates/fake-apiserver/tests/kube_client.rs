@@ -1,0 +1,720 @@
+//! The real kube 5 client against the fake API server: every verb, the error cases with kube-apiserver's
+//! codes and reasons, watches (order, resume, 410), custom resources with `/status`, concurrency, the fault
+//! modes (each on one listener only), counters and the admin routes.
+
+use std::time::{Duration, Instant};
+
+use fake_apiserver::{FakeApiServer, Faults, ResourceType};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::core::ObjectMeta;
+use serde_json::json;
+
+/// A client with short timeouts and without kube's own retries of 429/503 (so each fault is seen as sent).
+fn client(url: &str) -> kube::Client {
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.read_timeout = Some(Duration::from_millis(500));
+    config.connect_timeout = Some(Duration::from_millis(500));
+    config.default_retry = false;
+    kube::Client::try_from(config).unwrap()
+}
+
+/// A client without a read timeout, for watches that stay quiet.
+fn watch_client(url: &str) -> kube::Client {
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.read_timeout = None;
+    config.default_retry = false;
+    kube::Client::try_from(config).unwrap()
+}
+
+fn lease(name: &str, holder: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// The code and reason of an API error.
+fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason, status.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn lease_verbs_and_errors_match_kube_apiserver() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "ns1");
+
+    let created = api
+        .create(&PostParams::default(), &lease("l1", "a"))
+        .await
+        .unwrap();
+    let rv1 = created.metadata.resource_version.clone().unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.namespace.as_deref(), Some("ns1"));
+
+    let (code, reason, message) =
+        api_error(api.create(&PostParams::default(), &lease("l1", "b")).await);
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(message, r#"leases.coordination.k8s.io "l1" already exists"#);
+
+    let got = api.get("l1").await.unwrap();
+    assert_eq!(
+        got.spec.as_ref().unwrap().holder_identity.as_deref(),
+        Some("a")
+    );
+
+    let (code, reason, message) = api_error(api.get("missing").await);
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    assert_eq!(message, r#"leases.coordination.k8s.io "missing" not found"#);
+
+    let mut update = got.clone();
+    update.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let updated = api
+        .replace("l1", &PostParams::default(), &update)
+        .await
+        .unwrap();
+    let rv2 = updated.metadata.resource_version.clone().unwrap();
+    assert!(rv2.parse::<u64>().unwrap() > rv1.parse::<u64>().unwrap());
+
+    // The same resourceVersion again is stale now.
+    let (code, reason, message) =
+        api_error(api.replace("l1", &PostParams::default(), &update).await);
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert!(message.starts_with(r#"Operation cannot be fulfilled on leases.coordination.k8s.io "l1": the object has been modified"#));
+
+    let mut no_rv = updated.clone();
+    no_rv.metadata.resource_version = None;
+    let (code, reason, message) =
+        api_error(api.replace("l1", &PostParams::default(), &no_rv).await);
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert!(
+        message.contains(
+            "metadata.resourceVersion: Invalid value: 0: must be specified for an update"
+        )
+    );
+
+    let mut wrong_name = updated.clone();
+    wrong_name.metadata.name = Some("other".into());
+    let (code, reason, _) = api_error(api.replace("l1", &PostParams::default(), &wrong_name).await);
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"));
+
+    let merged = api
+        .patch(
+            "l1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "c"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        merged.spec.as_ref().unwrap().holder_identity.as_deref(),
+        Some("c")
+    );
+    assert_eq!(
+        merged.spec.as_ref().unwrap().lease_duration_seconds,
+        Some(15)
+    );
+    let strategic = api
+        .patch(
+            "l1",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"leaseTransitions": 4}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(strategic.spec.as_ref().unwrap().lease_transitions, Some(4));
+    let (code, reason, _) = api_error(
+        api.patch(
+            "l1",
+            &PatchParams::apply("test"),
+            &Patch::Apply(json!({"spec": {}})),
+        )
+        .await,
+    );
+    assert_eq!((code, reason.as_str()), (415, "UnsupportedMediaType"));
+
+    api.create(&PostParams::default(), &lease("l2", "a"))
+        .await
+        .unwrap();
+    let other_ns: Api<Lease> = Api::namespaced(client(&server.url()), "ns2");
+    other_ns
+        .create(&PostParams::default(), &lease("l1", "z"))
+        .await
+        .unwrap();
+    let names = |list: kube::core::ObjectList<Lease>| {
+        list.items
+            .into_iter()
+            .map(|l| l.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(api.list(&ListParams::default()).await.unwrap()),
+        ["l1", "l2"]
+    );
+    let all: Api<Lease> = Api::all(client(&server.url()));
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        3
+    );
+    let by_name = ListParams::default().fields("metadata.name=l2");
+    assert_eq!(names(api.list(&by_name).await.unwrap()), ["l2"]);
+
+    api.delete("l1", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_error(api.get("l1").await).0, 404);
+    assert_eq!(
+        api_error(api.delete("l1", &DeleteParams::default()).await).0,
+        404
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn lease_validation_answers_422_and_400() {
+    let server = FakeApiServer::start().await.unwrap();
+    let c = client(&server.url());
+    let api: Api<Lease> = Api::namespaced(c.clone(), "default");
+
+    let mut zero = lease("zero", "a");
+    zero.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+    let (code, reason, message) = api_error(api.create(&PostParams::default(), &zero).await);
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        message,
+        r#"Lease.coordination.k8s.io "zero" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"#
+    );
+
+    let (code, _, message) = api_error(
+        api.create(&PostParams::default(), &lease("Not_A_Name", "a"))
+            .await,
+    );
+    assert_eq!(code, 422);
+    assert!(
+        message.contains(r#"metadata.name: Invalid value: "Not_A_Name""#),
+        "{message}"
+    );
+
+    // MicroTime with three fractional digits, as some clients write it: the decoder refuses it.
+    let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "t"},
+                      "spec": {"renewTime": "2026-05-01T12:00:00.123Z"}});
+    let req = http::Request::post("/apis/coordination.k8s.io/v1/namespaces/default/leases")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    let (code, reason, message) = api_error(c.request::<Lease>(req).await);
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"));
+    assert!(
+        message.contains(r#"cannot parse "2026-05-01T12:00:00.123Z" as ".000000""#),
+        "{message}"
+    );
+
+    // Six digits are accepted, and what is written is read back byte for byte.
+    let mut good = body.clone();
+    good["spec"]["renewTime"] = json!("2026-05-01T12:00:00.123456Z");
+    let req = http::Request::post("/apis/coordination.k8s.io/v1/namespaces/default/leases")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&good).unwrap())
+        .unwrap();
+    let text = c.request_text(req).await.unwrap();
+    assert!(
+        text.contains(r#""renewTime":"2026-05-01T12:00:00.123456Z""#),
+        "{text}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_sees_every_change_in_order_and_resumes() {
+    let server = FakeApiServer::builder()
+        .history_limit(5)
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let created = api
+        .create(&PostParams::default(), &lease("w", "a"))
+        .await
+        .unwrap();
+    let start_rv = created.metadata.resource_version.clone().unwrap();
+    let params = WatchParams::default().fields("metadata.name=w").timeout(10);
+    let mut stream = api.watch(&params, &start_rv).await.unwrap().boxed();
+    api.create(&PostParams::default(), &lease("unrelated", "x"))
+        .await
+        .unwrap();
+    let mut current = created;
+    let mut expected = Vec::new();
+    for holder in ["b", "c", "d"] {
+        current.spec.as_mut().unwrap().holder_identity = Some(holder.into());
+        current = api
+            .replace("w", &PostParams::default(), &current)
+            .await
+            .unwrap();
+        expected.push(current.metadata.resource_version.clone().unwrap());
+    }
+    api.delete("w", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match stream.try_next().await.unwrap().unwrap() {
+            WatchEvent::Modified(l) => {
+                seen.push(("MODIFIED", l.metadata.resource_version.unwrap()))
+            }
+            WatchEvent::Deleted(l) => seen.push(("DELETED", l.metadata.resource_version.unwrap())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen.iter()
+            .map(|(_, rv)| rv.clone())
+            .take(3)
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(seen[3].0, "DELETED");
+
+    // Resume from the middle: only what came after.
+    let mut resumed = api.watch(&params, &expected[1]).await.unwrap().boxed();
+    match resumed.try_next().await.unwrap().unwrap() {
+        WatchEvent::Modified(l) => assert_eq!(l.metadata.resource_version.unwrap(), expected[2]),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Older than the kept history (5 events): 410 Expired.
+    for i in 0..5 {
+        api.create(&PostParams::default(), &lease(&format!("filler-{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    let mut expired = api.watch(&params, &start_rv).await.unwrap().boxed();
+    match expired.try_next().await.unwrap().unwrap() {
+        WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("unexpected {other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn runtime_watcher_lists_then_follows() {
+    let server = FakeApiServer::builder()
+        .bookmark_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    api.create(&PostParams::default(), &lease("one", "a"))
+        .await
+        .unwrap();
+    let stream = kube::runtime::watcher(api.clone(), kube::runtime::watcher::Config::default());
+    let mut objects = std::pin::pin!(kube::runtime::WatchStreamExt::applied_objects(stream));
+    assert_eq!(
+        objects
+            .try_next()
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .name
+            .as_deref(),
+        Some("one")
+    );
+    api.create(&PostParams::default(), &lease("two", "b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        objects
+            .try_next()
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .name
+            .as_deref(),
+        Some("two")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn custom_resources_with_status_subresource() {
+    let rt = ResourceType::custom("claims.example.com", "v1", "Host", "hosts", true);
+    let server = FakeApiServer::builder()
+        .custom_resource(rt)
+        .start()
+        .await
+        .unwrap();
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("claims.example.com", "v1", "Host"),
+        "hosts",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client(&server.url()), "default", &ar);
+    let mut host = DynamicObject::new("h1", &ar);
+    host.data = json!({"spec": {"priority": 3}, "status": {"claimedBy": "ignored on create"}});
+    let created = api.create(&PostParams::default(), &host).await.unwrap();
+    assert_eq!(created.data["spec"]["priority"], 3);
+    assert!(
+        created.data.get("status").is_none(),
+        "status is ignored on create"
+    );
+
+    let status = api
+        .patch_status(
+            "h1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"claimedBy": "x"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.data["status"]["claimedBy"], "x");
+    assert_eq!(
+        status.metadata.generation,
+        Some(1),
+        "a status change keeps the generation"
+    );
+
+    let mut main = status.clone();
+    main.data["spec"]["priority"] = json!(5);
+    main.data["status"] = json!({"claimedBy": "overwritten?"});
+    let replaced = api
+        .replace("h1", &PostParams::default(), &main)
+        .await
+        .unwrap();
+    assert_eq!(replaced.data["spec"]["priority"], 5);
+    assert_eq!(
+        replaced.data["status"]["claimedBy"], "x",
+        "the main resource keeps the status"
+    );
+    assert_eq!(replaced.metadata.generation, Some(2));
+    assert_eq!(
+        api.get_status("h1").await.unwrap().data["status"]["claimedBy"],
+        "x"
+    );
+    let (code, reason, _) = api_error(api.get("nope").await);
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_updates_have_exactly_one_winner_per_round() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let mut current = api
+        .create(&PostParams::default(), &lease("race", "none"))
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let api = api.clone();
+                let mut mine = current.clone();
+                mine.spec.as_mut().unwrap().holder_identity = Some(format!("r{round}-c{i}"));
+                tokio::spawn(async move {
+                    (i, api.replace("race", &PostParams::default(), &mine).await)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (i, Ok(written)) => winners.push((i, written)),
+                (_, Err(e)) => assert_eq!(api_error::<()>(Err(e)).1, "Conflict"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one winner");
+        let (i, written) = winners.pop().unwrap();
+        current = api.get("race").await.unwrap();
+        assert_eq!(current, written);
+        assert_eq!(
+            current.spec.as_ref().unwrap().holder_identity.as_deref(),
+            Some(format!("r{round}-c{i}").as_str())
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_applies_to_one_listener_only() {
+    let server = FakeApiServer::start().await.unwrap();
+    let slow = server.add_listener().await.unwrap();
+    slow.set_faults(Faults {
+        latency: Duration::from_millis(200),
+        ..Faults::default()
+    });
+    let fast_api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let slow_api: Api<Lease> = Api::namespaced(client(&slow.url()), "default");
+    fast_api
+        .create(&PostParams::default(), &lease("l", "a"))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    slow_api.get("l").await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    fast_api.get("l").await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_rate_answers_the_chosen_code_and_does_not_apply() {
+    let server = FakeApiServer::start().await.unwrap();
+    let failing = server.add_listener().await.unwrap();
+    let good: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let bad: Api<Lease> = Api::namespaced(client(&failing.url()), "default");
+    for (code, reason) in [
+        (429, "TooManyRequests"),
+        (500, "InternalError"),
+        (503, "ServiceUnavailable"),
+    ] {
+        failing.set_faults(Faults {
+            error_rate: 1.0,
+            error_code: code,
+            ..Faults::default()
+        });
+        let (got, got_reason, _) =
+            api_error(bad.create(&PostParams::default(), &lease("e", "a")).await);
+        assert_eq!((got, got_reason.as_str()), (code, reason));
+        assert_eq!(
+            api_error(good.get("e").await).0,
+            404,
+            "the failed write was not applied"
+        );
+    }
+    good.create(&PostParams::default(), &lease("e", "a"))
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn black_hole_never_answers_and_stalls_watches() {
+    let server = FakeApiServer::start().await.unwrap();
+    let hole = server.add_listener().await.unwrap();
+    let good: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let cut: Api<Lease> = Api::namespaced(client(&hole.url()), "default");
+    let created = good
+        .create(&PostParams::default(), &lease("b", "a"))
+        .await
+        .unwrap();
+    let rv = created.metadata.resource_version.clone().unwrap();
+    let cut_watch: Api<Lease> = Api::namespaced(watch_client(&hole.url()), "default");
+    let mut watch = cut_watch
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    hole.set_faults(Faults::partition());
+    let t = Instant::now();
+    match cut.get("b").await {
+        Err(kube::Error::HyperError(_) | kube::Error::Service(_)) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "answered after {:?}",
+        t.elapsed()
+    );
+    good.get("b").await.unwrap();
+
+    let mut update = created.clone();
+    update.spec.as_mut().unwrap().holder_identity = Some("z".into());
+    good.replace("b", &PostParams::default(), &update)
+        .await
+        .unwrap();
+    let stalled = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+    assert!(
+        stalled.is_err(),
+        "a black-holed watch delivers nothing: {stalled:?}"
+    );
+    hole.clear_faults();
+    match watch.try_next().await.unwrap().unwrap() {
+        WatchEvent::Modified(l) => {
+            assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("z"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn commit_then_drop_applies_the_write_and_loses_the_answer() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lossy = server.add_listener().await.unwrap();
+    lossy.set_faults(Faults {
+        commit_then_drop: true,
+        ..Faults::default()
+    });
+    let good: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let bad: Api<Lease> = Api::namespaced(client(&lossy.url()), "default");
+    let result = bad.create(&PostParams::default(), &lease("c", "a")).await;
+    assert!(
+        matches!(
+            result,
+            Err(kube::Error::HyperError(_) | kube::Error::Service(_))
+        ),
+        "{result:?}"
+    );
+    let stored = good.get("c").await.unwrap();
+    assert_eq!(stored.spec.unwrap().holder_identity.as_deref(), Some("a"));
+    // Reads are answered.
+    bad.get("c").await.unwrap();
+    let log = server.request_log();
+    let create = log.iter().find(|r| r.verb == "create").unwrap();
+    assert_eq!((create.listener, create.code), (lossy.id(), None));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuse_closes_the_port_until_lifted() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cut = server.add_listener().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&cut.url()), "default");
+    api.create(&PostParams::default(), &lease("r", "a"))
+        .await
+        .unwrap();
+    cut.set_faults(Faults {
+        refuse: true,
+        ..Faults::default()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = tokio::net::TcpStream::connect(cut.addr())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    Api::<Lease>::namespaced(client(&server.url()), "default")
+        .get("r")
+        .await
+        .unwrap();
+    cut.clear_faults();
+    let mut reachable = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(cut.addr()).await.is_ok() {
+            reachable = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reachable, "the listener is bound again");
+    api.get("r").await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn counts_and_admin_routes() {
+    let server = FakeApiServer::start().await.unwrap();
+    let second = server.add_listener().await.unwrap();
+    let c = client(&server.url());
+    let api: Api<Lease> = Api::namespaced(c.clone(), "default");
+    let api2: Api<Lease> = Api::namespaced(client(&second.url()), "default");
+    api.create(&PostParams::default(), &lease("n", "a"))
+        .await
+        .unwrap();
+    api.get("n").await.unwrap();
+    api2.get("n").await.unwrap();
+    api2.get("n").await.unwrap();
+    let count = |listener: usize, verb: &str| {
+        server
+            .counts()
+            .iter()
+            .find(|c| c.listener == listener && c.verb == verb && c.resource == "leases")
+            .map_or(0, |c| c.count)
+    };
+    assert_eq!(
+        (count(0, "create"), count(0, "get"), count(1, "get")),
+        (1, 1, 2)
+    );
+
+    let get = |path: &str| http::Request::get(path).body(Vec::new()).unwrap();
+    let counts: serde_json::Value = c.request(get("/fake/counts")).await.unwrap();
+    assert_eq!(counts.as_array().unwrap().len(), 3, "{counts}");
+
+    let put = http::Request::put(format!("/fake/listeners/{}/faults", second.id()))
+        .header("content-type", "application/json")
+        .body(br#"{"error_rate": 1.0, "error_code": 503}"#.to_vec())
+        .unwrap();
+    let faults: serde_json::Value = c.request(put).await.unwrap();
+    assert_eq!(faults["error_code"], 503);
+    assert_eq!(api_error(api2.get("n").await).0, 503);
+    let bad = http::Request::put(format!("/fake/listeners/{}/faults", second.id()))
+        .header("content-type", "application/json")
+        .body(br#"{"error_rate": 2.0}"#.to_vec())
+        .unwrap();
+    let (code, _, message) = api_error(c.request::<serde_json::Value>(bad).await);
+    assert_eq!(code, 400);
+    assert_eq!(message, "invalid error_rate 2: must be between 0 and 1");
+
+    let opened: serde_json::Value = c
+        .request(
+            http::Request::post("/fake/listeners")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let third: Api<Lease> = Api::namespaced(client(opened["url"].as_str().unwrap()), "default");
+    third.get("n").await.unwrap();
+    assert_eq!(server.listeners().len(), 3);
+
+    let log: Vec<fake_apiserver::RequestRecord> = c.request(get("/fake/requests")).await.unwrap();
+    assert_eq!(log.first().map(|r| r.verb.as_str()), Some("create"));
+    server.reset_counts();
+    assert!(server.counts().is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_watchers_are_dropped_not_buffered() {
+    let server = FakeApiServer::builder()
+        .watch_buffer(4)
+        .start()
+        .await
+        .unwrap();
+    let c = client(&server.url());
+    let api: Api<Lease> = Api::namespaced(c.clone(), "default");
+    let watcher: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
+    let mut current = api
+        .create(&PostParams::default(), &lease("s", "a"))
+        .await
+        .unwrap();
+    let rv = current.metadata.resource_version.clone().unwrap();
+    // Open a watch and never read it while 400 events of 100 KiB each happen (more than socket buffers hold).
+    let stream = watcher
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await
+        .unwrap();
+    let padding = "p".repeat(100 * 1024);
+    for i in 0..400 {
+        current.spec.as_mut().unwrap().holder_identity = Some(format!("h{i}-{padding}"));
+        current = api
+            .replace("s", &PostParams::default(), &current)
+            .await
+            .unwrap();
+    }
+    // The stream ends (dropped) after what fit in its buffers, instead of holding all 400 events.
+    let received = tokio::time::timeout(Duration::from_secs(5), stream.count())
+        .await
+        .unwrap();
+    assert!(received < 400, "received {received}");
+    server.shutdown().await;
+}
