@@ -1,0 +1,132 @@
+//! `KubeLeaseLock` over real HTTP against the fake API server: the lock's outcomes (404, 409 AlreadyExists,
+//! 409 Conflict, watch events) are the API server's, and two electors hand the Lease over through a watch.
+
+use std::time::{Duration, Instant};
+
+use fake_apiserver::FakeApiServer;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use leaderelection::{
+    Callbacks, Config, Elector, KubeLeaseLock, LeaderElectionRecord, LeaseEvent, LeaseLock,
+    LockError,
+};
+use tokio_util::sync::CancellationToken;
+
+fn client(url: &str) -> kube::Client {
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.default_retry = false;
+    kube::Client::try_from(config).unwrap()
+}
+
+fn record(holder: &str, transitions: i32) -> LeaderElectionRecord {
+    let now = jiff::Timestamp::now();
+    LeaderElectionRecord {
+        holder_identity: holder.into(),
+        lease_duration_seconds: 15,
+        acquire_time: Some(now),
+        renew_time: Some(now),
+        lease_transitions: transitions,
+        ..LeaderElectionRecord::default()
+    }
+}
+
+#[tokio::test]
+async fn lock_outcomes_are_the_api_servers() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lock = KubeLeaseLock::new(client(&server.url()), "default", "lock");
+    assert!(lock.get().await.unwrap().is_none());
+
+    let created = lock.create(&record("a", 0)).await.unwrap();
+    assert_eq!(created.record.holder_identity, "a");
+    assert!(matches!(
+        lock.create(&record("b", 0)).await,
+        Err(LockError::AlreadyExists)
+    ));
+
+    let updated = lock
+        .update(&record("b", 1), &created.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(updated.record.lease_transitions, 1);
+    assert!(matches!(
+        lock.update(&record("c", 2), &created.resource_version)
+            .await,
+        Err(LockError::Conflict)
+    ));
+
+    // What was written is what kube-rs and kubectl read: six fractional digits, the holder, the term.
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
+    let raw = api.get("lock").await.unwrap();
+    let spec = raw.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    let renew = serde_json::to_value(spec.renew_time.unwrap()).unwrap();
+    let fraction = renew.as_str().unwrap().rsplit('.').next().unwrap();
+    assert_eq!(fraction.len(), "123456Z".len(), "{renew}");
+
+    let mut events = lock.watch(&updated.resource_version).await.unwrap();
+    let third = lock
+        .update(&record("c", 2), &updated.resource_version)
+        .await
+        .unwrap();
+    match events.next().await.unwrap().unwrap() {
+        LeaseEvent::Applied(observed) => {
+            assert_eq!(observed.record.holder_identity, "c");
+            assert_eq!(observed.resource_version, third.resource_version);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    api.delete("lock", &Default::default()).await.unwrap();
+    assert!(matches!(
+        events.next().await.unwrap().unwrap(),
+        LeaseEvent::Deleted(_)
+    ));
+    assert!(matches!(
+        lock.update(&record("d", 3), &third.resource_version).await,
+        Err(LockError::NotFound)
+    ));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_lease_is_taken_over_through_the_watch() {
+    let server = FakeApiServer::start().await.unwrap();
+    let candidate = |id: &str| {
+        let config = Config::new(id, "handover", "default")
+            .with_lease_duration(Duration::from_secs(300))
+            .with_renew_deadline(Duration::from_secs(200))
+            .with_retry_period(Duration::from_secs(100));
+        let lock = KubeLeaseLock::new(client(&server.url()), "default", "handover");
+        Elector::new(config, lock, Callbacks::new()).unwrap()
+    };
+    let first = candidate("first");
+    let first_stop = CancellationToken::new();
+    let first_run = tokio::spawn(first.clone().run(first_stop.clone()));
+    let mut state = first.subscribe();
+    state.wait_for(|s| s.is_leader()).await.unwrap();
+
+    let second = candidate("second");
+    let second_stop = CancellationToken::new();
+    let second_run = tokio::spawn(second.clone().run(second_stop.clone()));
+    let mut second_state = second.subscribe();
+    second_state
+        .wait_for(|s| s.leader.as_deref() == Some("first"))
+        .await
+        .unwrap();
+
+    // The leader shuts down and releases; the follower, watching, takes over. A polling follower would need
+    // a retry period (100 s, jittered up to 220 s) or the lease duration (300 s): far more than the bound.
+    let released = Instant::now();
+    first_stop.cancel();
+    first_run.await.unwrap().unwrap();
+    second_state.wait_for(|s| s.is_leader()).await.unwrap();
+    let handover = released.elapsed();
+    assert!(
+        handover < Duration::from_secs(50),
+        "handover took {handover:?}"
+    );
+    assert_eq!(second_state.borrow().current_term().unwrap().transitions, 1);
+    second_stop.cancel();
+    second_run.await.unwrap().unwrap();
+    server.shutdown().await;
+}
