@@ -1,0 +1,139 @@
+//! The admin HTTP server (axum): `/healthz`, `/readyz`, `/metrics`, `/debug/vars`, and nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use leaderelection::Watchdog;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::component::Component;
+use crate::metrics::Metrics;
+
+/// What the admin routes read. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    component: Component,
+    watchdog: Watchdog,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+}
+
+impl Admin {
+    /// The admin state of `component`: its watchdog (unhealthy after `lease_duration + tolerance` without a
+    /// renew while it believes it leads), the finished `registry`, and `metrics` for `/debug/vars`.
+    pub fn new(
+        component: Component,
+        tolerance: Duration,
+        registry: Registry,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            watchdog: component.watchdog(tolerance),
+            component,
+            registry: Arc::new(registry),
+            metrics,
+        }
+    }
+
+    /// The router: `GET /healthz`, `/readyz`, `/metrics` (OpenMetrics text), `/debug/vars` (JSON).
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/debug/vars", get(debug_vars))
+            .with_state(self)
+    }
+
+    /// The seed's `/debug/vars` document: `{"leader_election": {enabled, is_leader, identity, lease_holder,
+    /// time_as_leader, transitions}}`; `time_as_leader` is the running term's length (e.g. `"45m32s"`), or
+    /// `"0s"` when not leading.
+    pub fn debug_vars(&self) -> serde_json::Value {
+        let config = self.component.config();
+        let time_as_leader = self
+            .metrics
+            .current_term_duration()
+            .map(crate::commentator::round)
+            .unwrap_or_default();
+        json!({
+            "leader_election": {
+                "enabled": config.enabled,
+                "is_leader": self.component.is_leader(),
+                "identity": config.identity,
+                "lease_holder": self.component.leader().unwrap_or_default(),
+                "time_as_leader": humantime::format_duration(time_as_leader).to_string(),
+                "transitions": self.metrics.transitions(),
+            }
+        })
+    }
+}
+
+/// Serves `admin` on `listener` until `shutdown` is cancelled.
+///
+/// # Errors
+///
+/// The I/O error of the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Admin,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, admin.router())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn healthz(State(admin): State<Admin>) -> Response {
+    match admin.watchdog.check() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(unhealthy) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{unhealthy}\n")).into_response()
+        }
+    }
+}
+
+/// Ready once the election has an answer: disabled, leading, or a holder observed.
+async fn readyz(State(admin): State<Admin>) -> Response {
+    if !admin.component.config().enabled
+        || admin.component.is_leader()
+        || admin.component.leader().is_some()
+    {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no lease holder observed yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &admin.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {err}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn debug_vars(State(admin): State<Admin>) -> Response {
+    axum::Json(admin.debug_vars()).into_response()
+}

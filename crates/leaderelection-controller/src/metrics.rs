@@ -1,0 +1,277 @@
+//! Prometheus metrics of the election (seed: `pkg/controller/metrics`), fed from the [`EventBus`] and the
+//! elector's [`Observer`] hook, registered into the caller's [`Registry`].
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `leader_election_is_leader` | gauge | 1 while this replica leads; 0 on every way of stopping |
+//! | `leader_election_transitions_total` | counter | terms this replica started |
+//! | `leader_election_time_as_leader_seconds_total` | counter | seconds led, including the running term |
+//! | `leader_election_master_status{name}` | gauge | client-go's name for `is_leader` |
+//! | `leader_election_slowpath_total{name}` | counter | client-go's renew-conflict slow path |
+//! | `leader_election_renew_duration_seconds` | histogram | latency of successful renews |
+//! | `leader_election_api_errors_total{verb,reason}` | counter | failed Lease requests |
+//! | `leader_election_lease_transitions` | gauge | the Lease's current term (`leaseTransitions`) |
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use leaderelection::{LockError, Observer, Phase, Request};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use crate::component::Component;
+use crate::events::{Event, Received};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    verb: String,
+    reason: String,
+}
+
+/// Seconds led: the closed terms plus the running one, computed at each scrape.
+#[derive(Debug, Default)]
+struct TimeAsLeader {
+    state: Mutex<(Duration, Option<Instant>)>,
+}
+
+impl TimeAsLeader {
+    fn start(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.1.get_or_insert_with(Instant::now);
+    }
+
+    fn stop(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(since) = state.1.take() {
+            state.0 += since.elapsed();
+        }
+    }
+
+    fn total(&self) -> Duration {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 + state.1.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    fn current(&self) -> Option<Duration> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.1.map(|since| since.elapsed())
+    }
+}
+
+impl Collector for TimeAsLeader {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metric = encoder.encode_descriptor(
+            "leader_election_time_as_leader_seconds",
+            "Seconds this replica has led, including the running term.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        ConstCounter::new(self.total().as_secs_f64()).encode(metric)
+    }
+}
+
+/// The election's metrics. Cheap to clone; pass it to [`Component::with_observer`] and run
+/// [`Metrics::run`] beside the component.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    lease_name: String,
+    is_leader: Gauge,
+    transitions: Counter,
+    transitions_seen: AtomicU64,
+    time_as_leader: Arc<TimeAsLeader>,
+    master_status: Family<NameLabel, Gauge>,
+    slowpath: Family<NameLabel, Counter>,
+    renew_duration: Histogram,
+    api_errors: Family<ErrorLabels, Counter>,
+    lease_transitions: Gauge,
+}
+
+impl Metrics {
+    /// Registers the metrics into `registry`; `lease_name` is the `name` label of the client-go metrics.
+    pub fn new(registry: &mut Registry, lease_name: &str) -> Self {
+        let inner = Inner {
+            lease_name: lease_name.to_owned(),
+            is_leader: Gauge::default(),
+            transitions: Counter::default(),
+            transitions_seen: AtomicU64::new(0),
+            time_as_leader: Arc::default(),
+            master_status: Family::default(),
+            slowpath: Family::default(),
+            renew_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            api_errors: Family::default(),
+            lease_transitions: Gauge::default(),
+        };
+        registry.register(
+            "leader_election_is_leader",
+            "1 while this replica leads, else 0.",
+            inner.is_leader.clone(),
+        );
+        registry.register(
+            "leader_election_transitions",
+            "Terms this replica has started.",
+            inner.transitions.clone(),
+        );
+        registry.register_collector(Box::new(inner.time_as_leader.clone()));
+        registry.register(
+            "leader_election_master_status",
+            "client-go compatible: 1 while this replica leads the named lease.",
+            inner.master_status.clone(),
+        );
+        registry.register(
+            "leader_election_slowpath",
+            "client-go compatible: renews that conflicted and re-read the lease.",
+            inner.slowpath.clone(),
+        );
+        registry.register(
+            "leader_election_renew_duration_seconds",
+            "Latency of successful lease renewals, in seconds.",
+            inner.renew_duration.clone(),
+        );
+        registry.register(
+            "leader_election_api_errors",
+            "Lease requests that failed, by verb and Status reason.",
+            inner.api_errors.clone(),
+        );
+        registry.register(
+            "leader_election_lease_transitions",
+            "The lease's current term (leaseTransitions) as last observed.",
+            inner.lease_transitions.clone(),
+        );
+        let metrics = Self {
+            inner: Arc::new(inner),
+        };
+        metrics.set_leading(false);
+        metrics
+    }
+
+    fn set_leading(&self, leading: bool) {
+        let value = i64::from(leading);
+        self.inner.is_leader.set(value);
+        self.inner
+            .master_status
+            .get_or_create(&NameLabel {
+                name: self.inner.lease_name.clone(),
+            })
+            .set(value);
+        if leading {
+            self.inner.time_as_leader.start();
+        } else {
+            self.inner.time_as_leader.stop();
+        }
+    }
+
+    /// Applies one event.
+    pub fn record(&self, event: &Event) {
+        match event {
+            Event::BecameLeader { term, .. } => {
+                self.inner.transitions.inc();
+                self.inner.transitions_seen.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .lease_transitions
+                    .set(i64::from(term.transitions));
+                self.set_leading(true);
+            }
+            Event::LostLeadership { .. } => self.set_leading(false),
+            Event::LeaderElectionStarted { .. } | Event::NewLeaderObserved { .. } => {}
+        }
+    }
+
+    /// Feeds the metrics from `component`'s bus and state until `component` stops publishing (its bus is
+    /// dropped) or the returned future is dropped. On lag, re-reads the state. Sets `is_leader` to 0 when
+    /// it ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; drop it to stop.
+    pub async fn run(self, component: Component) {
+        let mut events = component.bus().subscribe();
+        let mut state = component.subscribe();
+        loop {
+            tokio::select! {
+                received = events.recv() => match received {
+                    Some(Received::Event(event)) => self.record(&event),
+                    Some(Received::Lagged(_)) => self.set_leading(component.is_leader()),
+                    None => break,
+                },
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let transitions = state.borrow_and_update().lease_transitions;
+                    self.inner.lease_transitions.set(i64::from(transitions));
+                }
+            }
+        }
+        self.set_leading(false);
+    }
+
+    /// Seconds led in the running term, `None` when not leading.
+    pub fn current_term_duration(&self) -> Option<Duration> {
+        self.inner.time_as_leader.current()
+    }
+
+    /// Total time led, including the running term.
+    pub fn time_as_leader(&self) -> Duration {
+        self.inner.time_as_leader.total()
+    }
+
+    /// Terms started by this replica.
+    pub fn transitions(&self) -> u64 {
+        self.inner.transitions_seen.load(Ordering::Relaxed)
+    }
+}
+
+impl Observer for Metrics {
+    fn on_request(&self, request: &Request<'_>) {
+        match request.error {
+            None if request.phase == Phase::Renew => {
+                self.inner
+                    .renew_duration
+                    .observe(request.latency.as_secs_f64());
+            }
+            None | Some(LockError::NotFound | LockError::AlreadyExists | LockError::Conflict) => {}
+            Some(error) => {
+                let reason = match error {
+                    LockError::Api { reason, .. } => reason.clone(),
+                    LockError::Gone => "Expired".into(),
+                    LockError::Forbidden(_) => "Forbidden".into(),
+                    LockError::Timeout => "Timeout".into(),
+                    _ => "Transport".into(),
+                };
+                self.inner
+                    .api_errors
+                    .get_or_create(&ErrorLabels {
+                        verb: request.verb.into(),
+                        reason,
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn on_slow_path(&self) {
+        self.inner
+            .slowpath
+            .get_or_create(&NameLabel {
+                name: self.inner.lease_name.clone(),
+            })
+            .inc();
+    }
+}
