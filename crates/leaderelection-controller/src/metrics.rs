@@ -193,7 +193,8 @@ impl Metrics {
         }
     }
 
-    /// Feeds the metrics from `component`'s bus and state until `component` stops publishing (its bus is
+    /// Feeds the metrics from `component`'s bus and state (the gauge drops to 0 as soon as the state says
+    /// the term ended, before the release and [`Event::LostLeadership`]) until `component` stops publishing (its bus is
     /// dropped) or the returned future is dropped. On lag, re-reads the state. Sets `is_leader` to 0 when
     /// it ends.
     ///
@@ -214,8 +215,15 @@ impl Metrics {
                     if changed.is_err() {
                         break;
                     }
-                    let transitions = state.borrow_and_update().lease_transitions;
+                    let (transitions, leading) = {
+                        let state = state.borrow_and_update();
+                        (state.lease_transitions, state.is_leader())
+                    };
                     self.inner.lease_transitions.set(i64::from(transitions));
+                    // The term ended (its state says so before the release and LostLeadership).
+                    if !leading {
+                        self.set_leading(false);
+                    }
                 }
             }
         }

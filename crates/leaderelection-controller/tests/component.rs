@@ -1,0 +1,273 @@
+//! The event adapter and the metrics on the in-memory lock under tokio's paused clock: events are published
+//! before each callback in the seeds' order (also in disabled mode), `is_leader` is accurate, transitions
+//! are counted, and time as leader grows while leading.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use leaderelection::{Callbacks, Config, LeaderElectionRecord, MemoryLeaseStore, StopReason, Term};
+use leaderelection_controller::{Component, Event, EventBus, Metrics, Received, Subscription};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+fn config(id: &str) -> Config {
+    Config::new(id, "lease", "default")
+        .with_lease_duration(Duration::from_secs(3))
+        .with_renew_deadline(Duration::from_secs(2))
+        .with_retry_period(Duration::from_millis(500))
+}
+
+fn name(event: &Event) -> String {
+    match event {
+        Event::LeaderElectionStarted { .. } => "event:started".into(),
+        Event::BecameLeader { term, .. } => format!("event:became_leader({})", term.transitions),
+        Event::LostLeadership { reason, .. } => format!("event:lost({reason})"),
+        Event::NewLeaderObserved {
+            new_leader_identity,
+            is_self,
+        } => {
+            format!("event:new_leader({new_leader_identity},{is_self})")
+        }
+    }
+}
+
+/// Callbacks that first move every event already on the bus into the log, then log themselves: an event
+/// published before its callback appears just before it.
+fn logging_callbacks(log: Arc<Mutex<Vec<String>>>, sub: Arc<Mutex<Subscription>>) -> Callbacks {
+    let drain = move |log: &Mutex<Vec<String>>, sub: &Mutex<Subscription>, entry: String| {
+        let mut sub = sub.lock().unwrap();
+        let mut log = log.lock().unwrap();
+        while let Some(Received::Event(event)) = sub.try_recv() {
+            log.push(name(&event));
+        }
+        log.push(entry);
+    };
+    let drain = Arc::new(drain);
+    Callbacks::new()
+        .on_started_leading({
+            let (log, sub, drain) = (log.clone(), sub.clone(), drain.clone());
+            move |term: Term, token: CancellationToken| {
+                drain(
+                    &log,
+                    &sub,
+                    format!("callback:started_leading({})", term.transitions),
+                );
+                async move { token.cancelled().await }
+            }
+        })
+        .on_stopped_leading({
+            let (log, sub, drain) = (log.clone(), sub.clone(), drain.clone());
+            move |reason: StopReason| {
+                drain(&log, &sub, format!("callback:stopped_leading({reason})"))
+            }
+        })
+        .on_new_leader(move |id: &str| drain(&log, &sub, format!("callback:new_leader({id})")))
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_precede_callbacks_in_the_seeds_order() {
+    let store = MemoryLeaseStore::new();
+    let bus = EventBus::default();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sub = Arc::new(Mutex::new(bus.subscribe()));
+    let component = Component::new(
+        config("a"),
+        store.lock("a"),
+        bus.clone(),
+        logging_callbacks(log.clone(), sub.clone()),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let (c, stop) = (component.clone(), stop.clone());
+        async move { c.run(stop).await }
+    });
+    let mut state = component.subscribe();
+    state.wait_for(|s| s.is_leader()).await.unwrap();
+    assert!(component.is_leader());
+    assert_eq!(component.leader().as_deref(), Some("a"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(component.is_leader(), "renewing keeps it leader");
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    assert!(!component.is_leader());
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [
+            "event:started",
+            "event:new_leader(a,true)",
+            "callback:new_leader(a)",
+            "event:became_leader(0)",
+            "callback:started_leading(0)",
+            "event:lost(shutdown)",
+            "callback:stopped_leading(shutdown)",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_mode_publishes_events_without_api_calls() {
+    let store = MemoryLeaseStore::new();
+    let bus = EventBus::default();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sub = Arc::new(Mutex::new(bus.subscribe()));
+    let mut cfg = config("solo");
+    cfg.enabled = false;
+    let component = Component::new(
+        cfg,
+        store.lock("solo"),
+        bus.clone(),
+        logging_callbacks(log.clone(), sub),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let (c, stop) = (component.clone(), stop.clone());
+        async move { c.run(stop).await }
+    });
+    component
+        .subscribe()
+        .wait_for(|s| s.is_leader())
+        .await
+        .unwrap();
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    assert!(store.calls().is_empty(), "no API call: {:?}", store.calls());
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [
+            "event:started",
+            "event:new_leader(solo,true)",
+            "callback:new_leader(solo)",
+            "event:became_leader(0)",
+            "callback:started_leading(0)",
+            "event:lost(shutdown)",
+            "callback:stopped_leading(shutdown)",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_the_lease_to_another_holder_is_published_with_its_reason() {
+    let store = MemoryLeaseStore::new();
+    let bus = EventBus::default();
+    let mut sub = bus.subscribe();
+    let component =
+        Component::new(config("a"), store.lock("a"), bus.clone(), Callbacks::new()).unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let (c, stop) = (component.clone(), stop.clone());
+        async move { c.run(stop).await }
+    });
+    component
+        .subscribe()
+        .wait_for(|s| s.is_leader())
+        .await
+        .unwrap();
+    // Another writer takes the Lease (as after a partition): the next renew conflicts and sees "b".
+    let now = jiff::Timestamp::now();
+    store.put(LeaderElectionRecord {
+        holder_identity: "b".into(),
+        lease_duration_seconds: 3,
+        acquire_time: Some(now),
+        renew_time: Some(now),
+        lease_transitions: 1,
+        ..LeaderElectionRecord::default()
+    });
+    component
+        .subscribe()
+        .wait_for(|s| !s.is_leader())
+        .await
+        .unwrap();
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    let mut events = Vec::new();
+    while let Some(Received::Event(e)) = sub.try_recv() {
+        events.push((*e).clone());
+    }
+    assert!(
+        events.contains(&Event::LostLeadership {
+            identity: "a".into(),
+            reason: StopReason::LeaseLost {
+                new_holder: "b".into()
+            },
+        }),
+        "{events:?}"
+    );
+    assert!(events.contains(&Event::NewLeaderObserved {
+        new_leader_identity: "b".into(),
+        is_self: false
+    }));
+}
+
+fn became(transitions: i32) -> Event {
+    Event::BecameLeader {
+        identity: "a".into(),
+        term: Term {
+            holder: "a".into(),
+            transitions,
+            acquire_time: None,
+        },
+    }
+}
+
+fn lost() -> Event {
+    Event::LostLeadership {
+        identity: "a".into(),
+        reason: StopReason::Released,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_and_time_as_leader_are_tracked_while_leading() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry, "lease");
+    metrics.record(&became(4));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        metrics.time_as_leader(),
+        Duration::from_secs(5),
+        "counted while leading"
+    );
+    assert_eq!(
+        metrics.current_term_duration(),
+        Some(Duration::from_secs(5))
+    );
+    metrics.record(&lost());
+    tokio::time::advance(Duration::from_secs(7)).await;
+    assert_eq!(
+        metrics.time_as_leader(),
+        Duration::from_secs(5),
+        "not counted while following"
+    );
+    assert_eq!(metrics.current_term_duration(), None);
+    metrics.record(&became(6));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(metrics.transitions(), 2);
+    assert_eq!(metrics.time_as_leader(), Duration::from_secs(7));
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("leader_election_is_leader"), 1.0);
+    assert_eq!(value("leader_election_transitions_total"), 2.0);
+    assert_eq!(value("leader_election_time_as_leader_seconds_total"), 7.0);
+    assert_eq!(value("leader_election_master_status{name=\"lease\"}"), 1.0);
+    assert_eq!(value("leader_election_lease_transitions"), 6.0);
+    metrics.record(&lost());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("leader_election_is_leader 0\n"), "{text}");
+    assert!(
+        text.contains("leader_election_master_status{name=\"lease\"} 0\n"),
+        "{text}"
+    );
+}

@@ -1,0 +1,324 @@
+//! The seeds' integration tests: three replicas over real HTTP against the fake API server, each with a
+//! supervisor, metrics and an admin server. Only the leader runs leader-only components (checked at every
+//! start and stop, and by sampling), failover after the leader is cut off, every replica runs the
+//! all-replica components, and the admin endpoints tell the truth while leading, following and after
+//! losing leadership.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fake_apiserver::{FakeApiServer, Faults, Listener};
+use leaderelection::{Callbacks, Config};
+use leaderelection_controller::{
+    Admin, Component, EventBus, Metrics, Policy, Supervisor, SupervisorError,
+};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const LEASE: Duration = Duration::from_secs(3);
+const RENEW: Duration = Duration::from_secs(2);
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Leader-only activity across all replicas: how many run now, the most that ever ran at once, and the
+/// start/stop log.
+#[derive(Default)]
+struct Activity {
+    active: AtomicUsize,
+    max_active: AtomicUsize,
+    log: Mutex<Vec<(usize, &'static str, Instant)>>,
+}
+
+struct Replica {
+    component: Component,
+    listener: Listener,
+    stop: CancellationToken,
+    run: JoinHandle<Result<(), SupervisorError>>,
+    all_replica_running: Arc<AtomicBool>,
+    admin: SocketAddr,
+}
+
+async fn start_replica(server: &FakeApiServer, index: usize, activity: Arc<Activity>) -> Replica {
+    let listener = server.add_listener().await.unwrap();
+    let mut kube_config = kube::Config::new(listener.url().parse().unwrap());
+    kube_config.default_retry = false;
+    let client = kube::Client::try_from(kube_config).unwrap();
+    let all_replica_running = Arc::new(AtomicBool::new(false));
+    let supervisor = Supervisor::new(Policy::default())
+        .all_replica("watcher", {
+            let flag = all_replica_running.clone();
+            move |token| {
+                let flag = flag.clone();
+                async move {
+                    flag.store(true, Ordering::SeqCst);
+                    token.cancelled().await;
+                    flag.store(false, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        })
+        .leader_only("deployer", move |_term, token| {
+            let activity = activity.clone();
+            async move {
+                let now = activity.active.fetch_add(1, Ordering::SeqCst) + 1;
+                activity.max_active.fetch_max(now, Ordering::SeqCst);
+                activity
+                    .log
+                    .lock()
+                    .unwrap()
+                    .push((index, "start", Instant::now()));
+                token.cancelled().await;
+                activity
+                    .log
+                    .lock()
+                    .unwrap()
+                    .push((index, "stop", Instant::now()));
+                activity.active.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+    let config = Config::new(format!("replica-{index}"), "controller", "default")
+        .with_lease_duration(LEASE)
+        .with_renew_deadline(RENEW)
+        .with_retry_period(RETRY);
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry, "controller");
+    let lock = leaderelection::KubeLeaseLock::new(client, "default", "controller");
+    let component = Component::with_observer(
+        config,
+        lock,
+        EventBus::default(),
+        supervisor.callbacks(Callbacks::new()),
+        Some(Arc::new(metrics.clone())),
+    )
+    .unwrap();
+    tokio::spawn(metrics.clone().run(component.clone()));
+    let stop = CancellationToken::new();
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = socket.local_addr().unwrap();
+    tokio::spawn(leaderelection_controller::admin::serve(
+        socket,
+        Admin::new(component.clone(), Duration::from_secs(1), registry, metrics),
+        stop.clone(),
+    ));
+    let run = tokio::spawn({
+        let (component, stop) = (component.clone(), stop.clone());
+        async move { supervisor.run(&component, stop).await }
+    });
+    Replica {
+        component,
+        listener,
+        stop,
+        run,
+        all_replica_running,
+        admin,
+    }
+}
+
+async fn start(server: &FakeApiServer, activity: &Arc<Activity>) -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(start_replica(server, i, activity.clone()).await);
+    }
+    replicas
+}
+
+async fn wait_for_leader(replicas: &[Replica], except: Option<usize>) -> usize {
+    loop {
+        if let Some(i) = replicas
+            .iter()
+            .enumerate()
+            .position(|(i, r)| Some(i) != except && r.component.is_leader())
+        {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn shutdown(replicas: Vec<Replica>) {
+    for r in &replicas {
+        r.listener.clear_faults();
+        r.stop.cancel();
+    }
+    for r in replicas {
+        r.run.await.unwrap().unwrap();
+    }
+}
+
+/// `GET path` over HTTP/1.0; (status, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// Parses OpenMetrics text into (series, value) pairs.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    parse_metrics(text)
+        .into_iter()
+        .find(|(s, _)| s == series)
+        .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_leader_runs_leader_only_components() {
+    let server = FakeApiServer::start().await.unwrap();
+    let activity = Arc::new(Activity::default());
+    let replicas = start(&server, &activity).await;
+    let leader = wait_for_leader(&replicas, None).await;
+    for _ in 0..200 {
+        let leaders = replicas.iter().filter(|r| r.component.is_leader()).count();
+        assert!(leaders <= 1, "{leaders} replicas lead at once");
+        assert!(activity.active.load(Ordering::SeqCst) <= 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        replicas[leader].component.is_leader(),
+        "the leader kept its lease"
+    );
+    assert_eq!(
+        activity.active.load(Ordering::SeqCst),
+        1,
+        "the leader runs its leader-only component"
+    );
+    shutdown(replicas).await;
+    assert_eq!(activity.max_active.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        activity.active.load(Ordering::SeqCst),
+        0,
+        "stopped on shutdown"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_replicas_run_all_replica_components() {
+    let server = FakeApiServer::start().await.unwrap();
+    let activity = Arc::new(Activity::default());
+    let replicas = start(&server, &activity).await;
+    let leader = wait_for_leader(&replicas, None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, r) in replicas.iter().enumerate() {
+        assert!(
+            r.all_replica_running.load(Ordering::SeqCst),
+            "replica {i} runs its all-replica component"
+        );
+        assert_eq!(r.component.is_leader(), i == leader);
+        assert_eq!(
+            r.component.leader().as_deref(),
+            Some(format!("replica-{leader}").as_str())
+        );
+    }
+    let flags: Vec<_> = replicas
+        .iter()
+        .map(|r| r.all_replica_running.clone())
+        .collect();
+    shutdown(replicas).await;
+    assert!(
+        flags.iter().all(|f| !f.load(Ordering::SeqCst)),
+        "all-replica components stop on shutdown"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_the_leader_is_cut_off() {
+    let server = FakeApiServer::start().await.unwrap();
+    let activity = Arc::new(Activity::default());
+    let replicas = start(&server, &activity).await;
+    let old = wait_for_leader(&replicas, None).await;
+    let follower = (old + 1) % 3;
+
+    // Admin endpoints while leading and following.
+    let (code, text) = get(replicas[old].admin, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(metric(&text, "leader_election_is_leader"), 1.0);
+    assert_eq!(
+        metric(&text, "leader_election_master_status{name=\"controller\"}"),
+        1.0
+    );
+    let (_, text) = get(replicas[follower].admin, "/metrics").await;
+    assert_eq!(metric(&text, "leader_election_is_leader"), 0.0);
+    let (code, vars) = get(replicas[old].admin, "/debug/vars").await;
+    assert_eq!(code, 200);
+    let vars: serde_json::Value = serde_json::from_str(&vars).unwrap();
+    assert_eq!(vars["leader_election"]["is_leader"], true);
+    assert_eq!(vars["leader_election"]["enabled"], true);
+    assert_eq!(
+        vars["leader_election"]["identity"],
+        format!("replica-{old}")
+    );
+    assert_eq!(
+        vars["leader_election"]["lease_holder"],
+        format!("replica-{old}")
+    );
+    assert_eq!(vars["leader_election"]["transitions"], 1);
+    for r in &replicas {
+        assert_eq!(get(r.admin, "/healthz").await.0, 200);
+        assert_eq!(get(r.admin, "/readyz").await.0, 200);
+    }
+    assert_eq!(get(replicas[old].admin, "/nothing-else").await.0, 404);
+
+    // Cut the leader off the API: its requests are never answered.
+    replicas[old].listener.set_faults(Faults::partition());
+    let cut = Instant::now();
+    let new = wait_for_leader(&replicas, Some(old)).await;
+    let takeover = cut.elapsed();
+    assert!(
+        takeover <= LEASE + 2 * RETRY,
+        "a new leader within lease_duration + 2 x retry_period; took {takeover:?}"
+    );
+    assert!(
+        !replicas[old].component.is_leader(),
+        "the cut-off leader stepped down"
+    );
+
+    // The new leader's leader-only component started only after the old one's stopped.
+    let log = activity.log.lock().unwrap().clone();
+    let old_stop = log
+        .iter()
+        .find(|(i, what, _)| *i == old && *what == "stop")
+        .expect("old leader stopped");
+    let new_start = log
+        .iter()
+        .find(|(i, what, _)| *i == new && *what == "start")
+        .expect("new leader started");
+    assert!(old_stop.2 <= new_start.2, "{log:?}");
+    assert_eq!(activity.max_active.load(Ordering::SeqCst), 1);
+
+    // The old leader's admin endpoints after losing leadership.
+    let (_, text) = get(replicas[old].admin, "/metrics").await;
+    assert_eq!(metric(&text, "leader_election_is_leader"), 0.0);
+    assert_eq!(metric(&text, "leader_election_transitions_total"), 1.0);
+    assert!(metric(&text, "leader_election_time_as_leader_seconds_total") > 0.0);
+    let (_, vars) = get(replicas[old].admin, "/debug/vars").await;
+    let vars: serde_json::Value = serde_json::from_str(&vars).unwrap();
+    assert_eq!(vars["leader_election"]["is_leader"], false);
+    assert_eq!(vars["leader_election"]["time_as_leader"], "0s");
+    let (_, text) = get(replicas[new].admin, "/metrics").await;
+    assert_eq!(metric(&text, "leader_election_is_leader"), 1.0);
+    shutdown(replicas).await;
+    server.shutdown().await;
+}
