@@ -28,8 +28,6 @@ use crate::{
 /// after a jittered retry period (no hot loop against a server that closes watches at once).
 const MIN_HEALTHY_WATCH: Duration = Duration::from_secs(1);
 
-/// `leaseDurationSeconds` written on release: 0 fails kube-apiserver validation (client-go#754).
-const RELEASED_LEASE_DURATION_SECONDS: i32 = 1;
 
 /// One candidate in the election of one Lease.
 ///
@@ -840,16 +838,7 @@ impl<'a> Runner<'a> {
                     continue;
                 }
             };
-            let now = truncate_to_micros(Timestamp::now());
-            let released = LeaderElectionRecord {
-                holder_identity: String::new(),
-                lease_duration_seconds: RELEASED_LEASE_DURATION_SECONDS,
-                acquire_time: Some(now),
-                renew_time: Some(now),
-                lease_transitions: fresh.record.lease_transitions,
-                strategy: None,
-                preferred_holder: None,
-            };
+            let released = fresh.record.released(Timestamp::now());
             match self
                 .request_until(
                     "update",

@@ -73,6 +73,23 @@ impl LeaderElectionRecord {
         }
     }
 
+    /// The record that releases this one (client-go's `release`): holder `""`, `leaseDurationSeconds: 1`,
+    /// acquire and renew times `now` (truncated to microseconds), `leaseTransitions` kept, so the next
+    /// candidate takes over at once and the term count continues.
+    #[must_use]
+    pub fn released(&self, now: Timestamp) -> Self {
+        let now = truncate_to_micros(now);
+        Self {
+            holder_identity: String::new(),
+            lease_duration_seconds: 1,
+            acquire_time: Some(now),
+            renew_time: Some(now),
+            lease_transitions: self.lease_transitions,
+            strategy: None,
+            preferred_holder: None,
+        }
+    }
+
     /// Whether somebody holds the Lease (`holderIdentity` is not empty).
     #[must_use]
     pub fn is_held(&self) -> bool {
