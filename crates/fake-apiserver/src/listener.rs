@@ -35,7 +35,7 @@ pub struct Faults {
     pub jitter: Duration,
     /// Probability in `[0, 1]` that a request is answered with `error_code` (and not applied).
     pub error_rate: f64,
-    /// 429 (with `Retry-After: 1`), 500 or 503.
+    /// 403 (an RBAC denial), 429 (with `Retry-After: 1`), 500 or 503.
     pub error_code: u16,
     /// Accept requests and never answer them; open watches stop delivering events.
     pub black_hole: bool,
@@ -78,7 +78,7 @@ impl Faults {
     /// # Errors
     ///
     /// [`FaultsError`] naming the field when `error_rate` is outside `[0, 1]` or `error_code` is not 429, 500
-    /// or 503.
+    /// or 503 (or 403).
     pub fn validate(&self) -> Result<(), FaultsError> {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(FaultsError {
@@ -87,11 +87,11 @@ impl Faults {
                 rule: "must be between 0 and 1",
             });
         }
-        if ![429, 500, 503].contains(&self.error_code) {
+        if ![403, 429, 500, 503].contains(&self.error_code) {
             return Err(FaultsError {
                 field: "error_code",
                 value: self.error_code.to_string(),
-                rule: "must be 429, 500 or 503",
+                rule: "must be 403, 429, 500 or 503",
             });
         }
         Ok(())

@@ -133,13 +133,19 @@ impl ApiError {
         )
     }
 
-    /// An injected fault: 429 `TooManyRequests`, 500 `InternalError` or 503 `ServiceUnavailable`.
+    /// An injected fault: 403 `Forbidden`, 429 `TooManyRequests`, 500 `InternalError` or 503
+    /// `ServiceUnavailable`.
     pub(crate) fn injected(code: u16) -> Self {
         match code {
             429 => Self::new(
                 429,
                 "TooManyRequests",
                 "the server has received too many requests and has asked us to try again later",
+            ),
+            403 => Self::new(
+                403,
+                "Forbidden",
+                "forbidden: the request is denied by fault injection (as RBAC would deny it)",
             ),
             503 => Self::new(
                 503,

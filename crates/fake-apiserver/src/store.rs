@@ -109,10 +109,7 @@ impl Store {
 
     /// Subscribes to changes and returns the history after `since` (or `Err` with the oldest kept version when
     /// `since` is older than the kept history). Atomic with respect to writes: nothing is missed or repeated.
-    pub(crate) fn watch_from(
-        &self,
-        since: u64,
-    ) -> Result<(Vec<Arc<Event>>, Subscription), u64> {
+    pub(crate) fn watch_from(&self, since: u64) -> Result<(Vec<Arc<Event>>, Subscription), u64> {
         if since < self.history_floor {
             return Err(self.history_floor + 1);
         }

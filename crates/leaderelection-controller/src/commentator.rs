@@ -2,19 +2,26 @@
 //! started, became leader and new leader; WARN for lost leadership.
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, Received, Subscription};
 
-/// Logs each event from `events` with `tracing` until the bus is dropped. Fields: `identity`, `lease`,
-/// `reason`, `term`, `time_as_leader`.
+/// Logs each event from `events` with `tracing` until the bus is dropped or `stop` is cancelled; on `stop`
+/// it first logs what is already waiting, so a process can log its last events before it exits. Fields:
+/// `identity`, `lease`, `reason`, `term`, `time_as_leader`.
 ///
 /// # Cancel safety
 ///
-/// Cancel safe; drop it to stop.
-pub async fn run(mut events: Subscription) {
+/// Cancel safe; dropping it loses the waiting events (cancel `stop` and await instead).
+pub async fn run(mut events: Subscription, stop: CancellationToken) {
     let mut lease = String::new();
     let mut since: Option<Instant> = None;
-    while let Some(received) = events.recv().await {
+    loop {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            () = stop.cancelled() => events.try_recv(),
+        };
+        let Some(received) = received else { return };
         let event = match received {
             Received::Event(event) => event,
             Received::Lagged(skipped) => {

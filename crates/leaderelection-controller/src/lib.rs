@@ -33,7 +33,7 @@
 //!     config, lock, bus.clone(), supervisor.callbacks(Callbacks::new()), Some(std::sync::Arc::new(metrics.clone())),
 //! )?;
 //! tokio::spawn(metrics.run(component.clone()));
-//! tokio::spawn(leaderelection_controller::commentator::run(bus.subscribe()));
+//! tokio::spawn(leaderelection_controller::commentator::run(bus.subscribe(), CancellationToken::new()));
 //! supervisor.run(&component, CancellationToken::new()).await?;
 //! # Ok(()) }
 //! ```

@@ -1,0 +1,132 @@
+//! `leader-elect`: run any process as a Kubernetes singleton, inspect and release Leases, run the fake API
+//! server, and demonstrate failover end to end.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (unreachable server, RBAC denial, a refused release, a failed
+//! demo); 2 a usage or configuration error (unknown flag, invalid duration or name).
+
+mod apiserver;
+mod child;
+mod client;
+mod demo;
+mod lease;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Kubernetes leader election for any process.
+#[derive(Debug, Parser)]
+#[command(name = "leader-elect", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (what `demo` reads from its candidates).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join the election; run CMD only while this replica leads.
+    Run(run::RunArgs),
+    /// Show a Lease's holder, term and timings.
+    Status(lease::StatusArgs),
+    /// Step down a Lease this identity holds.
+    Release(lease::ReleaseArgs),
+    /// Run the fake Kubernetes API server.
+    Apiserver(apiserver::ApiserverArgs),
+    /// Run a whole election on the embedded fake API server, with crashes, handovers and a partition.
+    Demo(demo::DemoArgs),
+    /// (internal) Arm the parent-death signal, then exec the command.
+    #[command(hide = true)]
+    ExecChild(child::ExecChildArgs),
+}
+
+/// A failure and its exit code.
+#[derive(Debug)]
+enum Failure {
+    /// Usage or configuration error: exit 2.
+    Usage(anyhow::Error),
+    /// Runtime failure: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Runtime(err)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    if let Command::ExecChild(args) = cli.command {
+        // Before any thread exists: arm the parent-death signal and become the command.
+        return child::exec_child(&args);
+    }
+    init_logging(cli.log_format);
+    let runtime = match cli.command {
+        // One thread: the child is spawned from the main thread, which lives as long as the process, so
+        // the parent-death signal fires exactly when leader-elect dies.
+        Command::Run(_) | Command::Status(_) | Command::Release(_) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("leader-elect: error: starting the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Status(args) => lease::status(args).await,
+            Command::Release(args) => lease::release(args).await,
+            Command::Apiserver(args) => apiserver::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::ExecChild(_) => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(err)) => {
+            eprintln!("leader-elect: error: {err:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(err)) => {
+            eprintln!("leader-elect: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEADER_ELECT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
