@@ -28,7 +28,6 @@ use crate::{
 /// after a jittered retry period (no hot loop against a server that closes watches at once).
 const MIN_HEALTHY_WATCH: Duration = Duration::from_secs(1);
 
-
 /// One candidate in the election of one Lease.
 ///
 /// Cheap to clone (all clones share one candidate). [`Elector::run`] drives the election; the other
