@@ -77,7 +77,8 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
     let expires = r
         .renew_time
         .map(|t| t + jiff::SignedDuration::from_secs(i64::from(r.lease_duration_seconds)));
-    let expired = expires.is_none_or(|e| e <= now);
+    // A released Lease (no holder) is free now, whatever its timings say.
+    let expired = !r.is_held() || expires.is_none_or(|e| e <= now);
     match args.output {
         Output::Json => println!(
             "{}",
@@ -114,6 +115,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
                     "Expired:   no (expires in {}, by this machine's clock)",
                     human(e.duration_since(now))
                 ),
+                _ if !r.is_held() => println!("Expired:   yes (released)"),
                 _ => println!("Expired:   yes (by this machine's clock)"),
             }
         }
