@@ -5,6 +5,7 @@
 //! demo); 2 a usage or configuration error (unknown flag, invalid duration or name).
 
 mod apiserver;
+mod bench;
 mod child;
 mod client;
 mod demo;
@@ -46,6 +47,8 @@ enum Command {
     Apiserver(apiserver::ApiserverArgs),
     /// Run a whole election on the embedded fake API server, with crashes, handovers and a partition.
     Demo(demo::DemoArgs),
+    /// Measure handover, crash failover, API load and footprint over many runs (build with --release).
+    Bench(bench::BenchArgs),
     /// (internal) Arm the parent-death signal, then exec the command.
     #[command(hide = true)]
     ExecChild(child::ExecChildArgs),
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Release(args) => lease::release(args).await,
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::ExecChild(_) => Ok(()),
         }
     });

@@ -1,0 +1,246 @@
+//! `leader-elect bench`: the failover scenarios of the demo, many times, on the embedded fake API server;
+//! prints median and p99 of graceful handover and crash failover, the steady-state API load of leader and
+//! followers (watching, and polling as client-go does), and the idle footprint of one process.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use nix::sys::signal::Signal;
+
+use crate::Failure;
+use crate::demo::{Cluster, Seen, Timings, What, secs};
+
+/// `leader-elect bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Graceful handovers to measure (default timings 15s / 10s / 2s).
+    #[arg(long, default_value_t = 30)]
+    handover_runs: usize,
+    /// Crash failovers to measure (lease 2s, renew deadline 1s, retry period 250ms).
+    #[arg(long, default_value_t = 10)]
+    crash_runs: usize,
+    /// How long to count steady-state requests, per mode (watch, poll).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    load_window: Duration,
+}
+
+fn defaults() -> Timings {
+    let c = leaderelection::Config::default();
+    Timings {
+        lease_duration: c.lease_duration,
+        renew_deadline: c.renew_deadline,
+        retry_period: c.retry_period,
+    }
+}
+
+fn is_start(s: &Seen) -> bool {
+    matches!(s.what, What::ChildStarted { .. })
+}
+
+/// (median, p99) in milliseconds.
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let p99 = ((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1;
+    (samples[n / 2], samples[p99])
+}
+
+fn ms(d: SignedDuration) -> f64 {
+    secs(d) * 1000.0
+}
+
+/// Repeats: stop the leader with `signal`, measure until another candidate's child starts, restart it.
+async fn failovers(timings: Timings, runs: usize, signal: Signal) -> anyhow::Result<Vec<f64>> {
+    let mut cluster = Cluster::new(3, timings, Vec::new()).await?;
+    cluster.verbose = false;
+    for i in 0..3 {
+        cluster.spawn(i)?;
+    }
+    let timeout = Duration::from_secs(60);
+    let mut leader = cluster
+        .next(timeout, is_start)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?
+        .candidate;
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let t0 = Timestamp::now();
+        cluster.signal(leader, signal);
+        let next = cluster
+            .next(timeout, |s| is_start(s) && s.candidate != leader)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no failover within {timeout:?}"))?;
+        samples.push(ms(next.at.duration_since(t0)));
+        cluster.wait_exit(leader, Duration::from_secs(20)).await;
+        cluster.spawn(leader)?;
+        // Let the restarted candidate settle as a follower.
+        cluster.drain(Duration::from_millis(300)).await;
+        leader = next.candidate;
+    }
+    cluster.stop_all().await;
+    cluster.server.shutdown().await;
+    Ok(samples)
+}
+
+/// Requests per minute of the leader and of each follower, and the footprint of each process.
+struct Load {
+    leader_requests: f64,
+    leader_writes: f64,
+    follower_requests: Vec<f64>,
+    rss_kib: Vec<(usize, bool, u64)>,
+    cpu_percent: Vec<(usize, bool, f64)>,
+}
+
+async fn load(window: Duration, poll: bool) -> anyhow::Result<Load> {
+    let extra = if poll {
+        vec!["--no-watch".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let mut cluster = Cluster::new(3, defaults(), extra).await?;
+    cluster.verbose = false;
+    for i in 0..3 {
+        cluster.spawn(i)?;
+    }
+    let leader = cluster
+        .next(Duration::from_secs(60), is_start)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?
+        .candidate;
+    cluster.drain(Duration::from_secs(1)).await;
+    cluster.server.reset_counts();
+    let cpu0: Vec<u64> = (0..3).map(|i| cpu_ticks(cluster.pid(i))).collect();
+    cluster.drain(window).await;
+    let cpu1: Vec<u64> = (0..3).map(|i| cpu_ticks(cluster.pid(i))).collect();
+    let per_minute = 60.0 / window.as_secs_f64();
+    let counts = cluster.server.counts();
+    let of = |i: usize, writes: bool| -> f64 {
+        let id = cluster.listeners[i].id();
+        counts
+            .iter()
+            .filter(|c| {
+                c.listener == id && (!writes || matches!(c.verb.as_str(), "update" | "create"))
+            })
+            .map(|c| c.count as f64)
+            .sum::<f64>()
+            * per_minute
+    };
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let result = Load {
+        leader_requests: of(leader, false),
+        leader_writes: of(leader, true),
+        follower_requests: (0..3)
+            .filter(|&i| i != leader)
+            .map(|i| of(i, false))
+            .collect(),
+        rss_kib: (0..3)
+            .map(|i| (i, i == leader, rss_kib(cluster.pid(i))))
+            .collect(),
+        cpu_percent: (0..3)
+            .map(|i| {
+                let seconds = (cpu1[i] - cpu0[i]) as f64 / ticks_per_second;
+                (i, i == leader, 100.0 * seconds / window.as_secs_f64())
+            })
+            .collect(),
+    };
+    cluster.stop_all().await;
+    cluster.server.shutdown().await;
+    Ok(result)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: Option<i32>) -> u64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+    else {
+        return 0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based) -> indexes 11 and 12 here.
+    let at = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    at(11) + at(12)
+}
+
+/// Resident set size, in KiB.
+fn rss_kib(pid: Option<i32>) -> u64 {
+    pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    println!(
+        "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server\n"
+    );
+    let d = defaults();
+    let handover = failovers(d.clone(), args.handover_runs, Signal::SIGTERM).await?;
+    let (median, p99) = percentiles(handover.clone());
+    println!(
+        "graceful handover (SIGTERM -> next child started), 15s/10s/2s, {} runs: median {median:.1} ms, p99 \
+         {p99:.1} ms (target <= 50 / 200 ms)",
+        handover.len()
+    );
+    let fast = Timings {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_secs(1),
+        retry_period: Duration::from_millis(250),
+    };
+    let lease_ms = fast.lease_duration.as_secs_f64() * 1000.0;
+    let crash = failovers(fast, args.crash_runs, Signal::SIGKILL).await?;
+    let beyond: Vec<f64> = crash.iter().map(|c| c - lease_ms).collect();
+    let (median, p99) = percentiles(beyond);
+    println!(
+        "crash failover (SIGKILL -> next child started) minus the 2s lease, {} runs: median {median:.1} ms, \
+         p99 {p99:.1} ms (target median <= 250 ms)",
+        crash.len()
+    );
+    for poll in [false, true] {
+        let l = load(args.load_window, poll).await?;
+        let mode = if poll {
+            "polling (--no-watch, as client-go)"
+        } else {
+            "watching (default)"
+        };
+        println!(
+            "steady-state API load, 15s/10s/2s, {mode}, over {}: leader {:.1} requests/min ({:.1} writes/min; \
+             one per retry period is 30), followers {}",
+            humantime::format_duration(args.load_window),
+            l.leader_requests,
+            l.leader_writes,
+            l.follower_requests
+                .iter()
+                .map(|r| format!("{r:.1}/min"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if !poll {
+            for ((i, leading, rss), (_, _, cpu)) in l.rss_kib.iter().zip(&l.cpu_percent) {
+                println!(
+                    "  candidate-{i} ({}): RSS {:.1} MiB, CPU {cpu:.2}% of one core (target <= 15 MiB, <= 0.5%)",
+                    if *leading { "leader" } else { "follower" },
+                    *rss as f64 / 1024.0
+                );
+            }
+        }
+    }
+    Ok(())
+}
