@@ -1,114 +1,147 @@
-//! The YAML configuration (the seeds' `controller.leader_election` schema) and the environment merge.
+//! The YAML configuration (the seeds' `controller.leader_election` schema) and its merge with the
+//! environment (`POD_NAME`, `POD_NAMESPACE`, the service-account namespace) into a validated
+//! [`leaderelection::Config`].
 //!
 //! ```yaml
 //! controller:
 //!   leader_election:
-//!     enabled: true                  # default true (HA by default, the seeds' phase 2)
+//!     enabled: true                  # default true
 //!     lease_name: my-app-leader      # required when enabled
 //!     lease_namespace: team-a        # default: POD_NAMESPACE, the service-account namespace, "default"
-//!     identity: pod-a                # default: POD_NAME
-//!     lease_duration: 15s            # defaults: client-go's 15s / 10s / 2s
-//!     renew_deadline: 10s
-//!     retry_period: 2s
+//!     lease_duration: 15s            # default 15s
+//!     renew_deadline: 10s            # default 10s
+//!     retry_period: 2s               # default 2s
 //!     release_on_cancel: true        # default true
+//!     identity: pod-a                # not in the seeds; default POD_NAME (see below)
 //! ```
 //!
-//! Unknown keys and malformed durations are errors naming the key and the value. Durations use humantime
-//! syntax (`15s`, `1m30s`, `500ms`).
+//! Every key is optional; an empty file, or a `controller:` or `leader_election:` key with no value, is all
+//! defaults. Durations are humantime strings (`15s`, `1m30s`, `500ms`). Parsing is strict: an unknown key is
+//! an error naming the key, its path and its line, and a malformed duration is an error naming the key and
+//! the value, e.g. `invalid controller.leader_election.lease_duration "15 parsecs": ...`.
+//!
+//! # Defaults, and why
+//!
+//! - `enabled: true`. Seed 002 ("Questions for Review") settles it: "Now enabled by default with 2
+//!   replicas" (the rollout plan's phase 2), and the chart's replica count is 2.
+//! - `lease_duration: 15s`, `renew_deadline: 10s`, `retry_period: 2s`: client-go's and
+//!   controller-runtime's defaults, which are also [`Config::default`]'s. The seeds give no other defaults:
+//!   seed 000's `60s / 15s / 5s` is a "Configuration Example", not the defaults, and its "after
+//!   RenewDeadline (15s)" contradicts its own `Config` example (`RenewDeadline: 10 * time.Second`), so the
+//!   one consistent source wins.
+//! - `release_on_cancel: true`: seed 000's `Config` example sets `ReleaseOnCancel: true`, so a handover on
+//!   a rolling update takes one retry period instead of a whole lease duration.
+//! - The Lease namespace: the file, then `POD_NAMESPACE` (downward API, seed 002 task 9), then the
+//!   service-account namespace file, then `"default"` (logged as a warning).
+//! - The identity: `POD_NAME` (seed 002 task 5). There is no default when election is enabled
+//!   ([`SettingsError::MissingIdentity`]): a made-up identity shared by two replicas would let both lead.
+//!
+//! # Examples
+//!
+//! ```
+//! use leaderelection_controller::settings::{Environment, Overrides, Settings};
+//!
+//! let settings = Settings::from_yaml_str("controller: {leader_election: {lease_name: my-app-leader}}")?;
+//! let env = Environment { pod_name: Some("pod-a".into()), ..Environment::default() };
+//! let config = settings.to_elector_config(&env, &Overrides::default())?;
+//! assert_eq!((config.identity.as_str(), config.lease_namespace.as_str()), ("pod-a", "default"));
+//! assert_eq!(config.lease_duration, std::time::Duration::from_secs(15));
+//! # Ok::<(), leaderelection_controller::settings::SettingsError>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use leaderelection::{Config, ConfigError};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-/// Where Kubernetes mounts the pod's namespace.
+/// Where Kubernetes mounts the pod's namespace (with the ServiceAccount token).
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-/// The configuration file: `controller.leader_election`.
+/// Default of `enabled`: true (seed 002: "enabled by default with 2 replicas").
+pub const DEFAULT_ENABLED: bool = true;
+/// Default of `lease_duration`: 15 seconds (client-go).
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+/// Default of `renew_deadline`: 10 seconds (client-go).
+pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// Default of `retry_period`: 2 seconds (client-go).
+pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
+/// Default of `release_on_cancel`: true (seed 000's `Config` example).
+pub const DEFAULT_RELEASE_ON_CANCEL: bool = true;
+/// The Lease namespace when neither the file, `POD_NAMESPACE` nor the service account gives one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The identity and Lease name a disabled configuration gets when none is given; never written anywhere,
+/// since a disabled elector makes no API call.
+const STANDALONE: &str = "standalone";
+
+/// The YAML path of the section, for error messages.
+const KEY: &str = "controller.leader_election";
+
+/// The configuration file: a mapping with the one key `controller`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The `controller` section.
-    #[serde(default)]
+    /// The `controller` section (all defaults when absent or empty).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub controller: ControllerSettings,
 }
 
-/// The `controller` section.
+/// The `controller` section: a mapping with the one key `leader_election`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerSettings {
-    /// `controller.leader_election`.
-    #[serde(default)]
+    /// `controller.leader_election` (all defaults when absent or empty).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub leader_election: LeaderElectionSettings,
 }
 
-/// `controller.leader_election`: every field optional; the getters apply the defaults.
+/// `controller.leader_election`, as written: every field optional, durations unparsed.
+///
+/// The getters ([`LeaderElectionSettings::lease_duration`] and the others) apply the defaults and parse;
+/// [`Settings::from_yaml_str`] has already checked that every duration parses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderElectionSettings {
-    /// Whether to elect (default true); false runs as the only leader without any API call.
+    /// Whether to elect (default true). False runs this replica as the only leader, without any API call
+    /// (single-replica mode).
     pub enabled: Option<bool>,
-    /// The Lease's name.
+    /// The Lease's name, an RFC 1123 subdomain; required when enabled.
     pub lease_name: Option<String>,
-    /// The Lease's namespace.
+    /// The Lease's namespace, an RFC 1123 label (default: `POD_NAMESPACE`, the service-account namespace,
+    /// `"default"`).
     pub lease_namespace: Option<String>,
-    /// This candidate's identity.
+    /// This candidate's identity (default `POD_NAME`). Not in the seeds' schema: set it only in a file read
+    /// by one replica, since replicas sharing an identity would all lead.
     pub identity: Option<String>,
-    /// `leaseDurationSeconds`, e.g. `"15s"`.
+    /// `leaseDurationSeconds` as a humantime string, whole seconds, e.g. `"15s"` (default 15 s).
     pub lease_duration: Option<String>,
-    /// RenewDeadline, e.g. `"10s"`.
+    /// RenewDeadline as a humantime string, e.g. `"10s"` (default 10 s).
     pub renew_deadline: Option<String>,
-    /// RetryPeriod, e.g. `"2s"`.
+    /// RetryPeriod as a humantime string, e.g. `"2s"` (default 2 s).
     pub retry_period: Option<String>,
-    /// Release the Lease on shutdown (default true).
+    /// ReleaseOnCancel: clear holderIdentity on shutdown (default true).
     pub release_on_cancel: Option<bool>,
 }
 
-/// What the process environment says about identity and namespace.
+/// What the process environment says about identity and namespace; a plain struct so that tests and
+/// callers can build one without touching the process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Environment {
-    /// `POD_NAME`.
+    /// `POD_NAME` (the downward API's `metadata.name`).
     pub pod_name: Option<String>,
-    /// `POD_NAMESPACE`.
+    /// `POD_NAMESPACE` (the downward API's `metadata.namespace`).
     pub pod_namespace: Option<String>,
     /// The content of [`SERVICE_ACCOUNT_NAMESPACE_FILE`], trimmed.
     pub service_account_namespace: Option<String>,
 }
 
-impl Environment {
-    /// Reads `POD_NAME`, `POD_NAMESPACE` and the service-account namespace file (empty values count as unset).
-    pub fn from_process() -> Self {
-        let var = |name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v: &String| !v.trim().is_empty())
-        };
-        Self {
-            pod_name: var("POD_NAME"),
-            pod_namespace: var("POD_NAMESPACE"),
-            service_account_namespace: std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty()),
-        }
-    }
-
-    /// The namespace by precedence: `POD_NAMESPACE`, the service-account file, then `None` (the caller
-    /// falls back to `"default"`, and should say so).
-    pub fn namespace(&self) -> Option<&str> {
-        self.pod_namespace
-            .as_deref()
-            .or(self.service_account_namespace.as_deref())
-    }
-}
-
-/// Why the settings could not be loaded.
+/// Why the settings could not be loaded or turned into an elector [`Config`].
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {source}", path = path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -116,40 +149,51 @@ pub enum SettingsError {
         #[source]
         source: std::io::Error,
     },
-    /// Not valid YAML for the schema (unknown key, wrong type), with serde's location.
-    #[error("invalid configuration: {0}")]
-    Yaml(String),
-    /// A value breaks a rule.
-    #[error("invalid {key} \"{value}\": {rule}")]
+    /// Not YAML, or not the schema: an unknown key, a wrong type. The message names the key's path
+    /// (`controller.leader_election: unknown field ...`) and its line and column.
+    #[error("invalid configuration: {source}")]
+    Yaml {
+        /// Where, as one-based `(line, column)`, when the parser knows.
+        location: Option<(usize, usize)>,
+        /// The parser's error.
+        #[source]
+        source: serde_norway::Error,
+    },
+    /// A value breaks a rule of the file's syntax (e.g. a duration that does not parse).
+    #[error("invalid {key} {value:?}: {rule}")]
     Invalid {
-        /// The key, e.g. `controller.leader_election.lease_duration`.
+        /// The key's path, e.g. `controller.leader_election.lease_duration`.
         key: String,
         /// The value given.
         value: String,
         /// The rule.
         rule: String,
     },
-    /// Election enabled but no identity: neither the file, the caller nor `POD_NAME` gave one.
-    #[error("missing identity: set controller.leader_election.identity, POD_NAME, or --identity")]
+    /// Election enabled but no identity: neither the caller, the file nor `POD_NAME` gave one.
+    #[error(
+        "missing identity: set POD_NAME (downward API metadata.name), controller.leader_election.identity, or --identity"
+    )]
     MissingIdentity,
-    /// Election enabled but no Lease name.
+    /// Election enabled but no Lease name: neither the caller nor the file gave one.
     #[error("missing controller.leader_election.lease_name (or --lease-name)")]
     MissingLeaseName,
-    /// The resulting elector configuration breaks a rule of `Config::validate`.
+    /// The merged elector configuration breaks a rule of [`Config::validate`]; the message names the field
+    /// (as in [`Config`] and this schema), the value and the rule.
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
 
-/// Values that override the file (e.g. from command-line flags).
+/// Values that win over the file and the environment (e.g. command-line flags); `None` leaves a value to
+/// the file, the environment and the defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
-    /// Identity.
+    /// The identity.
     pub identity: Option<String>,
-    /// Lease name.
+    /// The Lease's name.
     pub lease_name: Option<String>,
-    /// Lease namespace.
+    /// The Lease's namespace.
     pub lease_namespace: Option<String>,
-    /// Lease duration.
+    /// The lease duration.
     pub lease_duration: Option<Duration>,
     /// RenewDeadline.
     pub renew_deadline: Option<Duration>,
@@ -157,25 +201,31 @@ pub struct Overrides {
     pub retry_period: Option<Duration>,
 }
 
-const KEY: &str = "controller.leader_election";
+// === impl Settings ===
 
 impl Settings {
-    /// Parses YAML; an empty document is all defaults.
+    /// Parses a YAML document; an empty one (or one of comments only) is all defaults.
+    ///
+    /// Checks the schema and that every duration parses; the rules between values (lease duration above
+    /// renew deadline, ...) are checked by [`Settings::to_elector_config`], once flags and environment are
+    /// merged in.
     ///
     /// # Errors
     ///
-    /// [`SettingsError::Yaml`] naming the unknown key or wrong type and its location.
+    /// [`SettingsError::Yaml`] for malformed YAML, an unknown key or a wrong type, naming the key and its
+    /// location; [`SettingsError::Invalid`] for a duration that does not parse, naming the key and the value.
     pub fn from_yaml_str(yaml: &str) -> Result<Self, SettingsError> {
-        if yaml.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        let settings: Self =
-            serde_norway::from_str(yaml).map_err(|e| SettingsError::Yaml(e.to_string()))?;
+        let settings = serde_norway::from_str::<Option<Self>>(yaml)
+            .map_err(|source| SettingsError::Yaml {
+                location: source.location().map(|l| (l.line(), l.column())),
+                source,
+            })?
+            .unwrap_or_default();
         settings.controller.leader_election.durations()?;
         Ok(settings)
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a YAML file.
     ///
     /// # Errors
     ///
@@ -188,65 +238,102 @@ impl Settings {
         Self::from_yaml_str(&text)
     }
 
-    /// The elector configuration: file values, overridden by `overrides`, completed from `env`, defaults
-    /// applied, validated. The namespace falls back to `"default"` when nothing gives one.
+    /// The `controller.leader_election` section.
+    #[must_use]
+    pub fn leader_election(&self) -> &LeaderElectionSettings {
+        &self.controller.leader_election
+    }
+
+    /// The elector configuration: each value from `overrides`, else the file, else `env`, else its
+    /// default; then [`Config::validate`].
+    ///
+    /// Identity: override, file, `POD_NAME`. Lease namespace: override, file, `POD_NAMESPACE`, the
+    /// service-account namespace, `"default"` (with a warning). A disabled configuration needs neither
+    /// identity nor Lease name (both become `"standalone"` if missing) but is validated all the same, so
+    /// that enabling it later cannot fail. The other fields of [`Config`] (`request_timeout`,
+    /// `stop_timeout`, `watch`) keep their defaults.
     ///
     /// # Errors
     ///
-    /// [`SettingsError::MissingIdentity`], [`SettingsError::MissingLeaseName`] (when enabled),
-    /// [`SettingsError::Invalid`] for a malformed duration, [`SettingsError::Config`] for a rule of
-    /// `Config::validate` (naming the field and the value).
+    /// [`SettingsError::MissingIdentity`] and [`SettingsError::MissingLeaseName`] when enabled;
+    /// [`SettingsError::Invalid`] for a duration that does not parse (only for settings not made by
+    /// [`Settings::from_yaml_str`]); [`SettingsError::Config`] for a broken rule of [`Config::validate`],
+    /// naming the field and the value.
     pub fn to_elector_config(
         &self,
         env: &Environment,
         overrides: &Overrides,
     ) -> Result<Config, SettingsError> {
-        let le = &self.controller.leader_election;
+        let le = self.leader_election();
         let enabled = le.enabled();
-        let identity = overrides
-            .identity
-            .clone()
-            .or_else(|| le.identity.clone())
-            .or_else(|| env.pod_name.clone());
+        let identity = first([
+            overrides.identity.as_deref(),
+            le.identity.as_deref(),
+            env.pod_name.as_deref(),
+        ]);
         let identity = match identity {
             Some(identity) => identity,
             None if enabled => return Err(SettingsError::MissingIdentity),
-            None => "standalone".to_owned(),
+            None => STANDALONE,
         };
-        let lease_name = match overrides
-            .lease_name
-            .clone()
-            .or_else(|| le.lease_name.clone())
-        {
+        let lease_name = match first([overrides.lease_name.as_deref(), le.lease_name()]) {
             Some(name) => name,
             None if enabled => return Err(SettingsError::MissingLeaseName),
-            None => "standalone".to_owned(),
+            None => STANDALONE,
         };
-        let namespace = overrides
-            .lease_namespace
-            .clone()
-            .or_else(|| le.lease_namespace.clone())
-            .or_else(|| env.namespace().map(str::to_owned))
-            .unwrap_or_else(|| "default".to_owned());
+        let namespace = first([
+            overrides.lease_namespace.as_deref(),
+            le.lease_namespace(),
+            env.namespace(),
+        ])
+        .unwrap_or_else(|| {
+            if enabled {
+                tracing::warn!(
+                    "no lease namespace, POD_NAMESPACE or service-account namespace: using {DEFAULT_NAMESPACE:?}"
+                );
+            }
+            DEFAULT_NAMESPACE
+        });
         let (lease_duration, renew_deadline, retry_period) = le.durations()?;
-        let mut config = Config::new(identity, lease_name, namespace)
+        let config = Config::new(identity, lease_name, namespace)
+            .with_enabled(enabled)
             .with_lease_duration(overrides.lease_duration.unwrap_or(lease_duration))
             .with_renew_deadline(overrides.renew_deadline.unwrap_or(renew_deadline))
-            .with_retry_period(overrides.retry_period.unwrap_or(retry_period));
-        config.enabled = enabled;
-        config.release_on_cancel = le.release_on_cancel.unwrap_or(true);
+            .with_retry_period(overrides.retry_period.unwrap_or(retry_period))
+            .with_release_on_cancel(le.release_on_cancel());
         config.validate()?;
         Ok(config)
     }
 }
 
+// === impl LeaderElectionSettings ===
+
 impl LeaderElectionSettings {
-    /// `enabled`, default true.
+    /// `enabled`, default [`DEFAULT_ENABLED`] (true).
+    #[must_use]
     pub fn enabled(&self) -> bool {
-        self.enabled.unwrap_or(true)
+        self.enabled.unwrap_or(DEFAULT_ENABLED)
     }
 
-    /// `lease_duration`, default 15 s.
+    /// `lease_name`, if given (there is no default).
+    #[must_use]
+    pub fn lease_name(&self) -> Option<&str> {
+        self.lease_name.as_deref()
+    }
+
+    /// `lease_namespace`, if given (the environment supplies the default).
+    #[must_use]
+    pub fn lease_namespace(&self) -> Option<&str> {
+        self.lease_namespace.as_deref()
+    }
+
+    /// `release_on_cancel`, default [`DEFAULT_RELEASE_ON_CANCEL`] (true).
+    #[must_use]
+    pub fn release_on_cancel(&self) -> bool {
+        self.release_on_cancel.unwrap_or(DEFAULT_RELEASE_ON_CANCEL)
+    }
+
+    /// `lease_duration`, default [`DEFAULT_LEASE_DURATION`] (15 s).
     ///
     /// # Errors
     ///
@@ -255,11 +342,11 @@ impl LeaderElectionSettings {
         duration(
             "lease_duration",
             self.lease_duration.as_deref(),
-            Config::default().lease_duration,
+            DEFAULT_LEASE_DURATION,
         )
     }
 
-    /// `renew_deadline`, default 10 s.
+    /// `renew_deadline`, default [`DEFAULT_RENEW_DEADLINE`] (10 s).
     ///
     /// # Errors
     ///
@@ -268,11 +355,11 @@ impl LeaderElectionSettings {
         duration(
             "renew_deadline",
             self.renew_deadline.as_deref(),
-            Config::default().renew_deadline,
+            DEFAULT_RENEW_DEADLINE,
         )
     }
 
-    /// `retry_period`, default 2 s.
+    /// `retry_period`, default [`DEFAULT_RETRY_PERIOD`] (2 s).
     ///
     /// # Errors
     ///
@@ -281,7 +368,7 @@ impl LeaderElectionSettings {
         duration(
             "retry_period",
             self.retry_period.as_deref(),
-            Config::default().retry_period,
+            DEFAULT_RETRY_PERIOD,
         )
     }
 
@@ -294,6 +381,61 @@ impl LeaderElectionSettings {
     }
 }
 
+// === impl Environment ===
+
+impl Environment {
+    /// Reads `POD_NAME`, `POD_NAMESPACE` and [`SERVICE_ACCOUNT_NAMESPACE_FILE`]. Empty or blank values count
+    /// as unset; an unreadable file (e.g. outside a cluster) counts as absent.
+    #[must_use]
+    pub fn from_process() -> Self {
+        Self::from_sources(
+            |name| std::env::var(name).ok(),
+            Path::new(SERVICE_ACCOUNT_NAMESPACE_FILE),
+        )
+    }
+
+    /// As [`Environment::from_process`], with the variables looked up by `var` and the namespace read from
+    /// `service_account_namespace_file`.
+    #[must_use]
+    pub fn from_sources(
+        var: impl Fn(&str) -> Option<String>,
+        service_account_namespace_file: &Path,
+    ) -> Self {
+        let present =
+            |value: Option<String>| value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        Self {
+            pod_name: present(var("POD_NAME")),
+            pod_namespace: present(var("POD_NAMESPACE")),
+            service_account_namespace: present(
+                std::fs::read_to_string(service_account_namespace_file).ok(),
+            ),
+        }
+    }
+
+    /// The namespace by precedence: `POD_NAMESPACE`, then the service-account namespace; `None` when
+    /// neither is known (the caller falls back to [`DEFAULT_NAMESPACE`], and should say so).
+    #[must_use]
+    pub fn namespace(&self) -> Option<&str> {
+        self.pod_namespace
+            .as_deref()
+            .or(self.service_account_namespace.as_deref())
+    }
+}
+
+/// The first value given.
+fn first<'a, const N: usize>(values: [Option<&'a str>; N]) -> Option<&'a str> {
+    values.into_iter().flatten().next()
+}
+
+/// A mapping key with no value (`leader_election:`) means "all defaults", not a type error.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 fn duration(
     field: &str,
     value: Option<&str>,
@@ -304,7 +446,7 @@ fn duration(
         Some(text) => humantime::parse_duration(text.trim()).map_err(|e| SettingsError::Invalid {
             key: format!("{KEY}.{field}"),
             value: text.to_owned(),
-            rule: format!("not a duration such as \"15s\" ({e})"),
+            rule: format!("invalid duration: {e} (expected e.g. \"15s\", \"1m30s\", \"500ms\")"),
         }),
     }
 }
@@ -312,6 +454,8 @@ fn duration(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
 
     fn env(pod: Option<&str>, ns: Option<&str>, sa: Option<&str>) -> Environment {
         Environment {
@@ -321,199 +465,453 @@ mod tests {
         }
     }
 
+    /// The elector configuration for `yaml` in a pod named `pod-a` with no namespace in the environment.
     fn config(yaml: &str) -> Result<Config, SettingsError> {
         Settings::from_yaml_str(yaml)?
             .to_elector_config(&env(Some("pod-a"), None, None), &Overrides::default())
     }
 
-    fn invalid_field(yaml: &str) -> (String, String) {
+    /// The `(field, value)` of the `ConfigError` that `yaml` must produce.
+    fn rejected(yaml: &str) -> (&'static str, String) {
         match config(yaml) {
-            Err(SettingsError::Config(e)) => (e.field.to_string(), e.value.clone()),
+            Err(SettingsError::Config(e)) => (e.field, e.value),
             other => panic!("expected a ConfigError, got {other:?}"),
         }
     }
 
-    const VALID: &str = "
+    /// The `(key, value)` of the `Invalid` error that parsing `yaml` must produce.
+    fn invalid(yaml: &str) -> (String, String) {
+        match Settings::from_yaml_str(yaml) {
+            Err(SettingsError::Invalid { key, value, .. }) => (key, value),
+            other => panic!("expected SettingsError::Invalid, got {other:?}"),
+        }
+    }
+
+    fn le(body: &str) -> String {
+        format!("controller: {{leader_election: {{{body}}}}}")
+    }
+
+    /// Seed 000's "Configuration Example".
+    const SEED_EXAMPLE: &str = "
 controller:
   leader_election:
     enabled: true
-    lease_name: haproxy-template-ic-leader
-    lease_duration: 60s
-    renew_deadline: 15s
-    retry_period: 5s
+    lease_name: \"haproxy-template-ic-leader\"
+    lease_duration: \"60s\"
+    renew_deadline: \"15s\"
+    retry_period: \"5s\"
 ";
 
+    // 1
     #[test]
     fn the_seed_example_is_valid() {
-        let c = config(VALID).unwrap();
+        let c = config(SEED_EXAMPLE).unwrap();
         assert_eq!(c.lease_name, "haproxy-template-ic-leader");
         assert_eq!(c.identity, "pod-a");
         assert_eq!(c.lease_namespace, "default");
         assert_eq!(
             (c.lease_duration, c.renew_deadline, c.retry_period),
-            (
-                Duration::from_secs(60),
-                Duration::from_secs(15),
-                Duration::from_secs(5)
-            )
+            (60 * SECOND, 15 * SECOND, 5 * SECOND)
         );
-        assert!(c.enabled && c.release_on_cancel);
+        assert!(c.enabled);
+        assert!(c.release_on_cancel);
+        assert_eq!(c.lease_duration_seconds(), 60);
     }
 
+    // 2
     #[test]
-    fn defaults_apply_to_missing_fields() {
-        let c = config("controller: {leader_election: {lease_name: x}}").unwrap();
+    fn an_empty_file_is_all_defaults() {
+        for yaml in [
+            "",
+            "\n",
+            "# only a comment\n",
+            "---\n",
+            "controller:\n",
+            "controller:\n  leader_election:\n",
+            "controller: {}",
+            "controller: {leader_election: {}}",
+        ] {
+            let settings =
+                Settings::from_yaml_str(yaml).unwrap_or_else(|e| panic!("{yaml:?}: {e}"));
+            assert_eq!(settings, Settings::default(), "{yaml:?}");
+        }
+        let le = Settings::default().controller.leader_election;
+        assert!(le.enabled());
+        assert!(le.release_on_cancel());
+        assert_eq!(le.lease_name(), None);
+        assert_eq!(le.lease_namespace(), None);
+        assert_eq!(le.lease_duration().unwrap(), 15 * SECOND);
+        assert_eq!(le.renew_deadline().unwrap(), 10 * SECOND);
+        assert_eq!(le.retry_period().unwrap(), 2 * SECOND);
+    }
+
+    // 3
+    #[test]
+    fn defaults_are_the_elector_defaults() {
+        let d = Config::default();
+        assert_eq!(
+            (
+                DEFAULT_LEASE_DURATION,
+                DEFAULT_RENEW_DEADLINE,
+                DEFAULT_RETRY_PERIOD
+            ),
+            (d.lease_duration, d.renew_deadline, d.retry_period)
+        );
+        assert_eq!(
+            (DEFAULT_ENABLED, DEFAULT_RELEASE_ON_CANCEL),
+            (d.enabled, d.release_on_cancel)
+        );
+        let c = config(&le("lease_name: x")).unwrap();
         assert_eq!(
             (c.lease_duration, c.renew_deadline, c.retry_period),
-            (
-                Duration::from_secs(15),
-                Duration::from_secs(10),
-                Duration::from_secs(2)
-            )
+            (15 * SECOND, 10 * SECOND, 2 * SECOND)
         );
-        let empty = Settings::from_yaml_str("").unwrap();
-        assert_eq!(empty, Settings::default());
-        assert!(empty.controller.leader_election.enabled());
+        assert!(c.enabled && c.release_on_cancel);
         assert_eq!(
-            empty.controller.leader_election.lease_duration().unwrap(),
-            Duration::from_secs(15)
+            (c.request_timeout, c.stop_timeout, c.watch),
+            (d.request_timeout, d.stop_timeout, d.watch)
         );
     }
 
+    // 4
     #[test]
-    fn disabled_needs_neither_identity_nor_lease() {
-        let settings =
-            Settings::from_yaml_str("controller: {leader_election: {enabled: false}}").unwrap();
+    fn durations_accept_humantime_compounds() {
+        let c = config(&le(
+            "lease_name: x, lease_duration: 1m30s, renew_deadline: 1m, retry_period: 2500ms",
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.lease_duration, c.renew_deadline, c.retry_period),
+            (90 * SECOND, 60 * SECOND, Duration::from_millis(2500))
+        );
+    }
+
+    // 5
+    #[test]
+    fn disabled_needs_neither_identity_nor_lease_name() {
+        let settings = Settings::from_yaml_str(&le("enabled: false")).unwrap();
         let c = settings
             .to_elector_config(&Environment::default(), &Overrides::default())
             .unwrap();
         assert!(!c.enabled);
+        assert_eq!(
+            (
+                c.identity.as_str(),
+                c.lease_name.as_str(),
+                c.lease_namespace.as_str()
+            ),
+            ("standalone", "standalone", "default")
+        );
     }
 
+    // 6
     #[test]
-    fn missing_lease_name_is_an_error() {
-        assert!(matches!(
-            config("controller: {leader_election: {}}"),
-            Err(SettingsError::MissingLeaseName)
-        ));
+    fn disabled_is_still_validated() {
+        let (field, value) = rejected(&le("enabled: false, lease_name: x, renew_deadline: 20s"));
+        assert_eq!((field, value.as_str()), ("lease_duration", "15s"));
     }
 
+    // 7
     #[test]
-    fn missing_identity_is_an_error() {
-        let settings = Settings::from_yaml_str(VALID).unwrap();
+    fn missing_lease_name_is_an_error_when_enabled() {
+        let err = config(&le("enabled: true")).unwrap_err();
+        assert!(matches!(err, SettingsError::MissingLeaseName), "{err:?}");
+        assert!(err.to_string().contains("lease_name"), "{err}");
+    }
+
+    // 8
+    #[test]
+    fn missing_identity_is_an_error_when_enabled() {
+        let settings = Settings::from_yaml_str(SEED_EXAMPLE).unwrap();
         let err = settings
-            .to_elector_config(&Environment::default(), &Overrides::default())
+            .to_elector_config(&env(None, Some("ns"), None), &Overrides::default())
             .unwrap_err();
-        assert!(matches!(err, SettingsError::MissingIdentity));
-        assert!(err.to_string().contains("POD_NAME"));
+        assert!(matches!(err, SettingsError::MissingIdentity), "{err:?}");
+        assert!(err.to_string().contains("POD_NAME"), "{err}");
     }
 
+    // 9
     #[test]
     fn lease_duration_must_exceed_renew_deadline() {
-        let (field, value) =
-            invalid_field("controller: {leader_election: {lease_name: x, lease_duration: 10s}}");
-        assert_eq!((field.as_str(), value.as_str()), ("lease_duration", "10s"));
-    }
-
-    #[test]
-    fn renew_deadline_must_exceed_jittered_retry_period() {
-        let (field, _) = invalid_field(
-            "controller: {leader_election: {lease_name: x, renew_deadline: 2s, retry_period: 2s, lease_duration: 15s}}",
+        let (field, value) = rejected(&le("lease_name: x, lease_duration: 10s"));
+        assert_eq!((field, value.as_str()), ("lease_duration", "10s"));
+        let err = config(&le("lease_name: x, lease_duration: 10s")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid lease_duration \"10s\": leaseDuration must be greater than renewDeadline (10s)"
         );
-        assert_eq!(field, "renew_deadline");
     }
 
+    // 10
+    #[test]
+    fn renew_deadline_must_exceed_retry_period_times_jitter() {
+        // 12s == 10s x 1.2: on the boundary, rejected as client-go does.
+        let (field, value) = rejected(&le(
+            "lease_name: x, lease_duration: 15s, renew_deadline: 12s, retry_period: 10s",
+        ));
+        assert_eq!((field, value.as_str()), ("renew_deadline", "12s"));
+        assert!(
+            config(&le(
+                "lease_name: x, lease_duration: 15s, renew_deadline: 13s, retry_period: 10s"
+            ))
+            .is_ok()
+        );
+    }
+
+    // 11
     #[test]
     fn zero_durations_are_rejected() {
-        let (field, _) =
-            invalid_field("controller: {leader_election: {lease_name: x, retry_period: 0s}}");
-        assert_eq!(field, "retry_period");
+        // client-go's order: lease > renew first, then renew > retry x 1.2, then each > 0.
+        let cases = [
+            ("lease_duration: 0s", "lease_duration", "0s"),
+            ("renew_deadline: 0s", "renew_deadline", "0s"),
+            ("retry_period: 0s", "retry_period", "0s"),
+        ];
+        for (body, field, value) in cases {
+            let got = rejected(&le(&format!("lease_name: x, {body}")));
+            assert_eq!((got.0, got.1.as_str()), (field, value), "{body}");
+        }
     }
 
+    // 12
+    #[test]
+    fn negative_durations_do_not_parse() {
+        let (key, value) = invalid(&le("lease_name: x, retry_period: -2s"));
+        assert_eq!(
+            (key.as_str(), value.as_str()),
+            ("controller.leader_election.retry_period", "-2s")
+        );
+    }
+
+    // 12b
+    #[test]
+    fn a_duration_needs_a_unit() {
+        // YAML reads `15` as a number, which serde hands over as the string "15"; humantime wants a unit.
+        let yaml = le("lease_name: x, lease_duration: 15");
+        let (key, value) = invalid(&yaml);
+        assert_eq!(
+            (key.as_str(), value.as_str()),
+            ("controller.leader_election.lease_duration", "15")
+        );
+        let message = Settings::from_yaml_str(&yaml).unwrap_err().to_string();
+        assert!(message.contains("time unit needed"), "{message}");
+    }
+
+    // 13
     #[test]
     fn lease_duration_must_be_whole_seconds() {
-        let (field, value) = invalid_field(
-            "controller: {leader_election: {lease_name: x, lease_duration: 15500ms}}",
-        );
-        assert_eq!(
-            (field.as_str(), value.as_str()),
-            ("lease_duration", "15s 500ms")
-        );
+        let (field, value) = rejected(&le("lease_name: x, lease_duration: 15500ms"));
+        assert_eq!((field, value.as_str()), ("lease_duration", "15s 500ms"));
     }
 
+    // 14
     #[test]
-    fn invalid_lease_name_is_rejected() {
-        let (field, value) =
-            invalid_field("controller: {leader_election: {lease_name: Not_A_Name}}");
-        assert_eq!(
-            (field.as_str(), value.as_str()),
-            ("lease_name", "Not_A_Name")
-        );
+    fn invalid_names_are_rejected() {
+        let (field, value) = rejected(&le("lease_name: Not_A_Name"));
+        assert_eq!((field, value.as_str()), ("lease_name", "Not_A_Name"));
+        let (field, value) = rejected(&le("lease_name: x, lease_namespace: team.a"));
+        assert_eq!((field, value.as_str()), ("lease_namespace", "team.a"));
+        let err = Settings::from_yaml_str(&le("lease_name: x"))
+            .unwrap()
+            .to_elector_config(
+                &env(Some("pod-a"), Some("Bad_NS"), None),
+                &Overrides::default(),
+            )
+            .unwrap_err();
+        match err {
+            SettingsError::Config(e) => {
+                assert_eq!((e.field, e.value.as_str()), ("lease_namespace", "Bad_NS"))
+            }
+            other => panic!("expected a ConfigError, got {other:?}"),
+        }
     }
 
+    // 15
     #[test]
-    fn bad_duration_names_key_and_value() {
-        let err =
-            Settings::from_yaml_str("controller: {leader_election: {lease_duration: 15 parsecs}}")
-                .unwrap_err();
-        let message = err.to_string();
+    fn a_bad_duration_names_key_and_value() {
+        let yaml = le("lease_duration: 15 parsecs");
+        let (key, value) = invalid(&yaml);
+        assert_eq!(
+            (key.as_str(), value.as_str()),
+            ("controller.leader_election.lease_duration", "15 parsecs")
+        );
+        let message = Settings::from_yaml_str(&yaml).unwrap_err().to_string();
         assert!(
-            message.starts_with("invalid controller.leader_election.lease_duration \"15 parsecs\""),
+            message.starts_with(
+                "invalid controller.leader_election.lease_duration \"15 parsecs\": invalid duration: "
+            ),
             "{message}"
         );
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let err = Settings::from_yaml_str("controller: {leader_election: {lease_durration: 15s}}")
-            .unwrap_err();
+        let getter = LeaderElectionSettings {
+            renew_deadline: Some("soon".into()),
+            ..LeaderElectionSettings::default()
+        }
+        .renew_deadline()
+        .unwrap_err();
         assert!(
-            err.to_string().contains("unknown field `lease_durration`"),
-            "{err}"
+            matches!(&getter, SettingsError::Invalid { key, value, .. }
+                if key == "controller.leader_election.renew_deadline" && value == "soon"),
+            "{getter:?}"
         );
     }
 
+    // 16
     #[test]
-    fn identity_and_namespace_come_from_the_environment_by_precedence() {
-        let settings =
-            Settings::from_yaml_str("controller: {leader_election: {lease_name: x}}").unwrap();
-        let none = Overrides::default();
-        let c = settings
-            .to_elector_config(&env(Some("pod-b"), Some("ns-env"), Some("ns-sa")), &none)
-            .unwrap();
-        assert_eq!(
-            (c.identity.as_str(), c.lease_namespace.as_str()),
-            ("pod-b", "ns-env")
+    fn unknown_keys_are_named_with_their_location() {
+        let yaml = "controller:\n  leader_election:\n    lease_name: x\n    lease_durration: 15s\n";
+        let err = Settings::from_yaml_str(yaml).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("controller.leader_election: unknown field `lease_durration`"),
+            "{message}"
         );
-        let c = settings
-            .to_elector_config(&env(Some("pod-b"), None, Some("ns-sa")), &none)
+        match err {
+            SettingsError::Yaml { location, .. } => assert_eq!(location.map(|l| l.0), Some(4)),
+            other => panic!("expected SettingsError::Yaml, got {other:?}"),
+        }
+        for (yaml, key) in [
+            ("contoller: {}", "contoller"),
+            ("controller: {leader_elections: {}}", "leader_elections"),
+        ] {
+            let message = Settings::from_yaml_str(yaml).unwrap_err().to_string();
+            assert!(
+                message.contains(&format!("unknown field `{key}`")),
+                "{message}"
+            );
+        }
+    }
+
+    // 17
+    #[test]
+    fn wrong_types_are_yaml_errors() {
+        for yaml in [
+            le("enabled: maybe"),
+            le("lease_name: [x]"),
+            "controller: [leader_election]".to_owned(),
+            "controller: {leader_election: {lease_name: x}".to_owned(),
+        ] {
+            let err = Settings::from_yaml_str(&yaml).unwrap_err();
+            assert!(matches!(err, SettingsError::Yaml { .. }), "{yaml}: {err:?}");
+        }
+    }
+
+    // 18
+    #[test]
+    fn identity_comes_from_overrides_then_the_file_then_pod_name() {
+        let from_env = Settings::from_yaml_str(&le("lease_name: x")).unwrap();
+        let pod_b = env(Some("pod-b"), None, None);
+        let c = from_env
+            .to_elector_config(&pod_b, &Overrides::default())
             .unwrap();
-        assert_eq!(c.lease_namespace, "ns-sa");
-        let flags = Overrides {
+        assert_eq!(c.identity, "pod-b");
+        let from_file = Settings::from_yaml_str(&le("lease_name: x, identity: file-id")).unwrap();
+        let c = from_file
+            .to_elector_config(&pod_b, &Overrides::default())
+            .unwrap();
+        assert_eq!(c.identity, "file-id");
+        let flag = Overrides {
             identity: Some("flag-id".into()),
-            lease_namespace: Some("flag-ns".into()),
+            ..Overrides::default()
+        };
+        let c = from_file.to_elector_config(&pod_b, &flag).unwrap();
+        assert_eq!(c.identity, "flag-id");
+    }
+
+    // 19
+    #[test]
+    fn namespace_comes_from_overrides_file_pod_namespace_service_account_then_default() {
+        let plain = Settings::from_yaml_str(&le("lease_name: x")).unwrap();
+        let in_file =
+            Settings::from_yaml_str(&le("lease_name: x, lease_namespace: ns-file")).unwrap();
+        let flag = Overrides {
+            lease_namespace: Some("ns-flag".into()),
+            ..Overrides::default()
+        };
+        let none = Overrides::default();
+        let full = env(Some("p"), Some("ns-env"), Some("ns-sa"));
+        let cases = [
+            (&in_file, &full, &flag, "ns-flag"),
+            (&in_file, &full, &none, "ns-file"),
+            (&plain, &full, &none, "ns-env"),
+            (&plain, &env(Some("p"), None, Some("ns-sa")), &none, "ns-sa"),
+            (&plain, &env(Some("p"), None, None), &none, "default"),
+        ];
+        for (settings, env, overrides, want) in cases {
+            let c = settings.to_elector_config(env, overrides).unwrap();
+            assert_eq!(c.lease_namespace, want);
+        }
+    }
+
+    // 20
+    #[test]
+    fn overrides_win_for_lease_name_and_durations() {
+        let settings = Settings::from_yaml_str(SEED_EXAMPLE).unwrap();
+        let flags = Overrides {
+            lease_name: Some("flag-lease".into()),
+            lease_duration: Some(30 * SECOND),
+            renew_deadline: Some(20 * SECOND),
+            retry_period: Some(4 * SECOND),
             ..Overrides::default()
         };
         let c = settings
-            .to_elector_config(&env(Some("pod-b"), Some("ns-env"), None), &flags)
+            .to_elector_config(&env(Some("p"), None, None), &flags)
             .unwrap();
+        assert_eq!(c.lease_name, "flag-lease");
         assert_eq!(
-            (c.identity.as_str(), c.lease_namespace.as_str()),
-            ("flag-id", "flag-ns")
+            (c.lease_duration, c.renew_deadline, c.retry_period),
+            (30 * SECOND, 20 * SECOND, 4 * SECOND)
         );
     }
 
+    // 21
+    #[test]
+    fn release_on_cancel_can_be_turned_off() {
+        let c = config(&le("lease_name: x, release_on_cancel: false")).unwrap();
+        assert!(!c.release_on_cancel);
+    }
+
+    // 22
     #[test]
     fn reads_a_file_and_names_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
-        std::fs::write(&path, VALID).unwrap();
+        std::fs::write(&path, SEED_EXAMPLE).unwrap();
+        let settings = Settings::from_path(&path).unwrap();
+        assert_eq!(settings, Settings::from_yaml_str(SEED_EXAMPLE).unwrap());
         assert_eq!(
-            Settings::from_path(&path).unwrap(),
-            Settings::from_yaml_str(VALID).unwrap()
+            settings.leader_election().lease_duration().unwrap(),
+            60 * SECOND
         );
+
         let missing = dir.path().join("nope.yaml");
         let err = Settings::from_path(&missing).unwrap_err();
         assert!(err.to_string().contains("nope.yaml"), "{err}");
+        match err {
+            SettingsError::Io { path, source } => {
+                assert_eq!(path, missing);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected SettingsError::Io, got {other:?}"),
+        }
+    }
+
+    // 23
+    #[test]
+    fn environment_reads_variables_and_the_service_account_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sa = dir.path().join("namespace");
+        std::fs::write(&sa, "ns-sa\n").unwrap();
+        let vars = |name: &str| match name {
+            "POD_NAME" => Some("pod-a".to_owned()),
+            "POD_NAMESPACE" => Some("  ".to_owned()),
+            _ => None,
+        };
+        let env = Environment::from_sources(vars, &sa);
+        assert_eq!(env, self::env(Some("pod-a"), None, Some("ns-sa")));
+        assert_eq!(env.namespace(), Some("ns-sa"));
+
+        let absent = Environment::from_sources(|_| None, &dir.path().join("absent"));
+        assert_eq!(absent, Environment::default());
+        assert_eq!(absent.namespace(), None);
     }
 }
