@@ -423,7 +423,7 @@ impl Environment {
 }
 
 /// The first value given.
-fn first<'a, const N: usize>(values: [Option<&'a str>; N]) -> Option<&'a str> {
+fn first<const N: usize>(values: [Option<&str>; N]) -> Option<&str> {
     values.into_iter().flatten().next()
 }
 
