@@ -52,10 +52,31 @@ fn ms(d: SignedDuration) -> f64 {
     secs(d) * 1000.0
 }
 
+/// The Lease's expiry as written: renewTime + leaseDurationSeconds (the candidates' clock is this machine's).
+async fn expiry(client: &kube::Client) -> anyhow::Result<Timestamp> {
+    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), "default");
+    let spec = api.get("demo").await?.spec.unwrap_or_default();
+    let renew = spec
+        .renew_time
+        .ok_or_else(|| anyhow::anyhow!("lease without renewTime"))?
+        .0;
+    Ok(renew + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0))))
+}
+
 /// Repeats: stop the leader with `signal`, measure until another candidate's child starts, restart it.
-async fn failovers(timings: Timings, runs: usize, signal: Signal) -> anyhow::Result<Vec<f64>> {
+/// Returns, per run, the time from the signal and the time from the Lease's expiry (as the old leader last
+/// wrote it) to the next child's start.
+async fn failovers(
+    timings: Timings,
+    runs: usize,
+    signal: Signal,
+) -> anyhow::Result<Vec<(f64, f64)>> {
     let mut cluster = Cluster::new(3, timings, Vec::new()).await?;
     cluster.verbose = false;
+    let mut config = kube::Config::new(cluster.server.url().parse()?);
+    config.default_retry = false;
+    let client = kube::Client::try_from(config)?;
     for i in 0..3 {
         cluster.spawn(i)?;
     }
@@ -69,11 +90,15 @@ async fn failovers(timings: Timings, runs: usize, signal: Signal) -> anyhow::Res
     for _ in 0..runs {
         let t0 = Timestamp::now();
         cluster.signal(leader, signal);
+        let expires = expiry(&client).await?;
         let next = cluster
             .next(timeout, |s| is_start(s) && s.candidate != leader)
             .await
             .ok_or_else(|| anyhow::anyhow!("no failover within {timeout:?}"))?;
-        samples.push(ms(next.at.duration_since(t0)));
+        samples.push((
+            ms(next.at.duration_since(t0)),
+            ms(next.at.duration_since(expires)),
+        ));
         cluster.wait_exit(leader, Duration::from_secs(20)).await;
         cluster.spawn(leader)?;
         // Let the restarted candidate settle as a follower.
@@ -92,6 +117,8 @@ struct Load {
     follower_requests: Vec<f64>,
     rss_kib: Vec<(usize, bool, u64)>,
     cpu_percent: Vec<(usize, bool, f64)>,
+    /// One clock tick over the window, in percent: the resolution of `cpu_percent`.
+    cpu_resolution: f64,
 }
 
 async fn load(window: Duration, poll: bool) -> anyhow::Result<Load> {
@@ -125,7 +152,7 @@ async fn load(window: Duration, poll: bool) -> anyhow::Result<Load> {
                 c.listener == id && (!writes || matches!(c.verb.as_str(), "update" | "create"))
             })
             .map(|c| c.count as f64)
-            .sum::<f64>()
+            .fold(0.0, |a, b| a + b)
             * per_minute
     };
     let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -148,6 +175,7 @@ async fn load(window: Duration, poll: bool) -> anyhow::Result<Load> {
                 (i, i == leader, 100.0 * seconds / window.as_secs_f64())
             })
             .collect(),
+        cpu_resolution: 100.0 / ticks_per_second / window.as_secs_f64(),
     };
     cluster.stop_all().await;
     cluster.server.shutdown().await;
@@ -192,7 +220,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server\n"
     );
     let d = defaults();
-    let handover = failovers(d.clone(), args.handover_runs, Signal::SIGTERM).await?;
+    let handover: Vec<f64> = failovers(d.clone(), args.handover_runs, Signal::SIGTERM)
+        .await?
+        .into_iter()
+        .map(|(from_signal, _)| from_signal)
+        .collect();
     let (median, p99) = percentiles(handover.clone());
     println!(
         "graceful handover (SIGTERM -> next child started), 15s/10s/2s, {} runs: median {median:.1} ms, p99 \
@@ -204,14 +236,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         renew_deadline: Duration::from_secs(1),
         retry_period: Duration::from_millis(250),
     };
-    let lease_ms = fast.lease_duration.as_secs_f64() * 1000.0;
     let crash = failovers(fast, args.crash_runs, Signal::SIGKILL).await?;
-    let beyond: Vec<f64> = crash.iter().map(|c| c - lease_ms).collect();
-    let (median, p99) = percentiles(beyond);
+    let (median, p99) = percentiles(crash.iter().map(|c| c.0).collect());
     println!(
-        "crash failover (SIGKILL -> next child started) minus the 2s lease, {} runs: median {median:.1} ms, \
-         p99 {p99:.1} ms (target median <= 250 ms)",
+        "crash failover (SIGKILL -> next child started), lease 2s / renew 1s / retry 250ms, {} runs: median \
+         {median:.1} ms, p99 {p99:.1} ms",
         crash.len()
+    );
+    let (median, p99) = percentiles(crash.iter().map(|c| c.1).collect());
+    println!(
+        "  of which after the lease expired (renewTime + leaseDurationSeconds as last written): median \
+         {median:.1} ms, p99 {p99:.1} ms (target median <= 250 ms)"
     );
     for poll in [false, true] {
         let l = load(args.load_window, poll).await?;
@@ -234,8 +269,14 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         );
         if !poll {
             for ((i, leading, rss), (_, _, cpu)) in l.rss_kib.iter().zip(&l.cpu_percent) {
+                // /proc counts CPU in clock ticks: below one tick over the window reads as zero.
+                let cpu = if *cpu > 0.0 {
+                    format!("{cpu:.2}%")
+                } else {
+                    format!("< {:.2}%", l.cpu_resolution)
+                };
                 println!(
-                    "  candidate-{i} ({}): RSS {:.1} MiB, CPU {cpu:.2}% of one core (target <= 15 MiB, <= 0.5%)",
+                    "  candidate-{i} ({}): RSS {:.1} MiB, CPU {cpu} of one core (target <= 15 MiB, <= 0.5%)",
                     if *leading { "leader" } else { "follower" },
                     *rss as f64 / 1024.0
                 );
