@@ -486,8 +486,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         });
         rows.push(Row {
             name: "  stopped leader exited with code",
-            measured: Some(format!("{exit:?}")),
-            bound: "Some(Some(0))".into(),
+            measured: Some(match exit {
+                Some(Some(code)) => code.to_string(),
+                Some(None) => "signal".into(),
+                None => "running".into(),
+            }),
+            bound: "0".into(),
             ok: exit == Some(Some(0)),
         });
         ok &= handover.is_some();
