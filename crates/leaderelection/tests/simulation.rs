@@ -1,22 +1,47 @@
-//! Randomized simulation on the in-memory lock under tokio's paused clock: 2 to 4 candidates, random crashes
-//! (the run task aborted: no release), API hangs (a frozen or partitioned process), request delays,
-//! injected errors, lost responses (commit then fail) and forbidden watches, from a seeded RNG.
+//! Randomized simulation of the elector on the in-memory lock, under tokio's paused clock.
 //!
-//! After each run it checks:
-//! - **safety**: no two candidates' leadership intervals overlap. An interval starts when a candidate's
-//!   published state says it leads and ends at the earlier of when the state stops saying so (or the
-//!   candidate crashed) and the last published `valid_until`: exactly when `is_leader()` is true;
-//! - **liveness**: once faults stop, a live candidate leads within lease_duration + request_timeout +
-//!   2.2 x retry_period (a follower cut off by the faults must see the Lease unchanged for a whole lease
-//!   duration after it reaches the API again).
+//! Every run (one seed, one fresh current-thread runtime with paused time) starts 3 to 5 candidates on one
+//! [`MemoryLeaseStore`], each with its own [`MemoryLeaseLock`], and for `CHAOS` of virtual time injects,
+//! from a seeded [`StdRng`]:
+//! - **crashes**: a candidate's `run` task is aborted (no release), and the process comes back after a
+//!   random downtime, under the same identity (a StatefulSet pod) or a new one (a Deployment pod);
+//! - **graceful restarts**: `shutdown` cancelled (work stopped, Lease released), then restarted;
+//! - **frozen processes**: the candidate's `run` future is not polled at all for a while (GC pause,
+//!   SIGSTOP, paused VM): its timers, requests and watch stand still while the others' clocks run;
+//! - **API faults** ([`LockFault`]): hangs (black hole), request delays (some beyond the request
+//!   timeout), injected 500s, lost responses (commit then fail) and forbidden watches.
 //!
-//! `SIMULATION_RUNS` sets the number of runs (default 2000); a failing seed is printed, and
-//! `SIMULATION_SEED` replays one.
+//! Then every fault is cleared and the run checks:
+//! - **safety**: no two candidate processes' leadership intervals overlap. An interval is measured from
+//!   the candidate's own published [`LeaderState`]: from when it says it leads until the earlier of when it
+//!   stops saying so (or the process crashed) and its latest `valid_until`, i.e. exactly while
+//!   `is_leader()` is true. Intervals are recorded from `subscribe()` changes on the paused clock, so the
+//!   instants are exact.
+//! - **fencing**: ordered by start, leadership intervals of different processes carry strictly
+//!   increasing term numbers (`leaseTransitions`).
+//! - **recovery**: once faults stop, a leader exists again within `RECOVERY_BOUND` (lease_duration +
+//!   request_timeout + (1 + JITTER_FACTOR) x retry_period: a follower that was cut off when the last
+//!   holder wrote the Lease can only start counting the lease duration once its hung request has timed
+//!   out and its jittered retry has read the Lease).
+//! - **liveness (failover)**: with faults stopped and the cluster settled, the leader is killed (or shut
+//!   down) and another candidate leads within lease_duration + 2 x retry_period of the config.
+//!
+//! `SIMULATION_RUNS` sets the number of runs (default 2000); `SIMULATION_SEED` replays one seed. A failure
+//! prints its seed and the intervals. The fault schedule is a pure function of the seed; the elector's own
+//! retry jitter comes from `rand::rng()` (not injectable), so a replay follows the same schedule with
+//! possibly different jitter.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use leaderelection::{Callbacks, Config, Elector, LockFault, MemoryLeaseLock, MemoryLeaseStore};
+use leaderelection::{
+    Callbacks, Config, Elector, JITTER_FACTOR, LockFault, MemoryLeaseLock, MemoryLeaseStore,
+    Observer, Request,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
@@ -27,226 +52,689 @@ const LEASE: Duration = Duration::from_secs(3);
 const RENEW: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(500);
 /// Faults are injected during this much virtual time, then stop.
-const FAULTY: Duration = Duration::from_secs(30);
+const CHAOS: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Debug)]
-struct Interval {
-    candidate: String,
-    start: Instant,
-    end: Instant,
-}
-
-/// One candidate process: its elector, its lock (to inject faults), its task, its recorded intervals.
-struct Candidate {
-    name: String,
-    elector: Elector,
-    lock: MemoryLeaseLock,
-    task: JoinHandle<()>,
-    recorder: JoinHandle<()>,
-    open: Arc<Mutex<Option<(Instant, Instant)>>>,
-}
-
-fn config(name: &str) -> Config {
-    Config::new(name, "sim", "default")
+fn config(identity: &str) -> Config {
+    Config::new(identity, "sim", "default")
         .with_lease_duration(LEASE)
         .with_renew_deadline(RENEW)
         .with_retry_period(RETRY)
 }
 
-fn start(
-    store: &MemoryLeaseStore,
-    name: String,
-    intervals: &Arc<Mutex<Vec<Interval>>>,
-) -> Candidate {
-    let lock = store.lock(&name);
-    let elector = Elector::new(config(&name), lock.clone(), Callbacks::new()).unwrap();
-    let task = tokio::spawn({
-        let elector = elector.clone();
-        async move {
-            let _ = elector.run(CancellationToken::new()).await;
+/// The failover bound of the issue: lease_duration + 2 x retry_period, from the config.
+fn failover_bound() -> Duration {
+    let c = config("x");
+    c.lease_duration + 2 * c.retry_period
+}
+
+/// The failover bound when every follower polls: a poll every jittered retry period, `[1, 1 + J) x`.
+fn polling_failover_bound() -> Duration {
+    let c = config("x");
+    c.lease_duration + c.retry_period.mul_f64(1.0 + JITTER_FACTOR)
+}
+
+/// The bound after arbitrary faults stop (see the module docs).
+fn recovery_bound() -> Duration {
+    let c = config("x");
+    c.lease_duration + c.effective_request_timeout() + c.retry_period.mul_f64(1.0 + JITTER_FACTOR)
+}
+
+// --- a freezable process ---
+
+/// Freezes a future: while frozen it is not polled at all, as a stopped process runs no code.
+#[derive(Default)]
+struct Freezer {
+    frozen: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Freezer {
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
         }
-    });
-    // (start, last valid_until) of the running interval.
-    let open: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
-    let recorder = tokio::spawn({
-        let (mut rx, open, intervals, name) = (
-            elector.subscribe(),
-            open.clone(),
-            intervals.clone(),
-            name.clone(),
+    }
+
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+}
+
+struct Freezable<F> {
+    inner: Pin<Box<F>>,
+    freezer: Arc<Freezer>,
+}
+
+impl<F: Future> Future for Freezable<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.freezer.is_frozen() {
+            *self.freezer.waker.lock().unwrap() = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+// --- recording leadership ---
+
+/// One leadership interval of one process: `[start, end)` on the paused clock.
+#[derive(Clone, Debug)]
+struct Interval {
+    /// The process (unique per start, even when the identity is reused).
+    process: String,
+    term: i32,
+    start: Instant,
+    end: Instant,
+}
+
+/// The running interval of one process: term, start, latest `valid_until`.
+type Open = Arc<Mutex<Option<(i32, Instant, Instant)>>>;
+
+#[derive(Clone, Default)]
+struct Log {
+    intervals: Arc<Mutex<Vec<Interval>>>,
+    /// Anything the recorder found wrong on its own (e.g. leading without a deadline).
+    anomalies: Arc<Mutex<Vec<String>>>,
+    /// What each process did and saw, printed when a run fails.
+    trace: Arc<Mutex<Vec<(Instant, String, String)>>>,
+}
+
+/// Traces every request of one process, with its send time and outcome.
+struct Tracer {
+    process: String,
+    log: Log,
+}
+
+impl Observer for Tracer {
+    fn on_request(&self, request: &Request<'_>) {
+        let now = Instant::now();
+        let what = format!(
+            "{} {} sent {:.3}s ago: {}",
+            request.phase.as_str(),
+            request.verb,
+            request.latency.as_secs_f64(),
+            request
+                .error
+                .map_or_else(|| "ok".to_string(), ToString::to_string)
         );
-        async move {
-            loop {
-                let (leading, valid_until) = {
-                    let s = rx.borrow_and_update();
-                    (s.term.is_some(), s.valid_until)
-                };
-                let now = Instant::now();
-                {
-                    let mut current = open.lock().unwrap();
-                    match (leading, valid_until, *current) {
-                        (true, Some(v), None) if now < v => *current = Some((now, v)),
-                        (true, Some(v), Some((start, last))) if now < last => {
-                            *current = Some((start, v.max(last)))
-                        }
-                        // Valid-until passed without a renew: that interval ended then.
-                        (true, Some(v), Some((start, last))) => {
-                            intervals.lock().unwrap().push(Interval {
-                                candidate: name.clone(),
-                                start,
-                                end: last,
-                            });
-                            *current = (now < v).then_some((now, v));
-                        }
-                        (false, _, Some((start, last))) => {
-                            intervals.lock().unwrap().push(Interval {
-                                candidate: name.clone(),
-                                start,
-                                end: now.min(last),
-                            });
-                            *current = None;
-                        }
-                        _ => {}
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
+        self.log.trace(now, &self.process, what);
+    }
+}
+
+impl Log {
+    fn trace(&self, at: Instant, process: &str, what: String) {
+        self.trace
+            .lock()
+            .unwrap()
+            .push((at, process.to_string(), what));
+    }
+
+    /// The trace since `from`, one line per entry, times relative to `origin`.
+    fn trace_since(&self, from: Instant, origin: Instant) -> String {
+        self.trace
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _, _)| *at >= from)
+            .map(|(at, process, what)| {
+                format!(
+                    "\n  {:>9.3}s {process:>8} {what}",
+                    (*at - origin).as_secs_f64()
+                )
+            })
+            .collect()
+    }
+
+    fn close(&self, process: &str, open: &Open, at: Instant) {
+        if let Some((term, start, valid_until)) = open.lock().unwrap().take() {
+            let end = at.min(valid_until);
+            if start < end {
+                self.intervals.lock().unwrap().push(Interval {
+                    process: process.to_string(),
+                    term,
+                    start,
+                    end,
+                });
             }
         }
-    });
-    Candidate {
-        name,
-        elector,
-        lock,
-        task,
-        recorder,
-        open,
     }
 }
 
-/// Ends a candidate (crash, or the end of the run): its open interval ends now or at its validity.
-fn end(candidate: &Candidate, intervals: &Arc<Mutex<Vec<Interval>>>) {
-    candidate.task.abort();
-    candidate.recorder.abort();
-    if let Some((start, last)) = candidate.open.lock().unwrap().take() {
-        intervals.lock().unwrap().push(Interval {
-            candidate: candidate.name.clone(),
-            start,
-            end: Instant::now().min(last),
+/// One candidate process.
+struct Candidate {
+    identity: String,
+    process: String,
+    elector: Elector,
+    lock: MemoryLeaseLock,
+    shutdown: CancellationToken,
+    freezer: Arc<Freezer>,
+    task: JoinHandle<()>,
+    recorder: JoinHandle<()>,
+    open: Open,
+    /// Watching was forbidden at some point: the elector polls from then on.
+    polls: bool,
+}
+
+impl Candidate {
+    fn start(store: &MemoryLeaseStore, identity: String, process: String, log: &Log) -> Self {
+        let lock = store.lock(&identity);
+        let elector = Elector::new(config(&identity), lock.clone(), Callbacks::new())
+            .unwrap()
+            .with_observer(Arc::new(Tracer {
+                process: process.clone(),
+                log: log.clone(),
+            }));
+        let shutdown = CancellationToken::new();
+        let freezer = Arc::new(Freezer::default());
+        let task = tokio::spawn(Freezable {
+            inner: Box::pin({
+                let (elector, shutdown) = (elector.clone(), shutdown.clone());
+                async move {
+                    elector.run(shutdown).await.unwrap();
+                }
+            }),
+            freezer: freezer.clone(),
         });
+        let open: Open = Arc::default();
+        let recorder =
+            tokio::spawn({
+                let (mut rx, open, log, process) = (
+                    elector.subscribe(),
+                    open.clone(),
+                    log.clone(),
+                    process.clone(),
+                );
+                async move {
+                    loop {
+                        let (term, valid_until) = {
+                            let s = rx.borrow_and_update();
+                            (s.term.as_ref().map(|t| t.transitions), s.valid_until)
+                        };
+                        let now = Instant::now();
+                        let current = *open.lock().unwrap();
+                        match (current, term, valid_until) {
+                            // The same term, still valid: its deadline moves to the one published.
+                            (Some((t, start, last)), Some(term), Some(v))
+                                if t == term && now < last =>
+                            {
+                                *open.lock().unwrap() = Some((t, start, v));
+                            }
+                            _ => {
+                                // Ended: by a publish, or at its deadline already passed, or a new term.
+                                log.close(&process, &open, now);
+                                match (term, valid_until) {
+                                    (Some(term), Some(v)) if now < v => {
+                                        *open.lock().unwrap() = Some((term, now, v));
+                                    }
+                                    (Some(_), None) => log.anomalies.lock().unwrap().push(format!(
+                                        "{process} leads without a deadline at {now:?}"
+                                    )),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        Self {
+            identity,
+            process,
+            elector,
+            lock,
+            shutdown,
+            freezer,
+            task,
+            recorder,
+            open,
+            polls: false,
+        }
+    }
+
+    /// The process dies now (no release): its open interval ends now or at its deadline.
+    fn kill(&self, log: &Log) {
+        self.task.abort();
+        self.recorder.abort();
+        log.close(&self.process, &self.open, Instant::now());
     }
 }
 
-/// Two intervals of different candidates that overlap, if any.
+// --- checks ---
+
+/// Two intervals of different processes that overlap, if any.
 fn overlap(intervals: &[Interval]) -> Option<(&Interval, &Interval)> {
     intervals.iter().enumerate().find_map(|(n, a)| {
         intervals[n + 1..]
             .iter()
-            .find(|b| a.candidate != b.candidate && a.start < b.end && b.start < a.end)
+            .find(|b| a.process != b.process && a.start < b.end && b.start < a.end)
             .map(|b| (a, b))
     })
 }
 
+/// Two intervals of different processes, ordered by start, whose terms do not increase.
+fn fencing_violation(intervals: &[Interval]) -> Option<(&Interval, &Interval)> {
+    let mut sorted: Vec<&Interval> = intervals.iter().collect();
+    sorted.sort_by_key(|i| i.start);
+    sorted.iter().enumerate().find_map(|(n, a)| {
+        sorted[n + 1..]
+            .iter()
+            .find(|b| {
+                if a.process == b.process {
+                    b.term < a.term
+                } else {
+                    b.term <= a.term
+                }
+            })
+            .map(|b| (*a, *b))
+    })
+}
+
+fn describe(intervals: &[Interval], origin: Instant) -> String {
+    let mut sorted: Vec<&Interval> = intervals.iter().collect();
+    sorted.sort_by_key(|i| i.start);
+    sorted
+        .iter()
+        .map(|i| {
+            format!(
+                "\n  {:>8} term {:>3}: {:>9.3}s .. {:>9.3}s",
+                i.process,
+                i.term,
+                (i.start - origin).as_secs_f64(),
+                (i.end - origin).as_secs_f64()
+            )
+        })
+        .collect()
+}
+
+// --- one run ---
+
 fn random_fault(rng: &mut StdRng) -> LockFault {
     let mut fault = LockFault::default();
-    match rng.random_range(0..6) {
+    match rng.random_range(0..7) {
         0 => fault.hang = true,
+        // Up to 2.5 s: past the 1 s request timeout and the 2 s renew deadline.
         1 => fault.delay = Duration::from_millis(rng.random_range(0..2500)),
         2 => fault.fail = true,
         3 => fault.commit_then_fail = true,
         4 => fault.forbid_watch = true,
-        _ => {
-            fault.delay = Duration::from_millis(rng.random_range(0..800));
+        5 => {
+            fault.delay = Duration::from_millis(rng.random_range(0..900));
             fault.commit_then_fail = rng.random_bool(0.5);
+        }
+        _ => {
+            fault.delay = Duration::from_millis(rng.random_range(0..300));
+            fault.fail = rng.random_bool(0.3);
         }
     }
     fault
 }
 
-/// One run; the number of leadership intervals, or the violation.
-async fn run(seed: u64) -> Result<usize, String> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let store = MemoryLeaseStore::new();
-    let intervals: Arc<Mutex<Vec<Interval>>> = Arc::default();
-    let count = rng.random_range(2..=4);
-    let mut restarts = 0;
-    let mut candidates: Vec<Candidate> = (0..count)
-        .map(|i| start(&store, format!("c{i}"), &intervals))
-        .collect();
-    let began = Instant::now();
-    while began.elapsed() < FAULTY {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..1500))).await;
-        let i = rng.random_range(0..candidates.len());
-        match rng.random_range(0..10) {
-            // Crash, and come back later as a new process (a new identity, as a new pod would have).
-            0 => {
-                end(&candidates[i], &intervals);
-                restarts += 1;
-                let name = format!("c{i}-r{restarts}");
-                candidates[i] = start(&store, name, &intervals);
-            }
-            1..=5 => candidates[i].lock.set_fault(random_fault(&mut rng)),
-            _ => candidates[i].lock.set_fault(LockFault::default()),
-        }
-    }
-    for c in &candidates {
-        c.lock.set_fault(LockFault::default());
-    }
-    let healed = Instant::now();
-    // A follower whose requests hung during the faults first waits out its request timeout (1 s here), then
-    // a jittered retry period (up to 2.2 x), then reads the Lease and must see it unchanged for a whole
-    // lease duration by its own clock before taking it: the bound after healing is the sum. (The issue's
-    // lease_duration + 2 x retry_period holds when followers kept reaching the API; the failover tests
-    // check that case.)
-    let request_timeout = config("x").effective_request_timeout();
-    let bound = LEASE + request_timeout + RETRY.mul_f64(leaderelection::JITTER_FACTOR + 1.0);
-    let mut recovered = None;
-    while healed.elapsed() <= 3 * bound {
-        if let Some(c) = candidates.iter().find(|c| c.elector.is_leader()) {
-            recovered = Some((c.name.clone(), healed.elapsed()));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Let the election run a little longer fault-free, then end everything.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for c in &candidates {
-        end(c, &intervals);
-    }
-    let intervals = intervals.lock().unwrap().clone();
-    if let Some((a, b)) = overlap(&intervals) {
-        return Err(format!(
-            "seed {seed}: overlapping leadership: {} {:?}..{:?} and {} {:?}..{:?}",
-            a.candidate,
-            a.start - began,
-            a.end - began,
-            b.candidate,
-            b.start - began,
-            b.end - began
-        ));
-    }
-    match recovered {
-        Some((_, after)) if after <= bound => {}
-        Some((leader, after)) => {
-            return Err(format!(
-                "seed {seed}: no leader within {bound:?} after faults stopped ({leader} led after {after:?})"
-            ));
-        }
-        None => {
-            return Err(format!(
-                "seed {seed}: no leader within {:?} after faults stopped",
-                3 * bound
-            ));
-        }
-    }
-    if intervals.is_empty() {
-        return Err(format!("seed {seed}: nobody ever led"));
-    }
-    Ok(intervals.len())
+/// A process to start again at `at`, in slot `slot`, under `identity`.
+struct Restart {
+    at: Instant,
+    slot: usize,
+    identity: String,
 }
 
-fn run_seed(seed: u64) -> Result<usize, String> {
+struct Sim {
+    seed: u64,
+    rng: StdRng,
+    store: MemoryLeaseStore,
+    log: Log,
+    origin: Instant,
+    /// `None` while that slot's process is down.
+    slots: Vec<Option<Candidate>>,
+    /// Candidates shut down gracefully and still stopping (awaited before their identity is reused).
+    stopping: Vec<Candidate>,
+    restarts: Vec<Restart>,
+    /// Frozen slots and when they thaw.
+    thaws: Vec<(Instant, usize)>,
+    processes: usize,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let count = rng.random_range(3..=5);
+        let mut sim = Self {
+            seed,
+            rng,
+            store: MemoryLeaseStore::new(),
+            log: Log::default(),
+            origin: Instant::now(),
+            slots: Vec::new(),
+            stopping: Vec::new(),
+            restarts: Vec::new(),
+            thaws: Vec::new(),
+            processes: 0,
+        };
+        for slot in 0..count {
+            let candidate = sim.spawn(format!("c{slot}"));
+            sim.slots.push(Some(candidate));
+        }
+        sim
+    }
+
+    fn spawn(&mut self, identity: String) -> Candidate {
+        self.processes += 1;
+        let process = format!("{identity}#{}", self.processes);
+        Candidate::start(&self.store, identity, process, &self.log)
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Candidate> {
+        self.slots.iter().flatten()
+    }
+
+    /// Starts the restarts that are due (all of them when `all`), once a gracefully stopped process with
+    /// the same identity has finished (one identity never runs twice at once).
+    fn restart_due(&mut self, all: bool) {
+        let now = Instant::now();
+        self.stopping.retain(|c| !c.task.is_finished());
+        let mut pending = std::mem::take(&mut self.restarts);
+        pending.retain(|r| {
+            let busy = self.stopping.iter().any(|c| c.identity == r.identity);
+            if (all || r.at <= now) && !busy {
+                let candidate = self.spawn(r.identity.clone());
+                self.slots[r.slot] = Some(candidate);
+                false
+            } else {
+                true
+            }
+        });
+        self.restarts = pending;
+    }
+
+    fn thaw_due(&mut self, all: bool) {
+        let now = Instant::now();
+        let slots = &self.slots;
+        self.thaws.retain(|&(at, slot)| {
+            if all || at <= now {
+                if let Some(c) = &slots[slot] {
+                    c.freezer.thaw();
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// One random event on a random slot.
+    fn event(&mut self) {
+        let slot = self.rng.random_range(0..self.slots.len());
+        let roll = self.rng.random_range(0..20);
+        let same_identity = self.rng.random_bool(0.5);
+        let millis = self.rng.random_range(0..4000u64);
+        let fault = random_fault(&mut self.rng);
+        let now = Instant::now();
+        let Some(mut candidate) = self.slots[slot].take() else {
+            return;
+        };
+        match roll {
+            // Crash; back later under the same identity (StatefulSet) or a new one (Deployment).
+            0..=1 => {
+                candidate.kill(&self.log);
+                let identity = if same_identity {
+                    candidate.identity.clone()
+                } else {
+                    format!("c{slot}r{}", self.processes)
+                };
+                self.restarts.push(Restart {
+                    at: now + Duration::from_millis(millis),
+                    slot,
+                    identity,
+                });
+                self.thaws.retain(|&(_, s)| s != slot);
+                return;
+            }
+            // Graceful restart: shutdown (work stopped, Lease released), then start again.
+            2 => {
+                candidate.shutdown.cancel();
+                // Thawed, or it never finishes stopping.
+                candidate.freezer.thaw();
+                self.thaws.retain(|&(_, s)| s != slot);
+                self.restarts.push(Restart {
+                    at: now + Duration::from_millis(millis / 2),
+                    slot,
+                    identity: candidate.identity.clone(),
+                });
+                self.stopping.push(candidate);
+                return;
+            }
+            // Frozen process, for up to 3 lease durations.
+            3..=5 => {
+                if !candidate.freezer.is_frozen() {
+                    candidate.freezer.freeze();
+                    let length = Duration::from_millis(100 + millis * 2);
+                    self.thaws.push((now + length, slot));
+                }
+            }
+            6..=13 => {
+                candidate.polls |= fault.forbid_watch;
+                candidate.lock.set_fault(fault);
+            }
+            _ => candidate.lock.set_fault(LockFault::default()),
+        }
+        self.slots[slot] = Some(candidate);
+    }
+
+    /// Sleeps `d` of virtual time, handling restarts and thaws as they fall due (a restart waiting for a
+    /// stopping process is retried every 50 ms).
+    async fn sleep(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            let next = self
+                .restarts
+                .iter()
+                .map(|r| r.at.max(now + Duration::from_millis(50)))
+                .chain(self.thaws.iter().map(|t| t.0))
+                .filter(|&at| at < until)
+                .min()
+                .unwrap_or(until);
+            tokio::time::sleep_until(next).await;
+            self.thaw_due(false);
+            self.restart_due(false);
+            if Instant::now() >= until {
+                return;
+            }
+        }
+    }
+
+    /// Stops every fault: clears lock faults, thaws, starts every pending restart.
+    async fn heal(&mut self) {
+        // Graceful stops finish on their own once thawed (release is bounded by renew_deadline).
+        let deadline = Instant::now() + RENEW + RETRY * 4;
+        for c in &self.stopping {
+            c.lock.set_fault(LockFault::default());
+            c.freezer.thaw();
+        }
+        for c in self.live() {
+            c.lock.set_fault(LockFault::default());
+        }
+        self.thaw_due(true);
+        while !self.stopping.iter().all(|c| c.task.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.restart_due(true);
+    }
+
+    fn intervals(&self) -> Vec<Interval> {
+        self.log.intervals.lock().unwrap().clone()
+    }
+
+    /// Every interval so far, the running ones cut at now.
+    fn all_intervals(&self) -> Vec<Interval> {
+        let now = Instant::now();
+        let mut intervals = self.intervals();
+        for c in self.live().chain(&self.stopping) {
+            if let Some((term, start, valid_until)) = *c.open.lock().unwrap() {
+                intervals.push(Interval {
+                    process: c.process.clone(),
+                    term,
+                    start,
+                    end: now.min(valid_until).max(start),
+                });
+            }
+        }
+        intervals
+    }
+
+    /// Whether some process led at some instant of `[from, to]`.
+    fn led_between(&self, from: Instant, to: Instant) -> bool {
+        self.all_intervals()
+            .iter()
+            .any(|i| i.start <= to && i.end > from)
+    }
+
+    /// The first instant at or after `after` at which a process other than `except` starts leading.
+    fn first_leader_after(&self, after: Instant, except: &str) -> Option<Instant> {
+        self.all_intervals()
+            .iter()
+            .filter(|i| i.start >= after && i.process != except)
+            .map(|i| i.start)
+            .min()
+    }
+
+    fn leader(&self) -> Option<&Candidate> {
+        self.live().find(|c| c.elector.is_leader())
+    }
+
+    fn fail(&self, what: String) -> String {
+        format!(
+            "seed {}: {what}\nintervals (seconds since the start of the run):{}",
+            self.seed,
+            describe(&self.intervals(), self.origin)
+        )
+    }
+
+    fn at(&self, t: Instant) -> f64 {
+        (t - self.origin).as_secs_f64()
+    }
+}
+
+/// What one run saw, for the summary.
+#[derive(Default)]
+struct Stats {
+    intervals: usize,
+    processes: usize,
+}
+
+async fn run(seed: u64) -> Result<Stats, String> {
+    let mut sim = Sim::new(seed);
+    while sim.origin.elapsed() < CHAOS {
+        let pause = Duration::from_millis(sim.rng.random_range(20..1200));
+        sim.sleep(pause).await;
+        sim.event();
+    }
+
+    // Faults stop; a leader must exist again within the recovery bound.
+    sim.heal().await;
+    let healed = Instant::now();
+    let bound = recovery_bound();
+    sim.sleep(bound + Duration::from_millis(1)).await;
+    if !sim.led_between(healed, healed + bound) {
+        return Err(sim.fail(format!(
+            "no leader within {bound:?} after faults stopped at {:.3}s",
+            sim.at(healed)
+        )));
+    }
+
+    // Settle (every dead watch, stale observation and backoff has had time to play out), then kill or
+    // shut down the leader: another must lead within lease_duration + 2 x retry_period.
+    sim.sleep(2 * LEASE).await;
+    let graceful = sim.rng.random_bool(0.3);
+    let Some(leader) = sim.leader() else {
+        return Err(sim.fail(format!(
+            "no leader {:?} after faults stopped at {:.3}s",
+            bound + 2 * LEASE,
+            sim.at(healed)
+        )));
+    };
+    let killed_at = Instant::now();
+    let process = leader.process.clone();
+    if graceful {
+        leader.shutdown.cancel();
+    } else {
+        leader.kill(&sim.log);
+    }
+    // Followers that watch see the last renew at once and take over a lease duration later; a follower
+    // that polls (its watch was forbidden) first sees it up to one jittered retry period late.
+    let all_poll = sim.live().all(|c| c.process == process || c.polls);
+    let bound = if all_poll {
+        polling_failover_bound()
+    } else {
+        failover_bound()
+    };
+    sim.sleep(3 * bound).await;
+    match sim.first_leader_after(killed_at, &process) {
+        Some(t) if t - killed_at <= bound => {}
+        found => {
+            return Err(sim.fail(
+                format!(
+                    "{} {process} at {:.3}s: next leader {}, bound {bound:?}",
+                    if graceful { "shut down" } else { "killed" },
+                    sim.at(killed_at),
+                    match found {
+                        Some(t) => format!("after {:?}", t - killed_at),
+                        None => format!("none within {:?}", 3 * bound),
+                    }
+                ) + &format!(
+                    "\ntrace since 2 lease durations before:{}",
+                    sim.log.trace_since(killed_at - 2 * LEASE, sim.origin)
+                ),
+            ));
+        }
+    }
+
+    for c in sim.live().chain(&sim.stopping) {
+        c.kill(&sim.log);
+    }
+    let anomalies = sim.log.anomalies.lock().unwrap().clone();
+    if !anomalies.is_empty() {
+        return Err(sim.fail(format!("recorder anomalies: {anomalies:?}")));
+    }
+    let intervals = sim.intervals();
+    if let Some((a, b)) = overlap(&intervals) {
+        return Err(sim.fail(format!(
+            "SAFETY: {} (term {}) led {:.3}s..{:.3}s and {} (term {}) led {:.3}s..{:.3}s",
+            a.process,
+            a.term,
+            sim.at(a.start),
+            sim.at(a.end),
+            b.process,
+            b.term,
+            sim.at(b.start),
+            sim.at(b.end)
+        )));
+    }
+    if let Some((a, b)) = fencing_violation(&intervals) {
+        return Err(sim.fail(format!(
+            "FENCING: {} term {} at {:.3}s, then {} term {} at {:.3}s",
+            a.process,
+            a.term,
+            sim.at(a.start),
+            b.process,
+            b.term,
+            sim.at(b.start)
+        )));
+    }
+    Ok(Stats {
+        intervals: intervals.len(),
+        processes: sim.processes,
+    })
+}
+
+fn run_seed(seed: u64) -> Result<Stats, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -255,62 +743,160 @@ fn run_seed(seed: u64) -> Result<usize, String> {
         .block_on(run(seed))
 }
 
+fn paused<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 #[test]
 fn randomized_faults_never_give_two_leaders_and_always_recover() {
     let wall = std::time::Instant::now();
     let seeds: Vec<u64> = match std::env::var("SIMULATION_SEED") {
-        Ok(seed) => vec![seed.parse().unwrap()],
+        Ok(seed) => vec![seed.parse().expect("SIMULATION_SEED: a u64")],
         Err(_) => {
-            let runs = std::env::var("SIMULATION_RUNS")
+            let runs: u64 = std::env::var("SIMULATION_RUNS")
                 .ok()
-                .and_then(|r| r.parse().ok())
+                .map(|r| r.parse().expect("SIMULATION_RUNS: a number"))
                 .unwrap_or(2000);
             (0..runs).collect()
         }
     };
     let mut failures = Vec::new();
-    let mut terms = 0;
+    let (mut intervals, mut processes) = (0, 0);
     for &seed in &seeds {
         match run_seed(seed) {
-            Ok(n) => terms += n,
+            Ok(stats) => {
+                intervals += stats.intervals;
+                processes += stats.processes;
+            }
             Err(failure) => failures.push(failure),
         }
     }
     println!(
-        "simulation: {} runs, {terms} leadership intervals checked, {} violations, wall {:.1}s",
+        "simulation: {} runs, {processes} processes, {intervals} leadership intervals, {} violations, wall {:.1}s",
         seeds.len(),
         failures.len(),
         wall.elapsed().as_secs_f64()
     );
+    for failure in failures.iter().take(5) {
+        println!("{failure}");
+    }
     assert!(
         failures.is_empty(),
-        "{} failing runs, first: {:#?}",
+        "{} of {} runs failed; first: {}",
         failures.len(),
-        &failures[..failures.len().min(5)]
+        seeds.len(),
+        failures[0]
+    );
+    assert!(
+        intervals >= seeds.len(),
+        "too few leadership intervals ({intervals}) for {} runs: the recorder sees nothing",
+        seeds.len()
     );
 }
 
+/// The safety check catches two leaders: two candidates on separate stores both lead, and the very
+/// recorder and check the simulation uses must report the overlap.
 #[test]
-fn the_checker_detects_an_overlap() {
-    // Two candidates that both believe they lead (one writes the lease behind the other's back) must be
-    // caught by the same interval check the simulation uses.
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-        .block_on(async {
-            let intervals: Arc<Mutex<Vec<Interval>>> = Arc::default();
-            let a = start(&MemoryLeaseStore::new(), "a".into(), &intervals);
-            let b = start(&MemoryLeaseStore::new(), "b".into(), &intervals);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            end(&a, &intervals);
-            end(&b, &intervals);
-            let intervals = intervals.lock().unwrap().clone();
-            intervals.len() == 2 && overlap(&intervals).is_some()
-        });
+fn the_checker_detects_two_leaders() {
+    let caught = paused(async {
+        let log = Log::default();
+        let a = Candidate::start(&MemoryLeaseStore::new(), "a".into(), "a#1".into(), &log);
+        let b = Candidate::start(&MemoryLeaseStore::new(), "b".into(), "b#1".into(), &log);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.kill(&log);
+        b.kill(&log);
+        let intervals = log.intervals.lock().unwrap().clone();
+        assert_eq!(intervals.len(), 2, "{intervals:?}");
+        // Both began leading at once and renewed throughout: each interval spans the whole 5 s.
+        assert!(
+            intervals
+                .iter()
+                .all(|i| i.end - i.start == Duration::from_secs(5))
+        );
+        overlap(&intervals).is_some() && fencing_violation(&intervals).is_some()
+    });
     assert!(
-        result,
-        "separate stores: both lead, and the intervals overlap"
+        caught,
+        "separate stores: both lead, and the checks must say so"
     );
+}
+
+/// A frozen leader's interval ends at its own deadline, not when it thaws; a leader whose API hangs stops
+/// leading at its deadline too; and the next leader starts only after.
+#[test]
+fn the_recorder_ends_intervals_at_the_deadline() {
+    paused(async {
+        let log = Log::default();
+        let store = MemoryLeaseStore::new();
+        let a = Candidate::start(&store, "a".into(), "a#1".into(), &log);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(a.elector.is_leader());
+        let b = Candidate::start(&store, "b".into(), "b#2".into(), &log);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let renewed_at = a.elector.state().renewed_at.unwrap();
+        a.freezer.freeze();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        a.freezer.thaw();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.kill(&log);
+        b.kill(&log);
+        let intervals = log.intervals.lock().unwrap().clone();
+        let first = intervals.iter().find(|i| i.process == "a#1").unwrap();
+        assert_eq!(first.end, renewed_at + RENEW, "{intervals:?}");
+        let second = intervals.iter().find(|i| i.process == "b#2").unwrap();
+        assert!(second.start >= renewed_at + LEASE, "{intervals:?}");
+        assert!(overlap(&intervals).is_none());
+        assert!(fencing_violation(&intervals).is_none());
+    });
+}
+
+/// Minimal case of the polling failover, outside the randomized runs: a follower that polls (watching
+/// disabled, as when RBAC forbids it) must take over from a crashed leader once the Lease it last saw
+/// change has been unchanged for a lease duration.
+#[test]
+fn a_polling_follower_takes_over_from_a_crashed_leader() {
+    paused(async {
+        let store = MemoryLeaseStore::new();
+        let start = |identity: &str| {
+            let elector = Elector::new(
+                config(identity).with_watch(false),
+                store.lock(identity),
+                Callbacks::new(),
+            )
+            .unwrap();
+            let task = tokio::spawn(elector.clone().run(CancellationToken::new()));
+            (elector, task)
+        };
+        let (a, a_task) = start("a");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(a.is_leader());
+        let (b, _b_task) = start("b");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        a_task.abort();
+        let killed_at = Instant::now();
+        while !b.is_leader() && killed_at.elapsed() <= 5 * polling_failover_bound() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            b.is_leader() && killed_at.elapsed() <= polling_failover_bound(),
+            "b leads: {}, {:?} after a crashed (bound {:?}); b's calls: {:?}",
+            b.is_leader(),
+            killed_at.elapsed(),
+            polling_failover_bound(),
+            store.calls_of("b")
+        );
+    });
+}
+
+#[test]
+fn bounds_come_from_a_valid_config() {
+    config("x").validate().unwrap();
+    assert_eq!(failover_bound(), Duration::from_secs(4));
+    assert_eq!(polling_failover_bound(), Duration::from_millis(4100));
+    assert_eq!(recovery_bound(), Duration::from_millis(5100));
 }
