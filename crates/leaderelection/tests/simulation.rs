@@ -893,6 +893,49 @@ fn a_polling_follower_takes_over_from_a_crashed_leader() {
     });
 }
 
+/// Minimal case of a watching follower whose watch went silent during a short API hang (the event that
+/// arrived meanwhile never comes out, as on a black-holed connection): after the fault stops it must
+/// still take over from a crashed leader within lease_duration + 2 x retry_period. Its renew-conflict on
+/// each take proves its watch is stale.
+#[test]
+fn a_follower_with_a_dead_watch_takes_over_from_a_crashed_leader() {
+    paused(async {
+        let start = Instant::now();
+        let store = MemoryLeaseStore::new();
+        let a = Elector::new(config("a"), store.lock("a"), Callbacks::new()).unwrap();
+        let a_task = tokio::spawn(a.clone().run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(a.is_leader());
+        let b_lock = store.lock("b");
+        let b = Elector::new(config("b"), b_lock.clone(), Callbacks::new()).unwrap();
+        let _b_task = tokio::spawn(b.clone().run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // b's API hangs across one of a's renews (at 0.5 s), then recovers.
+        b_lock.set_fault(LockFault {
+            hang: true,
+            ..LockFault::default()
+        });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        b_lock.set_fault(LockFault::default());
+        // Kill a just after b's conflicting take at 3.1 s and 6.1 s has re-read the Lease, and after a
+        // renew that b's watch cannot deliver.
+        tokio::time::sleep_until(start + Duration::from_millis(6600)).await;
+        a_task.abort();
+        let killed_at = Instant::now();
+        while !b.is_leader() && killed_at.elapsed() <= 5 * failover_bound() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            b.is_leader() && killed_at.elapsed() <= failover_bound(),
+            "b leads: {}, {:?} after a crashed (bound {:?}); b's calls: {:?}",
+            b.is_leader(),
+            killed_at.elapsed(),
+            failover_bound(),
+            store.calls_of("b")
+        );
+    });
+}
+
 #[test]
 fn bounds_come_from_a_valid_config() {
     config("x").validate().unwrap();
