@@ -313,6 +313,8 @@ enum Watching {
         /// `run`'s future `Send`) whatever the lock's stream is.
         events: SyncWrapper<LeaseEventStream>,
         opened_at: Instant,
+        /// When the watch last delivered something (or we last checked on it).
+        last_event: Instant,
     },
     /// Watching is not allowed (RBAC) or disabled: poll.
     Polling,
@@ -323,6 +325,10 @@ struct Runner<'a> {
     inner: &'a Inner,
     shutdown: CancellationToken,
     seen: Seen,
+    /// `seen` must be read again before deciding. What was seen is kept, so that a re-read finding the
+    /// same `resourceVersion` keeps the time it was first seen (a polling follower's expiry clock must
+    /// not restart at every poll).
+    stale: bool,
     watching: Watching,
     /// `resourceVersion` to resume the watch from.
     resume_from: Option<String>,
@@ -342,6 +348,7 @@ impl<'a> Runner<'a> {
             inner,
             shutdown,
             seen: Seen::Unknown,
+            stale: true,
             watching,
             resume_from: None,
             reported_leader: None,
@@ -366,7 +373,7 @@ impl<'a> Runner<'a> {
             }
             // A term ended: read afresh before anything else (a frozen process learns here that
             // someone else took over, and never writes on the strength of what it saw before).
-            self.seen = Seen::Unknown;
+            self.stale = true;
         }
     }
 
@@ -378,7 +385,7 @@ impl<'a> Runner<'a> {
             if self.shutdown.is_cancelled() {
                 return None;
             }
-            if matches!(self.seen, Seen::Unknown) && !self.read().await {
+            if self.stale && !self.read().await {
                 self.pause().await?;
                 continue;
             }
@@ -423,11 +430,15 @@ impl<'a> Runner<'a> {
             .await
         {
             Ok(Some(lease)) => {
+                self.drop_watch_if_it_missed(Some(&lease.resource_version));
                 self.observe(lease);
+                self.stale = false;
                 true
             }
             Ok(None) => {
+                self.drop_watch_if_it_missed(None);
                 self.seen = Seen::Missing;
+                self.stale = false;
                 self.publish_observed();
                 true
             }
@@ -435,6 +446,20 @@ impl<'a> Runner<'a> {
                 self.log_transient("reading the lease", &err);
                 false
             }
+        }
+    }
+
+    /// A read found the Lease changed while the watch delivered nothing of it: the watch is dead (a stalled
+    /// connection can stay open and silent). Drop it; the next wait opens a new one from what was read.
+    fn drop_watch_if_it_missed(&mut self, read: Option<&str>) {
+        let seen = match &self.seen {
+            Seen::Present { lease, .. } => Some(lease.resource_version.as_str()),
+            Seen::Missing => None,
+            Seen::Unknown => return,
+        };
+        if seen != read && matches!(self.watching, Watching::Open { .. }) {
+            debug!(identity = %self.identity(), "the watch missed a change; opening a new one");
+            self.watching = Watching::Idle;
         }
     }
 
@@ -501,12 +526,12 @@ impl<'a> Runner<'a> {
             Ok(lease) => Ok((lease, sent_at)),
             Err(LockError::AlreadyExists) => {
                 debug!(identity = %self.identity(), "lost the race to create the lease");
-                self.seen = Seen::Unknown;
+                self.stale = true;
                 Err(Retry::Now)
             }
             Err(err) => {
                 self.log_transient("creating the lease", &err);
-                self.seen = Seen::Unknown;
+                self.stale = true;
                 Err(Retry::Later)
             }
         }
@@ -529,12 +554,12 @@ impl<'a> Runner<'a> {
             Ok(lease) => Ok((lease, sent_at)),
             Err(LockError::Conflict | LockError::NotFound) => {
                 debug!(identity = %self.identity(), "lease changed under us; reading it again");
-                self.seen = Seen::Unknown;
+                self.stale = true;
                 Err(Retry::Now)
             }
             Err(err) => {
                 self.log_transient("taking the lease", &err);
-                self.seen = Seen::Unknown;
+                self.stale = true;
                 Err(Retry::Later)
             }
         }
@@ -548,14 +573,28 @@ impl<'a> Runner<'a> {
         }
         let shutdown = self.shutdown.clone();
         match &mut self.watching {
-            Watching::Open { events, opened_at } => {
+            Watching::Open {
+                events,
+                opened_at,
+                last_event,
+            } => {
                 let opened_at = *opened_at;
+                // A held Lease changes every retry period while its holder renews. Silence for three of
+                // them means the holder stopped (then a read keeps the expiry clock) or the watch died
+                // (then a read finds the change and the watch is replaced): read to know which.
+                let check_at = *last_event + 3 * self.inner.config.retry_period;
                 let event = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return None,
                     () = sleep_until(until) => return Some(()),
                     event = events.get_mut().next() => event,
+                    () = sleep_until(check_at) => {
+                        *last_event = Instant::now();
+                        self.stale = true;
+                        return Some(());
+                    }
                 };
+                *last_event = Instant::now();
                 self.on_watch_event(event, opened_at).await
             }
             Watching::Idle | Watching::Polling => {
@@ -564,7 +603,7 @@ impl<'a> Runner<'a> {
                     biased;
                     () = shutdown.cancelled() => return None,
                     () = sleep_until(until) => {}
-                    () = sleep_until(poll_at) => self.seen = Seen::Unknown,
+                    () = sleep_until(poll_at) => self.stale = true,
                 }
                 Some(())
             }
@@ -583,6 +622,7 @@ impl<'a> Runner<'a> {
                 self.watching = Watching::Open {
                     events: SyncWrapper::new(events),
                     opened_at: Instant::now(),
+                    last_event: Instant::now(),
                 };
             }
             Err(LockError::Forbidden(message)) => {
@@ -595,7 +635,7 @@ impl<'a> Runner<'a> {
                 );
                 self.watching = Watching::Polling;
             }
-            Err(LockError::Gone) => self.seen = Seen::Unknown,
+            Err(LockError::Gone) => self.stale = true,
             Err(err) => self.log_transient("opening a watch", &err),
         }
     }
@@ -615,18 +655,18 @@ impl<'a> Runner<'a> {
             Some(Ok(LeaseEvent::Bookmark(rv))) => self.resume_from = Some(rv),
             Some(Err(LockError::Gone)) => {
                 self.watching = Watching::Idle;
-                self.seen = Seen::Unknown;
+                self.stale = true;
             }
             Some(Err(err)) => {
                 self.log_transient("watching the lease", &err);
                 self.watching = Watching::Idle;
-                self.seen = Seen::Unknown;
+                self.stale = true;
                 self.pause().await?;
             }
             None => {
                 self.watching = Watching::Idle;
                 if opened_at.elapsed() < MIN_HEALTHY_WATCH {
-                    self.seen = Seen::Unknown;
+                    self.stale = true;
                     self.pause().await?;
                 }
             }
