@@ -551,7 +551,7 @@ pub(crate) async fn admin(
         }
         (Method::GET, ["fake", "counts"]) => json_response(StatusCode::OK, &json!(shared.counts())),
         (Method::DELETE, ["fake", "counts"]) => {
-            *shared.stats() = crate::Stats::default();
+            shared.reset_stats();
             json_response(StatusCode::OK, &json!([]))
         }
         (Method::GET, ["fake", "requests"]) => {

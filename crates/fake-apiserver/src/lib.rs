@@ -199,7 +199,7 @@ impl FakeApiServer {
 
     /// Resets the counts and the request log.
     pub fn reset_counts(&self) {
-        *self.shared.stats() = Stats::default();
+        self.shared.reset_stats();
     }
 
     /// The request log (bounded; oldest first).
@@ -310,6 +310,10 @@ impl Shared {
             .tasks
             .spawn(listener::serve(shared.clone(), listener.clone(), socket));
         Ok(listener)
+    }
+
+    fn reset_stats(&self) {
+        *self.stats() = Stats::default();
     }
 
     fn counts(&self) -> Vec<Count> {

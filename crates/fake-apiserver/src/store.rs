@@ -199,15 +199,9 @@ impl Store {
                 ],
             ));
         };
-        if Some(given.as_str())
-            != current
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-        {
-            return Err(ApiError::conflict(t.rt, t.name));
-        }
+        check_version(t, &current, Some(&given))?;
         self.replace(t, &current, &mut object, part);
-        Ok(self.finish_update(t, object))
+        Ok(self.write_version(t, EventType::Modified, object))
     }
 
     /// PATCH: applies a merge patch to the current object; a resourceVersion in the patch is a precondition.
@@ -218,24 +212,15 @@ impl Store {
         part: Part,
         validate: impl FnOnce(&Value) -> Result<(), ApiError>,
     ) -> Result<Arc<Value>, ApiError> {
-        let current = self
-            .get(t.resource, t.namespace, t.name)
-            .ok_or_else(|| ApiError::not_found(t.rt, t.name))?;
-        if let Some(rv) = patch
+        let precondition = patch
             .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            && Some(rv)
-                != current
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-        {
-            return Err(ApiError::conflict(t.rt, t.name));
-        }
+            .and_then(Value::as_str);
+        let current = self.current(t, precondition)?;
         let mut object = (*current).clone();
         merge_patch(&mut object, patch);
         validate(&object)?;
         self.replace(t, &current, &mut object, part);
-        Ok(self.finish_update(t, object))
+        Ok(self.write_version(t, EventType::Modified, object))
     }
 
     /// DELETE, with an optional resourceVersion precondition (409 `Conflict` when it does not match).
@@ -244,24 +229,18 @@ impl Store {
         t: &Target<'_>,
         precondition: Option<&str>,
     ) -> Result<Arc<Value>, ApiError> {
+        let current = self.current(t, precondition)?;
+        Ok(self.write_version(t, EventType::Deleted, (*current).clone()))
+    }
+
+    /// The stored object (404 `NotFound` if missing), if its resourceVersion is `precondition` when one is
+    /// given (409 `Conflict` otherwise).
+    fn current(&self, t: &Target<'_>, precondition: Option<&str>) -> Result<Arc<Value>, ApiError> {
         let current = self
             .get(t.resource, t.namespace, t.name)
             .ok_or_else(|| ApiError::not_found(t.rt, t.name))?;
-        if let Some(rv) = precondition
-            && Some(rv)
-                != current
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-        {
-            return Err(ApiError::conflict(t.rt, t.name));
-        }
-        let mut object = (*current).clone();
-        if t.dry_run {
-            return Ok(Arc::new(object));
-        }
-        self.rv += 1;
-        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        Ok(self.commit(t, EventType::Deleted, object))
+        check_version(t, &current, precondition)?;
+        Ok(current)
     }
 
     /// Carries over what the server owns (uid, creationTimestamp, generation) and, per `part`, the status or
@@ -312,13 +291,30 @@ impl Store {
         }
     }
 
-    fn finish_update(&mut self, t: &Target<'_>, mut object: Value) -> Arc<Value> {
+    /// Stamps the next resourceVersion on a changed or deleted object and commits it (nothing under
+    /// dry-run).
+    fn write_version(&mut self, t: &Target<'_>, kind: EventType, mut object: Value) -> Arc<Value> {
         if t.dry_run {
             return Arc::new(object);
         }
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.commit(t, EventType::Modified, object)
+        self.commit(t, kind, object)
+    }
+}
+
+/// 409 `Conflict` unless `current` has the resourceVersion `expected` (no check when `None`).
+fn check_version(t: &Target<'_>, current: &Value, expected: Option<&str>) -> Result<(), ApiError> {
+    match expected {
+        Some(rv)
+            if Some(rv)
+                != current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str) =>
+        {
+            Err(ApiError::conflict(t.rt, t.name))
+        }
+        _ => Ok(()),
     }
 }
 
