@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 use crate::child::{ChildSpec, run_for_term};
-use crate::client::{ServerArgs, generated_identity, namespace, preflight};
+use crate::client::{ServerArgs, generated_identity, preflight};
 
 /// What to do when the child exits on its own while this replica leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -76,26 +76,13 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         Some(path) => Settings::from_path(path).map_err(|e| Failure::Usage(e.into()))?,
         None => Settings::default(),
     };
-    let env = Environment::from_process();
-    let le = &settings.controller.leader_election;
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| le.identity.clone())
-        .or_else(|| env.pod_name.clone())
-        .unwrap_or_else(generated_identity);
-    let lease_namespace = match args
-        .namespace
-        .clone()
-        .or_else(|| le.lease_namespace.clone())
-    {
-        Some(ns) => ns,
-        None => namespace(None, &env),
-    };
+    let mut env = Environment::from_process();
+    // Last in the identity precedence (flag, file, POD_NAME): a generated, unique one.
+    env.pod_name.get_or_insert_with(generated_identity);
     let overrides = Overrides {
-        identity: Some(identity),
+        identity: args.identity.clone(),
         lease_name: args.lease_name.clone(),
-        lease_namespace: Some(lease_namespace),
+        lease_namespace: args.namespace.clone(),
         lease_duration: args.lease_duration,
         renew_deadline: args.renew_deadline,
         retry_period: args.retry_period,
