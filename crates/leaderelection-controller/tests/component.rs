@@ -64,6 +64,34 @@ fn logging_callbacks(log: Arc<Mutex<Vec<String>>>, sub: Arc<Mutex<Subscription>>
         .on_new_leader(move |id: &str| drain(&log, &sub, format!("callback:new_leader({id})")))
 }
 
+/// Runs `component` until the returned token is cancelled.
+fn spawn_run(
+    component: &Component,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), leaderelection::Error>>,
+) {
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let (c, stop) = (component.clone(), stop.clone());
+        async move { c.run(stop).await }
+    });
+    (stop, run)
+}
+
+/// The log of one term of `id`, from start to shutdown: each event just before its callback.
+fn one_term_until_shutdown(id: &str) -> Vec<String> {
+    vec![
+        "event:started".into(),
+        format!("event:new_leader({id},true)"),
+        format!("callback:new_leader({id})"),
+        "event:became_leader(0)".into(),
+        "callback:started_leading(0)".into(),
+        "event:lost(shutdown)".into(),
+        "callback:stopped_leading(shutdown)".into(),
+    ]
+}
+
 #[tokio::test(start_paused = true)]
 async fn events_precede_callbacks_in_the_seeds_order() {
     let store = MemoryLeaseStore::new();
@@ -77,11 +105,7 @@ async fn events_precede_callbacks_in_the_seeds_order() {
         logging_callbacks(log.clone(), sub.clone()),
     )
     .unwrap();
-    let stop = CancellationToken::new();
-    let run = tokio::spawn({
-        let (c, stop) = (component.clone(), stop.clone());
-        async move { c.run(stop).await }
-    });
+    let (stop, run) = spawn_run(&component);
     let mut state = component.subscribe();
     state.wait_for(|s| s.is_leader()).await.unwrap();
     assert!(component.is_leader());
@@ -92,18 +116,7 @@ async fn events_precede_callbacks_in_the_seeds_order() {
     run.await.unwrap().unwrap();
     assert!(!component.is_leader());
     let log = log.lock().unwrap().clone();
-    assert_eq!(
-        log,
-        [
-            "event:started",
-            "event:new_leader(a,true)",
-            "callback:new_leader(a)",
-            "event:became_leader(0)",
-            "callback:started_leading(0)",
-            "event:lost(shutdown)",
-            "callback:stopped_leading(shutdown)",
-        ]
-    );
+    assert_eq!(log, one_term_until_shutdown("a"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -121,11 +134,7 @@ async fn disabled_mode_publishes_events_without_api_calls() {
         logging_callbacks(log.clone(), sub),
     )
     .unwrap();
-    let stop = CancellationToken::new();
-    let run = tokio::spawn({
-        let (c, stop) = (component.clone(), stop.clone());
-        async move { c.run(stop).await }
-    });
+    let (stop, run) = spawn_run(&component);
     component
         .subscribe()
         .wait_for(|s| s.is_leader())
@@ -135,18 +144,7 @@ async fn disabled_mode_publishes_events_without_api_calls() {
     run.await.unwrap().unwrap();
     assert!(store.calls().is_empty(), "no API call: {:?}", store.calls());
     let log = log.lock().unwrap().clone();
-    assert_eq!(
-        log,
-        [
-            "event:started",
-            "event:new_leader(solo,true)",
-            "callback:new_leader(solo)",
-            "event:became_leader(0)",
-            "callback:started_leading(0)",
-            "event:lost(shutdown)",
-            "callback:stopped_leading(shutdown)",
-        ]
-    );
+    assert_eq!(log, one_term_until_shutdown("solo"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,11 +154,7 @@ async fn losing_the_lease_to_another_holder_is_published_with_its_reason() {
     let mut sub = bus.subscribe();
     let component =
         Component::new(config("a"), store.lock("a"), bus.clone(), Callbacks::new()).unwrap();
-    let stop = CancellationToken::new();
-    let run = tokio::spawn({
-        let (c, stop) = (component.clone(), stop.clone());
-        async move { c.run(stop).await }
-    });
+    let (stop, run) = spawn_run(&component);
     component
         .subscribe()
         .wait_for(|s| s.is_leader())
