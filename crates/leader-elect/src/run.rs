@@ -90,7 +90,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let mut config = settings
         .to_elector_config(&env, &overrides)
         .map_err(|e| Failure::Usage(e.into()))?;
-    config.stop_timeout = args.grace_period + Duration::from_secs(5);
+    config.stop_timeout = Some(args.grace_period + Duration::from_secs(5));
     config.watch = !args.no_watch;
 
     let client = args.server.client().await?;

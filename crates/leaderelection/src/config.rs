@@ -59,8 +59,10 @@ pub struct Config {
     /// Timeout of every API request. `None` means client-go's `max(renew_deadline / 2, 1s)`.
     pub request_timeout: Option<Duration>,
     /// How long leader-only work may take to stop once its term's token is cancelled, before it is
-    /// aborted. The Lease is released only after the work has stopped.
-    pub stop_timeout: Duration,
+    /// aborted. The Lease is released only after the work has stopped. `None` means the whole
+    /// [`Config::stop_window`]; a value must fit in it (a term that ends at its renew deadline must have
+    /// stopped its work before a follower may take over).
+    pub stop_timeout: Option<Duration>,
     /// Whether followers watch the Lease (`true`, the default) or only poll it every jittered
     /// `retry_period` (client-go's behaviour). When watching is forbidden by RBAC the elector falls back
     /// to polling on its own.
@@ -71,7 +73,8 @@ pub struct Config {
 
 impl Default for Config {
     /// client-go's and controller-runtime's defaults: 15 s lease, 10 s renew deadline, 2 s retry period;
-    /// release on cancel, watch on, 10 s stop timeout. Identity, name and namespace are empty and must be set.
+    /// release on cancel, watch on, stop timeout the whole [`Config::stop_window`] (4 s with these timings).
+    /// Identity, name and namespace are empty and must be set.
     fn default() -> Self {
         Self {
             enabled: true,
@@ -83,7 +86,7 @@ impl Default for Config {
             retry_period: Duration::from_secs(2),
             release_on_cancel: true,
             request_timeout: None,
-            stop_timeout: Duration::from_secs(10),
+            stop_timeout: None,
             watch: true,
         }
     }
@@ -150,7 +153,7 @@ impl Config {
     /// Sets [`Config::stop_timeout`].
     #[must_use]
     pub fn with_stop_timeout(mut self, stop_timeout: Duration) -> Self {
-        self.stop_timeout = stop_timeout;
+        self.stop_timeout = Some(stop_timeout);
         self
     }
 
@@ -167,6 +170,35 @@ impl Config {
     pub fn effective_request_timeout(&self) -> Duration {
         self.request_timeout
             .unwrap_or_else(|| (self.renew_deadline / 2).max(Duration::from_secs(1)))
+    }
+
+    /// The margin kept before the earliest instant a follower may take over: a fifth of
+    /// `lease_duration - renew_deadline`, at most 1 s (1 s with client-go's 15 s / 10 s; 200 ms with 5 s / 4 s).
+    /// It absorbs the time a kill takes to land and small clock-rate differences.
+    #[must_use]
+    pub fn takeover_margin(&self) -> Duration {
+        (self.lease_duration.saturating_sub(self.renew_deadline) / 5).min(Duration::from_secs(1))
+    }
+
+    /// How long a term's work may take to stop after its term ended at the renew deadline:
+    /// `lease_duration - renew_deadline - takeover_margin` (4 s with client-go's 15 s / 10 s).
+    ///
+    /// A term is valid until `sent_at + renew_deadline`, and no follower may take over before
+    /// `sent_at + lease_duration` (it counts the lease duration from a write sent at `sent_at`), so the
+    /// work of a term must be gone by `sent_at + lease_duration - takeover_margin`: the term's *work
+    /// deadline* ([`crate::LeaderState::work_deadline`]). Stop timeouts and grace periods must fit in this
+    /// window.
+    #[must_use]
+    pub fn stop_window(&self) -> Duration {
+        self.lease_duration
+            .saturating_sub(self.renew_deadline)
+            .saturating_sub(self.takeover_margin())
+    }
+
+    /// The stop timeout in force: [`Config::stop_timeout`], or the whole [`Config::stop_window`].
+    #[must_use]
+    pub fn effective_stop_timeout(&self) -> Duration {
+        self.stop_timeout.unwrap_or_else(|| self.stop_window())
     }
 
     /// `leaseDurationSeconds` as written to the Lease. Valid only after [`Config::validate`].
@@ -239,23 +271,66 @@ impl Config {
         }
         check_dns_subdomain("lease_name", &self.lease_name)?;
         check_dns_label("lease_namespace", &self.lease_namespace)?;
-        if let Some(timeout) = self.request_timeout
-            && timeout.is_zero()
-        {
-            return Err(ConfigError::new(
-                "request_timeout",
-                dur(timeout),
-                "must be greater than zero",
-            ));
+        if let Some(timeout) = self.request_timeout {
+            if timeout.is_zero() {
+                return Err(ConfigError::new(
+                    "request_timeout",
+                    dur(timeout),
+                    "must be greater than zero",
+                ));
+            }
+            if timeout >= self.renew_deadline {
+                return Err(ConfigError::new(
+                    "request_timeout",
+                    dur(timeout),
+                    format!(
+                        "must be less than renewDeadline ({}): a request answered after the renew \
+                         deadline cannot start or extend a term",
+                        dur(self.renew_deadline)
+                    ),
+                ));
+            }
         }
-        if self.stop_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "stop_timeout",
-                dur(self.stop_timeout),
-                "must be greater than zero",
-            ));
+        if let Some(timeout) = self.stop_timeout {
+            if timeout.is_zero() {
+                return Err(ConfigError::new(
+                    "stop_timeout",
+                    dur(timeout),
+                    "must be greater than zero",
+                ));
+            }
+            self.check_fits_stop_window("stop_timeout", timeout)?;
         }
         Ok(())
+    }
+
+    /// Checks that `value` (a stop timeout or a grace period, named `field`) fits in
+    /// [`Config::stop_window`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `field`, `value` and the window when it does not fit.
+    pub fn check_fits_stop_window(
+        &self,
+        field: &'static str,
+        value: Duration,
+    ) -> Result<(), ConfigError> {
+        if value <= self.stop_window() {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            field,
+            humanize(value),
+            format!(
+                "must fit in leaseDuration - renewDeadline - margin ({} - {} - {} = {}): work still \
+                 running after that may overlap the next leader's; raise lease_duration or lower \
+                 renew_deadline",
+                humanize(self.lease_duration),
+                humanize(self.renew_deadline),
+                humanize(self.takeover_margin()),
+                humanize(self.stop_window()),
+            ),
+        ))
     }
 }
 

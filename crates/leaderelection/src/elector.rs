@@ -225,6 +225,7 @@ async fn run_disabled(inner: &Inner, shutdown: CancellationToken) {
         term: Some(term.clone()),
         valid_until: None,
         renewed_at: Some(Instant::now()),
+        work_deadline: None,
     });
     inner.callbacks.new_leader(&identity);
     let work = Work::start(inner, term, &shutdown);
@@ -262,7 +263,7 @@ impl Work {
         let Some(mut task) = self.task else {
             return true;
         };
-        let stop_timeout = inner.config.stop_timeout;
+        let stop_timeout = inner.config.effective_stop_timeout();
         match tokio::time::timeout(stop_timeout, &mut task).await {
             Ok(Ok(())) => true,
             Ok(Err(err)) => {
@@ -752,6 +753,7 @@ impl<'a> Runner<'a> {
             state.term = Some(term.clone());
             state.valid_until = Some(valid_until);
             state.renewed_at = Some(sent_at);
+            state.work_deadline = Some(valid_until + self.config().stop_window());
         });
     }
 
@@ -795,6 +797,7 @@ impl<'a> Runner<'a> {
                     self.inner.state.send_modify(|state| {
                         state.valid_until = Some(valid_until);
                         state.renewed_at = Some(sent_at);
+                        state.work_deadline = Some(valid_until + self.inner.config.stop_window());
                     });
                 }
                 Err(LockError::Conflict) => {

@@ -39,6 +39,15 @@ pub struct LeaderState {
     pub valid_until: Option<Instant>,
     /// Send time of the last successful acquire or renew request (for the healthz watchdog).
     pub renewed_at: Option<Instant>,
+    /// Monotonic instant by which this candidate's leader-only work (a CLI child with its whole process
+    /// group included) must be gone: `sent_at + lease_duration - takeover_margin` of the last successful
+    /// acquire or renew ([`crate::Config::stop_window`] after `valid_until`), the earliest instant a
+    /// follower may take over, less a margin. It moves with every renewal, also while the work drains
+    /// after a graceful stop (the elector keeps renewing then). It becomes *now* when the Lease is known
+    /// to be someone else's (taken, released or deleted by another): kill at once. `Some` from the start
+    /// of a term until its work has stopped (which may be after `term` became `None`); `None` otherwise
+    /// and in disabled mode.
+    pub work_deadline: Option<Instant>,
 }
 
 // === impl LeaderState ===
