@@ -228,13 +228,14 @@ async fn run_disabled(inner: &Inner, shutdown: CancellationToken) {
         work_deadline: None,
     });
     inner.callbacks.new_leader(&identity);
-    let work = Work::start(inner, term, &shutdown);
+    let mut work = Work::start(inner, term, &shutdown);
     shutdown.cancelled().await;
     inner.state.send_modify(|state| {
         state.term = None;
         state.leader = None;
     });
-    work.stop(inner).await;
+    let stop_by = Instant::now() + inner.config.effective_stop_timeout();
+    work.stop_by(stop_by, &inner.config).await;
     inner.callbacks.stopped_leading(StopReason::Shutdown);
 }
 
@@ -256,29 +257,61 @@ impl Work {
         Self { token, task }
     }
 
-    /// Cancels the term's token and awaits the work for `stop_timeout`, then aborts it and awaits that
-    /// for as long again. `true` when the work is known to have stopped.
-    async fn stop(self, inner: &Inner) -> bool {
+    /// Cancels the term's token and awaits the work until `deadline`; then aborts it and awaits the abort
+    /// for at most the takeover margin (an abort lands at the task's next `.await`; a task blocking its
+    /// thread cannot be stopped). `true` when the work is known to have stopped.
+    async fn stop_by(&mut self, deadline: Instant, config: &Config) -> bool {
         self.token.cancel();
-        let Some(mut task) = self.task else {
+        let Some(mut task) = self.task.take() else {
             return true;
         };
-        let stop_timeout = inner.config.effective_stop_timeout();
-        match tokio::time::timeout(stop_timeout, &mut task).await {
-            Ok(Ok(())) => true,
-            Ok(Err(err)) => {
-                warn!(error = %err, "leader-only work panicked");
-                true
-            }
-            Err(_) => {
-                warn!(
-                    stop_timeout = ?stop_timeout,
-                    "leader-only work did not stop in time after its term ended; aborting it"
-                );
-                task.abort();
-                tokio::time::timeout(stop_timeout, task).await.is_ok()
-            }
+        if let Ok(joined) = timeout_at(deadline, &mut task).await {
+            report_panic(joined);
+            return true;
         }
+        warn!(
+            "leader-only work did not stop by its deadline (the earliest takeover, or the stop \
+             timeout); aborting it"
+        );
+        task.abort();
+        tokio::time::timeout(config.takeover_margin(), task)
+            .await
+            .is_ok()
+    }
+}
+
+/// Logs a panic of the work (its end is what the caller waited for either way).
+fn report_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined
+        && err.is_panic()
+    {
+        warn!(error = %err, "leader-only work panicked");
+    }
+}
+
+/// What the leader knows of its term while it renews.
+struct Tenure {
+    /// The Lease as we last wrote (or read) it: its `resourceVersion` guards the next renewal.
+    lease: ObservedLease,
+    /// `sent_at + renew_deadline` of the last successful write.
+    valid_until: Instant,
+    next_renew: Instant,
+    /// Whether to (re)open the watch of our own Lease; off after a failure until the next renewal.
+    may_watch: bool,
+}
+
+// === impl Tenure ===
+
+impl Tenure {
+    /// The term's work deadline: the earliest instant a follower may take over, less the margin.
+    fn work_deadline(&self, config: &Config) -> Instant {
+        self.valid_until + config.stop_window()
+    }
+
+    fn publish(&self, state: &mut LeaderState, config: &Config) {
+        state.valid_until = Some(self.valid_until);
+        state.renewed_at = Some(self.valid_until - config.renew_deadline);
+        state.work_deadline = Some(self.work_deadline(config));
     }
 }
 
@@ -334,6 +367,9 @@ struct Runner<'a> {
     /// `resourceVersion` to resume the watch from.
     resume_from: Option<String>,
     reported_leader: Option<String>,
+    /// The highest `leaseTransitions` seen in this run: a Lease we create or take gets a higher term, so
+    /// terms never go backwards, even after the Lease was deleted.
+    highest_term: Option<i32>,
 }
 
 // === impl Runner ===
@@ -353,6 +389,7 @@ impl<'a> Runner<'a> {
             watching,
             resume_from: None,
             reported_leader: None,
+            highest_term: None,
         }
     }
 
@@ -464,16 +501,20 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Records what we saw; the expiry clock restarts whenever the `resourceVersion` changes.
+    /// Records what we saw. The expiry clock restarts only when the election record changes (holder,
+    /// renewTime, acquireTime, leaseTransitions, leaseDurationSeconds...): a write that changes only
+    /// metadata (a label, an annotation) is not a renewal, as in client-go's record comparison. The
+    /// `resourceVersion` is always kept, to guard the next write.
     fn observe(&mut self, lease: ObservedLease) {
         let now = Instant::now();
         let observed_at = match &self.seen {
             Seen::Present {
                 lease: previous,
                 observed_at,
-            } if previous.resource_version == lease.resource_version => *observed_at,
+            } if previous.record == lease.record => *observed_at,
             _ => now,
         };
+        self.highest_term = self.highest_term.max(Some(lease.record.lease_transitions));
         self.resume_from = Some(lease.resource_version.clone());
         self.seen = Seen::Present { lease, observed_at };
         self.publish_observed();
@@ -517,49 +558,55 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Creates the Lease (POST). Its term is above any we have seen: after a deletion the term number does
+    /// not go back to 0. A fresh candidate that never saw the Lease writes 0, as client-go does.
     async fn create(&mut self) -> Result<(ObservedLease, Instant), Retry> {
-        let desired = self.desired(None, 0);
-        let sent_at = Instant::now();
-        match self
-            .request("create", Phase::Acquire, self.inner.lock.create(&desired))
-            .await
-        {
-            Ok(lease) => Ok((lease, sent_at)),
-            Err(LockError::AlreadyExists) => {
-                debug!(identity = %self.identity(), "lost the race to create the lease");
-                self.stale = true;
-                Err(Retry::Now)
-            }
-            Err(err) => {
-                self.log_transient("creating the lease", &err);
-                self.stale = true;
-                Err(Retry::Later)
-            }
-        }
+        self.acquire(None).await
     }
 
     /// Takes over `lease` (free, expired, or naming us) with a PUT guarded by its `resourceVersion`; a new
-    /// term number (`leaseTransitions + 1`) and a new `acquireTime`, even when it already names us: the
-    /// work restarts, so the fencing token must change.
+    /// term number (above any seen) and a new `acquireTime`, even when it already names us: the work
+    /// restarts, so the fencing token must change.
     async fn take(&mut self, lease: ObservedLease) -> Result<(ObservedLease, Instant), Retry> {
-        let desired = self.desired(None, lease.record.lease_transitions.saturating_add(1));
+        self.acquire(Some(&lease.resource_version)).await
+    }
+
+    /// One acquire attempt: create (`guard` `None`) or a guarded update. Bounded by `sent_at +
+    /// renew_deadline`, and refused when the answer comes after it: a term whose deadline has passed never
+    /// starts (the Lease, which may name us, is read again and taken with a new term).
+    async fn acquire(&mut self, guard: Option<&str>) -> Result<(ObservedLease, Instant), Retry> {
+        let desired = self.desired(None, self.highest_term.map_or(0, |t| t.saturating_add(1)));
         let sent_at = Instant::now();
-        match self
-            .request(
-                "update",
-                Phase::Acquire,
-                self.inner.lock.update(&desired, &lease.resource_version),
-            )
-            .await
+        let valid_until = sent_at + self.config().renew_deadline;
+        let (verb, call) = match guard {
+            None => ("create", self.inner.lock.create(&desired)),
+            Some(rv) => ("update", self.inner.lock.update(&desired, rv)),
+        };
+        let result = self
+            .request_by(verb, Phase::Acquire, valid_until, call)
+            .await;
+        if Instant::now() >= valid_until
+            && let Ok(late) = &result
         {
+            warn!(
+                identity = %self.identity(),
+                lease = %self.inner.lock.describe(),
+                term = late.record.lease_transitions,
+                "the acquire was answered after its renew deadline (a slow API server or a frozen \
+                 process); not starting that term"
+            );
+            self.stale = true;
+            return Err(Retry::Later);
+        }
+        match result {
             Ok(lease) => Ok((lease, sent_at)),
-            Err(LockError::Conflict | LockError::NotFound) => {
-                debug!(identity = %self.identity(), "lease changed under us; reading it again");
+            Err(LockError::AlreadyExists | LockError::Conflict | LockError::NotFound) => {
+                debug!(identity = %self.identity(), "lost the race for the lease; reading it again");
                 self.stale = true;
                 Err(Retry::Now)
             }
             Err(err) => {
-                self.log_transient("taking the lease", &err);
+                self.log_transient("acquiring the lease", &err);
                 self.stale = true;
                 Err(Retry::Later)
             }
@@ -693,12 +740,18 @@ impl<'a> Runner<'a> {
 
     // --- leading ---
 
-    /// Leads one term, from a successful acquire sent at `sent_at`, until it ends; returns why.
+    /// Leads one term, from a successful acquire sent at `sent_at`, until it ends and its work is gone;
+    /// returns why it ended.
+    ///
+    /// The work must be gone by the term's work deadline (`sent_at + lease_duration - margin` of the last
+    /// successful write): after the renew deadline it gets the rest of that window (bounded by the stop
+    /// timeout); when the Lease is known to be someone else's it is aborted at once; on shutdown the Lease
+    /// keeps being renewed while the work drains, and is released after it has stopped.
     async fn lead(&mut self, lease: ObservedLease, sent_at: Instant) -> StopReason {
-        self.watching = match self.watching {
-            Watching::Polling => Watching::Polling,
-            Watching::Idle | Watching::Open { .. } => Watching::Idle,
-        };
+        if !matches!(self.watching, Watching::Polling) {
+            // The follower's watch is replaced by one from our own write.
+            self.watching = Watching::Idle;
+        }
         let term = Term {
             holder: self.identity().to_string(),
             transitions: lease.record.lease_transitions,
@@ -711,15 +764,34 @@ impl<'a> Runner<'a> {
             "became leader"
         );
         self.observe(lease.clone());
-        self.publish_leading(&term, sent_at);
-        let work = Work::start(self.inner, term.clone(), &self.shutdown);
+        let mut tenure = Tenure {
+            lease,
+            valid_until: sent_at + self.config().renew_deadline,
+            next_renew: Instant::now() + self.config().retry_period,
+            may_watch: true,
+        };
+        self.inner.state.send_modify(|state| {
+            state.term = Some(term.clone());
+            tenure.publish(state, self.config());
+        });
+        let mut work = Work::start(self.inner, term.clone(), &self.shutdown);
 
-        let reason = self.renew_until_lost(lease, sent_at).await;
+        let shutdown = self.shutdown.clone();
+        let reason = match self.renew_while(&mut tenure, shutdown.cancelled()).await {
+            Ok(()) => StopReason::Shutdown,
+            Err(reason) => reason,
+        };
 
-        // Stop believing first (state and is_leader), then stop the work, then release.
+        // Stop believing first (state and is_leader), then stop the work, then release. When the Lease is
+        // someone else's, its new holder may already run: the work must go at once.
+        let now = Instant::now();
+        let kill_now = matches!(reason, StopReason::LeaseLost { .. } | StopReason::Released);
         self.inner.state.send_modify(|state| {
             state.term = None;
             state.valid_until = None;
+            if kill_now {
+                state.work_deadline = Some(now);
+            }
         });
         warn!(
             identity = %self.identity(),
@@ -728,11 +800,18 @@ impl<'a> Runner<'a> {
             %reason,
             "stopped leading"
         );
-        let stopped = work.stop(self.inner).await;
-        let ours = matches!(
-            reason,
-            StopReason::Shutdown | StopReason::RenewDeadlineExceeded
-        );
+        work.token.cancel();
+        let (stopped, ours) = match &reason {
+            StopReason::Shutdown => self.drain(&mut work, &mut tenure).await,
+            other => (self.stop_after(other, &mut work, &tenure).await, false),
+        };
+        let ours = ours || reason == StopReason::RenewDeadlineExceeded;
+        self.inner
+            .state
+            .send_modify(|state| state.work_deadline = None);
+        if !matches!(self.watching, Watching::Polling) {
+            self.watching = Watching::Idle;
+        }
         if self.config().release_on_cancel && ours {
             if stopped {
                 self.release().await;
@@ -747,110 +826,265 @@ impl<'a> Runner<'a> {
         reason
     }
 
-    fn publish_leading(&self, term: &Term, sent_at: Instant) {
-        let valid_until = sent_at + self.config().renew_deadline;
-        self.inner.state.send_modify(|state| {
-            state.term = Some(term.clone());
-            state.valid_until = Some(valid_until);
-            state.renewed_at = Some(sent_at);
-            state.work_deadline = Some(valid_until + self.config().stop_window());
-        });
+    /// Graceful stop: keeps renewing while the work drains (for at most the stop timeout), so no follower
+    /// takes over while it runs. Returns whether the work stopped and whether the Lease is still ours.
+    async fn drain(&mut self, work: &mut Work, tenure: &mut Tenure) -> (bool, bool) {
+        let Some(task) = work.task.as_mut() else {
+            return (true, true);
+        };
+        let stop_by = Instant::now() + self.config().effective_stop_timeout();
+        match self.renew_while(tenure, timeout_at(stop_by, task)).await {
+            Ok(Ok(joined)) => {
+                work.task = None;
+                report_panic(joined);
+                (true, true)
+            }
+            Ok(Err(_)) => (work.stop_by(Instant::now(), self.config()).await, true),
+            Err(lost) => {
+                warn!(
+                    identity = %self.identity(),
+                    reason = %lost,
+                    "the term ended while its work was draining"
+                );
+                (
+                    self.stop_after(&lost, work, tenure).await,
+                    lost == StopReason::RenewDeadlineExceeded,
+                )
+            }
+        }
     }
 
-    /// Renews every retry period until the term ends. Leadership is valid until the send time of the last
+    /// Stops the work of a term that ended for `reason` (not a graceful stop): at once when the Lease is
+    /// someone else's, else by the work deadline. Whether the work stopped.
+    async fn stop_after(&mut self, reason: &StopReason, work: &mut Work, tenure: &Tenure) -> bool {
+        let deadline = match reason {
+            StopReason::RenewDeadlineExceeded | StopReason::Shutdown => {
+                let by_timeout = Instant::now() + self.config().effective_stop_timeout();
+                by_timeout.min(tenure.work_deadline(self.config()))
+            }
+            StopReason::LeaseLost { .. } | StopReason::Released => {
+                let now = Instant::now();
+                self.inner.state.send_if_modified(|state| {
+                    let later = state.work_deadline.is_none_or(|d| d > now);
+                    if later {
+                        state.work_deadline = Some(now);
+                    }
+                    later
+                });
+                now
+            }
+        };
+        work.stop_by(deadline, self.config()).await
+    }
+
+    /// Renews every retry period, and watches our own Lease, until `until` completes (`Ok` with its
+    /// output) or the term ends (`Err` with why). Leadership is valid until the send time of the last
     /// successful write plus `renew_deadline`; at that instant the term ends even while a request hangs.
-    async fn renew_until_lost(&mut self, mut lease: ObservedLease, sent_at: Instant) -> StopReason {
-        let renew_deadline = self.config().renew_deadline;
-        let retry_period = self.config().retry_period;
-        let mut valid_until = sent_at + renew_deadline;
-        let mut next_renew = Instant::now() + retry_period;
+    async fn renew_while<F: Future>(
+        &mut self,
+        tenure: &mut Tenure,
+        until: F,
+    ) -> Result<F::Output, StopReason> {
+        tokio::pin!(until);
         loop {
-            let shutdown = self.shutdown.clone();
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return StopReason::Shutdown,
-                () = sleep_until(valid_until) => return StopReason::RenewDeadlineExceeded,
-                () = sleep_until(next_renew) => {}
+            if tenure.may_watch && matches!(self.watching, Watching::Idle) {
+                let by = tenure.next_renew.min(tenure.valid_until);
+                let resume_from = tenure.lease.resource_version.clone();
+                tokio::select! {
+                    biased;
+                    output = &mut until => return Ok(output),
+                    opened = self.open_own_watch(&resume_from, by) => tenure.may_watch = opened,
+                }
+            }
+            let event = match &mut self.watching {
+                Watching::Open { events, .. } => {
+                    tokio::select! {
+                        biased;
+                        output = &mut until => return Ok(output),
+                        () = sleep_until(tenure.valid_until) => return Err(StopReason::RenewDeadlineExceeded),
+                        () = sleep_until(tenure.next_renew) => None,
+                        event = events.get_mut().next() => Some(event),
+                    }
+                }
+                Watching::Idle | Watching::Polling => {
+                    tokio::select! {
+                        biased;
+                        output = &mut until => return Ok(output),
+                        () = sleep_until(tenure.valid_until) => return Err(StopReason::RenewDeadlineExceeded),
+                        () = sleep_until(tenure.next_renew) => None,
+                    }
+                }
+            };
+            if let Some(event) = event {
+                self.on_own_watch_event(event, tenure)?;
+                continue;
             }
             // A process frozen past its deadline resumes here: check the clock before any write.
             let sent_at = Instant::now();
-            if sent_at >= valid_until {
-                return StopReason::RenewDeadlineExceeded;
+            if sent_at >= tenure.valid_until {
+                return Err(StopReason::RenewDeadlineExceeded);
             }
-            let desired = self.desired(lease.record.acquire_time, lease.record.lease_transitions);
+            let desired = self.desired(
+                tenure.lease.record.acquire_time,
+                tenure.lease.record.lease_transitions,
+            );
             let renewed = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return StopReason::Shutdown,
+                output = &mut until => return Ok(output),
                 renewed = self.request_until(
                     "update",
                     Phase::Renew,
-                    valid_until,
-                    self.inner.lock.update(&desired, &lease.resource_version),
+                    tenure.valid_until,
+                    self.inner.lock.update(&desired, &tenure.lease.resource_version),
                 ) => renewed,
             };
             match renewed {
                 Ok(renewed) => {
-                    valid_until = sent_at + renew_deadline;
-                    next_renew = Instant::now() + retry_period;
-                    lease = renewed;
-                    self.observe(lease.clone());
-                    self.inner.state.send_modify(|state| {
-                        state.valid_until = Some(valid_until);
-                        state.renewed_at = Some(sent_at);
-                        state.work_deadline = Some(valid_until + self.inner.config.stop_window());
-                    });
+                    tenure.lease = renewed.clone();
+                    tenure.valid_until = sent_at + self.config().renew_deadline;
+                    tenure.next_renew = Instant::now() + self.config().retry_period;
+                    tenure.may_watch = true;
+                    self.observe(renewed);
+                    self.inner
+                        .state
+                        .send_modify(|state| tenure.publish(state, self.config()));
                 }
                 Err(LockError::Conflict) => {
                     self.inner.observer.on_slow_path();
-                    match self.reread(valid_until, &shutdown).await {
-                        Reread::Ours(fresh) => {
-                            lease = fresh;
-                            next_renew = Instant::now();
+                    let read = tokio::select! {
+                        biased;
+                        output = &mut until => return Ok(output),
+                        read = self.reread(tenure.valid_until) => read,
+                    };
+                    match read? {
+                        Some(fresh) => {
+                            tenure.lease = fresh;
+                            tenure.next_renew = Instant::now();
                         }
-                        Reread::Lost(reason) => return reason,
-                        Reread::Failed => next_renew = Instant::now() + retry_period,
+                        None => tenure.next_renew = Instant::now() + self.config().retry_period,
                     }
                 }
                 Err(LockError::NotFound) => {
                     self.seen = Seen::Missing;
                     self.publish_observed();
-                    return StopReason::Released;
+                    return Err(StopReason::Released);
                 }
                 Err(err) => {
                     self.log_transient("renewing the lease", &err);
-                    next_renew = Instant::now() + retry_period;
+                    tenure.next_renew = Instant::now() + self.config().retry_period;
                 }
             }
         }
     }
 
-    /// client-go's slow path: after a renew conflict, GET and see whether the Lease still names us.
-    async fn reread(&mut self, valid_until: Instant, shutdown: &CancellationToken) -> Reread {
-        let read = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Reread::Lost(StopReason::Shutdown),
-            read = self.request_until("get", Phase::SlowPath, valid_until, self.inner.lock.get()) => read,
-        };
+    /// Opens the leader's watch of its own Lease from `resume_from` (our last write), bounded by `by`.
+    /// `false` when it failed: not tried again before the next renewal. A forbidden watch is not tried
+    /// again in this run.
+    async fn open_own_watch(&mut self, resume_from: &str, by: Instant) -> bool {
+        match self
+            .request_until(
+                "watch",
+                Phase::Watch,
+                by,
+                self.inner.lock.watch(resume_from),
+            )
+            .await
+        {
+            Ok(events) => {
+                self.watching = Watching::Open {
+                    events: SyncWrapper::new(events),
+                    opened_at: Instant::now(),
+                    last_event: Instant::now(),
+                };
+                true
+            }
+            Err(LockError::Forbidden(message)) => {
+                debug!(identity = %self.identity(), %message,
+                    "watching our own lease is forbidden; renew conflicts will tell us of a takeover");
+                self.watching = Watching::Polling;
+                true
+            }
+            Err(err) => {
+                debug!(identity = %self.identity(), error = %err, "could not watch our own lease");
+                false
+            }
+        }
+    }
+
+    /// What the leader's watch of its own Lease says: the term ends at once when the Lease was taken,
+    /// released or deleted by someone else.
+    fn on_own_watch_event(
+        &mut self,
+        event: Option<Result<LeaseEvent, LockError>>,
+        tenure: &mut Tenure,
+    ) -> Result<(), StopReason> {
+        match event {
+            Some(Ok(LeaseEvent::Applied(lease))) => {
+                let record = &lease.record;
+                if record.holder_identity != self.identity()
+                    || record.lease_transitions != tenure.lease.record.lease_transitions
+                {
+                    let holder = record.holder_identity.clone();
+                    self.observe(lease);
+                    return Err(if holder.is_empty() {
+                        StopReason::Released
+                    } else {
+                        StopReason::LeaseLost { new_holder: holder }
+                    });
+                }
+                if *record == tenure.lease.record {
+                    // Our own last write, or a metadata-only write over it: guard the next renewal with
+                    // the newest version instead of running into a conflict.
+                    tenure.lease = lease.clone();
+                    self.observe(lease);
+                }
+            }
+            Some(Ok(LeaseEvent::Deleted(rv))) => {
+                self.seen = Seen::Missing;
+                self.resume_from = Some(rv);
+                self.publish_observed();
+                return Err(StopReason::Released);
+            }
+            Some(Ok(LeaseEvent::Bookmark(_))) => {}
+            Some(Err(err)) => {
+                debug!(identity = %self.identity(), error = %err, "the watch of our own lease failed");
+                self.watching = Watching::Idle;
+                tenure.may_watch = false;
+            }
+            None => {
+                self.watching = Watching::Idle;
+                tenure.may_watch = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// client-go's slow path: after a renew conflict, GET and see whether the Lease still names us:
+    /// `Ok(Some)` ours, `Ok(None)` the read failed (retry), `Err` the term ended.
+    async fn reread(&mut self, valid_until: Instant) -> Result<Option<ObservedLease>, StopReason> {
+        let read = self
+            .request_until("get", Phase::SlowPath, valid_until, self.inner.lock.get())
+            .await;
         match read {
             Ok(Some(fresh)) => {
                 let holder = fresh.record.holder_identity.clone();
                 self.observe(fresh.clone());
                 if holder == self.identity() {
-                    Reread::Ours(fresh)
+                    Ok(Some(fresh))
                 } else if holder.is_empty() {
-                    Reread::Lost(StopReason::Released)
+                    Err(StopReason::Released)
                 } else {
-                    Reread::Lost(StopReason::LeaseLost { new_holder: holder })
+                    Err(StopReason::LeaseLost { new_holder: holder })
                 }
             }
             Ok(None) => {
                 self.seen = Seen::Missing;
                 self.publish_observed();
-                Reread::Lost(StopReason::Released)
+                Err(StopReason::Released)
             }
             Err(err) => {
                 self.log_transient("reading the lease after a renew conflict", &err);
-                Reread::Failed
+                Ok(None)
             }
         }
     }
@@ -913,18 +1147,31 @@ impl<'a> Runner<'a> {
 
     // --- requests ---
 
-    /// Sends one request, bounded by the request timeout, and reports it to the observer.
+    /// Sends one request, bounded by the request timeout, and reports it to the observer; abandoned on
+    /// shutdown.
     async fn request<T>(
         &self,
         verb: &'static str,
         phase: Phase,
         call: impl Future<Output = Result<T, LockError>>,
     ) -> Result<T, LockError> {
+        let deadline = Instant::now() + self.config().effective_request_timeout();
+        self.request_by(verb, phase, deadline, call).await
+    }
+
+    /// As [`Runner::request_until`], abandoned on shutdown.
+    async fn request_by<T>(
+        &self,
+        verb: &'static str,
+        phase: Phase,
+        deadline: Instant,
+        call: impl Future<Output = Result<T, LockError>>,
+    ) -> Result<T, LockError> {
         let shutdown = self.shutdown.clone();
         tokio::select! {
             biased;
             () = shutdown.cancelled() => Err(LockError::Timeout),
-            result = self.request_until(verb, phase, Instant::now() + self.config().effective_request_timeout(), call) => result,
+            result = self.request_until(verb, phase, deadline, call) => result,
         }
     }
 
@@ -971,13 +1218,6 @@ enum Retry {
     Now,
     /// After a jittered retry period (a transient error).
     Later,
-}
-
-/// Outcome of the slow path.
-enum Reread {
-    Ours(ObservedLease),
-    Lost(StopReason),
-    Failed,
 }
 
 /// `leaseDurationSeconds` of the record, the holder's own duration (client-go PR #114872).

@@ -101,12 +101,12 @@ fn spawn(store: &MemoryLeaseStore, identity: &str) -> Candidate {
     spawn_with(store, config(identity), Duration::ZERO)
 }
 
+/// Waits (in virtual time, at most 10 minutes of it) for a state that satisfies `f`; when it came.
 async fn until(candidate: &Candidate, f: impl Fn(&LeaderState) -> bool) -> Instant {
-    candidate
-        .elector
-        .subscribe()
-        .wait_for(|s| f(s))
+    let mut state = candidate.elector.subscribe();
+    tokio::time::timeout(Duration::from_secs(600), state.wait_for(|s| f(s)))
         .await
+        .expect("the awaited state did not come within 10 minutes of virtual time")
         .unwrap();
     Instant::now()
 }
@@ -124,6 +124,63 @@ fn held_by(holder: &str, duration_seconds: i32, transitions: i32) -> LeaderElect
     }
 }
 
+/// `record` as renewed by its holder: `renewTime` moved on by `seconds` (its wall clock, not ours).
+fn renewed(mut record: LeaderElectionRecord, seconds: i64) -> LeaderElectionRecord {
+    let base = record
+        .renew_time
+        .unwrap_or_else(|| "2001-01-01T00:00:00Z".parse().unwrap());
+    record.renew_time = Some(base + jiff::SignedDuration::from_secs(seconds));
+    record
+}
+
+/// RBAC without `watch`: the candidate polls as a follower and learns of takeovers only by renew
+/// conflicts as a leader.
+fn no_watch() -> LockFault {
+    LockFault {
+        forbid_watch: true,
+        ..LockFault::default()
+    }
+}
+
+/// A candidate whose work ignores its token; the returned slot gets the instant the work was dropped
+/// (aborted) by the elector.
+fn spawn_stubborn(
+    store: &MemoryLeaseStore,
+    config: Config,
+) -> (Candidate, Arc<Mutex<Option<Instant>>>) {
+    struct Dropped(Arc<Mutex<Option<Instant>>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(Instant::now());
+        }
+    }
+    let dropped = Arc::new(Mutex::new(None));
+    let slot = dropped.clone();
+    let lock = store.lock(&config.identity);
+    let elector = Elector::new(
+        config,
+        lock.clone(),
+        Callbacks::new().on_started_leading(move |_, _| {
+            let guard = Dropped(slot.clone());
+            async move {
+                let _guard = guard;
+                futures::future::pending::<()>().await;
+            }
+        }),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
+    let candidate = Candidate {
+        elector,
+        lock,
+        shutdown,
+        task,
+        log: Recorder::default(),
+    };
+    (candidate, dropped)
+}
+
 fn holder(store: &MemoryLeaseStore) -> String {
     store.lease().unwrap().record.holder_identity
 }
@@ -138,7 +195,8 @@ async fn acquires_from_no_object_with_get_then_create() {
     let t0 = Instant::now();
     until_leader(&a).await;
     assert_eq!(Instant::now(), t0, "no waiting for a missing lease");
-    assert_eq!(store.calls_of("a"), ["get:not_found", "create"]);
+    // The new leader watches its own Lease (a takeover, release or deletion ends its term at once).
+    assert_eq!(store.calls_of("a"), ["get:not_found", "create", "watch"]);
     let record = store.lease().unwrap().record;
     assert_eq!(record.holder_identity, "a");
     assert_eq!(record.lease_duration_seconds, 15);
@@ -161,7 +219,7 @@ async fn takes_a_released_lease_at_once_and_bumps_transitions() {
     let t0 = Instant::now();
     until_leader(&a).await;
     assert_eq!(Instant::now(), t0);
-    assert_eq!(store.calls_of("a"), ["get", "update"]);
+    assert_eq!(store.calls_of("a"), ["get", "update", "watch"]);
     assert_eq!(store.lease().unwrap().record.lease_transitions, 5);
     assert_eq!(a.elector.state().term.unwrap().transitions, 5);
 }
@@ -176,7 +234,7 @@ async fn takes_an_expired_lease_after_the_records_duration() {
     let t0 = Instant::now();
     let took = until_leader(&a).await;
     assert_eq!(took - t0, Duration::from_secs(3));
-    assert_eq!(store.calls_of("a"), ["get", "watch", "update"]);
+    assert_eq!(store.calls_of("a"), ["get", "watch", "update", "watch"]);
     assert_eq!(store.lease().unwrap().record.lease_transitions, 1);
     tokio::task::yield_now().await;
     assert_eq!(
@@ -192,9 +250,9 @@ async fn never_writes_while_the_holder_renews() {
     let store = MemoryLeaseStore::new();
     store.put(held_by("b", 15, 2));
     let a = spawn(&store, "a");
-    for _ in 0..60 {
+    for renewal in 0..60 {
         tokio::time::sleep(RETRY).await;
-        store.put(held_by("b", 15, 2));
+        store.put(renewed(held_by("b", 15, 2), renewal));
     }
     assert!(!a.elector.is_leader());
     assert_eq!(store.calls_of("a"), ["get", "watch"]);
@@ -217,6 +275,7 @@ async fn leader_renews_with_one_update_per_retry_period() {
         [
             "get:not_found",
             "create",
+            "watch",
             "update",
             "update",
             "update",
@@ -250,6 +309,7 @@ async fn renew_conflict_takes_the_slow_path_and_keeps_leading_if_still_ours() {
         [
             "get:not_found",
             "create",
+            "watch",
             "update:conflict",
             "get",
             "update"
@@ -259,11 +319,13 @@ async fn renew_conflict_takes_the_slow_path_and_keeps_leading_if_still_ours() {
     assert_eq!(a.log.entries(), ["new_leader:a", "started:0"]);
 }
 
-/// A renew conflict that shows another holder ends the term with `LeaseLost`, and the work stops.
+/// A renew conflict that shows another holder ends the term with `LeaseLost` (here the leader may not
+/// watch, so the conflict is how it learns), and the work is aborted at once: the new holder may run.
 #[tokio::test(start_paused = true)]
 async fn renew_conflict_with_another_holder_ends_the_term() {
     let store = MemoryLeaseStore::new();
     let a = spawn(&store, "a");
+    a.lock.set_fault(no_watch());
     until_leader(&a).await;
     store.put(held_by("b", 15, 1));
     until(&a, |s| !s.is_leader()).await;
@@ -274,7 +336,6 @@ async fn renew_conflict_with_another_holder_ends_the_term() {
             "new_leader:a",
             "started:0",
             "new_leader:b",
-            "work_stopped:holder=b",
             "stopped:lease_lost"
         ]
     );
@@ -384,13 +445,16 @@ async fn invariant_2_expiry_is_measured_on_our_clock_from_the_last_change() {
     store.put(stale.clone());
     let a = spawn(&store, "a");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    store.put(stale); // b renews once, 5 s in
+    store.put(renewed(stale, 5)); // b renews once, 5 s in (its renewTime still far in the past)
     let renewed_at = Instant::now();
     let took = until_leader(&a).await;
     assert_eq!(took - renewed_at, Duration::from_secs(7));
     // One read when the holder has been silent for three retry periods (is it gone, or is our watch
     // dead?); it finds the same version, so the expiry count goes on from the renew.
-    assert_eq!(store.calls_of("a"), ["get", "watch", "get", "update"]);
+    assert_eq!(
+        store.calls_of("a"),
+        ["get", "watch", "get", "update", "watch"]
+    );
 }
 
 /// Invariant 3: leadership is valid only until the last successful renew was sent plus renew_deadline. A
@@ -508,6 +572,7 @@ async fn invariant_4_work_that_does_not_stop_is_aborted_after_stop_timeout() {
 async fn invariant_5_release_never_overwrites_another_holder() {
     let store = MemoryLeaseStore::new();
     let a = spawn(&store, "a");
+    a.lock.set_fault(no_watch()); // else its watch would tell it of b at once
     until_leader(&a).await;
     store.put(held_by("b", 15, 1));
     store.clear_calls();
@@ -583,7 +648,7 @@ async fn invariant_7_watching_follower_takes_a_released_lease_at_once() {
         took, released_at,
         "no virtual time passes: no poll, no timer"
     );
-    assert_eq!(store.calls_of("b"), ["get", "watch", "update"]);
+    assert_eq!(store.calls_of("b"), ["get", "watch", "update", "watch"]);
     assert_eq!(store.lease().unwrap().record.lease_transitions, 1);
 }
 
@@ -734,4 +799,189 @@ fn new_validates_the_config() {
     )
     .unwrap_err();
     assert_eq!(err.field, "lease_duration");
+}
+
+// --- a term's work never outlives the term (rule 10), terms never go backwards (rule 11) ---
+
+/// Rule 10: work that ignores its token after its term ended at the renew deadline is aborted by the work
+/// deadline (`sent_at + lease_duration - margin`, 14 s after the last renew here), before any follower may
+/// take over (15 s), not after a stop timeout counted from the end of the term (it was 10 + 10 = 20 s).
+#[tokio::test(start_paused = true)]
+async fn rule_10_work_is_aborted_by_the_work_deadline_after_the_renew_deadline() {
+    let store = MemoryLeaseStore::new();
+    let (a, dropped) = spawn_stubborn(&store, config("a"));
+    let acquired = until_leader(&a).await;
+    let deadline = a.elector.state().work_deadline.unwrap();
+    assert_eq!(deadline, acquired + LEASE - Duration::from_secs(1));
+    a.lock.set_fault(LockFault {
+        fail: true,
+        ..LockFault::default()
+    });
+    until(&a, |s| s.term.is_none() && s.work_deadline.is_none()).await;
+    assert_eq!(*dropped.lock().unwrap(), Some(deadline));
+    assert!(deadline < acquired + LEASE, "before the earliest takeover");
+}
+
+/// Rule 10: a stop timeout (or grace period) that does not fit between the renew deadline and the earliest
+/// takeover is refused, naming the window.
+#[test]
+fn rule_10_a_stop_timeout_beyond_the_window_is_refused() {
+    let err = config("a")
+        .with_stop_timeout(Duration::from_secs(5))
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.field, "stop_timeout");
+    assert!(err.rule.contains("15s - 10s - 1s = 4s"), "{err}");
+    assert!(
+        config("a")
+            .with_stop_timeout(Duration::from_secs(4))
+            .validate()
+            .is_ok()
+    );
+}
+
+/// Rule 10: a graceful stop keeps renewing while the work drains, so the Lease stays ours (no follower
+/// starts) until the work has stopped; then it is released and the follower takes it at once.
+#[tokio::test(start_paused = true)]
+async fn rule_10_a_graceful_stop_keeps_renewing_while_the_work_drains() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(&store, config("a"), Duration::from_millis(3_900));
+    until_leader(&a).await;
+    let b = spawn(&store, "b");
+    until(&b, |s| s.leader.as_deref() == Some("a")).await;
+    // Shut down just before a renewal is due, so the drain spans two renewals.
+    tokio::time::sleep(RETRY - Duration::from_millis(100)).await;
+    store.clear_calls();
+    let mut state = a.elector.subscribe();
+    let log = a.log.clone();
+    let stopping = Instant::now();
+    a.shutdown.cancel();
+    let draining = state
+        .wait_for(|s| s.term.is_none())
+        .await
+        .unwrap()
+        .work_deadline;
+    assert!(
+        draining.is_some(),
+        "the work deadline stays while the work drains"
+    );
+    a.task.await.unwrap().unwrap();
+    assert_eq!(Instant::now() - stopping, Duration::from_millis(3_900));
+    assert_eq!(
+        store.calls_of("a"),
+        ["update", "update", "get", "update"],
+        "two renewals, then the release"
+    );
+    assert_eq!(
+        log.entries(),
+        [
+            "new_leader:a",
+            "started:0",
+            "work_stopped:holder=a",
+            "stopped:shutdown"
+        ]
+    );
+    until_leader(&b).await;
+    assert_eq!(Instant::now() - stopping, Duration::from_millis(3_900));
+}
+
+/// Rules 4 and 10: a leader watches its own Lease; when someone else takes, releases or deletes it, the term
+/// ends at that instant (not at the next renewal) and the work is aborted at once: the new holder may
+/// already run.
+#[tokio::test(start_paused = true)]
+async fn rule_10_a_lease_taken_released_or_deleted_ends_the_term_and_its_work_at_once() {
+    for case in ["taken", "released", "deleted"] {
+        let store = MemoryLeaseStore::new();
+        let (a, dropped) = spawn_stubborn(&store, config("a"));
+        until_leader(&a).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let at = Instant::now();
+        match case {
+            "taken" => drop(store.put(held_by("b", 15, 1))),
+            "released" => drop(store.put(held_by("", 1, 0))),
+            _ => store.delete(),
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *dropped.lock().unwrap(),
+            Some(at),
+            "{case}: work aborted at once"
+        );
+        assert!(
+            !store.calls_of("a").contains(&"update:conflict".to_string()),
+            "{case}: learnt from the watch, not from a renew conflict"
+        );
+        // A free or missing Lease is taken again, with a new term; a taken one is followed.
+        let next = until(&a, |s| s.term.is_none() == (case == "taken")).await;
+        assert_eq!(next, at, "{case}");
+        let term = a.elector.state().term.map(|t| t.transitions);
+        assert_eq!(term, (case != "taken").then_some(1), "{case}");
+        a.stop().await;
+    }
+}
+
+/// Rule 11: terms never go backwards. A leader of term 3 whose Lease is deleted creates it again with
+/// term 4, not 0: a downstream fence that rejects lower terms keeps accepting the legitimate leader.
+#[tokio::test(start_paused = true)]
+async fn rule_11_a_deleted_lease_is_created_again_with_a_higher_term() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("", 1, 2));
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    assert_eq!(a.elector.state().term.unwrap().transitions, 3);
+    store.delete();
+    until(&a, |s| s.term.as_ref().is_some_and(|t| t.transitions != 3)).await;
+    assert_eq!(a.elector.state().term.unwrap().transitions, 4);
+    assert_eq!(store.lease().unwrap().record.lease_transitions, 4);
+    assert_eq!(
+        a.log.entries(),
+        ["new_leader:a", "started:3", "stopped:released", "started:4"],
+        "the work of term 3 was aborted at once; a never stopped being the observed holder"
+    );
+}
+
+/// Rule 2: a write that changes only metadata (an annotation, a label) is not a renewal. A dead holder's
+/// Lease patched every 5 s is taken after its leaseDurationSeconds, as client-go's record comparison does,
+/// not postponed for as long as the patches go on.
+#[tokio::test(start_paused = true)]
+async fn rule_2_metadata_only_writes_do_not_postpone_takeover() {
+    let store = MemoryLeaseStore::new();
+    let dead = held_by("b", 15, 0);
+    store.put(dead.clone());
+    let a = spawn(&store, "a");
+    let t0 = Instant::now();
+    let patches = tokio::spawn({
+        let store = store.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                store.put(dead.clone()); // same record, new resourceVersion
+            }
+        }
+    });
+    let took = until_leader(&a).await;
+    patches.abort();
+    assert_eq!(took - t0, LEASE);
+}
+
+/// Rule 5: a request timeout must be below the renew deadline: an acquire or renew answered after the
+/// deadline can neither start nor extend a term.
+#[test]
+fn rule_5_a_request_timeout_at_or_above_the_renew_deadline_is_refused() {
+    for timeout in [RENEW, LEASE * 2] {
+        let err = config("a")
+            .with_request_timeout(timeout)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "request_timeout");
+        assert!(err.rule.contains("less than renewDeadline (10s)"), "{err}");
+    }
+    assert!(
+        config("a")
+            .with_request_timeout(RENEW / 2)
+            .validate()
+            .is_ok()
+    );
 }
