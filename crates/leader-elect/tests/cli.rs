@@ -1,10 +1,13 @@
 //! The `leader-elect` binary on bad input: one clear line naming the problem, exit code 2 for usage and
 //! configuration errors and 1 for runtime failures, never a panic trace; and `status` / `release` against
-//! the fake API server.
+//! the fake API server, with Lease holders elected through the library in this process.
 
 use std::process::Output;
+use std::time::Duration;
 
 use fake_apiserver::{FakeApiServer, Faults};
+use leaderelection::{Callbacks, Elector, KubeLeaseLock, LeaderState};
+use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leader-elect");
 
@@ -171,6 +174,53 @@ async fn rbac_denial_is_a_runtime_error_naming_the_verbs() {
     server.shutdown().await;
 }
 
+/// A client of the fake API server, as `--server URL` makes one.
+fn client(url: &str) -> kube::Client {
+    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+}
+
+/// A candidate elected through the library in this process; it renews every retry period until aborted.
+struct Candidate {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Candidate {
+    /// Starts `identity` on Lease `default/name` and waits until it leads.
+    async fn leading(
+        url: &str,
+        name: &str,
+        identity: &str,
+        config: leaderelection::Config,
+    ) -> Self {
+        let config = leaderelection::Config {
+            identity: identity.into(),
+            lease_name: name.into(),
+            lease_namespace: "default".into(),
+            ..config
+        };
+        let lock = KubeLeaseLock::new(client(url), "default", name);
+        let elector = Elector::new(config, lock, Callbacks::new()).unwrap();
+        let mut state = elector.subscribe();
+        let task = tokio::spawn(async move {
+            elector.run(CancellationToken::new()).await.unwrap();
+        });
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(LeaderState::is_leader),
+        )
+        .await
+        .expect("the candidate leads within 10 s")
+        .unwrap();
+        Self { task }
+    }
+
+    /// Kills it: no more renewals, no release (as SIGKILL of its process).
+    async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 #[tokio::test]
 async fn status_and_release_of_a_held_lease() {
     let server = FakeApiServer::start().await.unwrap();
@@ -180,41 +230,28 @@ async fn status_and_release_of_a_held_lease() {
     assert_eq!(code, 1);
     assert!(line.contains("lease default/held not found"), "{line}");
 
-    // A candidate takes the lease (a `run` without a command), then is SIGKILLed: the lease stays held.
-    let mut candidate = tokio::process::Command::new(BIN)
-        .args([
-            "run",
-            "--lease-name",
-            "held",
-            "--identity",
-            "pod-a",
-            "--server",
-            &url,
-        ])
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let json = loop {
-        let out = leader_elect(&[
-            "status",
-            "--lease-name",
-            "held",
-            "--server",
-            &url,
-            "-o",
-            "json",
-        ])
-        .await;
-        if out.status.success() {
-            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    candidate.kill().await.unwrap();
+    // A candidate takes the lease, then crashes: the lease stays held until it expires.
+    let fast = leaderelection::Config::default()
+        .with_lease_duration(Duration::from_secs(2))
+        .with_renew_deadline(Duration::from_secs(1))
+        .with_retry_period(Duration::from_millis(250));
+    let candidate = Candidate::leading(&url, "held", "pod-a", fast).await;
+    let out = leader_elect(&[
+        "status",
+        "--lease-name",
+        "held",
+        "--server",
+        &url,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    candidate.crash().await;
     assert_eq!(json["holder"], "pod-a");
     assert_eq!(json["term"], 0);
-    assert_eq!(json["lease_duration_seconds"], 15);
+    assert_eq!(json["lease_duration_seconds"], 2);
     assert_eq!(json["expired"], false);
 
     let out = leader_elect(&[
