@@ -3,10 +3,13 @@
 //! the fake API server, with Lease holders elected through the library in this process.
 
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fake_apiserver::{FakeApiServer, Faults};
-use leaderelection::{Callbacks, Elector, KubeLeaseLock, LeaderState};
+use leaderelection::{
+    Callbacks, Elector, KubeLeaseLock, LeaderElectionRecord, LeaderState, LeaseLock,
+};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leader-elect");
@@ -179,9 +182,20 @@ fn client(url: &str) -> kube::Client {
     kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
 }
 
+/// The election record of Lease `default/name`.
+async fn lease(url: &str, name: &str) -> LeaderElectionRecord {
+    KubeLeaseLock::new(client(url), "default", name)
+        .get()
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+}
+
 /// A candidate elected through the library in this process; it renews every retry period until aborted.
 struct Candidate {
     task: tokio::task::JoinHandle<()>,
+    state: watch::Receiver<LeaderState>,
 }
 
 impl Candidate {
@@ -211,7 +225,7 @@ impl Candidate {
         .await
         .expect("the candidate leads within 10 s")
         .unwrap();
-        Self { task }
+        Self { task, state }
     }
 
     /// Kills it: no more renewals, no release (as SIGKILL of its process).
@@ -290,5 +304,168 @@ async fn status_and_release_of_a_held_lease() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Holder:    <none> (released)"), "{text}");
     assert!(text.contains("Expired:   yes"), "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn release_of_a_live_holder_is_refused_and_changes_nothing() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    // client-go's timings (15 s / 10 s / 2 s): it renews every 2 s.
+    let candidate =
+        Candidate::leading(&url, "live", "pod-a", leaderelection::Config::default()).await;
+    let before = lease(&url, "live").await;
+
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "live",
+        "--identity",
+        "pod-a",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (_, line) = failure(&out);
+    assert!(
+        line.contains(
+            "lease default/live is held by \"pod-a\", which is still renewing (renewed during the"
+        ) && line.contains("or pass --force to take the Lease from a live holder"),
+        "{line}"
+    );
+    assert!(
+        stderr(&out).contains(
+            "watching lease default/live for up to 15 s (its leaseDurationSeconds) to see whether \
+             \"pod-a\" still renews"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // The same holder in the same term, and it still leads.
+    let after = lease(&url, "live").await;
+    assert_eq!(after.holder_identity, "pod-a");
+    assert_eq!(after.lease_transitions, before.lease_transitions);
+    assert_eq!(after.acquire_time, before.acquire_time);
+    let term = candidate.state.borrow().current_term().cloned();
+    assert_eq!(term.map(|t| t.transitions), Some(before.lease_transitions));
+    candidate.crash().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn forced_release_of_a_live_holder_releases_it_and_ends_its_term() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let mut candidate =
+        Candidate::leading(&url, "forced", "pod-a", leaderelection::Config::default()).await;
+    let before = lease(&url, "forced").await;
+
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "forced",
+        "--identity",
+        "pod-a",
+        "--force",
+        "--server",
+        &url,
+    ])
+    .await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "released default/forced (term {})",
+            before.lease_transitions
+        )
+    );
+    assert!(
+        err.contains(
+            "--force: releasing lease default/forced from \"pod-a\" without checking whether it \
+             still renews"
+        ) && err.contains("another candidate may take over at once"),
+        "{err}"
+    );
+    assert!(!err.contains("watching lease"), "{err}");
+    // The holder learns of it (at its next renewal, 2 s at most) and its term ends.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        candidate.state.wait_for(|s| {
+            s.current_term()
+                .is_none_or(|t| t.transitions != before.lease_transitions)
+        }),
+    )
+    .await
+    .expect("the holder's term ends")
+    .unwrap();
+    candidate.crash().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn release_of_a_dead_holder_waits_one_lease_duration_then_releases() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    // Written once by a holder that is gone: nobody renews it.
+    let now = jiff::Timestamp::now();
+    KubeLeaseLock::new(client(&url), "default", "dead")
+        .create(&LeaderElectionRecord {
+            holder_identity: "pod-gone".into(),
+            lease_duration_seconds: 2,
+            acquire_time: Some(now),
+            renew_time: Some(now),
+            lease_transitions: 3,
+            ..LeaderElectionRecord::default()
+        })
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "dead",
+        "--identity",
+        "pod-gone",
+        "--server",
+        &url,
+    ])
+    .await;
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("watching lease default/dead for up to 2 s")
+            && err.contains("\"pod-gone\" did not renew lease default/dead in 2 s"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_secs(2), "released after {took:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "released default/dead (term 3)"
+    );
+    let released = lease(&url, "dead").await;
+    assert_eq!(released.holder_identity, "");
+    assert_eq!(released.lease_transitions, 3);
+    assert_eq!(released.lease_duration_seconds, 1);
+
+    // Released already: nothing to do, and that is a success.
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "dead",
+        "--identity",
+        "pod-gone",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "lease default/dead is already released (holderIdentity is empty): nothing to do"
+    );
     server.shutdown().await;
 }
