@@ -1,9 +1,15 @@
 //! `leader-elect status` and `leader-elect release`.
 
+use std::time::Duration;
+
 use clap::ValueEnum;
-use leaderelection::{KubeLeaseLock, LeaseLock, LockError};
+use futures::StreamExt;
+use leaderelection::{
+    KubeLeaseLock, LeaderElectionRecord, LeaseEvent, LeaseLock, LockError, ObservedLease,
+};
 use leaderelection_controller::settings::Environment;
 use serde_json::json;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::Failure;
 use crate::client::{ServerArgs, namespace, preflight};
@@ -32,8 +38,37 @@ pub(crate) struct StatusArgs {
     server: ServerArgs,
 }
 
+/// How often `release` reads the Lease while observing it where watching is forbidden or failing.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bound on each request `release` makes (the client has no read timeout, for the sake of watches).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Release writes tried when conflicts show only writes that do not stop the release (labels or
+/// annotations; with --force, the holder's renewals).
+const WRITE_ATTEMPTS: usize = 5;
+
+const RELEASE_HELP: &str = "\
+How release tells a live holder from a gone one:
+  It never compares the Lease's renewTime (written with the holder's clock) with this machine's clock.
+  It watches the Lease (where RBAC denies watch, it reads it every second) for up to the Lease's
+  leaseDurationSeconds:
+  - the holder renews in that time: it is alive. release refuses (exit 1) and changes nothing. Stop that
+    replica instead: SIGTERM makes `leader-elect run` stop its command, then release the Lease itself.
+  - nothing is written for the whole lease duration: the holder is gone (the rule by which a follower
+    takes over). release writes holderIdentity \"\", leaseDurationSeconds 1, leaseTransitions kept, with
+    a PUT guarded by the resourceVersion it read, so a renewal that slips in makes the write fail instead
+    of being overwritten.
+  A Lease already released (holderIdentity \"\") is left as it is (exit 0); one held by another identity
+  is refused (exit 1).
+
+--force skips the watch and releases at once. A holder that is still running learns of it through its
+watch or at its next renewal (within its retry period) and then stops its work; another candidate may take
+over at once, so both may work until the old holder has stopped.";
+
 /// `leader-elect release`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = RELEASE_HELP)]
 pub(crate) struct ReleaseArgs {
     /// The Lease's name.
     #[arg(long)]
@@ -44,6 +79,10 @@ pub(crate) struct ReleaseArgs {
     /// The identity that holds the Lease; the release is refused if another holds it.
     #[arg(long)]
     identity: String,
+    /// Release at once, without first watching for one lease duration whether the holder still renews.
+    /// A live holder may keep working until it sees the release (up to its retry period).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -133,40 +172,420 @@ fn human(d: jiff::SignedDuration) -> String {
 
 pub(crate) async fn release(args: ReleaseArgs) -> Result<(), Failure> {
     let lock = open(&args.lease_name, args.namespace.as_deref(), &args.server).await?;
-    let fresh = lock
-        .get()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading lease {}: {e}", lock.describe()))?
-        .ok_or_else(|| anyhow::anyhow!("lease {} not found", lock.describe()))?;
-    if fresh.record.holder_identity != args.identity {
-        let holder = if fresh.record.is_held() {
-            fresh.record.holder_identity.as_str()
-        } else {
-            "nobody"
-        };
+    release_lease(&lock, &args.identity, args.force).await
+}
+
+/// Releases the Lease if `identity` holds it and, unless `force`, has not renewed it for one lease
+/// duration of watching.
+async fn release_lease(lock: &dyn LeaseLock, identity: &str, force: bool) -> Result<(), Failure> {
+    let lease = lock.describe();
+    let read = read(lock)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("lease {lease} not found"))?;
+    let holder = read.record.holder_identity.clone();
+    if !read.record.is_held() {
+        println!("lease {lease} is already released (holderIdentity is empty): nothing to do");
+        return Ok(());
+    }
+    if holder != identity {
         return Err(Failure::Runtime(anyhow::anyhow!(
-            "lease {} is held by {holder}, not {}: refusing to release",
-            lock.describe(),
-            args.identity
+            "lease {lease} is held by {holder}, not {identity}: refusing to release"
         )));
     }
-    let released = fresh.record.released(jiff::Timestamp::now());
-    match lock.update(&released, &fresh.resource_version).await {
-        Ok(_) => {
-            println!(
-                "released {} (term {})",
-                lock.describe(),
-                released.lease_transitions
-            );
+    let started = Instant::now();
+    let guard = if force {
+        eprintln!(
+            "--force: releasing lease {lease} from \"{holder}\" without checking whether it still renews. \
+             If \"{holder}\" is running, it learns of the release through its watch or at its next renewal \
+             (within its retry period) and then stops its work; another candidate may take over at once, \
+             so both may work until \"{holder}\" has stopped."
+        );
+        read
+    } else {
+        // At least 1 s: a Lease written without a duration (kubectl) still gets one look.
+        let window = Duration::from_secs(
+            u64::try_from(read.record.lease_duration_seconds)
+                .unwrap_or(0)
+                .max(1),
+        );
+        eprintln!(
+            "watching lease {lease} for up to {} s (its leaseDurationSeconds) to see whether \"{holder}\" \
+             still renews (--force skips this)...",
+            window.as_secs()
+        );
+        match observe(lock, read, window).await {
+            Observation::Silent(latest) => {
+                eprintln!(
+                    "\"{holder}\" did not renew lease {lease} in {} s, its lease duration: it has stopped \
+                     (as a follower would judge); releasing",
+                    window.as_secs()
+                );
+                latest
+            }
+            Observation::Changed(change, after) => return report(&lease, &holder, change, after),
+        }
+    };
+    write_release(lock, guard, force, started).await
+}
+
+/// What watching the Lease for one lease duration showed.
+#[derive(Debug, PartialEq, Eq)]
+enum Observation {
+    /// The election record was not written for the whole window: the holder is not renewing. Carries the
+    /// Lease as last seen, whose resourceVersion guards the release.
+    Silent(ObservedLease),
+    /// The record changed, this long after the observation started.
+    Changed(Change, Duration),
+}
+
+/// How the Lease differs from the election record first read.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// The same holder wrote the record again: it is alive.
+    Renewed,
+    /// The holder released it (`holderIdentity` is empty).
+    Released,
+    /// Another candidate holds it, in term `term`.
+    Taken { holder: String, term: i32 },
+    /// The Lease was deleted.
+    Deleted,
+}
+
+/// How `after` differs from `before`; `None` when the election record is the same (a write that changes
+/// only labels or annotations is not a renewal, as the elector judges it).
+fn change(before: &LeaderElectionRecord, after: &LeaderElectionRecord) -> Option<Change> {
+    if after == before {
+        None
+    } else if !after.is_held() {
+        Some(Change::Released)
+    } else if after.holder_identity != before.holder_identity {
+        Some(Change::Taken {
+            holder: after.holder_identity.clone(),
+            term: after.lease_transitions,
+        })
+    } else {
+        Some(Change::Renewed)
+    }
+}
+
+/// Watches the Lease from `seen` (or, where watching is forbidden or failing, reads it every
+/// [`POLL_INTERVAL`]) until its election record changes or `window` has passed.
+///
+/// Only changes are compared, never the Lease's renewTime with our clock (the holder's clock may be
+/// skewed). A change missed here (a failed read, a silent watch) is still caught by the release, a PUT
+/// guarded by the resourceVersion returned.
+async fn observe(lock: &dyn LeaseLock, mut seen: ObservedLease, window: Duration) -> Observation {
+    let started = Instant::now();
+    let deadline = started + window;
+    let within = |bound: Duration| deadline.min(Instant::now() + bound);
+    let mut from = seen.resource_version.clone();
+    let mut watching = true;
+    loop {
+        if watching {
+            match timeout_at(within(REQUEST_TIMEOUT), lock.watch(&from)).await {
+                Ok(Ok(mut events)) => loop {
+                    let Ok(event) = timeout_at(deadline, events.next()).await else {
+                        return Observation::Silent(seen);
+                    };
+                    match event {
+                        Some(Ok(LeaseEvent::Applied(lease))) => {
+                            if let Some(change) = change(&seen.record, &lease.record) {
+                                return Observation::Changed(change, started.elapsed());
+                            }
+                            from.clone_from(&lease.resource_version);
+                            seen = lease;
+                        }
+                        Some(Ok(LeaseEvent::Deleted(_))) => {
+                            return Observation::Changed(Change::Deleted, started.elapsed());
+                        }
+                        Some(Ok(LeaseEvent::Bookmark(version))) => from = version,
+                        // Closed by the server, failed, or too old to resume: read, then watch again.
+                        Some(Err(_)) | None => break,
+                    }
+                },
+                Ok(Err(LockError::Forbidden(_))) => {
+                    eprintln!(
+                        "watching lease {} is forbidden (RBAC grants no list/watch on leases): reading it \
+                         every {} s instead",
+                        lock.describe(),
+                        POLL_INTERVAL.as_secs()
+                    );
+                    watching = false;
+                }
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+        tokio::time::sleep_until(within(POLL_INTERVAL)).await;
+        if Instant::now() >= deadline {
+            return Observation::Silent(seen);
+        }
+        match timeout_at(within(REQUEST_TIMEOUT), lock.get()).await {
+            Ok(Ok(Some(lease))) => {
+                if let Some(change) = change(&seen.record, &lease.record) {
+                    return Observation::Changed(change, started.elapsed());
+                }
+                from.clone_from(&lease.resource_version);
+                seen = lease;
+            }
+            Ok(Ok(None)) => return Observation::Changed(Change::Deleted, started.elapsed()),
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+}
+
+/// Writes the released record with a PUT guarded by `guard`'s resourceVersion (client-go's release:
+/// holder `""`, `leaseDurationSeconds: 1`, `leaseTransitions` kept). On a conflict, reads the Lease again:
+/// a write that left the election record as it was (or, with `force`, a renewal) is retried; anything else
+/// is reported and nothing is written.
+async fn write_release(
+    lock: &dyn LeaseLock,
+    mut guard: ObservedLease,
+    force: bool,
+    started: Instant,
+) -> Result<(), Failure> {
+    let lease = lock.describe();
+    let holder = guard.record.holder_identity.clone();
+    for _ in 0..WRITE_ATTEMPTS {
+        let released = guard.record.released(jiff::Timestamp::now());
+        match timeout(
+            REQUEST_TIMEOUT,
+            lock.update(&released, &guard.resource_version),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {
+                println!("released {lease} (term {})", released.lease_transitions);
+                return Ok(());
+            }
+            Ok(Err(LockError::Conflict)) => {
+                let Some(fresh) = read(lock).await? else {
+                    return report(&lease, &holder, Change::Deleted, started.elapsed());
+                };
+                match change(&guard.record, &fresh.record) {
+                    None => guard = fresh,
+                    Some(Change::Renewed) if force => guard = fresh,
+                    Some(change) => return report(&lease, &holder, change, started.elapsed()),
+                }
+            }
+            Ok(Err(err)) => {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "releasing {lease}: {err}"
+                )));
+            }
+            Err(_) => {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "releasing {lease}: no answer within {} s; it may or may not be released (see \
+                     leader-elect status)",
+                    REQUEST_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "lease {lease} was written {WRITE_ATTEMPTS} times while releasing it; not released"
+    )))
+}
+
+/// What a change seen before the release means to the user: already released is success; a renewal, a
+/// new holder or a deletion leave the Lease as it is and fail.
+fn report(lease: &str, holder: &str, change: Change, after: Duration) -> Result<(), Failure> {
+    match change {
+        Change::Released => {
+            println!("lease {lease} was released by \"{holder}\" meanwhile: nothing to do");
             Ok(())
         }
-        Err(LockError::Conflict) => Err(Failure::Runtime(anyhow::anyhow!(
-            "lease {} changed while releasing (renewed or taken); not released",
-            lock.describe()
+        Change::Renewed => Err(Failure::Runtime(anyhow::anyhow!(
+            "lease {lease} is held by \"{holder}\", which is still renewing (renewed during the {:.1} s \
+             observed); stop that replica instead (SIGTERM makes it stop its work and release), or pass \
+             --force to take the Lease from a live holder",
+            after.as_secs_f64()
         ))),
-        Err(err) => Err(Failure::Runtime(anyhow::anyhow!(
-            "releasing {}: {err}",
-            lock.describe()
+        Change::Taken { holder: new, term } => Err(Failure::Runtime(anyhow::anyhow!(
+            "lease {lease} is now held by \"{new}\" (term {term}), not \"{holder}\": not released"
         ))),
+        Change::Deleted => Err(Failure::Runtime(anyhow::anyhow!(
+            "lease {lease} was deleted meanwhile: nothing to release"
+        ))),
+    }
+}
+
+/// Reads the Lease, bounded by [`REQUEST_TIMEOUT`].
+async fn read(lock: &dyn LeaseLock) -> Result<Option<ObservedLease>, Failure> {
+    match timeout(REQUEST_TIMEOUT, lock.get()).await {
+        Ok(result) => result.map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!("reading lease {}: {e}", lock.describe()))
+        }),
+        Err(_) => Err(Failure::Runtime(anyhow::anyhow!(
+            "reading lease {}: no answer within {} s",
+            lock.describe(),
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leaderelection::{LockFault, MemoryLeaseStore};
+
+    const WINDOW: Duration = Duration::from_secs(15);
+
+    fn held_by(holder: &str) -> LeaderElectionRecord {
+        let t: jiff::Timestamp = "2026-05-01T12:00:00Z".parse().unwrap();
+        LeaderElectionRecord {
+            holder_identity: holder.into(),
+            lease_duration_seconds: 15,
+            acquire_time: Some(t),
+            renew_time: Some(t),
+            lease_transitions: 4,
+            ..LeaderElectionRecord::default()
+        }
+    }
+
+    fn renewed(record: &LeaderElectionRecord) -> LeaderElectionRecord {
+        LeaderElectionRecord {
+            renew_time: record
+                .renew_time
+                .map(|t| t + jiff::SignedDuration::from_secs(2)),
+            ..record.clone()
+        }
+    }
+
+    /// The store with the Lease held by "pod-a", and the Lease as `release` first reads it.
+    async fn held() -> (MemoryLeaseStore, ObservedLease) {
+        let store = MemoryLeaseStore::new();
+        store.put(held_by("pod-a"));
+        let read = store.lock("release").get().await.unwrap().unwrap();
+        (store, read)
+    }
+
+    /// Writes `record` as another client would, `after` from now.
+    fn write_later(store: &MemoryLeaseStore, after: Duration, record: LeaderElectionRecord) {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            store.put(record);
+        });
+    }
+
+    #[test]
+    fn only_a_change_of_the_election_record_counts() {
+        let a = held_by("pod-a");
+        assert_eq!(change(&a, &a.clone()), None);
+        assert_eq!(change(&a, &renewed(&a)), Some(Change::Renewed));
+        assert_eq!(
+            change(&a, &a.released(jiff::Timestamp::now())),
+            Some(Change::Released)
+        );
+        let taken = LeaderElectionRecord {
+            lease_transitions: 5,
+            ..held_by("pod-b")
+        };
+        assert_eq!(
+            change(&a, &taken),
+            Some(Change::Taken {
+                holder: "pod-b".into(),
+                term: 5
+            })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_seen_through_the_watch_ends_the_observation_at_once() {
+        let (store, read) = held().await;
+        write_later(&store, Duration::from_secs(2), renewed(&read.record));
+        let observed = observe(&store.lock("release"), read, WINDOW).await;
+        assert_eq!(
+            observed,
+            Observation::Changed(Change::Renewed, Duration::from_secs(2))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_watch_is_forbidden_a_renewal_is_seen_by_the_next_read() {
+        let (store, read) = held().await;
+        let lock = store.lock("release");
+        lock.set_fault(LockFault {
+            forbid_watch: true,
+            ..LockFault::default()
+        });
+        write_later(&store, Duration::from_millis(2500), renewed(&read.record));
+        let observed = observe(&lock, read, WINDOW).await;
+        assert_eq!(
+            observed,
+            Observation::Changed(Change::Renewed, Duration::from_secs(3))
+        );
+        assert!(
+            store
+                .calls_of("release")
+                .contains(&"watch:forbidden".to_string())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_holder_is_observed_for_the_whole_lease_duration() {
+        let (store, read) = held().await;
+        // A write of metadata only (the same election record) is not a renewal, and the release is
+        // then guarded by its resourceVersion.
+        write_later(&store, Duration::from_secs(3), read.record.clone());
+        let started = Instant::now();
+        let observed = observe(&store.lock("release"), read, WINDOW).await;
+        assert_eq!(started.elapsed(), WINDOW);
+        assert_eq!(observed, Observation::Silent(store.lease().unwrap()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_or_takeover_while_observing_is_reported_and_nothing_written() {
+        let (store, read) = held().await;
+        write_later(
+            &store,
+            Duration::from_secs(1),
+            read.record.released(jiff::Timestamp::now()),
+        );
+        let lock = store.lock("release");
+        release_lease(&lock, "pod-a", false).await.unwrap();
+        assert!(
+            !store
+                .calls_of("release")
+                .iter()
+                .any(|c| c.starts_with("update"))
+        );
+
+        let (store, _) = held().await;
+        write_later(&store, Duration::from_secs(1), held_by("pod-b"));
+        let lock = store.lock("release");
+        let err = match release_lease(&lock, "pod-a", false).await {
+            Err(Failure::Runtime(err)) => err.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(err.contains("is now held by \"pod-b\""), "{err}");
+        assert!(
+            !store
+                .calls_of("release")
+                .iter()
+                .any(|c| c.starts_with("update"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_between_observing_and_writing_fails_the_guarded_write_unless_forced() {
+        // The read is taken, then the holder renews before the write: the watch from a later version
+        // would not show it, the resourceVersion guard does.
+        let (store, read) = held().await;
+        store.put(renewed(&read.record));
+        let lock = store.lock("release");
+        let err = match write_release(&lock, read.clone(), false, Instant::now()).await {
+            Err(Failure::Runtime(err)) => err.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(err.contains("which is still renewing"), "{err}");
+        assert!(store.lease().unwrap().record.is_held());
+
+        write_release(&lock, read, true, Instant::now())
+            .await
+            .unwrap();
+        let released = store.lease().unwrap().record;
+        assert!(!released.is_held());
+        assert_eq!(released.lease_transitions, 4);
     }
 }

@@ -1,10 +1,16 @@
 //! The `leader-elect` binary on bad input: one clear line naming the problem, exit code 2 for usage and
 //! configuration errors and 1 for runtime failures, never a panic trace; and `status` / `release` against
-//! the fake API server.
+//! the fake API server, with Lease holders elected through the library in this process.
 
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use fake_apiserver::{FakeApiServer, Faults};
+use leaderelection::{
+    Callbacks, Elector, KubeLeaseLock, LeaderElectionRecord, LeaderState, LeaseLock,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leader-elect");
 
@@ -171,6 +177,64 @@ async fn rbac_denial_is_a_runtime_error_naming_the_verbs() {
     server.shutdown().await;
 }
 
+/// A client of the fake API server, as `--server URL` makes one.
+fn client(url: &str) -> kube::Client {
+    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+}
+
+/// The election record of Lease `default/name`.
+async fn lease(url: &str, name: &str) -> LeaderElectionRecord {
+    KubeLeaseLock::new(client(url), "default", name)
+        .get()
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+}
+
+/// A candidate elected through the library in this process; it renews every retry period until aborted.
+struct Candidate {
+    task: tokio::task::JoinHandle<()>,
+    state: watch::Receiver<LeaderState>,
+}
+
+impl Candidate {
+    /// Starts `identity` on Lease `default/name` and waits until it leads.
+    async fn leading(
+        url: &str,
+        name: &str,
+        identity: &str,
+        config: leaderelection::Config,
+    ) -> Self {
+        let config = leaderelection::Config {
+            identity: identity.into(),
+            lease_name: name.into(),
+            lease_namespace: "default".into(),
+            ..config
+        };
+        let lock = KubeLeaseLock::new(client(url), "default", name);
+        let elector = Elector::new(config, lock, Callbacks::new()).unwrap();
+        let mut state = elector.subscribe();
+        let task = tokio::spawn(async move {
+            elector.run(CancellationToken::new()).await.unwrap();
+        });
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(LeaderState::is_leader),
+        )
+        .await
+        .expect("the candidate leads within 10 s")
+        .unwrap();
+        Self { task, state }
+    }
+
+    /// Kills it: no more renewals, no release (as SIGKILL of its process).
+    async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 #[tokio::test]
 async fn status_and_release_of_a_held_lease() {
     let server = FakeApiServer::start().await.unwrap();
@@ -180,41 +244,28 @@ async fn status_and_release_of_a_held_lease() {
     assert_eq!(code, 1);
     assert!(line.contains("lease default/held not found"), "{line}");
 
-    // A candidate takes the lease (a `run` without a command), then is SIGKILLed: the lease stays held.
-    let mut candidate = tokio::process::Command::new(BIN)
-        .args([
-            "run",
-            "--lease-name",
-            "held",
-            "--identity",
-            "pod-a",
-            "--server",
-            &url,
-        ])
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let json = loop {
-        let out = leader_elect(&[
-            "status",
-            "--lease-name",
-            "held",
-            "--server",
-            &url,
-            "-o",
-            "json",
-        ])
-        .await;
-        if out.status.success() {
-            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    candidate.kill().await.unwrap();
+    // A candidate takes the lease, then crashes: the lease stays held until it expires.
+    let fast = leaderelection::Config::default()
+        .with_lease_duration(Duration::from_secs(2))
+        .with_renew_deadline(Duration::from_secs(1))
+        .with_retry_period(Duration::from_millis(250));
+    let candidate = Candidate::leading(&url, "held", "pod-a", fast).await;
+    let out = leader_elect(&[
+        "status",
+        "--lease-name",
+        "held",
+        "--server",
+        &url,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    candidate.crash().await;
     assert_eq!(json["holder"], "pod-a");
     assert_eq!(json["term"], 0);
-    assert_eq!(json["lease_duration_seconds"], 15);
+    assert_eq!(json["lease_duration_seconds"], 2);
     assert_eq!(json["expired"], false);
 
     let out = leader_elect(&[
@@ -253,5 +304,168 @@ async fn status_and_release_of_a_held_lease() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Holder:    <none> (released)"), "{text}");
     assert!(text.contains("Expired:   yes"), "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn release_of_a_live_holder_is_refused_and_changes_nothing() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    // client-go's timings (15 s / 10 s / 2 s): it renews every 2 s.
+    let candidate =
+        Candidate::leading(&url, "live", "pod-a", leaderelection::Config::default()).await;
+    let before = lease(&url, "live").await;
+
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "live",
+        "--identity",
+        "pod-a",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (_, line) = failure(&out);
+    assert!(
+        line.contains(
+            "lease default/live is held by \"pod-a\", which is still renewing (renewed during the"
+        ) && line.contains("or pass --force to take the Lease from a live holder"),
+        "{line}"
+    );
+    assert!(
+        stderr(&out).contains(
+            "watching lease default/live for up to 15 s (its leaseDurationSeconds) to see whether \
+             \"pod-a\" still renews"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // The same holder in the same term, and it still leads.
+    let after = lease(&url, "live").await;
+    assert_eq!(after.holder_identity, "pod-a");
+    assert_eq!(after.lease_transitions, before.lease_transitions);
+    assert_eq!(after.acquire_time, before.acquire_time);
+    let term = candidate.state.borrow().current_term().cloned();
+    assert_eq!(term.map(|t| t.transitions), Some(before.lease_transitions));
+    candidate.crash().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn forced_release_of_a_live_holder_releases_it_and_ends_its_term() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let mut candidate =
+        Candidate::leading(&url, "forced", "pod-a", leaderelection::Config::default()).await;
+    let before = lease(&url, "forced").await;
+
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "forced",
+        "--identity",
+        "pod-a",
+        "--force",
+        "--server",
+        &url,
+    ])
+    .await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "released default/forced (term {})",
+            before.lease_transitions
+        )
+    );
+    assert!(
+        err.contains(
+            "--force: releasing lease default/forced from \"pod-a\" without checking whether it \
+             still renews"
+        ) && err.contains("another candidate may take over at once"),
+        "{err}"
+    );
+    assert!(!err.contains("watching lease"), "{err}");
+    // The holder learns of it (at its next renewal, 2 s at most) and its term ends.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        candidate.state.wait_for(|s| {
+            s.current_term()
+                .is_none_or(|t| t.transitions != before.lease_transitions)
+        }),
+    )
+    .await
+    .expect("the holder's term ends")
+    .unwrap();
+    candidate.crash().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn release_of_a_dead_holder_waits_one_lease_duration_then_releases() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    // Written once by a holder that is gone: nobody renews it.
+    let now = jiff::Timestamp::now();
+    KubeLeaseLock::new(client(&url), "default", "dead")
+        .create(&LeaderElectionRecord {
+            holder_identity: "pod-gone".into(),
+            lease_duration_seconds: 2,
+            acquire_time: Some(now),
+            renew_time: Some(now),
+            lease_transitions: 3,
+            ..LeaderElectionRecord::default()
+        })
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "dead",
+        "--identity",
+        "pod-gone",
+        "--server",
+        &url,
+    ])
+    .await;
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("watching lease default/dead for up to 2 s")
+            && err.contains("\"pod-gone\" did not renew lease default/dead in 2 s"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_secs(2), "released after {took:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "released default/dead (term 3)"
+    );
+    let released = lease(&url, "dead").await;
+    assert_eq!(released.holder_identity, "");
+    assert_eq!(released.lease_transitions, 3);
+    assert_eq!(released.lease_duration_seconds, 1);
+
+    // Released already: nothing to do, and that is a success.
+    let out = leader_elect(&[
+        "release",
+        "--lease-name",
+        "dead",
+        "--identity",
+        "pod-gone",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "lease default/dead is already released (holderIdentity is empty): nothing to do"
+    );
     server.shutdown().await;
 }
