@@ -62,9 +62,10 @@ How release tells a live holder from a gone one:
   A Lease already released (holderIdentity \"\") is left as it is (exit 0); one held by another identity
   is refused (exit 1).
 
---force skips the watch and releases at once. A holder that is still running learns of it through its
-watch or at its next renewal (within its retry period) and then stops its work; another candidate may take
-over at once, so both may work until the old holder has stopped.";
+--force skips the watch and releases at once. A holder that is still running sees the release through the
+watch on its own Lease and kills its work at once (a holder that may not watch learns of it at its next
+renewal, within its retry period); another candidate may take over at once, so both may work for that
+short while.";
 
 /// `leader-elect release`.
 #[derive(Debug, clap::Args)]
@@ -80,7 +81,8 @@ pub(crate) struct ReleaseArgs {
     #[arg(long)]
     identity: String,
     /// Release at once, without first watching for one lease duration whether the holder still renews.
-    /// A live holder may keep working until it sees the release (up to its retry period).
+    /// A live holder kills its work when it sees the release (at once through its watch; without watch
+    /// RBAC, within its retry period).
     #[arg(long)]
     force: bool,
     #[command(flatten)]
@@ -196,9 +198,9 @@ async fn release_lease(lock: &dyn LeaseLock, identity: &str, force: bool) -> Res
     let guard = if force {
         eprintln!(
             "--force: releasing lease {lease} from \"{holder}\" without checking whether it still renews. \
-             If \"{holder}\" is running, it learns of the release through its watch or at its next renewal \
-             (within its retry period) and then stops its work; another candidate may take over at once, \
-             so both may work until \"{holder}\" has stopped."
+             If \"{holder}\" is running, it sees the release through the watch on its own Lease and kills \
+             its work at once (without watch RBAC: at its next renewal, within its retry period); another \
+             candidate may take over at once, so both may work for that short while."
         );
         read
     } else {

@@ -17,8 +17,10 @@ type NewLeaderFn = dyn Fn(&str) + Send + Sync;
 /// The caller's reactions to leadership changes (client-go's `LeaderCallbacks`), all optional.
 ///
 /// - `on_started_leading(term, token)`: spawned as a task when a term begins. `token` is cancelled when the
-///   term ends (lost, deadline passed, or shutdown); the elector then awaits the task for at most
-///   `stop_timeout`, aborts it if it is still running, and only then releases the Lease.
+///   term ends (lost, deadline passed, or shutdown). The task must then return: it is aborted at the
+///   term's work deadline ([`crate::LeaderState::work_deadline`]: before any follower may take over,
+///   bounded by `stop_timeout`), and at once when the Lease is known to be someone else's. On shutdown the
+///   elector keeps renewing while the task drains. The Lease is released only after the task ended.
 /// - `on_stopped_leading(reason)`: called once per term, after its work has stopped and the Lease was
 ///   released (when configured). Unlike client-go it is **not** called for a replica that never led.
 /// - `on_new_leader(identity)`: called on every change of holder, including to ourselves; never with an

@@ -171,8 +171,10 @@ impl Elector {
     ///
     /// Transient errors (timeouts, 429, 5xx, dropped watches) never end it: it retries forever with
     /// jittered backoff and logs. On shutdown while leading, the term's work is cancelled and awaited
-    /// (bounded by `stop_timeout`), then the Lease is released if `release_on_cancel`, then
-    /// `on_stopped_leading(Shutdown)` runs, then `run` returns `Ok(())`.
+    /// (bounded by `stop_timeout`) while the Lease keeps being renewed, then the Lease is released if
+    /// `release_on_cancel`, then `on_stopped_leading(Shutdown)` runs, then `run` returns `Ok(())`. A term
+    /// that ends otherwise has its work aborted by the work deadline (see
+    /// [`LeaderState::work_deadline`]), at once when the Lease was taken, released or deleted by another.
     ///
     /// # Errors
     ///
