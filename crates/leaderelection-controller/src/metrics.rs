@@ -101,6 +101,7 @@ struct Inner {
     renew_duration: Histogram,
     api_errors: Family<ErrorLabels, Counter>,
     lease_transitions: Gauge,
+    work_failures: Counter,
 }
 
 impl Metrics {
@@ -117,6 +118,7 @@ impl Metrics {
             renew_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             api_errors: Family::default(),
             lease_transitions: Gauge::default(),
+            work_failures: Counter::default(),
         };
         registry.register(
             "leader_election_is_leader",
@@ -153,6 +155,11 @@ impl Metrics {
             "leader_election_lease_transitions",
             "The lease's current term (leaseTransitions) as last observed.",
             inner.lease_transitions.clone(),
+        );
+        registry.register(
+            "leader_election_work_failures",
+            "Terms ended because their leader-only work panicked.",
+            inner.work_failures.clone(),
         );
         let metrics = Self {
             inner: Arc::new(inner),
@@ -281,5 +288,9 @@ impl Observer for Metrics {
                 name: self.inner.lease_name.clone(),
             })
             .inc();
+    }
+
+    fn on_work_failure(&self) {
+        self.inner.work_failures.inc();
     }
 }

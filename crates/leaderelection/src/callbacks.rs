@@ -21,6 +21,11 @@ type NewLeaderFn = dyn Fn(&str) + Send + Sync;
 ///   term's work deadline ([`crate::LeaderState::work_deadline`]: before any follower may take over,
 ///   bounded by `stop_timeout`), and at once when the Lease is known to be someone else's. On shutdown the
 ///   elector keeps renewing while the task drains. The Lease is released only after the task ended.
+///   If the task **panics**, the term ends at once (ERROR log with the panic message,
+///   [`Observer::on_work_failure`], `on_stopped_leading(WorkFailed)`), the Lease is released so that
+///   another candidate can try, and this one contends again after a jittered retry period: a replica
+///   must not hold the Lease while doing nothing (linkerd2#15506). If it **returns** normally, leadership
+///   continues until the term ends (client-go's semantics: the work may be a one-shot job).
 /// - `on_stopped_leading(reason)`: called once per term, after its work has stopped and the Lease was
 ///   released (when configured). Unlike client-go it is **not** called for a replica that never led.
 /// - `on_new_leader(identity)`: called on every change of holder, including to ourselves; never with an
@@ -171,6 +176,10 @@ pub trait Observer: Send + Sync + 'static {
     /// The leader's renew conflicted and it had to re-read the Lease (client-go's
     /// `leader_election_slowpath_total`).
     fn on_slow_path(&self) {}
+
+    /// The term's leader-only work (the `on_started_leading` task) panicked; the term ends at once
+    /// (`leader_election_work_failures_total`).
+    fn on_work_failure(&self) {}
 }
 
 /// The [`Observer`] that ignores everything.

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::callbacks::{NoopObserver, Observer, Phase, Request};
 use crate::config::JITTER_FACTOR;
@@ -259,6 +259,14 @@ impl Work {
         Self { token, task }
     }
 
+    /// Completes when the work task ends (`Err` when it panicked); never when there is none.
+    async fn ended(&mut self) -> Result<(), tokio::task::JoinError> {
+        match self.task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Cancels the term's token and awaits the work until `deadline`; then aborts it and awaits the abort
     /// for at most the takeover margin (an abort lands at the task's next `.await`; a task blocking its
     /// thread cannot be stopped). `true` when the work is known to have stopped.
@@ -279,6 +287,18 @@ impl Work {
         tokio::time::timeout(config.takeover_margin(), task)
             .await
             .is_ok()
+    }
+}
+
+/// The message a task panicked with.
+fn panic_message(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned()),
+        Err(err) => err.to_string(),
     }
 }
 
@@ -403,13 +423,16 @@ impl<'a> Runner<'a> {
         &self.inner.config.identity
     }
 
-    async fn run(mut self) {
+    async fn run(mut self) -> Option<()> {
         loop {
-            let Some((lease, sent_at)) = self.follow().await else {
-                return;
-            };
-            if self.lead(lease, sent_at).await == StopReason::Shutdown {
-                return;
+            let (lease, sent_at) = self.follow().await?;
+            match self.lead(lease, sent_at).await {
+                StopReason::Shutdown => return None,
+                // Give the others a turn: they take the released Lease at once.
+                StopReason::WorkFailed { .. } => self.pause().await?,
+                StopReason::LeaseLost { .. }
+                | StopReason::RenewDeadlineExceeded
+                | StopReason::Released => {}
             }
             // A term ended: read afresh before anything else (a frozen process learns here that
             // someone else took over, and never writes on the strength of what it saw before).
@@ -779,9 +802,33 @@ impl<'a> Runner<'a> {
         let mut work = Work::start(self.inner, term.clone(), &self.shutdown);
 
         let shutdown = self.shutdown.clone();
-        let reason = match self.renew_while(&mut tenure, shutdown.cancelled()).await {
-            Ok(()) => StopReason::Shutdown,
-            Err(reason) => reason,
+        let reason = loop {
+            let ended = async {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => None,
+                    joined = work.ended() => Some(joined),
+                }
+            };
+            match self.renew_while(&mut tenure, ended).await {
+                Err(reason) => break reason,
+                Ok(None) => break StopReason::Shutdown,
+                // A normal return keeps leadership (client-go): the work may be a one-shot job.
+                Ok(Some(Ok(()))) => work.task = None,
+                Ok(Some(Err(panic))) => {
+                    work.task = None;
+                    let message = panic_message(panic);
+                    error!(
+                        identity = %self.identity(),
+                        lease = %self.inner.lock.describe(),
+                        term = term.transitions,
+                        panic = %message,
+                        "leader-only work panicked; ending the term so that another candidate can lead"
+                    );
+                    self.inner.observer.on_work_failure();
+                    break StopReason::WorkFailed { message };
+                }
+            }
         };
 
         // Stop believing first (state and is_leader), then stop the work, then release. When the Lease is
@@ -805,6 +852,7 @@ impl<'a> Runner<'a> {
         work.token.cancel();
         let (stopped, ours) = match &reason {
             StopReason::Shutdown => self.drain(&mut work, &mut tenure).await,
+            StopReason::WorkFailed { .. } => (true, true),
             other => (self.stop_after(other, &mut work, &tenure).await, false),
         };
         let ours = ours || reason == StopReason::RenewDeadlineExceeded;
@@ -860,7 +908,9 @@ impl<'a> Runner<'a> {
     /// someone else's, else by the work deadline. Whether the work stopped.
     async fn stop_after(&mut self, reason: &StopReason, work: &mut Work, tenure: &Tenure) -> bool {
         let deadline = match reason {
-            StopReason::RenewDeadlineExceeded | StopReason::Shutdown => {
+            StopReason::RenewDeadlineExceeded
+            | StopReason::Shutdown
+            | StopReason::WorkFailed { .. } => {
                 let by_timeout = Instant::now() + self.config().effective_stop_timeout();
                 by_timeout.min(tenure.work_deadline(self.config()))
             }

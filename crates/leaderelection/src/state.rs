@@ -87,6 +87,11 @@ pub enum StopReason {
     Released,
     /// `run` was shut down.
     Shutdown,
+    /// The term's leader-only work panicked: the term ended so that another candidate can lead.
+    WorkFailed {
+        /// The panic message.
+        message: String,
+    },
 }
 
 // === impl StopReason ===
@@ -100,6 +105,7 @@ impl StopReason {
             Self::RenewDeadlineExceeded => "renew_deadline_exceeded",
             Self::Released => "released",
             Self::Shutdown => "shutdown",
+            Self::WorkFailed { .. } => "work_failed",
         }
     }
 }

@@ -985,3 +985,111 @@ fn rule_5_a_request_timeout_at_or_above_the_renew_deadline_is_refused() {
             .is_ok()
     );
 }
+
+// --- when leader work fails ---
+
+/// Counts work failures reported to the observer.
+#[derive(Default)]
+struct FailureCount(std::sync::atomic::AtomicUsize);
+
+impl crate::Observer for FailureCount {
+    fn on_work_failure(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A panic in the `on_started_leading` task ends the term at once (a replica must not renew while doing
+/// nothing), is counted, releases the Lease so a follower takes over at once, and the candidate contends
+/// again after a jittered retry period: alone, it leads again with a new term.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_later() {
+    let store = MemoryLeaseStore::new();
+    let panics = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = Arc::new(FailureCount::default());
+    let log = Recorder::default();
+    let stopped = log.clone();
+    let callbacks = Callbacks::new()
+        .on_started_leading({
+            let panics = panics.clone();
+            move |term, token| {
+                let first = panics.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    assert!(!first, "reconciler failed in term {}", term.transitions);
+                    token.cancelled().await;
+                }
+            }
+        })
+        .on_stopped_leading(move |reason| stopped.push(format!("stopped:{reason}")));
+    let lock = store.lock("a");
+    let elector = Elector::new(config("a"), lock.clone(), callbacks)
+        .unwrap()
+        .with_observer(failures.clone());
+    let shutdown = CancellationToken::new();
+    let a = Candidate {
+        task: tokio::spawn(elector.clone().run(shutdown.clone())),
+        elector,
+        lock,
+        shutdown,
+        log: log.clone(),
+    };
+    let first = until_leader(&a).await;
+    let b = spawn(&store, "b");
+    until(&b, |s| s.leader.as_deref() == Some("a")).await;
+    let took = until_leader(&b).await;
+    assert_eq!(
+        took - first,
+        Duration::from_secs(1),
+        "b took the released Lease at once"
+    );
+    assert_eq!(failures.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(
+        log.entries()[0].starts_with("stopped:work_failed"),
+        "{:?}",
+        log.entries()
+    );
+    assert!(!a.elector.is_leader());
+    // Alone again, a contends after a jittered retry period and leads a new term.
+    b.stop().await;
+    let again = until_leader(&a).await;
+    assert_eq!(a.elector.state().term.unwrap().transitions, 2);
+    assert!(
+        again - took < RETRY.mul_f64(2.2) + Duration::from_secs(1),
+        "{:?}",
+        again - took
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        a.elector.is_leader(),
+        "the second term's work does not fail"
+    );
+    a.stop().await;
+}
+
+/// A normal return of the `on_started_leading` task keeps leadership (client-go's semantics: the work may
+/// be a one-shot job); the term goes on renewing.
+#[tokio::test(start_paused = true)]
+async fn an_on_started_leading_that_returns_keeps_leadership() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(&store, config("a"), Duration::ZERO);
+    let lock = store.lock("one-shot");
+    let elector = Elector::new(
+        config("one-shot"),
+        lock,
+        Callbacks::new().on_started_leading(|_, _| async {}),
+    )
+    .unwrap();
+    a.stop().await;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
+    elector
+        .subscribe()
+        .wait_for(LeaderState::is_leader)
+        .await
+        .unwrap();
+    tokio::time::sleep(LEASE * 4).await;
+    assert!(elector.is_leader());
+    assert_eq!(holder(&store), "one-shot");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
