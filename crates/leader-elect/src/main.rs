@@ -10,6 +10,7 @@ mod child;
 mod client;
 mod demo;
 mod lease;
+mod logging;
 mod run;
 
 use std::process::ExitCode;
@@ -78,10 +79,11 @@ fn main() -> ExitCode {
         // Before any thread exists: arm the parent-death signal and become the command.
         return child::exec_child(&args);
     }
-    init_logging(cli.log_format);
+    let logging = logging::Logging::init(cli.log_format);
     let runtime = match cli.command {
         // One thread: the child is spawned from the main thread, which lives as long as the process, so
-        // the parent-death signal fires exactly when leader-elect dies.
+        // the parent-death signal fires exactly when leader-elect dies. Logs are queued (`logging`): a
+        // stderr that does not drain cannot block it.
         Command::Run(_) | Command::Status(_) | Command::Release(_) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -95,7 +97,7 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("leader-elect: error: starting the runtime: {err}");
+            logging.error_line(&anyhow::Error::new(err).context("starting the runtime"));
             return ExitCode::from(1);
         }
     };
@@ -113,24 +115,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(err)) => {
-            eprintln!("leader-elect: error: {err:#}");
+            logging.error_line(&err);
             ExitCode::from(2)
         }
         Err(Failure::Runtime(err)) => {
-            eprintln!("leader-elect: error: {err:#}");
+            logging.error_line(&err);
             ExitCode::from(1)
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEADER_ELECT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
