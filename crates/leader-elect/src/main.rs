@@ -53,6 +53,9 @@ enum Command {
     /// (internal) Arm the parent-death signal, then exec the command.
     #[command(hide = true)]
     ExecChild(child::ExecChildArgs),
+    /// (internal) Kill the armed process groups when leader-elect dies (end of stdin).
+    #[command(hide = true)]
+    Guardian,
 }
 
 /// A failure and its exit code.
@@ -75,15 +78,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    if let Command::ExecChild(args) = cli.command {
-        // Before any thread exists: arm the parent-death signal and become the command.
-        return child::exec_child(&args);
+    match cli.command {
+        // Helpers of `run`, before any thread exists: the shim arms the parent-death signal and becomes
+        // the command; the guardian waits for leader-elect to go.
+        Command::ExecChild(args) => return child::exec_child(&args),
+        Command::Guardian => return child::guard(),
+        _ => {}
     }
     let logging = logging::Logging::init(cli.log_format);
     let runtime = match cli.command {
         // One thread: the child is spawned from the main thread, which lives as long as the process, so
-        // the parent-death signal fires exactly when leader-elect dies. Logs are queued (`logging`): a
-        // stderr that does not drain cannot block it.
+        // the parent-death signal fires exactly when leader-elect dies. Nothing on it blocks: logs are
+        // queued (`logging`), and the child's SIGKILL deadline has a thread of its own.
         Command::Run(_) | Command::Status(_) | Command::Release(_) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -109,7 +115,7 @@ fn main() -> ExitCode {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::ExecChild(_) => Ok(()),
+            Command::ExecChild(_) | Command::Guardian => Ok(()),
         }
     });
     match result {
