@@ -149,7 +149,6 @@ impl Cluster {
                 "--retry-period",
                 &humantime::format_duration(t.retry_period).to_string(),
             ])
-            .args(["--grace-period", "2s"])
             .args(&self.extra_args)
             .args(["--", "sleep", "3600"])
             .env("LEADER_ELECT_LOG", "info")

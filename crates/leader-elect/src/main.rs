@@ -10,6 +10,7 @@ mod child;
 mod client;
 mod demo;
 mod lease;
+mod logging;
 mod run;
 
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ enum Command {
     /// (internal) Arm the parent-death signal, then exec the command.
     #[command(hide = true)]
     ExecChild(child::ExecChildArgs),
+    /// (internal) Kill the armed process groups when leader-elect dies (end of stdin).
+    #[command(hide = true)]
+    Guardian,
 }
 
 /// A failure and its exit code.
@@ -74,14 +78,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    if let Command::ExecChild(args) = cli.command {
-        // Before any thread exists: arm the parent-death signal and become the command.
-        return child::exec_child(&args);
+    match cli.command {
+        // Helpers of `run`, before any thread exists: the shim arms the parent-death signal and becomes
+        // the command; the guardian waits for leader-elect to go.
+        Command::ExecChild(args) => return child::exec_child(&args),
+        Command::Guardian => return child::guard(),
+        _ => {}
     }
-    init_logging(cli.log_format);
+    let logging = logging::Logging::init(cli.log_format);
     let runtime = match cli.command {
         // One thread: the child is spawned from the main thread, which lives as long as the process, so
-        // the parent-death signal fires exactly when leader-elect dies.
+        // the parent-death signal fires exactly when leader-elect dies. Nothing on it blocks: logs are
+        // queued (`logging`), and the child's SIGKILL deadline has a thread of its own.
         Command::Run(_) | Command::Status(_) | Command::Release(_) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -95,7 +103,7 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("leader-elect: error: starting the runtime: {err}");
+            logging.error_line(&anyhow::Error::new(err).context("starting the runtime"));
             return ExitCode::from(1);
         }
     };
@@ -107,30 +115,18 @@ fn main() -> ExitCode {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::ExecChild(_) => Ok(()),
+            Command::ExecChild(_) | Command::Guardian => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(err)) => {
-            eprintln!("leader-elect: error: {err:#}");
+            logging.error_line(&err);
             ExitCode::from(2)
         }
         Err(Failure::Runtime(err)) => {
-            eprintln!("leader-elect: error: {err:#}");
+            logging.error_line(&err);
             ExitCode::from(1)
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEADER_ELECT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

@@ -1,5 +1,6 @@
 //! `leader-elect run`: join the election with the controller layer; run CMD only while leading.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
-use crate::child::{ChildSpec, run_for_term};
+use crate::child::{ChildSpec, Guardian, Reaper, run_for_term};
 use crate::client::{ServerArgs, generated_identity, preflight};
 
 /// What to do when the child exits on its own while this replica leads.
@@ -55,9 +56,12 @@ pub(crate) struct RunArgs {
     /// Serve /healthz, /readyz, /metrics and /debug/vars on this address (e.g. 0.0.0.0:8080).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Time the child gets between SIGTERM and SIGKILL when the term ends.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    grace_period: Duration,
+    /// Time the child's process group gets between SIGTERM and SIGKILL when the term ends. Default and
+    /// maximum: lease duration - renew deadline - margin (4s with the defaults), so that the group is
+    /// gone before a follower may take over; SIGKILL comes sooner if the Lease is known to be someone
+    /// else's. A second SIGTERM or SIGINT to leader-elect skips the rest of it.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace_period: Option<Duration>,
     /// What to do when the child exits on its own while leading.
     #[arg(long, value_enum, default_value_t = OnChildExit::Release)]
     on_child_exit: OnChildExit,
@@ -66,9 +70,10 @@ pub(crate) struct RunArgs {
     no_watch: bool,
     #[command(flatten)]
     server: ServerArgs,
-    /// The command to run while leading; gets LEADER_ELECT_TERM, LEADER_ELECT_IDENTITY, LEADER_ELECT_LEASE.
+    /// The command to run while leading, in a process group of its own; gets LEADER_ELECT_TERM,
+    /// LEADER_ELECT_IDENTITY, LEADER_ELECT_LEASE (and /dev/null as stdin when ours is a terminal).
     #[arg(last = true)]
-    command: Vec<String>,
+    command: Vec<OsString>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
@@ -90,8 +95,18 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let mut config = settings
         .to_elector_config(&env, &overrides)
         .map_err(|e| Failure::Usage(e.into()))?;
-    config.stop_timeout = Some(args.grace_period + Duration::from_secs(5));
     config.watch = !args.no_watch;
+    // The elector's stop timeout stays the whole stop window (`None`): its abort of the term's task
+    // never comes before the child's SIGKILL, which the grace period and the work deadline bound.
+    let grace_period = match args.grace_period {
+        Some(grace_period) => {
+            config
+                .check_fits_stop_window("grace_period", grace_period)
+                .map_err(|e| Failure::Usage(e.into()))?;
+            grace_period
+        }
+        None => config.stop_window(),
+    };
 
     let client = args.server.client().await?;
     let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
@@ -103,18 +118,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         OnChildExit::Release => Policy::FailProcess,
         OnChildExit::Restart => Policy::default(),
     };
-    let mut supervisor = Supervisor::new(policy);
-    if !args.command.is_empty() {
-        let spec = ChildSpec {
-            command: Arc::new(args.command.clone()),
-            identity: config.identity.clone(),
-            lease: format!("{}/{}", config.lease_namespace, config.lease_name),
-            grace_period: args.grace_period,
-        };
-        supervisor = supervisor.leader_only("child", move |term, token| {
-            run_for_term(spec.clone(), term, token)
-        });
-    }
+    let supervisor = Supervisor::new(policy);
+    let reaper = Arc::new(
+        Reaper::new().context("becoming a child subreaper (prctl PR_SET_CHILD_SUBREAPER)")?,
+    );
+    let guardian = (!args.command.is_empty())
+        .then(Guardian::spawn)
+        .transpose()
+        .context("starting the guardian process")?
+        .map(Arc::new);
+    let identity = config.identity.clone();
+    let lease = format!("{}/{}", config.lease_namespace, config.lease_name);
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, &config.lease_name);
@@ -127,6 +141,26 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         Some(Arc::new(metrics.clone())),
     )
     .map_err(|e| Failure::Usage(e.into()))?;
+    let skip_grace = CancellationToken::new();
+    if let Some(guardian) = guardian {
+        // Registered after the component exists, for its state channel: the supervisor reads its
+        // leader-only components at the start of each term, and no term starts before `run`.
+        let spec = ChildSpec {
+            command: Arc::new(args.command.clone()),
+            identity,
+            lease,
+            grace_period,
+            state: component.subscribe(),
+            skip_grace: skip_grace.clone(),
+            guardian,
+            reaper: reaper.clone(),
+        };
+        let _ = supervisor.clone().leader_only("child", move |term, token| {
+            run_for_term(spec.clone(), term, token)
+        });
+    }
+    let reaper_stop = CancellationToken::new();
+    let reaping = tokio::spawn(reaper.run(reaper_stop.clone()));
     let commentator_stop = CancellationToken::new();
     let commentator = tokio::spawn(leaderelection_controller::commentator::run(
         bus.subscribe(),
@@ -149,11 +183,13 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             }
         });
     }
-    tokio::spawn(stop_on_signals(shutdown.clone()));
+    tokio::spawn(stop_on_signals(shutdown.clone(), skip_grace));
 
     let result = supervisor.run(&component, shutdown).await;
     commentator_stop.cancel();
     let _ = commentator.await;
+    reaper_stop.cancel();
+    let _ = reaping.await;
     match result {
         Ok(()) => Ok(()),
         Err(SupervisorError::Failed(failure)) => Err(Failure::Runtime(anyhow::anyhow!(
@@ -163,8 +199,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     }
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn stop_on_signals(shutdown: CancellationToken) {
+/// Cancels `shutdown` on the first SIGTERM or SIGINT, and `skip_grace` on the second.
+async fn stop_on_signals(shutdown: CancellationToken, skip_grace: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -173,13 +209,22 @@ async fn stop_on_signals(shutdown: CancellationToken) {
         tracing::error!("cannot install signal handlers; stop with SIGKILL only");
         return;
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut next = async || {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     };
+    let signal = next().await;
     tracing::info!(
-        signal = name,
+        signal,
         "shutting down: stopping the child, then releasing the lease"
     );
     shutdown.cancel();
+    let signal = next().await;
+    tracing::warn!(
+        signal,
+        "second signal: SIGKILL to the child's process group, without the rest of its grace period"
+    );
+    skip_grace.cancel();
 }

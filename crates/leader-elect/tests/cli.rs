@@ -84,6 +84,32 @@ async fn rule_breaking_timings_name_the_field() {
     assert!(line.contains("invalid lease_duration \"5s\""), "{line}");
 }
 
+/// A grace period longer than lease duration - renew deadline - margin (15s - 10s - 1s = 4s here) would let
+/// the child outlive its term into the next leader's: refused, not clamped.
+#[tokio::test]
+async fn a_grace_period_that_does_not_fit_the_stop_window_is_refused() {
+    let out = leader_elect(&[
+        "run",
+        "--lease-name",
+        "x",
+        "--identity",
+        "a",
+        "--server",
+        "http://127.0.0.1:9",
+        "--grace-period",
+        "5s",
+        "--",
+        "true",
+    ])
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("invalid grace_period \"5s\": must fit in leaseDuration - renewDeadline - margin (15s - 10s - 1s = 4s)"),
+        "{line}"
+    );
+}
+
 #[tokio::test]
 async fn invalid_lease_name_is_a_usage_error() {
     let out = leader_elect(&[

@@ -1,14 +1,31 @@
-//! Real `leader-elect run` processes against the fake API server, each running a child that records its
-//! pid: exactly one child runs at a time; SIGKILL of the leader -> its child dies with it and a new child
-//! starts after the old lease expired (never before) and within lease_duration + 2 x retry_period; SIGTERM
-//! -> handover without waiting for expiry; SIGSTOP of the leader's process group past its renew deadline
-//! -> a new leader, and on SIGCONT the old leader-elect stops its child at once and never claims again.
+//! Real `leader-elect run` processes against the fake API server.
+//!
+//! Elections: each child records its pid; exactly one child runs at a time; SIGKILL of the leader -> its
+//! child dies with it and a new child starts after the old lease expired (never before) and within
+//! lease_duration + 2 x retry_period; SIGTERM -> handover without waiting for expiry; SIGSTOP of the
+//! leader past its renew deadline -> a new leader, and on SIGCONT the old leader-elect stops its child at
+//! once and never claims again.
+//!
+//! The child's term: a child ignoring SIGTERM is SIGKILLed by its work deadline before the next leader's
+//! child starts; grandchildren die with the term, with SIGTERM and with SIGKILL of leader-elect; orphans
+//! are reaped when leader-elect is PID 1; a second SIGTERM skips the grace period; a stderr nobody reads
+//! or that is closed changes none of that; a variable that is not UTF-8 and a binary replaced on disk
+//! still start the child.
+//!
+//! Nothing here sleeps and hopes: every wait polls a fact (a file, a pid, an exit code) with a generous
+//! bound, and the children's overlap is judged from the timestamps they write themselves (one machine,
+//! one clock).
 
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fake_apiserver::FakeApiServer;
+use fake_apiserver::{FakeApiServer, Faults};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
@@ -26,32 +43,147 @@ const FAST: Timings = Timings {
     retry: Duration::from_millis(250),
 };
 
-fn spawn(url: &str, dir: &Path, i: usize, t: &Timings) -> tokio::process::Child {
+/// Long enough that nothing ends by the clock while a test acts (stop window 9s: 30 - 20 - 1).
+const SLOW: Timings = Timings {
+    lease: Duration::from_secs(30),
+    renew: Duration::from_secs(20),
+    retry: Duration::from_secs(5),
+};
+
+/// The arguments of `leader-elect run` for candidate `identity` on `url`, up to the command.
+fn run_args(url: &str, identity: &str, t: &Timings) -> Vec<String> {
     let d = |d: Duration| humantime::format_duration(d).to_string();
-    tokio::process::Command::new(BIN)
-        .args(["run", "--lease-name", "proc", "--namespace", "default", "--server", url])
-        .args(["--identity", &format!("c{i}")])
-        .args(["--lease-duration", &d(t.lease), "--renew-deadline", &d(t.renew), "--retry-period", &d(t.retry)])
-        .args(["--grace-period", "2s", "--", "sh", "-c"])
-        .arg(r#"echo $$ > "$PID_DIR/$LEADER_ELECT_IDENTITY-$LEADER_ELECT_TERM.pid"; exec sleep 3600"#)
-        .env("PID_DIR", dir)
-        .stderr(Stdio::null())
+    [
+        "run",
+        "--lease-name",
+        "proc",
+        "--namespace",
+        "default",
+        "--server",
+        url,
+        "--identity",
+        identity,
+        "--lease-duration",
+        &d(t.lease),
+        "--renew-deadline",
+        &d(t.renew),
+        "--retry-period",
+        &d(t.retry),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Candidate `identity` running `sh -c script` while it leads, with `$DIR` set to `dir`; in its own
+/// process group, killed when dropped.
+fn candidate(
+    url: &str,
+    identity: &str,
+    t: &Timings,
+    dir: &Path,
+    script: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(run_args(url, identity, t))
+        .args(["--", "sh", "-c", script])
+        .env("DIR", dir)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .process_group(0)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    command
+}
+
+/// Records its pid in `$DIR/c<i>-<term>.pid`, then sleeps.
+const PID_SCRIPT: &str =
+    r#"echo $$ > "$DIR/$LEADER_ELECT_IDENTITY-$LEADER_ELECT_TERM.pid"; exec sleep 3600"#;
+
+fn spawn(url: &str, dir: &Path, i: usize, t: &Timings) -> tokio::process::Child {
+    candidate(url, &format!("c{i}"), t, dir, PID_SCRIPT)
         .spawn()
         .unwrap()
 }
 
+/// Ignores SIGTERM (and so do the processes it starts), records its pid in `$DIR/<identity>.pid`, and
+/// appends a timestamp (ns, `date +%s%N`) to `$DIR/<identity>.stamps` every 10 ms.
+const STUBBORN_SCRIPT: &str = r#"trap '' TERM; echo $$ > "$DIR/$LEADER_ELECT_IDENTITY.pid"
+while :; do date +%s%N >> "$DIR/$LEADER_ELECT_IDENTITY.stamps"; sleep 0.01; done"#;
+
+/// Starts two sleeping grandchildren and records their pids in `$DIR/a.pid` and `$DIR/b.pid`.
+const GRANDCHILDREN_SCRIPT: &str =
+    r#"sleep 1000 & echo $! > "$DIR/a.pid"; sleep 1000 & echo $! > "$DIR/b.pid"; wait"#;
+
 /// A pid is running if it exists and is not a zombie.
 fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// State and parent pid of `pid`, from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// The zombies whose parent is `parent`.
+fn zombies_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&pid| stat(pid) == Some(('Z', parent)))
+        .collect()
+}
+
+/// The pid written in `path`, once it is there.
+fn pid_in(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Every whole timestamp line in `path`.
+fn stamps(path: &Path) -> Vec<u128> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+fn pid(child: &tokio::process::Child) -> Pid {
+    Pid::from_raw(child.id().unwrap() as i32)
+}
+
+async fn exit_code(child: &mut tokio::process::Child, within: Duration) -> Option<i32> {
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .ok()?
+        .unwrap();
+    status.code()
+}
+
+/// The Lease's holder as `leader-elect status` reads it ("" once released).
+async fn holder(url: &str) -> String {
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "status",
+            "--lease-name",
+            "proc",
+            "--namespace",
+            "default",
+            "--server",
+            url,
+            "-o",
+            "json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["holder"].as_str().unwrap().to_owned()
 }
 
 /// (candidate index, term, pid) of every child that ever started.
@@ -89,6 +221,12 @@ async fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     None
+}
+
+async fn gone(pids: &[i32], within: Duration) -> bool {
+    wait_for(within, || pids.iter().all(|&p| !running(p)).then_some(()))
+        .await
+        .is_some()
 }
 
 /// Starts three candidates; returns them and the first leader's (candidate, term, pid).
@@ -203,14 +341,19 @@ async fn sigstop_past_the_renew_deadline_then_sigcont_stops_the_old_child() {
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, (leader, _, child)) = three(&url, dir.path(), &FAST).await;
-    let group = Pid::from_raw(procs[leader].id().unwrap() as i32);
+    // leader-elect and its child's process group freeze together, as in a paused VM or container.
+    let group = pid(&procs[leader]);
+    let child_group = Pid::from_raw(child);
     killpg(group, Signal::SIGSTOP).unwrap();
+    killpg(child_group, Signal::SIGSTOP).unwrap();
     let next = wait_for(Duration::from_secs(20), || {
         alive(dir.path()).into_iter().find(|c| c.0 != leader)
     })
     .await
     .expect("a new leader while the old one is frozen");
     killpg(group, Signal::SIGCONT).unwrap();
+    // Often already gone: the resumed leader-elect SIGKILLs it at once, stopped or not.
+    let _ = killpg(child_group, Signal::SIGCONT);
     let resumed = Instant::now();
     wait_for(Duration::from_secs(5), || (!running(child)).then_some(()))
         .await
@@ -246,4 +389,337 @@ async fn sigstop_past_the_renew_deadline_then_sigcont_stops_the_old_child() {
     assert_eq!(status["holder"], format!("c{}", next.0));
     stop_all(&mut procs).await;
     server.shutdown().await;
+}
+
+/// Item: the child's SIGKILL comes from its term's work deadline (`sent_at + lease_duration - margin`),
+/// not from the SIGTERM plus a grace period. A leader cut off from the API, whose child ignores SIGTERM:
+/// its child's last timestamp is older than the new leader's child's first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_ignoring_sigterm_is_killed_by_the_work_deadline_before_the_next_child_starts() {
+    let server = FakeApiServer::start().await.unwrap();
+    let spare = server.add_listener().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _a = candidate(&server.url(), "a", &FAST, d, STUBBORN_SCRIPT)
+        .spawn()
+        .unwrap();
+    let a_child = wait_for(Duration::from_secs(20), || pid_in(&d.join("a.pid")))
+        .await
+        .expect("a leads");
+    let _b = candidate(&spare.url(), "b", &FAST, d, STUBBORN_SCRIPT)
+        .spawn()
+        .unwrap();
+    server.default_listener().set_faults(Faults::partition());
+    wait_for(Duration::from_secs(20), || pid_in(&d.join("b.pid")))
+        .await
+        .expect("b takes over");
+    assert!(
+        gone(&[a_child], Duration::from_secs(20)).await,
+        "a's child is still running"
+    );
+    let a_last = stamps(&d.join("a.stamps")).into_iter().max().unwrap();
+    let b_first = wait_for(Duration::from_secs(5), || {
+        stamps(&d.join("b.stamps")).into_iter().min()
+    })
+    .await
+    .unwrap();
+    let gap_ms = (b_first as f64 - a_last as f64) / 1e6;
+    println!("a's child's last write came {gap_ms:.1} ms before b's child's first");
+    assert!(
+        a_last < b_first,
+        "both children ran at once for {:.1} ms",
+        -gap_ms
+    );
+}
+
+/// Item: the child's own children die when the term ends (here: the leader is cut off from the API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grandchildren_are_gone_when_the_term_ends() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut le = candidate(&server.url(), "a", &FAST, d, GRANDCHILDREN_SCRIPT)
+        .spawn()
+        .unwrap();
+    let grandchildren = wait_for(Duration::from_secs(20), || {
+        Some([pid_in(&d.join("a.pid"))?, pid_in(&d.join("b.pid"))?])
+    })
+    .await
+    .expect("a leads");
+    server.default_listener().set_faults(Faults::partition());
+    assert!(
+        gone(&grandchildren, Duration::from_secs(10)).await,
+        "grandchildren outlived the term: {grandchildren:?}"
+    );
+    assert_eq!(
+        le.try_wait().unwrap(),
+        None,
+        "leader-elect stays a candidate"
+    );
+}
+
+/// Item: SIGTERM to leader-elect stops the child's whole group before leader-elect exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grandchildren_are_gone_when_leader_elect_exits_on_sigterm() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut le = candidate(&server.url(), "a", &SLOW, d, GRANDCHILDREN_SCRIPT)
+        .spawn()
+        .unwrap();
+    let grandchildren = wait_for(Duration::from_secs(20), || {
+        Some([pid_in(&d.join("a.pid"))?, pid_in(&d.join("b.pid"))?])
+    })
+    .await
+    .expect("a leads");
+    kill(pid(&le), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut le, Duration::from_secs(20)).await, Some(0));
+    let left: Vec<_> = grandchildren.into_iter().filter(|&p| running(p)).collect();
+    assert!(
+        left.is_empty(),
+        "grandchildren outlived leader-elect: {left:?}"
+    );
+    assert_eq!(
+        holder(&server.url()).await,
+        "",
+        "released after the group was gone"
+    );
+}
+
+/// Item: SIGKILL of leader-elect kills the child's whole group (the guardian), not only the direct
+/// child (the parent-death signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grandchildren_are_gone_when_leader_elect_is_sigkilled() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut le = candidate(&server.url(), "a", &SLOW, d, GRANDCHILDREN_SCRIPT)
+        .spawn()
+        .unwrap();
+    let grandchildren = wait_for(Duration::from_secs(20), || {
+        Some([pid_in(&d.join("a.pid"))?, pid_in(&d.join("b.pid"))?])
+    })
+    .await
+    .expect("a leads");
+    le.kill().await.unwrap();
+    assert!(
+        gone(&grandchildren, Duration::from_secs(10)).await,
+        "grandchildren outlived leader-elect: {grandchildren:?}"
+    );
+}
+
+/// Item: as PID 1 of a PID namespace (a container), leader-elect reaps the orphans that end up as its
+/// children: some still in the child's process group, some that left it (`setsid`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_reaped_when_leader_elect_is_pid_1() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.01 &); (setsid sleep 0.01 &); done
+sleep 0.5; echo $$ > "$DIR/ready"; exec sleep 1000"#;
+    let mut ns = tokio::process::Command::new("unshare");
+    // --user: also where only unprivileged user namespaces are allowed; --kill-child: dies with the test.
+    ns.args([
+        "--user",
+        "--map-root-user",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        BIN,
+    ])
+    .args(run_args(&server.url(), "a", &SLOW))
+    .args(["--", "sh", "-c", script])
+    .env("DIR", d)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    let unshare = ns.spawn().expect("unshare (util-linux) runs");
+    let unshare_pid = unshare.id().unwrap() as i32;
+    wait_for(Duration::from_secs(20), || pid_in(&d.join("ready")))
+        .await
+        .expect("the child ran inside the namespace");
+    let le = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .find(|&p| stat(p).is_some_and(|(_, ppid)| ppid == unshare_pid))
+        .expect("leader-elect, PID 1 of the namespace");
+    let reaped = wait_for(Duration::from_secs(10), || {
+        zombies_of(le).is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        reaped.is_some(),
+        "zombies left under leader-elect: {:?}",
+        zombies_of(le)
+    );
+}
+
+/// Item: a second SIGTERM to leader-elect SIGKILLs the child's group at once, without waiting for the
+/// rest of the grace period (9s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_skips_the_grace_period() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script =
+        r#"trap 'echo > "$DIR/sigterm"' TERM; echo $$ > "$DIR/pid"; while :; do sleep 0.05; done"#;
+    let mut le = candidate(&server.url(), "a", &SLOW, d, script)
+        .args(["--grace-period", "9s"])
+        .spawn()
+        .unwrap();
+    let child = wait_for(Duration::from_secs(20), || pid_in(&d.join("pid")))
+        .await
+        .expect("a leads");
+    kill(pid(&le), Signal::SIGTERM).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        d.join("sigterm").exists().then_some(())
+    })
+    .await
+    .expect("the child got SIGTERM and ignored it");
+    let second = Instant::now();
+    kill(pid(&le), Signal::SIGTERM).unwrap();
+    assert!(
+        gone(&[child], Duration::from_secs(4)).await,
+        "the child outlived a second SIGTERM by 4s of its 9s grace period"
+    );
+    println!("child gone {:?} after the second SIGTERM", second.elapsed());
+    assert_eq!(exit_code(&mut le, Duration::from_secs(20)).await, Some(0));
+}
+
+/// Item: a stderr pipe that is full (its reader paused) blocks no deadline: the cut-off leader's child,
+/// which ignores SIGTERM, is gone before the new leader's child starts, and leader-elect still exits 0
+/// on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stderr_pipe_delays_neither_the_kill_nor_the_exit() {
+    let server = FakeApiServer::start().await.unwrap();
+    let spare = server.add_listener().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_reader, writer) = nix::unistd::pipe().unwrap();
+    // A second open file description of the pipe, non-blocking for the test only: leader-elect's
+    // stderr stays a blocking pipe, as a real one is.
+    let mut filler = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(format!("/proc/self/fd/{}", writer.as_raw_fd()))
+        .unwrap();
+    let mut a = candidate(&server.url(), "a", &FAST, d, STUBBORN_SCRIPT)
+        .stderr(Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let a_child = wait_for(Duration::from_secs(20), || pid_in(&d.join("a.pid")))
+        .await
+        .expect("a leads");
+    while filler.write(&[b'.'; 4096]).is_ok() {}
+    let _b = candidate(&spare.url(), "b", &FAST, d, STUBBORN_SCRIPT)
+        .spawn()
+        .unwrap();
+    server.default_listener().set_faults(Faults::partition());
+    wait_for(Duration::from_secs(20), || pid_in(&d.join("b.pid")))
+        .await
+        .expect("b takes over");
+    assert!(
+        gone(&[a_child], Duration::from_secs(20)).await,
+        "a's child is still running"
+    );
+    let a_last = stamps(&d.join("a.stamps")).into_iter().max().unwrap();
+    let b_first = wait_for(Duration::from_secs(5), || {
+        stamps(&d.join("b.stamps")).into_iter().min()
+    })
+    .await
+    .unwrap();
+    assert!(
+        a_last < b_first,
+        "both children ran at once for {:.1} ms",
+        (a_last as f64 - b_first as f64) / 1e6
+    );
+    kill(pid(&a), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut a, Duration::from_secs(20)).await, Some(0));
+}
+
+/// Item: a stderr whose reader is gone (writes fail with EPIPE) neither panics leader-elect nor skips
+/// the stop: SIGTERM stops the child, releases the Lease, exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_neither_panics_nor_skips_the_release() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut le = candidate(&server.url(), "c0", &SLOW, d, PID_SCRIPT)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(le.stderr.take());
+    let child = wait_for(Duration::from_secs(20), || alive(d).first().map(|c| c.2))
+        .await
+        .expect("a leads");
+    kill(pid(&le), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut le, Duration::from_secs(20)).await, Some(0));
+    assert!(!running(child), "the child outlived leader-elect");
+    assert_eq!(holder(&server.url()).await, "", "released");
+}
+
+/// Item: an environment variable that is not UTF-8 reaches the child unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_utf8_environment_variable_reaches_the_child() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"printf %s "$NOT_UTF8" > "$DIR/value.tmp"; mv "$DIR/value.tmp" "$DIR/value"; exec sleep 1000"#;
+    let _le = candidate(&server.url(), "a", &SLOW, d, script)
+        .env("NOT_UTF8", OsStr::from_bytes(b"caf\xe9"))
+        .spawn()
+        .unwrap();
+    let value = wait_for(Duration::from_secs(20), || {
+        std::fs::read(d.join("value")).ok()
+    })
+    .await
+    .expect("the child ran");
+    assert_eq!(value, b"caf\xe9");
+}
+
+/// Item: the binary leader-elect was started from is removed and another file put at its path (a
+/// package upgrade): the next term's child still starts, from the binary that runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_replaced_on_disk_still_starts_the_next_term() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = d.join("leader-elect");
+    std::fs::copy(BIN, &exe).unwrap();
+    let mut le = tokio::process::Command::new(&exe)
+        .args(run_args(&server.url(), "c0", &FAST))
+        .args(["--", "sh", "-c", PID_SCRIPT])
+        .env("DIR", d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (_, first_term, first) = wait_for(Duration::from_secs(20), || alive(d).first().copied())
+        .await
+        .expect("c0 leads");
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(&exe, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A new term: cut off past the renew deadline, then back.
+    server.default_listener().set_faults(Faults::partition());
+    assert!(
+        gone(&[first], Duration::from_secs(10)).await,
+        "the first term ended"
+    );
+    server.default_listener().clear_faults();
+    let next = wait_for(Duration::from_secs(20), || {
+        alive(d).into_iter().find(|c| c.1 != first_term)
+    })
+    .await;
+    assert!(
+        next.is_some(),
+        "no child in the next term: {:?}",
+        children(d)
+    );
+    assert_eq!(le.try_wait().unwrap(), None, "leader-elect still runs");
 }

@@ -1,0 +1,207 @@
+//! The leader-only child process: started at the start of each term in a process group of its own, and
+//! gone, with every process of that group, before its term's work deadline.
+//!
+//! When the term ends the group gets SIGTERM, then SIGKILL at the earlier of the end of the grace period
+//! and the term's work deadline (`LeaderState::work_deadline`: `sent_at + lease_duration - margin` of the
+//! last successful renewal, the earliest instant a follower may take over, less a margin; *now* once
+//! the Lease is known to be someone else's). The deadline holds while the term lasts too: a leader-elect
+//! whose elector is stalled still kills its child in time, because the SIGKILL comes from a thread of
+//! its own that does no I/O ([`group`]). The term's task returns only once the group is empty, so the
+//! Lease is released only then. If leader-elect dies, the guardian process kills the group
+//! ([`guardian`]); orphans are reaped ([`reaper`]).
+
+mod group;
+mod guardian;
+mod reaper;
+mod shim;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leaderelection::{LeaderState, Term};
+use leaderelection_controller::BoxError;
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use guardian::{Guardian, guard};
+pub(crate) use reaper::Reaper;
+pub(crate) use shim::{ExecChildArgs, exec_child};
+
+use group::Group;
+
+/// This executable as the kernel knows it: still the binary we run after it was replaced or removed on
+/// disk. `std::env::current_exe()` gives its path instead, which by then names another file or none.
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// While the group runs, it is also looked at on this period, besides every SIGCHLD: members that are not
+/// our children exit without one.
+const BACKSTOP: Duration = Duration::from_millis(100);
+
+/// What the child gets to know, how long it may take to stop, and what stops it.
+#[derive(Clone, Debug)]
+pub(crate) struct ChildSpec {
+    /// The command and its arguments.
+    pub(crate) command: Arc<Vec<OsString>>,
+    pub(crate) identity: String,
+    /// `namespace/name`.
+    pub(crate) lease: String,
+    /// Time between SIGTERM and SIGKILL when the term ends; fits in the elector's stop window.
+    pub(crate) grace_period: Duration,
+    /// The elector's state: the term's work deadline.
+    pub(crate) state: watch::Receiver<LeaderState>,
+    /// Cancelled on a second SIGTERM or SIGINT: SIGKILL now, without the rest of the grace period.
+    pub(crate) skip_grace: CancellationToken,
+    pub(crate) guardian: Arc<Guardian>,
+    pub(crate) reaper: Arc<Reaper>,
+}
+
+/// Why the group is being stopped, and when its grace period ends.
+#[derive(Debug)]
+struct Stopping {
+    grace_until: std::time::Instant,
+    /// The leader's exit status when the child exited on its own while we led.
+    on_its_own: Option<WaitStatus>,
+}
+
+/// Runs the child for one term: returns `Ok` after its whole process group is gone once `token` is
+/// cancelled, or `Err` after that when the child exited on its own while we led (the rest of its group
+/// stopped the same way). Never starts the child for a term that has already ended.
+pub(crate) async fn run_for_term(
+    spec: ChildSpec,
+    term: Term,
+    token: CancellationToken,
+) -> Result<(), BoxError> {
+    let mut state = spec.state.clone();
+    let mut work_deadline = state.borrow_and_update().work_deadline;
+    if token.is_cancelled() || work_deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
+        tracing::warn!(
+            term = term.transitions,
+            "the term ended before its child was started; not starting it"
+        );
+        token.cancelled().await;
+        return Ok(());
+    }
+    // Listening before the spawn: a child that exits at once still wakes us.
+    let mut sigchld = signal(SignalKind::child())?;
+    let group = Group::spawn(
+        command(&spec, &term),
+        spec.guardian.clone(),
+        spec.reaper.clone(),
+    )
+    .map_err(|e| format!("starting {:?}: {e}", spec.command[0]))?;
+    let pid = group.pgid().as_raw();
+    tracing::info!(
+        event = "child_started",
+        pid,
+        term = term.transitions,
+        "child started"
+    );
+    let mut stopping: Option<Stopping> = None;
+    let mut leader_status = None;
+    let mut state_open = true;
+    let mut grace_skipped = false;
+    let mut backstop = tokio::time::interval(BACKSTOP);
+    loop {
+        let reaped = group.reap();
+        for status in reaped.exited {
+            if status.pid() == Some(group.pgid()) {
+                leader_status = Some(status);
+                if stopping.is_none() {
+                    tracing::warn!(pid, status = %describe(status), term = term.transitions,
+                        "the child exited on its own while leading");
+                    stopping = Some(Stopping {
+                        grace_until: std::time::Instant::now() + spec.grace_period,
+                        on_its_own: Some(status),
+                    });
+                    group.signal(Signal::SIGTERM);
+                }
+            }
+        }
+        if reaped.empty {
+            break;
+        }
+        let kill_at = [
+            work_deadline.map(tokio::time::Instant::into_std),
+            stopping.as_ref().map(|s| s.grace_until),
+        ];
+        group.kill_at(kill_at.into_iter().flatten().min());
+        tokio::select! {
+            biased;
+            () = token.cancelled(), if stopping.is_none() => {
+                stopping = Some(Stopping {
+                    grace_until: std::time::Instant::now() + spec.grace_period,
+                    on_its_own: None,
+                });
+                group.signal(Signal::SIGTERM);
+                tracing::info!(pid, grace_period = ?spec.grace_period, term = term.transitions,
+                    "term ended: SIGTERM to the child's process group");
+            }
+            () = spec.skip_grace.cancelled(), if stopping.is_some() && !grace_skipped => {
+                grace_skipped = true;
+                if let Some(stopping) = stopping.as_mut() {
+                    stopping.grace_until = std::time::Instant::now();
+                }
+            }
+            changed = state.changed(), if state_open => match changed {
+                Ok(()) => work_deadline = state.borrow_and_update().work_deadline,
+                Err(_) => state_open = false,
+            },
+            Some(()) = sigchld.recv() => {}
+            _ = backstop.tick() => {}
+        }
+    }
+    let status = leader_status.map_or_else(|| "unknown".to_owned(), describe);
+    tracing::info!(
+        event = "child_exited",
+        pid,
+        %status,
+        killed = group.killed(),
+        term = term.transitions,
+        "child exited"
+    );
+    match stopping.and_then(|s| s.on_its_own) {
+        Some(_) => Err(format!("the child exited on its own while leading ({status})").into()),
+        None => Ok(()),
+    }
+}
+
+/// `leader-elect exec-child -- CMD ARGS...` with the term in the environment. Runs `/proc/self/exe`
+/// under the name we were started with (what `ps` shows until the shim execs the command). A child of
+/// a terminal session gets `/dev/null` as stdin: it runs in a background process group, where reading
+/// the terminal would stop it (SIGTTIN).
+fn command(spec: &ChildSpec, term: &Term) -> std::process::Command {
+    let mut command = std::process::Command::new(SELF_EXE);
+    command
+        .arg0(
+            std::env::args_os()
+                .next()
+                .unwrap_or_else(|| "leader-elect".into()),
+        )
+        .arg("exec-child")
+        .arg("--")
+        .args(spec.command.iter())
+        .env("LEADER_ELECT_TERM", term.transitions.to_string())
+        .env("LEADER_ELECT_IDENTITY", &spec.identity)
+        .env("LEADER_ELECT_LEASE", &spec.lease)
+        .env(shim::PARENT_PID, std::process::id().to_string());
+    if std::io::stdin().is_terminal() {
+        command.stdin(Stdio::null());
+    }
+    command
+}
+
+/// As `std::process::ExitStatus` prints it: `exit status: 3`, `signal: 9 (SIGKILL)`.
+fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status: {code}"),
+        WaitStatus::Signaled(_, signal, _) => format!("signal: {} ({signal})", signal as i32),
+        other => format!("{other:?}"),
+    }
+}

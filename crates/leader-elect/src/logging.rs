@@ -1,0 +1,53 @@
+//! Logs on stderr through a lossy, non-blocking writer: a stderr nobody reads (a full pipe) or nobody can
+//! read (a closed pipe) costs log lines, never the elector's deadlines or the process.
+
+use std::io::Write;
+
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+
+use crate::LogFormat;
+
+/// The installed log writer. Dropping it flushes what is queued, waiting at most about a second
+/// (`tracing_appender`'s `WorkerGuard`) when stderr does not drain.
+#[derive(Debug)]
+pub(crate) struct Logging {
+    writer: NonBlocking,
+    _flush: WorkerGuard,
+}
+
+// === impl Logging ===
+
+impl Logging {
+    /// Installs the global subscriber (`LEADER_ELECT_LOG` filter, default `info`) writing `format` lines
+    /// to stderr from a worker thread. Lines that do not fit in the queue are dropped rather than waited
+    /// for, and write errors are not reported (tracing-subscriber would report them on stderr itself,
+    /// which panics once stderr is gone).
+    pub(crate) fn init(format: LogFormat) -> Self {
+        let (writer, flush) = NonBlockingBuilder::default()
+            .lossy(true)
+            .thread_name("leader-elect-log")
+            .finish(std::io::stderr());
+        let filter = tracing_subscriber::EnvFilter::try_from_env("LEADER_ELECT_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer.clone())
+            .log_internal_errors(false);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        Self {
+            writer,
+            _flush: flush,
+        }
+    }
+
+    /// Writes the final `leader-elect: error: ...` line behind the queued log lines, with the same
+    /// guarantees: it never blocks and never panics.
+    pub(crate) fn error_line(&self, err: &anyhow::Error) {
+        // One write, one queued line: never half a line.
+        let line = format!("leader-elect: error: {err:#}\n");
+        let _ = self.writer.clone().write_all(line.as_bytes());
+    }
+}
