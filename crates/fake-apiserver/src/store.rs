@@ -120,8 +120,9 @@ impl Store {
 
     /// Subscribes to changes and returns the history after `since`, or `Err` with the oldest version a watch
     /// can start from when `since` is older: what kube-apiserver's 410 message names (`oldest-1` in
-    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). Events past `history_max_age` are dropped first, so a version expires even while
-    /// nothing is written. Atomic with respect to writes: nothing is missed or repeated.
+    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). Events past `history_max_age` are
+    /// dropped first, so a version expires even while nothing is written. Atomic with respect to writes:
+    /// nothing is missed or repeated.
     pub(crate) fn watch_from(
         &mut self,
         since: u64,
