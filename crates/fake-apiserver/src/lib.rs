@@ -108,9 +108,9 @@ impl Builder {
     }
 
     /// How long an event is kept for watches that resume from a resourceVersion (default
-    /// [`DEFAULT_HISTORY_MAX_AGE`], 75 s). A watch from a version whose later events have been dropped answers
-    /// 410 `Expired`, even when nothing was written since they were: kube-apiserver's watch cache keeps about
-    /// 75 s of history per resource type, and none from before its last start.
+    /// [`DEFAULT_HISTORY_MAX_AGE`], 75 s). A watch from a version whose later events have been dropped
+    /// answers 410 `Expired`, even when nothing was written since they were: kube-apiserver's watch cache
+    /// keeps about 75 s of history per resource type, and none from before its last start.
     pub fn history_max_age(mut self, age: Duration) -> Self {
         self.history_max_age = age;
         self
