@@ -119,9 +119,9 @@ impl MemoryLeaseStore {
 
     /// Restarts the API server, as its watchers see it: every open watch ends, and a watch from any version
     /// before now answers Gone, as kube-apiserver's watch cache does after a restart (it starts again from a
-    /// list, at a `resourceVersion` that writes to other objects have moved past the Lease's). The same Gone
-    /// greets a candidate whose Lease is older than the watch cache's history (about 75 s), restarted or
-    /// not.
+    /// list, at a `resourceVersion` that writes to other objects have moved past the Lease's). A watch from
+    /// the version of a Lease older than the watch cache's history (about 75 s) answers Gone the same way,
+    /// without a restart.
     pub fn restart_api_server(&self) {
         let mut state = self.state();
         // Other objects of the collection were written: the collection's version is past the Lease's.
