@@ -56,6 +56,9 @@ use crate::store::Store;
 
 /// Default number of events kept for watches that resume from a resourceVersion.
 pub const DEFAULT_HISTORY_LIMIT: usize = 1000;
+/// Default age after which an event is dropped from the watch history: 75 seconds, as kube-apiserver's watch
+/// cache (`eventFreshDuration` in `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`).
+pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_secs(75);
 /// Default number of requests kept in the request log.
 pub const DEFAULT_LOG_LIMIT: usize = 10_000;
 
@@ -65,6 +68,7 @@ pub struct Builder {
     listen: SocketAddr,
     resources: Vec<ResourceType>,
     history_limit: usize,
+    history_max_age: Duration,
     log_limit: usize,
     watch_buffer: usize,
     bookmark_interval: Duration,
@@ -76,6 +80,7 @@ impl Default for Builder {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             resources: vec![ResourceType::lease()],
             history_limit: DEFAULT_HISTORY_LIMIT,
+            history_max_age: DEFAULT_HISTORY_MAX_AGE,
             log_limit: DEFAULT_LOG_LIMIT,
             watch_buffer: 256,
             bookmark_interval: Duration::from_secs(60),
@@ -99,6 +104,15 @@ impl Builder {
     /// Events kept for watches that resume from a resourceVersion (older ones answer 410 `Expired`).
     pub fn history_limit(mut self, events: usize) -> Self {
         self.history_limit = events;
+        self
+    }
+
+    /// How long an event is kept for watches that resume from a resourceVersion (default
+    /// [`DEFAULT_HISTORY_MAX_AGE`], 75 s). A watch from a version whose later events have been dropped
+    /// answers 410 `Expired`, even when nothing was written since they were: kube-apiserver's watch cache
+    /// keeps about 75 s of history per resource type, and none from before its last start.
+    pub fn history_max_age(mut self, age: Duration) -> Self {
+        self.history_max_age = age;
         self
     }
 
@@ -127,7 +141,11 @@ impl Builder {
     /// The I/O error of binding the address.
     pub async fn start(self) -> std::io::Result<FakeApiServer> {
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(self.history_limit, self.watch_buffer)),
+            store: Mutex::new(Store::new(
+                self.history_limit,
+                self.history_max_age,
+                self.watch_buffer,
+            )),
             resources: self.resources,
             listeners: Mutex::new(Vec::new()),
             stats: Mutex::new(Stats::default()),

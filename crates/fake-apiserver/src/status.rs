@@ -124,12 +124,13 @@ impl ApiError {
         )
     }
 
-    /// 410 `Expired`: a watch from a resourceVersion older than the kept history.
-    pub(crate) fn expired(requested: u64, oldest: u64) -> Self {
+    /// 410 `Expired`: a watch from a resourceVersion older than `floor`, the oldest one the kept history can
+    /// resume from.
+    pub(crate) fn expired(requested: u64, floor: u64) -> Self {
         Self::new(
             410,
             "Expired",
-            format!("too old resource version: {requested} ({oldest})"),
+            format!("too old resource version: {requested} ({floor})"),
         )
     }
 

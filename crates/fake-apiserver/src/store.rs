@@ -1,11 +1,13 @@
-//! The object store: one global resourceVersion counter, optimistic concurrency, and a bounded event
-//! history for watches.
+//! The object store: one global resourceVersion counter, optimistic concurrency, and an event history for
+//! watches bounded by count and by age.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::resource::{ResourceType, merge_patch};
 use crate::status::ApiError;
@@ -32,6 +34,8 @@ impl EventType {
 #[derive(Debug)]
 pub(crate) struct Event {
     pub(crate) rv: u64,
+    /// When it was committed (kept for `history_max_age`).
+    at: Instant,
     pub(crate) kind: EventType,
     pub(crate) resource: usize,
     pub(crate) namespace: String,
@@ -68,18 +72,25 @@ pub(crate) struct Store {
     rv: u64,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
-    /// Every event with a resourceVersion above this one is still in `history`.
+    history_max_age: Duration,
+    /// Every event with a resourceVersion above this one is still in `history`: the oldest version a watch
+    /// can start from.
     history_floor: u64,
     events: broadcast::Sender<Arc<Event>>,
 }
 
 impl Store {
-    pub(crate) fn new(history_limit: usize, watch_buffer: usize) -> Self {
+    pub(crate) fn new(
+        history_limit: usize,
+        history_max_age: Duration,
+        watch_buffer: usize,
+    ) -> Self {
         Self {
             objects: BTreeMap::new(),
             rv: 0,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
+            history_max_age,
             history_floor: 0,
             events: broadcast::channel(watch_buffer.max(1)).0,
         }
@@ -107,11 +118,18 @@ impl Store {
             .map(|(_, v)| v)
     }
 
-    /// Subscribes to changes and returns the history after `since` (or `Err` with the oldest kept version when
-    /// `since` is older than the kept history). Atomic with respect to writes: nothing is missed or repeated.
-    pub(crate) fn watch_from(&self, since: u64) -> Result<(Vec<Arc<Event>>, Subscription), u64> {
+    /// Subscribes to changes and returns the history after `since`, or `Err` with the oldest version a watch
+    /// can start from when `since` is older: what kube-apiserver's 410 message names (`oldest-1` in
+    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). Events past `history_max_age` are
+    /// dropped first, so a version expires even while nothing is written. Atomic with respect to writes:
+    /// nothing is missed or repeated.
+    pub(crate) fn watch_from(
+        &mut self,
+        since: u64,
+    ) -> Result<(Vec<Arc<Event>>, Subscription), u64> {
+        self.drop_old_events(Instant::now());
         if since < self.history_floor {
-            return Err(self.history_floor + 1);
+            return Err(self.history_floor);
         }
         let past = self
             .history
@@ -134,22 +152,40 @@ impl Store {
             EventType::Deleted => self.objects.remove(&key),
             _ => self.objects.insert(key, object.clone()),
         };
+        let now = Instant::now();
         let event = Arc::new(Event {
             rv: self.rv,
+            at: now,
             kind,
             resource: t.resource,
             namespace: t.namespace.to_owned(),
             object: object.clone(),
         });
-        if self.history.len() == self.history_limit
-            && let Some(old) = self.history.pop_front()
-        {
-            self.history_floor = old.rv;
+        self.drop_old_events(now);
+        if self.history.len() == self.history_limit {
+            self.drop_oldest_event();
         }
         self.history.push_back(event.clone());
         // No receivers is fine: nobody watches.
         let _ = self.events.send(event);
         object
+    }
+
+    /// Drops the events older than `history_max_age` (kube-apiserver's watch cache keeps about 75 s).
+    fn drop_old_events(&mut self, now: Instant) {
+        while self
+            .history
+            .front()
+            .is_some_and(|e| now.duration_since(e.at) > self.history_max_age)
+        {
+            self.drop_oldest_event();
+        }
+    }
+
+    fn drop_oldest_event(&mut self) {
+        if let Some(old) = self.history.pop_front() {
+            self.history_floor = old.rv;
+        }
     }
 
     /// POST: 409 `AlreadyExists` if the name is taken.

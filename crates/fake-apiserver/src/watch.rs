@@ -48,7 +48,7 @@ fn line(kind: &str, object: &Value) -> Bytes {
 /// client leaving, shutdown, or the watcher falling `watch_buffer` events behind (then it is dropped).
 pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let store = shared.store();
+    let mut store = shared.store();
     let mut last_rv = store.resource_version();
     let (initial, events): (Vec<Bytes>, Option<broadcast::Receiver<Arc<Event>>>) =
         match params.resource_version {
@@ -69,8 +69,8 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                         .collect();
                     (initial, Some(events))
                 }
-                Err(oldest) => (
-                    vec![line("ERROR", &ApiError::expired(since, oldest).to_status())],
+                Err(floor) => (
+                    vec![line("ERROR", &ApiError::expired(since, floor).to_status())],
                     None,
                 ),
             },

@@ -306,6 +306,79 @@ async fn watch_sees_every_change_in_order_and_resumes() {
     server.shutdown().await;
 }
 
+/// kube-apiserver keeps about 75 s of watch history (`history_max_age` here): once the events after a version
+/// are older than that, a watch from it answers 410 Expired even though nothing was written since, naming the
+/// oldest version a watch can start from; a list names the collection's current version, and a watch from it
+/// follows.
+#[tokio::test]
+async fn watch_history_is_bounded_by_age() {
+    let max_age = Duration::from_millis(300);
+    let server = FakeApiServer::builder()
+        .history_max_age(max_age)
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
+    let stale = api
+        .create(&PostParams::default(), &lease("stale", "dead"))
+        .await
+        .unwrap();
+    let stale_rv = stale.metadata.resource_version.clone().unwrap();
+    api.create(&PostParams::default(), &lease("other", "x"))
+        .await
+        .unwrap();
+    let current = server.resource_version().to_string();
+    assert_ne!(stale_rv, current);
+
+    let by_name = ListParams::default().fields("metadata.name=stale");
+    let listed = api.list(&by_name).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(
+        listed.metadata.resource_version.as_deref(),
+        Some(current.as_str())
+    );
+
+    // Past the age bound (a lower bound on elapsed time, whatever the scheduling), with no write since.
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    let params = WatchParams::default()
+        .fields("metadata.name=stale")
+        .timeout(10);
+    let mut expired = api.watch(&params, &stale_rv).await.unwrap().boxed();
+    match expired.try_next().await.unwrap().unwrap() {
+        WatchEvent::Error(e) => assert_eq!(
+            (e.code, e.reason.as_str(), e.message.as_str()),
+            (
+                410,
+                "Expired",
+                format!("too old resource version: {stale_rv} ({current})").as_str()
+            )
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        expired.try_next().await.unwrap().is_none(),
+        "the stream ends"
+    );
+
+    let mut resumed = api.watch(&params, &current).await.unwrap().boxed();
+    let mut renewed = stale;
+    renewed.spec.as_mut().unwrap().holder_identity = Some("new".into());
+    let renewed = api
+        .replace("stale", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+    match resumed.try_next().await.unwrap().unwrap() {
+        WatchEvent::Modified(l) => {
+            assert_eq!(
+                l.metadata.resource_version,
+                renewed.metadata.resource_version
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn runtime_watcher_lists_then_follows() {
     let server = FakeApiServer::builder()

@@ -132,7 +132,7 @@ pub enum Phase {
     SlowPath,
     /// Releasing the Lease.
     Release,
-    /// Opening a watch.
+    /// Opening a watch, or listing for a version to resume it from after a 410 Gone.
     Watch,
 }
 
@@ -155,7 +155,7 @@ impl Phase {
 /// One request the elector made, as reported to an [`Observer`].
 #[derive(Debug)]
 pub struct Request<'a> {
-    /// `get`, `create`, `update` or `watch`.
+    /// `get`, `list`, `create`, `update` or `watch`.
     pub verb: &'static str,
     /// What it was for.
     pub phase: Phase,

@@ -392,6 +392,8 @@ struct Runner<'a> {
     /// The highest `leaseTransitions` seen in this run: a Lease we create or take gets a higher term, so
     /// terms never go backwards, even after the Lease was deleted.
     highest_term: Option<i32>,
+    /// A 410 Gone was logged (once per run: it recurs wherever the Lease outlives the watch history).
+    gone_logged: bool,
 }
 
 // === impl Runner ===
@@ -412,6 +414,7 @@ impl<'a> Runner<'a> {
             resume_from: None,
             reported_leader: None,
             highest_term: None,
+            gone_logged: false,
         }
     }
 
@@ -540,7 +543,13 @@ impl<'a> Runner<'a> {
             _ => now,
         };
         self.highest_term = self.highest_term.max(Some(lease.record.lease_transitions));
-        self.resume_from = Some(lease.resource_version.clone());
+        let same_version = matches!(&self.seen, Seen::Present { lease: previous, .. }
+            if previous.resource_version == lease.resource_version);
+        if !same_version || self.resume_from.is_none() {
+            // A re-read of the same version keeps a newer place to resume the watch from (a list's or a
+            // bookmark's): the Lease's own version may be older than the watch history.
+            self.resume_from = Some(lease.resource_version.clone());
+        }
         self.seen = Seen::Present { lease, observed_at };
         self.publish_observed();
     }
@@ -708,7 +717,17 @@ impl<'a> Runner<'a> {
                 );
                 self.watching = Watching::Polling;
             }
-            Err(LockError::Gone) => self.stale = true,
+            // Handled as the one ERROR event with which kube-apiserver answers a version too old to
+            // watch from.
+            Err(LockError::Gone) => {
+                let now = Instant::now();
+                let gone = futures::stream::iter([Err(LockError::Gone)]).boxed();
+                self.watching = Watching::Open {
+                    events: SyncWrapper::new(gone),
+                    opened_at: now,
+                    last_event: now,
+                };
+            }
             Err(err) => self.log_transient("opening a watch", &err),
         }
     }
@@ -726,10 +745,7 @@ impl<'a> Runner<'a> {
                 self.publish_observed();
             }
             Some(Ok(LeaseEvent::Bookmark(rv))) => self.resume_from = Some(rv),
-            Some(Err(LockError::Gone)) => {
-                self.watching = Watching::Idle;
-                self.stale = true;
-            }
+            Some(Err(LockError::Gone)) => self.resume_after_gone().await?,
             Some(Err(err)) => {
                 self.log_transient("watching the lease", &err);
                 self.watching = Watching::Idle;
@@ -745,6 +761,57 @@ impl<'a> Runner<'a> {
             }
         }
         Some(())
+    }
+
+    /// After a 410 Gone: the version the watch resumes from is older than the server's watch history
+    /// (kube-apiserver keeps about 75 s of it, and none from before its last restart), and reading the Lease
+    /// gives back a version as old when nobody has written it since (a dead holder). So list it for the
+    /// collection's current version and resume from that, as client-go's reflector relists after an expired
+    /// watch (client-go `tools/cache/reflector.go`); an unchanged Lease keeps its expiry clock (`observe`).
+    /// Then pause a jittered retry period, or until the holder's expiry if that is sooner, so that a server
+    /// answering Gone again costs a few requests per retry period, not a hot loop. `None` on shutdown.
+    async fn resume_after_gone(&mut self) -> Option<()> {
+        self.watching = Watching::Idle;
+        if !self.gone_logged {
+            self.gone_logged = true;
+            warn!(
+                identity = %self.identity(),
+                lease = %self.inner.lock.describe(),
+                "the lease's resourceVersion is too old to watch from (410 Gone: the API server keeps a \
+                 short watch history, or restarted); resuming from a list's, after a retry period (logged \
+                 once)"
+            );
+        }
+        match self
+            .request("list", Phase::Watch, self.inner.lock.list())
+            .await
+        {
+            Ok(listed) => {
+                match listed.lease {
+                    Some(lease) => self.observe(lease),
+                    None => {
+                        self.seen = Seen::Missing;
+                        self.publish_observed();
+                    }
+                }
+                self.resume_from = Some(listed.resource_version);
+                self.stale = false;
+            }
+            Err(err) => {
+                self.log_transient("listing the lease", &err);
+                self.stale = true;
+            }
+        }
+        let now = Instant::now();
+        let resume_at = match self.decide(now) {
+            Decision::Wait(expiry) => expiry.min(now + self.jittered_retry_period()),
+            Decision::Create | Decision::Take(_) => return Some(()),
+        };
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => None,
+            () = sleep_until(resume_at) => Some(()),
+        }
     }
 
     /// Sleeps a jittered retry period. `None` on shutdown.

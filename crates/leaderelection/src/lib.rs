@@ -45,7 +45,8 @@
 //! # RBAC
 //!
 //! The ServiceAccount needs, on `coordination.k8s.io` `leases`: `get`, `create`, `update` (required), and
-//! `list`, `watch` (to watch the Lease; without them followers poll every retry period).
+//! `list`, `watch` (to watch the Lease, and to find a version to resume from when the watch's is too old;
+//! without them followers poll every retry period).
 //!
 //! ```yaml
 //! - apiGroups: ["coordination.k8s.io"]
@@ -66,8 +67,8 @@ pub use crate::config::{Config, ConfigError, JITTER_FACTOR};
 pub use crate::elector::{Elector, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
 pub use crate::lock::{
-    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LockCall, LockError, LockFault,
-    MemoryLeaseLock, MemoryLeaseStore, ObservedLease,
+    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, ListedLease, LockCall, LockError,
+    LockFault, MemoryLeaseLock, MemoryLeaseStore, ObservedLease,
 };
 pub use crate::record::LeaderElectionRecord;
 pub use crate::state::{LeaderState, StopReason, Term};

@@ -1,4 +1,4 @@
-//! `LeaseLock`: the four operations the elector needs from a Lease store, and their outcomes.
+//! `LeaseLock`: the operations the elector needs from a Lease store, and their outcomes.
 //!
 //! Two implementations share these semantics: [`KubeLeaseLock`] over the Kubernetes API, and
 //! [`MemoryLeaseLock`], in memory, for tests and simulation.
@@ -23,6 +23,17 @@ pub struct ObservedLease {
     pub resource_version: String,
 }
 
+/// The Lease as listed (at most one: the list selects its name), with the collection's `resourceVersion`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedLease {
+    /// The Lease, `None` when it does not exist.
+    pub lease: Option<ObservedLease>,
+    /// The list's `metadata.resourceVersion`: the collection's current version, newer than the Lease's own
+    /// when other objects of the collection were written since. A watch resumes from it after
+    /// [`LockError::Gone`].
+    pub resource_version: String,
+}
+
 /// A change to the watched Lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseEvent {
@@ -35,7 +46,8 @@ pub enum LeaseEvent {
 }
 
 /// A stream of changes to one Lease; it ends when the server closes the watch (resume from the last
-/// `resourceVersion`), and yields [`LockError::Gone`] when that version is too old (read again).
+/// `resourceVersion`), and yields [`LockError::Gone`] when that version is too old ([`LeaseLock::list`] for
+/// a current one).
 pub type LeaseEventStream = BoxStream<'static, Result<LeaseEvent, LockError>>;
 
 /// What can go wrong talking to the Lease store.
@@ -103,6 +115,18 @@ pub trait LeaseLock: Send + Sync + std::fmt::Debug + 'static {
         record: &'a LeaderElectionRecord,
         resource_version: &'a str,
     ) -> BoxFuture<'a, Result<ObservedLease, LockError>>;
+
+    /// Lists the one Lease (a list with `fieldSelector=metadata.name=<name>`) for the collection's current
+    /// `resourceVersion`: the version to watch from after [`LockError::Gone`], since the Lease's own may be
+    /// older than the server's watch history (kube-apiserver keeps about 75 s of it, and none from before its
+    /// last restart), as client-go's reflector relists after an expired watch (client-go
+    /// `tools/cache/reflector.go`).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Forbidden`] when RBAC grants no `list` on leases; otherwise a transient error
+    /// ([`LockError::Api`], [`LockError::Transport`]). A missing Lease is not an error.
+    fn list(&self) -> BoxFuture<'_, Result<ListedLease, LockError>>;
 
     /// Watches the one Lease for changes after `resource_version`.
     fn watch<'a>(

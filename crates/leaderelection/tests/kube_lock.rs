@@ -1,5 +1,6 @@
 //! `KubeLeaseLock` over real HTTP against the fake API server: the lock's outcomes (404, 409 AlreadyExists,
-//! 409 Conflict, watch events) are the API server's, and two electors hand the Lease over through a watch.
+//! 409 Conflict, watch events, 410 Gone, list) are the API server's, two electors hand the Lease over
+//! through a watch, and a Lease older than the watch history costs a candidate a few requests, not a loop.
 
 use std::time::{Duration, Instant};
 
@@ -128,5 +129,72 @@ async fn released_lease_is_taken_over_through_the_watch() {
     assert_eq!(second_state.borrow().current_term().unwrap().transitions, 1);
     second_stop.cancel();
     second_run.await.unwrap().unwrap();
+    server.shutdown().await;
+}
+
+/// A 410 Gone must not turn a candidate into a hot loop. kube-apiserver keeps about 75 s of watch history
+/// (1 s here); a Lease whose holder died longer ago than that, while other Leases were written (in a cluster:
+/// every node's), has a resourceVersion too old to watch from, and a GET gives that version back. The
+/// candidate lists for the collection's version and resumes from it: a few requests per retry period (the
+/// old code sent thousands a second), and it takes the Lease once the record's duration has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_older_than_the_watch_history_costs_a_few_requests_per_retry_period() {
+    let history = Duration::from_secs(1);
+    let server = FakeApiServer::builder()
+        .history_max_age(history)
+        .start()
+        .await
+        .unwrap();
+    let lock = |name: &str| KubeLeaseLock::new(client(&server.url()), "default", name);
+    let mut dead = record("dead", 4);
+    dead.lease_duration_seconds = 3;
+    let stale = lock("stale").create(&dead).await.unwrap();
+    lock("other").create(&record("other", 0)).await.unwrap();
+    // Sleeping is the cause here, not a hope: afterwards the Lease's version is surely older than the
+    // history.
+    tokio::time::sleep(history + Duration::from_millis(100)).await;
+    let mut watch = lock("stale").watch(&stale.resource_version).await.unwrap();
+    assert!(matches!(watch.next().await, Some(Err(LockError::Gone))));
+    let listed = lock("stale").list().await.unwrap();
+    assert_eq!(listed.lease.unwrap().record.holder_identity, "dead");
+    assert_eq!(
+        listed.resource_version,
+        server.resource_version().to_string()
+    );
+    server.reset_counts();
+
+    let retry = Duration::from_millis(500);
+    let config = Config::new("candidate", "stale", "default")
+        .with_lease_duration(Duration::from_secs(3))
+        .with_renew_deadline(Duration::from_secs(2))
+        .with_retry_period(retry);
+    let elector = Elector::new(config, lock("stale"), Callbacks::new()).unwrap();
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let run = tokio::spawn(elector.clone().run(stop.clone()));
+    let mut state = elector.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), state.wait_for(|s| s.is_leader()))
+        .await
+        .expect("the candidate takes the lease")
+        .unwrap();
+    let took = started.elapsed();
+    let counts = server.counts();
+    let requests: u64 = counts.iter().map(|c| c.count).sum();
+    let periods = took.as_secs_f64() / retry.as_secs_f64();
+    assert!(
+        took >= Duration::from_secs(3),
+        "taken after {took:?}, before the record's 3 s"
+    );
+    assert!(
+        (requests as f64) <= 3.0 * periods,
+        "{requests} requests in {took:?} ({periods:.1} retry periods): {counts:?}"
+    );
+    assert!(
+        counts.iter().any(|c| c.verb == "list" && c.count >= 1),
+        "{counts:?}"
+    );
+    assert_eq!(state.borrow().current_term().unwrap().transitions, 5);
+    stop.cancel();
+    run.await.unwrap().unwrap();
     server.shutdown().await;
 }

@@ -689,6 +689,72 @@ async fn invariant_7_polls_when_watch_is_forbidden() {
     );
 }
 
+/// Every call of `candidate` takes 1 ms, as a request to a nearby API server does: a loop of calls then
+/// shows as calls per virtual second, instead of a spin that never lets the paused clock advance.
+fn one_ms_per_call(candidate: &Candidate) {
+    candidate.lock.set_fault(LockFault {
+        delay: Duration::from_millis(1),
+        ..LockFault::default()
+    });
+}
+
+/// A 410 Gone must not turn a follower into a hot loop. A dead holder's Lease outlives the API server's
+/// watch history (the server restarts 5 s in), so a watch from its version answers Gone, and so would one
+/// from any version a GET gives back. The follower lists for the collection's version and resumes from it:
+/// a handful of calls in 15 s (7.5 retry periods), and the Lease is still taken at its expiry counted from
+/// when it was first seen, not from the list.
+#[tokio::test(start_paused = true)]
+async fn gone_costs_a_few_calls_and_keeps_the_expiry_clock() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("dead", 15, 0));
+    let t0 = Instant::now();
+    let b = spawn(&store, "b");
+    one_ms_per_call(&b);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    store.restart_api_server();
+    let took = until_leader(&b).await;
+    assert!(
+        took - t0 >= LEASE && took - t0 < LEASE + Duration::from_millis(10),
+        "taken {:?} after the lease was first seen",
+        took - t0
+    );
+    let calls = store.calls_of("b");
+    assert!(calls.len() <= 7, "{} calls: {calls:?}", calls.len());
+    assert_eq!(calls[..5], ["get", "watch", "watch:gone", "list", "watch"]);
+    assert_eq!(calls.last().map(String::as_str), Some("update"));
+}
+
+/// Invariant 7 holds through a 410 Gone: after an API server restart a follower resumes its watch from the
+/// version a list gives, and takes a released Lease at once through it.
+#[tokio::test(start_paused = true)]
+async fn after_gone_the_resumed_watch_takes_a_released_lease_at_once() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let b = spawn(&store, "b");
+    one_ms_per_call(&b);
+    until(&b, |s| s.leader.as_deref() == Some("a")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    store.restart_api_server();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        store.calls_of("b"),
+        ["get", "watch", "watch:gone", "list", "watch"]
+    );
+    let released_at = Instant::now();
+    a.stop().await;
+    let took = until_leader(&b).await;
+    assert!(
+        took - released_at < Duration::from_millis(10),
+        "{:?}: only the update's own 1 ms",
+        took - released_at
+    );
+    assert_eq!(
+        store.calls_of("b").last().map(String::as_str),
+        Some("update")
+    );
+}
+
 /// Invariant 8: the term is the fencing token. Each change of holder increases leaseTransitions, and the
 /// leader's published term carries it.
 #[tokio::test(start_paused = true)]

@@ -3,11 +3,11 @@
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{LeaseEvent, LeaseEventStream, LeaseLock, LockError, ObservedLease};
+use super::{LeaseEvent, LeaseEventStream, LeaseLock, ListedLease, LockError, ObservedLease};
 use crate::LeaderElectionRecord;
 
 /// How long a watch request stays open before the server ends it and we resume, in seconds.
@@ -67,6 +67,11 @@ impl KubeLeaseLock {
 
     fn observe(&self, lease: Lease) -> ObservedLease {
         remember(&self.last, lease)
+    }
+
+    /// Selects the one Lease by name, for list and watch.
+    fn field_selector(&self) -> String {
+        format!("metadata.name={}", self.name)
     }
 }
 
@@ -143,13 +148,30 @@ impl LeaseLock for KubeLeaseLock {
         .boxed()
     }
 
+    fn list(&self) -> BoxFuture<'_, Result<ListedLease, LockError>> {
+        async move {
+            // No resourceVersion: a consistent read, at the collection's current version.
+            let params = ListParams::default().fields(&self.field_selector());
+            let list = self.api.list(&params).await.map_err(lock_error)?;
+            Ok(ListedLease {
+                lease: list
+                    .items
+                    .into_iter()
+                    .next()
+                    .map(|lease| self.observe(lease)),
+                resource_version: list.metadata.resource_version.unwrap_or_default(),
+            })
+        }
+        .boxed()
+    }
+
     fn watch<'a>(
         &'a self,
         resource_version: &'a str,
     ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>> {
         async move {
             let params = WatchParams::default()
-                .fields(&format!("metadata.name={}", self.name))
+                .fields(&self.field_selector())
                 .timeout(WATCH_TIMEOUT_SECONDS)
                 .disable_bookmarks();
             let stream = self

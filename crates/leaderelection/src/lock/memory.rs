@@ -8,8 +8,9 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
 
-use super::{LeaseEvent, LeaseEventStream, LeaseLock, LockError, ObservedLease};
+use super::{LeaseEvent, LeaseEventStream, LeaseLock, ListedLease, LockError, ObservedLease};
 use crate::LeaderElectionRecord;
 
 /// How many watch events a slow watcher may fall behind before its watch ends with [`LockError::Gone`].
@@ -18,8 +19,9 @@ const WATCH_BUFFER: usize = 64;
 /// One Lease in memory, shared by any number of [`MemoryLeaseLock`]s (one per candidate).
 ///
 /// It answers as kube-apiserver does for one Lease: a global increasing `resourceVersion`, 404 on a
-/// missing Lease, 409 AlreadyExists on a second create, 409 Conflict on a stale `resourceVersion`, and a
-/// watch that delivers every change in order. It also logs every call (for tests that assert the exact
+/// missing Lease, 409 AlreadyExists on a second create, 409 Conflict on a stale `resourceVersion`, a
+/// watch that delivers every change in order, and Gone for a watch from a version older than its history
+/// (see [`MemoryLeaseStore::restart_api_server`]). It also logs every call (for tests that assert the exact
 /// sequence of API calls, as client-go's fake-clientset tests do).
 #[derive(Clone, Debug)]
 pub struct MemoryLeaseStore {
@@ -31,6 +33,10 @@ pub struct MemoryLeaseStore {
 struct Store {
     lease: Option<ObservedLease>,
     last_resource_version: u64,
+    /// A watch from a version below this one answers Gone.
+    history_floor: u64,
+    /// Cancelled when the API server restarts: every open watch ends.
+    running: CancellationToken,
     calls: Vec<LockCall>,
 }
 
@@ -39,9 +45,10 @@ struct Store {
 pub struct LockCall {
     /// The lock's client name (usually the candidate's identity).
     pub client: String,
-    /// `get`, `create`, `update` or `watch`.
+    /// `get`, `list`, `create`, `update` or `watch`.
     pub verb: &'static str,
-    /// `ok`, `not_found`, `already_exists`, `conflict`, `error` (injected) or `hang` (injected).
+    /// `ok`, `not_found`, `already_exists`, `conflict`, `gone` (a watch from a version older than the
+    /// history), `forbidden`, `error` (injected) or `hang` (injected).
     pub outcome: &'static str,
 }
 
@@ -108,6 +115,20 @@ impl MemoryLeaseStore {
             let rv = state.last_resource_version.to_string();
             let _ = self.events.send(LeaseEvent::Deleted(rv));
         }
+    }
+
+    /// Restarts the API server, as its watchers see it: every open watch ends, and a watch from any version
+    /// before now answers Gone, as kube-apiserver's watch cache does after a restart (it starts again from a
+    /// list, at a `resourceVersion` that writes to other objects have moved past the Lease's). A watch from
+    /// the version of a Lease older than the watch cache's history (about 75 s) answers Gone the same way,
+    /// without a restart.
+    pub fn restart_api_server(&self) {
+        let mut state = self.state();
+        // Other objects of the collection were written: the collection's version is past the Lease's.
+        state.last_resource_version += 1;
+        state.history_floor = state.last_resource_version;
+        state.running.cancel();
+        state.running = CancellationToken::new();
     }
 
     /// Every call made so far, in order.
@@ -293,6 +314,22 @@ impl LeaseLock for MemoryLeaseLock {
         .boxed()
     }
 
+    fn list(&self) -> BoxFuture<'_, Result<ListedLease, LockError>> {
+        async move {
+            self.enter("list").await?;
+            let listed = {
+                let state = self.store.state();
+                ListedLease {
+                    lease: state.lease.clone(),
+                    resource_version: state.last_resource_version.to_string(),
+                }
+            };
+            self.log("list", "ok");
+            Ok(listed)
+        }
+        .boxed()
+    }
+
     fn watch<'a>(
         &'a self,
         resource_version: &'a str,
@@ -306,19 +343,26 @@ impl LeaseLock for MemoryLeaseLock {
                 ));
             }
             // Subscribe under the store lock, so no change falls between the catch-up and the stream.
-            let (catch_up, receiver) = {
+            let (catch_up, receiver, running) = {
                 let state = self.store.state();
+                if resource_version.parse().unwrap_or(0) < state.history_floor {
+                    drop(state);
+                    self.log("watch", "gone");
+                    // As kube-apiserver answers: a watch whose one event is the 410 Expired error.
+                    return Ok(futures::stream::iter([Err(LockError::Gone)]).boxed());
+                }
                 let receiver = self.store.events.subscribe();
                 let current = state.last_resource_version.to_string();
                 let catch_up = (current != resource_version).then(|| match &state.lease {
                     Some(lease) => LeaseEvent::Applied(lease.clone()),
                     None => LeaseEvent::Deleted(current),
                 });
-                (catch_up, receiver)
+                (catch_up, receiver, state.running.clone())
             };
             self.log("watch", "ok");
             let fault = Arc::clone(&self.fault);
             let live = BroadcastStream::new(receiver)
+                .take_until(running.cancelled_owned())
                 .map(|event| match event {
                     Ok(event) => Ok(event),
                     Err(BroadcastStreamRecvError::Lagged(_)) => Err(LockError::Gone),
@@ -411,6 +455,37 @@ mod tests {
             events.next().await.unwrap().unwrap(),
             LeaseEvent::Deleted(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_old_versions_are_gone_and_a_list_gives_one_to_resume_from() {
+        let store = MemoryLeaseStore::new();
+        let a = store.lock("a");
+        let created = a.create(&record("a")).await.unwrap();
+        let mut open = a.watch(&created.resource_version).await.unwrap();
+        store.restart_api_server();
+        assert!(open.next().await.is_none(), "open watches end");
+        let mut gone = a.watch(&created.resource_version).await.unwrap();
+        assert!(matches!(gone.next().await, Some(Err(LockError::Gone))));
+        assert!(gone.next().await.is_none());
+
+        let listed = a.list().await.unwrap();
+        assert_eq!(
+            listed.lease.as_ref(),
+            Some(&created),
+            "the Lease is unchanged"
+        );
+        assert_ne!(listed.resource_version, created.resource_version);
+        let mut resumed = a.watch(&listed.resource_version).await.unwrap();
+        let next = store.put(record("b"));
+        assert_eq!(
+            resumed.next().await.unwrap().unwrap(),
+            LeaseEvent::Applied(next)
+        );
+        assert_eq!(
+            store.calls_of("a"),
+            ["create", "watch", "watch:gone", "list", "watch"]
+        );
     }
 
     #[tokio::test]
