@@ -723,3 +723,129 @@ async fn a_binary_replaced_on_disk_still_starts_the_next_term() {
     );
     assert_eq!(le.try_wait().unwrap(), None, "leader-elect still runs");
 }
+
+/// Fenced heartbeats: ignores SIGTERM, records its pid in `$DIR/<identity>-<term>.child`, and appends a
+/// timestamp (ns) every 10 ms to `$DIR/<identity>-<term>.beats`: one file per term's child.
+const FENCED_SCRIPT: &str = r#"trap '' TERM; at="$DIR/$LEADER_ELECT_IDENTITY-$LEADER_ELECT_TERM"
+echo $$ > "$at.child"; while :; do date +%s%N >> "$at.beats"; sleep 0.01; done"#;
+
+/// (term, first beat, last beat) of every child that wrote heartbeats, by term.
+fn terms(dir: &Path) -> Vec<(i64, u128, u128)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        let Some((_, term)) = name
+            .strip_suffix(".beats")
+            .and_then(|stem| stem.rsplit_once('-'))
+        else {
+            continue;
+        };
+        let beats = stamps(&entry.path());
+        if let (Some(first), Some(last)) = (beats.iter().min(), beats.iter().max()) {
+            found.push((term.parse().unwrap(), *first, *last));
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Candidate `a` leads (on the default listener), `b` follows (on its own); `act` takes the Lease from
+/// the live leader; then a child of a new term must start only after every beat of the old one, and its
+/// term must be higher. Returns the gap between them, in ms.
+async fn no_overlap_when_the_lease_is_taken_from_a_live_leader(
+    act: impl AsyncFnOnce(&FakeApiServer),
+) -> f64 {
+    let server = FakeApiServer::start().await.unwrap();
+    let spare = server.add_listener().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _a = candidate(&server.url(), "a", &SLOW, d, FENCED_SCRIPT)
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), || terms(d).first().copied())
+        .await
+        .expect("a leads");
+    let _b = candidate(&spare.url(), "b", &SLOW, d, FENCED_SCRIPT)
+        .spawn()
+        .unwrap();
+    act(&server).await;
+    let all = wait_for(Duration::from_secs(20), || {
+        let all = terms(d);
+        (all.len() == 2).then_some(all)
+    })
+    .await
+    .expect("a new term's child started");
+    // Once the old term's child is dead, its last beat is final.
+    let old = all[0].0;
+    let old_children: Vec<i32> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("-{old}.child"))
+        })
+        .filter_map(|e| pid_in(&e.path()))
+        .collect();
+    assert!(!old_children.is_empty());
+    assert!(
+        gone(&old_children, Duration::from_secs(20)).await,
+        "term {old}'s child is still running"
+    );
+    let all = terms(d);
+    let (new, new_first) = (all[1].0, all[1].1);
+    let old_last = all[0].2;
+    assert!(new > old, "terms went from {old} to {new}");
+    let gap_ms = (new_first as f64 - old_last as f64) / 1e6;
+    println!("term {old}'s child's last beat came {gap_ms:.1} ms before term {new}'s first");
+    assert!(
+        old_last < new_first,
+        "terms {old} and {new} worked at once for {:.1} ms",
+        -gap_ms
+    );
+    gap_ms
+}
+
+/// Item: `leader-elect release --force` of a live holder. The holder sees the release through the watch on
+/// its own Lease and kills its child at once, before the next leader's child starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_release_of_a_live_leader_kills_its_child_before_the_next_term_starts() {
+    no_overlap_when_the_lease_is_taken_from_a_live_leader(async |server| {
+        let status = tokio::process::Command::new(BIN)
+            .args([
+                "release",
+                "--force",
+                "--lease-name",
+                "proc",
+                "--namespace",
+                "default",
+            ])
+            .args(["--identity", "a", "--server", &server.url()])
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    })
+    .await;
+}
+
+/// Item: the Lease deleted under a live leader (`kubectl delete lease`). The leader kills its child at
+/// once, and the Lease is created again with a term above the old one, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_kills_the_leaders_child_and_comes_back_with_a_higher_term() {
+    no_overlap_when_the_lease_is_taken_from_a_live_leader(async |server| {
+        let mut http = std::net::TcpStream::connect(server.addr()).unwrap();
+        write!(
+            http,
+            "DELETE /apis/coordination.k8s.io/v1/namespaces/default/leases/proc HTTP/1.1\r\n\
+             Host: {}\r\nConnection: close\r\n\r\n",
+            server.addr()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut http, &mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    })
+    .await;
+}
