@@ -43,6 +43,7 @@ pub mod commentator;
 mod component;
 mod events;
 mod metrics;
+pub mod runtime;
 pub mod settings;
 mod supervisor;
 
@@ -50,4 +51,5 @@ pub use crate::admin::Admin;
 pub use crate::component::Component;
 pub use crate::events::{Event, EventBus, Received, Subscription};
 pub use crate::metrics::Metrics;
+pub use crate::runtime::{Runtime, RuntimeError};
 pub use crate::supervisor::{BoxError, Failure, Policy, Supervisor, SupervisorError};

@@ -1,0 +1,315 @@
+//! The composition root: one builder wires the election, the event bus, metrics, structured logs, the admin
+//! server and the supervised components; [`Runtime::run`] owns every one of their tasks and fails loudly
+//! if one ends early (linkerd2 `runtime/src/args.rs`, kubert `runtime::Builder`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leaderelection::{Callbacks, Config, ConfigError, KubeLeaseLock, LeaseLock, Term};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Admin};
+use crate::component::Component;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::supervisor::{BoxError, Policy, Supervisor, SupervisorError};
+
+/// How long past the lease duration `/healthz` tolerates a leader that cannot renew.
+const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// A leader-elected controller process, built by [`Runtime::builder`], run by [`Runtime::run`].
+///
+/// # Examples
+///
+/// A leader-only reconciler with metrics, logs and admin endpoints:
+///
+/// ```no_run
+/// use leaderelection::Config;
+/// use leaderelection_controller::Runtime;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::new(std::env::var("POD_NAME")?, "my-controller", "default");
+/// Runtime::builder(client, config)
+///     .all_replica("informers", |token| async move { token.cancelled().await; Ok(()) })
+///     .leader_only("reconciler", |term, token| async move {
+///         // reconcile, fencing writes with term.transitions, until the term ends
+///         token.cancelled().await;
+///         Ok(())
+///     })
+///     .admin("0.0.0.0:8080".parse()?)
+///     .build()?
+///     .run(CancellationToken::new()) // cancel it (e.g. on SIGTERM) to stop the work and release
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
+/// ## RBAC
+///
+/// `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.
+#[derive(Debug)]
+pub struct Runtime {
+    component: Component,
+    supervisor: Supervisor,
+    metrics: Metrics,
+    registry: Registry,
+    admin: Option<SocketAddr>,
+}
+
+/// Collects what a [`Runtime`] runs. From [`Runtime::builder`] or [`Runtime::builder_with_lock`].
+#[derive(Debug)]
+pub struct Builder<L> {
+    config: Config,
+    lock: L,
+    supervisor: Supervisor,
+    callbacks: Callbacks,
+    registry: Registry,
+    admin: Option<SocketAddr>,
+}
+
+/// Why [`Runtime::run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The admin address could not be bound.
+    #[error("binding the admin server to {addr}: {source}")]
+    AdminBind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin server stopped before shutdown (with its I/O error, if any).
+    #[error("the admin server stopped unexpectedly{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    AdminStopped(Option<std::io::Error>),
+    /// A task that must run until shutdown ended early.
+    #[error("the {0} ended unexpectedly")]
+    TaskEnded(&'static str),
+    /// The election or a component failed (see [`SupervisorError`]).
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+// === impl Runtime ===
+
+impl Runtime {
+    /// A builder for the election of the Lease `config.lease_namespace/config.lease_name` through `client`:
+    /// the Lease is named once, by `config`, and everything that reports it reads it from there.
+    #[must_use]
+    pub fn builder(client: kube::Client, config: Config) -> Builder<KubeLeaseLock> {
+        let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
+        Builder::new(config, lock)
+    }
+
+    /// A builder over any [`LeaseLock`] (e.g. [`leaderelection::MemoryLeaseLock`] in tests). The lock must
+    /// be for the Lease that `config` names.
+    #[must_use]
+    pub fn builder_with_lock<L: LeaseLock>(lock: L, config: Config) -> Builder<L> {
+        Builder::new(config, lock)
+    }
+
+    /// The election, for its state ([`Component::is_leader`], [`Component::subscribe`]) and bus.
+    #[must_use]
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
+    /// Runs everything until `shutdown` is cancelled or something fails: the election with its leader-only
+    /// components, the all-replica components, the metrics and log feeds, and the admin server. Every task
+    /// is owned here; none is detached. If a task that must run until shutdown ends early, the election is
+    /// stopped (leader-only work stopped, then the Lease released) and `run` returns why.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::AdminBind`] before anything starts; [`RuntimeError::Supervisor`] when a component
+    /// fails under [`Policy::FailProcess`] or the election was already running; [`RuntimeError::AdminStopped`]
+    /// and [`RuntimeError::TaskEnded`] when a part ended early.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel `shutdown` and await, rather than dropping the future: dropping it neither stops the work
+    /// gracefully nor releases the Lease.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+        let Self {
+            component,
+            supervisor,
+            metrics,
+            registry,
+            admin,
+        } = self;
+        let listener = match admin {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RuntimeError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
+        if let Some(bound) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(address = %bound, "admin endpoints: /healthz /readyz /metrics /debug/vars");
+        }
+        let admin_state = Admin::new(
+            component.clone(),
+            HEALTHZ_TOLERANCE,
+            registry,
+            metrics.clone(),
+        );
+
+        // The feeds stop after the election, so the last events (LostLeadership) are still logged.
+        let feeds_stop = CancellationToken::new();
+        let election_stop = shutdown.child_token();
+        let commentator = crate::commentator::run(component.bus().subscribe(), feeds_stop.clone());
+        let admin_server = serve_admin(listener, admin_state, feeds_stop.clone());
+        let metrics_feed = metrics.run(component.clone());
+        let election = supervisor.run(&component, election_stop.clone());
+        tokio::pin!(commentator, admin_server, metrics_feed, election);
+
+        let early = tokio::select! {
+            result = &mut election => {
+                feeds_stop.cancel();
+                commentator.await;
+                let _ = admin_server.await;
+                return result.map_err(RuntimeError::from);
+            }
+            () = &mut commentator => RuntimeError::TaskEnded("log feed (commentator)"),
+            result = &mut admin_server => RuntimeError::AdminStopped(result.err()),
+            () = &mut metrics_feed => RuntimeError::TaskEnded("metrics feed"),
+        };
+        tracing::error!(error = %early, "stopping the election");
+        election_stop.cancel();
+        let stopped = election.await;
+        feeds_stop.cancel();
+        if let Err(err) = stopped {
+            tracing::error!(error = %err, "the election also failed while stopping");
+        }
+        Err(early)
+    }
+}
+
+/// Serves the admin endpoints until `stop`; without a listener, waits for `stop`.
+async fn serve_admin(
+    listener: Option<tokio::net::TcpListener>,
+    admin: Admin,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    match listener {
+        Some(listener) => {
+            admin::serve(listener, admin, stop.clone()).await?;
+            if stop.is_cancelled() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("the server returned"))
+            }
+        }
+        None => {
+            stop.cancelled().await;
+            Ok(())
+        }
+    }
+}
+
+// === impl Builder ===
+
+impl<L: LeaseLock> Builder<L> {
+    fn new(config: Config, lock: L) -> Self {
+        Self {
+            config,
+            lock,
+            supervisor: Supervisor::new(Policy::default()),
+            callbacks: Callbacks::new(),
+            registry: Registry::default(),
+            admin: None,
+        }
+    }
+
+    /// Registers a component that runs on every replica until shutdown (informers, caches): see
+    /// [`Supervisor::all_replica`].
+    #[must_use]
+    pub fn all_replica<F, Fut>(mut self, name: &str, start: F) -> Self
+    where
+        F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.supervisor = self.supervisor.all_replica(name, start);
+        self
+    }
+
+    /// Registers a component that runs only during this replica's terms, with the term (its
+    /// `transitions` fence writes) and a token cancelled when the term ends: see
+    /// [`Supervisor::leader_only`].
+    #[must_use]
+    pub fn leader_only<F, Fut>(mut self, name: &str, start: F) -> Self
+    where
+        F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.supervisor = self.supervisor.leader_only(name, start);
+        self
+    }
+
+    /// Uses `supervisor` (with its own [`Policy`] and components) instead of the default one; components
+    /// registered on this builder before are dropped, so call it first.
+    #[must_use]
+    pub fn supervisor(mut self, supervisor: Supervisor) -> Self {
+        self.supervisor = supervisor;
+        self
+    }
+
+    /// The user's reactions to leadership changes (`on_new_leader`, `on_stopped_leading`; an
+    /// `on_started_leading` runs beside the leader-only components).
+    #[must_use]
+    pub fn callbacks(mut self, callbacks: Callbacks) -> Self {
+        self.callbacks = callbacks;
+        self
+    }
+
+    /// Registers the leader-election metrics into `registry` (which may hold the caller's own) and
+    /// serves it on `/metrics`.
+    #[must_use]
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Serves `/healthz`, `/readyz`, `/metrics` and `/debug/vars` on `addr` (port 0: any free port).
+    #[must_use]
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
+    /// The runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`].
+    pub fn build(self) -> Result<Runtime, ConfigError> {
+        let Self {
+            config,
+            lock,
+            supervisor,
+            callbacks,
+            mut registry,
+            admin,
+        } = self;
+        config.validate()?;
+        let metrics = Metrics::new(&mut registry, &config.lease_name);
+        let component = Component::with_observer(
+            config,
+            lock,
+            EventBus::default(),
+            supervisor.callbacks(callbacks),
+            Some(Arc::new(metrics.clone())),
+        )?;
+        Ok(Runtime {
+            component,
+            supervisor,
+            metrics,
+            registry,
+            admin,
+        })
+    }
+}
