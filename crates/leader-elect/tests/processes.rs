@@ -432,13 +432,20 @@ async fn a_child_ignoring_sigterm_is_killed_by_the_work_deadline_before_the_next
     );
 }
 
-/// Item: the child's own children die when the term ends (here: the leader is cut off from the API).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grandchildren_are_gone_when_the_term_ends() {
+/// A fake API server and candidate `a` leading with `GRANDCHILDREN_SCRIPT`: the server, the directory
+/// (removed on drop), leader-elect, and the two grandchildren's pids.
+async fn leading_with_grandchildren(
+    t: &Timings,
+) -> (
+    FakeApiServer,
+    tempfile::TempDir,
+    tokio::process::Child,
+    [i32; 2],
+) {
     let server = FakeApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut le = candidate(&server.url(), "a", &FAST, d, GRANDCHILDREN_SCRIPT)
+    let le = candidate(&server.url(), "a", t, d, GRANDCHILDREN_SCRIPT)
         .spawn()
         .unwrap();
     let grandchildren = wait_for(Duration::from_secs(20), || {
@@ -446,6 +453,13 @@ async fn grandchildren_are_gone_when_the_term_ends() {
     })
     .await
     .expect("a leads");
+    (server, dir, le, grandchildren)
+}
+
+/// Item: the child's own children die when the term ends (here: the leader is cut off from the API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grandchildren_are_gone_when_the_term_ends() {
+    let (server, _dir, mut le, grandchildren) = leading_with_grandchildren(&FAST).await;
     server.default_listener().set_faults(Faults::partition());
     assert!(
         gone(&grandchildren, Duration::from_secs(10)).await,
@@ -461,17 +475,7 @@ async fn grandchildren_are_gone_when_the_term_ends() {
 /// Item: SIGTERM to leader-elect stops the child's whole group before leader-elect exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grandchildren_are_gone_when_leader_elect_exits_on_sigterm() {
-    let server = FakeApiServer::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut le = candidate(&server.url(), "a", &SLOW, d, GRANDCHILDREN_SCRIPT)
-        .spawn()
-        .unwrap();
-    let grandchildren = wait_for(Duration::from_secs(20), || {
-        Some([pid_in(&d.join("a.pid"))?, pid_in(&d.join("b.pid"))?])
-    })
-    .await
-    .expect("a leads");
+    let (server, _dir, mut le, grandchildren) = leading_with_grandchildren(&SLOW).await;
     kill(pid(&le), Signal::SIGTERM).unwrap();
     assert_eq!(exit_code(&mut le, Duration::from_secs(20)).await, Some(0));
     let left: Vec<_> = grandchildren.into_iter().filter(|&p| running(p)).collect();
@@ -490,17 +494,7 @@ async fn grandchildren_are_gone_when_leader_elect_exits_on_sigterm() {
 /// child (the parent-death signal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grandchildren_are_gone_when_leader_elect_is_sigkilled() {
-    let server = FakeApiServer::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut le = candidate(&server.url(), "a", &SLOW, d, GRANDCHILDREN_SCRIPT)
-        .spawn()
-        .unwrap();
-    let grandchildren = wait_for(Duration::from_secs(20), || {
-        Some([pid_in(&d.join("a.pid"))?, pid_in(&d.join("b.pid"))?])
-    })
-    .await
-    .expect("a leads");
+    let (_server, _dir, mut le, grandchildren) = leading_with_grandchildren(&SLOW).await;
     le.kill().await.unwrap();
     assert!(
         gone(&grandchildren, Duration::from_secs(10)).await,

@@ -396,6 +396,19 @@ struct Runner<'a> {
     gone_logged: bool,
 }
 
+// === impl Watching ===
+
+impl Watching {
+    /// A watch opened now.
+    fn open(events: LeaseEventStream) -> Self {
+        Self::Open {
+            events: SyncWrapper::new(events),
+            opened_at: Instant::now(),
+            last_event: Instant::now(),
+        }
+    }
+}
+
 // === impl Runner ===
 
 impl<'a> Runner<'a> {
@@ -701,11 +714,7 @@ impl<'a> Runner<'a> {
             .await
         {
             Ok(events) => {
-                self.watching = Watching::Open {
-                    events: SyncWrapper::new(events),
-                    opened_at: Instant::now(),
-                    last_event: Instant::now(),
-                };
+                self.watching = Watching::open(events);
             }
             Err(LockError::Forbidden(message)) => {
                 warn!(
@@ -1110,11 +1119,7 @@ impl<'a> Runner<'a> {
             .await
         {
             Ok(events) => {
-                self.watching = Watching::Open {
-                    events: SyncWrapper::new(events),
-                    opened_at: Instant::now(),
-                    last_event: Instant::now(),
-                };
+                self.watching = Watching::open(events);
                 true
             }
             Err(LockError::Forbidden(message)) => {
