@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use leaderelection::{Callbacks, KubeLeaseLock};
+use leaderelection::KubeLeaseLock;
 use leaderelection_controller::settings::{Environment, Overrides, Settings};
-use leaderelection_controller::{
-    Admin, Component, EventBus, Metrics, Policy, Supervisor, SupervisorError,
-};
-use prometheus_client::registry::Registry;
+use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
@@ -118,10 +115,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         OnChildExit::Release => Policy::FailProcess,
         OnChildExit::Restart => Policy::default(),
     };
-    let supervisor = Supervisor::new(policy);
-    let reaper = Arc::new(
-        Reaper::new().context("becoming a child subreaper (prctl PR_SET_CHILD_SUBREAPER)")?,
-    );
+    let reaper =
+        Reaper::new().context("becoming a child subreaper (prctl PR_SET_CHILD_SUBREAPER)")?;
     let guardian = (!args.command.is_empty())
         .then(Guardian::spawn)
         .transpose()
@@ -130,77 +125,57 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let identity = config.identity.clone();
     let lease = format!("{}/{}", config.lease_namespace, config.lease_name);
 
-    let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry, &config.lease_name);
-    let bus = EventBus::default();
-    let component = Component::with_observer(
-        config,
-        lock,
-        bus.clone(),
-        supervisor.callbacks(Callbacks::new()),
-        Some(Arc::new(metrics.clone())),
-    )
-    .map_err(|e| Failure::Usage(e.into()))?;
+    let mut builder = Runtime::builder_with_lock(lock, config).supervisor(Supervisor::new(policy));
+    if let Some(addr) = args.admin_listen {
+        builder = builder.admin(addr);
+    }
+    let runtime = builder.build().map_err(|e| Failure::Usage(e.into()))?;
+    let reaper = Arc::new(reaper);
     let skip_grace = CancellationToken::new();
     if let Some(guardian) = guardian {
-        // Registered after the component exists, for its state channel: the supervisor reads its
-        // leader-only components at the start of each term, and no term starts before `run`.
         let spec = ChildSpec {
             command: Arc::new(args.command.clone()),
             identity,
             lease,
             grace_period,
-            state: component.subscribe(),
+            state: runtime.component().subscribe(),
             skip_grace: skip_grace.clone(),
             guardian,
             reaper: reaper.clone(),
         };
-        let _ = supervisor.clone().leader_only("child", move |term, token| {
+        runtime.leader_only("child", move |term, token| {
             run_for_term(spec.clone(), term, token)
         });
     }
-    let reaper_stop = CancellationToken::new();
-    let reaping = tokio::spawn(reaper.run(reaper_stop.clone()));
-    let commentator_stop = CancellationToken::new();
-    let commentator = tokio::spawn(leaderelection_controller::commentator::run(
-        bus.subscribe(),
-        commentator_stop.clone(),
-    ));
-    tokio::spawn(metrics.clone().run(component.clone()));
 
+    // Every task is awaited here: the runtime's, the reaper and the signal handler.
     let shutdown = CancellationToken::new();
-    if let Some(addr) = args.admin_listen {
-        let socket = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding --admin-listen {addr}"))?;
-        let bound = socket.local_addr().context("reading the admin address")?;
-        tracing::info!(address = %bound, "admin endpoints: /healthz /readyz /metrics /debug/vars");
-        let admin = Admin::new(component.clone(), Duration::from_secs(5), registry, metrics);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(err) = leaderelection_controller::admin::serve(socket, admin, stop).await {
-                tracing::error!(%err, "admin server failed");
-            }
-        });
-    }
-    tokio::spawn(stop_on_signals(shutdown.clone(), skip_grace));
-
-    let result = supervisor.run(&component, shutdown).await;
-    commentator_stop.cancel();
-    let _ = commentator.await;
-    reaper_stop.cancel();
-    let _ = reaping.await;
+    let aux_stop = CancellationToken::new();
+    let (result, (), ()) = tokio::join!(
+        async {
+            let result = runtime.run(shutdown.clone()).await;
+            aux_stop.cancel();
+            result
+        },
+        reaper.clone().run(aux_stop.clone()),
+        stop_on_signals(shutdown.clone(), skip_grace, aux_stop.clone()),
+    );
     match result {
         Ok(()) => Ok(()),
-        Err(SupervisorError::Failed(failure)) => Err(Failure::Runtime(anyhow::anyhow!(
-            "{failure}; stepped down and released the lease"
-        ))),
+        Err(RuntimeError::Supervisor(SupervisorError::Failed(failure))) => Err(Failure::Runtime(
+            anyhow::anyhow!("{failure}; stepped down and released the lease"),
+        )),
         Err(err) => Err(Failure::Runtime(err.into())),
     }
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT, and `skip_grace` on the second.
-async fn stop_on_signals(shutdown: CancellationToken, skip_grace: CancellationToken) {
+/// Cancels `shutdown` on the first SIGTERM or SIGINT, and `skip_grace` on the second; returns then, or
+/// when `stop` is cancelled.
+async fn stop_on_signals(
+    shutdown: CancellationToken,
+    skip_grace: CancellationToken,
+    stop: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -211,17 +186,18 @@ async fn stop_on_signals(shutdown: CancellationToken, skip_grace: CancellationTo
     };
     let mut next = async || {
         tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
+            () = stop.cancelled() => None,
         }
     };
-    let signal = next().await;
+    let Some(signal) = next().await else { return };
     tracing::info!(
         signal,
         "shutting down: stopping the child, then releasing the lease"
     );
     shutdown.cancel();
-    let signal = next().await;
+    let Some(signal) = next().await else { return };
     tracing::warn!(
         signal,
         "second signal: SIGKILL to the child's process group, without the rest of its grace period"

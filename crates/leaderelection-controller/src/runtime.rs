@@ -117,6 +117,18 @@ impl Runtime {
         &self.component
     }
 
+    /// Registers a leader-only component after [`Builder::build`], before [`Runtime::run`]: for one that
+    /// needs the election itself, e.g. its state channel ([`Runtime::component`]). See
+    /// [`Supervisor::leader_only`].
+    pub fn leader_only<F, Fut>(&self, name: &str, start: F)
+    where
+        F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        // The supervisor's clones share their components; it reads them at the start of each term.
+        let _ = self.supervisor.clone().leader_only(name, start);
+    }
+
     /// Runs everything until `shutdown` is cancelled or something fails: the election with its leader-only
     /// components, the all-replica components, the metrics and log feeds, and the admin server. Every task
     /// is owned here; none is detached. If a task that must run until shutdown ends early, the election is
