@@ -295,7 +295,15 @@ async fn failover_when_the_leader_is_cut_off() {
         "the cut-off leader stepped down"
     );
 
-    // The new leader's leader-only component started only after the old one's stopped.
+    // The new leader's leader-only component started only after the old one's stopped. Its task starts
+    // just after the state says it leads: wait for it (bounded).
+    let started = |log: &[(usize, &str, Instant)]| {
+        log.iter().any(|(i, what, _)| *i == new && *what == "start")
+    };
+    let bound = Instant::now() + Duration::from_secs(10);
+    while !started(&activity.log.lock().unwrap()) && Instant::now() < bound {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let log = activity.log.lock().unwrap().clone();
     let old_stop = log
         .iter()
