@@ -31,9 +31,16 @@
 //! `GET|PUT /fake/listeners/<id>/faults` ([`Faults`] as JSON), `GET|DELETE /fake/counts` ([`Count`]s),
 //! `GET /fake/requests` ([`RequestRecord`]s, oldest first).
 
-mod http;
+mod admin;
+mod api;
+mod body;
+mod discovery;
+mod faults;
 mod listener;
 mod resource;
+mod route;
+mod selector;
+mod serve;
 mod status;
 mod store;
 mod watch;
@@ -48,7 +55,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use crate::listener::{Faults, FaultsError, Listener};
+pub use crate::faults::{Faults, FaultsError};
+pub use crate::listener::Listener;
 pub use crate::resource::ResourceType;
 pub use crate::status::ApiError;
 
@@ -326,7 +334,7 @@ impl Shared {
         drop(listeners);
         shared
             .tasks
-            .spawn(listener::serve(shared.clone(), listener.clone(), socket));
+            .spawn(serve::serve(shared.clone(), listener.clone(), socket));
         Ok(listener)
     }
 

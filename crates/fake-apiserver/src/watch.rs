@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::Shared;
-use crate::http::Selector;
-use crate::listener::{Body, Listener};
+use crate::body::Body;
+use crate::listener::Listener;
+use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::store::Event;
 

@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use nix::sys::signal::Signal;
 
 use crate::Failure;
-use crate::demo::{Cluster, Seen, Timings, What, secs};
+use crate::harness::{Cluster, Timings, is_child_start, secs};
 
 /// `leader-elect bench`.
 #[derive(Debug, clap::Args)]
@@ -31,10 +31,6 @@ fn defaults() -> Timings {
         renew_deadline: c.renew_deadline,
         retry_period: c.retry_period,
     }
-}
-
-fn is_start(s: &Seen) -> bool {
-    matches!(s.what, What::ChildStarted { .. })
 }
 
 /// (median, p99) in milliseconds.
@@ -82,7 +78,7 @@ async fn failovers(
     }
     let timeout = Duration::from_secs(60);
     let mut leader = cluster
-        .next(timeout, is_start)
+        .next(timeout, is_child_start)
         .await
         .ok_or_else(|| anyhow::anyhow!("no leader"))?
         .candidate;
@@ -92,7 +88,7 @@ async fn failovers(
         cluster.signal(leader, signal);
         let expires = expiry(&client).await?;
         let next = cluster
-            .next(timeout, |s| is_start(s) && s.candidate != leader)
+            .next(timeout, |s| is_child_start(s) && s.candidate != leader)
             .await
             .ok_or_else(|| anyhow::anyhow!("no failover within {timeout:?}"))?;
         samples.push((
@@ -133,7 +129,7 @@ async fn load(window: Duration, poll: bool) -> anyhow::Result<Load> {
         cluster.spawn(i)?;
     }
     let leader = cluster
-        .next(Duration::from_secs(60), is_start)
+        .next(Duration::from_secs(60), is_child_start)
         .await
         .ok_or_else(|| anyhow::anyhow!("no leader"))?
         .candidate;

@@ -9,6 +9,7 @@ mod bench;
 mod child;
 mod client;
 mod demo;
+mod harness;
 mod lease;
 mod logging;
 mod run;

@@ -1,4 +1,4 @@
-//! Structured logs of every leader-election event (seed: the commentator), at the seed's levels: INFO for
+//! Structured logs of every leader-election event at these levels: INFO for
 //! started, became leader and new leader; WARN for lost leadership.
 
 use tokio::time::Instant;

@@ -1,11 +1,11 @@
-//! The event bus and the four leader-election events (seed: `pkg/controller/events`).
+//! The event bus and the four leader-election events.
 
 use std::sync::Arc;
 
 use leaderelection::{StopReason, Term};
 use tokio::sync::broadcast;
 
-/// A leader-election event, as the seed's `pkg/controller/events/types.go` names them.
+/// A leader-election event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The component started campaigning (published once, when `run` starts).
@@ -41,7 +41,7 @@ pub enum Event {
 }
 
 impl Event {
-    /// The seed's event type name, e.g. `leader_election.became_leader`.
+    /// The event's type name, as logs carry it, e.g. `leader_election.became_leader`.
     pub fn event_type(&self) -> &'static str {
         match self {
             Self::LeaderElectionStarted { .. } => "leader_election.started",

@@ -1,5 +1,4 @@
-//! What runs around the leader elector in a highly available controller (seeds:
-//! `pkg/controller/leaderelection`, metrics, commentator, controller integration, configuration):
+//! What runs around the leader elector in a highly available controller:
 //!
 //! - [`EventBus`] and the four leader-election [`Event`]s;
 //! - [`Component`], the event adapter: wraps the [`leaderelection::Elector`] and publishes each event

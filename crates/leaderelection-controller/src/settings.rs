@@ -1,4 +1,4 @@
-//! The YAML configuration (the seeds' `controller.leader_election` schema) and its merge with the
+//! The YAML configuration (the `controller.leader_election` section) and its merge with the
 //! environment (`POD_NAME`, `POD_NAMESPACE`, the service-account namespace) into a validated
 //! [`leaderelection::Config`].
 //!
@@ -12,7 +12,7 @@
 //!     renew_deadline: 10s            # default 10s
 //!     retry_period: 2s               # default 2s
 //!     release_on_cancel: true        # default true
-//!     identity: pod-a                # not in the seeds; default POD_NAME (see below)
+//!     identity: pod-a                # default POD_NAME (see below)
 //! ```
 //!
 //! Every key is optional; an empty file, or a `controller:` or `leader_election:` key with no value, is all
@@ -22,18 +22,15 @@
 //!
 //! # Defaults, and why
 //!
-//! - `enabled: true`. Seed 002 ("Questions for Review") settles it: "Now enabled by default with 2
-//!   replicas" (the rollout plan's phase 2), and the chart's replica count is 2.
+//! - `enabled: true`: a controller is meant to run with two or more replicas, and replicas without an
+//!   election would all act at once.
 //! - `lease_duration: 15s`, `renew_deadline: 10s`, `retry_period: 2s`: client-go's and
-//!   controller-runtime's defaults, which are also [`Config::default`]'s. The seeds give no other defaults:
-//!   seed 000's `60s / 15s / 5s` is a "Configuration Example", not the defaults, and its "after
-//!   RenewDeadline (15s)" contradicts its own `Config` example (`RenewDeadline: 10 * time.Second`), so the
-//!   one consistent source wins.
-//! - `release_on_cancel: true`: seed 000's `Config` example sets `ReleaseOnCancel: true`, so a handover on
-//!   a rolling update takes one retry period instead of a whole lease duration.
-//! - The Lease namespace: the file, then `POD_NAMESPACE` (downward API, seed 002 task 9), then the
-//!   service-account namespace file, then `"default"` (logged as a warning).
-//! - The identity: `POD_NAME` (seed 002 task 5). There is no default when election is enabled
+//!   controller-runtime's defaults, which are also [`Config::default`]'s.
+//! - `release_on_cancel: true` (client-go's `LeaderElectionConfig.ReleaseOnCancel`), so a handover on a
+//!   rolling update takes one retry period instead of a whole lease duration.
+//! - The Lease namespace: the file, then `POD_NAMESPACE` (the downward API), then the service-account
+//!   namespace file, then `"default"` (logged as a warning).
+//! - The identity: `POD_NAME` (the downward API). There is no default when election is enabled
 //!   ([`SettingsError::MissingIdentity`]): a made-up identity shared by two replicas would let both lead.
 //!
 //! # Examples
@@ -59,7 +56,7 @@ use serde::{Deserialize, Deserializer};
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-/// Default of `enabled`: true (seed 002: "enabled by default with 2 replicas").
+/// Default of `enabled`: true (replicas without an election would all act at once).
 pub const DEFAULT_ENABLED: bool = true;
 /// Default of `lease_duration`: 15 seconds (client-go).
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -67,7 +64,7 @@ pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// Default of `retry_period`: 2 seconds (client-go).
 pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
-/// Default of `release_on_cancel`: true (seed 000's `Config` example).
+/// Default of `release_on_cancel`: true (a rolling update hands over in one retry period).
 pub const DEFAULT_RELEASE_ON_CANCEL: bool = true;
 /// The Lease namespace when neither the file, `POD_NAMESPACE` nor the service account gives one.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -112,7 +109,7 @@ pub struct LeaderElectionSettings {
     /// The Lease's namespace, an RFC 1123 label (default: `POD_NAMESPACE`, the service-account namespace,
     /// `"default"`).
     pub lease_namespace: Option<String>,
-    /// This candidate's identity (default `POD_NAME`). Not in the seeds' schema: set it only in a file read
+    /// This candidate's identity (default `POD_NAME`). Set it only in a file read
     /// by one replica, since replicas sharing an identity would all lead.
     pub identity: Option<String>,
     /// `leaseDurationSeconds` as a humantime string, whole seconds, e.g. `"15s"` (default 15 s).
@@ -491,8 +488,8 @@ mod tests {
         format!("controller: {{leader_election: {{{body}}}}}")
     }
 
-    /// Seed 000's "Configuration Example".
-    const SEED_EXAMPLE: &str = "
+    /// A configuration with its own timings (60 s / 15 s / 5 s) and the identity from `POD_NAME`.
+    const FULL_EXAMPLE: &str = "
 controller:
   leader_election:
     enabled: true
@@ -504,8 +501,8 @@ controller:
 
     // 1
     #[test]
-    fn the_seed_example_is_valid() {
-        let c = config(SEED_EXAMPLE).unwrap();
+    fn the_full_example_is_valid() {
+        let c = config(FULL_EXAMPLE).unwrap();
         assert_eq!(c.lease_name, "haproxy-template-ic-leader");
         assert_eq!(c.identity, "pod-a");
         assert_eq!(c.lease_namespace, "default");
@@ -622,7 +619,7 @@ controller:
     // 8
     #[test]
     fn missing_identity_is_an_error_when_enabled() {
-        let settings = Settings::from_yaml_str(SEED_EXAMPLE).unwrap();
+        let settings = Settings::from_yaml_str(FULL_EXAMPLE).unwrap();
         let err = settings
             .to_elector_config(&env(None, Some("ns"), None), &Overrides::default())
             .unwrap_err();
@@ -845,7 +842,7 @@ controller:
     // 20
     #[test]
     fn overrides_win_for_lease_name_and_durations() {
-        let settings = Settings::from_yaml_str(SEED_EXAMPLE).unwrap();
+        let settings = Settings::from_yaml_str(FULL_EXAMPLE).unwrap();
         let flags = Overrides {
             lease_name: Some("flag-lease".into()),
             lease_duration: Some(30 * SECOND),
@@ -875,9 +872,9 @@ controller:
     fn reads_a_file_and_names_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
-        std::fs::write(&path, SEED_EXAMPLE).unwrap();
+        std::fs::write(&path, FULL_EXAMPLE).unwrap();
         let settings = Settings::from_path(&path).unwrap();
-        assert_eq!(settings, Settings::from_yaml_str(SEED_EXAMPLE).unwrap());
+        assert_eq!(settings, Settings::from_yaml_str(FULL_EXAMPLE).unwrap());
         assert_eq!(
             settings.leader_election().lease_duration().unwrap(),
             60 * SECOND

@@ -1,5 +1,5 @@
 //! The event adapter and the metrics on the in-memory lock under tokio's paused clock: events are published
-//! before each callback in the seeds' order (also in disabled mode), `is_leader` is accurate, transitions
+//! before each callback in a fixed order (also in disabled mode), `is_leader` is accurate, transitions
 //! are counted, and time as leader grows while leading.
 
 use std::sync::{Arc, Mutex};
@@ -93,7 +93,7 @@ fn one_term_until_shutdown(id: &str) -> Vec<String> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn events_precede_callbacks_in_the_seeds_order() {
+async fn events_precede_callbacks_in_a_fixed_order() {
     let store = MemoryLeaseStore::new();
     let bus = EventBus::default();
     let log = Arc::new(Mutex::new(Vec::new()));

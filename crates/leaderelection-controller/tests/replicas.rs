@@ -1,4 +1,4 @@
-//! The seeds' integration tests: three replicas over real HTTP against the fake API server, each with a
+//! Integration tests: three replicas over real HTTP against the fake API server, each with a
 //! supervisor, metrics and an admin server. Only the leader runs leader-only components (checked at every
 //! start and stop, and by sampling), failover after the leader is cut off, every replica runs the
 //! all-replica components, and the admin endpoints tell the truth while leading, following and after

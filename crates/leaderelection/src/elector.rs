@@ -115,11 +115,12 @@ impl Elector {
         })
     }
 
-    /// Reports every request and slow path to `observer` (for metrics). Call before the first clone.
+    /// Reports every request and slow path to `observer` (for metrics).
     ///
-    /// # Panics
-    ///
-    /// Never; if this elector was already cloned, the observer is ignored and a warning is logged.
+    /// Takes effect only on an elector that has not been cloned yet: the observer lives in state shared
+    /// by every clone, so once a clone exists (e.g. one handed to a task that calls [`Elector::run`]) the
+    /// `observer` is dropped unused and a WARN line is logged. Call it right after [`Elector::new`].
+    /// It never panics.
     #[must_use]
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         match Arc::get_mut(&mut self.inner) {
@@ -141,14 +142,15 @@ impl Elector {
         &self.inner.config.identity
     }
 
-    /// Whether this candidate leads now: it holds a term whose deadline has not passed (seeds' `IsLeader`).
+    /// Whether this candidate leads now: it holds a term whose deadline has not passed (client-go's
+    /// `LeaderElector.IsLeader` in `tools/leaderelection/leaderelection.go`).
     #[must_use]
     pub fn is_leader(&self) -> bool {
         self.inner.state.borrow().is_leader()
     }
 
-    /// The holder of the Lease as last observed (possibly us), `None` when nobody holds it (seeds'
-    /// `GetLeader`).
+    /// The holder of the Lease as last observed (possibly us), `None` when nobody holds it
+    /// (client-go's `LeaderElector.GetLeader`).
     #[must_use]
     pub fn leader(&self) -> Option<String> {
         self.inner.state.borrow().leader.clone()

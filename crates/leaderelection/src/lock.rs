@@ -134,6 +134,7 @@ pub trait LeaseLock: Send + Sync + std::fmt::Debug + 'static {
         resource_version: &'a str,
     ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>>;
 
-    /// `namespace/name`, for logs.
+    /// Names the Lease this lock reaches, for logs and error messages: `namespace/name` for a
+    /// [`KubeLeaseLock`], `memory/<client>` for a [`MemoryLeaseLock`].
     fn describe(&self) -> String;
 }

@@ -61,7 +61,7 @@ fn config(identity: &str) -> Config {
         .with_retry_period(RETRY)
 }
 
-/// The failover bound of the issue: lease_duration + 2 x retry_period, from the config.
+/// The failover bound: lease_duration + 2 x retry_period, from the config.
 fn failover_bound() -> Duration {
     let c = config("x");
     c.lease_duration + 2 * c.retry_period

@@ -1,6 +1,6 @@
 //! Tests of the elector on the in-memory lock, under tokio's paused clock: client-go's
 //! `leaderelection_test.go` scenarios (exact API calls, records written, callbacks fired) and one test per
-//! invariant of the architecture page.
+//! invariant of `docs/design.md` ("Rules that must hold").
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -397,7 +397,7 @@ async fn stopped_leading_fires_only_after_having_led() {
     assert_eq!(log.entries(), ["new_leader:b"]);
 }
 
-// --- the invariants (architecture page, "The elector: rules that must hold") ---
+// --- the invariants (`docs/design.md`, "Rules that must hold") ---
 
 /// Invariant 1: conditional writes only. Candidates racing for a missing Lease all create (POST); exactly
 /// one wins, the others get AlreadyExists and follow; nobody overwrites the winner.

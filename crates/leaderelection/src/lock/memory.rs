@@ -47,8 +47,13 @@ pub struct LockCall {
     pub client: String,
     /// `get`, `list`, `create`, `update` or `watch`.
     pub verb: &'static str,
-    /// `ok`, `not_found`, `already_exists`, `conflict`, `gone` (a watch from a version older than the
-    /// history), `forbidden`, `error` (injected) or `hang` (injected).
+    /// What the store did: `ok`; `not_found` (a `get` or `update` with no Lease); `already_exists` (a
+    /// `create`); `conflict` (an `update` with a stale resourceVersion); `gone` (a `watch` from a
+    /// resourceVersion older than the history); `forbidden` (a `watch` under [`LockFault::forbid_watch`]);
+    /// `error` (any call under [`LockFault::fail`]); `hang` (any call under [`LockFault::hang`], logged
+    /// when it starts hanging). A write under [`LockFault::commit_then_fail`] is logged as the store
+    /// applied it (`ok`) although its caller gets [`LockError::Timeout`]; a call dropped during
+    /// [`LockFault::delay`] is not logged.
     pub outcome: &'static str,
 }
 

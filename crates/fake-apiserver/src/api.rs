@@ -1,0 +1,279 @@
+//! The API's REST verbs on resources: get, list, watch, create, update, patch, delete, and `/status`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::body::{Body, error_response, json_response, read_json};
+use crate::discovery::discovery;
+use crate::listener::Listener;
+use crate::resource::ResourceType;
+use crate::route::{RequestInfo, Route, parse_query};
+use crate::selector::Selector;
+use crate::status::ApiError;
+use crate::store::{Part, Target};
+use crate::{Shared, watch};
+
+/// Serves an API request. Returns the response and whether it committed a write.
+pub(crate) async fn api(
+    shared: &Arc<Shared>,
+    listener: &Listener,
+    req: Request<hyper::body::Incoming>,
+    info: &RequestInfo,
+) -> (Response<Body>, bool) {
+    let (index, subresource) = match &info.route {
+        Route::Discovery(segments) => return (discovery(shared, listener, segments), false),
+        Route::NotFound => return (error_response(&ApiError::no_route()), false),
+        Route::Resource { index, subresource } => (*index, subresource.clone()),
+    };
+    match serve_resource(shared, listener, req, info, index, subresource.as_deref()).await {
+        Ok((code, body, wrote)) => (json_response(code, &body), wrote),
+        Err(Answer::Error(err)) => (error_response(&err), false),
+        Err(Answer::Stream(resp)) => (resp, false),
+    }
+}
+
+/// A response other than a JSON object: an error, or a watch stream.
+enum Answer {
+    Error(ApiError),
+    Stream(Response<Body>),
+}
+
+impl From<ApiError> for Answer {
+    fn from(err: ApiError) -> Self {
+        Self::Error(err)
+    }
+}
+
+async fn serve_resource(
+    shared: &Arc<Shared>,
+    listener: &Listener,
+    req: Request<hyper::body::Incoming>,
+    info: &RequestInfo,
+    index: usize,
+    subresource: Option<&str>,
+) -> Result<(StatusCode, Value, bool), Answer> {
+    let rt = &shared.resources[index];
+    let query = parse_query(req.uri().query());
+    let part = match subresource {
+        None => Part::Main,
+        Some("status") if rt.status_subresource => Part::Status,
+        Some(_) => return Err(ApiError::no_route().into()),
+    };
+    let namespace = info.namespace.clone().unwrap_or_default();
+    let name = info.name.clone().unwrap_or_default();
+    let target = Target {
+        resource: index,
+        rt,
+        namespace: &namespace,
+        name: &name,
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+    };
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    match info.verb.as_str() {
+        "get" => {
+            let object = shared
+                .store()
+                .get(index, &namespace, &name)
+                .ok_or_else(|| ApiError::not_found(rt, &name))?;
+            Ok((StatusCode::OK, (*object).clone(), false))
+        }
+        "list" => {
+            let selector = Selector::parse(&query)?;
+            let store = shared.store();
+            let items: Vec<Value> = store
+                .list(index, info.namespace.as_deref())
+                .filter(|o| selector.matches(o))
+                .map(|o| (**o).clone())
+                .collect();
+            let list = json!({
+                "kind": format!("{}List", rt.kind),
+                "apiVersion": rt.api_version(),
+                "metadata": {"resourceVersion": store.resource_version().to_string()},
+                "items": items,
+            });
+            Ok((StatusCode::OK, list, false))
+        }
+        "watch" => {
+            let selector = Selector::parse(&query)?;
+            let params = watch::Params {
+                resource: index,
+                namespace: info.namespace.clone(),
+                selector,
+                resource_version: match query.get("resourceVersion").map(String::as_str) {
+                    None | Some("" | "0") => None,
+                    Some(rv) => Some(rv.parse().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resource version \"{rv}\""))
+                    })?),
+                },
+                timeout: query
+                    .get("timeoutSeconds")
+                    .and_then(|t| t.parse().ok())
+                    .map_or(Duration::from_secs(1800), Duration::from_secs),
+                bookmarks: query
+                    .get("allowWatchBookmarks")
+                    .is_some_and(|b| b == "true"),
+            };
+            Err(Answer::Stream(watch::start(shared, listener, params)))
+        }
+        "create" if part == Part::Main => {
+            let mut object = read_object(req, rt).await?;
+            if object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+                && let Some(prefix) = object
+                    .pointer("/metadata/generateName")
+                    .and_then(Value::as_str)
+            {
+                let suffix: String = (0..5)
+                    .map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)]))
+                    .collect();
+                object["metadata"]["name"] = json!(format!("{prefix}{suffix}"));
+            }
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            check_namespace(&object, info)?;
+            let causes = rt.validate(&object);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt, &name, &causes).into());
+            }
+            let target = Target {
+                name: &name,
+                ..target
+            };
+            let created = shared.store().create(&target, object)?;
+            Ok((StatusCode::CREATED, (*created).clone(), !target.dry_run))
+        }
+        "update" => {
+            let object = read_object(req, rt).await?;
+            let body_name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if body_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                ))
+                .into());
+            }
+            check_namespace(&object, info)?;
+            let causes = rt.validate(&object);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt, &name, &causes).into());
+            }
+            let mut store = shared.store();
+            let existed = store.get(index, &namespace, &name).is_some();
+            let updated = store.update(&target, object, part)?;
+            let code = if existed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((code, (*updated).clone(), !target.dry_run))
+        }
+        "patch" => {
+            if !matches!(
+                content_type.as_str(),
+                "application/merge-patch+json" | "application/strategic-merge-patch+json"
+            ) {
+                return Err(ApiError::unsupported_patch(&content_type).into());
+            }
+            let patch = read_json(req).await?;
+            let validate = |object: &Value| {
+                rt.decode_check(object).map_err(ApiError::bad_request)?;
+                let causes = rt.validate(object);
+                if causes.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ApiError::invalid(rt, &name, &causes))
+                }
+            };
+            let patched = shared.store().patch(&target, &patch, part, validate)?;
+            Ok((StatusCode::OK, (*patched).clone(), !target.dry_run))
+        }
+        "delete" if part == Part::Main => {
+            let options = read_json(req).await.unwrap_or(Value::Null);
+            let precondition = options
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str);
+            let deleted = shared.store().delete(&target, precondition)?;
+            let status = json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": name,
+                    "group": rt.group,
+                    "kind": rt.plural,
+                    "uid": deleted.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+                },
+            });
+            Ok((StatusCode::OK, status, !target.dry_run))
+        }
+        other => Err(ApiError::method_not_allowed(other).into()),
+    }
+}
+
+fn check_namespace(object: &Value, info: &RequestInfo) -> Result<(), ApiError> {
+    match (
+        object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str),
+        &info.namespace,
+    ) {
+        (Some(body), Some(url)) if !body.is_empty() && body != url => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a whole object of type `rt`: JSON, the right kind, and the types the decoder enforces.
+async fn read_object(
+    req: Request<hyper::body::Incoming>,
+    rt: &ResourceType,
+) -> Result<Value, ApiError> {
+    let object = read_json(req).await?;
+    rt.decode_check(&object).map_err(ApiError::bad_request)?;
+    if let Some(kind) = object.get("kind").and_then(Value::as_str)
+        && kind != rt.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({}) does not match the expected API version ({})",
+            object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            rt.api_version()
+        )));
+    }
+    Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::resource::dns_subdomain_error;
+
+    #[test]
+    fn names_must_be_dns_subdomains() {
+        assert!(dns_subdomain_error("my-lease.example").is_none());
+        assert!(dns_subdomain_error("My_Lease").is_some());
+        assert!(dns_subdomain_error(&"a".repeat(254)).is_some());
+    }
+}

@@ -1,0 +1,109 @@
+//! Faults injected into one listener: latency, errors, black hole, commit-then-drop, refused connections.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Faults injected into one listener's API requests (admin routes under `/fake/` are never faulted).
+///
+/// As JSON (admin route): `{"latency_ms": 50, "jitter_ms": 10, "error_rate": 0.1, "error_code": 503,
+/// "black_hole": false, "commit_then_drop": false, "refuse": false}`; missing fields take their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added to every request before it is handled.
+    #[serde(rename = "latency_ms", with = "millis")]
+    pub latency: Duration,
+    /// A uniformly random extra delay in `[0, jitter)`.
+    #[serde(rename = "jitter_ms", with = "millis")]
+    pub jitter: Duration,
+    /// Probability in `[0, 1]` that a request is answered with `error_code` (and not applied).
+    pub error_rate: f64,
+    /// 403 (an RBAC denial), 429 (with `Retry-After: 1`), 500 or 503.
+    pub error_code: u16,
+    /// Accept requests and never answer them; open watches stop delivering events.
+    pub black_hole: bool,
+    /// Apply writes (POST, PUT, PATCH, DELETE), then close the connection without answering.
+    pub commit_then_drop: bool,
+    /// Close the listening socket (connections are refused) and every open connection.
+    pub refuse: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            error_rate: 0.0,
+            error_code: 500,
+            black_hole: false,
+            commit_then_drop: false,
+            refuse: false,
+        }
+    }
+}
+
+impl Faults {
+    /// No faults.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A network partition: requests are accepted and never answered.
+    pub fn partition() -> Self {
+        Self {
+            black_hole: true,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the ranges.
+    ///
+    /// # Errors
+    ///
+    /// [`FaultsError`] naming the field when `error_rate` is outside `[0, 1]` or `error_code` is not 429, 500
+    /// or 503 (or 403).
+    pub fn validate(&self) -> Result<(), FaultsError> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(FaultsError {
+                field: "error_rate",
+                value: self.error_rate.to_string(),
+                rule: "must be between 0 and 1",
+            });
+        }
+        if ![403, 429, 500, 503].contains(&self.error_code) {
+            return Err(FaultsError {
+                field: "error_code",
+                value: self.error_code.to_string(),
+                rule: "must be 403, 429, 500 or 503",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An invalid [`Faults`] field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field} {value}: {rule}")]
+pub struct FaultsError {
+    /// The field.
+    pub field: &'static str,
+    /// Its value.
+    pub value: String,
+    /// The rule broken.
+    pub rule: &'static str,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

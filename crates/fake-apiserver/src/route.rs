@@ -1,0 +1,162 @@
+//! Routing: what a request asks for (verb, resource, namespace, name), from its method, path and query.
+
+use std::collections::HashMap;
+
+use hyper::{Method, Request};
+
+use crate::Shared;
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    /// A discovery document (`/version`, `/api`, `/apis`, ...), by path segment.
+    Discovery(Vec<String>),
+    /// A resource type (its index in the server's resources), maybe with a subresource.
+    Resource {
+        index: usize,
+        subresource: Option<String>,
+    },
+    /// No such path.
+    NotFound,
+}
+
+/// What a request asks for, as the request log and counters name it.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestInfo {
+    pub(crate) verb: String,
+    pub(crate) resource: String,
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) route: Route,
+}
+
+impl RequestInfo {
+    pub(crate) fn parse<B>(shared: &Shared, req: &Request<B>) -> Self {
+        let segments: Vec<String> = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect();
+        let query = parse_query(req.uri().query());
+        let mut info = Self {
+            verb: "discovery".into(),
+            resource: req.uri().path().to_owned(),
+            namespace: None,
+            name: None,
+            route: Route::NotFound,
+        };
+        let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let rest = match seg.as_slice() {
+            ["version"]
+            | ["api"]
+            | ["api", "v1"]
+            | ["api", "v1", "namespaces", ..]
+            | ["apis"]
+            | ["apis", _]
+            | ["apis", _, _] => {
+                info.route = Route::Discovery(segments.clone());
+                return info;
+            }
+            ["apis", group, version, rest @ ..] => {
+                let (namespace, rest) = match rest {
+                    ["namespaces", ns, plural, rest @ ..] => {
+                        (Some(*ns), [&[*plural], rest].concat())
+                    }
+                    _ => (None, rest.to_vec()),
+                };
+                let Some(index) = shared.resources.iter().position(|rt| {
+                    rt.group == *group
+                        && rt.version == *version
+                        && rest.first() == Some(&rt.plural.as_str())
+                        && (rt.namespaced || namespace.is_none())
+                }) else {
+                    return info;
+                };
+                info.resource = shared.resources[index].plural.clone();
+                info.namespace = namespace.map(str::to_owned);
+                (index, rest)
+            }
+            _ => return info,
+        };
+        let (index, rest) = rest;
+        let collection = rest.len() == 1;
+        info.name = rest.get(1).map(|s| (*s).to_owned());
+        let subresource = rest.get(2).map(|s| (*s).to_owned());
+        if rest.len() > 3
+            || (!collection && shared.resources[index].namespaced && info.namespace.is_none())
+        {
+            return info;
+        }
+        info.verb = match (req.method(), collection) {
+            (&Method::GET, true) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                "watch"
+            }
+            (&Method::GET, true) => "list",
+            (&Method::GET, false) => "get",
+            (&Method::POST, true) => "create",
+            (&Method::PUT, false) => "update",
+            (&Method::PATCH, false) => "patch",
+            (&Method::DELETE, false) => "delete",
+            (&Method::DELETE, true) => "deletecollection",
+            _ => "unsupported",
+        }
+        .into();
+        info.route = Route::Resource { index, subresource };
+        info
+    }
+}
+
+/// The query string as a map, percent-decoded (`+` is a space).
+pub(crate) fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_percent_decoded() {
+        let q = parse_query(Some(
+            "fieldSelector=metadata.name%3Dmy-lease&watch=true&x=a+b",
+        ));
+        assert_eq!(q["fieldSelector"], "metadata.name=my-lease");
+        assert_eq!(q["watch"], "true");
+        assert_eq!(q["x"], "a b");
+    }
+}

@@ -1,0 +1,143 @@
+//! Serving a listener: accepting connections, applying its faults to each API request, routing the request
+//! to the admin routes, discovery or the REST verbs, and logging it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{Body, error_response};
+use crate::listener::Listener;
+use crate::route::RequestInfo;
+use crate::status::ApiError;
+use crate::{RequestRecord, Shared, admin, api};
+
+/// The error that makes hyper close a connection without answering (commit-then-drop).
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("response dropped by fault injection")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// Accepts connections until shutdown; closes the socket while `refuse` is set and binds it again after.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: Listener, socket: TcpListener) {
+    let mut socket = Some(socket);
+    let mut faults = listener.subscribe();
+    let mut connections = shared.shutdown.child_token();
+    loop {
+        let refuse = faults.borrow_and_update().refuse;
+        if refuse {
+            drop(socket.take());
+            connections.cancel();
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                changed = faults.wait_for(|f| !f.refuse) => if changed.is_err() { return },
+            }
+            socket = rebind(&shared, listener.addr()).await;
+            connections = shared.shutdown.child_token();
+            continue;
+        }
+        let Some(bound) = socket.as_ref() else { return };
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            changed = faults.changed() => if changed.is_err() { return },
+            accepted = bound.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    shared.tasks.spawn(connection(shared.clone(), listener.clone(), stream, connections.clone()));
+                }
+                Err(err) => tracing::debug!(%err, "accept failed"),
+            },
+        }
+    }
+}
+
+async fn rebind(shared: &Shared, addr: SocketAddr) -> Option<TcpListener> {
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(socket) => return Some(socket),
+            Err(err) => tracing::debug!(%err, %addr, "rebinding listener"),
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    listener: Listener,
+    stream: tokio::net::TcpStream,
+    cut: CancellationToken,
+) {
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let listener = listener.clone();
+        async move { handle(shared, listener, req).await }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = conn => {}
+        () = cut.cancelled() => {}
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    listener: Listener,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, Dropped> {
+    if req.uri().path().starts_with("/fake/") {
+        return Ok(admin::admin(&shared, req).await);
+    }
+    let arrived = Instant::now();
+    let at = jiff::Timestamp::now().to_string();
+    let faults = listener.faults();
+    let info = RequestInfo::parse(&shared, &req);
+    let record = |code: Option<u16>| RequestRecord {
+        at: at.clone(),
+        listener: listener.id(),
+        verb: info.verb.clone(),
+        resource: info.resource.clone(),
+        namespace: info.namespace.clone(),
+        name: info.name.clone(),
+        code,
+        latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
+    };
+    if faults.black_hole {
+        shared.record(record(None));
+        std::future::pending::<()>().await;
+    }
+    let delay = faults.latency + faults.jitter.mul_f64(rand::random::<f64>());
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
+        let err = ApiError::injected(faults.error_code);
+        shared.record(record(Some(err.code)));
+        let mut resp = error_response(&err);
+        if err.code == 429 {
+            resp.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+        }
+        return Ok(resp);
+    }
+    let (resp, wrote) = api::api(&shared, &listener, req, &info).await;
+    if wrote && faults.commit_then_drop {
+        shared.record(record(None));
+        return Err(Dropped);
+    }
+    shared.record(record(Some(resp.status().as_u16())));
+    Ok(resp)
+}

@@ -1,0 +1,389 @@
+//! The candidate-process harness of `demo` and `bench`: the fake API server with one listener per
+//! candidate, real `leader-elect run` processes on it, and what they report, read from their JSON logs.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use fake_apiserver::{FakeApiServer, Listener};
+use jiff::{SignedDuration, Timestamp};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::Failure;
+
+/// What a candidate reported (from its JSON log) or what happened to it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum What {
+    BecameLeader { term: i64 },
+    LostLeadership { reason: String },
+    ChildStarted { pid: i32, term: i64 },
+    ChildExited { pid: i32 },
+}
+
+/// One observation, stamped with the candidate's own wall-clock time (same machine, same clock).
+#[derive(Clone, Debug)]
+pub(crate) struct Seen {
+    pub(crate) at: Timestamp,
+    pub(crate) candidate: usize,
+    pub(crate) what: What,
+}
+
+/// Timings shared by every candidate.
+#[derive(Clone, Debug)]
+pub(crate) struct Timings {
+    pub(crate) lease_duration: Duration,
+    pub(crate) renew_deadline: Duration,
+    pub(crate) retry_period: Duration,
+}
+
+impl Timings {
+    /// Validates as the elector would.
+    pub(crate) fn validate(&self) -> Result<(), Failure> {
+        leaderelection::Config::new("demo", "demo", "default")
+            .with_lease_duration(self.lease_duration)
+            .with_renew_deadline(self.renew_deadline)
+            .with_retry_period(self.retry_period)
+            .validate()
+            .map_err(|e| Failure::Usage(e.into()))
+    }
+}
+
+/// The fake API server and the candidate processes.
+pub(crate) struct Cluster {
+    pub(crate) server: FakeApiServer,
+    pub(crate) listeners: Vec<Listener>,
+    processes: Vec<Option<tokio::process::Child>>,
+    exe: PathBuf,
+    timings: Timings,
+    extra_args: Vec<String>,
+    tx: mpsc::UnboundedSender<Seen>,
+    rx: mpsc::UnboundedReceiver<Seen>,
+    pub(crate) seen: Vec<Seen>,
+    pub(crate) started: Timestamp,
+    pub(crate) verbose: bool,
+}
+
+impl Cluster {
+    /// Starts the fake API server with one listener per candidate (no candidate yet).
+    pub(crate) async fn new(
+        candidates: usize,
+        timings: Timings,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let server = FakeApiServer::start()
+            .await
+            .context("starting the fake API server")?;
+        let mut listeners = Vec::new();
+        for _ in 0..candidates {
+            listeners.push(server.add_listener().await.context("opening a listener")?);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            server,
+            listeners,
+            processes: (0..candidates).map(|_| None).collect(),
+            exe: std::env::current_exe().context("locating leader-elect")?,
+            timings,
+            extra_args,
+            tx,
+            rx,
+            seen: Vec::new(),
+            started: Timestamp::now(),
+            verbose: true,
+        })
+    }
+
+    /// Starts (or restarts) candidate `i`: a `leader-elect run` process on its own listener.
+    pub(crate) fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let t = &self.timings;
+        let mut child = tokio::process::Command::new(&self.exe)
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--lease-name",
+                "demo",
+                "--namespace",
+                "default",
+            ])
+            .args([
+                "--identity",
+                &format!("candidate-{i}"),
+                "--server",
+                &self.listeners[i].url(),
+            ])
+            .args([
+                "--lease-duration",
+                &humantime::format_duration(t.lease_duration).to_string(),
+            ])
+            .args([
+                "--renew-deadline",
+                &humantime::format_duration(t.renew_deadline).to_string(),
+            ])
+            .args([
+                "--retry-period",
+                &humantime::format_duration(t.retry_period).to_string(),
+            ])
+            .args(&self.extra_args)
+            .args(["--", "sleep", "3600"])
+            .env("LEADER_ELECT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a candidate")?;
+        let stderr = child.stderr.take().context("candidate stderr")?;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(seen) = parse_log_line(i, &line) {
+                    let _ = tx.send(seen);
+                }
+            }
+        });
+        self.processes[i] = Some(child);
+        Ok(())
+    }
+
+    /// The candidate's process id.
+    pub(crate) fn pid(&self, i: usize) -> Option<i32> {
+        self.processes[i]
+            .as_ref()
+            .and_then(|c| c.id())
+            .and_then(|p| i32::try_from(p).ok())
+    }
+
+    /// Sends `signal` to candidate `i`'s leader-elect process (not its child).
+    pub(crate) fn signal(&self, i: usize, signal: Signal) {
+        if let Some(pid) = self.pid(i) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Sends `signal` to candidate `i`'s whole process group (leader-elect and its child).
+    pub(crate) fn signal_group(&self, i: usize, signal: Signal) {
+        if let Some(pid) = self.pid(i) {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Waits for candidate `i` to exit; its exit code (None if killed by a signal or still running).
+    pub(crate) async fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<Option<i32>> {
+        let child = self.processes[i].as_mut()?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        self.processes[i] = None;
+        Some(status.code())
+    }
+
+    /// The next observation matching `want`, within `timeout`; every observation on the way is recorded
+    /// (and printed when verbose).
+    pub(crate) async fn next(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(&Seen) -> bool,
+    ) -> Option<Seen> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let seen = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
+            self.record(seen.clone());
+            if want(&seen) {
+                return Some(seen);
+            }
+        }
+    }
+
+    /// Records whatever arrives within `timeout`.
+    pub(crate) async fn drain(&mut self, timeout: Duration) {
+        self.next(timeout, |_| false).await;
+    }
+
+    fn record(&mut self, seen: Seen) {
+        if self.verbose {
+            println!(
+                "  {:>8}  candidate-{}  {}",
+                format!("+{:.3}s", secs(seen.at.duration_since(self.started))),
+                seen.candidate,
+                describe(&seen.what)
+            );
+        }
+        self.seen.push(seen);
+    }
+
+    /// Stops every candidate with SIGTERM and waits for them.
+    pub(crate) async fn stop_all(&mut self) {
+        for i in 0..self.processes.len() {
+            self.signal(i, Signal::SIGTERM);
+        }
+        for i in 0..self.processes.len() {
+            if self.wait_exit(i, Duration::from_secs(15)).await.is_none() {
+                self.signal_group(i, Signal::SIGKILL);
+            }
+        }
+        self.drain(Duration::from_millis(300)).await;
+    }
+
+    /// Pairs of children of different candidates whose run intervals overlap, from the recorded logs.
+    /// A child's interval runs from its "child started" line to its "child exited" line, or to `killed_at`
+    /// for the child of a candidate killed with SIGKILL (the kernel kills it with its parent).
+    pub(crate) fn overlaps(&self, killed_at: &[(usize, Timestamp)]) -> Vec<(Interval, Interval)> {
+        let intervals = child_intervals(&self.seen, killed_at, Timestamp::now());
+        let mut overlaps = Vec::new();
+        for (n, a) in intervals.iter().enumerate() {
+            for b in &intervals[n + 1..] {
+                if a.candidate != b.candidate && a.start < b.end && b.start < a.end {
+                    overlaps.push((a.clone(), b.clone()));
+                }
+            }
+        }
+        overlaps
+    }
+}
+
+/// One child's run.
+#[derive(Clone, Debug)]
+pub(crate) struct Interval {
+    pub(crate) candidate: usize,
+    pub(crate) start: Timestamp,
+    pub(crate) end: Timestamp,
+}
+
+fn child_intervals(
+    seen: &[Seen],
+    killed_at: &[(usize, Timestamp)],
+    now: Timestamp,
+) -> Vec<Interval> {
+    let mut intervals = Vec::new();
+    for (n, s) in seen.iter().enumerate() {
+        let What::ChildStarted { pid, .. } = s.what else {
+            continue;
+        };
+        let exited = seen[n..]
+            .iter()
+            .find(|e| e.candidate == s.candidate && e.what == What::ChildExited { pid })
+            .map(|e| e.at);
+        let killed = killed_at
+            .iter()
+            .filter(|(c, at)| *c == s.candidate && *at >= s.at)
+            .map(|(_, at)| *at)
+            .min();
+        let end = match (exited, killed) {
+            (Some(e), Some(k)) => e.min(k),
+            (Some(e), None) => e,
+            (None, Some(k)) => k,
+            (None, None) => now,
+        };
+        intervals.push(Interval {
+            candidate: s.candidate,
+            start: s.at,
+            end,
+        });
+    }
+    intervals
+}
+
+/// Parses one JSON log line of a candidate (tracing-subscriber's JSON format).
+fn parse_log_line(candidate: usize, line: &str) -> Option<Seen> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let at: Timestamp = value.get("timestamp")?.as_str()?.parse().ok()?;
+    let fields = value.get("fields")?;
+    let from_commentator = value.get("target").and_then(serde_json::Value::as_str)
+        == Some("leaderelection_controller::commentator");
+    let int = |name: &str| fields.get(name).and_then(serde_json::Value::as_i64);
+    let what = match fields.get("message")?.as_str()? {
+        "became leader" if from_commentator => What::BecameLeader { term: int("term")? },
+        "lost leadership" if from_commentator => What::LostLeadership {
+            reason: fields.get("reason")?.as_str()?.to_owned(),
+        },
+        "child started" => What::ChildStarted {
+            pid: i32::try_from(int("pid")?).ok()?,
+            term: int("term")?,
+        },
+        "child exited" => What::ChildExited {
+            pid: i32::try_from(int("pid")?).ok()?,
+        },
+        _ => return None,
+    };
+    Some(Seen {
+        at,
+        candidate,
+        what,
+    })
+}
+
+fn describe(what: &What) -> String {
+    match what {
+        What::BecameLeader { term } => format!("became leader (term {term})"),
+        What::LostLeadership { reason } => format!("lost leadership ({reason})"),
+        What::ChildStarted { pid, term } => {
+            format!("child started (pid {pid}, LEADER_ELECT_TERM={term})")
+        }
+        What::ChildExited { pid } => format!("child exited (pid {pid})"),
+    }
+}
+
+pub(crate) fn secs(d: SignedDuration) -> f64 {
+    d.as_secs_f64()
+}
+
+pub(crate) fn is_child_start(seen: &Seen) -> bool {
+    matches!(seen.what, What::ChildStarted { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millisecond(ms).unwrap()
+    }
+
+    fn seen(ms: i64, candidate: usize, what: What) -> Seen {
+        Seen {
+            at: at(ms),
+            candidate,
+            what,
+        }
+    }
+
+    #[test]
+    fn log_lines_are_parsed() {
+        let line = r#"{"timestamp":"2026-11-25T05:51:39.123456Z","level":"INFO","fields":{"message":"child started","event":"child_started","pid":42,"term":3},"target":"x"}"#;
+        let s = parse_log_line(1, line).unwrap();
+        assert_eq!(s.what, What::ChildStarted { pid: 42, term: 3 });
+        assert_eq!(s.candidate, 1);
+        assert!(parse_log_line(1, "not json").is_none());
+    }
+
+    #[test]
+    fn overlapping_children_are_found_and_sequential_ones_are_not() {
+        let log = vec![
+            seen(0, 0, What::ChildStarted { pid: 1, term: 0 }),
+            seen(100, 0, What::ChildExited { pid: 1 }),
+            seen(150, 1, What::ChildStarted { pid: 2, term: 1 }),
+            seen(300, 2, What::ChildStarted { pid: 3, term: 2 }),
+        ];
+        let intervals = child_intervals(&log, &[(1, at(200))], at(1000));
+        assert_eq!(intervals.len(), 3);
+        assert_eq!(intervals[1].end, at(200), "killed with its parent");
+        assert_eq!(intervals[2].end, at(1000), "still running");
+        let overlapping = vec![
+            seen(0, 0, What::ChildStarted { pid: 1, term: 0 }),
+            seen(50, 1, What::ChildStarted { pid: 2, term: 1 }),
+            seen(100, 0, What::ChildExited { pid: 1 }),
+        ];
+        let i = child_intervals(&overlapping, &[], at(1000));
+        assert!(i[0].start < i[1].end && i[1].start < i[0].end);
+    }
+}
