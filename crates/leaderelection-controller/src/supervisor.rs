@@ -6,7 +6,7 @@
 //!
 //! | failure of | [`Policy::Restart`], budget left | budget spent, or [`Policy::StepDown`] | [`Policy::FailProcess`] |
 //! |---|---|---|---|
-//! | a leader-only component | restarted after a backoff, same term | the term's other work is stopped and awaited (the Lease is still renewed), then the term ends as [`StopReason::WorkFailed`]: the Lease is released, this replica contends again after a retry period | everything stops, the Lease is released, [`Supervisor::run`] returns the failure |
+//! | a leader-only component | restarted after a backoff, same term | the term's other work is stopped and awaited (the Lease is still renewed; aborted after the elector's stop timeout), then the term ends as [`StopReason::WorkFailed`]: the Lease is released, this replica contends again after a retry period | everything stops, the Lease is released, [`Supervisor::run`] returns the failure |
 //! | an all-replica component | restarted after a backoff | as [`Policy::FailProcess`] (stepping down would not stop it) | as for a leader-only one |
 //! | the user's `on_started_leading` work | a panic ends the term as with the raw elector ([`Callbacks`]); a return keeps leadership | | |
 //!
@@ -132,6 +132,8 @@ struct Shared {
     all_replica: Mutex<Vec<Registered<AllReplicaFn>>>,
     leader_only: Mutex<Vec<Registered<LeaderOnlyFn>>>,
     metrics: Mutex<Option<Metrics>>,
+    /// The elector's stop timeout, known once [`Supervisor::run`] started.
+    stop_timeout: Mutex<Option<Duration>>,
     fatal: CancellationToken,
     failure: Mutex<Option<Failure>>,
 }
@@ -176,6 +178,7 @@ impl Supervisor {
                 all_replica: Mutex::default(),
                 leader_only: Mutex::default(),
                 metrics: Mutex::default(),
+                stop_timeout: Mutex::default(),
                 fatal: CancellationToken::new(),
                 failure: Mutex::default(),
             }),
@@ -253,9 +256,11 @@ impl Supervisor {
     /// `on_stopped_leading` and `on_new_leader` are called as they are, once per event.
     ///
     /// A component whose failures end the term stops the others, awaits them (the elector keeps renewing
-    /// the Lease meanwhile, so no one else leads while they run), then ends the term's task with a panic
-    /// whose message is the [`Failure`]: the elector reports `StopReason::WorkFailed`, releases the Lease
-    /// and contends again after a retry period. A panic of `user`'s work ends the term the same way.
+    /// the Lease meanwhile, so no one else leads while they run) for at most the elector's stop timeout
+    /// ([`leaderelection::Config::effective_stop_timeout`], once [`Supervisor::run`] started; without it
+    /// for as long as they take), aborts what is left, then ends the term's task with a panic whose
+    /// message is the [`Failure`]: the elector reports `StopReason::WorkFailed`, releases the Lease and
+    /// contends again after a retry period. A panic of `user`'s work ends the term the same way.
     pub fn callbacks(&self, user: Callbacks) -> Callbacks {
         let shared = self.shared.clone();
         let user = Arc::new(user);
@@ -292,6 +297,7 @@ impl Supervisor {
         component: &Component,
         shutdown: CancellationToken,
     ) -> Result<(), SupervisorError> {
+        *lock(&self.shared.stop_timeout) = Some(component.config().effective_stop_timeout());
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         for registered in lock(&self.shared.all_replica).clone() {
@@ -376,7 +382,24 @@ async fn lead(
         tasks.spawn(work.map(|()| None));
     }
     let mut step_down: Option<Box<dyn Any + Send>> = None;
-    while let Some(joined) = tasks.join_next().await {
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        let next = match stop_by {
+            None => tasks.join_next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(next) => next,
+                Err(_elapsed) => {
+                    tracing::warn!(
+                        term = term.transitions,
+                        "leader-only work did not stop by the stop timeout; aborting it"
+                    );
+                    tasks.abort_all();
+                    stop_by = None;
+                    continue;
+                }
+            },
+        };
+        let Some(joined) = next else { break };
         let cause: Box<dyn Any + Send> = match joined {
             Ok(None) => continue,
             Ok(Some(failure)) => Box::new(format!("{failure}; stepping down")),
@@ -391,6 +414,7 @@ async fn lead(
                 "leader-only work failed; stopping the term's other work before stepping down"
             );
             stop.cancel();
+            stop_by = lock(&shared.stop_timeout).map(|timeout| Instant::now() + timeout);
             step_down = Some(cause);
         }
     }

@@ -249,7 +249,8 @@ async fn a_slow_to_stop_component_keeps_the_lease_named_for_its_holder_until_it_
                     .unwrap()
                     .push((format!("{id} started"), Instant::now(), holder()));
                 token.cancelled().await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Within the stop timeout (800 ms here).
+                tokio::time::sleep(Duration::from_millis(600)).await;
                 log.lock()
                     .unwrap()
                     .push((format!("{id} exited"), Instant::now(), holder()));
@@ -276,6 +277,82 @@ async fn a_slow_to_stop_component_keeps_the_lease_named_for_its_holder_until_it_
     assert_eq!(names, ["a started", "a exited", "b started"]);
     assert_eq!(log[1].2, "a", "the Lease still names a when its work exits");
     assert!(log[1].1 <= log[2].1, "b's work starts after a's exited");
+    b.shut_down().await.unwrap();
+    a.shut_down().await.unwrap();
+}
+
+/// Records when it is dropped, and who held the Lease then.
+struct DropGuard {
+    store: MemoryLeaseStore,
+    dropped: Arc<Mutex<Option<(Instant, String)>>>,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let holder = self.store.lease().unwrap().record.holder_identity;
+        *self.dropped.lock().unwrap() = Some((Instant::now(), holder));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_then_releases() {
+    let store = MemoryLeaseStore::new();
+    let dropped: Arc<Mutex<Option<(Instant, String)>>> = Arc::default();
+    let failed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let supervisor = Supervisor::new(Policy::default())
+        .leader_only("stubborn", {
+            let (store, dropped) = (store.clone(), dropped.clone());
+            move |_term, _token| {
+                let guard = DropGuard {
+                    store: store.clone(),
+                    dropped: dropped.clone(),
+                };
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }
+        })
+        .leader_only_with_policy("broken", Policy::StepDown, {
+            let failed_at = failed_at.clone();
+            move |_term, _token| {
+                let failed_at = failed_at.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    *failed_at.lock().unwrap() = Some(Instant::now());
+                    Err("broken".into())
+                }
+            }
+        });
+    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    a.leads().await;
+    let steady = Supervisor::new(Policy::default());
+    let b = Replica::start(&store, "b", &steady, Callbacks::new());
+    let b_leads = b.leads().await;
+    let failed_at = failed_at.lock().unwrap().expect("broken failed");
+    let (dropped_at, holder) = dropped
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("stubborn was aborted");
+    // lease 3 s - renew deadline 2 s - takeover margin 200 ms
+    let stop_timeout = config("a").effective_stop_timeout();
+    assert_eq!(stop_timeout, Duration::from_millis(800));
+    assert_eq!(
+        dropped_at - failed_at,
+        stop_timeout,
+        "aborted at the stop timeout"
+    );
+    assert_eq!(
+        holder, "a",
+        "the Lease still names a while its work is aborted"
+    );
+    assert!(
+        b_leads - dropped_at < Duration::from_millis(100),
+        "released after the abort: b leads {:?} later",
+        b_leads - dropped_at
+    );
     b.shut_down().await.unwrap();
     a.shut_down().await.unwrap();
 }
