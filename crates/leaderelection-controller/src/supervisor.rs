@@ -55,7 +55,8 @@ pub enum Policy {
         max_backoff: Duration,
         /// Failures within `window` that spend the budget (1: never restart).
         max_failures: NonZeroU32,
-        /// The sliding window the failures are counted in.
+        /// The sliding window the failures are counted in; `Duration::ZERO` never spends the budget
+        /// (restart forever, as before failure budgets existed).
         window: Duration,
     },
     /// Leader-only: end the term at once. The term's other work is stopped and awaited while the Lease is

@@ -420,3 +420,29 @@ async fn a_spent_budget_is_counted_in_metrics_and_debug_vars() {
     );
     a.shut_down().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_window_never_spends_the_budget() {
+    let store = MemoryLeaseStore::new();
+    let starts = Arc::new(AtomicUsize::new(0));
+    let policy = Policy::Restart {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        max_failures: std::num::NonZeroU32::MIN,
+        window: Duration::ZERO,
+    };
+    let supervisor = Supervisor::new(policy).leader_only("broken", {
+        let starts = starts.clone();
+        move |_term, _token| {
+            starts.fetch_add(1, Ordering::SeqCst);
+            async { Err("broken".into()) }
+        }
+    });
+    let mut a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    a.leads().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(starts.load(Ordering::SeqCst) >= 50, "restarted every 10 ms");
+    assert!(a.component.is_leader());
+    assert_eq!(a.stop_reasons(), vec![], "no term ended");
+    a.shut_down().await.unwrap();
+}
