@@ -22,7 +22,9 @@ use crate::client::{ServerArgs, generated_identity, preflight};
 pub(crate) enum OnChildExit {
     /// Step down: release the Lease and exit 1 (the orchestrator restarts us; another replica leads).
     Release,
-    /// Restart the child (backoff from 500 ms to 30 s) and keep leading.
+    /// Restart the child (backoff from 500 ms to 30 s) and keep leading; a failure to start counts as
+    /// an exit. The 5th exit within 5 minutes steps down: the child's group is stopped, the Lease
+    /// released (another replica leads at once), and this replica contends again after a retry period.
     Restart,
 }
 

@@ -53,8 +53,10 @@ impl Admin {
     }
 
     /// The seed's `/debug/vars` document: `{"leader_election": {enabled, is_leader, identity, lease_holder,
-    /// time_as_leader, transitions}}`; `time_as_leader` is the running term's length (e.g. `"45m32s"`), or
-    /// `"0s"` when not leading.
+    /// time_as_leader, transitions, component_failures}}`; `time_as_leader` is the running term's length
+    /// (e.g. `"45m32s"`), or `"0s"` when not leading; `component_failures` maps each supervised component
+    /// that failed to `{failures, budget_exhausted, last_error}` (counts since the process started; a
+    /// spent budget means it stepped down or failed the process), `{}` when none failed.
     pub fn debug_vars(&self) -> serde_json::Value {
         let config = self.component.config();
         let time_as_leader = self
@@ -62,6 +64,19 @@ impl Admin {
             .current_term_duration()
             .map(crate::commentator::round)
             .unwrap_or_default();
+        let component_failures: serde_json::Map<String, serde_json::Value> = self
+            .metrics
+            .component_failures()
+            .into_iter()
+            .map(|(name, c)| {
+                let value = json!({
+                    "failures": c.failures,
+                    "budget_exhausted": c.budget_exhausted,
+                    "last_error": c.last_error,
+                });
+                (name, value)
+            })
+            .collect();
         json!({
             "leader_election": {
                 "enabled": config.enabled,
@@ -70,6 +85,7 @@ impl Admin {
                 "lease_holder": self.component.leader().unwrap_or_default(),
                 "time_as_leader": humantime::format_duration(time_as_leader).to_string(),
                 "transitions": self.metrics.transitions(),
+                "component_failures": component_failures,
             }
         })
     }

@@ -11,7 +11,11 @@
 //! | `leader_election_renew_duration_seconds` | histogram | latency of successful renews |
 //! | `leader_election_api_errors_total{verb,reason}` | counter | failed Lease requests |
 //! | `leader_election_lease_transitions` | gauge | the Lease's current term (`leaseTransitions`) |
+//! | `leader_election_work_failures_total` | counter | terms ended because their leader-only work failed |
+//! | `leader_election_component_failures_total{component}` | counter | failures of a supervised component (error, panic or early return) |
+//! | `leader_election_component_budget_exhausted_total{component}` | counter | failures the [`crate::Supervisor`] no longer restarted: the component stepped down or failed the process |
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -32,6 +36,19 @@ use crate::events::{Event, Received};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: String,
+}
+
+/// One supervised component's failures, for `/debug/vars`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ComponentFailures {
+    pub(crate) failures: u64,
+    pub(crate) budget_exhausted: u64,
+    pub(crate) last_error: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +119,9 @@ struct Inner {
     api_errors: Family<ErrorLabels, Counter>,
     lease_transitions: Gauge,
     work_failures: Counter,
+    component_failures: Family<ComponentLabel, Counter>,
+    component_budget_exhausted: Family<ComponentLabel, Counter>,
+    components: Mutex<BTreeMap<String, ComponentFailures>>,
 }
 
 impl Metrics {
@@ -119,6 +139,9 @@ impl Metrics {
             api_errors: Family::default(),
             lease_transitions: Gauge::default(),
             work_failures: Counter::default(),
+            component_failures: Family::default(),
+            component_budget_exhausted: Family::default(),
+            components: Mutex::default(),
         };
         registry.register(
             "leader_election_is_leader",
@@ -160,6 +183,16 @@ impl Metrics {
             "leader_election_work_failures",
             "Terms ended because their leader-only work panicked.",
             inner.work_failures.clone(),
+        );
+        registry.register(
+            "leader_election_component_failures",
+            "Failures of a supervised component: an error, a panic, or a return before it was stopped.",
+            inner.component_failures.clone(),
+        );
+        registry.register(
+            "leader_election_component_budget_exhausted",
+            "Component failures no longer restarted: the component stepped down or failed the process.",
+            inner.component_budget_exhausted.clone(),
         );
         let metrics = Self {
             inner: Arc::new(inner),
@@ -250,6 +283,50 @@ impl Metrics {
     /// Terms started by this replica.
     pub fn transitions(&self) -> u64 {
         self.inner.transitions_seen.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failure of the supervised component `name`.
+    pub(crate) fn component_failed(&self, name: &str, error: &str) {
+        self.inner
+            .component_failures
+            .get_or_create(&ComponentLabel {
+                component: name.to_owned(),
+            })
+            .inc();
+        let mut components = self
+            .inner
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = components.entry(name.to_owned()).or_default();
+        entry.failures += 1;
+        error.clone_into(&mut entry.last_error);
+    }
+
+    /// Counts a failure of `name` that the supervisor no longer restarted.
+    pub(crate) fn component_budget_exhausted(&self, name: &str) {
+        self.inner
+            .component_budget_exhausted
+            .get_or_create(&ComponentLabel {
+                component: name.to_owned(),
+            })
+            .inc();
+        self.inner
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .budget_exhausted += 1;
+    }
+
+    /// The failures of each supervised component that failed at least once, by name.
+    pub(crate) fn component_failures(&self) -> BTreeMap<String, ComponentFailures> {
+        self.inner
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

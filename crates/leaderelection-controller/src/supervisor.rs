@@ -1,19 +1,35 @@
-//! The supervisor (seed: the controller integration): all-replica components run on every replica from the
-//! start (hot standby); leader-only components run only during this replica's terms, each with the term's
-//! cancellation token, and are stopped and awaited before the Lease is released.
+//! The supervisor: all-replica components run on every replica from the start (hot standby); leader-only
+//! components run only during this replica's terms, each with the term's cancellation token, and are
+//! stopped and awaited before the Lease is released. Each component runs in a task of its own; a failure
+//! (an error, a panic, or a return before its token was cancelled) is restarted, ends the term, or ends
+//! the process, as its [`Policy`] says.
+//!
+//! | failure of | [`Policy::Restart`], budget left | budget spent, or [`Policy::StepDown`] | [`Policy::FailProcess`] |
+//! |---|---|---|---|
+//! | a leader-only component | restarted after a backoff, same term | the term's other work is stopped and awaited (the Lease is still renewed; aborted after the elector's stop timeout), then the term ends as [`StopReason::WorkFailed`]: the Lease is released, this replica contends again after a retry period | everything stops, the Lease is released, [`Supervisor::run`] returns the failure |
+//! | an all-replica component | restarted after a backoff | as [`Policy::FailProcess`] (stepping down would not stop it) | as for a leader-only one |
+//! | the user's `on_started_leading` work | a panic ends the term as with the raw elector ([`Callbacks`]); a return keeps leadership | | |
+//!
+//! [`StopReason::WorkFailed`]: leaderelection::StopReason::WorkFailed
 
+use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
+use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use leaderelection::{Callbacks, Term};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::component::Component;
+use crate::metrics::Metrics;
 
 /// The error a component returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,47 +39,65 @@ type AllReplicaFn =
 type LeaderOnlyFn =
     Arc<dyn Fn(Term, CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
-/// What the supervisor does when a component fails (returns an error, or returns before it was asked to
-/// stop: a component never ends silently).
+/// What the supervisor does when a component fails: returns an error, panics, or returns before its token
+/// was cancelled (a component never ends silently). See the table in this module's documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// Restart it after a delay that doubles from `initial_backoff` up to `max_backoff` (and resets after
-    /// the component ran longer than `max_backoff`).
+    /// Restart it after a delay that doubles from `initial_backoff` up to `max_backoff` (and starts again
+    /// from `initial_backoff` after the component ran longer than `max_backoff`), until its failure budget
+    /// is spent: the `max_failures`-th failure within `window` is not restarted. Then a leader-only
+    /// component steps down (as [`Policy::StepDown`]) and an all-replica one fails the process (as
+    /// [`Policy::FailProcess`]). A leader-only component's budget starts afresh with each term.
     Restart {
         /// First delay.
         initial_backoff: Duration,
-        /// Largest delay.
+        /// Largest delay; an `initial_backoff` above it is lowered to it.
         max_backoff: Duration,
+        /// Failures within `window` that spend the budget (1: never restart).
+        max_failures: NonZeroU32,
+        /// The sliding window the failures are counted in; `Duration::ZERO` never spends the budget
+        /// (restart forever, as before failure budgets existed).
+        window: Duration,
     },
+    /// Leader-only: end the term at once. The term's other work is stopped and awaited while the Lease is
+    /// still renewed, then the term ends as `WorkFailed`: the Lease is released so that another replica
+    /// leads, and this one contends again after a retry period. An all-replica component cannot step down:
+    /// its failure fails the process.
+    StepDown,
     /// Stop everything (leader-only work, then the Lease is released) and make [`Supervisor::run`] return
     /// the failure, so the process exits and its orchestrator restarts it.
     FailProcess,
 }
 
 impl Default for Policy {
-    /// Restart from 500 ms, doubling to 30 s.
+    /// Restart from 500 ms, doubling to 30 s; the 5th failure within 5 minutes steps down (leader-only) or
+    /// fails the process (all-replica). With the shortest delays, 5 failures in a row take about 7.5 s:
+    /// a broken component gives the Lease up within seconds, a flaky one keeps it.
     fn default() -> Self {
         Self::Restart {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            max_failures: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+            window: Duration::from_secs(5 * 60),
         }
     }
 }
 
-/// A component failure under [`Policy::FailProcess`].
+/// A component failure that ended a term or the process.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("component {component} failed: {error}")]
 pub struct Failure {
     /// The component's name.
     pub component: String,
-    /// What happened: its error, or "exited unexpectedly".
+    /// What happened: its error, `"panicked: {message}"` or `"exited unexpectedly"`, and the failure count
+    /// when a [`Policy::Restart`] budget was spent.
     pub error: String,
 }
 
 /// Why [`Supervisor::run`] returned an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    /// A component failed under [`Policy::FailProcess`].
+    /// A component failed under [`Policy::FailProcess`] (or an all-replica component gave up).
     #[error(transparent)]
     Failed(#[from] Failure),
     /// The elector refused to run.
@@ -78,23 +112,51 @@ pub struct Supervisor {
     shared: Arc<Shared>,
 }
 
+struct Registered<F> {
+    name: String,
+    policy: Policy,
+    start: F,
+}
+
+impl<F: Clone> Clone for Registered<F> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            policy: self.policy.clone(),
+            start: self.start.clone(),
+        }
+    }
+}
+
 struct Shared {
     policy: Policy,
-    all_replica: Mutex<Vec<(String, AllReplicaFn)>>,
-    leader_only: Mutex<Vec<(String, LeaderOnlyFn)>>,
+    all_replica: Mutex<Vec<Registered<AllReplicaFn>>>,
+    leader_only: Mutex<Vec<Registered<LeaderOnlyFn>>>,
+    metrics: Mutex<Option<Metrics>>,
+    /// The elector's stop timeout, known once [`Supervisor::run`] started.
+    stop_timeout: Mutex<Option<Duration>>,
     fatal: CancellationToken,
     failure: Mutex<Option<Failure>>,
 }
+
+/// What a supervised component's failures came to once they were no longer restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GiveUp {
+    StepDown,
+    FailProcess,
+}
+
+// === impl Supervisor ===
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let all: Vec<String> = lock(&self.shared.all_replica)
             .iter()
-            .map(|(n, _)| n.clone())
+            .map(|c| c.name.clone())
             .collect();
         let leader_only: Vec<String> = lock(&self.shared.leader_only)
             .iter()
-            .map(|(n, _)| n.clone())
+            .map(|c| c.name.clone())
             .collect();
         f.debug_struct("Supervisor")
             .field("policy", &self.shared.policy)
@@ -109,79 +171,124 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Supervisor {
-    /// A supervisor applying `policy` to failed components.
+    /// A supervisor applying `policy` to the components registered without one of their own.
     pub fn new(policy: Policy) -> Self {
         Self {
             shared: Arc::new(Shared {
                 policy,
                 all_replica: Mutex::default(),
                 leader_only: Mutex::default(),
+                metrics: Mutex::default(),
+                stop_timeout: Mutex::default(),
                 fatal: CancellationToken::new(),
                 failure: Mutex::default(),
             }),
         }
     }
 
-    /// Registers a component that runs on every replica until shutdown. `start(token)` must return when
-    /// `token` is cancelled.
+    /// Counts component failures and spent budgets in `metrics`
+    /// (`leader_election_component_failures_total{component}`,
+    /// `leader_election_component_budget_exhausted_total{component}`, and `/debug/vars`).
+    #[must_use]
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        *lock(&self.shared.metrics) = Some(metrics);
+        self
+    }
+
+    /// Registers a component that runs on every replica until shutdown, under the supervisor's policy.
+    /// `start(token)` must return when `token` is cancelled.
     #[must_use]
     pub fn all_replica<F, Fut>(self, name: &str, start: F) -> Self
     where
         F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        lock(&self.shared.all_replica).push((name.into(), Arc::new(move |t| start(t).boxed())));
+        let policy = self.shared.policy.clone();
+        self.all_replica_with_policy(name, policy, start)
+    }
+
+    /// As [`Supervisor::all_replica`], under `policy` ([`Policy::StepDown`] acts as
+    /// [`Policy::FailProcess`] here).
+    #[must_use]
+    pub fn all_replica_with_policy<F, Fut>(self, name: &str, policy: Policy, start: F) -> Self
+    where
+        F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        lock(&self.shared.all_replica).push(Registered {
+            name: name.into(),
+            policy,
+            start: Arc::new(move |t| start(t).boxed()),
+        });
         self
     }
 
-    /// Registers a component that runs only while this replica leads. `start(term, token)` is called at the
-    /// start of each term and must return when `token` is cancelled (the term ended); it is awaited, up to
-    /// the elector's `stop_timeout`, before the Lease is released.
+    /// Registers a component that runs only while this replica leads, under the supervisor's policy.
+    /// `start(term, token)` is called at the start of each term (and at each restart) and must return when
+    /// `token` is cancelled (the term ended); it is awaited, up to the elector's `stop_timeout`, before the
+    /// Lease is released.
     #[must_use]
     pub fn leader_only<F, Fut>(self, name: &str, start: F) -> Self
     where
         F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        lock(&self.shared.leader_only)
-            .push((name.into(), Arc::new(move |term, t| start(term, t).boxed())));
+        let policy = self.shared.policy.clone();
+        self.leader_only_with_policy(name, policy, start)
+    }
+
+    /// As [`Supervisor::leader_only`], under `policy`.
+    #[must_use]
+    pub fn leader_only_with_policy<F, Fut>(self, name: &str, policy: Policy, start: F) -> Self
+    where
+        F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        lock(&self.shared.leader_only).push(Registered {
+            name: name.into(),
+            policy,
+            start: Arc::new(move |term, t| start(term, t).boxed()),
+        });
         self
     }
 
-    /// Callbacks whose `on_started_leading` runs every leader-only component for the term, with the
-    /// other reactions taken from `user`.
+    /// The elector's callbacks: `on_started_leading` runs each leader-only component in a task of its
+    /// own, and `user`'s `on_started_leading` in another, all with a child of the term's token; `user`'s
+    /// `on_stopped_leading` and `on_new_leader` are called as they are, once per event.
+    ///
+    /// A component whose failures end the term stops the others, awaits them (the elector keeps renewing
+    /// the Lease meanwhile, so no one else leads while they run) for at most the elector's stop timeout
+    /// ([`leaderelection::Config::effective_stop_timeout`], once [`Supervisor::run`] started; without it
+    /// for as long as they take), aborts what is left, then ends the term's task with a panic whose
+    /// message is the [`Failure`]: the elector reports `StopReason::WorkFailed`, releases the Lease and
+    /// contends again after a retry period. A panic of `user`'s work ends the term the same way.
     pub fn callbacks(&self, user: Callbacks) -> Callbacks {
         let shared = self.shared.clone();
         let user = Arc::new(user);
-        Callbacks::new().on_started_leading(move |term: Term, token: CancellationToken| {
-            let shared = shared.clone();
-            let components = lock(&shared.leader_only).clone();
-            let user_work = user.started_leading(term.clone(), token.clone());
-            async move {
-                let mut all: Vec<BoxFuture<'static, ()>> = components
-                    .into_iter()
-                    .map(|(name, start)| {
-                        let term = term.clone();
-                        supervise(shared.clone(), name, token.clone(), move |t| {
-                            start(term.clone(), t)
-                        })
-                        .boxed()
-                    })
-                    .collect();
-                all.extend(user_work);
-                futures::future::join_all(all).await;
-            }
-        })
+        Callbacks::new()
+            .on_started_leading({
+                let user = user.clone();
+                move |term: Term, token: CancellationToken| {
+                    let stop = token.child_token();
+                    let user_work = user.started_leading(term.clone(), stop.clone());
+                    lead(shared.clone(), term, stop, user_work)
+                }
+            })
+            .on_stopped_leading({
+                let user = user.clone();
+                move |reason| user.stopped_leading(reason)
+            })
+            .on_new_leader(move |identity| user.new_leader(identity))
     }
 
     /// Runs the all-replica components and `component` until `shutdown` is cancelled or a component fails
-    /// under [`Policy::FailProcess`]; then stops the election (leader-only work stopped, Lease released)
-    /// and the all-replica components, and waits for them.
+    /// the process; then stops the election (leader-only work stopped, Lease released) and the
+    /// all-replica components, and waits for them.
     ///
     /// # Errors
     ///
-    /// [`SupervisorError::Failed`] after a failure under [`Policy::FailProcess`];
-    /// [`SupervisorError::Elector`] if `component` is already running.
+    /// [`SupervisorError::Failed`] after a failure under [`Policy::FailProcess`], or an all-replica
+    /// component that spent its budget; [`SupervisorError::Elector`] if `component` is already running.
     ///
     /// # Cancel safety
     ///
@@ -191,15 +298,20 @@ impl Supervisor {
         component: &Component,
         shutdown: CancellationToken,
     ) -> Result<(), SupervisorError> {
+        *lock(&self.shared.stop_timeout) = Some(component.config().effective_stop_timeout());
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        for (name, start) in lock(&self.shared.all_replica).clone() {
-            tracker.spawn(supervise(
-                self.shared.clone(),
-                name,
-                stop.child_token(),
-                move |t| start(t),
-            ));
+        for registered in lock(&self.shared.all_replica).clone() {
+            let shared = self.shared.clone();
+            let token = stop.child_token();
+            tracker.spawn(async move {
+                let start = registered.start.clone();
+                if let Some((failure, _)) =
+                    supervise(&shared, &registered, token, |t| start(t)).await
+                {
+                    shared.fail_process(failure);
+                }
+            });
         }
         tracker.close();
         let elector_stop = CancellationToken::new();
@@ -227,52 +339,186 @@ impl Supervisor {
     }
 }
 
-/// Runs one component under the policy until `token` is cancelled.
-async fn supervise<F>(shared: Arc<Shared>, name: String, token: CancellationToken, start: F)
+// === impl Shared ===
+
+impl Shared {
+    fn metrics(&self) -> Option<Metrics> {
+        lock(&self.metrics).clone()
+    }
+
+    /// Keeps the first failure for [`Supervisor::run`] and stops everything.
+    fn fail_process(&self, failure: Failure) {
+        tracing::error!(%failure, "stopping: the process fails");
+        lock(&self.failure).get_or_insert(failure);
+        self.fatal.cancel();
+    }
+}
+
+/// One term's work: every leader-only component and the user's work, each in its own task, until `stop`
+/// (a child of the term's token) is cancelled; if a component steps down (or the user's work panics),
+/// stops the rest, awaits it, and panics so that the elector ends the term as `WorkFailed`.
+async fn lead(
+    shared: Arc<Shared>,
+    term: Term,
+    stop: CancellationToken,
+    user_work: Option<BoxFuture<'static, ()>>,
+) {
+    // Dropped (when the elector aborts this task), the set aborts every component's task.
+    let mut tasks = JoinSet::new();
+    for registered in lock(&shared.leader_only).clone() {
+        let (shared, term, token) = (shared.clone(), term.clone(), stop.clone());
+        tasks.spawn(async move {
+            let start = registered.start.clone();
+            match supervise(&shared, &registered, token, |t| start(term.clone(), t)).await {
+                Some((failure, GiveUp::StepDown)) => Some(failure),
+                Some((failure, GiveUp::FailProcess)) => {
+                    shared.fail_process(failure);
+                    None
+                }
+                None => None,
+            }
+        });
+    }
+    if let Some(work) = user_work {
+        tasks.spawn(work.map(|()| None));
+    }
+    let mut step_down: Option<Box<dyn Any + Send>> = None;
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        let next = match stop_by {
+            None => tasks.join_next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(next) => next,
+                Err(_elapsed) => {
+                    tracing::warn!(
+                        term = term.transitions,
+                        "leader-only work did not stop by the stop timeout; aborting it"
+                    );
+                    tasks.abort_all();
+                    stop_by = None;
+                    continue;
+                }
+            },
+        };
+        let Some(joined) = next else { break };
+        let cause: Box<dyn Any + Send> = match joined {
+            Ok(None) => continue,
+            Ok(Some(failure)) => Box::new(format!("{failure}; stepping down")),
+            Err(err) => match err.try_into_panic() {
+                Ok(panic) => panic,
+                Err(_) => continue,
+            },
+        };
+        if step_down.is_none() {
+            tracing::error!(
+                term = term.transitions,
+                "leader-only work failed; stopping the term's other work before stepping down"
+            );
+            stop.cancel();
+            stop_by = lock(&shared.stop_timeout).map(|timeout| Instant::now() + timeout);
+            step_down = Some(cause);
+        }
+    }
+    if let Some(cause) = step_down {
+        // The elector's way to end a term for failed work (`StopReason::WorkFailed`); `resume_unwind`
+        // carries the message without running the panic hook again.
+        std::panic::resume_unwind(cause);
+    }
+}
+
+/// Runs one component until `token` is cancelled (`None`), restarting it as its policy says; `Some` when
+/// its failures are no longer restarted, with what they come to.
+async fn supervise<F, Fut>(
+    shared: &Shared,
+    component: &Registered<F>,
+    token: CancellationToken,
+    start: impl Fn(CancellationToken) -> Fut,
+) -> Option<(Failure, GiveUp)>
 where
-    F: Fn(CancellationToken) -> BoxFuture<'static, Result<(), BoxError>>,
+    Fut: Future<Output = Result<(), BoxError>>,
 {
+    let name = &component.name;
     let mut backoff: Option<Duration> = None;
+    let mut failures: VecDeque<Instant> = VecDeque::new();
     loop {
         let started = Instant::now();
-        let result = start(token.clone()).await;
+        let attempt = AssertUnwindSafe(async { start(token.clone()).await });
+        let outcome = attempt.catch_unwind().await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(panic) => Err(format!("panicked: {}", panic_message(&*panic)).into()),
+        };
         if token.is_cancelled() {
             if let Err(error) = result {
                 tracing::warn!(component = %name, %error, "component failed while stopping");
             }
-            return;
+            return None;
         }
         let error = match result {
             Ok(()) => "exited unexpectedly".to_owned(),
             Err(error) => error.to_string(),
         };
         tracing::error!(component = %name, %error, "component failed");
-        match &shared.policy {
-            Policy::FailProcess => {
-                lock(&shared.failure).get_or_insert(Failure {
-                    component: name,
-                    error,
-                });
-                shared.fatal.cancel();
-                return;
+        let metrics = shared.metrics();
+        if let Some(metrics) = &metrics {
+            metrics.component_failed(name, &error);
+        }
+        let give_up = |error: String, action: GiveUp| {
+            if let Some(metrics) = &metrics {
+                metrics.component_budget_exhausted(name);
             }
+            let failure = Failure {
+                component: name.clone(),
+                error,
+            };
+            Some((failure, action))
+        };
+        let (initial_backoff, max_backoff) = match &component.policy {
+            Policy::StepDown => return give_up(error, GiveUp::StepDown),
+            Policy::FailProcess => return give_up(error, GiveUp::FailProcess),
             Policy::Restart {
                 initial_backoff,
                 max_backoff,
+                max_failures,
+                window,
             } => {
-                let delay = match backoff {
-                    Some(previous) if started.elapsed() < *max_backoff => {
-                        (previous * 2).min(*max_backoff)
-                    }
-                    _ => *initial_backoff,
-                };
-                backoff = Some(delay);
-                tracing::info!(component = %name, delay = ?delay, "restarting component");
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                let now = Instant::now();
+                failures.push_back(now);
+                while failures
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) >= *window)
+                {
+                    failures.pop_front();
                 }
+                if u32::try_from(failures.len()).unwrap_or(u32::MAX) >= max_failures.get() {
+                    let error = format!(
+                        "{error} ({} failures within {})",
+                        failures.len(),
+                        humantime::format_duration(*window)
+                    );
+                    return give_up(error, GiveUp::StepDown);
+                }
+                (*initial_backoff, *max_backoff)
             }
+        };
+        let delay = match backoff {
+            Some(previous) if started.elapsed() < max_backoff => (previous * 2).min(max_backoff),
+            _ => initial_backoff.min(max_backoff),
+        };
+        backoff = Some(delay);
+        tracing::info!(component = %name, delay = ?delay, "restarting component");
+        tokio::select! {
+            () = token.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// The message of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
