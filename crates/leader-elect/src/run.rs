@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use leaderelection::{Callbacks, KubeLeaseLock};
+use leaderelection::{Callbacks, KubeLeaseLock, Observer};
 use leaderelection_controller::settings::{Environment, Overrides, Settings};
 use leaderelection_controller::{
     Admin, Component, EventBus, Metrics, Policy, Supervisor, SupervisorError,
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 use crate::child::{ChildSpec, Guardian, Reaper, run_for_term};
-use crate::client::{ServerArgs, generated_identity, preflight};
+use crate::client::{DisabledLock, ServerArgs, await_api_server, generated_identity};
 
 /// What to do when the child exits on its own while this replica leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -108,11 +108,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         None => config.stop_window(),
     };
 
-    let client = args.server.client().await?;
-    let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
-    if config.enabled {
-        preflight(&lock, &args.server).await?;
-    }
+    // Disabled mode makes no API call: it builds no client and needs no kubeconfig.
+    let client = match config.enabled {
+        true => Some(args.server.client().await?),
+        false => None,
+    };
 
     let policy = match args.on_child_exit {
         OnChildExit::Release => Policy::FailProcess,
@@ -133,13 +133,19 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, &config.lease_name);
     let bus = EventBus::default();
-    let component = Component::with_observer(
-        config,
-        lock,
-        bus.clone(),
-        supervisor.callbacks(Callbacks::new()),
-        Some(Arc::new(metrics.clone())),
-    )
+    let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
+    let callbacks = supervisor.callbacks(Callbacks::new());
+    let observer: Option<Arc<dyn Observer>> = Some(Arc::new(metrics.clone()));
+    let component = match &client {
+        Some(client) => {
+            let lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
+            Component::with_observer(config, lock, bus.clone(), callbacks, observer)
+        }
+        None => {
+            let lock = DisabledLock::new(&namespace, &name);
+            Component::with_observer(config, lock, bus.clone(), callbacks, observer)
+        }
+    }
     .map_err(|e| Failure::Usage(e.into()))?;
     let skip_grace = CancellationToken::new();
     if let Some(guardian) = guardian {
@@ -185,18 +191,33 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     tokio::spawn(stop_on_signals(shutdown.clone(), skip_grace));
 
-    let result = supervisor.run(&component, shutdown).await;
+    // After the admin server is up (so /healthz answers and /readyz says not ready while the API server
+    // is unreachable) and the signals are handled (a SIGTERM ends the wait).
+    let answered = match &client {
+        Some(client) => {
+            let lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
+            await_api_server(&lock, &args.server, component.config(), &shutdown).await
+        }
+        None => Ok(()),
+    };
+    let result = match answered {
+        Err(failure) => Err(failure),
+        Ok(()) if shutdown.is_cancelled() => Ok(()),
+        Ok(()) => supervisor
+            .run(&component, shutdown)
+            .await
+            .map_err(|err| match err {
+                SupervisorError::Failed(failure) => Failure::Runtime(anyhow::anyhow!(
+                    "{failure}; stepped down and released the lease"
+                )),
+                err => Failure::Runtime(err.into()),
+            }),
+    };
     commentator_stop.cancel();
     let _ = commentator.await;
     reaper_stop.cancel();
     let _ = reaping.await;
-    match result {
-        Ok(()) => Ok(()),
-        Err(SupervisorError::Failed(failure)) => Err(Failure::Runtime(anyhow::anyhow!(
-            "{failure}; stepped down and released the lease"
-        ))),
-        Err(err) => Err(Failure::Runtime(err.into())),
-    }
+    result
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT, and `skip_grace` on the second.
