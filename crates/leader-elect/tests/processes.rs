@@ -1088,3 +1088,48 @@ async fn a_refusal_after_an_outage_exits_1_naming_the_verb_and_resource() {
         refusing.abort();
     }
 }
+
+/// Item: 503 and 429 answers at start are waited out like an unreachable API server: one WARN for the
+/// streak, then the candidate leads once the API server answers normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_at_start_are_waited_out() {
+    for (code, reason) in [(503, "ServiceUnavailable"), (429, "TooManyRequests")] {
+        let server = FakeApiServer::start().await.unwrap();
+        server.default_listener().set_faults(Faults {
+            error_rate: 1.0,
+            error_code: code,
+            ..Faults::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let url = server.url();
+        let mut le = logged_candidate(&url, d, &[]);
+        let text = format!("the API server at {url} answered {code} {reason}");
+        let log = d.join("log");
+        let lines = wait_for(Duration::from_secs(20), || {
+            let lines = log_lines(&log);
+            let failed = lines.iter().filter(|(_, m)| m.contains(&text)).count();
+            (failed >= 3).then_some(lines)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{code}: fewer than 3 answers logged: {:?}", log_lines(&log)));
+        let warnings = lines
+            .iter()
+            .filter(|(level, m)| level == "WARN" && m.contains(&text))
+            .count();
+        assert_eq!(warnings, 1, "{code}: one WARN per streak: {lines:?}");
+        assert_eq!(
+            le.try_wait().unwrap(),
+            None,
+            "{code}: leader-elect still runs"
+        );
+        server.default_listener().clear_faults();
+        let child = wait_for(Duration::from_secs(20), || alive(d).first().copied()).await;
+        assert!(
+            child.is_some(),
+            "{code}: no child once the API server answers"
+        );
+        stop_all(std::slice::from_mut(&mut le)).await;
+        server.shutdown().await;
+    }
+}
