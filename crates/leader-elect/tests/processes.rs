@@ -12,6 +12,10 @@
 //! or that is closed changes none of that; a variable that is not UTF-8 and a binary replaced on disk
 //! still start the child.
 //!
+//! Startup: disabled mode starts the child without any kubeconfig; an API server that is unreachable or
+//! answers 503 / 429 is waited out (one WARN, not ready meanwhile, SIGTERM ends the wait with exit 0) and
+//! the candidate leads once it answers; a 401 or 403 after the outage exits 1 naming the verb and resource.
+//!
 //! Nothing here sleeps and hopes: every wait polls a fact (a file, a pid, an exit code) with a generous
 //! bound, and the children's overlap is judged from the timestamps they write themselves (one machine,
 //! one clock).
@@ -1132,4 +1136,17 @@ async fn error_answers_at_start_are_waited_out() {
         stop_all(std::slice::from_mut(&mut le)).await;
         server.shutdown().await;
     }
+}
+
+/// Item: SIGTERM while `run` waits for its API server ends the wait: exit 0, no child started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_the_api_server_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("http://{}", free_addr());
+    let mut le = logged_candidate(&url, d, &[]);
+    unreachable_streak(d, &url, 2).await;
+    kill(pid(&le), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut le, Duration::from_secs(10)).await, Some(0));
+    assert!(children(d).is_empty(), "no child started");
 }
