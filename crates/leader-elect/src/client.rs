@@ -1,8 +1,16 @@
-//! The Kubernetes client, and identity / namespace defaults.
+//! The Kubernetes client, the first reads of the Lease, the lock of disabled mode, and identity /
+//! namespace defaults.
+
+use std::time::Duration;
 
 use anyhow::Context;
-use leaderelection::{KubeLeaseLock, LeaseLock, LockError};
+use futures::future::BoxFuture;
+use leaderelection::{
+    Config, KubeLeaseLock, LeaderElectionRecord, LeaseEventStream, LeaseLock, ListedLease,
+    LockError, ObservedLease,
+};
 use leaderelection_controller::settings::Environment;
+use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 
@@ -32,7 +40,7 @@ impl ServerArgs {
         };
         config.default_retry = false;
         config.read_timeout = None;
-        config.connect_timeout = Some(std::time::Duration::from_secs(5));
+        config.connect_timeout = Some(Duration::from_secs(5));
         Ok(kube::Client::try_from(config).context("building the Kubernetes client")?)
     }
 }
@@ -59,28 +67,145 @@ pub(crate) fn generated_identity() -> String {
     format!("{host}-{suffix}")
 }
 
-/// Reads the Lease once, turning the failures a user can act on into one clear line.
+/// Reads the Lease once, turning the failures a user can act on into one clear line (`status`, `release`).
+///
+/// # Errors
+///
+/// A runtime failure when the API server cannot be reached, does not answer within 10 s, refuses the
+/// read (401, 403 naming the verb and the resource) or answers with any other error.
 pub(crate) async fn preflight(lock: &KubeLeaseLock, server: &ServerArgs) -> Result<(), Failure> {
+    let timeout = Duration::from_secs(10);
+    match read_lease(lock, server, timeout).await {
+        Read::Answered => Ok(()),
+        Read::Refused(failure) => Err(failure),
+        Read::Transient(reason) => Err(Failure::Runtime(anyhow::anyhow!(reason))),
+    }
+}
+
+/// Reads the Lease until the API server answers (`run`).
+///
+/// An unreachable API server, a read that times out (the elector's request timeout), 408, 429 and 5xx are
+/// transient (exiting would turn a short API outage into CrashLoopBackOff, with restart delays of up to
+/// 5 minutes): the read is retried with jittered backoff from 200 ms up to the retry period, with one
+/// WARN per failure streak and an INFO when the API server answers. Returns `Ok(())` at once when
+/// `shutdown` is cancelled (the caller checks it).
+///
+/// # Errors
+///
+/// A runtime failure naming the verb and the resource for 401 Unauthorized, 403 Forbidden (RBAC) and any
+/// other error answer.
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads.
+pub(crate) async fn await_api_server(
+    lock: &KubeLeaseLock,
+    server: &ServerArgs,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), Failure> {
     let where_ = server.server.as_deref().unwrap_or("the configured cluster");
-    match tokio::time::timeout(std::time::Duration::from_secs(10), lock.get()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(LockError::Forbidden(message))) => Err(Failure::Runtime(anyhow::anyhow!(
-            "RBAC denies reading lease {}: {message} (grant get, create, update, list, watch on \
-             coordination.k8s.io leases)",
-            lock.describe()
-        ))),
-        Ok(Err(LockError::Transport(err))) => Err(Failure::Runtime(anyhow::anyhow!(
+    let lease = lock.describe();
+    let max_delay = config.retry_period;
+    let mut delay = INITIAL_DELAY.min(max_delay);
+    let mut failures = 0_u32;
+    let streak_start = std::time::Instant::now();
+    loop {
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            read = read_lease(lock, server, config.effective_request_timeout()) => read,
+        };
+        let reason = match read {
+            Read::Answered => {
+                if failures > 0 {
+                    tracing::info!(
+                        lease,
+                        failures,
+                        "the API server at {where_} answered after {}",
+                        humantime::format_duration(round_ms(streak_start.elapsed()))
+                    );
+                }
+                return Ok(());
+            }
+            Read::Refused(failure) => return Err(failure),
+            Read::Transient(reason) => reason,
+        };
+        failures += 1;
+        if failures == 1 {
+            tracing::warn!(
+                lease,
+                "{reason}; retrying with backoff up to the retry period ({}) until it answers",
+                humantime::format_duration(max_delay)
+            );
+        } else {
+            tracing::debug!(lease, failures, "{reason}; retrying");
+        }
+        // Jittered in [delay / 2, delay]: candidates started together do not retry in step.
+        let sleep = delay.mul_f64(rand::random_range(0.5..=1.0));
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(sleep) => {}
+        }
+        delay = (delay * 2).min(max_delay);
+    }
+}
+
+/// The outcome of one read of the Lease.
+enum Read {
+    /// The API server answered: the Lease, or that it does not exist.
+    Answered,
+    /// An answer to act on, not to wait out (401, 403, another 4xx).
+    Refused(Failure),
+    /// No answer worth keeping (unreachable, timeout, 408, 429, 5xx), and why.
+    Transient(String),
+}
+
+/// One GET of the Lease, bounded by `timeout`.
+async fn read_lease(lock: &KubeLeaseLock, server: &ServerArgs, timeout: Duration) -> Read {
+    let where_ = server.server.as_deref().unwrap_or("the configured cluster");
+    let lease = lock.describe();
+    let refused = |text: String| Read::Refused(Failure::Runtime(anyhow::anyhow!(text)));
+    match tokio::time::timeout(timeout, lock.get()).await {
+        Ok(Ok(_)) => Read::Answered,
+        Ok(Err(LockError::Forbidden(message))) => refused(format!(
+            "RBAC denies reading lease {lease} (verb get, resource leases.coordination.k8s.io): \
+             {message} (grant get, create, update, list, watch on coordination.k8s.io leases)"
+        )),
+        Ok(Err(LockError::Api {
+            code: 401,
+            reason,
+            message,
+        })) => refused(format!(
+            "the API server at {where_} refused our credentials reading lease {lease} (verb get, \
+             resource leases.coordination.k8s.io): 401 {reason}: {message}"
+        )),
+        Ok(Err(LockError::Api {
+            code,
+            reason,
+            message,
+        })) if code == 408 || code == 429 || code >= 500 => Read::Transient(format!(
+            "the API server at {where_} answered {code} {reason}: {message}"
+        )),
+        Ok(Err(LockError::Transport(err))) => Read::Transient(format!(
             "cannot reach the API server at {where_}: {}",
             error_chain(&*err)
-        ))),
-        Ok(Err(err)) => Err(Failure::Runtime(anyhow::anyhow!(
-            "reading lease {}: {err}",
-            lock.describe()
-        ))),
-        Err(_) => Err(Failure::Runtime(anyhow::anyhow!(
-            "the API server at {where_} did not answer within 10s"
-        ))),
+        )),
+        Ok(Err(LockError::Timeout)) | Err(_) => Read::Transient(format!(
+            "the API server at {where_} did not answer within {}",
+            humantime::format_duration(timeout)
+        )),
+        Ok(Err(err)) => refused(format!(
+            "reading lease {lease} (verb get, resource leases.coordination.k8s.io): {err}"
+        )),
     }
+}
+
+/// First delay between reads of an API server that does not answer (doubling up to the retry period).
+const INITIAL_DELAY: Duration = Duration::from_millis(200);
+
+/// `d` rounded to whole milliseconds, for logs.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 /// An error and its sources on one line.
@@ -96,4 +221,67 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// The lock of disabled mode (`controller.leader_election.enabled: false`), where the elector leads at
+/// once and makes no API call: no client is built, so no kubeconfig is needed. Every call fails; none is
+/// made.
+#[derive(Debug)]
+pub(crate) struct DisabledLock {
+    lease: String,
+}
+
+// === impl DisabledLock ===
+
+impl DisabledLock {
+    /// The disabled lock of Lease `namespace/name` (named in logs only).
+    pub(crate) fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            lease: format!("{namespace}/{name}"),
+        }
+    }
+
+    fn refuse<T: Send + 'static>() -> BoxFuture<'static, Result<T, LockError>> {
+        Box::pin(async {
+            Err(LockError::Transport(
+                "leader election is disabled: no API client".into(),
+            ))
+        })
+    }
+}
+
+impl LeaseLock for DisabledLock {
+    fn get(&self) -> BoxFuture<'_, Result<Option<ObservedLease>, LockError>> {
+        Self::refuse()
+    }
+
+    fn create<'a>(
+        &'a self,
+        _record: &'a LeaderElectionRecord,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        Self::refuse()
+    }
+
+    fn update<'a>(
+        &'a self,
+        _record: &'a LeaderElectionRecord,
+        _resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        Self::refuse()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<ListedLease, LockError>> {
+        Self::refuse()
+    }
+
+    fn watch<'a>(
+        &'a self,
+        _resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>> {
+        Self::refuse()
+    }
+
+    fn describe(&self) -> String {
+        self.lease.clone()
+    }
 }

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use leaderelection::KubeLeaseLock;
+use leaderelection::{KubeLeaseLock, LeaseLock};
+use leaderelection_controller::runtime::Builder;
 use leaderelection_controller::settings::{Environment, Overrides, Settings};
 use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 use crate::child::{ChildSpec, Guardian, Reaper, run_for_term};
-use crate::client::{ServerArgs, generated_identity, preflight};
+use crate::client::{DisabledLock, ServerArgs, await_api_server, generated_identity};
 
 /// What to do when the child exits on its own while this replica leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,11 +108,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         None => config.stop_window(),
     };
 
-    let client = args.server.client().await?;
-    let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
-    if config.enabled {
-        preflight(&lock, &args.server).await?;
-    }
+    // Disabled mode makes no API call: it builds no client and needs no kubeconfig.
+    let client = match config.enabled {
+        true => Some(args.server.client().await?),
+        false => None,
+    };
 
     let policy = match args.on_child_exit {
         OnChildExit::Release => Policy::FailProcess,
@@ -127,11 +128,32 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let identity = config.identity.clone();
     let lease = format!("{}/{}", config.lease_namespace, config.lease_name);
 
-    let mut builder = Runtime::builder_with_lock(lock, config).supervisor(Supervisor::new(policy));
-    if let Some(addr) = args.admin_listen {
-        builder = builder.admin(addr);
-    }
-    let runtime = builder.build().map_err(|e| Failure::Usage(e.into()))?;
+    let shutdown = CancellationToken::new();
+    let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
+    let runtime = match client {
+        Some(client) => {
+            // Wait until the API server answers (admin endpoints up, /readyz not ready), and exit 1 on a
+            // refusal (401, 403) rather than retry it forever.
+            let check_lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
+            let (server, check_config, stop) =
+                (args.server.clone(), config.clone(), shutdown.clone());
+            let lock = KubeLeaseLock::new(client, &namespace, &name);
+            let builder = Runtime::builder_with_lock(lock, config).preflight(async move {
+                await_api_server(&check_lock, &server, &check_config, &stop)
+                    .await
+                    .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err.into())
+            });
+            build(builder, policy, args.admin_listen)?
+        }
+        None => {
+            let lock = DisabledLock::new(&namespace, &name);
+            build(
+                Runtime::builder_with_lock(lock, config),
+                policy,
+                args.admin_listen,
+            )?
+        }
+    };
     let reaper = Arc::new(reaper);
     let skip_grace = CancellationToken::new();
     if let Some(guardian) = guardian {
@@ -151,7 +173,6 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     }
 
     // Every task is awaited here: the runtime's, the reaper and the signal handler.
-    let shutdown = CancellationToken::new();
     let aux_stop = CancellationToken::new();
     let (result, (), ()) = tokio::join!(
         async {
@@ -169,6 +190,19 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         )),
         Err(err) => Err(Failure::Runtime(err.into())),
     }
+}
+
+/// The runtime of `builder` with the child-exit `policy` and the admin endpoints on `admin`.
+fn build<L: LeaseLock>(
+    builder: Builder<L>,
+    policy: Policy,
+    admin: Option<SocketAddr>,
+) -> Result<Runtime, Failure> {
+    let mut builder = builder.supervisor(Supervisor::new(policy));
+    if let Some(addr) = admin {
+        builder = builder.admin(addr);
+    }
+    builder.build().map_err(|e| Failure::Usage(e.into()))
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT, and `skip_grace` on the second; returns then, or

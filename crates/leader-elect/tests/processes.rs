@@ -12,6 +12,10 @@
 //! or that is closed changes none of that; a variable that is not UTF-8 and a binary replaced on disk
 //! still start the child.
 //!
+//! Startup: disabled mode starts the child without any kubeconfig; an API server that is unreachable or
+//! answers 503 / 429 is waited out (one WARN, not ready meanwhile, SIGTERM ends the wait with exit 0) and
+//! the candidate leads once it answers; a 401 or 403 after the outage exits 1 naming the verb and resource.
+//!
 //! Nothing here sleeps and hopes: every wait polls a fact (a file, a pid, an exit code) with a generous
 //! bound, and the children's overlap is judged from the timestamps they write themselves (one machine,
 //! one clock).
@@ -842,4 +846,301 @@ async fn a_deleted_lease_kills_the_leaders_child_and_comes_back_with_a_higher_te
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     })
     .await;
+}
+
+/// A loopback address nothing listens on (bound, then closed: the port is free until someone takes it).
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// (level, message) of every whole JSON log line in `path` (`--log-format json`).
+fn log_lines(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (text(&v["level"]), text(&v["fields"]["message"]))
+        })
+        .collect()
+}
+
+/// Status code and body of `GET path` on `addr`, `None` while nothing answers there.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut http = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        http,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut http, &mut answer).ok()?;
+    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}
+
+/// `leader-elect run` as candidate `c0` on the Lease `default/proc` at `url` (FAST timings), logging JSON at
+/// debug level (its own lines) into `$DIR/log`, running PID_SCRIPT while it leads.
+fn logged_candidate(url: &str, dir: &Path, extra: &[&str]) -> tokio::process::Child {
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    tokio::process::Command::new(BIN)
+        .args(run_args(url, "c0", &FAST))
+        .args(["--log-format", "json"])
+        .args(extra)
+        .args(["--", "sh", "-c", PID_SCRIPT])
+        .env("DIR", dir)
+        .env("LEADER_ELECT_LOG", "info,leader_elect=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `leader-elect` has failed to reach the API server at `url` at least `failures` times in
+/// one streak; returns the streak's WARN lines.
+async fn unreachable_streak(dir: &Path, url: &str, failures: usize) -> Vec<String> {
+    let text = format!("cannot reach the API server at {url}");
+    let log = dir.join("log");
+    let counted = wait_for(Duration::from_secs(20), || {
+        let lines = log_lines(&log);
+        let failed = lines.iter().filter(|(_, m)| m.contains(&text)).count();
+        (failed >= failures).then_some(lines)
+    })
+    .await;
+    let lines = counted.unwrap_or_else(|| {
+        panic!(
+            "fewer than {failures} failed reads logged: {:?}",
+            log_lines(&log)
+        )
+    });
+    lines
+        .into_iter()
+        .filter(|(level, m)| level == "WARN" && m.contains(&text))
+        .map(|(_, m)| m)
+        .collect()
+}
+
+/// Item: disabled mode (`controller.leader_election.enabled: false`) makes no API call, so it needs no
+/// kubeconfig: with an empty HOME, no KUBECONFIG, no --server and no in-cluster service account, `run`
+/// starts its child at once, and stops it on SIGTERM with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_mode_starts_the_child_without_a_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    std::fs::create_dir(&home).unwrap();
+    let config = d.join("c.yaml");
+    std::fs::write(
+        &config,
+        "controller:\n  leader_election:\n    enabled: false\n",
+    )
+    .unwrap();
+    let mut le = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--lease-name", "x", "--", "sh", "-c"])
+        .arg(r#"echo $$ > "$DIR/child.pid"; exec sleep 3600"#)
+        .env("DIR", d)
+        .env("HOME", &home)
+        .env_remove("KUBECONFIG")
+        .env_remove("LEADER_ELECT_SERVER")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let child = wait_for(Duration::from_secs(20), || pid_in(&d.join("child.pid"))).await;
+    assert!(
+        child.is_some(),
+        "no child started; leader-elect exited with {:?}",
+        le.try_wait().unwrap()
+    );
+    kill(pid(&le), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut le, Duration::from_secs(10)).await, Some(0));
+    assert!(gone(&[child.unwrap()], Duration::from_secs(10)).await);
+}
+
+/// Item: `run` started before its API server does not die of it. While nothing listens it
+/// keeps running, logs one WARN for the whole streak of failed reads, and is not ready; once the API server
+/// starts on that address it says so, leads (its child starts) and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_started_before_the_api_server_leads_once_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (api, admin) = (free_addr(), free_addr());
+    let url = format!("http://{api}");
+    let mut le = logged_candidate(&url, d, &["--admin-listen", &admin.to_string()]);
+    let warnings = unreachable_streak(d, &url, 4).await;
+    assert_eq!(warnings.len(), 1, "one WARN per streak: {warnings:?}");
+    assert_eq!(le.try_wait().unwrap(), None, "leader-elect still runs");
+    let readyz = wait_for(Duration::from_secs(10), || http_get(admin, "/readyz")).await;
+    assert_eq!(
+        readyz,
+        Some((503, "no lease holder observed yet\n".to_owned())),
+        "not ready before the API server answers"
+    );
+    assert_eq!(http_get(admin, "/healthz").map(|h| h.0), Some(200));
+
+    let server = FakeApiServer::builder().listen(api).start().await.unwrap();
+    let child = wait_for(Duration::from_secs(20), || alive(d).first().copied()).await;
+    assert!(child.is_some(), "no child once the API server answers");
+    assert!(
+        log_lines(&d.join("log"))
+            .iter()
+            .any(|(level, m)| level == "INFO"
+                && m.contains(&format!("the API server at {url} answered after"))),
+        "the recovery is logged"
+    );
+    assert_eq!(holder(&url).await, "c0");
+    assert_eq!(http_get(admin, "/readyz").map(|r| r.0), Some(200));
+    stop_all(std::slice::from_mut(&mut le)).await;
+    server.shutdown().await;
+}
+
+/// Answers every request on `listener` with `code` and a Kubernetes `Status` (as kube-apiserver refuses a
+/// token, 401, or RBAC denies a verb, 403).
+async fn refuse_all(listener: tokio::net::TcpListener, code: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reason = if code == 401 {
+        "Unauthorized"
+    } else {
+        "Forbidden"
+    };
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("refused by the test ({code})"), "reason": reason, "code": code,
+    })
+    .to_string();
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        });
+    }
+}
+
+/// Item: a refusal stays an error when it is the first answer after an outage: 401 and 403 end `run` with
+/// exit 1 and one line naming the verb and the resource; no child starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_an_outage_exits_1_naming_the_verb_and_resource() {
+    for (code, what) in [
+        (401, "refused our credentials reading lease default/proc"),
+        (403, "RBAC denies reading lease default/proc"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let api = free_addr();
+        let url = format!("http://{api}");
+        let mut le = logged_candidate(&url, d, &[]);
+        unreachable_streak(d, &url, 2).await;
+        let refusing = tokio::spawn(refuse_all(
+            tokio::net::TcpListener::bind(api).await.unwrap(),
+            code,
+        ));
+        assert_eq!(
+            exit_code(&mut le, Duration::from_secs(20)).await,
+            Some(1),
+            "{code}"
+        );
+        let log = std::fs::read_to_string(d.join("log")).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("leader-elect: error:"))
+            .unwrap_or_else(|| panic!("{code}: no error line in {log}"));
+        assert!(line.contains(what), "{code}: {line}");
+        assert!(
+            line.contains("verb get, resource leases.coordination.k8s.io"),
+            "{code}: {line}"
+        );
+        assert!(children(d).is_empty(), "{code}: no child started");
+        refusing.abort();
+    }
+}
+
+/// Item: 503 and 429 answers at start are waited out like an unreachable API server: one WARN for the
+/// streak, then the candidate leads once the API server answers normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_at_start_are_waited_out() {
+    for (code, reason) in [(503, "ServiceUnavailable"), (429, "TooManyRequests")] {
+        let server = FakeApiServer::start().await.unwrap();
+        server.default_listener().set_faults(Faults {
+            error_rate: 1.0,
+            error_code: code,
+            ..Faults::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let url = server.url();
+        let mut le = logged_candidate(&url, d, &[]);
+        let text = format!("the API server at {url} answered {code} {reason}");
+        let log = d.join("log");
+        let lines = wait_for(Duration::from_secs(20), || {
+            let lines = log_lines(&log);
+            let failed = lines.iter().filter(|(_, m)| m.contains(&text)).count();
+            (failed >= 3).then_some(lines)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{code}: fewer than 3 answers logged: {:?}", log_lines(&log)));
+        let warnings = lines
+            .iter()
+            .filter(|(level, m)| level == "WARN" && m.contains(&text))
+            .count();
+        assert_eq!(warnings, 1, "{code}: one WARN per streak: {lines:?}");
+        assert_eq!(
+            le.try_wait().unwrap(),
+            None,
+            "{code}: leader-elect still runs"
+        );
+        server.default_listener().clear_faults();
+        let child = wait_for(Duration::from_secs(20), || alive(d).first().copied()).await;
+        assert!(
+            child.is_some(),
+            "{code}: no child once the API server answers"
+        );
+        stop_all(std::slice::from_mut(&mut le)).await;
+        server.shutdown().await;
+    }
+}
+
+/// Item: SIGTERM while `run` waits for its API server ends the wait: exit 0, no child started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_the_api_server_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("http://{}", free_addr());
+    let mut le = logged_candidate(&url, d, &[]);
+    unreachable_streak(d, &url, 2).await;
+    kill(pid(&le), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut le, Duration::from_secs(10)).await, Some(0));
+    assert!(children(d).is_empty(), "no child started");
 }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use leaderelection::{Callbacks, Config, ConfigError, KubeLeaseLock, LeaseLock, Term};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +59,16 @@ pub struct Runtime {
     metrics: Metrics,
     registry: Registry,
     admin: Option<SocketAddr>,
+    preflight: Option<Preflight>,
+}
+
+/// A check awaited before the election starts (see [`Builder::preflight`]).
+struct Preflight(BoxFuture<'static, Result<(), BoxError>>);
+
+impl std::fmt::Debug for Preflight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Preflight")
+    }
 }
 
 /// Collects what a [`Runtime`] runs. From [`Runtime::builder`] or [`Runtime::builder_with_lock`].
@@ -68,6 +80,7 @@ pub struct Builder<L> {
     callbacks: Callbacks,
     registry: Registry,
     admin: Option<SocketAddr>,
+    preflight: Option<Preflight>,
 }
 
 /// Why [`Runtime::run`] failed.
@@ -88,6 +101,9 @@ pub enum RuntimeError {
     /// A task that must run until shutdown ended early.
     #[error("the {0} ended unexpectedly")]
     TaskEnded(&'static str),
+    /// The check given to [`Builder::preflight`] failed; the election never started.
+    #[error(transparent)]
+    Preflight(BoxError),
     /// The election or a component failed (see [`SupervisorError`]).
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
@@ -151,6 +167,7 @@ impl Runtime {
             metrics,
             registry,
             admin,
+            preflight,
         } = self;
         let listener = match admin {
             Some(addr) => Some(
@@ -176,7 +193,19 @@ impl Runtime {
         let commentator = crate::commentator::run(component.bus().subscribe(), feeds_stop.clone());
         let admin_server = serve_admin(listener, admin_state, feeds_stop.clone());
         let metrics_feed = metrics.run(component.clone());
-        let election = supervisor.run(&component, election_stop.clone());
+        let election = async {
+            // The admin endpoints already answer while the preflight waits (liveness stays green).
+            if let Some(Preflight(check)) = preflight {
+                tokio::select! {
+                    checked = check => checked.map_err(RuntimeError::Preflight)?,
+                    () = election_stop.cancelled() => return Ok(()),
+                }
+            }
+            supervisor
+                .run(&component, election_stop.clone())
+                .await
+                .map_err(RuntimeError::from)
+        };
         tokio::pin!(commentator, admin_server, metrics_feed, election);
 
         let early = tokio::select! {
@@ -184,7 +213,7 @@ impl Runtime {
                 feeds_stop.cancel();
                 commentator.await;
                 let _ = admin_server.await;
-                return result.map_err(RuntimeError::from);
+                return result;
             }
             () = &mut commentator => RuntimeError::TaskEnded("log feed (commentator)"),
             result = &mut admin_server => RuntimeError::AdminStopped(result.err()),
@@ -234,6 +263,7 @@ impl<L: LeaseLock> Builder<L> {
             callbacks: Callbacks::new(),
             registry: Registry::default(),
             admin: None,
+            preflight: None,
         }
     }
 
@@ -293,6 +323,19 @@ impl<L: LeaseLock> Builder<L> {
         self
     }
 
+    /// Awaits `check` before the election starts, while the admin endpoints and feeds already run: e.g.
+    /// wait until the API server answers, and fail on a refusal (401, 403) rather than retry it forever.
+    /// A failure ends [`Runtime::run`] with [`RuntimeError::Preflight`]; a shutdown meanwhile ends it with
+    /// `Ok(())`.
+    #[must_use]
+    pub fn preflight(
+        mut self,
+        check: impl Future<Output = Result<(), BoxError>> + Send + 'static,
+    ) -> Self {
+        self.preflight = Some(Preflight(check.boxed()));
+        self
+    }
+
     /// The runtime.
     ///
     /// # Errors
@@ -306,9 +349,11 @@ impl<L: LeaseLock> Builder<L> {
             callbacks,
             mut registry,
             admin,
+            preflight,
         } = self;
         config.validate()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);
+        let supervisor = supervisor.with_metrics(metrics.clone());
         let component = Component::with_observer(
             config,
             lock,
@@ -322,6 +367,7 @@ impl<L: LeaseLock> Builder<L> {
             metrics,
             registry,
             admin,
+            preflight,
         })
     }
 }
