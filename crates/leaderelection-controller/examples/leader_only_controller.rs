@@ -15,7 +15,10 @@
 //! ```
 //!
 //! Stop the leader (Ctrl-C): its controller stops, the Lease is released, and the other replica's
-//! controller rewrites the status with the next term. `tests/leader_only_controller.rs` runs this file's
+//! controller rewrites the status with the next term. Install the CRD first: kube-runtime holds
+//! reconciliations until its first list of Greetings succeeds, and a controller whose list keeps failing
+//! (404 without the CRD) does not finish a graceful shutdown; the elector then aborts it at its stop
+//! deadline ([`leaderelection::Config::stop_timeout`]) before releasing the Lease. `tests/leader_only_controller.rs` runs this file's
 //! [`controller`] in two replicas on fake-apiserver.
 //!
 //! RBAC: `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch` in `POD_NAMESPACE`;
