@@ -162,7 +162,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             identity,
             lease,
             grace_period,
-            state: runtime.component().subscribe(),
+            state: runtime.election().subscribe(),
             skip_grace: skip_grace.clone(),
             guardian,
             reaper: reaper.clone(),

@@ -13,13 +13,13 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::component::Component;
+use crate::election::Election;
 use crate::metrics::Metrics;
 
 /// What the admin routes read. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Admin {
-    component: Component,
+    election: Election,
     watchdog: Watchdog,
     registry: Arc<Registry>,
     metrics: Metrics,
@@ -29,14 +29,14 @@ impl Admin {
     /// The admin state of `component`: its watchdog (unhealthy after `lease_duration + tolerance` without a
     /// renew while it believes it leads), the finished `registry`, and `metrics` for `/debug/vars`.
     pub fn new(
-        component: Component,
+        election: Election,
         tolerance: Duration,
         registry: Registry,
         metrics: Metrics,
     ) -> Self {
         Self {
-            watchdog: component.watchdog(tolerance),
-            component,
+            watchdog: election.watchdog(tolerance),
+            election,
             registry: Arc::new(registry),
             metrics,
         }
@@ -52,13 +52,13 @@ impl Admin {
             .with_state(self)
     }
 
-    /// The seed's `/debug/vars` document: `{"leader_election": {enabled, is_leader, identity, lease_holder,
+    /// The `/debug/vars` document: `{"leader_election": {enabled, is_leader, identity, lease_holder,
     /// time_as_leader, transitions, component_failures}}`; `time_as_leader` is the running term's length
     /// (e.g. `"45m32s"`), or `"0s"` when not leading; `component_failures` maps each supervised component
     /// that failed to `{failures, budget_exhausted, last_error}` (counts since the process started; a
     /// spent budget means it stepped down or failed the process), `{}` when none failed.
     pub fn debug_vars(&self) -> serde_json::Value {
-        let config = self.component.config();
+        let config = self.election.config();
         let time_as_leader = self
             .metrics
             .current_term_duration()
@@ -80,9 +80,9 @@ impl Admin {
         json!({
             "leader_election": {
                 "enabled": config.enabled,
-                "is_leader": self.component.is_leader(),
+                "is_leader": self.election.is_leader(),
                 "identity": config.identity,
-                "lease_holder": self.component.leader().unwrap_or_default(),
+                "lease_holder": self.election.leader().unwrap_or_default(),
                 "time_as_leader": humantime::format_duration(time_as_leader).to_string(),
                 "transitions": self.metrics.transitions(),
                 "component_failures": component_failures,
@@ -117,9 +117,9 @@ async fn healthz(State(admin): State<Admin>) -> Response {
 
 /// Ready once the election has an answer: disabled, leading, or a holder observed.
 async fn readyz(State(admin): State<Admin>) -> Response {
-    if !admin.component.config().enabled
-        || admin.component.is_leader()
-        || admin.component.leader().is_some()
+    if !admin.election.config().enabled
+        || admin.election.is_leader()
+        || admin.election.leader().is_some()
     {
         (StatusCode::OK, "ok\n").into_response()
     } else {

@@ -1,45 +1,47 @@
-//! What runs around the leader elector in a highly available controller:
+//! What runs around the leader elector in a highly available controller, composed by one [`Runtime`]:
 //!
-//! - [`EventBus`] and the four leader-election [`Event`]s;
-//! - [`Component`], the event adapter: wraps the [`leaderelection::Elector`] and publishes each event
+//! - [`Runtime`], the composition root: the election, the components, metrics, logs and the admin
+//!   server, each run by [`Runtime::run`] and none detached;
+//! - [`Election`]: wraps the [`leaderelection::Elector`] and publishes each event on the [`EventBus`]
 //!   before the user's callback;
+//! - [`Supervisor`]: all-replica components on every replica, leader-only components during terms, each in
+//!   its own task, restarted within a failure budget ([`Policy`]), then stepping down;
 //! - [`Metrics`] (prometheus-client) and the [`commentator`] (tracing logs), both fed from the bus;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/vars`;
-//! - [`Supervisor`]: all-replica components on every replica, leader-only components during terms;
 //! - [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`).
 //!
 //! # Examples
 //!
+//! A leader-only reconciler with metrics, logs and admin endpoints (a complete kube-runtime `Controller`
+//! is `examples/leader_only_controller.rs`):
+//!
 //! ```no_run
-//! use leaderelection::{Callbacks, Config, MemoryLeaseStore};
-//! use leaderelection_controller::{Component, EventBus, Metrics, Policy, Supervisor};
+//! use leaderelection::Config;
+//! use leaderelection_controller::Runtime;
 //! use tokio_util::sync::CancellationToken;
 //!
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let supervisor = Supervisor::new(Policy::default())
-//!     .all_replica("watcher", |token| async move { token.cancelled().await; Ok(()) })
-//!     .leader_only("deployer", |term, token| async move {
-//!         // write, fenced by term.transitions, until the term ends
+//! # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::new(std::env::var("POD_NAME")?, "my-controller", "default");
+//! Runtime::builder(client, config)
+//!     .leader_only("reconciler", |term, token| async move {
+//!         // reconcile, fencing writes with term.transitions, until the term ends
 //!         token.cancelled().await;
 //!         Ok(())
-//!     });
-//! let mut registry = prometheus_client::registry::Registry::default();
-//! let metrics = Metrics::new(&mut registry, "my-controller");
-//! let bus = EventBus::default();
-//! let config = Config::new("pod-a", "my-controller", "default");
-//! let lock = MemoryLeaseStore::new().lock("pod-a"); // or KubeLeaseLock / Component::with_client
-//! let component = Component::with_observer(
-//!     config, lock, bus.clone(), supervisor.callbacks(Callbacks::new()), Some(std::sync::Arc::new(metrics.clone())),
-//! )?;
-//! tokio::spawn(metrics.run(component.clone()));
-//! tokio::spawn(leaderelection_controller::commentator::run(bus.subscribe(), CancellationToken::new()));
-//! supervisor.run(&component, CancellationToken::new()).await?;
+//!     })
+//!     .admin("0.0.0.0:8080".parse()?)
+//!     .build()?
+//!     .run(CancellationToken::new()) // cancel on SIGTERM: the work stops, then the Lease is released
+//!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## RBAC
+//!
+//! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.
 
 pub mod admin;
 pub mod commentator;
-mod component;
+mod election;
 mod events;
 mod metrics;
 pub mod runtime;
@@ -47,7 +49,7 @@ pub mod settings;
 mod supervisor;
 
 pub use crate::admin::Admin;
-pub use crate::component::Component;
+pub use crate::election::Election;
 pub use crate::events::{Event, EventBus, Received, Subscription};
 pub use crate::metrics::Metrics;
 pub use crate::runtime::{Runtime, RuntimeError};

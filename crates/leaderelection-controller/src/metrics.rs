@@ -1,4 +1,4 @@
-//! Prometheus metrics of the election (seed: `pkg/controller/metrics`), fed from the [`EventBus`] and the
+//! Prometheus metrics of the election, fed from the [`EventBus`] and the
 //! elector's [`Observer`] hook, registered into the caller's [`Registry`].
 //!
 //! | metric | type | meaning |
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use leaderelection::{LockError, Observer, Phase, Request};
+use leaderelection::{LeaderState, LockError, Observer, Phase, Request};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -28,10 +28,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::component::Component;
-use crate::events::{Event, Received};
+use crate::events::{Event, Received, Subscription};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
@@ -99,8 +100,8 @@ impl Collector for TimeAsLeader {
     }
 }
 
-/// The election's metrics. Cheap to clone; pass it to [`Component::with_observer`] and run
-/// [`Metrics::run`] beside the component.
+/// The election's metrics. Cheap to clone; pass it to [`crate::Election::with_observer`] and run
+/// [`Metrics::run`] beside the election (the [`crate::Runtime`] does both).
 #[derive(Clone, Debug)]
 pub struct Metrics {
     inner: Arc<Inner>,
@@ -191,7 +192,7 @@ impl Metrics {
         );
         registry.register(
             "leader_election_component_budget_exhausted",
-            "Component failures no longer restarted: the component stepped down or failed the process.",
+            "Election failures no longer restarted: the component stepped down or failed the process.",
             inner.component_budget_exhausted.clone(),
         );
         let metrics = Self {
@@ -233,27 +234,33 @@ impl Metrics {
         }
     }
 
-    /// Feeds the metrics from `component`'s bus and state (the gauge drops to 0 as soon as the state says
-    /// the term ended, before the release and [`Event::LostLeadership`]) until `component` stops publishing (its bus is
-    /// dropped) or the returned future is dropped. On lag, re-reads the state. Sets `is_leader` to 0 when
-    /// it ends.
+    /// Feeds the metrics from an election's `events` and `state` (the gauge drops to 0 as soon as the
+    /// state says the term ended, before the release and [`Event::LostLeadership`]) until `stop` is
+    /// cancelled or both sources are closed; on lag, re-reads the state. Sets `is_leader` to 0 when it
+    /// ends. [`crate::Runtime`] runs it; wire it yourself only without the runtime.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe; drop it to stop.
-    pub async fn run(self, component: Component) {
-        let mut events = component.bus().subscribe();
-        let mut state = component.subscribe();
-        loop {
+    /// Cancel safe; cancel `stop` (or drop it) to stop.
+    pub async fn run(
+        self,
+        mut events: Subscription,
+        mut state: watch::Receiver<LeaderState>,
+        stop: CancellationToken,
+    ) {
+        let (mut events_open, mut state_open) = (true, true);
+        while events_open || state_open {
             tokio::select! {
-                received = events.recv() => match received {
+                () = stop.cancelled() => break,
+                received = events.recv(), if events_open => match received {
                     Some(Received::Event(event)) => self.record(&event),
-                    Some(Received::Lagged(_)) => self.set_leading(component.is_leader()),
-                    None => break,
+                    Some(Received::Lagged(_)) => self.set_leading(state.borrow().is_leader()),
+                    None => events_open = false,
                 },
-                changed = state.changed() => {
+                changed = state.changed(), if state_open => {
                     if changed.is_err() {
-                        break;
+                        state_open = false;
+                        continue;
                     }
                     let (transitions, leading) = {
                         let state = state.borrow_and_update();

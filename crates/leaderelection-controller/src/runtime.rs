@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::component::Component;
+use crate::election::Election;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::supervisor::{BoxError, Policy, Supervisor, SupervisorError};
@@ -54,7 +54,7 @@ const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(5);
 /// `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.
 #[derive(Debug)]
 pub struct Runtime {
-    component: Component,
+    election: Election,
     supervisor: Supervisor,
     metrics: Metrics,
     registry: Registry,
@@ -127,14 +127,14 @@ impl Runtime {
         Builder::new(config, lock)
     }
 
-    /// The election, for its state ([`Component::is_leader`], [`Component::subscribe`]) and bus.
+    /// The election, for its state ([`Election::is_leader`], [`Election::subscribe`]) and bus.
     #[must_use]
-    pub fn component(&self) -> &Component {
-        &self.component
+    pub fn election(&self) -> &Election {
+        &self.election
     }
 
     /// Registers a leader-only component after [`Builder::build`], before [`Runtime::run`]: for one that
-    /// needs the election itself, e.g. its state channel ([`Runtime::component`]). See
+    /// needs the election itself, e.g. its state channel ([`Runtime::election`]). See
     /// [`Supervisor::leader_only`].
     pub fn leader_only<F, Fut>(&self, name: &str, start: F)
     where
@@ -162,7 +162,7 @@ impl Runtime {
     /// gracefully nor releases the Lease.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
         let Self {
-            component,
+            election,
             supervisor,
             metrics,
             registry,
@@ -181,7 +181,7 @@ impl Runtime {
             tracing::info!(address = %bound, "admin endpoints: /healthz /readyz /metrics /debug/vars");
         }
         let admin_state = Admin::new(
-            component.clone(),
+            election.clone(),
             HEALTHZ_TOLERANCE,
             registry,
             metrics.clone(),
@@ -190,9 +190,13 @@ impl Runtime {
         // The feeds stop after the election, so the last events (LostLeadership) are still logged.
         let feeds_stop = CancellationToken::new();
         let election_stop = shutdown.child_token();
-        let commentator = crate::commentator::run(component.bus().subscribe(), feeds_stop.clone());
+        let commentator = crate::commentator::run(election.bus().subscribe(), feeds_stop.clone());
         let admin_server = serve_admin(listener, admin_state, feeds_stop.clone());
-        let metrics_feed = metrics.run(component.clone());
+        let metrics_feed = metrics.run(
+            election.bus().subscribe(),
+            election.subscribe(),
+            feeds_stop.clone(),
+        );
         let election = async {
             // The admin endpoints already answer while the preflight waits (liveness stays green).
             if let Some(Preflight(check)) = preflight {
@@ -202,7 +206,7 @@ impl Runtime {
                 }
             }
             supervisor
-                .run(&component, election_stop.clone())
+                .run(&election, election_stop.clone())
                 .await
                 .map_err(RuntimeError::from)
         };
@@ -212,6 +216,7 @@ impl Runtime {
             result = &mut election => {
                 feeds_stop.cancel();
                 commentator.await;
+                metrics_feed.await;
                 let _ = admin_server.await;
                 return result;
             }
@@ -354,7 +359,7 @@ impl<L: LeaseLock> Builder<L> {
         config.validate()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);
         let supervisor = supervisor.with_metrics(metrics.clone());
-        let component = Component::with_observer(
+        let election = Election::with_observer(
             config,
             lock,
             EventBus::default(),
@@ -362,7 +367,7 @@ impl<L: LeaseLock> Builder<L> {
             Some(Arc::new(metrics.clone())),
         )?;
         Ok(Runtime {
-            component,
+            election,
             supervisor,
             metrics,
             registry,

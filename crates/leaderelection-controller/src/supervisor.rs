@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::component::Component;
+use crate::election::Election;
 use crate::metrics::Metrics;
 
 /// The error a component returns.
@@ -295,10 +295,10 @@ impl Supervisor {
     /// Cancel `shutdown` and await, rather than dropping the future.
     pub async fn run(
         &self,
-        component: &Component,
+        election: &Election,
         shutdown: CancellationToken,
     ) -> Result<(), SupervisorError> {
-        *lock(&self.shared.stop_timeout) = Some(component.config().effective_stop_timeout());
+        *lock(&self.shared.stop_timeout) = Some(election.config().effective_stop_timeout());
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         for registered in lock(&self.shared.all_replica).clone() {
@@ -315,7 +315,7 @@ impl Supervisor {
         }
         tracker.close();
         let elector_stop = CancellationToken::new();
-        let election = component.run(elector_stop.clone());
+        let election = election.run(elector_stop.clone());
         tokio::pin!(election);
         let result = tokio::select! {
             result = &mut election => result,

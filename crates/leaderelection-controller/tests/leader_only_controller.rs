@@ -64,7 +64,7 @@ impl Replica {
             })
             .build()
             .unwrap();
-        let state = runtime.component().subscribe();
+        let state = runtime.election().subscribe();
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(runtime.run(shutdown.clone()));
         Self {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fake_apiserver::{FakeApiServer, Faults, Listener};
 use leaderelection::{Callbacks, Config};
 use leaderelection_controller::{
-    Admin, Component, EventBus, Metrics, Policy, Supervisor, SupervisorError,
+    Admin, Election, EventBus, Metrics, Policy, Supervisor, SupervisorError,
 };
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +33,7 @@ struct Activity {
 }
 
 struct Replica {
-    component: Component,
+    component: Election,
     listener: Listener,
     stop: CancellationToken,
     run: JoinHandle<Result<(), SupervisorError>>,
@@ -87,7 +87,7 @@ async fn start_replica(server: &FakeApiServer, index: usize, activity: Arc<Activ
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, "controller");
     let lock = leaderelection::KubeLeaseLock::new(client, "default", "controller");
-    let component = Component::with_observer(
+    let component = Election::with_observer(
         config,
         lock,
         EventBus::default(),
@@ -95,7 +95,11 @@ async fn start_replica(server: &FakeApiServer, index: usize, activity: Arc<Activ
         Some(Arc::new(metrics.clone())),
     )
     .unwrap();
-    tokio::spawn(metrics.clone().run(component.clone()));
+    tokio::spawn(metrics.clone().run(
+        component.bus().subscribe(),
+        component.subscribe(),
+        CancellationToken::new(),
+    ));
     let stop = CancellationToken::new();
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = socket.local_addr().unwrap();

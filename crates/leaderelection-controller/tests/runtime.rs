@@ -45,11 +45,11 @@ async fn only_the_leader_runs_its_leader_only_component_and_shutdown_hands_over(
     let store = MemoryLeaseStore::new();
     let (a_running, b_running) = (Arc::default(), Arc::default());
     let (a, a_stop) = replica(&store, "a", Arc::clone(&a_running));
-    let mut a_state = a.component().subscribe();
+    let mut a_state = a.election().subscribe();
     let a_task = tokio::spawn(a.run(a_stop.clone()));
     a_state.wait_for(|s| s.is_leader()).await.unwrap();
     let (b, b_stop) = replica(&store, "b", Arc::clone(&b_running));
-    let mut b_state = b.component().subscribe();
+    let mut b_state = b.election().subscribe();
     let b_task = tokio::spawn(b.run(b_stop.clone()));
     b_state
         .wait_for(|s| s.leader.as_deref() == Some("a"))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use leaderelection::{Callbacks, Config, MemoryLeaseStore, StopReason, Term};
 use leaderelection_controller::{
-    Admin, Component, Event, EventBus, Metrics, Policy, Received, Subscription, Supervisor,
+    Admin, Election, Event, EventBus, Metrics, Policy, Received, Subscription, Supervisor,
     SupervisorError,
 };
 use prometheus_client::registry::Registry;
@@ -28,7 +28,7 @@ fn config(id: &str) -> Config {
 }
 
 struct Replica {
-    component: Component,
+    component: Election,
     events: Subscription,
     stop: CancellationToken,
     run: JoinHandle<Result<(), SupervisorError>>,
@@ -39,7 +39,7 @@ impl Replica {
         let bus = EventBus::default();
         let events = bus.subscribe();
         let component =
-            Component::new(config(id), store.lock(id), bus, supervisor.callbacks(user)).unwrap();
+            Election::new(config(id), store.lock(id), bus, supervisor.callbacks(user)).unwrap();
         let stop = CancellationToken::new();
         let run = tokio::spawn({
             let (supervisor, component, stop) =

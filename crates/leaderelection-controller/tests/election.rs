@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leaderelection::{Callbacks, Config, LeaderElectionRecord, MemoryLeaseStore, StopReason, Term};
-use leaderelection_controller::{Component, Event, EventBus, Metrics, Received, Subscription};
+use leaderelection_controller::{Election, Event, EventBus, Metrics, Received, Subscription};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,7 @@ fn logging_callbacks(log: Arc<Mutex<Vec<String>>>, sub: Arc<Mutex<Subscription>>
 
 /// Runs `component` until the returned token is cancelled.
 fn spawn_run(
-    component: &Component,
+    component: &Election,
 ) -> (
     CancellationToken,
     tokio::task::JoinHandle<Result<(), leaderelection::Error>>,
@@ -98,7 +98,7 @@ async fn events_precede_callbacks_in_a_fixed_order() {
     let bus = EventBus::default();
     let log = Arc::new(Mutex::new(Vec::new()));
     let sub = Arc::new(Mutex::new(bus.subscribe()));
-    let component = Component::new(
+    let component = Election::new(
         config("a"),
         store.lock("a"),
         bus.clone(),
@@ -127,7 +127,7 @@ async fn disabled_mode_publishes_events_without_api_calls() {
     let sub = Arc::new(Mutex::new(bus.subscribe()));
     let mut cfg = config("solo");
     cfg.enabled = false;
-    let component = Component::new(
+    let component = Election::new(
         cfg,
         store.lock("solo"),
         bus.clone(),
@@ -153,7 +153,7 @@ async fn losing_the_lease_to_another_holder_is_published_with_its_reason() {
     let bus = EventBus::default();
     let mut sub = bus.subscribe();
     let component =
-        Component::new(config("a"), store.lock("a"), bus.clone(), Callbacks::new()).unwrap();
+        Election::new(config("a"), store.lock("a"), bus.clone(), Callbacks::new()).unwrap();
     let (stop, run) = spawn_run(&component);
     component
         .subscribe()

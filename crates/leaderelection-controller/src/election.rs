@@ -1,5 +1,5 @@
-//! The event adapter (seed: `pkg/controller/leaderelection`): wraps the [`Elector`] and publishes each
-//! leader-election event on the [`EventBus`] before the user's callback runs.
+//! The election: wraps the [`Elector`] and publishes each leader-election event on the [`EventBus`] before
+//! the user's callback runs.
 
 use std::sync::Arc;
 
@@ -20,12 +20,12 @@ use crate::events::{Event, EventBus};
 ///
 /// As [`Elector`]: `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.
 #[derive(Clone, Debug)]
-pub struct Component {
+pub struct Election {
     elector: Elector,
     bus: EventBus,
 }
 
-impl Component {
+impl Election {
     /// A component over any [`LeaseLock`], publishing on `bus`, calling `callbacks` after each event.
     ///
     /// # Errors
@@ -55,7 +55,7 @@ impl Component {
         Self::new(config, lock, bus, callbacks)
     }
 
-    /// As [`Component::new`], also reporting each API request to `observer` (e.g. [`crate::Metrics`]).
+    /// As [`Election::new`], also reporting each API request to `observer` (e.g. [`crate::Metrics`]).
     ///
     /// # Errors
     ///
