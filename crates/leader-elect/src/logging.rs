@@ -7,6 +7,11 @@ use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuar
 
 use crate::LogFormat;
 
+/// `info`, without kube-client's own ERROR line for every failed request (`kube_client::client::builder`):
+/// the elector and the startup wait report each failure with its context and retry, once per streak, so
+/// an API outage would otherwise fill the log with ERRORs for what is handled.
+pub(crate) const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off";
+
 /// The installed log writer. Dropping it flushes what is queued, waiting at most about a second
 /// (`tracing_appender`'s `WorkerGuard`) when stderr does not drain.
 #[derive(Debug)]
@@ -18,7 +23,7 @@ pub(crate) struct Logging {
 // === impl Logging ===
 
 impl Logging {
-    /// Installs the global subscriber (`LEADER_ELECT_LOG` filter, default `info`) writing `format` lines
+    /// Installs the global subscriber (`LEADER_ELECT_LOG` filter, default [`DEFAULT_FILTER`]) writing `format` lines
     /// to stderr from a worker thread. Lines that do not fit in the queue are dropped rather than waited
     /// for, and write errors are not reported (tracing-subscriber would report them on stderr itself,
     /// which panics once stderr is gone).
@@ -28,7 +33,7 @@ impl Logging {
             .thread_name("leader-elect-log")
             .finish(std::io::stderr());
         let filter = tracing_subscriber::EnvFilter::try_from_env("LEADER_ELECT_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(writer.clone())

@@ -81,10 +81,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         Some(path) => Settings::from_path(path).map_err(|e| Failure::Usage(e.into()))?,
         None => Settings::default(),
     };
-    let mut env = Environment::from_process();
-    // Last in the identity precedence (flag, file, POD_NAME): a generated, unique one.
-    env.pod_name.get_or_insert_with(generated_identity);
+    let env = Environment::from_process();
     let overrides = Overrides {
+        // Last in the identity precedence (flag, file, POD_NAME): a generated, unique one.
+        fallback_identity: Some(generated_identity()),
         identity: args.identity.clone(),
         lease_name: args.lease_name.clone(),
         lease_namespace: args.namespace.clone(),

@@ -196,6 +196,9 @@ pub struct Overrides {
     pub renew_deadline: Option<Duration>,
     /// RetryPeriod.
     pub retry_period: Option<Duration>,
+    /// The identity when neither `identity`, the file nor `POD_NAME` gives one (last in the precedence,
+    /// unlike the other fields: e.g. a generated, unique one).
+    pub fallback_identity: Option<String>,
 }
 
 // === impl Settings ===
@@ -267,6 +270,7 @@ impl Settings {
             overrides.identity.as_deref(),
             le.identity.as_deref(),
             env.pod_name.as_deref(),
+            overrides.fallback_identity.as_deref(),
         ]);
         let identity = match identity {
             Some(identity) => identity,
@@ -812,6 +816,15 @@ controller:
         };
         let c = from_file.to_elector_config(&pod_b, &flag).unwrap();
         assert_eq!(c.identity, "flag-id");
+        let fallback = Overrides {
+            fallback_identity: Some("generated".into()),
+            ..Overrides::default()
+        };
+        let c = from_env.to_elector_config(&pod_b, &fallback).unwrap();
+        assert_eq!(c.identity, "pod-b", "the fallback comes last");
+        let nobody = env(None, Some("ns"), None);
+        let c = from_env.to_elector_config(&nobody, &fallback).unwrap();
+        assert_eq!(c.identity, "generated");
     }
 
     // 19
