@@ -48,18 +48,6 @@ fn ms(d: SignedDuration) -> f64 {
     secs(d) * 1000.0
 }
 
-/// The Lease's expiry as written: renewTime + leaseDurationSeconds (the candidates' clock is this machine's).
-async fn expiry(client: &kube::Client) -> anyhow::Result<Timestamp> {
-    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-        kube::Api::namespaced(client.clone(), "default");
-    let spec = api.get("demo").await?.spec.unwrap_or_default();
-    let renew = spec
-        .renew_time
-        .ok_or_else(|| anyhow::anyhow!("lease without renewTime"))?
-        .0;
-    Ok(renew + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0))))
-}
-
 /// Repeats: stop the leader with `signal`, measure until another candidate's child starts, restart it.
 /// Returns, per run, the time from the signal and the time from the Lease's expiry (as the old leader last
 /// wrote it) to the next child's start.
@@ -70,9 +58,6 @@ async fn failovers(
 ) -> anyhow::Result<Vec<(f64, f64)>> {
     let mut cluster = Cluster::new(3, timings, Vec::new()).await?;
     cluster.verbose = false;
-    let mut config = kube::Config::new(cluster.server.url().parse()?);
-    config.default_retry = false;
-    let client = kube::Client::try_from(config)?;
     for i in 0..3 {
         cluster.spawn(i)?;
     }
@@ -86,7 +71,7 @@ async fn failovers(
     for _ in 0..runs {
         let t0 = Timestamp::now();
         cluster.signal(leader, signal);
-        let expires = expiry(&client).await?;
+        let expires = cluster.lease_expiry().await?;
         let next = cluster
             .next(timeout, |s| is_child_start(s) && s.candidate != leader)
             .await

@@ -102,6 +102,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let t0 = Timestamp::now();
     cluster.signal(crashed, Signal::SIGKILL);
     killed_at.push((crashed, t0));
+    let expires = cluster.lease_expiry().await.ok();
     let _ = cluster.wait_exit(crashed, Duration::from_secs(5)).await;
     let orphan_killed = gone(orphan, Duration::from_secs(2)).await;
     let next = cluster
@@ -118,11 +119,17 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         ),
         ok: crash.is_some(),
     });
+    // From the Lease's expiry as the dead leader last wrote it, not from the kill: it renewed up to a
+    // retry period before dying.
+    let after_expiry = next
+        .as_ref()
+        .zip(expires)
+        .map(|(next, expires)| next.at.duration_since(expires));
     rows.push(Row {
-        name: "  of which beyond the lease duration",
-        measured: crash.map(|d| format!("{:.3}s", secs(d) - lease.as_secs_f64())),
+        name: "  of which after the lease expired",
+        measured: after_expiry.map(|d| format!("{:.3}s", secs(d))),
         bound: "target <= 0.250s".into(),
-        ok: crash.is_some(),
+        ok: after_expiry.is_some(),
     });
     rows.push(Row {
         name: "orphaned child killed with its leader-elect",

@@ -97,6 +97,21 @@ impl Cluster {
         })
     }
 
+    /// The Lease's expiry as last written: renewTime + leaseDurationSeconds (the candidates' wall clock is
+    /// this machine's, so it compares with the times they log).
+    pub(crate) async fn lease_expiry(&self) -> anyhow::Result<Timestamp> {
+        let mut config = kube::Config::new(self.server.url().parse()?);
+        config.default_retry = false;
+        let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(kube::Client::try_from(config)?, "default");
+        let spec = api.get("demo").await?.spec.unwrap_or_default();
+        let renew = spec
+            .renew_time
+            .ok_or_else(|| anyhow::anyhow!("lease without renewTime"))?
+            .0;
+        Ok(renew + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0))))
+    }
+
     /// Starts (or restarts) candidate `i`: a `leader-elect run` process on its own listener.
     pub(crate) fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let t = &self.timings;
