@@ -14,6 +14,7 @@ use crate::route::{RequestInfo, Route, parse_query};
 use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::store::{Part, Target};
+use crate::table::TableRequest;
 use crate::{Shared, watch};
 
 /// Serves an API request. Returns the response and whether it committed a write.
@@ -28,8 +29,22 @@ pub(crate) async fn api(
         Route::NotFound => return (error_response(&ApiError::no_route()), false),
         Route::Resource { index, subresource } => (*index, subresource.clone()),
     };
+    let table = TableRequest::from_request(
+        req.headers(),
+        parse_query(req.uri().query())
+            .get("includeObject")
+            .map(String::as_str),
+    )
+    .filter(|_| subresource.is_none() && matches!(info.verb.as_str(), "get" | "list"));
     match serve_resource(shared, listener, req, info, index, subresource.as_deref()).await {
-        Ok((code, body, wrote)) => (json_response(code, &body), wrote),
+        Ok((code, body, wrote)) => match table {
+            Some(table) => {
+                let rt = &shared.resources[index];
+                let body = table.table(rt, &body, jiff::Timestamp::now());
+                (json_response(code, &body), wrote)
+            }
+            None => (json_response(code, &body), wrote),
+        },
         Err(Answer::Error(err)) => (error_response(&err), false),
         Err(Answer::Stream(resp)) => (resp, false),
     }

@@ -43,6 +43,7 @@ mod selector;
 mod serve;
 mod status;
 mod store;
+mod table;
 mod watch;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -45,15 +45,30 @@ spec:
   renewTime: \"2026-05-01T12:00:00.123456Z\"
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_apply_get_delete() {
-    if std::process::Command::new("kubectl")
+/// Whether kubectl can be run here; prints why a test is skipped when not.
+fn kubectl_installed() -> bool {
+    let installed = std::process::Command::new("kubectl")
         .arg("version")
         .arg("--client")
         .output()
-        .is_err()
-    {
+        .is_ok();
+    if !installed {
         println!("skipped: kubectl is not installed on this machine");
+    }
+    installed
+}
+
+/// The whitespace-separated cells of each line of kubectl's table output, header first.
+fn table_lines(out: &Output) -> Vec<Vec<String>> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_get_delete() {
+    if !kubectl_installed() {
         return;
     }
     let server = FakeApiServer::start().await.unwrap();
@@ -143,6 +158,57 @@ async fn kubectl_apply_get_delete() {
             .rev()
             .take(3)
             .collect::<Vec<_>>()
+    );
+    server.shutdown().await;
+}
+
+/// `kubectl get leases` prints the columns of kube-apiserver's Lease printer (NAME, HOLDER, AGE), from the
+/// Table the server answers; `-A` adds kubectl's NAMESPACE column from each row's object metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_leases_prints_the_holder_column() {
+    if !kubectl_installed() {
+        return;
+    }
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let out = kubectl(&url, &["apply", "--validate=false", "-f", "-"], Some(LEASE)).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = kubectl(&url, &["get", "leases", "-n", "team-a"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = table_lines(&out);
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    assert_eq!(lines[0], ["NAME", "HOLDER", "AGE"], "{}", text(&out));
+    assert_eq!(lines[1][..2], ["my-lease", "pod-a"], "{}", text(&out));
+    assert!(
+        lines[1][2].ends_with('s'),
+        "an age in seconds: {}",
+        text(&out)
+    );
+
+    let out = kubectl(&url, &["get", "lease", "my-lease", "-n", "team-a"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        table_lines(&out)[0],
+        ["NAME", "HOLDER", "AGE"],
+        "{}",
+        text(&out)
+    );
+
+    let out = kubectl(&url, &["get", "leases", "-A"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = table_lines(&out);
+    assert_eq!(
+        lines[0],
+        ["NAMESPACE", "NAME", "HOLDER", "AGE"],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lines[1][..3],
+        ["team-a", "my-lease", "pod-a"],
+        "{}",
+        text(&out)
     );
     server.shutdown().await;
 }
