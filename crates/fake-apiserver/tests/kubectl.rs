@@ -1,15 +1,25 @@
-//! A real kubectl against the fake API server: apply, get (table, `-o yaml`, `-A`), delete. Skipped, with
-//! the reason printed, where kubectl is not installed.
+//! A real kubectl against the fake API server: apply (validated with the OpenAPI documents, create then
+//! update), get (table, `-o yaml`, `-A`), explain, patch, delete. Skipped, with the reason printed, where
+//! kubectl is not installed.
 
 use std::process::Output;
 
-use fake_apiserver::FakeApiServer;
+use fake_apiserver::{FakeApiServer, ResourceType};
 
 async fn kubectl(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new("kubectl");
+    // A cache of this run and server only: kubectl caches discovery and OpenAPI answers per host and port.
+    let cache = format!(
+        "{}/kubectl-cache/{}-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id(),
+        url.rsplit(':').next().unwrap_or_default()
+    );
     cmd.arg("--server")
         .arg(url)
+        .arg("--cache-dir")
+        .arg(cache)
         .arg("--request-timeout=10s")
         .args(args)
         .env("KUBECONFIG", "/dev/null")
@@ -74,7 +84,7 @@ async fn kubectl_apply_get_delete() {
     let server = FakeApiServer::start().await.unwrap();
     let url = server.url();
 
-    let out = kubectl(&url, &["apply", "--validate=false", "-f", "-"], Some(LEASE)).await;
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(LEASE)).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("lease.coordination.k8s.io/my-lease created"),
@@ -106,7 +116,7 @@ async fn kubectl_apply_get_delete() {
         text(&out)
     );
 
-    // Change it with a merge patch (`kubectl apply` of an existing object needs OpenAPI, which is not served).
+    // Change it with a merge patch.
     let patch = r#"{"spec":{"holderIdentity":"pod-b"}}"#;
     let out = kubectl(
         &url,
@@ -210,5 +220,152 @@ async fn kubectl_get_leases_prints_the_holder_column() {
         "{}",
         text(&out)
     );
+    server.shutdown().await;
+}
+
+/// `kubectl apply` validates against the OpenAPI v3 documents (no `--validate=false`): it creates the Lease,
+/// then a second `apply` of a changed manifest updates it with the strategic merge patch it computes from the
+/// Lease schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_creates_then_updates_a_lease() {
+    if !kubectl_installed() {
+        return;
+    }
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(LEASE)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("lease.coordination.k8s.io/my-lease created"),
+        "{}",
+        text(&out)
+    );
+
+    let changed = LEASE.replace("holderIdentity: pod-a", "holderIdentity: pod-b");
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(&changed)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("lease.coordination.k8s.io/my-lease configured"),
+        "{}",
+        text(&out)
+    );
+    let patches: Vec<_> = server
+        .request_log()
+        .into_iter()
+        .filter(|r| r.verb == "patch")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    assert_eq!(patches[0].code, Some(200), "{patches:#?}");
+    let out = kubectl(
+        &url,
+        &[
+            "get",
+            "lease",
+            "my-lease",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.spec.holderIdentity} {.spec.leaseDurationSeconds}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "pod-b 15",
+        "{}",
+        text(&out)
+    );
+
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(&changed)).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("lease.coordination.k8s.io/my-lease unchanged"),
+        "{}",
+        text(&out)
+    );
+    server.shutdown().await;
+}
+
+/// `kubectl apply` of a custom resource, created then updated (a merge patch: kubectl computes one for kinds
+/// it does not know), validated against the permissive schema the server publishes for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_creates_then_updates_a_custom_resource() {
+    if !kubectl_installed() {
+        return;
+    }
+    let server = FakeApiServer::builder()
+        .custom_resource(ResourceType::custom(
+            "claims.example.com",
+            "v1",
+            "Claim",
+            "claims",
+            true,
+        ))
+        .start()
+        .await
+        .unwrap();
+    let url = server.url();
+    let claim = "apiVersion: claims.example.com/v1
+kind: Claim
+metadata:
+  name: shard-0
+  namespace: team-a
+spec:
+  shard: 0
+";
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(claim)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("claim.claims.example.com/shard-0 created"),
+        "{}",
+        text(&out)
+    );
+    let changed = claim.replace("shard: 0", "shard: 1");
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(&changed)).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("claim.claims.example.com/shard-0 configured"),
+        "{}",
+        text(&out)
+    );
+    let out = kubectl(
+        &url,
+        &[
+            "get",
+            "claim",
+            "shard-0",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.spec.shard}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1", "{}", text(&out));
+    server.shutdown().await;
+}
+
+/// `kubectl explain` finds the Lease schema in the OpenAPI v3 document, with its fields and descriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_lease_shows_the_lease_schema() {
+    if !kubectl_installed() {
+        return;
+    }
+    let server = FakeApiServer::start().await.unwrap();
+    let out = kubectl(&server.url(), &["explain", "lease.spec"], None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "KIND:       Lease",
+        "LeaseSpec is a specification of a Lease.",
+        "holderIdentity\t<string>",
+        "leaseDurationSeconds\t<integer>",
+        "renewTime\t<string>",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in {}", text(&out));
+    }
     server.shutdown().await;
 }
