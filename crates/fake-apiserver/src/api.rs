@@ -77,6 +77,9 @@ async fn serve_resource(
         Some("status") if rt.status_subresource => Part::Status,
         Some(_) => return Err(ApiError::no_route().into()),
     };
+    // kubectl sends `Strict` (the OpenAPI documents say the server validates); `Warn` and `Ignore` keep
+    // unknown fields, without kube-apiserver's `Warning` headers.
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let namespace = info.namespace.clone().unwrap_or_default();
     let name = info.name.clone().unwrap_or_default();
     let target = Target {
@@ -143,7 +146,7 @@ async fn serve_resource(
             Err(Answer::Stream(watch::start(shared, listener, params)))
         }
         "create" if part == Part::Main => {
-            let mut object = read_object(req, rt).await?;
+            let mut object = read_object(req, rt, strict).await?;
             if object
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
@@ -175,7 +178,7 @@ async fn serve_resource(
             Ok((StatusCode::CREATED, (*created).clone(), !target.dry_run))
         }
         "update" => {
-            let object = read_object(req, rt).await?;
+            let object = read_object(req, rt, strict).await?;
             let body_name = object
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
@@ -211,6 +214,9 @@ async fn serve_resource(
             let patch = read_json(req).await?;
             let validate = |object: &Value| {
                 rt.decode_check(object).map_err(ApiError::bad_request)?;
+                if let Some(err) = rt.strict_decoding_error(object).filter(|_| strict) {
+                    return Err(ApiError::bad_request(err));
+                }
                 let causes = rt.validate(object);
                 if causes.is_empty() {
                     Ok(())
@@ -259,13 +265,22 @@ fn check_namespace(object: &Value, info: &RequestInfo) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a whole object of type `rt`: JSON, the right kind, and the types the decoder enforces.
+/// Reads a whole object of type `rt`: JSON, the right kind, the types the decoder enforces and, when
+/// `strict`, no unknown fields.
 async fn read_object(
     req: Request<hyper::body::Incoming>,
     rt: &ResourceType,
+    strict: bool,
 ) -> Result<Value, ApiError> {
     let object = read_json(req).await?;
     rt.decode_check(&object).map_err(ApiError::bad_request)?;
+    if let Some(err) = rt.strict_decoding_error(&object).filter(|_| strict) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {err}",
+            kind = rt.kind,
+            version = rt.version
+        )));
+    }
     if let Some(kind) = object.get("kind").and_then(Value::as_str)
         && kind != rt.kind
     {

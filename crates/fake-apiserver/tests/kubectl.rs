@@ -288,6 +288,43 @@ async fn kubectl_apply_creates_then_updates_a_lease() {
     server.shutdown().await;
 }
 
+/// `kubectl apply` of a Lease with a field Leases do not have fails, as against kube-apiserver: kubectl sends
+/// `fieldValidation=Strict` (the OpenAPI documents say the server validates) and the server refuses the
+/// unknown field with a 400 `BadRequest`, on create and on the patch of a second `apply`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_refuses_an_unknown_lease_field() {
+    if !kubectl_installed() {
+        return;
+    }
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let typo = LEASE.replace("holderIdentity: pod-a", "holder: pod-a");
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(&typo)).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "Lease in version \"v1\" cannot be handled as a Lease: strict decoding error: unknown field \"spec.holder\""
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = kubectl(&url, &["get", "lease", "my-lease", "-n", "team-a"], None).await;
+    assert!(!out.status.success(), "nothing was created: {}", text(&out));
+
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(LEASE)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let typo = LEASE.replace("leaseDurationSeconds: 15", "leaseDuration: 20");
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(&typo)).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("strict decoding error: unknown field \"spec.leaseDuration\""),
+        "{}",
+        text(&out)
+    );
+    server.shutdown().await;
+}
+
 /// `kubectl apply` of a custom resource, created then updated (a merge patch: kubectl computes one for kinds
 /// it does not know), validated against the permissive schema the server publishes for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
