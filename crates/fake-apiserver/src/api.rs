@@ -142,6 +142,11 @@ async fn serve_resource(
                 bookmarks: query
                     .get("allowWatchBookmarks")
                     .is_some_and(|b| b == "true"),
+                table: TableRequest::from_request(
+                    req.headers(),
+                    query.get("includeObject").map(String::as_str),
+                )
+                .map(|table| (table, rt.clone())),
             };
             Err(Answer::Stream(watch::start(shared, listener, params)))
         }

@@ -6,24 +6,29 @@ use std::process::Output;
 
 use fake_apiserver::{FakeApiServer, ResourceType};
 
-async fn kubectl(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = tokio::process::Command::new("kubectl");
-    // A cache of this run and server only: kubectl caches discovery and OpenAPI answers per host and port.
+/// `kubectl --server <url> <args>` with no kubeconfig and a cache of this run and server only (kubectl caches
+/// discovery and OpenAPI answers per host and port).
+fn kubectl_command(url: &str, args: &[&str]) -> tokio::process::Command {
     let cache = format!(
         "{}/kubectl-cache/{}-{}",
         env!("CARGO_TARGET_TMPDIR"),
         std::process::id(),
         url.rsplit(':').next().unwrap_or_default()
     );
+    let mut cmd = tokio::process::Command::new("kubectl");
     cmd.arg("--server")
         .arg(url)
         .arg("--cache-dir")
         .arg(cache)
-        .arg("--request-timeout=10s")
         .args(args)
-        .env("KUBECONFIG", "/dev/null")
-        .stdin(std::process::Stdio::piped())
+        .env("KUBECONFIG", "/dev/null");
+    cmd
+}
+
+async fn kubectl(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = kubectl_command(url, &[&["--request-timeout=10s"], args].concat());
+    cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("kubectl starts");
@@ -220,6 +225,50 @@ async fn kubectl_get_leases_prints_the_holder_column() {
         "{}",
         text(&out)
     );
+    server.shutdown().await;
+}
+
+/// `kubectl get leases -w` keeps the HOLDER column for the changes it watches: watch events carry the Table
+/// form too. (Without it kubectl falls back to NAME and AGE, printing a new header.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_leases_watch_prints_the_new_holder() {
+    use tokio::io::AsyncBufReadExt;
+    if !kubectl_installed() {
+        return;
+    }
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(LEASE)).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mut watch = kubectl_command(&url, &["get", "leases", "-n", "team-a", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl starts");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        // A bound on a hung kubectl, not a wait for something to happen.
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("kubectl prints a line")
+            .unwrap()
+            .expect("kubectl is still watching");
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(next_line().await, ["NAME", "HOLDER", "AGE"]);
+    assert_eq!(next_line().await[..2], ["my-lease", "pod-a"]);
+
+    let changed = LEASE.replace("holderIdentity: pod-a", "holderIdentity: pod-b");
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(&changed)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let line = next_line().await;
+    assert_eq!(line.len(), 3, "{line:?}");
+    assert_eq!(line[..2], ["my-lease", "pod-b"]);
+    watch.kill().await.unwrap();
     server.shutdown().await;
 }
 
