@@ -14,6 +14,7 @@ use crate::route::{RequestInfo, Route, parse_query};
 use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::store::{Part, Target};
+use crate::table::TableRequest;
 use crate::{Shared, watch};
 
 /// Serves an API request. Returns the response and whether it committed a write.
@@ -28,8 +29,22 @@ pub(crate) async fn api(
         Route::NotFound => return (error_response(&ApiError::no_route()), false),
         Route::Resource { index, subresource } => (*index, subresource.clone()),
     };
+    let table = TableRequest::from_request(
+        req.headers(),
+        parse_query(req.uri().query())
+            .get("includeObject")
+            .map(String::as_str),
+    )
+    .filter(|_| subresource.is_none() && matches!(info.verb.as_str(), "get" | "list"));
     match serve_resource(shared, listener, req, info, index, subresource.as_deref()).await {
-        Ok((code, body, wrote)) => (json_response(code, &body), wrote),
+        Ok((code, body, wrote)) => match table {
+            Some(table) => {
+                let rt = &shared.resources[index];
+                let body = table.table(rt, &body, jiff::Timestamp::now());
+                (json_response(code, &body), wrote)
+            }
+            None => (json_response(code, &body), wrote),
+        },
         Err(Answer::Error(err)) => (error_response(&err), false),
         Err(Answer::Stream(resp)) => (resp, false),
     }
@@ -62,6 +77,9 @@ async fn serve_resource(
         Some("status") if rt.status_subresource => Part::Status,
         Some(_) => return Err(ApiError::no_route().into()),
     };
+    // kubectl sends `Strict` (the OpenAPI documents say the server validates); `Warn` and `Ignore` keep
+    // unknown fields, without kube-apiserver's `Warning` headers.
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let namespace = info.namespace.clone().unwrap_or_default();
     let name = info.name.clone().unwrap_or_default();
     let target = Target {
@@ -124,11 +142,16 @@ async fn serve_resource(
                 bookmarks: query
                     .get("allowWatchBookmarks")
                     .is_some_and(|b| b == "true"),
+                table: TableRequest::from_request(
+                    req.headers(),
+                    query.get("includeObject").map(String::as_str),
+                )
+                .map(|table| (table, rt.clone())),
             };
             Err(Answer::Stream(watch::start(shared, listener, params)))
         }
         "create" if part == Part::Main => {
-            let mut object = read_object(req, rt).await?;
+            let mut object = read_object(req, rt, strict).await?;
             if object
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
@@ -160,7 +183,7 @@ async fn serve_resource(
             Ok((StatusCode::CREATED, (*created).clone(), !target.dry_run))
         }
         "update" => {
-            let object = read_object(req, rt).await?;
+            let object = read_object(req, rt, strict).await?;
             let body_name = object
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
@@ -196,6 +219,9 @@ async fn serve_resource(
             let patch = read_json(req).await?;
             let validate = |object: &Value| {
                 rt.decode_check(object).map_err(ApiError::bad_request)?;
+                if let Some(err) = rt.strict_decoding_error(object).filter(|_| strict) {
+                    return Err(ApiError::bad_request(err));
+                }
                 let causes = rt.validate(object);
                 if causes.is_empty() {
                     Ok(())
@@ -244,13 +270,22 @@ fn check_namespace(object: &Value, info: &RequestInfo) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a whole object of type `rt`: JSON, the right kind, and the types the decoder enforces.
+/// Reads a whole object of type `rt`: JSON, the right kind, the types the decoder enforces and, when
+/// `strict`, no unknown fields.
 async fn read_object(
     req: Request<hyper::body::Incoming>,
     rt: &ResourceType,
+    strict: bool,
 ) -> Result<Value, ApiError> {
     let object = read_json(req).await?;
     rt.decode_check(&object).map_err(ApiError::bad_request)?;
+    if let Some(err) = rt.strict_decoding_error(&object).filter(|_| strict) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {err}",
+            kind = rt.kind,
+            version = rt.version
+        )));
+    }
     if let Some(kind) = object.get("kind").and_then(Value::as_str)
         && kind != rt.kind
     {

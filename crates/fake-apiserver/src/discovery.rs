@@ -1,5 +1,5 @@
-//! Discovery documents (`/version`, `/api`, `/apis`, group and group/version resource lists), as kubectl
-//! reads them.
+//! Discovery documents (`/version`, `/api`, `/apis`, group and group/version resource lists) and the OpenAPI
+//! v3 documents (`/openapi/v3`, see [`crate::openapi`]), as kubectl reads them.
 
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::Shared;
 use crate::body::{Body, error_response, json_response};
 use crate::listener::Listener;
+use crate::openapi;
 use crate::status::ApiError;
 
 /// Discovery documents, as kubectl reads them (legacy, unaggregated discovery).
@@ -109,6 +110,13 @@ pub(crate) fn discovery(
             }
             json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"),
                    "resources": resources})
+        }
+        ["openapi", "v3"] => openapi::index(&shared.resources),
+        ["openapi", "v3", "apis", group, version] => {
+            match openapi::group_version_document(&shared.resources, group, version) {
+                Some(document) => document,
+                None => return error_response(&ApiError::no_route()),
+            }
         }
         _ => return error_response(&ApiError::no_route()),
     };

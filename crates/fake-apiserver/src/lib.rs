@@ -4,8 +4,9 @@
 //! It behaves like kube-apiserver wherever a client can see it: one global increasing resourceVersion,
 //! `Status` errors with kube-apiserver's codes, reasons and messages (404 `NotFound`, 409 `AlreadyExists`,
 //! 409 `Conflict`, 422 `Invalid`, 400 `BadRequest`, 410 `Expired`), optimistic concurrency, watches that
-//! resume from a resourceVersion, Lease validation, discovery for kubectl. See the crate's README section in
-//! the repository's `docs/fake-apiserver.md` for the list of behaviours and the known differences.
+//! resume from a resourceVersion, Lease validation, and for kubectl discovery, OpenAPI v3 documents and the
+//! `Table` form of get and list. See the repository's `docs/fake-apiserver.md` for the list of behaviours and
+//! the known differences.
 //!
 //! Every listener serves the same store; each has its own [`Faults`], so a test can cut one client off the
 //! API while the others still reach it.
@@ -37,12 +38,14 @@ mod body;
 mod discovery;
 mod faults;
 mod listener;
+mod openapi;
 mod resource;
 mod route;
 mod selector;
 mod serve;
 mod status;
 mod store;
+mod table;
 mod watch;
 
 use std::collections::{BTreeMap, VecDeque};

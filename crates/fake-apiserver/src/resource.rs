@@ -94,6 +94,63 @@ impl ResourceType {
     }
 }
 
+/// The fields of `ObjectMeta` (`k8s.io/apimachinery/pkg/apis/meta/v1/types.go`).
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// The fields of `LeaseSpec` (`k8s.io/api/coordination/v1/types.go`).
+const LEASE_SPEC_FIELDS: &[&str] = &[
+    "holderIdentity",
+    "leaseDurationSeconds",
+    "acquireTime",
+    "renewTime",
+    "leaseTransitions",
+    "strategy",
+    "preferredHolder",
+];
+
+impl ResourceType {
+    /// The error of kube-apiserver's strict decoding (`?fieldValidation=Strict`, which kubectl sends) for the
+    /// fields of `object` this type does not have (`strict decoding error: unknown field "spec.holder"`), or
+    /// `None`. Only Leases are checked: a custom resource's schema keeps unknown fields.
+    pub(crate) fn strict_decoding_error(&self, object: &Value) -> Option<String> {
+        if !self.is_lease() {
+            return None;
+        }
+        let mut unknown = Vec::new();
+        let mut check = |prefix: &str, value: Option<&Value>, known: &[&str]| {
+            if let Some(map) = value.and_then(Value::as_object) {
+                for key in map.keys().filter(|k| !known.contains(&k.as_str())) {
+                    unknown.push(format!("unknown field \"{prefix}{key}\""));
+                }
+            }
+        };
+        check(
+            "",
+            Some(object),
+            &["apiVersion", "kind", "metadata", "spec"],
+        );
+        check("metadata.", object.get("metadata"), OBJECT_META_FIELDS);
+        check("spec.", object.get("spec"), LEASE_SPEC_FIELDS);
+        (!unknown.is_empty()).then(|| format!("strict decoding error: {}", unknown.join(", ")))
+    }
+}
+
 /// Why `name` is not a DNS-1123 subdomain, or `None` if it is one.
 pub(crate) fn dns_subdomain_error(name: &str) -> Option<&'static str> {
     const RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or \
@@ -274,6 +331,25 @@ mod tests {
             causes[2],
             "spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0"
         );
+    }
+
+    #[test]
+    fn strict_decoding_names_each_unknown_lease_field() {
+        let rt = ResourceType::lease();
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "a", "labels": {"x": "y"}, "owner": "b"},
+            "spec": {"holderIdentity": "pod-a", "holder": "pod-a"}, "status": {}});
+        assert_eq!(
+            rt.strict_decoding_error(&lease).as_deref(),
+            Some(
+                "strict decoding error: unknown field \"status\", unknown field \"metadata.owner\", \
+                 unknown field \"spec.holder\""
+            )
+        );
+        let known = json!({"metadata": {"name": "a"}, "spec": {"renewTime": null}});
+        assert_eq!(rt.strict_decoding_error(&known), None);
+        let custom = ResourceType::custom("claims.example.com", "v1", "Claim", "claims", true);
+        assert_eq!(custom.strict_decoding_error(&lease), None);
     }
 
     #[test]

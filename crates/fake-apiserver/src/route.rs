@@ -9,7 +9,8 @@ use crate::Shared;
 /// Where a request goes.
 #[derive(Debug, Clone)]
 pub(crate) enum Route {
-    /// A discovery document (`/version`, `/api`, `/apis`, ...), by path segment.
+    /// A discovery document (`/version`, `/api`, `/apis`, ...) or an OpenAPI document (`/openapi/v3/...`), by
+    /// path segment.
     Discovery(Vec<String>),
     /// A resource type (its index in the server's resources), maybe with a subresource.
     Resource {
@@ -55,7 +56,8 @@ impl RequestInfo {
             | ["api", "v1", "namespaces", ..]
             | ["apis"]
             | ["apis", _]
-            | ["apis", _, _] => {
+            | ["apis", _, _]
+            | ["openapi", ..] => {
                 info.route = Route::Discovery(segments.clone());
                 return info;
             }

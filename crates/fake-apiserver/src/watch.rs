@@ -1,4 +1,5 @@
-//! Watches: newline-delimited JSON events, resumable from a resourceVersion, with bookmarks and timeouts.
+//! Watches: newline-delimited JSON events, resumable from a resourceVersion, with bookmarks and timeouts,
+//! objects in the Table form when asked.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,9 +15,11 @@ use tokio::sync::{broadcast, mpsc};
 use crate::Shared;
 use crate::body::Body;
 use crate::listener::Listener;
+use crate::resource::ResourceType;
 use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::store::Event;
+use crate::table::TableRequest;
 
 /// What a watch request asks for.
 #[derive(Debug)]
@@ -28,6 +31,8 @@ pub(crate) struct Params {
     pub(crate) resource_version: Option<u64>,
     pub(crate) timeout: Duration,
     pub(crate) bookmarks: bool,
+    /// Objects sent in the Table form (`kubectl get -w`), with the resource type that gives the columns.
+    pub(crate) table: Option<(TableRequest, ResourceType)>,
 }
 
 impl Params {
@@ -35,6 +40,15 @@ impl Params {
         resource == self.resource
             && self.namespace.as_deref().is_none_or(|n| n == namespace)
             && self.selector.matches(object)
+    }
+
+    /// An ADDED, MODIFIED or DELETED event, its object in the Table form when asked (one row; every event
+    /// carries the column definitions, which kubectl prints again only when they change).
+    fn event(&self, kind: &str, object: &Value) -> Bytes {
+        match &self.table {
+            Some((table, rt)) => line(kind, &table.table(rt, object, jiff::Timestamp::now())),
+            None => line(kind, object),
+        }
     }
 }
 
@@ -57,7 +71,7 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                 let initial = store
                     .list(params.resource, params.namespace.as_deref())
                     .filter(|o| params.selector.matches(o))
-                    .map(|o| line("ADDED", o))
+                    .map(|o| params.event("ADDED", o))
                     .collect();
                 (initial, Some(store.subscribe()))
             }
@@ -66,7 +80,7 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                     let initial = past
                         .iter()
                         .filter(|e| params.matches(e.resource, &e.namespace, &e.object))
-                        .map(|e| line(e.kind.as_str(), &e.object))
+                        .map(|e| params.event(e.kind.as_str(), &e.object))
                         .collect();
                     (initial, Some(events))
                 }
@@ -108,7 +122,7 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                         if !params.matches(e.resource, &e.namespace, &e.object) {
                             continue;
                         }
-                        line(e.kind.as_str(), &e.object)
+                        params.event(e.kind.as_str(), &e.object)
                     }
                     // Too slow: dropped, as kube-apiserver drops a watcher whose buffer is full.
                     Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return,
