@@ -18,6 +18,9 @@ use crate::Failure;
 use crate::child::{ChildSpec, Guardian, Reaper, run_for_term};
 use crate::client::{DisabledLock, ServerArgs, await_api_server, generated_identity};
 
+/// The `reportingController` of the Events recorded with `--events`.
+const REPORTING_CONTROLLER: &str = "leader-elect";
+
 /// What to do when the child exits on its own while this replica leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OnChildExit {
@@ -65,6 +68,11 @@ pub(crate) struct RunArgs {
     /// What to do when the child exits on its own while leading.
     #[arg(long, value_enum, default_value_t = OnChildExit::Release)]
     on_child_exit: OnChildExit,
+    /// Record Kubernetes Events on the Lease ("<identity> became leader", "<identity> stopped leading"),
+    /// reported by "leader-elect" (or controller.leader_election.events: true in --config). Needs RBAC
+    /// events.k8s.io events: create, patch; a failure to record is logged and never affects the election.
+    #[arg(long)]
+    events: bool,
     /// Poll the Lease every retry period instead of watching it (client-go's behaviour; for comparison).
     #[arg(long)]
     no_watch: bool,
@@ -82,6 +90,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         None => Settings::default(),
     };
     let env = Environment::from_process();
+    let events = args.events || settings.leader_election().events();
     let overrides = Overrides {
         // Last in the identity precedence (flag, file, POD_NAME): a generated, unique one.
         fallback_identity: Some(generated_identity()),
@@ -137,8 +146,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             let check_lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
             let (server, check_config, stop) =
                 (args.server.clone(), config.clone(), shutdown.clone());
-            let lock = KubeLeaseLock::new(client, &namespace, &name);
-            let builder = Runtime::builder_with_lock(lock, config).preflight(async move {
+            let lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
+            let mut builder = Runtime::builder_with_lock(lock, config);
+            if events {
+                builder = builder.events(client, REPORTING_CONTROLLER);
+            }
+            let builder = builder.preflight(async move {
                 await_api_server(&check_lock, &server, &check_config, &stop)
                     .await
                     .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err.into())

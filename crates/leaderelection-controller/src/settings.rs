@@ -12,6 +12,7 @@
 //!     renew_deadline: 10s            # default 10s
 //!     retry_period: 2s               # default 2s
 //!     release_on_cancel: true        # default true
+//!     events: false                  # default false: Kubernetes Events on the Lease
 //!     identity: pod-a                # default POD_NAME (see below)
 //! ```
 //!
@@ -120,6 +121,10 @@ pub struct LeaderElectionSettings {
     pub retry_period: Option<String>,
     /// ReleaseOnCancel: clear holderIdentity on shutdown (default true).
     pub release_on_cancel: Option<bool>,
+    /// Record Kubernetes Events on the Lease ("<identity> became leader", "<identity> stopped leading";
+    /// default false): see [`crate::runtime::Builder::events`], which needs `events.k8s.io` `events`:
+    /// `create`, `patch`.
+    pub events: Option<bool>,
 }
 
 /// What the process environment says about identity and namespace; a plain struct so that tests and
@@ -332,6 +337,12 @@ impl LeaderElectionSettings {
     #[must_use]
     pub fn release_on_cancel(&self) -> bool {
         self.release_on_cancel.unwrap_or(DEFAULT_RELEASE_ON_CANCEL)
+    }
+
+    /// `events`, default false.
+    #[must_use]
+    pub fn events(&self) -> bool {
+        self.events.unwrap_or(false)
     }
 
     /// `lease_duration`, default [`DEFAULT_LEASE_DURATION`] (15 s).
@@ -874,6 +885,15 @@ controller:
     }
 
     // 21
+    #[test]
+    fn events_are_off_unless_turned_on() {
+        let off =
+            Settings::from_yaml_str("controller: {leader_election: {lease_name: x}}").unwrap();
+        assert!(!off.leader_election().events());
+        let on = Settings::from_yaml_str("controller: {leader_election: {events: true}}").unwrap();
+        assert!(on.leader_election().events());
+    }
+
     #[test]
     fn release_on_cancel_can_be_turned_off() {
         let c = config(&le("lease_name: x, release_on_cancel: false")).unwrap();
