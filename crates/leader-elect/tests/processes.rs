@@ -1198,3 +1198,59 @@ async fn run_with_events_records_became_leader_and_stopped_leading_on_the_lease(
     assert_eq!(notes, ["c0 became leader", "c0 stopped leading"]);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_gives_the_lease_it_creates_the_labels_and_annotations_of_its_flags() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = tokio::process::Command::new(BIN)
+        .args(run_args(&server.url(), "c0", &SLOW))
+        .args([
+            "--lease-label",
+            "app.kubernetes.io/part-of=my-app",
+            "--lease-label",
+            "team=a",
+            "--lease-annotation",
+            "argocd.argoproj.io/sync-options=Prune=false",
+            "--",
+            "sh",
+            "-c",
+            PID_SCRIPT,
+        ])
+        .env("DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        alive(dir.path()).first().copied()
+    })
+    .await
+    .expect("the candidate leads");
+    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let lease = kube::Api::<Lease>::namespaced(client, "default")
+        .get("proc")
+        .await
+        .unwrap();
+    let labels = lease.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("app.kubernetes.io/part-of").map(String::as_str),
+        Some("my-app")
+    );
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("argocd.argoproj.io/sync-options")
+            .map(String::as_str),
+        Some("Prune=false")
+    );
+    kill(pid(&proc), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut proc, Duration::from_secs(20)).await, Some(0));
+    server.shutdown().await;
+}
