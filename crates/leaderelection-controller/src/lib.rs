@@ -7,7 +7,7 @@
 //! - [`Supervisor`]: all-replica components on every replica, leader-only components during terms, each in
 //!   its own task, restarted within a failure budget ([`Policy`]), then stepping down;
 //! - [`Metrics`] (prometheus-client) and the [`commentator`] (tracing logs), both fed from the bus;
-//! - the [`recorder`]: Kubernetes Events on the Lease ("<identity> became leader"), opt-in with
+//! - the [`recorder`]: Kubernetes Events on the Lease (`<identity> became leader`), opt-in with
 //!   [`runtime::Builder::events`], fed from the bus;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/vars`;
 //! - [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`).

@@ -1,6 +1,6 @@
 //! Kubernetes Events on the Lease for this candidate's terms, as client-go's `LeaseLock.RecordEvent`
-//! (`client-go tools/leaderelection/resourcelock/leaselock.go`): "<identity> became leader" and
-//! "<identity> stopped leading", fed from the event bus and written through kube-runtime's event recorder.
+//! (`client-go tools/leaderelection/resourcelock/leaselock.go`): `<identity> became leader` and
+//! `<identity> stopped leading`, fed from the event bus and written through kube-runtime's event recorder.
 
 use std::time::Duration;
 

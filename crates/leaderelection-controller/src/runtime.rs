@@ -369,7 +369,7 @@ impl<L: LeaseLock> Builder<L> {
     }
 
     /// Records Kubernetes Events on the Lease through `client`, as client-go's `LeaseLock.RecordEvent`:
-    /// "<identity> became leader" when a term starts and "<identity> stopped leading" when it ends, type
+    /// `<identity> became leader` when a term starts and `<identity> stopped leading` when it ends, type
     /// `Normal`, reason `LeaderElection` ([`crate::recorder::REASON`]), `regarding` the Lease
     /// (`coordination.k8s.io/v1` `Lease`, its name, namespace and uid), reported by `reporting_controller`
     /// with the identity as the reporting instance. They are `events.k8s.io/v1` Events, written by
@@ -377,7 +377,9 @@ impl<L: LeaseLock> Builder<L> {
     /// counted in its `series`).
     ///
     /// Off by default. A task fed by the event bus writes them, each bounded to 5 seconds: a failure is
-    /// logged (WARN once, then DEBUG) and never delays or fails the election.
+    /// logged (WARN once, then DEBUG) and never delays or fails the election. On shutdown, [`Runtime::run`]
+    /// writes the Events still waiting (the release's `stopped leading`) after the Lease is released, so
+    /// an unreachable API server can add up to 5 seconds per waiting Event to the exit.
     ///
     /// ## RBAC
     ///

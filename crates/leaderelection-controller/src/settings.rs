@@ -124,7 +124,7 @@ pub struct LeaderElectionSettings {
     pub retry_period: Option<String>,
     /// ReleaseOnCancel: clear holderIdentity on shutdown (default true).
     pub release_on_cancel: Option<bool>,
-    /// Record Kubernetes Events on the Lease ("<identity> became leader", "<identity> stopped leading";
+    /// Record Kubernetes Events on the Lease (`<identity> became leader`, `<identity> stopped leading`;
     /// default false): see [`crate::runtime::Builder::events`], which needs `events.k8s.io` `events`:
     /// `create`, `patch`.
     pub events: Option<bool>,
