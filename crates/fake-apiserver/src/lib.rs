@@ -89,7 +89,7 @@ impl Default for Builder {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            resources: vec![ResourceType::lease()],
+            resources: vec![ResourceType::lease(), ResourceType::event()],
             history_limit: DEFAULT_HISTORY_LIMIT,
             history_max_age: DEFAULT_HISTORY_MAX_AGE,
             log_limit: DEFAULT_LOG_LIMIT,
@@ -183,7 +183,7 @@ impl FakeApiServer {
         Builder::default()
     }
 
-    /// Starts a server serving Leases on an ephemeral loopback port.
+    /// Starts a server serving Leases (and `events.k8s.io/v1` Events) on an ephemeral loopback port.
     ///
     /// # Errors
     ///

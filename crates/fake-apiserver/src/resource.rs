@@ -36,6 +36,21 @@ impl ResourceType {
         }
     }
 
+    /// The built-in `events.k8s.io/v1` `Event`, namespaced, without a status subresource: what kube-runtime's
+    /// event recorder (`kube::runtime::events::Recorder`) creates and patches. Stored as written, without
+    /// kube-apiserver's Event validation.
+    pub fn event() -> Self {
+        Self {
+            group: "events.k8s.io".into(),
+            version: "v1".into(),
+            kind: "Event".into(),
+            plural: "events".into(),
+            namespaced: true,
+            status_subresource: false,
+            short_names: vec!["ev".into()],
+        }
+    }
+
     /// A custom resource with a `/status` subresource.
     pub fn custom(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
         Self {

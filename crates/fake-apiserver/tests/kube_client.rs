@@ -479,6 +479,59 @@ async fn custom_resources_with_status_subresource() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn event_recorder_creates_then_patches_events_k8s_io_events() {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::Resource;
+    use kube::runtime::events::{Event as RecordedEvent, EventType, Recorder, Reporter};
+
+    let server = FakeApiServer::start().await.unwrap();
+    let client = client(&server.url());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "ns1");
+    let lease = leases
+        .create(&PostParams::default(), &lease("l1", "a"))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test".into(),
+            instance: Some("a".into()),
+        },
+    );
+    let event = RecordedEvent {
+        type_: EventType::Normal,
+        reason: "LeaderElection".into(),
+        note: Some("a became leader".into()),
+        action: "BecameLeader".into(),
+        secondary: None,
+    };
+    // The first is a POST, the second (same key) a merge PATCH carrying the series.
+    for _ in 0..2 {
+        recorder
+            .publish(&event, &lease.object_ref(&()))
+            .await
+            .unwrap();
+    }
+    let events: Api<Event> = Api::namespaced(client, "ns1");
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let recorded = &listed[0];
+    assert_eq!(recorded.note.as_deref(), Some("a became leader"));
+    assert_eq!(recorded.reason.as_deref(), Some("LeaderElection"));
+    assert_eq!(recorded.series.as_ref().map(|s| s.count), Some(2));
+    let regarding = recorded.regarding.as_ref().unwrap();
+    assert_eq!(regarding.kind.as_deref(), Some("Lease"));
+    assert_eq!(regarding.name.as_deref(), Some("l1"));
+    assert_eq!(regarding.uid, lease.metadata.uid);
+    let name = recorded.metadata.name.as_deref().unwrap();
+    assert_eq!(
+        events.get(name).await.unwrap().metadata.name.as_deref(),
+        Some(name)
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_updates_have_exactly_one_winner_per_round() {
     let server = FakeApiServer::start().await.unwrap();

@@ -18,6 +18,9 @@ use crate::Failure;
 use crate::child::{ChildSpec, Guardian, Reaper, run_for_term};
 use crate::client::{DisabledLock, ServerArgs, await_api_server, generated_identity};
 
+/// The `reportingController` of the Events recorded with `--events`.
+const REPORTING_CONTROLLER: &str = "leader-elect";
+
 /// What to do when the child exits on its own while this replica leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OnChildExit {
@@ -65,6 +68,19 @@ pub(crate) struct RunArgs {
     /// What to do when the child exits on its own while leading.
     #[arg(long, value_enum, default_value_t = OnChildExit::Release)]
     on_child_exit: OnChildExit,
+    /// Record Kubernetes Events on the Lease ("<identity> became leader", "<identity> stopped leading"),
+    /// reported by "leader-elect" (or controller.leader_election.events: true in --config). Needs RBAC
+    /// events.k8s.io events: create, patch; a failure to record is logged and never affects the election.
+    #[arg(long)]
+    events: bool,
+    /// A label given to the Lease when this candidate creates it, KEY=VALUE (repeat for more; wins over
+    /// controller.leader_election.lease_labels in --config). A Lease that exists keeps its own labels.
+    #[arg(long = "lease-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    lease_labels: Vec<(String, String)>,
+    /// An annotation given to the Lease when this candidate creates it, KEY=VALUE (repeat for more; wins
+    /// over controller.leader_election.lease_annotations in --config).
+    #[arg(long = "lease-annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    lease_annotations: Vec<(String, String)>,
     /// Poll the Lease every retry period instead of watching it (client-go's behaviour; for comparison).
     #[arg(long)]
     no_watch: bool,
@@ -82,6 +98,15 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         None => Settings::default(),
     };
     let env = Environment::from_process();
+    let events = args.events || settings.leader_election().events();
+    let mut metadata = settings
+        .leader_election()
+        .lease_metadata()
+        .map_err(|e| Failure::Usage(e.into()))?;
+    metadata.labels.extend(args.lease_labels.iter().cloned());
+    metadata
+        .annotations
+        .extend(args.lease_annotations.iter().cloned());
     let overrides = Overrides {
         // Last in the identity precedence (flag, file, POD_NAME): a generated, unique one.
         fallback_identity: Some(generated_identity()),
@@ -137,8 +162,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             let check_lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
             let (server, check_config, stop) =
                 (args.server.clone(), config.clone(), shutdown.clone());
-            let lock = KubeLeaseLock::new(client, &namespace, &name);
-            let builder = Runtime::builder_with_lock(lock, config).preflight(async move {
+            let lock = KubeLeaseLock::new(client.clone(), &namespace, &name)
+                .with_metadata(metadata)
+                .map_err(|e| Failure::Usage(e.into()))?;
+            let mut builder = Runtime::builder_with_lock(lock, config);
+            if events {
+                builder = builder.events(client, REPORTING_CONTROLLER);
+            }
+            let builder = builder.preflight(async move {
                 await_api_server(&check_lock, &server, &check_config, &stop)
                     .await
                     .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err.into())
@@ -190,6 +221,27 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         )),
         Err(err) => Err(Failure::Runtime(err.into())),
     }
+}
+
+/// `--lease-label KEY=VALUE`: a label by Kubernetes' rules (apimachinery `IsQualifiedName`,
+/// `IsValidLabelValue`).
+fn parse_label(arg: &str) -> Result<(String, String), String> {
+    let (key, value) = split_key_value(arg)?;
+    leaderelection::metadata::validate_label(&key, &value).map_err(|e| e.to_string())?;
+    Ok((key, value))
+}
+
+/// `--lease-annotation KEY=VALUE`: an annotation whose key is a qualified name (the value is free).
+fn parse_annotation(arg: &str) -> Result<(String, String), String> {
+    let (key, value) = split_key_value(arg)?;
+    leaderelection::metadata::validate_key(&key).map_err(|e| e.to_string())?;
+    Ok((key, value))
+}
+
+fn split_key_value(arg: &str) -> Result<(String, String), String> {
+    arg.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| "expected KEY=VALUE".to_string())
 }
 
 /// The runtime of `builder` with the child-exit `policy` and the admin endpoints on `admin`.

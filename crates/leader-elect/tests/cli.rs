@@ -137,6 +137,59 @@ async fn invalid_lease_name_is_a_usage_error() {
 }
 
 #[tokio::test]
+async fn a_bad_lease_label_or_annotation_is_a_usage_error_naming_the_flag_and_value() {
+    let out = leader_elect(&["run", "--lease-name", "x", "--lease-label", "team=a b"]).await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("'team=a b'") && line.contains("--lease-label"),
+        "{line}"
+    );
+    assert!(
+        line.contains("invalid value \"a b\" of label \"team\""),
+        "{line}"
+    );
+
+    let out = leader_elect(&["run", "--lease-name", "x", "--lease-label", "team"]).await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("'team'") && line.contains("expected KEY=VALUE"),
+        "{line}"
+    );
+
+    let out = leader_elect(&[
+        "run",
+        "--lease-name",
+        "x",
+        "--lease-annotation",
+        "bad key=x",
+    ])
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("'bad key=x'") && line.contains("--lease-annotation"),
+        "{line}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        "controller: {leader_election: {lease_name: x, lease_labels: {-team: a}}}",
+    )
+    .unwrap();
+    let out = leader_elect(&["run", "--config", path.to_str().unwrap()]).await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("invalid controller.leader_election.lease_labels \"-team\""),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn missing_lease_name_is_a_usage_error() {
     let out = leader_elect(&["run", "--identity", "a", "--server", "http://127.0.0.1:9"]).await;
     let (code, line) = failure(&out);

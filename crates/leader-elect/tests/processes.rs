@@ -1134,3 +1134,113 @@ async fn sigterm_while_waiting_for_the_api_server_exits_0() {
     assert_eq!(exit_code(&mut le, Duration::from_secs(10)).await, Some(0));
     assert!(children(d).is_empty(), "no child started");
 }
+
+/// The notes of the `events.k8s.io/v1` Events regarding Lease `default/proc`, reported by leader-elect.
+async fn lease_event_notes(url: &str) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let events: kube::Api<Event> = kube::Api::namespaced(client, "default");
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("LeaderElection")
+                && e.reporting_controller.as_deref() == Some("leader-elect")
+                && e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("Lease")
+                        && r.api_version.as_deref() == Some("coordination.k8s.io/v1")
+                        && r.name.as_deref() == Some("proc")
+                })
+        })
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_events_records_became_leader_and_stopped_leading_on_the_lease() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = tokio::process::Command::new(BIN)
+        .args(run_args(&server.url(), "c0", &SLOW))
+        .args(["--events", "--", "sh", "-c", PID_SCRIPT])
+        .env("DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut notes = Vec::new();
+    while Instant::now() < deadline && !notes.contains(&"c0 became leader".to_owned()) {
+        notes = lease_event_notes(&server.url()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(notes, vec!["c0 became leader".to_owned()]);
+
+    kill(pid(&proc), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut proc, Duration::from_secs(20)).await, Some(0));
+    let mut notes = lease_event_notes(&server.url()).await;
+    notes.sort();
+    assert_eq!(notes, ["c0 became leader", "c0 stopped leading"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_gives_the_lease_it_creates_the_labels_and_annotations_of_its_flags() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = tokio::process::Command::new(BIN)
+        .args(run_args(&server.url(), "c0", &SLOW))
+        .args([
+            "--lease-label",
+            "app.kubernetes.io/part-of=my-app",
+            "--lease-label",
+            "team=a",
+            "--lease-annotation",
+            "argocd.argoproj.io/sync-options=Prune=false",
+            "--",
+            "sh",
+            "-c",
+            PID_SCRIPT,
+        ])
+        .env("DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        alive(dir.path()).first().copied()
+    })
+    .await
+    .expect("the candidate leads");
+    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let lease = kube::Api::<Lease>::namespaced(client, "default")
+        .get("proc")
+        .await
+        .unwrap();
+    let labels = lease.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("app.kubernetes.io/part-of").map(String::as_str),
+        Some("my-app")
+    );
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("argocd.argoproj.io/sync-options")
+            .map(String::as_str),
+        Some("Prune=false")
+    );
+    kill(pid(&proc), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut proc, Duration::from_secs(20)).await, Some(0));
+    server.shutdown().await;
+}

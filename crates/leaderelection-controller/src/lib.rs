@@ -7,6 +7,8 @@
 //! - [`Supervisor`]: all-replica components on every replica, leader-only components during terms, each in
 //!   its own task, restarted within a failure budget ([`Policy`]), then stepping down;
 //! - [`Metrics`] (prometheus-client) and the [`commentator`] (tracing logs), both fed from the bus;
+//! - the [`recorder`]: Kubernetes Events on the Lease (`<identity> became leader`), opt-in with
+//!   [`runtime::Builder::events`], fed from the bus;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/vars`;
 //! - [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`).
 //!
@@ -37,13 +39,15 @@
 //!
 //! ## RBAC
 //!
-//! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.
+//! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`. With
+//! [`runtime::Builder::events`], also `events.k8s.io` `events`: `create`, `patch`.
 
 pub mod admin;
 pub mod commentator;
 mod election;
 mod events;
 mod metrics;
+pub mod recorder;
 pub mod runtime;
 pub mod settings;
 mod supervisor;

@@ -17,6 +17,7 @@ use crate::admin::{self, Admin};
 use crate::election::Election;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
+use crate::recorder::LeaseEventRecorder;
 use crate::supervisor::{BoxError, Policy, Supervisor, SupervisorError};
 
 /// How long past the lease duration `/healthz` tolerates a leader that cannot renew.
@@ -51,12 +52,14 @@ const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(5);
 ///
 /// ## RBAC
 ///
-/// `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.
+/// `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`; with [`Builder::events`],
+/// also `events.k8s.io` `events`: `create`, `patch`.
 #[derive(Debug)]
 pub struct Runtime {
     election: Election,
     supervisor: Supervisor,
     metrics: Metrics,
+    recorder: Option<LeaseEventRecorder>,
     registry: Registry,
     admin: Option<SocketAddr>,
     preflight: Option<Preflight>,
@@ -81,6 +84,7 @@ pub struct Builder<L> {
     registry: Registry,
     admin: Option<SocketAddr>,
     preflight: Option<Preflight>,
+    recorder: Option<LeaseEventRecorder>,
 }
 
 /// Why [`Runtime::run`] failed.
@@ -165,6 +169,7 @@ impl Runtime {
             election,
             supervisor,
             metrics,
+            recorder,
             registry,
             admin,
             preflight,
@@ -197,6 +202,7 @@ impl Runtime {
             election.subscribe(),
             feeds_stop.clone(),
         );
+        let recorder_feed = record_events(recorder, election.bus().subscribe(), feeds_stop.clone());
         let election = async {
             // The admin endpoints already answer while the preflight waits (liveness stays green).
             if let Some(Preflight(check)) = preflight {
@@ -210,19 +216,27 @@ impl Runtime {
                 .await
                 .map_err(RuntimeError::from)
         };
-        tokio::pin!(commentator, admin_server, metrics_feed, election);
+        tokio::pin!(
+            commentator,
+            admin_server,
+            metrics_feed,
+            recorder_feed,
+            election
+        );
 
         let early = tokio::select! {
             result = &mut election => {
                 feeds_stop.cancel();
                 commentator.await;
                 metrics_feed.await;
+                recorder_feed.await;
                 let _ = admin_server.await;
                 return result;
             }
             () = &mut commentator => RuntimeError::TaskEnded("log feed (commentator)"),
             result = &mut admin_server => RuntimeError::AdminStopped(result.err()),
             () = &mut metrics_feed => RuntimeError::TaskEnded("metrics feed"),
+            () = &mut recorder_feed => RuntimeError::TaskEnded("event recorder feed"),
         };
         tracing::error!(error = %early, "stopping the election");
         election_stop.cancel();
@@ -232,6 +246,18 @@ impl Runtime {
             tracing::error!(error = %err, "the election also failed while stopping");
         }
         Err(early)
+    }
+}
+
+/// Records the Lease's Events from `events` until `stop`; without a recorder, waits for `stop`.
+async fn record_events(
+    recorder: Option<LeaseEventRecorder>,
+    events: crate::events::Subscription,
+    stop: CancellationToken,
+) {
+    match recorder {
+        Some(recorder) => recorder.run(events, stop).await,
+        None => stop.cancelled().await,
     }
 }
 
@@ -269,6 +295,7 @@ impl<L: LeaseLock> Builder<L> {
             registry: Registry::default(),
             admin: None,
             preflight: None,
+            recorder: None,
         }
     }
 
@@ -341,6 +368,38 @@ impl<L: LeaseLock> Builder<L> {
         self
     }
 
+    /// Records Kubernetes Events on the Lease through `client`, as client-go's `LeaseLock.RecordEvent`:
+    /// `<identity> became leader` when a term starts and `<identity> stopped leading` when it ends, type
+    /// `Normal`, reason `LeaderElection` ([`crate::recorder::REASON`]), `regarding` the Lease
+    /// (`coordination.k8s.io/v1` `Lease`, its name, namespace and uid), reported by `reporting_controller`
+    /// with the identity as the reporting instance. They are `events.k8s.io/v1` Events, written by
+    /// kube-runtime's [`kube::runtime::events::Recorder`] (a repeat within 6 minutes is a patch of the first,
+    /// counted in its `series`).
+    ///
+    /// Off by default. A task fed by the event bus writes them, each bounded to 5 seconds: a failure is
+    /// logged (WARN once, then DEBUG) and never delays or fails the election. On shutdown, [`Runtime::run`]
+    /// writes the Events still waiting (the release's `stopped leading`) after the Lease is released, so
+    /// an unreachable API server can add up to 5 seconds per waiting Event to the exit.
+    ///
+    /// ## RBAC
+    ///
+    /// ```yaml
+    /// - apiGroups: ["events.k8s.io"]
+    ///   resources: ["events"]
+    ///   verbs: ["create", "patch"]
+    /// ```
+    #[must_use]
+    pub fn events(mut self, client: kube::Client, reporting_controller: &str) -> Self {
+        self.recorder = Some(LeaseEventRecorder::new(
+            client,
+            reporting_controller,
+            &self.config.identity,
+            &self.config.lease_namespace,
+            &self.config.lease_name,
+        ));
+        self
+    }
+
     /// The runtime.
     ///
     /// # Errors
@@ -355,6 +414,7 @@ impl<L: LeaseLock> Builder<L> {
             mut registry,
             admin,
             preflight,
+            recorder,
         } = self;
         config.validate()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);
@@ -370,6 +430,7 @@ impl<L: LeaseLock> Builder<L> {
             election,
             supervisor,
             metrics,
+            recorder,
             registry,
             admin,
             preflight,

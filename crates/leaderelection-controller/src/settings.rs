@@ -12,6 +12,9 @@
 //!     renew_deadline: 10s            # default 10s
 //!     retry_period: 2s               # default 2s
 //!     release_on_cancel: true        # default true
+//!     events: false                  # default false: Kubernetes Events on the Lease
+//!     lease_labels: {app.kubernetes.io/part-of: my-app}   # given to the Lease when it is created
+//!     lease_annotations: {argocd.argoproj.io/sync-options: Prune=false}
 //!     identity: pod-a                # default POD_NAME (see below)
 //! ```
 //!
@@ -46,10 +49,11 @@
 //! # Ok::<(), leaderelection_controller::settings::SettingsError>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use leaderelection::{Config, ConfigError};
+use leaderelection::{Config, ConfigError, LeaseMetadata, MetadataError};
 use serde::{Deserialize, Deserializer};
 
 /// Where Kubernetes mounts the pod's namespace (with the ServiceAccount token).
@@ -120,6 +124,15 @@ pub struct LeaderElectionSettings {
     pub retry_period: Option<String>,
     /// ReleaseOnCancel: clear holderIdentity on shutdown (default true).
     pub release_on_cancel: Option<bool>,
+    /// Record Kubernetes Events on the Lease (`<identity> became leader`, `<identity> stopped leading`;
+    /// default false): see [`crate::runtime::Builder::events`], which needs `events.k8s.io` `events`:
+    /// `create`, `patch`.
+    pub events: Option<bool>,
+    /// Labels given to the Lease when this candidate creates it (a Lease that exists keeps its own):
+    /// keys are qualified names (`[prefix/]name`), values at most 63 characters (Kubernetes' label rules).
+    pub lease_labels: Option<BTreeMap<String, String>>,
+    /// Annotations given to the Lease when this candidate creates it: keys are qualified names.
+    pub lease_annotations: Option<BTreeMap<String, String>>,
 }
 
 /// What the process environment says about identity and namespace; a plain struct so that tests and
@@ -222,6 +235,7 @@ impl Settings {
             })?
             .unwrap_or_default();
         settings.controller.leader_election.durations()?;
+        settings.controller.leader_election.lease_metadata()?;
         Ok(settings)
     }
 
@@ -332,6 +346,45 @@ impl LeaderElectionSettings {
     #[must_use]
     pub fn release_on_cancel(&self) -> bool {
         self.release_on_cancel.unwrap_or(DEFAULT_RELEASE_ON_CANCEL)
+    }
+
+    /// `lease_labels` and `lease_annotations` (default none), for [`leaderelection::KubeLeaseLock::with_metadata`].
+    ///
+    /// # Errors
+    ///
+    /// [`SettingsError::Invalid`] naming the key (`controller.leader_election.lease_labels` or
+    /// `lease_annotations`), the `key=value` and the Kubernetes rule it breaks.
+    pub fn lease_metadata(&self) -> Result<LeaseMetadata, SettingsError> {
+        let metadata = LeaseMetadata {
+            labels: self.lease_labels.clone().unwrap_or_default(),
+            annotations: self.lease_annotations.clone().unwrap_or_default(),
+        };
+        metadata.validate().map_err(|err| {
+            let (field, value) = match &err {
+                MetadataError::InvalidLabelValue { key, value, .. } => {
+                    ("lease_labels", format!("{key}={value}"))
+                }
+                MetadataError::InvalidKey { key, .. } if metadata.labels.contains_key(key) => {
+                    ("lease_labels", key.clone())
+                }
+                MetadataError::InvalidKey { key, .. } => ("lease_annotations", key.clone()),
+                MetadataError::AnnotationsTooLarge { bytes } => {
+                    ("lease_annotations", format!("{bytes} bytes"))
+                }
+            };
+            SettingsError::Invalid {
+                key: format!("{KEY}.{field}"),
+                value,
+                rule: err.to_string(),
+            }
+        })?;
+        Ok(metadata)
+    }
+
+    /// `events`, default false.
+    #[must_use]
+    pub fn events(&self) -> bool {
+        self.events.unwrap_or(false)
     }
 
     /// `lease_duration`, default [`DEFAULT_LEASE_DURATION`] (15 s).
@@ -874,6 +927,45 @@ controller:
     }
 
     // 21
+    #[test]
+    fn lease_labels_and_annotations_are_read_and_checked() {
+        let settings = Settings::from_yaml_str(
+            "controller: {leader_election: {lease_labels: {app.kubernetes.io/part-of: my-app}, \
+             lease_annotations: {example.com/note: any text}}}",
+        )
+        .unwrap();
+        let metadata = settings.leader_election().lease_metadata().unwrap();
+        assert_eq!(metadata.labels["app.kubernetes.io/part-of"], "my-app");
+        assert_eq!(metadata.annotations["example.com/note"], "any text");
+
+        let err =
+            Settings::from_yaml_str("controller: {leader_election: {lease_labels: {team: a b}}}")
+                .unwrap_err();
+        assert!(
+            matches!(&err, SettingsError::Invalid { key, value, .. }
+                if key == "controller.leader_election.lease_labels" && value == "team=a b"),
+            "{err:?}"
+        );
+        let err = Settings::from_yaml_str(
+            "controller: {leader_election: {lease_annotations: {bad key: x}}}",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, SettingsError::Invalid { key, value, .. }
+                if key == "controller.leader_election.lease_annotations" && value == "bad key"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn events_are_off_unless_turned_on() {
+        let off =
+            Settings::from_yaml_str("controller: {leader_election: {lease_name: x}}").unwrap();
+        assert!(!off.leader_election().events());
+        let on = Settings::from_yaml_str("controller: {leader_election: {events: true}}").unwrap();
+        assert!(on.leader_election().events());
+    }
+
     #[test]
     fn release_on_cancel_can_be_turned_off() {
         let c = config(&le("lease_name: x, release_on_cancel: false")).unwrap();

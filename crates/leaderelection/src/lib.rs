@@ -66,9 +66,10 @@ pub use crate::callbacks::{Callbacks, NoopObserver, Observer, Phase, Request};
 pub use crate::config::{Config, ConfigError, JITTER_FACTOR};
 pub use crate::elector::{Elector, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
+pub use crate::lock::metadata;
 pub use crate::lock::{
-    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, ListedLease, LockCall, LockError,
-    LockFault, MemoryLeaseLock, MemoryLeaseStore, ObservedLease,
+    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockCall,
+    LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, MetadataError, ObservedLease,
 };
 pub use crate::record::LeaderElectionRecord;
 pub use crate::state::{LeaderState, StopReason, Term};

@@ -5,9 +5,11 @@
 
 mod kube;
 mod memory;
+pub mod metadata;
 
 pub use self::kube::KubeLeaseLock;
 pub use self::memory::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
+pub use self::metadata::{LeaseMetadata, MetadataError};
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;

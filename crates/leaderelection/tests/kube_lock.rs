@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use leaderelection::{
     Callbacks, Config, Elector, KubeLeaseLock, LeaderElectionRecord, LeaseEvent, LeaseLock,
-    LockError,
+    LeaseMetadata, LockError, MetadataError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,122 @@ fn record(holder: &str, transitions: i32) -> LeaderElectionRecord {
         lease_transitions: transitions,
         ..LeaderElectionRecord::default()
     }
+}
+
+fn metadata(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> LeaseMetadata {
+    let map = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    LeaseMetadata {
+        labels: map(labels),
+        annotations: map(annotations),
+    }
+}
+
+/// A map's entries, in key order.
+type Pairs = Vec<(String, String)>;
+
+fn labels_and_annotations(lease: &Lease) -> (Pairs, Pairs) {
+    let pairs = |map: &Option<std::collections::BTreeMap<String, String>>| {
+        map.clone().unwrap_or_default().into_iter().collect()
+    };
+    (
+        pairs(&lease.metadata.labels),
+        pairs(&lease.metadata.annotations),
+    )
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Pairs {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_created_lease_carries_the_given_labels_and_annotations() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
+        .with_metadata(metadata(
+            &[("app.kubernetes.io/part-of", "my-app")],
+            &[("argocd.argoproj.io/sync-options", "Prune=false")],
+        ))
+        .unwrap();
+    lock.create(&record("a", 0)).await.unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
+    let lease = api.get("meta").await.unwrap();
+    assert_eq!(
+        labels_and_annotations(&lease),
+        (
+            owned(&[("app.kubernetes.io/part-of", "my-app")]),
+            owned(&[("argocd.argoproj.io/sync-options", "Prune=false")])
+        )
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_update_keeps_labels_and_annotations_set_by_others() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
+        .with_metadata(metadata(&[("team", "a")], &[]))
+        .unwrap();
+    lock.create(&record("a", 0)).await.unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
+    let patch = serde_json::json!({"metadata": {
+        "labels": {"gitops.example.com/tracked": "yes"},
+        "annotations": {"example.com/note": "set by an outsider"},
+    }});
+    api.patch(
+        "meta",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .unwrap();
+
+    // This candidate's renewal, then another candidate's takeover (whose lock has other labels for a
+    // create): both PUTs carry what the Lease has.
+    let read = lock.get().await.unwrap().unwrap();
+    lock.update(&record("a", 0), &read.resource_version)
+        .await
+        .unwrap();
+    let other = KubeLeaseLock::new(client(&server.url()), "default", "meta")
+        .with_metadata(metadata(&[("team", "b")], &[]))
+        .unwrap();
+    let read = other.get().await.unwrap().unwrap();
+    let taken = other
+        .update(&record("b", 1), &read.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(taken.record.holder_identity, "b");
+
+    let lease = api.get("meta").await.unwrap();
+    assert_eq!(
+        labels_and_annotations(&lease),
+        (
+            owned(&[("gitops.example.com/tracked", "yes"), ("team", "a")]),
+            owned(&[("example.com/note", "set by an outsider")])
+        )
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_label_is_refused_before_any_request() {
+    let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let refused = KubeLeaseLock::new(client, "default", "meta")
+        .with_metadata(metadata(&[("team", "not ok")], &[]))
+        .unwrap_err();
+    assert!(
+        matches!(&refused, MetadataError::InvalidLabelValue { key, value, .. }
+            if key == "team" && value == "not ok"),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,10 @@ use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{LeaseEvent, LeaseEventStream, LeaseLock, ListedLease, LockError, ObservedLease};
+use super::{
+    LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockError, MetadataError,
+    ObservedLease,
+};
 use crate::LeaderElectionRecord;
 
 /// How long a watch request stays open before the server ends it and we resume, in seconds.
@@ -17,7 +20,8 @@ const WATCH_TIMEOUT_SECONDS: u32 = 290;
 /// A [`LeaseLock`] on one Lease, through a kube [`Client`].
 ///
 /// Writes are a POST (create) and a PUT carrying the `resourceVersion` read (update): never a patch, never
-/// server-side apply with force. Labels and annotations already on the Lease are kept by updates.
+/// server-side apply with force. Labels and annotations already on the Lease are kept by updates; those of
+/// [`KubeLeaseLock::with_metadata`] are given to a Lease it creates.
 ///
 /// ## RBAC
 ///
@@ -31,6 +35,8 @@ pub struct KubeLeaseLock {
     api: Api<Lease>,
     name: String,
     namespace: String,
+    /// Labels and annotations for a create.
+    metadata: LeaseMetadata,
     /// Metadata of the Lease as last read or written, kept for the next update.
     last: Arc<Mutex<Option<ObjectMeta>>>,
 }
@@ -54,8 +60,22 @@ impl KubeLeaseLock {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
             namespace: namespace.to_string(),
+            metadata: LeaseMetadata::default(),
             last: Arc::default(),
         }
+    }
+
+    /// Gives a Lease this lock creates these labels and annotations (e.g. those a GitOps tool needs to
+    /// keep it: linkerd2 issue 10762). A Lease that exists keeps its own: updates carry the labels and
+    /// annotations read, whoever set them.
+    ///
+    /// # Errors
+    ///
+    /// [`MetadataError`] when a label or annotation breaks a Kubernetes rule ([`LeaseMetadata::validate`]).
+    pub fn with_metadata(mut self, metadata: LeaseMetadata) -> Result<Self, MetadataError> {
+        metadata.validate()?;
+        self.metadata = metadata;
+        Ok(self)
     }
 
     fn last_metadata(&self) -> Option<ObjectMeta> {
@@ -105,6 +125,10 @@ impl LeaseLock for KubeLeaseLock {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
                     namespace: Some(self.namespace.clone()),
+                    labels: (!self.metadata.labels.is_empty())
+                        .then(|| self.metadata.labels.clone()),
+                    annotations: (!self.metadata.annotations.is_empty())
+                        .then(|| self.metadata.annotations.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(record.to_lease_spec()),
