@@ -301,6 +301,19 @@ def test_custom():
           and sm["spec"]["endpoints"][0]["path"] == "/metrics", "custom: ServiceMonitor on the admin port")
 
 
+def test_notes():
+    print("case NOTES.txt: helm install --dry-run=client")
+    r = subprocess.run(
+        [HELM, "install", RELEASE, CHART, "--namespace", NAMESPACE, "--dry-run=client"], capture_output=True, text=True
+    )
+    notes = r.stdout.split("NOTES:", 1)[-1]
+    for line in [
+        f"kubectl -n {NAMESPACE} get lease {FULLNAME} -o jsonpath='{{.spec.holderIdentity}}",
+        f"leader-elect status --namespace {NAMESPACE} --lease-name {FULLNAME}",
+    ]:
+        check(r.returncode == 0 and line in notes, f"NOTES.txt: says {line!r}: {r.stdout[-2000:]}{r.stderr}")
+
+
 def test_negative():
     schema = "values don't meet the specifications of the schema"
     cases = [
@@ -349,6 +362,7 @@ def main():
     test_single_replica()
     test_external_rbac()
     test_custom()
+    test_notes()
     test_negative()
     if failures:
         print(f"chart tests: {len(failures)} failure(s)")
