@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Chart tests for deploy/helm/leader-elect: render value sets with `helm template`, validate every manifest
+with `kubernetes-validate --strict`, assert on the rendered objects, and check that bad values fail with
+their message.
+
+    check_chart.py HELM KUBERNETES_VALIDATE
+
+Needs PyYAML (kubernetes-validate's virtualenv has it; test.sh runs this with that interpreter).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+HELM, KV = sys.argv[1], sys.argv[2]
+CHART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "leader-elect")
+KUBE_VERSION = "1.33"
+RELEASE, NAMESPACE = "job", "jobs"
+FULLNAME = "job-leader-elect"
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print(f"  FAIL {what}")
+
+
+def helm_template(args):
+    return subprocess.run(
+        [HELM, "template", RELEASE, CHART, "--namespace", NAMESPACE, *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def validate(text, case):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        r = subprocess.run(
+            [KV, "--strict", "-k", KUBE_VERSION, "--quiet", f.name], capture_output=True, text=True
+        )
+    finally:
+        os.unlink(f.name)
+    check(r.returncode == 0, f"{case}: kubernetes-validate --strict -k {KUBE_VERSION}: {r.stdout}{r.stderr}")
+
+
+def render(case, args):
+    """Renders, validates, and returns {(kind, name): object}."""
+    print(f"case {case}: helm template {' '.join(args)}")
+    r = helm_template(args)
+    if r.returncode != 0:
+        check(False, f"{case}: helm template failed: {r.stderr}")
+        return {}
+    validate(r.stdout, case)
+    objects = {}
+    for doc in yaml.safe_load_all(r.stdout):
+        if doc:
+            objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    return objects
+
+
+def must_fail(case, args, message):
+    print(f"case {case} (must fail): helm template {' '.join(args)}")
+    r = helm_template(args)
+    check(r.returncode != 0, f"{case}: rendered, but must fail with {message!r}")
+    check(message in r.stderr, f"{case}: error does not say {message!r}: {r.stderr.strip()}")
+
+
+def deployment(objects):
+    return objects[("Deployment", FULLNAME)]
+
+
+def container(objects):
+    (c,) = deployment(objects)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def kinds(objects):
+    return sorted(objects)
+
+
+LEASE_RULES = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [FULLNAME],
+        "verbs": ["get", "update", "list", "watch"],
+    },
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]
+EVENTS_RULE = {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 65534,
+    "runAsGroup": 65534,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+DOWNWARD_ENV = [
+    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+]
+
+
+def test_lint():
+    for case, args in [("default", []), ("wrap", WRAP)]:
+        print(f"case lint {case}: helm lint --strict {' '.join(args)}")
+        r = subprocess.run([HELM, "lint", "--strict", CHART, *args], capture_output=True, text=True)
+        check(r.returncode == 0, f"lint {case}: {r.stdout}{r.stderr}")
+
+
+def test_validator_rejects():
+    # The validator itself: an unknown field must fail, or every "valid" above proves nothing.
+    print("case validator: an unknown field in a Deployment is rejected")
+    bad = helm_template([]).stdout.replace("  replicas: 2\n", "  replicas: 2\n  replicaz: 2\n", 1)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(bad)
+    try:
+        r = subprocess.run([KV, "--strict", "-k", KUBE_VERSION, "--quiet", f.name], capture_output=True)
+    finally:
+        os.unlink(f.name)
+    check(r.returncode != 0, "validator: accepted a Deployment with an unknown field")
+
+
+def test_default():
+    objects = render("default", [])
+    check(
+        kinds(objects)
+        == sorted(
+            (k, FULLNAME)
+            for k in ["Deployment", "ServiceAccount", "Role", "RoleBinding", "Service", "PodDisruptionBudget"]
+        ),
+        f"default: objects {kinds(objects)}",
+    )
+    if not objects:
+        return
+    d = deployment(objects)
+    spec, pod = d["spec"], d["spec"]["template"]["spec"]
+    check(spec["replicas"] == 2, "default: replicas 2")
+    check(
+        spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        f"default: strategy {spec['strategy']}",
+    )
+    check(pod["serviceAccountName"] == FULLNAME, "default: serviceAccountName")
+    # 4 s grace (15 - 10 - 1) + 5 s release request (10 s / 2) + 2 s
+    check(pod["terminationGracePeriodSeconds"] == 11, f"default: terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']}")
+    check("initContainers" not in pod and "volumes" not in pod, "default: no initContainer or volume in image mode")
+    check(
+        pod["securityContext"]
+        == {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
+        f"default: pod securityContext {pod['securityContext']}",
+    )
+    (tsc,) = pod["topologySpreadConstraints"]
+    check(
+        tsc["topologyKey"] == "kubernetes.io/hostname" and tsc["whenUnsatisfiable"] == "ScheduleAnyway"
+        and tsc["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"],
+        f"default: topology spread {tsc}",
+    )
+    c = container(objects)
+    check(c["image"] == "leader-elect:0.1.0", f"default: image {c['image']}")
+    check(c["command"] == ["/usr/local/bin/leader-elect"], f"default: command {c['command']}")
+    check(
+        c["args"]
+        == [
+            "run",
+            f"--lease-name={FULLNAME}",
+            "--lease-duration=15s",
+            "--renew-deadline=10s",
+            "--retry-period=2s",
+            "--on-child-exit=release",
+            "--admin-listen=0.0.0.0:8080",
+            "--log-format=json",
+        ],
+        f"default: args {c['args']}",
+    )
+    check(c["env"] == DOWNWARD_ENV, f"default: env {c['env']}")
+    check(c["ports"] == [{"name": "admin", "containerPort": 8080, "protocol": "TCP"}], f"default: ports {c['ports']}")
+    check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, "default: liveness /healthz")
+    check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, "default: readiness /readyz")
+    check(c["securityContext"] == RESTRICTED, f"default: container securityContext {c['securityContext']}")
+    check(c["resources"]["requests"] and c["resources"]["limits"], "default: resources")
+
+    check(objects[("Role", FULLNAME)]["rules"] == LEASE_RULES, f"default: Role rules {objects[('Role', FULLNAME)]['rules']}")
+    rb = objects[("RoleBinding", FULLNAME)]
+    check(rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}, "default: roleRef")
+    check(rb["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}], f"default: subjects {rb['subjects']}")
+    svc = objects[("Service", FULLNAME)]["spec"]
+    check(svc["ports"] == [{"name": "admin", "port": 8080, "targetPort": "admin", "protocol": "TCP"}], "default: Service port")
+    check(svc["selector"] == spec["selector"]["matchLabels"], "default: Service selector")
+    pdb = objects[("PodDisruptionBudget", FULLNAME)]["spec"]
+    check(
+        pdb == {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow", "selector": spec["selector"]},
+        f"default: PDB {pdb}",
+    )
+
+
+WRAP = [
+    "--set", "mode=wrap",
+    "--set", "wrap.image.repository=registry.example/my-job",
+    "--set-string", "wrap.image.tag=1.2",
+    "--set", "command={my-job,--flag,a b}",
+]
+
+
+def test_wrap():
+    objects = render("wrap", WRAP)
+    if not objects:
+        return
+    pod = deployment(objects)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    check(init["image"] == "leader-elect:0.1.0", f"wrap: init image {init['image']}")
+    check(
+        init["command"] == ["/usr/local/bin/cp", "/usr/local/bin/leader-elect", "/le/leader-elect"],
+        f"wrap: init command {init['command']}",
+    )
+    check(init["volumeMounts"] == [{"name": "leader-elect", "mountPath": "/le"}], "wrap: init mount")
+    check(init["securityContext"] == RESTRICTED, "wrap: init securityContext")
+    check(pod["volumes"] == [{"name": "leader-elect", "emptyDir": {"sizeLimit": "128Mi"}}], f"wrap: volumes {pod['volumes']}")
+    c = container(objects)
+    check(c["image"] == "registry.example/my-job:1.2", f"wrap: image {c['image']}")
+    check(c["command"] == ["/le/leader-elect"], f"wrap: command {c['command']}")
+    check(c["args"][0] == "run" and c["args"][-4:] == ["--", "my-job", "--flag", "a b"], f"wrap: args {c['args']}")
+    check(c["volumeMounts"] == [{"name": "leader-elect", "mountPath": "/le", "readOnly": True}], "wrap: mount read-only")
+    check(c["env"] == DOWNWARD_ENV and c["securityContext"] == RESTRICTED, "wrap: env and securityContext")
+
+
+def test_events():
+    objects = render("events", ["--set", "events.enabled=true"])
+    if not objects:
+        return
+    check(objects[("Role", FULLNAME)]["rules"] == LEASE_RULES + [EVENTS_RULE], "events: Role has the events rule")
+    check("--events" in container(objects)["args"], "events: --events passed")
+
+
+def test_single_replica():
+    objects = render("one replica", ["--set", "replicaCount=1"])
+    check(objects and ("PodDisruptionBudget", FULLNAME) not in objects, "one replica: no PDB")
+    objects = render("pdb disabled", ["--set", "podDisruptionBudget.enabled=false"])
+    check(objects and ("PodDisruptionBudget", FULLNAME) not in objects, "pdb disabled: no PDB")
+
+
+def test_external_rbac():
+    objects = render(
+        "existing service account",
+        ["--set", "rbac.create=false", "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops"],
+    )
+    if not objects:
+        return
+    check(
+        not any(k in ("Role", "RoleBinding", "ServiceAccount") for k, _ in objects),
+        f"existing service account: no RBAC objects {kinds(objects)}",
+    )
+    check(deployment(objects)["spec"]["template"]["spec"]["serviceAccountName"] == "ops", "existing service account: name")
+
+
+def test_custom():
+    objects = render(
+        "custom timings and lease",
+        [
+            "--set", "leaderElection.leaseName=my.lease",
+            "--set", "leaderElection.leaseDuration=30s",
+            "--set", "leaderElection.renewDeadline=20s",
+            "--set", "leaderElection.retryPeriod=5s",
+            "--set", "leaderElection.gracePeriod=7s",
+            "--set", "leaderElection.onChildExit=restart",
+            "--set", "admin.port=9090",
+            "--set", "admin.bindAddress=::",
+            "--set", "logFormat=text",
+            "--set", "serviceMonitor.enabled=true",
+            "--set", "nodeSelector.pool=jobs",
+            "--set", "tolerations[0].key=dedicated",
+            "--set", "tolerations[0].operator=Exists",
+            "--kube-version", "1.33.0",
+        ],
+    )
+    if not objects:
+        return
+    pod = deployment(objects)["spec"]["template"]["spec"]
+    c = container(objects)
+    for arg in [
+        "--lease-name=my.lease", "--lease-duration=30s", "--renew-deadline=20s", "--retry-period=5s",
+        "--grace-period=7s", "--on-child-exit=restart", "--admin-listen=[::]:9090", "--log-format=text",
+    ]:
+        check(arg in c["args"], f"custom: {arg} in args {c['args']}")
+    # 7 s grace + 10 s release request (20 s / 2) + 2 s
+    check(pod["terminationGracePeriodSeconds"] == 19, f"custom: terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']}")
+    check(objects[("Role", FULLNAME)]["rules"][0]["resourceNames"] == ["my.lease"], "custom: Role names the lease")
+    check(c["ports"][0]["containerPort"] == 9090, "custom: admin port")
+    check(pod["nodeSelector"] == {"pool": "jobs"}, "custom: nodeSelector")
+    check(pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}], "custom: tolerations")
+    sm = objects.get(("ServiceMonitor", FULLNAME))
+    check(sm is not None and sm["spec"]["endpoints"][0]["port"] == "admin"
+          and sm["spec"]["endpoints"][0]["path"] == "/metrics", "custom: ServiceMonitor on the admin port")
+
+
+def test_notes():
+    print("case NOTES.txt: helm install --dry-run=client")
+    r = subprocess.run(
+        [HELM, "install", RELEASE, CHART, "--namespace", NAMESPACE, "--dry-run=client"], capture_output=True, text=True
+    )
+    notes = r.stdout.split("NOTES:", 1)[-1]
+    for line in [
+        f"kubectl -n {NAMESPACE} get lease {FULLNAME} -o jsonpath='{{.spec.holderIdentity}}",
+        f"leader-elect status --namespace {NAMESPACE} --lease-name {FULLNAME}",
+    ]:
+        check(r.returncode == 0 and line in notes, f"NOTES.txt: says {line!r}: {r.stdout[-2000:]}{r.stderr}")
+
+
+def test_negative():
+    schema = "values don't meet the specifications of the schema"
+    cases = [
+        ("replicaCount 0", ["--set", "replicaCount=0"], "at '/replicaCount': minimum"),
+        ("replicaCount a string", ["--set-string", "replicaCount=two"], "at '/replicaCount': got string, want integer"),
+        ("leaseDuration a number", ["--set", "leaderElection.leaseDuration=15"], "at '/leaderElection/leaseDuration': got number, want string"),
+        ("malformed duration", ["--set", "leaderElection.retryPeriod=2 seconds"], "at '/leaderElection/retryPeriod'"),
+        ("malformed lease name", ["--set", "leaderElection.leaseName=My_Lease"], "at '/leaderElection/leaseName'"),
+        ("unknown mode", ["--set", "mode=sidecar"], "at '/mode'"),
+        ("unknown key", ["--set", "replicas=3"], "additional properties 'replicas' not allowed"),
+        ("events not a boolean", ["--set-string", "events.enabled=yes"], "at '/events/enabled'"),
+        ("lease <= renew", ["--set", "leaderElection.renewDeadline=15s"],
+         "leaderElection.leaseDuration (15s) must be greater than leaderElection.renewDeadline (15s)"),
+        ("renew <= 1.2 x retry", ["--set", "leaderElection.retryPeriod=9s"],
+         "leaderElection.renewDeadline (10s) must be greater than 1.2 x leaderElection.retryPeriod (9s)"),
+        ("lease not whole seconds", ["--set", "leaderElection.leaseDuration=15500ms"],
+         "leaderElection.leaseDuration (15500ms) must be a whole number of seconds"),
+        ("zero retry", ["--set", "leaderElection.retryPeriod=0s"], "must each be greater than 0"),
+        ("grace period too long", ["--set", "leaderElection.gracePeriod=4001ms"],
+         "leaderElection.gracePeriod (4001ms) must fit in leaseDuration - renewDeadline"),
+        ("termination grace too short", ["--set", "terminationGracePeriodSeconds=10"],
+         "terminationGracePeriodSeconds (10) must be at least 11"),
+        ("wrap without image", ["--set", "mode=wrap", "--set", "command={x}"], "mode wrap needs wrap.image.repository"),
+        ("wrap without command", ["--set", "mode=wrap", "--set", "wrap.image.repository=x"], "mode wrap needs command"),
+        ("ServiceMonitor without Service", ["--set", "serviceMonitor.enabled=true", "--set", "service.enabled=false"],
+         "serviceMonitor.enabled needs service.enabled"),
+    ]
+    for case, args, message in cases:
+        must_fail(case, args, message)
+        if message.startswith("at '") or "additional properties" in message:
+            r = helm_template(args)
+            check(schema in r.stderr, f"{case}: rejected by values.schema.json")
+    # The boundary is allowed: exactly the stop window, and 1.2 x retry just below renew.
+    render("grace period at the boundary", ["--set", "leaderElection.gracePeriod=4s"])
+    render("retry period just under renew / 1.2", ["--set", "leaderElection.retryPeriod=8s"])
+    render("compound durations", ["--set", "leaderElection.leaseDuration=1m", "--set", "leaderElection.renewDeadline=45s",
+                                  "--set", "leaderElection.retryPeriod=1s500ms"])
+
+
+def main():
+    test_lint()
+    test_validator_rejects()
+    test_default()
+    test_wrap()
+    test_events()
+    test_single_replica()
+    test_external_rbac()
+    test_custom()
+    test_notes()
+    test_negative()
+    if failures:
+        print(f"chart tests: {len(failures)} failure(s)")
+        sys.exit(1)
+    print("chart tests: all passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Chart tests for deploy/helm/leader-elect, offline: helm lint --strict, helm template with several value sets,
+# kubernetes-validate --strict on every rendered manifest, assertions on the rendered objects and failing value
+# sets (deploy/helm/check_chart.py).
+#
+# Tools: $HELM and $KUBERNETES_VALIDATE when set; else helm 4 and kubernetes-validate from PATH; else installed
+# (cached) by ../shared/tools/helm.sh and ../shared/tools/kubernetes-validate.sh, relative to the repository root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+tools=$(cd "$here/../.." && pwd)/../shared/tools
+
+install_tool() {
+    if [ ! -x "$tools/$1" ]; then
+        echo "deploy/helm/test.sh: $2 is not on PATH and $tools/$1, which installs it, is missing" >&2
+        exit 1
+    fi
+    "$tools/$1"
+}
+
+if [ -z "${HELM:-}" ]; then
+    # values.schema.json is draft 2020-12, which helm 4 enforces; an older helm on PATH is not used.
+    if command -v helm >/dev/null && helm version --short 2>/dev/null | grep -q '^v4\.'; then
+        HELM=$(command -v helm)
+    else
+        HELM=$(install_tool helm.sh "helm 4")
+    fi
+fi
+if [ -z "${KUBERNETES_VALIDATE:-}" ]; then
+    KUBERNETES_VALIDATE=$(command -v kubernetes-validate || install_tool kubernetes-validate.sh kubernetes-validate)
+fi
+
+# PyYAML: kubernetes-validate's own interpreter has it (a dependency); else the system python3.
+python=
+for candidate in "$(dirname "$KUBERNETES_VALIDATE")/python" python3; do
+    if "$candidate" -c 'import yaml' 2>/dev/null; then python=$candidate; break; fi
+done
+if [ -z "$python" ]; then
+    echo "deploy/helm/test.sh: no python with PyYAML (pip install pyyaml)" >&2
+    exit 1
+fi
+
+echo "chart tests: $("$HELM" version --short), $("$KUBERNETES_VALIDATE" --version)"
+exec "$python" "$here/check_chart.py" "$HELM" "$KUBERNETES_VALIDATE"
