@@ -5,7 +5,7 @@
 #
 # It runs `leader-elect run ... -- CMD` where CMD is in the image (build yours FROM it, or copy
 # /usr/local/bin/leader-elect into yours), and it is the source of the Helm chart's wrap mode, whose
-# initContainer copies leader-elect into the user's pod with the static `cp` added below.
+# initContainer copies leader-elect into the user's pod with `leader-elect install /le`.
 
 ARG RUST_VERSION=1.89
 
@@ -17,13 +17,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release -p leader-elect --locked \
     && install -D -m 0755 target/release/leader-elect /out/leader-elect
 
-# A static (musl) busybox, used only as `cp` by the chart's wrap-mode initContainer: distroless has no cp.
-FROM busybox:1.37.0-musl AS busybox
-
 # leader-elect links glibc: distroless/cc (glibc, libgcc; Debian 12 like the build stage).
 FROM gcr.io/distroless/cc-debian12
 COPY --from=build /out/leader-elect /usr/local/bin/leader-elect
-COPY --from=busybox /bin/busybox /usr/local/bin/cp
 USER 65534:65534
 ENTRYPOINT ["/usr/local/bin/leader-elect"]
 CMD ["--help"]

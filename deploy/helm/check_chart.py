@@ -218,7 +218,7 @@ def test_wrap():
     (init,) = pod["initContainers"]
     check(init["image"] == "leader-elect:0.1.0", f"wrap: init image {init['image']}")
     check(
-        init["command"] == ["/usr/local/bin/cp", "/usr/local/bin/leader-elect", "/le/leader-elect"],
+        init["command"] == ["/usr/local/bin/leader-elect", "install", "/le"],
         f"wrap: init command {init['command']}",
     )
     check(init["volumeMounts"] == [{"name": "leader-elect", "mountPath": "/le"}], "wrap: init mount")

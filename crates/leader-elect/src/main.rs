@@ -10,6 +10,7 @@ mod child;
 mod client;
 mod demo;
 mod harness;
+mod install;
 mod lease;
 mod logging;
 mod run;
@@ -51,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure handover, crash failover, API load and footprint over many runs (build with --release).
     Bench(bench::BenchArgs),
+    /// Copy this binary into a directory (the Helm chart's wrap mode: an initContainer fills an emptyDir).
+    Install(install::InstallArgs),
     /// (internal) Arm the parent-death signal, then exec the command.
     #[command(hide = true)]
     ExecChild(child::ExecChildArgs),
@@ -91,7 +94,7 @@ fn main() -> ExitCode {
         // One thread: the child is spawned from the main thread, which lives as long as the process, so
         // the parent-death signal fires exactly when leader-elect dies. Nothing on it blocks: logs are
         // queued (`logging`), and the child's SIGKILL deadline has a thread of its own.
-        Command::Run(_) | Command::Status(_) | Command::Release(_) => {
+        Command::Run(_) | Command::Status(_) | Command::Release(_) | Command::Install(_) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Install(args) => install::install(&args),
             Command::ExecChild(_) | Command::Guardian => Ok(()),
         }
     });

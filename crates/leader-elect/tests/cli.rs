@@ -534,3 +534,34 @@ async fn release_of_a_dead_holder_waits_one_lease_duration_then_releases() {
     );
     server.shutdown().await;
 }
+
+/// `install DIR` puts a working, executable copy of leader-elect in DIR (the chart's wrap mode needs no
+/// `cp` in the image); a missing DIR is a runtime error naming it.
+#[tokio::test]
+async fn install_copies_a_working_binary_into_a_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().to_str().unwrap();
+    let out = leader_elect(&["install", target]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let installed = dir.path().join("leader-elect");
+    let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let version = tokio::process::Command::new(&installed)
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("leader-elect "));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+
+    let missing = dir.path().join("missing");
+    let (code, message) = failure(&leader_elect(&["install", missing.to_str().unwrap()]).await);
+    assert_eq!(code, 1);
+    assert!(message.contains(missing.to_str().unwrap()), "{message}");
+}

@@ -900,8 +900,9 @@ impl<'a> Runner<'a> {
                         identity = %self.identity(),
                         lease = %self.inner.lock.describe(),
                         term = term.transitions,
-                        panic = %message,
-                        "leader-only work panicked; ending the term so that another candidate can lead"
+                        failure = %message,
+                        "leader-only work failed (its task panicked, or a supervisor stepped down); \
+                         ending the term so that another candidate can lead"
                     );
                     self.inner.observer.on_work_failure();
                     break StopReason::WorkFailed { message };

@@ -38,7 +38,7 @@ use group::Group;
 
 /// This executable as the kernel knows it: still the binary we run after it was replaced or removed on
 /// disk. `std::env::current_exe()` gives its path instead, which by then names another file or none.
-const SELF_EXE: &str = "/proc/self/exe";
+pub(crate) const SELF_EXE: &str = "/proc/self/exe";
 
 /// While the group runs, it is also looked at on this period, besides every SIGCHLD: members that are not
 /// our children exit without one.
