@@ -68,7 +68,7 @@ pub(crate) struct RunArgs {
     /// What to do when the child exits on its own while leading.
     #[arg(long, value_enum, default_value_t = OnChildExit::Release)]
     on_child_exit: OnChildExit,
-    /// Record Kubernetes Events on the Lease ("<identity> became leader", "<identity> stopped leading"),
+    /// Record Kubernetes Events on the Lease ("IDENTITY became leader", "IDENTITY stopped leading"),
     /// reported by "leader-elect" (or controller.leader_election.events: true in --config). Needs RBAC
     /// events.k8s.io events: create, patch; a failure to record is logged and never affects the election.
     #[arg(long)]
