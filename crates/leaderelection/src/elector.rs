@@ -322,6 +322,8 @@ struct Tenure {
     next_renew: Instant,
     /// Whether to (re)open the watch of our own Lease; off after a failure until the next renewal.
     may_watch: bool,
+    /// The term is ending (graceful stop or yield): a `preferredHolder` no longer ends it again.
+    yielding: bool,
 }
 
 // === impl Tenure ===
@@ -330,6 +332,17 @@ impl Tenure {
     /// The term's work deadline: the earliest instant a follower may take over, less the margin.
     fn work_deadline(&self, config: &Config) -> Instant {
         self.valid_until + config.stop_window()
+    }
+
+    /// `Err(Yielded)` when the Lease asks us (through `preferredHolder`) to yield to another candidate,
+    /// unless the term is already ending.
+    fn check_preference(&self, identity: &str) -> Result<(), StopReason> {
+        match self.lease.record.preferred_other_than(identity) {
+            Some(preferred) if !self.yielding => Err(StopReason::Yielded {
+                preferred_holder: preferred.to_owned(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn publish(&self, state: &mut LeaderState, config: &Config) {
@@ -448,9 +461,11 @@ impl<'a> Runner<'a> {
                 StopReason::Shutdown => return None,
                 // Give the others a turn: they take the released Lease at once.
                 StopReason::WorkFailed { .. } => self.pause().await?,
+                // A candidate that yielded follows: it leaves the released Lease to the preferred holder.
                 StopReason::LeaseLost { .. }
                 | StopReason::RenewDeadlineExceeded
-                | StopReason::Released => {}
+                | StopReason::Released
+                | StopReason::Yielded { .. } => {}
             }
             // A term ended: read afresh before anything else (a frozen process learns here that
             // someone else took over, and never writes on the strength of what it saw before).
@@ -491,6 +506,16 @@ impl<'a> Runner<'a> {
             Seen::Unknown | Seen::Missing => Decision::Create,
             Seen::Present { lease, observed_at } => {
                 let record = &lease.record;
+                if !record.is_held() && record.preferred_other_than(self.identity()).is_some() {
+                    // Released for a preferred holder: it takes the Lease first; if it does not within
+                    // the record's duration (it is gone), anyone may.
+                    let deferred_until = *observed_at + lease_duration(record);
+                    return if now >= deferred_until {
+                        Decision::Take(lease.clone())
+                    } else {
+                        Decision::Wait(deferred_until)
+                    };
+                }
                 if !record.is_held() || record.holder_identity == self.identity() {
                     return Decision::Take(lease.clone());
                 }
@@ -872,6 +897,7 @@ impl<'a> Runner<'a> {
             valid_until: sent_at + self.config().renew_deadline,
             next_renew: Instant::now() + self.config().retry_period,
             may_watch: true,
+            yielding: false,
         };
         self.inner.state.send_modify(|state| {
             state.term = Some(term.clone());
@@ -930,7 +956,10 @@ impl<'a> Runner<'a> {
         );
         work.token.cancel();
         let (stopped, ours) = match &reason {
-            StopReason::Shutdown => self.drain(&mut work, &mut tenure).await,
+            StopReason::Shutdown | StopReason::Yielded { .. } => {
+                tenure.yielding = true;
+                self.drain(&mut work, &mut tenure).await
+            }
             StopReason::WorkFailed { .. } => (true, true),
             other => (self.stop_after(other, &mut work, &tenure).await, false),
         };
@@ -989,6 +1018,7 @@ impl<'a> Runner<'a> {
         let deadline = match reason {
             StopReason::RenewDeadlineExceeded
             | StopReason::Shutdown
+            | StopReason::Yielded { .. }
             | StopReason::WorkFailed { .. } => {
                 let by_timeout = Instant::now() + self.config().effective_stop_timeout();
                 by_timeout.min(tenure.work_deadline(self.config()))
@@ -1055,10 +1085,16 @@ impl<'a> Runner<'a> {
             if sent_at >= tenure.valid_until {
                 return Err(StopReason::RenewDeadlineExceeded);
             }
-            let desired = self.desired(
-                tenure.lease.record.acquire_time,
-                tenure.lease.record.lease_transitions,
-            );
+            // A renewal keeps what others wrote into the election record: `strategy` (coordinated election)
+            // and `preferredHolder` (we were asked to yield, and do so once our work has stopped).
+            let desired = LeaderElectionRecord {
+                strategy: tenure.lease.record.strategy.clone(),
+                preferred_holder: tenure.lease.record.preferred_holder.clone(),
+                ..self.desired(
+                    tenure.lease.record.acquire_time,
+                    tenure.lease.record.lease_transitions,
+                )
+            };
             let renewed = tokio::select! {
                 biased;
                 output = &mut until => return Ok(output),
@@ -1079,6 +1115,7 @@ impl<'a> Runner<'a> {
                     self.inner
                         .state
                         .send_modify(|state| tenure.publish(state, self.config()));
+                    tenure.check_preference(self.identity())?;
                 }
                 Err(LockError::Conflict) => {
                     self.inner.observer.on_slow_path();
@@ -1091,6 +1128,7 @@ impl<'a> Runner<'a> {
                         Some(fresh) => {
                             tenure.lease = fresh;
                             tenure.next_renew = Instant::now();
+                            tenure.check_preference(self.identity())?;
                         }
                         None => tenure.next_renew = Instant::now() + self.config().retry_period,
                     }
@@ -1159,11 +1197,12 @@ impl<'a> Runner<'a> {
                         StopReason::LeaseLost { new_holder: holder }
                     });
                 }
-                if *record == tenure.lease.record {
-                    // Our own last write, or a metadata-only write over it: guard the next renewal with
-                    // the newest version instead of running into a conflict.
+                if *record == tenure.lease.record || record.preferred_holder.is_some() {
+                    // Our own last write, a metadata-only write over it, or a request to yield: guard the
+                    // next renewal with the newest version instead of running into a conflict.
                     tenure.lease = lease.clone();
                     self.observe(lease);
+                    tenure.check_preference(self.identity())?;
                 }
             }
             Some(Ok(LeaseEvent::Deleted(rv))) => {

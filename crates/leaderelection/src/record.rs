@@ -75,7 +75,9 @@ impl LeaderElectionRecord {
 
     /// The record that releases this one (client-go's `release`): holder `""`, `leaseDurationSeconds: 1`,
     /// acquire and renew times `now` (truncated to microseconds), `leaseTransitions` kept, so the next
-    /// candidate takes over at once and the term count continues.
+    /// candidate takes over at once and the term count continues. `strategy` and `preferredHolder` are
+    /// kept: under coordinated election (KEP-4355) the election controller then assigns its electee at
+    /// once, and otherwise the preferred candidate, not any, takes the Lease first.
     #[must_use]
     pub fn released(&self, now: Timestamp) -> Self {
         let now = truncate_to_micros(now);
@@ -85,9 +87,17 @@ impl LeaderElectionRecord {
             acquire_time: Some(now),
             renew_time: Some(now),
             lease_transitions: self.lease_transitions,
-            strategy: None,
-            preferred_holder: None,
+            strategy: self.strategy.clone(),
+            preferred_holder: self.preferred_holder.clone(),
         }
+    }
+
+    /// The `preferredHolder` when it names a candidate other than `identity` (asked to yield to it).
+    #[must_use]
+    pub fn preferred_other_than(&self, identity: &str) -> Option<&str> {
+        self.preferred_holder
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != identity)
     }
 
     /// Whether somebody holds the Lease (`holderIdentity` is not empty).

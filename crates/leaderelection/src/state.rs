@@ -87,6 +87,12 @@ pub enum StopReason {
     Released,
     /// `run` was shut down.
     Shutdown,
+    /// The Lease's `preferredHolder` named another candidate: the term ended as on a graceful stop (work
+    /// stopped while renewing, then released) so that it takes over at once.
+    Yielded {
+        /// The preferred holder.
+        preferred_holder: String,
+    },
     /// The term's leader-only work panicked: the term ended so that another candidate can lead.
     WorkFailed {
         /// The panic message.
@@ -105,6 +111,7 @@ impl StopReason {
             Self::RenewDeadlineExceeded => "renew_deadline_exceeded",
             Self::Released => "released",
             Self::Shutdown => "shutdown",
+            Self::Yielded { .. } => "yielded",
             Self::WorkFailed { .. } => "work_failed",
         }
     }

@@ -1159,3 +1159,98 @@ async fn an_on_started_leading_that_returns_keeps_leadership() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+// --- a preferred holder (coordinated leader election, KEP-4355) ---
+
+/// `record` asking its holder to yield to `preferred`, as kube-apiserver's election controller (or an
+/// operator) writes it.
+fn preferring(preferred: &str, store: &MemoryLeaseStore) -> LeaderElectionRecord {
+    LeaderElectionRecord {
+        preferred_holder: Some(preferred.into()),
+        ..store.lease().unwrap().record
+    }
+}
+
+/// A leader whose Lease names another `preferredHolder` ends its term as on a graceful stop: it keeps
+/// renewing (and keeps `preferredHolder`) while its work drains, releases with `preferredHolder` kept, and
+/// the preferred candidate, watching, takes over at once; another follower does not race it.
+#[tokio::test(start_paused = true)]
+async fn a_leader_yields_to_the_preferred_holder_which_takes_over_at_once() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(&store, config("a"), Duration::from_millis(1_500));
+    until_leader(&a).await;
+    let (b, c) = (spawn(&store, "b"), spawn(&store, "c"));
+    until(&b, |s| s.leader.as_deref() == Some("a")).await;
+    until(&c, |s| s.leader.as_deref() == Some("a")).await;
+    tokio::time::sleep(RETRY / 2).await;
+    store.clear_calls();
+    let asked = Instant::now();
+    store.put(preferring("b", &store));
+    let took = until_leader(&b).await;
+    assert_eq!(
+        took - asked,
+        Duration::from_millis(1_500),
+        "once a's work has stopped"
+    );
+    assert!(
+        a.log.entries().contains(&"stopped:yielded".to_string()),
+        "{:?}",
+        a.log.entries()
+    );
+    assert!(
+        a.log
+            .entries()
+            .contains(&"work_stopped:holder=a".to_string()),
+        "drained while a held it"
+    );
+    assert!(
+        store.calls_of("a").contains(&"update".to_string()),
+        "a renewed while draining"
+    );
+    assert!(
+        !store
+            .calls_of("c")
+            .iter()
+            .any(|call| call.starts_with("update")),
+        "c left the released Lease to b: {:?}",
+        store.calls_of("c")
+    );
+    let record = store.lease().unwrap().record;
+    assert_eq!(record.holder_identity, "b");
+    assert_eq!(record.preferred_holder, None, "satisfied once b holds it");
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(b.elector.is_leader() && !a.elector.is_leader() && !c.elector.is_leader());
+}
+
+/// A preferred holder that never comes (gone, or never existed) leaves the released Lease without a leader
+/// for at most its leaseDurationSeconds (1 s once released): then the others take it.
+#[tokio::test(start_paused = true)]
+async fn a_missing_preferred_holder_delays_the_takeover_by_one_lease_duration_at_most() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let c = spawn(&store, "c");
+    until(&c, |s| s.leader.as_deref() == Some("a")).await;
+    store.put(preferring("ghost", &store));
+    until(&a, |s| s.term.is_none()).await;
+    let released = Instant::now();
+    let mut led = None;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if a.elector.is_leader() || c.elector.is_leader() {
+            led = Some(Instant::now());
+            break;
+        }
+    }
+    let led = led.expect("someone leads again");
+    assert!(
+        led - released >= Duration::from_secs(1),
+        "{:?}",
+        led - released
+    );
+    assert!(
+        led - released <= Duration::from_millis(1_020),
+        "{:?}",
+        led - released
+    );
+}
