@@ -89,7 +89,13 @@ impl Default for Builder {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            resources: vec![ResourceType::lease(), ResourceType::event()],
+            // Lease (v1) before LeaseCandidate (v1beta1): discovery lists a group's versions in this order and
+            // prefers the first, as kube-apiserver prefers coordination.k8s.io/v1.
+            resources: vec![
+                ResourceType::lease(),
+                ResourceType::event(),
+                ResourceType::lease_candidate(),
+            ],
             history_limit: DEFAULT_HISTORY_LIMIT,
             history_max_age: DEFAULT_HISTORY_MAX_AGE,
             log_limit: DEFAULT_LOG_LIMIT,
@@ -183,7 +189,8 @@ impl FakeApiServer {
         Builder::default()
     }
 
-    /// Starts a server serving Leases (and `events.k8s.io/v1` Events) on an ephemeral loopback port.
+    /// Starts a server serving Leases (and `events.k8s.io/v1` Events, `coordination.k8s.io/v1beta1`
+    /// LeaseCandidates) on an ephemeral loopback port.
     ///
     /// # Errors
     ///
