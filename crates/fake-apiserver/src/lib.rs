@@ -36,6 +36,7 @@ mod admin;
 mod api;
 mod body;
 mod discovery;
+mod election;
 mod faults;
 mod listener;
 mod openapi;
@@ -58,6 +59,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::election::ElectionTimings;
 pub use crate::faults::{Faults, FaultsError};
 pub use crate::listener::Listener;
 pub use crate::resource::ResourceType;
@@ -83,6 +85,7 @@ pub struct Builder {
     log_limit: usize,
     watch_buffer: usize,
     bookmark_interval: Duration,
+    coordinated_election: Option<ElectionTimings>,
 }
 
 impl Default for Builder {
@@ -101,6 +104,7 @@ impl Default for Builder {
             log_limit: DEFAULT_LOG_LIMIT,
             watch_buffer: 256,
             bookmark_interval: Duration::from_secs(60),
+            coordinated_election: None,
         }
     }
 }
@@ -151,6 +155,19 @@ impl Builder {
         self
     }
 
+    /// Runs the coordinated leader election controller (KEP-4355; kube-apiserver with
+    /// `--feature-gates=CoordinatedLeaderElection=true`): for each (namespace, `leaseName`) with
+    /// LeaseCandidates, it sets `pingTime` on the candidates, waits at most `timings.election_window` for
+    /// `renewTime > pingTime`, elects among those that answered by `OldestEmulationVersion` (lowest
+    /// emulationVersion, then binaryVersion, then oldest creationTimestamp), then creates the Lease for the
+    /// electee, assigns a released or expired Lease to it, or sets `preferredHolder` on a valid Lease held by
+    /// another. An election runs when a candidate appears or renews, and when the Lease is released, deleted
+    /// or expires. Off by default, as in kube-apiserver.
+    pub fn coordinated_election(mut self, timings: ElectionTimings) -> Self {
+        self.coordinated_election = Some(timings);
+        self
+    }
+
     /// Binds the default listener and starts serving.
     ///
     /// # Errors
@@ -172,6 +189,13 @@ impl Builder {
             tasks: TaskTracker::new(),
         });
         let default = Shared::add_listener(&shared, self.listen)?;
+        if let Some(timings) = self.coordinated_election {
+            shared.tasks.spawn(election::run(
+                shared.clone(),
+                timings,
+                shared.shutdown.clone(),
+            ));
+        }
         Ok(FakeApiServer { shared, default })
     }
 }
