@@ -342,7 +342,8 @@ impl Controller {
                     "metadata": {"name": pair.1, "namespace": pair.0}, "spec": spec});
                 store.create(&target, object).map(drop)
             }
-            (Some(lease), Some(electee)) => {
+            // A Lease without a strategy is not coordinated: left to its clients.
+            (Some(lease), Some(electee)) if !str_at(&lease, "/spec/strategy").is_empty() => {
                 let holder = str_at(&lease, "/spec/holderIdentity");
                 let expired = lease_expiry(&lease).is_none_or(|e| e <= jiff::Timestamp::now());
                 let patch = if holder.is_empty() || expired {

@@ -8,6 +8,9 @@
 //! `Table` form of get and list. See the repository's `docs/fake-apiserver.md` for the list of behaviours and
 //! the known differences.
 //!
+//! With [`Builder::coordinated_election`] it also runs kube-apiserver's coordinated leader election
+//! controller over `coordination.k8s.io/v1beta1` LeaseCandidates.
+//!
 //! Every listener serves the same store; each has its own [`Faults`], so a test can cut one client off the
 //! API while the others still reach it.
 //!

@@ -100,6 +100,10 @@ fn holder(spec: &LeaseSpec) -> &str {
 }
 
 async fn create_held_lease(client: &kube::Client, holder: &str) {
+    create_lease(client, holder, 30, Some("OldestEmulationVersion")).await;
+}
+
+async fn create_lease(client: &kube::Client, holder: &str, seconds: i32, strategy: Option<&str>) {
     let api: Api<Lease> = Api::namespaced(client.clone(), NS);
     let lease = Lease {
         metadata: ObjectMeta {
@@ -108,9 +112,9 @@ async fn create_held_lease(client: &kube::Client, holder: &str) {
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(30),
+            lease_duration_seconds: Some(seconds),
             renew_time: Some(MicroTime(Timestamp::now())),
-            strategy: Some("OldestEmulationVersion".into()),
+            strategy: strategy.map(str::to_owned),
             ..LeaseSpec::default()
         }),
     };
@@ -220,5 +224,68 @@ async fn a_released_lease_goes_to_the_electee_at_once() {
     for task in answering {
         task.await.unwrap();
     }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_goes_to_the_electee() {
+    let server = server(Duration::from_secs(1)).await;
+    let client = client(&server.url());
+    // Held by "a" for 1 s, never renewed.
+    create_lease(&client, "a", 1, Some("OldestEmulationVersion")).await;
+    register(&client, "a", "1.34.0").await;
+    register(&client, "b", "1.33.0").await;
+    let stop = CancellationToken::new();
+    let answering = [
+        answer_pings(&client, "a", &stop),
+        answer_pings(&client, "b", &stop),
+    ];
+    let spec = lease_until(&client, |s| holder(s) == "b").await;
+    assert_eq!(spec.preferred_holder, None);
+    assert_eq!(spec.lease_duration_seconds, Some(5));
+    let renewed = spec
+        .renew_time
+        .expect("the new term starts with a renewTime")
+        .0;
+    assert!(
+        renewed > Timestamp::now() - Duration::from_secs(2),
+        "{renewed}"
+    );
+    stop.cancel();
+    for task in answering {
+        task.await.unwrap();
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lease_without_strategy_is_not_coordinated() {
+    let server = server(Duration::from_millis(300)).await;
+    let client = client(&server.url());
+    create_lease(&client, "", 30, None).await;
+    register(&client, "b", "1.33.0").await;
+    let stop = CancellationToken::new();
+    let answering = answer_pings(&client, "b", &stop);
+    // Once "b" answered a ping, its election has run; the Lease is still unheld.
+    let candidates: Api<LeaseCandidate> = Api::namespaced(client.clone(), NS);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let spec = candidates.get("b").await.unwrap().spec.unwrap();
+        if let (Some(ping), Some(renew)) = (spec.ping_time, spec.renew_time)
+            && renew.0 > ping.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was never pinged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The renew that answered triggers one more (immediate) election: give it the window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let spec = leases.get("l1").await.unwrap().spec.unwrap();
+    assert_eq!(holder(&spec), "");
+    assert_eq!(spec.preferred_holder, None);
+    stop.cancel();
+    answering.await.unwrap();
     server.shutdown().await;
 }
