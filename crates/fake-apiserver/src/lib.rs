@@ -8,6 +8,9 @@
 //! `Table` form of get and list. See the repository's `docs/fake-apiserver.md` for the list of behaviours and
 //! the known differences.
 //!
+//! With [`Builder::coordinated_election`] it also runs kube-apiserver's coordinated leader election
+//! controller over `coordination.k8s.io/v1beta1` LeaseCandidates.
+//!
 //! Every listener serves the same store; each has its own [`Faults`], so a test can cut one client off the
 //! API while the others still reach it.
 //!
@@ -36,6 +39,7 @@ mod admin;
 mod api;
 mod body;
 mod discovery;
+mod election;
 mod faults;
 mod listener;
 mod openapi;
@@ -58,6 +62,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::election::ElectionTimings;
 pub use crate::faults::{Faults, FaultsError};
 pub use crate::listener::Listener;
 pub use crate::resource::ResourceType;
@@ -83,18 +88,26 @@ pub struct Builder {
     log_limit: usize,
     watch_buffer: usize,
     bookmark_interval: Duration,
+    coordinated_election: Option<ElectionTimings>,
 }
 
 impl Default for Builder {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            resources: vec![ResourceType::lease(), ResourceType::event()],
+            // Lease (v1) before LeaseCandidate (v1beta1): discovery lists a group's versions in this order and
+            // prefers the first, as kube-apiserver prefers coordination.k8s.io/v1.
+            resources: vec![
+                ResourceType::lease(),
+                ResourceType::event(),
+                ResourceType::lease_candidate(),
+            ],
             history_limit: DEFAULT_HISTORY_LIMIT,
             history_max_age: DEFAULT_HISTORY_MAX_AGE,
             log_limit: DEFAULT_LOG_LIMIT,
             watch_buffer: 256,
             bookmark_interval: Duration::from_secs(60),
+            coordinated_election: None,
         }
     }
 }
@@ -145,6 +158,19 @@ impl Builder {
         self
     }
 
+    /// Runs the coordinated leader election controller (KEP-4355; kube-apiserver with
+    /// `--feature-gates=CoordinatedLeaderElection=true`): for each (namespace, `leaseName`) with
+    /// LeaseCandidates, it sets `pingTime` on the candidates, waits at most `timings.election_window` for
+    /// `renewTime > pingTime`, elects among those that answered by `OldestEmulationVersion` (lowest
+    /// emulationVersion, then binaryVersion, then oldest creationTimestamp), then creates the Lease for the
+    /// electee, assigns a released or expired Lease to it, or sets `preferredHolder` on a valid Lease held by
+    /// another. An election runs when a candidate appears or renews, and when the Lease is released, deleted
+    /// or expires. Off by default, as in kube-apiserver.
+    pub fn coordinated_election(mut self, timings: ElectionTimings) -> Self {
+        self.coordinated_election = Some(timings);
+        self
+    }
+
     /// Binds the default listener and starts serving.
     ///
     /// # Errors
@@ -166,6 +192,13 @@ impl Builder {
             tasks: TaskTracker::new(),
         });
         let default = Shared::add_listener(&shared, self.listen)?;
+        if let Some(timings) = self.coordinated_election {
+            shared.tasks.spawn(election::run(
+                shared.clone(),
+                timings,
+                shared.shutdown.clone(),
+            ));
+        }
         Ok(FakeApiServer { shared, default })
     }
 }
@@ -183,7 +216,8 @@ impl FakeApiServer {
         Builder::default()
     }
 
-    /// Starts a server serving Leases (and `events.k8s.io/v1` Events) on an ephemeral loopback port.
+    /// Starts a server serving Leases (and `events.k8s.io/v1` Events, `coordination.k8s.io/v1beta1`
+    /// LeaseCandidates) on an ephemeral loopback port.
     ///
     /// # Errors
     ///

@@ -51,6 +51,21 @@ impl ResourceType {
         }
     }
 
+    /// The built-in `coordination.k8s.io/v1beta1` `LeaseCandidate`, namespaced, without a status subresource:
+    /// what a candidate of coordinated leader election registers (KEP-4355; Kubernetes 1.33+ serve v1beta1,
+    /// there is no v1). Stored as written, without kube-apiserver's LeaseCandidate validation.
+    pub fn lease_candidate() -> Self {
+        Self {
+            group: "coordination.k8s.io".into(),
+            version: "v1beta1".into(),
+            kind: "LeaseCandidate".into(),
+            plural: "leasecandidates".into(),
+            namespaced: true,
+            status_subresource: false,
+            short_names: Vec::new(),
+        }
+    }
+
     /// A custom resource with a `/status` subresource.
     pub fn custom(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
         Self {

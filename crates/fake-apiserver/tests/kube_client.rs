@@ -532,6 +532,84 @@ async fn event_recorder_creates_then_patches_events_k8s_io_events() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn lease_candidates_are_served_as_coordination_v1beta1() {
+    use k8s_openapi::api::coordination::v1beta1::{LeaseCandidate, LeaseCandidateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    let server = FakeApiServer::start().await.unwrap();
+    let client = client(&server.url());
+    let api: Api<LeaseCandidate> = Api::namespaced(client.clone(), "ns1");
+    let candidate = LeaseCandidate {
+        metadata: ObjectMeta {
+            name: Some("pod-a".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseCandidateSpec {
+            lease_name: "l1".into(),
+            binary_version: "1.33.0".into(),
+            emulation_version: Some("1.33.0".into()),
+            strategy: "OldestEmulationVersion".into(),
+            ..LeaseCandidateSpec::default()
+        }),
+    };
+    let created = api
+        .create(&PostParams::default(), &candidate)
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.namespace.as_deref(), Some("ns1"));
+    let mut got = api.get("pod-a").await.unwrap();
+    assert_eq!(got.spec.as_ref().unwrap().lease_name, "l1");
+    let listed = api.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].metadata.name.as_deref(), Some("pod-a"));
+
+    let renew = MicroTime("2026-05-01T12:00:00.123456Z".parse().unwrap());
+    got.spec.as_mut().unwrap().renew_time = Some(renew.clone());
+    let updated = api
+        .replace("pod-a", &PostParams::default(), &got)
+        .await
+        .unwrap();
+    assert_ne!(
+        updated.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    assert_eq!(
+        api.get("pod-a").await.unwrap().spec.unwrap().renew_time,
+        Some(renew)
+    );
+
+    // Discovery: coordination.k8s.io serves v1 (preferred) and v1beta1.
+    let groups = client.list_api_groups().await.unwrap();
+    let coordination = groups
+        .groups
+        .iter()
+        .find(|g| g.name == "coordination.k8s.io")
+        .unwrap();
+    let versions: Vec<&str> = coordination
+        .versions
+        .iter()
+        .map(|v| v.group_version.as_str())
+        .collect();
+    assert_eq!(
+        versions,
+        ["coordination.k8s.io/v1", "coordination.k8s.io/v1beta1"]
+    );
+    assert_eq!(
+        coordination.preferred_version.as_ref().unwrap().version,
+        "v1"
+    );
+    let resources = client
+        .list_api_group_resources("coordination.k8s.io/v1beta1")
+        .await
+        .unwrap();
+    assert_eq!(resources.resources.len(), 1);
+    assert_eq!(resources.resources[0].name, "leasecandidates");
+    assert_eq!(resources.resources[0].kind, "LeaseCandidate");
+    assert!(resources.resources[0].namespaced);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_updates_have_exactly_one_winner_per_round() {
     let server = FakeApiServer::start().await.unwrap();

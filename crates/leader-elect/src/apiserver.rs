@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use fake_apiserver::FakeApiServer;
+use fake_apiserver::{ElectionTimings, FakeApiServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
@@ -14,11 +14,19 @@ pub(crate) struct ApiserverArgs {
     /// Address to listen on (plain HTTP; keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// Run kube-apiserver's coordinated leader election controller (KEP-4355, `CoordinatedLeaderElection`):
+    /// it elects among the `coordination.k8s.io/v1beta1` LeaseCandidates of each Lease by
+    /// OldestEmulationVersion, with a 5s election window and 5s leaseDurationSeconds.
+    #[arg(long)]
+    coordinated_election: bool,
 }
 
 pub(crate) async fn run(args: ApiserverArgs) -> Result<(), Failure> {
-    let server = FakeApiServer::builder()
-        .listen(args.listen)
+    let mut builder = FakeApiServer::builder().listen(args.listen);
+    if args.coordinated_election {
+        builder = builder.coordinated_election(ElectionTimings::default());
+    }
+    let server = builder
         .start()
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
