@@ -17,11 +17,9 @@ pub async fn run(mut events: Subscription, stop: CancellationToken) {
     let mut lease = String::new();
     let mut since: Option<Instant> = None;
     loop {
-        let received = tokio::select! {
-            received = events.recv() => received,
-            () = stop.cancelled() => events.try_recv(),
+        let Some(received) = events.recv_until(&stop).await else {
+            return;
         };
-        let Some(received) = received else { return };
         let event = match received {
             Received::Event(event) => event,
             Received::Lagged(skipped) => {

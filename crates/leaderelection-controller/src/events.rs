@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use leaderelection::{StopReason, Term};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// A leader-election event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +114,19 @@ impl Subscription {
             Ok(event) => Some(Received::Event(event)),
             Err(broadcast::error::RecvError::Lagged(n)) => Some(Received::Lagged(n)),
             Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event, until `stop` is cancelled; after that only the events already waiting, so a feed
+    /// stopped with the process still handles its last events. `None` at the end.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an event is consumed only when returned.
+    pub async fn recv_until(&mut self, stop: &CancellationToken) -> Option<Received> {
+        tokio::select! {
+            received = self.recv() => received,
+            () = stop.cancelled() => self.try_recv(),
         }
     }
 

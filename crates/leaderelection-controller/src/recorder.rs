@@ -68,11 +68,9 @@ impl LeaseEventRecorder {
     pub(crate) async fn run(self, mut events: Subscription, stop: CancellationToken) {
         let mut warned = false;
         loop {
-            let received = tokio::select! {
-                received = events.recv() => received,
-                () = stop.cancelled() => events.try_recv(),
+            let Some(received) = events.recv_until(&stop).await else {
+                return;
             };
-            let Some(received) = received else { return };
             let event = match received {
                 Received::Event(event) => event,
                 Received::Lagged(skipped) => {
