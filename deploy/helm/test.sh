@@ -3,18 +3,14 @@
 # kubernetes-validate --strict on every rendered manifest, assertions on the rendered objects and failing value
 # sets (deploy/helm/check_chart.py).
 #
-# Tools: $HELM and $KUBERNETES_VALIDATE when set; else helm 4 and kubernetes-validate from PATH; else installed
-# (cached) by ../shared/tools/helm.sh and ../shared/tools/kubernetes-validate.sh, relative to the repository root.
+# Tools: $HELM and $KUBERNETES_VALIDATE when set (.ci/run sets them), else helm 4 and kubernetes-validate
+# from PATH.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-tools=$(cd "$here/../.." && pwd)/../shared/tools
 
-install_tool() {
-    if [ ! -x "$tools/$1" ]; then
-        echo "deploy/helm/test.sh: $2 is not on PATH and $tools/$1, which installs it, is missing" >&2
-        exit 1
-    fi
-    "$tools/$1"
+missing() {
+    echo "deploy/helm/test.sh: $1 not found: put it on PATH or set $2 to its path" >&2
+    exit 1
 }
 
 if [ -z "${HELM:-}" ]; then
@@ -22,11 +18,11 @@ if [ -z "${HELM:-}" ]; then
     if command -v helm >/dev/null && helm version --short 2>/dev/null | grep -q '^v4\.'; then
         HELM=$(command -v helm)
     else
-        HELM=$(install_tool helm.sh "helm 4")
+        missing "helm 4" HELM
     fi
 fi
 if [ -z "${KUBERNETES_VALIDATE:-}" ]; then
-    KUBERNETES_VALIDATE=$(command -v kubernetes-validate || install_tool kubernetes-validate.sh kubernetes-validate)
+    KUBERNETES_VALIDATE=$(command -v kubernetes-validate) || missing kubernetes-validate KUBERNETES_VALIDATE
 fi
 
 # PyYAML: kubernetes-validate's own interpreter has it (a dependency); else the system python3.
