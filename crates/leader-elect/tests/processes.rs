@@ -374,23 +374,7 @@ async fn sigstop_past_the_renew_deadline_then_sigcont_stops_the_old_child() {
         "the old leader started {started_by_old:?}"
     );
     assert_eq!(alive(dir.path()), vec![next]);
-    let out = tokio::process::Command::new(BIN)
-        .args([
-            "status",
-            "--lease-name",
-            "proc",
-            "--namespace",
-            "default",
-            "--server",
-            &url,
-            "-o",
-            "json",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["holder"], format!("c{}", next.0));
+    assert_eq!(holder(&url).await, format!("c{}", next.0));
     stop_all(&mut procs).await;
     server.shutdown().await;
 }
