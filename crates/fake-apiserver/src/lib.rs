@@ -125,6 +125,15 @@ impl Builder {
         self
     }
 
+    /// Stops serving `coordination.k8s.io/v1beta1` LeaseCandidates, as kube-apiserver before 1.33 or without
+    /// `--runtime-config=coordination.k8s.io/v1beta1=true`: discovery lists no v1beta1 for the group, and
+    /// its paths answer 404 NotFound.
+    pub fn without_lease_candidates(mut self) -> Self {
+        self.resources
+            .retain(|rt| !(rt.group == "coordination.k8s.io" && rt.plural == "leasecandidates"));
+        self
+    }
+
     /// Events kept for watches that resume from a resourceVersion (older ones answer 410 `Expired`).
     pub fn history_limit(mut self, events: usize) -> Self {
         self.history_limit = events;

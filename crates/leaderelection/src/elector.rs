@@ -16,12 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::callbacks::{NoopObserver, Observer, Phase, Request};
+use crate::candidate::{CandidateStatus, Coordination};
 use crate::config::JITTER_FACTOR;
 use crate::lock::{LeaseEvent, LeaseEventStream};
 use crate::record::truncate_to_micros;
 use crate::{
-    Callbacks, Config, ConfigError, LeaderElectionRecord, LeaderState, LeaseLock, LockError,
-    ObservedLease, StopReason, Term,
+    Callbacks, Config, ConfigError, LeaderElectionRecord, LeaderState, LeaseLock, ListedLease,
+    LockError, ObservedLease, StopReason, Term,
 };
 
 /// A watch that ends sooner than this after it was opened is treated as failing, and reopened only
@@ -68,6 +69,8 @@ struct Inner {
     observer: Arc<dyn Observer>,
     state: watch::Sender<LeaderState>,
     running: AtomicBool,
+    /// Coordinated leader election (see [`Elector::with_coordination`]).
+    coordination: Option<Coordination>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -111,6 +114,7 @@ impl Elector {
                 observer: Arc::new(NoopObserver),
                 state: watch::Sender::new(LeaderState::default()),
                 running: AtomicBool::new(false),
+                coordination: None,
             }),
         })
     }
@@ -126,6 +130,26 @@ impl Elector {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.observer = observer,
             None => warn!("Elector::with_observer called on a shared elector; observer ignored"),
+        }
+        self
+    }
+
+    /// Takes part in coordinated leader election (KEP-4355) through `coordination`, the handle of a
+    /// [`crate::Candidate`] that the caller runs beside [`Elector::run`]: until the candidate knows whether
+    /// the API server serves LeaseCandidates, the elector waits; then, unless they are not served (ordinary
+    /// election), it never creates the Lease and never takes a coordinated one (`strategy` set) on its own:
+    /// it leads only once the election controller names it `holderIdentity`, keeps `strategy` when it
+    /// takes and renews, and yields to a `preferredHolder` as always (client-go `tryCoordinatedRenew`). A
+    /// Lease without `strategy` (an ordinary election, e.g. during a migration) is elected for by the
+    /// ordinary rules. On shutdown the Lease is released only after the candidate has deleted its
+    /// LeaseCandidate (or the request timeout passed), so the controller does not elect us again.
+    ///
+    /// Takes effect only on an elector that has not been cloned yet, as [`Elector::with_observer`].
+    #[must_use]
+    pub fn with_coordination(mut self, coordination: Coordination) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.coordination = Some(coordination),
+            None => warn!("Elector::with_coordination called on a shared elector; ignored"),
         }
         self
     }
@@ -454,7 +478,21 @@ impl<'a> Runner<'a> {
         &self.inner.config.identity
     }
 
+    /// Whether the election is coordinated (a candidate registered, or not known yet to be unsupported).
+    fn coordinated(&self) -> bool {
+        self.inner
+            .coordination
+            .as_ref()
+            .is_some_and(Coordination::is_coordinated)
+    }
+
     async fn run(mut self) -> Option<()> {
+        if let Some(coordination) = &self.inner.coordination {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = coordination.wait_for(|s| s != CandidateStatus::Pending) => {}
+            }
+        }
         loop {
             let (lease, sent_at) = self.follow().await?;
             match self.lead(lease, sent_at).await {
@@ -502,8 +540,21 @@ impl<'a> Runner<'a> {
     }
 
     fn decide(&self, now: Instant) -> Decision {
+        let coordinated = self.coordinated();
         match &self.seen {
+            // The election controller creates a coordinated Lease; the watch tells us when.
+            Seen::Unknown | Seen::Missing if coordinated => {
+                Decision::Wait(now + self.config().lease_duration)
+            }
             Seen::Unknown | Seen::Missing => Decision::Create,
+            Seen::Present { lease, .. }
+                if coordinated
+                    && lease.record.strategy.is_some()
+                    && lease.record.holder_identity != self.identity() =>
+            {
+                // Taken only once the election controller names us (client-go `tryCoordinatedRenew`).
+                Decision::Wait(now + self.config().lease_duration)
+            }
             Seen::Present { lease, observed_at } => {
                 let record = &lease.record;
                 if !record.is_held() && record.preferred_other_than(self.identity()).is_some() {
@@ -635,21 +686,30 @@ impl<'a> Runner<'a> {
     /// Creates the Lease (POST). Its term is above any we have seen: after a deletion the term number does
     /// not go back to 0. A fresh candidate that never saw the Lease writes 0, as client-go does.
     async fn create(&mut self) -> Result<(ObservedLease, Instant), Retry> {
-        self.acquire(None).await
+        self.acquire(None, None).await
     }
 
     /// Takes over `lease` (free, expired, or naming us) with a PUT guarded by its `resourceVersion`; a new
     /// term number (above any seen) and a new `acquireTime`, even when it already names us: the work
     /// restarts, so the fencing token must change.
     async fn take(&mut self, lease: ObservedLease) -> Result<(ObservedLease, Instant), Retry> {
-        self.acquire(Some(&lease.resource_version)).await
+        // A coordinated Lease stays coordinated under its assigned holder.
+        let strategy = lease.record.strategy.clone().filter(|_| self.coordinated());
+        self.acquire(Some(&lease.resource_version), strategy).await
     }
 
     /// One acquire attempt: create (`guard` `None`) or a guarded update. Bounded by `sent_at +
     /// renew_deadline`, and refused when the answer comes after it: a term whose deadline has passed never
     /// starts (the Lease, which may name us, is read again and taken with a new term).
-    async fn acquire(&mut self, guard: Option<&str>) -> Result<(ObservedLease, Instant), Retry> {
-        let desired = self.desired(None, self.highest_term.map_or(0, |t| t.saturating_add(1)));
+    async fn acquire(
+        &mut self,
+        guard: Option<&str>,
+        strategy: Option<String>,
+    ) -> Result<(ObservedLease, Instant), Retry> {
+        let desired = LeaderElectionRecord {
+            strategy,
+            ..self.desired(None, self.highest_term.map_or(0, |t| t.saturating_add(1)))
+        };
         let sent_at = Instant::now();
         let valid_until = sent_at + self.config().renew_deadline;
         let (verb, call) = match guard {
@@ -733,8 +793,23 @@ impl<'a> Runner<'a> {
     }
 
     async fn open_watch(&mut self) {
-        let Some(from) = self.resume_from.clone() else {
-            return;
+        let from = match self.resume_from.clone() {
+            Some(from) => from,
+            // Under coordination a missing Lease is created by the election controller: watch for it from
+            // the collection's version (a Lease found meanwhile is decided on first).
+            None if self.coordinated() => {
+                match self
+                    .request("list", Phase::Watch, self.inner.lock.list())
+                    .await
+                {
+                    Ok(ListedLease {
+                        lease: Some(lease), ..
+                    }) => return self.observe(lease),
+                    Ok(listed) => listed.resource_version,
+                    Err(err) => return self.log_transient("listing the lease", &err),
+                }
+            }
+            None => return,
         };
         match self
             .request("watch", Phase::Watch, self.inner.lock.watch(&from))
@@ -972,6 +1047,7 @@ impl<'a> Runner<'a> {
         }
         if self.config().release_on_cancel && ours {
             if stopped {
+                self.await_withdrawn().await;
                 self.release().await;
             } else {
                 warn!(
@@ -1305,6 +1381,20 @@ impl<'a> Runner<'a> {
         }
         warn!(identity = %self.identity(), "could not release the lease in time; it will expire instead");
         false
+    }
+
+    /// On shutdown under coordinated election: waits (at most a request timeout) until our LeaseCandidate
+    /// is deleted, so that the controller does not assign the released Lease to us again.
+    async fn await_withdrawn(&self) {
+        if let Some(coordination) = &self.inner.coordination
+            && self.shutdown.is_cancelled()
+        {
+            let withdrawn = coordination.wait_for(|s| {
+                matches!(s, CandidateStatus::Withdrawn | CandidateStatus::Unsupported)
+            });
+            let _ =
+                tokio::time::timeout(self.config().effective_request_timeout(), withdrawn).await;
+        }
     }
 
     async fn sleep_until_or(&self, deadline: Instant, period: Duration) {

@@ -55,6 +55,7 @@
 //! ```
 
 mod callbacks;
+mod candidate;
 mod config;
 mod elector;
 mod healthz;
@@ -63,6 +64,10 @@ mod record;
 mod state;
 
 pub use crate::callbacks::{Callbacks, NoopObserver, Observer, Phase, Request};
+pub use crate::candidate::{
+    Candidate, CandidateConfig, CandidateStatus, Coordination, DEFAULT_RENEW_INTERVAL,
+    OLDEST_EMULATION_VERSION,
+};
 pub use crate::config::{Config, ConfigError, JITTER_FACTOR};
 pub use crate::elector::{Elector, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};

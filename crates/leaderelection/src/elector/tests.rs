@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::candidate::{CandidateStatus, Coordination};
 use crate::{
     Callbacks, Config, Elector, Error, LeaderElectionRecord, LeaderState, LockFault,
     MemoryLeaseLock, MemoryLeaseStore, StopReason,
@@ -1253,4 +1254,161 @@ async fn a_missing_preferred_holder_delays_the_takeover_by_one_lease_duration_at
         "{:?}",
         led - released
     );
+}
+
+// --- coordinated leader election (KEP-4355) ---
+
+/// A candidate under coordinated election, its registration's status set through the returned sender.
+fn spawn_coordinated(
+    store: &MemoryLeaseStore,
+    identity: &str,
+    status: CandidateStatus,
+) -> (Candidate, tokio::sync::watch::Sender<CandidateStatus>) {
+    let log = Recorder::default();
+    let lock = store.lock(identity);
+    let (tx, coordination) = Coordination::channel();
+    tx.send_replace(status);
+    let elector = Elector::new(
+        config(identity),
+        lock.clone(),
+        recording(&log, store, Duration::ZERO),
+    )
+    .unwrap()
+    .with_coordination(coordination);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
+    let candidate = Candidate {
+        elector,
+        lock,
+        shutdown,
+        task,
+        log,
+    };
+    (candidate, tx)
+}
+
+fn coordinated(record: LeaderElectionRecord) -> LeaderElectionRecord {
+    LeaderElectionRecord {
+        strategy: Some("OldestEmulationVersion".into()),
+        ..record
+    }
+}
+
+fn writes(store: &MemoryLeaseStore, identity: &str) -> Vec<String> {
+    store
+        .calls_of(identity)
+        .into_iter()
+        .filter(|call| call.starts_with("create") || call.starts_with("update"))
+        .collect()
+}
+
+/// Under coordination a candidate never creates the Lease, and never takes a coordinated one on its own,
+/// not even long after it expired (client-go `tryCoordinatedRenew`); it takes it, at once and keeping the
+/// strategy, when the election controller names it the holder.
+#[tokio::test(start_paused = true)]
+async fn a_coordinated_candidate_leads_only_when_the_controller_names_it() {
+    let store = MemoryLeaseStore::new();
+    let (a, _status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    tokio::time::sleep(LEASE * 10).await;
+    assert!(store.lease().is_none(), "a created the Lease");
+    assert_eq!(writes(&store, "a"), Vec::<String>::new());
+
+    // The controller creates the Lease for another candidate, which dies at once.
+    store.put(coordinated(held_by("x", 5, 3)));
+    tokio::time::sleep(LEASE * 10).await;
+    assert!(!a.elector.is_leader());
+    assert_eq!(
+        writes(&store, "a"),
+        Vec::<String>::new(),
+        "a took an expired coordinated Lease"
+    );
+    assert_eq!(a.elector.leader().as_deref(), Some("x"));
+
+    // The controller assigns the expired Lease to a.
+    let assigned = Instant::now();
+    store.put(coordinated(held_by("a", 5, 3)));
+    let led = until_leader(&a).await;
+    assert!(
+        led - assigned < Duration::from_millis(10),
+        "{:?}",
+        led - assigned
+    );
+    let record = store.lease().unwrap().record;
+    assert_eq!(record.holder_identity, "a");
+    assert_eq!(record.strategy.as_deref(), Some("OldestEmulationVersion"));
+    assert_eq!(record.lease_transitions, 4, "a new term");
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        store.lease().unwrap().record.strategy.as_deref(),
+        Some("OldestEmulationVersion"),
+        "renewals keep the strategy"
+    );
+    a.stop().await;
+}
+
+/// A Lease without a strategy is an ordinary election, even for a coordinated candidate: it is taken
+/// once expired (a migration from uncoordinated replicas never strands the Lease).
+#[tokio::test(start_paused = true)]
+async fn a_coordinated_candidate_takes_an_expired_uncoordinated_lease() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("x", 15, 0));
+    let (a, _status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    let led = until_leader(&a).await;
+    assert!(led.elapsed() < LEASE * 2);
+    assert_eq!(store.lease().unwrap().record.strategy, None);
+    a.stop().await;
+}
+
+/// Until the registration knows whether LeaseCandidates are served the candidate waits; when they are
+/// not, it runs an ordinary election (creates the Lease).
+#[tokio::test(start_paused = true)]
+async fn a_candidate_waits_for_its_registration_then_falls_back_when_unsupported() {
+    let store = MemoryLeaseStore::new();
+    let (a, status) = spawn_coordinated(&store, "a", CandidateStatus::Pending);
+    tokio::time::sleep(LEASE * 4).await;
+    assert_eq!(
+        store.calls_of("a"),
+        Vec::<String>::new(),
+        "no request while pending"
+    );
+    status.send_replace(CandidateStatus::Unsupported);
+    until_leader(&a).await;
+    let record = store.lease().unwrap().record;
+    assert_eq!(
+        (record.holder_identity.as_str(), record.strategy),
+        ("a", None)
+    );
+    a.stop().await;
+}
+
+/// On shutdown a coordinated leader releases the Lease only once its LeaseCandidate is deleted, so the
+/// controller cannot assign the released Lease to it again; a registration that never says so delays the
+/// release by one request timeout at most.
+#[tokio::test(start_paused = true)]
+async fn a_coordinated_leader_releases_after_its_candidate_is_withdrawn() {
+    let store = MemoryLeaseStore::new();
+    store.put(coordinated(held_by("a", 5, 0)));
+    let (a, status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    until_leader(&a).await;
+    a.shutdown.cancel();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        store.lease().unwrap().record.holder_identity,
+        "a",
+        "released before withdrawn"
+    );
+    status.send_replace(CandidateStatus::Withdrawn);
+    a.task.await.unwrap().unwrap();
+    let record = store.lease().unwrap().record;
+    assert_eq!(record.holder_identity, "", "released once withdrawn");
+    assert_eq!(record.strategy.as_deref(), Some("OldestEmulationVersion"));
+
+    let store = MemoryLeaseStore::new();
+    store.put(coordinated(held_by("b", 5, 0)));
+    let (b, _status) = spawn_coordinated(&store, "b", CandidateStatus::Registered);
+    until_leader(&b).await;
+    let stopping = Instant::now();
+    b.stop().await;
+    assert_eq!(store.lease().unwrap().record.holder_identity, "");
+    assert_eq!(stopping.elapsed(), config("b").effective_request_timeout());
 }
