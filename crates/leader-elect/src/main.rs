@@ -41,7 +41,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Join the election; run CMD only while this replica leads.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Show a Lease's holder, term and timings.
     Status(lease::StatusArgs),
     /// Step down a Lease this identity holds.
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Status(args) => lease::status(args).await,
             Command::Release(args) => lease::release(args).await,
             Command::Apiserver(args) => apiserver::run(args).await,

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use leaderelection::{KubeLeaseLock, LeaseLock};
+use leaderelection::{CandidateConfig, KubeLeaseLock, LeaseLock};
 use leaderelection_controller::runtime::Builder;
-use leaderelection_controller::settings::{Environment, Overrides, Settings};
+use leaderelection_controller::settings::{Environment, Overrides, Settings, SettingsError};
 use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +84,23 @@ pub(crate) struct RunArgs {
     /// Poll the Lease every retry period instead of watching it (client-go's behaviour; for comparison).
     #[arg(long)]
     no_watch: bool,
+    /// Coordinated leader election (KEP-4355; or controller.leader_election.coordinated: true in
+    /// --config): register a coordination.k8s.io/v1beta1 LeaseCandidate named after the identity, answer
+    /// the election controller's pings, and lead only when it assigns the Lease; never create or take a
+    /// coordinated Lease on our own; delete the LeaseCandidate on shutdown. Where the API server does not
+    /// serve LeaseCandidates: one WARN, then an ordinary election. Needs RBAC coordination.k8s.io
+    /// leasecandidates: get, create, update, delete, list, watch.
+    #[arg(long)]
+    coordinated: bool,
+    /// With --coordinated: the LeaseCandidate's binaryVersion, MAJOR.MINOR.PATCH without "v" (default:
+    /// this leader-elect's version).
+    #[arg(long, value_name = "VERSION")]
+    binary_version: Option<String>,
+    /// With --coordinated: the LeaseCandidate's emulationVersion, at most the binary version (default: the
+    /// binary version). The election controller prefers the lowest, then the lowest binary version, then the
+    /// oldest candidate.
+    #[arg(long, value_name = "VERSION")]
+    emulation_version: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
     /// The command to run while leading, in a process group of its own; gets LEADER_ELECT_TERM,
@@ -107,6 +124,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     metadata
         .annotations
         .extend(args.lease_annotations.iter().cloned());
+    let candidate = candidate_config(&settings, &args).map_err(|e| Failure::Usage(e.into()))?;
     let overrides = Overrides {
         // Last in the identity precedence (flag, file, POD_NAME): a generated, unique one.
         fallback_identity: Some(generated_identity()),
@@ -166,6 +184,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
                 .with_metadata(metadata)
                 .map_err(|e| Failure::Usage(e.into()))?;
             let mut builder = Runtime::builder_with_lock(lock, config);
+            if let Some(candidate) = candidate {
+                builder = builder.coordinated(client.clone(), candidate);
+            }
             if events {
                 builder = builder.events(client, REPORTING_CONTROLLER);
             }
@@ -221,6 +242,45 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         )),
         Err(err) => Err(Failure::Runtime(err.into())),
     }
+}
+
+/// The LeaseCandidate to register: `--coordinated`, `--binary-version` and `--emulation-version` over
+/// the file's keys; the binary version defaults to this leader-elect's.
+fn candidate_config(
+    settings: &Settings,
+    args: &RunArgs,
+) -> Result<Option<CandidateConfig>, SettingsError> {
+    let mut le = settings.leader_election().clone();
+    le.coordinated = Some(args.coordinated || le.coordinated());
+    if let Some(version) = &args.binary_version {
+        le.binary_version = Some(version.clone());
+    }
+    if let Some(version) = &args.emulation_version {
+        le.emulation_version = Some(version.clone());
+    }
+    le.candidate_config(env!("CARGO_PKG_VERSION"))
+        .map_err(|err| match err {
+            // Name the flag when the value came from one.
+            SettingsError::Invalid { key, value, rule } => {
+                let flag = [
+                    ("binary_version", &args.binary_version, "--binary-version"),
+                    (
+                        "emulation_version",
+                        &args.emulation_version,
+                        "--emulation-version",
+                    ),
+                ]
+                .into_iter()
+                .find(|(field, given, _)| key.ends_with(field) && given.is_some())
+                .map(|(_, _, flag)| flag.to_string());
+                SettingsError::Invalid {
+                    key: flag.unwrap_or(key),
+                    value,
+                    rule,
+                }
+            }
+            other => other,
+        })
 }
 
 /// `--lease-label KEY=VALUE`: a label by Kubernetes' rules (apimachinery `IsQualifiedName`,

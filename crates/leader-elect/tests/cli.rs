@@ -565,3 +565,145 @@ async fn install_copies_a_working_binary_into_a_directory() {
     assert_eq!(code, 1);
     assert!(message.contains(missing.to_str().unwrap()), "{message}");
 }
+
+#[tokio::test]
+async fn a_bad_candidate_version_is_a_usage_error_naming_the_flag() {
+    let out = leader_elect(&[
+        "run",
+        "--lease-name",
+        "x",
+        "--identity",
+        "a",
+        "--coordinated",
+        "--binary-version",
+        "v1.34",
+    ])
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("--binary-version")
+            && line.contains("\"v1.34\"")
+            && line.contains("MAJOR.MINOR.PATCH"),
+        "{line}"
+    );
+    let out = leader_elect(&[
+        "run",
+        "--lease-name",
+        "x",
+        "--identity",
+        "a",
+        "--coordinated",
+        "--binary-version",
+        "1.33.0",
+        "--emulation-version",
+        "1.34.0",
+    ])
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("--emulation-version") && line.contains("at most binaryVersion"),
+        "{line}"
+    );
+}
+
+/// Polls every 10 ms until `f` gives `Some`, for at most 10 s.
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, f: impl Fn() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `run --coordinated` against the fake's election controller: registers its LeaseCandidate (with the
+/// versions given), leads once the controller assigns it the Lease it created (strategy kept), and on
+/// SIGTERM deletes the LeaseCandidate and releases the Lease.
+#[tokio::test]
+async fn run_coordinated_registers_leads_when_assigned_and_withdraws_on_sigterm() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::coordination::v1beta1::LeaseCandidate;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let server = FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap();
+    let url = server.url();
+    let mut le = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--coordinated",
+            "--binary-version",
+            "1.34.0",
+            "--emulation-version",
+            "1.33.0",
+            "--lease-name",
+            "l1",
+            "--identity",
+            "pod-a",
+            "--lease-duration",
+            "2s",
+            "--renew-deadline",
+            "1s",
+            "--retry-period",
+            "200ms",
+            "--server",
+            &url,
+        ])
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let candidates: kube::Api<LeaseCandidate> = kube::Api::namespaced(client(&url), "default");
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client(&url), "default");
+    let spec = eventually("the LeaseCandidate", || async {
+        candidates
+            .get_opt("pod-a")
+            .await
+            .unwrap()
+            .and_then(|c| c.spec)
+    })
+    .await;
+    assert_eq!(
+        (
+            spec.lease_name.as_str(),
+            spec.binary_version.as_str(),
+            spec.emulation_version.as_deref()
+        ),
+        ("l1", "1.34.0", Some("1.33.0"))
+    );
+    // Held by pod-a and renewed by it (its own write sets acquireTime, the controller's does not).
+    let held = eventually("pod-a's own renewal of the assigned Lease", || async {
+        let spec = leases.get_opt("l1").await.unwrap()?.spec?;
+        (spec.holder_identity.as_deref() == Some("pod-a") && spec.acquire_time.is_some())
+            .then_some(spec)
+    })
+    .await;
+    assert_eq!(held.strategy.as_deref(), Some("OldestEmulationVersion"));
+    assert_eq!(held.lease_duration_seconds, Some(2));
+
+    kill(Pid::from_raw(le.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), le.wait())
+        .await
+        .expect("leader-elect exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        candidates.get_opt("pod-a").await.unwrap().is_none(),
+        "LeaseCandidate deleted"
+    );
+    let released = leases.get("l1").await.unwrap().spec.unwrap();
+    assert_eq!(released.holder_identity.as_deref(), Some(""));
+    server.shutdown().await;
+}

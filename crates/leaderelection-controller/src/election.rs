@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use leaderelection::{
-    Callbacks, Config, ConfigError, Elector, KubeLeaseLock, LeaderState, LeaseLock, Observer,
-    Watchdog,
+    Callbacks, Config, ConfigError, Coordination, Elector, KubeLeaseLock, LeaderState, LeaseLock,
+    Observer, Watchdog,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +110,14 @@ impl Election {
             elector = elector.with_observer(observer);
         }
         Ok(Self { elector, bus })
+    }
+
+    /// Takes part in coordinated leader election through `coordination` (see
+    /// [`Elector::with_coordination`]); call it right after construction, before cloning.
+    #[must_use]
+    pub fn with_coordination(mut self, coordination: Coordination) -> Self {
+        self.elector = self.elector.with_coordination(coordination);
+        self
     }
 
     /// Publishes [`Event::LeaderElectionStarted`], then campaigns until `shutdown` is cancelled (see

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use leaderelection::{Callbacks, Config, ConfigError, KubeLeaseLock, LeaseLock, Term};
+use leaderelection::{
+    Callbacks, Candidate, CandidateConfig, Config, ConfigError, KubeLeaseLock, LeaseLock, Term,
+};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -53,10 +55,12 @@ const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(5);
 /// ## RBAC
 ///
 /// `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`; with [`Builder::events`],
-/// also `events.k8s.io` `events`: `create`, `patch`.
+/// also `events.k8s.io` `events`: `create`, `patch`; with [`Builder::coordinated`], also
+/// `coordination.k8s.io` `leasecandidates`: `get`, `create`, `update`, `delete`, `list`, `watch`.
 #[derive(Debug)]
 pub struct Runtime {
     election: Election,
+    candidate: Option<Candidate>,
     supervisor: Supervisor,
     metrics: Metrics,
     recorder: Option<LeaseEventRecorder>,
@@ -85,6 +89,16 @@ pub struct Builder<L> {
     admin: Option<SocketAddr>,
     preflight: Option<Preflight>,
     recorder: Option<LeaseEventRecorder>,
+    candidate: Option<Coordinated>,
+}
+
+/// What [`Builder::coordinated`] was given.
+struct Coordinated(kube::Client, CandidateConfig);
+
+impl std::fmt::Debug for Coordinated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Coordinated").field(&self.1).finish()
+    }
 }
 
 /// Why [`Runtime::run`] failed.
@@ -167,6 +181,7 @@ impl Runtime {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
         let Self {
             election,
+            candidate,
             supervisor,
             metrics,
             recorder,
@@ -211,10 +226,22 @@ impl Runtime {
                     () = election_stop.cancelled() => return Ok(()),
                 }
             }
-            supervisor
-                .run(&election, election_stop.clone())
-                .await
-                .map_err(RuntimeError::from)
+            // The candidate stops with the election: at shutdown at once (its LeaseCandidate is deleted
+            // before the Lease is released), and when the election ends otherwise.
+            let candidate_stop = election_stop.child_token();
+            let (result, ()) = tokio::join!(
+                async {
+                    let result = supervisor.run(&election, election_stop.clone()).await;
+                    candidate_stop.cancel();
+                    result
+                },
+                async {
+                    if let Some(candidate) = candidate {
+                        candidate.run(candidate_stop.clone()).await;
+                    }
+                },
+            );
+            result.map_err(RuntimeError::from)
         };
         tokio::pin!(
             commentator,
@@ -296,6 +323,7 @@ impl<L: LeaseLock> Builder<L> {
             admin: None,
             preflight: None,
             recorder: None,
+            candidate: None,
         }
     }
 
@@ -400,6 +428,28 @@ impl<L: LeaseLock> Builder<L> {
         self
     }
 
+    /// Takes part in coordinated leader election (KEP-4355): registers this candidate as a
+    /// `coordination.k8s.io/v1beta1` LeaseCandidate with `candidate`'s versions through `client` (see
+    /// [`Candidate`]), and leads only when kube-apiserver's election controller assigns it the Lease
+    /// (see [`leaderelection::Elector::with_coordination`]). Where the API server does not serve
+    /// LeaseCandidates, it says so once (WARN) and runs an ordinary election. The LeaseCandidate is
+    /// deleted on shutdown, before the Lease is released.
+    ///
+    /// Off by default.
+    ///
+    /// ## RBAC
+    ///
+    /// ```yaml
+    /// - apiGroups: ["coordination.k8s.io"]
+    ///   resources: ["leasecandidates"]
+    ///   verbs: ["get", "create", "update", "delete", "list", "watch"]
+    /// ```
+    #[must_use]
+    pub fn coordinated(mut self, client: kube::Client, candidate: CandidateConfig) -> Self {
+        self.candidate = Some(Coordinated(client, candidate));
+        self
+    }
+
     /// The runtime.
     ///
     /// # Errors
@@ -415,19 +465,27 @@ impl<L: LeaseLock> Builder<L> {
             admin,
             preflight,
             recorder,
+            candidate,
         } = self;
         config.validate()?;
+        let candidate = candidate
+            .map(|Coordinated(client, candidate)| Candidate::new(client, &config, candidate))
+            .transpose()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);
         let supervisor = supervisor.with_metrics(metrics.clone());
-        let election = Election::with_observer(
+        let mut election = Election::with_observer(
             config,
             lock,
             EventBus::default(),
             supervisor.callbacks(callbacks),
             Some(Arc::new(metrics.clone())),
         )?;
+        if let Some(candidate) = &candidate {
+            election = election.with_coordination(candidate.coordination());
+        }
         Ok(Runtime {
             election,
+            candidate,
             supervisor,
             metrics,
             recorder,

@@ -16,6 +16,9 @@
 //!     lease_labels: {app.kubernetes.io/part-of: my-app}   # given to the Lease when it is created
 //!     lease_annotations: {argocd.argoproj.io/sync-options: Prune=false}
 //!     identity: pod-a                # default POD_NAME (see below)
+//!     coordinated: false             # default false: coordinated leader election (KEP-4355)
+//!     binary_version: 1.34.0         # with coordinated: the LeaseCandidate's binaryVersion
+//!     emulation_version: 1.33.0      # with coordinated: its emulationVersion (default binary_version)
 //! ```
 //!
 //! Every key is optional; an empty file, or a `controller:` or `leader_election:` key with no value, is all
@@ -53,7 +56,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use leaderelection::{Config, ConfigError, LeaseMetadata, MetadataError};
+use leaderelection::{CandidateConfig, Config, ConfigError, LeaseMetadata, MetadataError};
 use serde::{Deserialize, Deserializer};
 
 /// Where Kubernetes mounts the pod's namespace (with the ServiceAccount token).
@@ -133,6 +136,17 @@ pub struct LeaderElectionSettings {
     pub lease_labels: Option<BTreeMap<String, String>>,
     /// Annotations given to the Lease when this candidate creates it: keys are qualified names.
     pub lease_annotations: Option<BTreeMap<String, String>>,
+    /// Coordinated leader election (KEP-4355; default false): register a `coordination.k8s.io/v1beta1`
+    /// LeaseCandidate and lead only when kube-apiserver's election controller assigns the Lease (see
+    /// [`leaderelection::Candidate`]); an ordinary election where LeaseCandidates are not served. Needs
+    /// `coordination.k8s.io` `leasecandidates`: `get`, `create`, `update`, `delete`, `list`, `watch`.
+    pub coordinated: Option<bool>,
+    /// With `coordinated`: the LeaseCandidate's `binaryVersion`, `MAJOR.MINOR.PATCH` (default: the
+    /// caller's, see [`LeaderElectionSettings::candidate_config`]).
+    pub binary_version: Option<String>,
+    /// With `coordinated`: the LeaseCandidate's `emulationVersion`, at most `binary_version` (default
+    /// `binary_version`). The election controller prefers the lowest.
+    pub emulation_version: Option<String>,
 }
 
 /// What the process environment says about identity and namespace; a plain struct so that tests and
@@ -385,6 +399,41 @@ impl LeaderElectionSettings {
     #[must_use]
     pub fn events(&self) -> bool {
         self.events.unwrap_or(false)
+    }
+
+    /// `coordinated`, default false.
+    #[must_use]
+    pub fn coordinated(&self) -> bool {
+        self.coordinated.unwrap_or(false)
+    }
+
+    /// The LeaseCandidate to register when `coordinated` (else `None`): `binary_version` (default
+    /// `default_binary_version`, e.g. the program's own version) and `emulation_version` (default the binary
+    /// version), checked by [`CandidateConfig::validate`].
+    ///
+    /// # Errors
+    ///
+    /// [`SettingsError::Invalid`] naming the key (`controller.leader_election.binary_version` or
+    /// `emulation_version`), the value and the rule.
+    pub fn candidate_config(
+        &self,
+        default_binary_version: &str,
+    ) -> Result<Option<CandidateConfig>, SettingsError> {
+        if !self.coordinated() {
+            return Ok(None);
+        }
+        let binary = self
+            .binary_version
+            .as_deref()
+            .unwrap_or(default_binary_version);
+        let config = CandidateConfig::new(binary)
+            .with_emulation_version(self.emulation_version.as_deref().unwrap_or(binary));
+        config.validate().map_err(|err| SettingsError::Invalid {
+            key: format!("{KEY}.{}", err.field),
+            value: err.value,
+            rule: err.rule,
+        })?;
+        Ok(Some(config))
     }
 
     /// `lease_duration`, default [`DEFAULT_LEASE_DURATION`] (15 s).
@@ -964,6 +1013,44 @@ controller:
         assert!(!off.leader_election().events());
         let on = Settings::from_yaml_str("controller: {leader_election: {events: true}}").unwrap();
         assert!(on.leader_election().events());
+    }
+
+    #[test]
+    fn coordinated_is_off_by_default_and_its_versions_are_checked() {
+        let off = Settings::from_yaml_str(&le("lease_name: x")).unwrap();
+        assert_eq!(
+            off.leader_election().candidate_config("1.0.0").unwrap(),
+            None
+        );
+        let on = Settings::from_yaml_str(&le("coordinated: true")).unwrap();
+        assert_eq!(
+            on.leader_election().candidate_config("1.2.3").unwrap(),
+            Some(CandidateConfig::new("1.2.3"))
+        );
+        let both = Settings::from_yaml_str(&le(
+            "coordinated: true, binary_version: 1.34.0, emulation_version: 1.33.0",
+        ))
+        .unwrap();
+        assert_eq!(
+            both.leader_election().candidate_config("9.9.9").unwrap(),
+            Some(CandidateConfig::new("1.34.0").with_emulation_version("1.33.0"))
+        );
+        let bad =
+            Settings::from_yaml_str(&le("coordinated: true, emulation_version: 2.0.0")).unwrap();
+        let err = bad.leader_election().candidate_config("1.0.0").unwrap_err();
+        assert!(
+            matches!(&err, SettingsError::Invalid { key, value, rule }
+                if key == "controller.leader_election.emulation_version" && value == "2.0.0"
+                    && rule.contains("at most binaryVersion")),
+            "{err:?}"
+        );
+        let bad = Settings::from_yaml_str(&le("coordinated: true, binary_version: v1")).unwrap();
+        let err = bad.leader_election().candidate_config("1.0.0").unwrap_err();
+        assert!(
+            matches!(&err, SettingsError::Invalid { key, .. }
+                if key == "controller.leader_election.binary_version"),
+            "{err:?}"
+        );
     }
 
     #[test]
