@@ -240,6 +240,32 @@ def test_events():
     check("--events" in container(objects)["args"], "events: --events passed")
 
 
+COORDINATED_RULE = {"apiGroups": ["coordination.k8s.io"], "resources": ["leasecandidates"],
+                    "verbs": ["get", "create", "update", "delete", "list", "watch"]}
+
+
+def test_coordinated():
+    objects = render("coordinated", ["--set", "coordinated.enabled=true", "--set", "coordinated.binaryVersion=1.34.0",
+                                     "--set", "coordinated.emulationVersion=1.33.0"])
+    if not objects:
+        return
+    check(objects[("Role", FULLNAME)]["rules"] == LEASE_RULES + [COORDINATED_RULE],
+          "coordinated: Role has the leasecandidates rule")
+    args = container(objects)["args"]
+    check(["--coordinated", "--binary-version=1.34.0", "--emulation-version=1.33.0"] == [
+        a for a in args if a.startswith(("--coordinated", "--binary-version", "--emulation-version"))],
+          f"coordinated: flags passed: {args}")
+    objects = render("coordinated, default versions", ["--set", "coordinated.enabled=true"])
+    if objects:
+        args = container(objects)["args"]
+        check("--coordinated" in args and not any(a.startswith(("--binary-version", "--emulation-version")) for a in args),
+              f"coordinated: versions left to leader-elect: {args}")
+    objects = render("not coordinated", [])
+    if objects:
+        check(COORDINATED_RULE not in objects[("Role", FULLNAME)]["rules"], "not coordinated: no leasecandidates rule")
+        check("--coordinated" not in container(objects)["args"], "not coordinated: no --coordinated")
+
+
 def test_single_replica():
     objects = render("one replica", ["--set", "replicaCount=1"])
     check(objects and ("PodDisruptionBudget", FULLNAME) not in objects, "one replica: no PDB")
@@ -325,6 +351,7 @@ def test_negative():
         ("unknown mode", ["--set", "mode=sidecar"], "at '/mode'"),
         ("unknown key", ["--set", "replicas=3"], "additional properties 'replicas' not allowed"),
         ("events not a boolean", ["--set-string", "events.enabled=yes"], "at '/events/enabled'"),
+        ("binaryVersion with a v", ["--set", "coordinated.binaryVersion=v1.34.0"], "at '/coordinated/binaryVersion'"),
         ("lease <= renew", ["--set", "leaderElection.renewDeadline=15s"],
          "leaderElection.leaseDuration (15s) must be greater than leaderElection.renewDeadline (15s)"),
         ("renew <= 1.2 x retry", ["--set", "leaderElection.retryPeriod=9s"],
@@ -359,6 +386,7 @@ def main():
     test_default()
     test_wrap()
     test_events()
+    test_coordinated()
     test_single_replica()
     test_external_rbac()
     test_custom()
