@@ -212,3 +212,233 @@ async fn without_lease_candidates_the_election_is_ordinary_and_says_so_once() {
         warnings[0]
     );
 }
+
+/// One entry of a [`WorkLog`]: when, whose work, `started` or `stopped`.
+type WorkEntry = (Instant, String, &'static str);
+
+/// When each candidate's leader-only work started and stopped.
+#[derive(Clone, Default)]
+struct WorkLog(Arc<Mutex<Vec<WorkEntry>>>);
+
+impl WorkLog {
+    fn callbacks(&self, identity: &str) -> Callbacks {
+        let (log, identity) = (self.clone(), identity.to_owned());
+        Callbacks::new().on_started_leading(move |_term, token| {
+            let (log, identity) = (log.clone(), identity.clone());
+            async move {
+                log.push(&identity, "started");
+                token.cancelled().await;
+                log.push(&identity, "stopped");
+            }
+        })
+    }
+
+    fn push(&self, identity: &str, what: &'static str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((Instant::now(), identity.to_owned(), what));
+    }
+
+    fn entries(&self) -> Vec<WorkEntry> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A coordinated candidate (LeaseCandidate registration and elector) running in this process.
+struct Running {
+    elector: Elector,
+    coordination: Coordination,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn start(client: &kube::Client, identity: &str, version: &str, log: &WorkLog) -> Self {
+        let config = config(identity);
+        let candidate =
+            Candidate::new(client.clone(), &config, CandidateConfig::new(version)).unwrap();
+        let coordination = candidate.coordination();
+        let lock = KubeLeaseLock::new(client.clone(), NS, "l1");
+        let elector = Elector::new(config, lock, log.callbacks(identity))
+            .unwrap()
+            .with_coordination(coordination.clone());
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(candidate.run(shutdown.clone())),
+            tokio::spawn({
+                let (elector, shutdown) = (elector.clone(), shutdown.clone());
+                async move { elector.run(shutdown).await.unwrap() }
+            }),
+        ];
+        status_becomes(&coordination, CandidateStatus::Registered).await;
+        Self {
+            elector,
+            coordination,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// A clean shutdown: work stopped, LeaseCandidate deleted, Lease released.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(self.coordination.status(), CandidateStatus::Withdrawn);
+    }
+}
+
+/// Waits until the fake's controller has run the election that `identity`'s registration started: its
+/// LeaseCandidate answered the ping (renewTime after pingTime) and the Lease then names `holder` with no
+/// preferredHolder.
+async fn settled(client: &kube::Client, identity: &str, holder: &str) {
+    let candidates: Api<LeaseCandidate> = Api::namespaced(client.clone(), NS);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    eventually(&format!("{identity}'s ping answered"), || async {
+        let spec = candidates.get(identity).await.unwrap().spec?;
+        (spec.renew_time?.0 > spec.ping_time?.0).then_some(())
+    })
+    .await;
+    eventually(
+        &format!("{holder} leading after {identity} joined"),
+        || async {
+            let spec = leases.get_opt("l1").await.unwrap()?.spec?;
+            (spec.holder_identity.as_deref() == Some(holder) && spec.preferred_holder.is_none())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The "Done when" of coordinated election: a rolling upgrade under the fake's election controller. Two
+/// candidates of emulation version 1.33.0, then two of 1.34.0 replacing them one by one: the leader is an
+/// old one while one exists, then the oldest new one; no leader's work overlaps the next one's; and no
+/// candidate ever takes the Lease on its own (every change of holder is the controller's assignment,
+/// which writes no acquireTime).
+#[tokio::test]
+async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
+    let server = FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap();
+    let client = client(&server.url());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    // Every version of the Lease, from before the first candidate.
+    let from = leases
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let recorder = tokio::spawn({
+        let (leases, history) = (leases.clone(), history.clone());
+        async move {
+            use futures::StreamExt;
+            let params = kube::api::WatchParams::default().fields("metadata.name=l1");
+            let mut events = leases.watch(&params, &from).await.unwrap().boxed();
+            while let Some(Ok(event)) = events.next().await {
+                if let kube::api::WatchEvent::Added(lease)
+                | kube::api::WatchEvent::Modified(lease) = event
+                {
+                    history.lock().unwrap().push(lease.spec.unwrap_or_default());
+                }
+            }
+        }
+    });
+    let log = WorkLog::default();
+
+    let old_a = Running::start(&client, "old-a", "1.33.0", &log).await;
+    let old_b = Running::start(&client, "old-b", "1.33.0", &log).await;
+    eventually("old-a leading", || async {
+        old_a.elector.is_leader().then_some(())
+    })
+    .await;
+    settled(&client, "old-b", "old-a").await;
+
+    let new_a = Running::start(&client, "new-a", "1.34.0", &log).await;
+    settled(&client, "new-a", "old-a").await;
+    assert!(old_a.elector.is_leader(), "an old version keeps leading");
+
+    old_a.stop().await;
+    eventually("old-b leading", || async {
+        old_b.elector.is_leader().then_some(())
+    })
+    .await;
+    assert!(!new_a.elector.is_leader());
+
+    let new_b = Running::start(&client, "new-b", "1.34.0", &log).await;
+    settled(&client, "new-b", "old-b").await;
+    assert!(
+        old_b.elector.is_leader(),
+        "the last old version leads while it exists"
+    );
+
+    old_b.stop().await;
+    eventually("new-a leading", || async {
+        new_a.elector.is_leader().then_some(())
+    })
+    .await;
+    assert!(!new_b.elector.is_leader());
+    settled(&client, "new-b", "new-a").await;
+
+    // Work: one at a time, in the order old-a, old-b, new-a.
+    let entries = log.entries();
+    let order: Vec<String> = entries
+        .iter()
+        .map(|(_, who, what)| format!("{who}:{what}"))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "old-a:started",
+            "old-a:stopped",
+            "old-b:started",
+            "old-b:stopped",
+            "new-a:started"
+        ],
+        "work overlapped or ran out of order"
+    );
+    for pair in entries.windows(2) {
+        assert!(pair[0].0 <= pair[1].0);
+    }
+
+    // The Lease's history up to new-a's term (its last version reaches the watch a moment after the read).
+    let history = eventually("the history up to new-a", || async {
+        let history = history.lock().unwrap().clone();
+        let last = history.last()?.holder_identity.as_deref()?;
+        (last == "new-a").then_some(history)
+    })
+    .await;
+    recorder.abort();
+    new_a.stop().await;
+    new_b.stop().await;
+    let holder = |spec: &k8s_openapi::api::coordination::v1::LeaseSpec| {
+        spec.holder_identity.clone().unwrap_or_default()
+    };
+    let mut assignments = Vec::new();
+    let mut previous = String::new();
+    for spec in &history {
+        let now = holder(spec);
+        assert_eq!(
+            spec.strategy.as_deref(),
+            Some("OldestEmulationVersion"),
+            "the Lease stays coordinated: {spec:?}"
+        );
+        if !now.is_empty() && now != previous {
+            assert!(
+                spec.acquire_time.is_none(),
+                "{now} took the Lease on its own: {spec:?}"
+            );
+            assignments.push(now.clone());
+        }
+        previous = now;
+    }
+    assert_eq!(assignments, ["old-a", "old-b", "new-a"]);
+}
