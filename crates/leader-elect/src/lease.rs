@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1beta1::LeaseCandidate;
 use leaderelection::{
     KubeLeaseLock, LeaderElectionRecord, LeaseEvent, LeaseLock, LockError, ObservedLease,
 };
@@ -41,12 +42,13 @@ pub(crate) struct StatusArgs {
 /// How often `release` reads the Lease while observing it where watching is forbidden or failing.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Bound on each request `release` makes (the client has no read timeout, for the sake of watches).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on each request `release` and `yield` make (the client has no read timeout, for the sake of
+/// watches).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Release writes tried when conflicts show only writes that do not stop the release (labels or
 /// annotations; with --force, the holder's renewals).
-const WRITE_ATTEMPTS: usize = 5;
+pub(crate) const WRITE_ATTEMPTS: usize = 5;
 
 const RELEASE_HELP: &str = "\
 How release tells a live holder from a gone one:
@@ -89,11 +91,20 @@ pub(crate) struct ReleaseArgs {
     server: ServerArgs,
 }
 
-async fn open(
+pub(crate) async fn open(
     lease_name: &str,
     ns: Option<&str>,
     server: &ServerArgs,
 ) -> Result<KubeLeaseLock, Failure> {
+    Ok(open_in(lease_name, ns, server).await?.0)
+}
+
+/// As [`open`], also giving the client and the namespace.
+async fn open_in(
+    lease_name: &str,
+    ns: Option<&str>,
+    server: &ServerArgs,
+) -> Result<(KubeLeaseLock, kube::Client, String), Failure> {
     if let Some(rule) = leaderelection::Config::new("x", lease_name, "default")
         .validate()
         .err()
@@ -101,13 +112,40 @@ async fn open(
         return Err(Failure::Usage(rule.into()));
     }
     let ns = namespace(ns, &Environment::from_process());
-    let lock = KubeLeaseLock::new(server.client().await?, &ns, lease_name);
+    let client = server.client().await?;
+    let lock = KubeLeaseLock::new(client.clone(), &ns, lease_name);
     preflight(&lock, server).await?;
-    Ok(lock)
+    Ok((lock, client, ns))
+}
+
+/// The LeaseCandidates of a Lease (coordinated leader election), as far as the API server says.
+enum Candidates {
+    /// Those whose `spec.leaseName` is the Lease's, by name.
+    Listed(Vec<LeaseCandidate>),
+    /// `coordination.k8s.io/v1beta1` `leasecandidates` is not served (404).
+    NotServed,
+    /// The list failed (e.g. 403: RBAC grants no list on leasecandidates).
+    Failed(String),
+}
+
+async fn candidates(client: &kube::Client, ns: &str, lease_name: &str) -> Candidates {
+    let api: kube::Api<LeaseCandidate> = kube::Api::namespaced(client.clone(), ns);
+    match timeout(REQUEST_TIMEOUT, api.list(&kube::api::ListParams::default())).await {
+        Ok(Ok(list)) => Candidates::Listed(
+            list.items
+                .into_iter()
+                .filter(|c| c.spec.as_ref().is_some_and(|s| s.lease_name == lease_name))
+                .collect(),
+        ),
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => Candidates::NotServed,
+        Ok(Err(err)) => Candidates::Failed(err.to_string()),
+        Err(_) => Candidates::Failed(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+    }
 }
 
 pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
-    let lock = open(&args.lease_name, args.namespace.as_deref(), &args.server).await?;
+    let (lock, client, ns) =
+        open_in(&args.lease_name, args.namespace.as_deref(), &args.server).await?;
     let observed = lock
         .get()
         .await
@@ -120,6 +158,8 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
         .map(|t| t + jiff::SignedDuration::from_secs(i64::from(r.lease_duration_seconds)));
     // A released Lease (no holder) is free now, whatever its timings say.
     let expired = !r.is_held() || expires.is_none_or(|e| e <= now);
+    let candidates = candidates(&client, &ns, &args.lease_name).await;
+    let spec_of = |c: &LeaseCandidate| c.spec.clone().unwrap_or_default();
     match args.output {
         Output::Json => println!(
             "{}",
@@ -133,6 +173,23 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
                 "lease_duration_seconds": r.lease_duration_seconds,
                 "expired": expired,
                 "resource_version": observed.resource_version,
+                "strategy": r.strategy,
+                "preferred_holder": r.preferred_holder,
+                // null where LeaseCandidates are not served or could not be listed.
+                "candidates": match &candidates {
+                    Candidates::Listed(list) => json!(list.iter().map(|c| {
+                        let spec = spec_of(c);
+                        json!({
+                            "name": c.metadata.name,
+                            "binary_version": spec.binary_version,
+                            "emulation_version": spec.emulation_version,
+                            "strategy": spec.strategy,
+                            "renew_time": spec.renew_time.map(|t| t.0.to_string()),
+                            "ping_time": spec.ping_time.map(|t| t.0.to_string()),
+                        })
+                    }).collect::<Vec<_>>()),
+                    Candidates::NotServed | Candidates::Failed(_) => serde_json::Value::Null,
+                },
             })
         ),
         Output::Text => {
@@ -158,6 +215,36 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
                 ),
                 _ if !r.is_held() => println!("Expired:   yes (released)"),
                 _ => println!("Expired:   yes (by this machine's clock)"),
+            }
+            println!(
+                "Strategy:  {}",
+                r.strategy.as_deref().unwrap_or("<none> (not coordinated)")
+            );
+            println!(
+                "Preferred: {}",
+                r.preferred_holder.as_deref().unwrap_or("<none>")
+            );
+            match &candidates {
+                Candidates::Listed(list) if list.is_empty() => println!("Candidates: <none>"),
+                Candidates::Listed(list) => {
+                    println!("Candidates:");
+                    for c in list {
+                        let spec = spec_of(c);
+                        println!(
+                            "  {}  binary {}, emulation {}, renewed {}",
+                            c.metadata.name.as_deref().unwrap_or(""),
+                            spec.binary_version,
+                            spec.emulation_version.as_deref().unwrap_or("-"),
+                            ago(spec.renew_time.map(|t| t.0)),
+                        );
+                    }
+                }
+                Candidates::NotServed => {
+                    println!(
+                        "Candidates: <not served> (coordination.k8s.io/v1beta1 leasecandidates)"
+                    );
+                }
+                Candidates::Failed(reason) => println!("Candidates: <unknown> ({reason})"),
             }
         }
     }
@@ -412,7 +499,7 @@ fn report(lease: &str, holder: &str, change: Change, after: Duration) -> Result<
 }
 
 /// Reads the Lease, bounded by [`REQUEST_TIMEOUT`].
-async fn read(lock: &dyn LeaseLock) -> Result<Option<ObservedLease>, Failure> {
+pub(crate) async fn read(lock: &dyn LeaseLock) -> Result<Option<ObservedLease>, Failure> {
     match timeout(REQUEST_TIMEOUT, lock.get()).await {
         Ok(result) => result.map_err(|e| {
             Failure::Runtime(anyhow::anyhow!("reading lease {}: {e}", lock.describe()))

@@ -13,6 +13,7 @@ mod harness;
 mod install;
 mod lease;
 mod logging;
+mod preferred;
 mod run;
 
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Command {
     Status(lease::StatusArgs),
     /// Step down a Lease this identity holds.
     Release(lease::ReleaseArgs),
+    /// Ask the Lease's holder to hand it to another candidate (sets spec.preferredHolder).
+    #[command(name = "yield")]
+    Yield(preferred::YieldArgs),
     /// Run the fake Kubernetes API server.
     Apiserver(apiserver::ApiserverArgs),
     /// Run a whole election on the embedded fake API server, with crashes, handovers and a partition.
@@ -94,11 +98,13 @@ fn main() -> ExitCode {
         // One thread: the child is spawned from the main thread, which lives as long as the process, so
         // the parent-death signal fires exactly when leader-elect dies. Nothing on it blocks: logs are
         // queued (`logging`), and the child's SIGKILL deadline has a thread of its own.
-        Command::Run(_) | Command::Status(_) | Command::Release(_) | Command::Install(_) => {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        }
+        Command::Run(_)
+        | Command::Status(_)
+        | Command::Release(_)
+        | Command::Yield(_)
+        | Command::Install(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         _ => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(*args).await,
             Command::Status(args) => lease::status(args).await,
             Command::Release(args) => lease::release(args).await,
+            Command::Yield(args) => preferred::yield_lease(args).await,
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,

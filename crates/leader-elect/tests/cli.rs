@@ -707,3 +707,198 @@ async fn run_coordinated_registers_leads_when_assigned_and_withdraws_on_sigterm(
     assert_eq!(released.holder_identity.as_deref(), Some(""));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn yield_needs_an_identity_and_an_existing_lease() {
+    let out = leader_elect(&["yield", "--lease-name", "x", "--to", ""]).await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("--to") && line.contains("must not be empty"),
+        "{line}"
+    );
+    let server = FakeApiServer::start().await.unwrap();
+    let out = leader_elect(&[
+        "yield",
+        "--lease-name",
+        "missing",
+        "--to",
+        "pod-b",
+        "--server",
+        &server.url(),
+    ])
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 1);
+    assert!(
+        line.contains("lease default/missing not found: nothing to yield"),
+        "{line}"
+    );
+    server.shutdown().await;
+}
+
+/// `yield --to pod-b` on a Lease pod-a holds (an uncoordinated one): preferredHolder is set with the
+/// strategy Kubernetes requires for it, pod-a hands over, pod-b leads; `status` shows the strategy, the
+/// preferred holder and the LeaseCandidates of the Lease.
+#[tokio::test]
+async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() {
+    use k8s_openapi::api::coordination::v1beta1::{LeaseCandidate, LeaseCandidateSpec};
+
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let fast = leaderelection::Config::default()
+        .with_lease_duration(Duration::from_secs(2))
+        .with_renew_deadline(Duration::from_secs(1))
+        .with_retry_period(Duration::from_millis(250));
+    let a = Candidate::leading(&url, "y", "pod-a", fast.clone()).await;
+    let b_config = leaderelection::Config {
+        identity: "pod-b".into(),
+        lease_name: "y".into(),
+        lease_namespace: "default".into(),
+        ..fast
+    };
+    let b = Elector::new(
+        b_config,
+        KubeLeaseLock::new(client(&url), "default", "y"),
+        Callbacks::new(),
+    )
+    .unwrap();
+    let mut b_state = b.subscribe();
+    let b_task = tokio::spawn(b.run(CancellationToken::new()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        b_state.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // A LeaseCandidate of this Lease and one of another, for status.
+    let candidates: kube::Api<LeaseCandidate> = kube::Api::namespaced(client(&url), "default");
+    for (name, lease) in [("pod-b", "y"), ("other", "z")] {
+        let candidate = LeaseCandidate {
+            metadata: kube::core::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseCandidateSpec {
+                lease_name: lease.into(),
+                binary_version: "1.34.0".into(),
+                emulation_version: Some("1.33.0".into()),
+                strategy: "OldestEmulationVersion".into(),
+                ..Default::default()
+            }),
+        };
+        candidates
+            .create(&Default::default(), &candidate)
+            .await
+            .unwrap();
+    }
+
+    let out = leader_elect(&[
+        "yield",
+        "--lease-name",
+        "y",
+        "--to",
+        "pod-b",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "asked \"pod-a\" to hand lease default/y to \"pod-b\" (preferredHolder set)"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        b_state.wait_for(LeaderState::is_leader),
+    )
+    .await
+    .expect("pod-b leads after the yield")
+    .unwrap();
+    assert!(!a.state.borrow().is_leader());
+    let record = lease(&url, "y").await;
+    assert_eq!(record.holder_identity, "pod-b");
+    assert_eq!(
+        (record.preferred_holder, record.strategy),
+        (None, None),
+        "pod-b's first write clears both"
+    );
+
+    let out = leader_elect(&[
+        "yield",
+        "--lease-name",
+        "y",
+        "--to",
+        "pod-b",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already held by \"pod-b\""));
+
+    // Status of a Lease asked to yield (written here as `yield` writes it, on a Lease nobody renews).
+    let lock = KubeLeaseLock::new(client(&url), "default", "s");
+    lock.create(&LeaderElectionRecord {
+        holder_identity: "pod-a".into(),
+        lease_duration_seconds: 15,
+        strategy: Some("OldestEmulationVersion".into()),
+        preferred_holder: Some("pod-b".into()),
+        ..LeaderElectionRecord::default()
+    })
+    .await
+    .unwrap();
+    let out = leader_elect(&[
+        "status",
+        "--lease-name",
+        "y",
+        "--server",
+        &url,
+        "-o",
+        "json",
+    ])
+    .await;
+    let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    let names: Vec<&str> = json["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pod-b"], "{json}");
+    assert_eq!(json["candidates"][0]["emulation_version"], "1.33.0");
+    let out = leader_elect(&["status", "--lease-name", "s", "--server", &url]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Strategy:  OldestEmulationVersion"), "{text}");
+    assert!(text.contains("Preferred: pod-b"), "{text}");
+    assert!(text.contains("Candidates: <none>"), "{text}");
+    b_task.abort();
+    a.crash().await;
+    server.shutdown().await;
+
+    let server = FakeApiServer::builder()
+        .without_lease_candidates()
+        .start()
+        .await
+        .unwrap();
+    let url = server.url();
+    KubeLeaseLock::new(client(&url), "default", "s")
+        .create(&LeaderElectionRecord {
+            holder_identity: "pod-a".into(),
+            lease_duration_seconds: 15,
+            ..LeaderElectionRecord::default()
+        })
+        .await
+        .unwrap();
+    let out = leader_elect(&["status", "--lease-name", "s", "--server", &url]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Strategy:  <none> (not coordinated)"),
+        "{text}"
+    );
+    assert!(text.contains("Preferred: <none>"), "{text}");
+    assert!(text.contains("Candidates: <not served>"), "{text}");
+    server.shutdown().await;
+}
