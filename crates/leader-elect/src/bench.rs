@@ -1,6 +1,7 @@
 //! `leader-elect bench`: the failover scenarios of the demo, many times, on the embedded fake API server;
-//! prints median and p99 of graceful handover and crash failover, the steady-state API load of leader and
-//! followers (watching, and polling as client-go does), and the idle footprint of one process.
+//! prints median and p99 of graceful handover and crash failover, median and p90 of a yield to a preferred
+//! holder, the steady-state API load of leader and followers (watching, and polling as client-go does), and
+//! the idle footprint of one process.
 
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ pub(crate) struct BenchArgs {
     /// How long to count steady-state requests, per mode (watch, poll).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     load_window: Duration,
+    /// Yields to a preferred holder to measure (`spec.preferredHolder` written, as `leader-elect yield`
+    /// writes it -> the preferred candidate's child started; default timings 15s / 10s / 2s).
+    #[arg(long, default_value_t = 20)]
+    yield_runs: usize,
 }
 
 fn defaults() -> Timings {
@@ -36,12 +41,21 @@ fn defaults() -> Timings {
 /// (median, p99) in milliseconds.
 fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
-    let n = samples.len();
+    (middle(&samples), quantile(&samples, 0.99))
+}
+
+/// The middle of `sorted` (the upper middle of an even count); NaN when empty.
+fn middle(sorted: &[f64]) -> f64 {
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The `q` quantile of `sorted` by nearest rank; NaN when empty.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
     if n == 0 {
-        return (f64::NAN, f64::NAN);
+        return f64::NAN;
     }
-    let p99 = ((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1;
-    (samples[n / 2], samples[p99])
+    sorted[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]
 }
 
 fn ms(d: SignedDuration) -> f64 {
@@ -89,6 +103,49 @@ async fn failovers(
     cluster.stop_all().await;
     cluster.server.shutdown().await;
     Ok(samples)
+}
+
+/// Repeats: write `preferredHolder` naming the next candidate (as `leader-elect yield` does), measure until
+/// that candidate's child starts. Returns the samples in milliseconds, from just before the write was sent,
+/// and the number of child intervals of different candidates that overlapped.
+async fn yields(runs: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+    let mut cluster = Cluster::new(3, defaults(), Vec::new()).await?;
+    cluster.verbose = false;
+    for i in 0..3 {
+        cluster.spawn(i)?;
+    }
+    let timeout = Duration::from_secs(60);
+    let mut leader = cluster
+        .next(timeout, is_child_start)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?
+        .candidate;
+    let mut config = kube::Config::new(cluster.server.url().parse()?);
+    config.default_retry = false;
+    let lock =
+        leaderelection::KubeLeaseLock::new(kube::Client::try_from(config)?, "default", "demo");
+    // Let the followers open their watches.
+    cluster.drain(Duration::from_millis(500)).await;
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let to = (leader + 1) % 3;
+        let t0 = Timestamp::now();
+        crate::preferred::ask(&lock, &format!("candidate-{to}"))
+            .await
+            .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err)?;
+        let next = cluster
+            .next(timeout, |s| is_child_start(s) && s.candidate == to)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("candidate-{to} did not lead within {timeout:?}"))?;
+        samples.push(ms(next.at.duration_since(t0)));
+        // Let the candidate that yielded settle as a follower.
+        cluster.drain(Duration::from_millis(300)).await;
+        leader = to;
+    }
+    let overlaps = cluster.overlaps(&[]).len();
+    cluster.stop_all().await;
+    cluster.server.shutdown().await;
+    Ok((samples, overlaps))
 }
 
 /// Requests per minute of the leader and of each follower, and the footprint of each process.
@@ -211,6 +268,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         "graceful handover (SIGTERM -> next child started), 15s/10s/2s, {} runs: median {median:.1} ms, p99 \
          {p99:.1} ms (target <= 50 / 200 ms)",
         handover.len()
+    );
+    let (mut yielded, overlaps) = yields(args.yield_runs).await?;
+    yielded.sort_by(f64::total_cmp);
+    println!(
+        "yield to a preferred holder (preferredHolder written -> its child started), 15s/10s/2s, {} runs: \
+         median {:.1} ms, p90 {:.1} ms, overlapping children {overlaps} (target median <= 10 ms; client-go \
+         stops renewing and waits for expiry: one lease duration, {} s here)",
+        yielded.len(),
+        middle(&yielded),
+        quantile(&yielded, 0.9),
+        d.lease_duration.as_secs()
     );
     let fast = Timings {
         lease_duration: Duration::from_secs(2),

@@ -52,14 +52,39 @@ pub(crate) async fn yield_lease(args: YieldArgs) -> Result<(), Failure> {
     let lock = open(&args.lease_name, args.namespace.as_deref(), &args.server).await?;
     let lease = lock.describe();
     let to = args.to.as_str();
+    match ask(&lock, to).await? {
+        Asked::AlreadyHeld => println!("lease {lease} is already held by \"{to}\": nothing to do"),
+        Asked::Set { holder } if holder.is_empty() => {
+            println!("lease {lease} is released; \"{to}\" may take it first (preferredHolder set)");
+        }
+        Asked::Set { holder } => {
+            println!("asked \"{holder}\" to hand lease {lease} to \"{to}\" (preferredHolder set)")
+        }
+    }
+    Ok(())
+}
+
+/// What [`ask`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// `to` holds the Lease already: nothing written.
+    AlreadyHeld,
+    /// `preferredHolder` was written on the Lease held by `holder` (`""`: released).
+    Set { holder: String },
+}
+
+/// Sets `preferredHolder: to` (and a strategy where none) on the Lease, with a PUT guarded by the
+/// resourceVersion read; a write in between (a renewal) makes it read and ask again, at most
+/// [`WRITE_ATTEMPTS`] times.
+pub(crate) async fn ask(lock: &dyn LeaseLock, to: &str) -> Result<Asked, Failure> {
+    let lease = lock.describe();
     for _ in 0..WRITE_ATTEMPTS {
-        let read = read(&lock)
+        let read = read(lock)
             .await?
             .ok_or_else(|| anyhow::anyhow!("lease {lease} not found: nothing to yield"))?;
         let record = &read.record;
         if record.holder_identity == to {
-            println!("lease {lease} is already held by \"{to}\": nothing to do");
-            return Ok(());
+            return Ok(Asked::AlreadyHeld);
         }
         let asked = LeaderElectionRecord {
             preferred_holder: Some(to.to_owned()),
@@ -72,16 +97,9 @@ pub(crate) async fn yield_lease(args: YieldArgs) -> Result<(), Failure> {
         };
         match timeout(REQUEST_TIMEOUT, lock.update(&asked, &read.resource_version)).await {
             Ok(Ok(_)) => {
-                match record.is_held() {
-                    true => println!(
-                        "asked \"{}\" to hand lease {lease} to \"{to}\" (preferredHolder set)",
-                        record.holder_identity
-                    ),
-                    false => println!(
-                        "lease {lease} is released; \"{to}\" may take it first (preferredHolder set)"
-                    ),
-                }
-                return Ok(());
+                return Ok(Asked::Set {
+                    holder: record.holder_identity.clone(),
+                });
             }
             // A renewal (or another write) since the read: read again and ask again.
             Ok(Err(LockError::Conflict)) => {}
