@@ -62,6 +62,21 @@ fn ms(d: SignedDuration) -> f64 {
     secs(d) * 1000.0
 }
 
+/// Three quiet candidates with `timings` and `extra` flags, once one of them leads (its index).
+async fn leading(timings: Timings, extra: Vec<String>) -> anyhow::Result<(Cluster, usize)> {
+    let mut cluster = Cluster::new(3, timings, extra).await?;
+    cluster.verbose = false;
+    for i in 0..3 {
+        cluster.spawn(i)?;
+    }
+    let leader = cluster
+        .next(Duration::from_secs(60), is_child_start)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?
+        .candidate;
+    Ok((cluster, leader))
+}
+
 /// Repeats: stop the leader with `signal`, measure until another candidate's child starts, restart it.
 /// Returns, per run, the time from the signal and the time from the Lease's expiry (as the old leader last
 /// wrote it) to the next child's start.
@@ -70,17 +85,8 @@ async fn failovers(
     runs: usize,
     signal: Signal,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
-    let mut cluster = Cluster::new(3, timings, Vec::new()).await?;
-    cluster.verbose = false;
-    for i in 0..3 {
-        cluster.spawn(i)?;
-    }
+    let (mut cluster, mut leader) = leading(timings, Vec::new()).await?;
     let timeout = Duration::from_secs(60);
-    let mut leader = cluster
-        .next(timeout, is_child_start)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?
-        .candidate;
     let mut samples = Vec::new();
     for _ in 0..runs {
         let t0 = Timestamp::now();
@@ -109,17 +115,8 @@ async fn failovers(
 /// that candidate's child starts. Returns the samples in milliseconds, from just before the write was sent,
 /// and the number of child intervals of different candidates that overlapped.
 async fn yields(runs: usize) -> anyhow::Result<(Vec<f64>, usize)> {
-    let mut cluster = Cluster::new(3, defaults(), Vec::new()).await?;
-    cluster.verbose = false;
-    for i in 0..3 {
-        cluster.spawn(i)?;
-    }
+    let (mut cluster, mut leader) = leading(defaults(), Vec::new()).await?;
     let timeout = Duration::from_secs(60);
-    let mut leader = cluster
-        .next(timeout, is_child_start)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?
-        .candidate;
     let mut config = kube::Config::new(cluster.server.url().parse()?);
     config.default_retry = false;
     let lock =
@@ -165,16 +162,7 @@ async fn load(window: Duration, poll: bool) -> anyhow::Result<Load> {
     } else {
         Vec::new()
     };
-    let mut cluster = Cluster::new(3, defaults(), extra).await?;
-    cluster.verbose = false;
-    for i in 0..3 {
-        cluster.spawn(i)?;
-    }
-    let leader = cluster
-        .next(Duration::from_secs(60), is_child_start)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?
-        .candidate;
+    let (mut cluster, leader) = leading(defaults(), extra).await?;
     cluster.drain(Duration::from_secs(1)).await;
     cluster.server.reset_counts();
     let cpu0: Vec<u64> = (0..3).map(|i| cpu_ticks(cluster.pid(i))).collect();

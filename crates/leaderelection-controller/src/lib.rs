@@ -40,7 +40,9 @@
 //! ## RBAC
 //!
 //! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`. With
-//! [`runtime::Builder::events`], also `events.k8s.io` `events`: `create`, `patch`.
+//! [`runtime::Builder::events`], also `events.k8s.io` `events`: `create`, `patch`. With
+//! [`runtime::Builder::coordinated`], also `coordination.k8s.io` `leasecandidates`: `get`, `create`,
+//! `update`, `delete`, `list`, `watch`.
 
 pub mod admin;
 pub mod commentator;

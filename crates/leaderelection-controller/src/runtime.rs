@@ -433,7 +433,8 @@ impl<L: LeaseLock> Builder<L> {
     /// [`Candidate`]), and leads only when kube-apiserver's election controller assigns it the Lease
     /// (see [`leaderelection::Elector::with_coordination`]). Where the API server does not serve
     /// LeaseCandidates, it says so once (WARN) and runs an ordinary election. The LeaseCandidate is
-    /// deleted on shutdown, before the Lease is released.
+    /// deleted on shutdown, before the Lease is released. In disabled mode (`enabled: false`) nothing is
+    /// registered.
     ///
     /// Off by default.
     ///
@@ -468,7 +469,9 @@ impl<L: LeaseLock> Builder<L> {
             candidate,
         } = self;
         config.validate()?;
+        // Disabled mode makes no API call: no LeaseCandidate either.
         let candidate = candidate
+            .filter(|_| config.enabled)
             .map(|Coordinated(client, candidate)| Candidate::new(client, &config, candidate))
             .transpose()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);

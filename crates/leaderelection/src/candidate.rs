@@ -478,8 +478,16 @@ impl Candidate {
     }
 
     /// Our LeaseCandidate with `renewTime` now, over `metadata` (and `pingTime` as read: the controller
-    /// compares the two).
+    /// compares the two). `renewTime` is at least one microsecond after `pingTime`: a clock behind the
+    /// controller's would otherwise write a renewal that does not answer the ping (and that we would take
+    /// for a new ping).
     fn desired(&self, metadata: ObjectMeta, spec: Option<LeaseCandidateSpec>) -> LeaseCandidate {
+        let ping_time = spec.and_then(|s| s.ping_time);
+        let now = truncate_to_micros(Timestamp::now());
+        let renew_time = match &ping_time {
+            Some(ping) if ping.0 >= now => ping.0 + jiff::SignedDuration::from_micros(1),
+            _ => now,
+        };
         LeaseCandidate {
             metadata,
             spec: Some(LeaseCandidateSpec {
@@ -487,8 +495,8 @@ impl Candidate {
                 binary_version: self.config.binary_version.clone(),
                 emulation_version: Some(self.config.emulation_version.clone()),
                 strategy: OLDEST_EMULATION_VERSION.to_string(),
-                ping_time: spec.and_then(|s| s.ping_time),
-                renew_time: Some(MicroTime(truncate_to_micros(Timestamp::now()))),
+                ping_time,
+                renew_time: Some(MicroTime(renew_time)),
             }),
         }
     }
@@ -590,6 +598,36 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.field, "renew_interval");
+    }
+
+    #[tokio::test]
+    async fn a_renewal_answers_a_ping_from_a_clock_ahead_of_ours() {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
+                .unwrap();
+        let candidate = Candidate::new(
+            client,
+            &Config::new("a", "l", "ns"),
+            CandidateConfig::new("1.0.0"),
+        )
+        .unwrap();
+        let spec = |ping: Timestamp| LeaseCandidateSpec {
+            ping_time: Some(MicroTime(ping)),
+            ..LeaseCandidateSpec::default()
+        };
+        let ahead = truncate_to_micros(Timestamp::now()) + jiff::SignedDuration::from_secs(60);
+        let renewed = candidate.desired(ObjectMeta::default(), Some(spec(ahead)));
+        assert!(!pinged(&renewed));
+        assert_eq!(
+            renewed.spec.unwrap().renew_time.unwrap().0,
+            ahead + jiff::SignedDuration::from_micros(1)
+        );
+        let behind = Timestamp::now() - jiff::SignedDuration::from_secs(60);
+        let renewed = candidate.desired(ObjectMeta::default(), Some(spec(behind)));
+        assert!(
+            renewed.spec.unwrap().renew_time.unwrap().0
+                > Timestamp::now() - jiff::SignedDuration::from_secs(1)
+        );
     }
 
     #[test]

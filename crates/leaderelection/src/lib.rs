@@ -16,6 +16,10 @@
 //! 9. **Faithful wire format**: Leases written are readable by client-go and kubectl, and any Lease they write
 //!    is read.
 //!
+//! A `preferredHolder` naming another candidate is honoured at once (the term ends as on a graceful stop,
+//! then the Lease is released for that candidate), and coordinated leader election (KEP-4355) is supported
+//! through a [`Candidate`] and [`Elector::with_coordination`].
+//!
 //! The crate has no event bus, HTTP server or metrics registry: those live in `leaderelection-controller`.
 //! Measurements reach callers through [`Observer`].
 //!
@@ -52,6 +56,14 @@
 //! - apiGroups: ["coordination.k8s.io"]
 //!   resources: ["leases"]
 //!   verbs: ["get", "create", "update", "list", "watch"]
+//! ```
+//!
+//! For coordinated leader election ([`Candidate`], KEP-4355), also:
+//!
+//! ```yaml
+//! - apiGroups: ["coordination.k8s.io"]
+//!   resources: ["leasecandidates"]
+//!   verbs: ["get", "create", "update", "delete", "list", "watch"]
 //! ```
 
 mod callbacks;

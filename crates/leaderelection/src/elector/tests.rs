@@ -87,6 +87,11 @@ fn spawn_with(store: &MemoryLeaseStore, config: Config, work_stop_delay: Duratio
         recording(&log, store, work_stop_delay),
     )
     .unwrap();
+    start(elector, lock, log)
+}
+
+/// Runs `elector` until its candidate is stopped.
+fn start(elector: Elector, lock: MemoryLeaseLock, log: Recorder) -> Candidate {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(elector.clone().run(shutdown.clone()));
     Candidate {
@@ -170,16 +175,7 @@ fn spawn_stubborn(
         }),
     )
     .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    let candidate = Candidate {
-        elector,
-        lock,
-        shutdown,
-        task,
-        log: Recorder::default(),
-    };
-    (candidate, dropped)
+    (start(elector, lock, Recorder::default()), dropped)
 }
 
 fn holder(store: &MemoryLeaseStore) -> String {
@@ -1092,14 +1088,7 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
     let elector = Elector::new(config("a"), lock.clone(), callbacks)
         .unwrap()
         .with_observer(failures.clone());
-    let shutdown = CancellationToken::new();
-    let a = Candidate {
-        task: tokio::spawn(elector.clone().run(shutdown.clone())),
-        elector,
-        lock,
-        shutdown,
-        log: log.clone(),
-    };
+    let a = start(elector, lock, log.clone());
     let first = until_leader(&a).await;
     let b = spawn(&store, "b");
     until(&b, |s| s.leader.as_deref() == Some("a")).await;
@@ -1275,16 +1264,7 @@ fn spawn_coordinated(
     )
     .unwrap()
     .with_coordination(coordination);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    let candidate = Candidate {
-        elector,
-        lock,
-        shutdown,
-        task,
-        log,
-    };
-    (candidate, tx)
+    (start(elector, lock, log), tx)
 }
 
 fn coordinated(record: LeaderElectionRecord) -> LeaderElectionRecord {
