@@ -750,8 +750,9 @@ impl<'a> Runner<'a> {
     /// Waits until `until` (the observed holder's expiry), a change seen by the watch, or — when
     /// polling — a jittered retry period. `None` on shutdown.
     async fn wait(&mut self, until: Instant) -> Option<()> {
-        if matches!(self.watching, Watching::Idle) {
-            self.open_watch().await;
+        if matches!(self.watching, Watching::Idle) && self.open_watch().await {
+            // The Lease was found while opening the watch: decide on it first.
+            return Some(());
         }
         let shutdown = self.shutdown.clone();
         match &mut self.watching {
@@ -792,11 +793,13 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn open_watch(&mut self) {
+    /// Opens the follower's watch from where it should resume. `true` when the Lease was found instead (a
+    /// coordinated candidate listing for a missing Lease): decide on it before waiting.
+    async fn open_watch(&mut self) -> bool {
         let from = match self.resume_from.clone() {
             Some(from) => from,
             // Under coordination a missing Lease is created by the election controller: watch for it from
-            // the collection's version (a Lease found meanwhile is decided on first).
+            // the collection's version.
             None if self.coordinated() => {
                 match self
                     .request("list", Phase::Watch, self.inner.lock.list())
@@ -804,12 +807,29 @@ impl<'a> Runner<'a> {
                 {
                     Ok(ListedLease {
                         lease: Some(lease), ..
-                    }) => return self.observe(lease),
+                    }) => {
+                        self.observe(lease);
+                        return true;
+                    }
                     Ok(listed) => listed.resource_version,
-                    Err(err) => return self.log_transient("listing the lease", &err),
+                    Err(LockError::Forbidden(message)) => {
+                        warn!(
+                            identity = %self.identity(),
+                            lease = %self.inner.lock.describe(),
+                            %message,
+                            "listing the lease is forbidden; polling every jittered retry period instead \
+                             (grant list and watch on leases for instant takeover)"
+                        );
+                        self.watching = Watching::Polling;
+                        return false;
+                    }
+                    Err(err) => {
+                        self.log_transient("listing the lease", &err);
+                        return false;
+                    }
                 }
             }
-            None => return,
+            None => return false,
         };
         match self
             .request("watch", Phase::Watch, self.inner.lock.watch(&from))
@@ -841,6 +861,7 @@ impl<'a> Runner<'a> {
             }
             Err(err) => self.log_transient("opening a watch", &err),
         }
+        false
     }
 
     async fn on_watch_event(

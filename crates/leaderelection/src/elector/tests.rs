@@ -1326,6 +1326,26 @@ async fn a_coordinated_candidate_leads_only_when_the_controller_names_it() {
     a.stop().await;
 }
 
+/// A coordinated candidate watches for the Lease the election controller creates (it cannot watch from the
+/// missing Lease's own version, so it watches from the collection's): it leads as soon as the Lease is
+/// created naming it, not at its next poll.
+#[tokio::test(start_paused = true)]
+async fn a_coordinated_candidate_takes_a_lease_created_for_it_at_once() {
+    let store = MemoryLeaseStore::new();
+    let (a, _status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    tokio::time::sleep(LEASE * 3 + Duration::from_millis(700)).await;
+    assert!(store.lease().is_none());
+    let created = Instant::now();
+    store.put(coordinated(held_by("a", 5, 0)));
+    let led = until_leader(&a).await;
+    assert!(
+        led - created < Duration::from_millis(10),
+        "{:?}",
+        led - created
+    );
+    a.stop().await;
+}
+
 /// A Lease without a strategy is an ordinary election, even for a coordinated candidate: it is taken
 /// once expired (a migration from uncoordinated replicas never strands the Lease).
 #[tokio::test(start_paused = true)]
