@@ -245,6 +245,20 @@ impl std::fmt::Debug for Candidate {
     }
 }
 
+/// What [`Candidate::look`] found.
+enum Look {
+    /// The watch is open.
+    Watching(BoxStream<'static, kube::Result<WatchEvent<LeaseCandidate>>>),
+    /// No watch; the LeaseCandidate as read (`None`: it does not exist), and whether a watch was tried and
+    /// failed.
+    Read {
+        candidate: Option<Box<LeaseCandidate>>,
+        watch_failed: bool,
+    },
+    /// Neither.
+    Failed,
+}
+
 /// Why a request about our LeaseCandidate failed.
 #[derive(Debug, thiserror::Error)]
 enum RequestError {
@@ -364,14 +378,26 @@ impl Candidate {
     }
 
     /// Keeps the LeaseCandidate registered and answers pings until `shutdown`.
+    ///
+    /// Pings are seen through a watch of our LeaseCandidate. Where the watch cannot be opened (RBAC without
+    /// `watch`, a failing server), the LeaseCandidate is read instead every jittered retry period, with
+    /// another try at the watch.
     async fn register_until(&self, shutdown: &CancellationToken) {
-        // The LeaseCandidate as last written or watched (its resourceVersion guards the next renewal).
+        // The LeaseCandidate as last written or read (its resourceVersion guards the next renewal and is
+        // where the watch resumes).
         let mut known: Option<LeaseCandidate> = None;
         let mut next_renew = Instant::now();
+        // When to open the watch (or, without one, to read the LeaseCandidate) next.
+        let mut next_look = Instant::now();
         let mut events: Option<BoxStream<'static, kube::Result<WatchEvent<LeaseCandidate>>>> = None;
         loop {
             if Instant::now() >= next_renew {
-                next_renew = match self.renew(known.take()).await {
+                let renewed = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    renewed = self.renew(known.take()) => renewed,
+                };
+                next_renew = match renewed {
                     Ok(renewed) => {
                         if self.status.send_replace(CandidateStatus::Registered)
                             != CandidateStatus::Registered
@@ -389,21 +415,38 @@ impl Candidate {
                         Instant::now() + self.jittered_retry_period()
                     }
                 };
+                continue;
             }
-            if events.is_none()
-                && let Some(rv) = known
-                    .as_ref()
-                    .and_then(|c| c.metadata.resource_version.clone())
-            {
-                match self
-                    .request(self.api.watch(&self.watch_params(), &rv))
-                    .await
-                {
-                    Ok(stream) => events = Some(stream.boxed()),
-                    Err(err) => {
-                        debug!(identity = %self.name, error = %err, "could not watch our LeaseCandidate");
-                        next_renew = next_renew.min(Instant::now() + self.jittered_retry_period());
+            if events.is_none() && Instant::now() >= next_look {
+                let looked = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    looked = self.look(known.as_ref()) => looked,
+                };
+                match looked {
+                    Look::Watching(stream) => events = Some(stream),
+                    Look::Read {
+                        candidate,
+                        watch_failed,
+                    } => {
+                        // Watch from what was read at once, unless watching is what failed.
+                        next_look = match (&candidate, watch_failed) {
+                            (Some(_), false) => Instant::now(),
+                            _ => Instant::now() + self.jittered_retry_period(),
+                        };
+                        match &candidate {
+                            Some(candidate) if pinged(candidate) => next_renew = Instant::now(),
+                            Some(_) => {}
+                            // Deleted: registered again within a retry period.
+                            None => {
+                                next_renew =
+                                    next_renew.min(Instant::now() + self.jittered_retry_period());
+                            }
+                        }
+                        known = candidate.map(|c| *c);
+                        continue;
                     }
+                    Look::Failed => next_look = Instant::now() + self.jittered_retry_period(),
                 }
             }
             let event = match events.as_mut() {
@@ -416,7 +459,7 @@ impl Candidate {
                 None => tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return,
-                    () = sleep_until(next_renew) => continue,
+                    () = sleep_until(next_renew.min(next_look)) => continue,
                 },
             };
             match event {
@@ -435,13 +478,40 @@ impl Candidate {
                     next_renew = Instant::now();
                 }
                 Some(Ok(WatchEvent::Bookmark(_))) => {}
-                // An ERROR event (410 Gone), a failed or ended watch: renew from a fresh read, then watch
-                // again from that write.
-                Some(Ok(WatchEvent::Error(_)) | Err(_)) | None => {
+                // Closed by the server: resume from the last version seen.
+                None => events = None,
+                // An ERROR event (410 Gone: too old to resume from) or a failed watch: read, then watch
+                // from what was read.
+                Some(Ok(WatchEvent::Error(_)) | Err(_)) => {
                     events = None;
                     known = None;
-                    next_renew = next_renew.min(Instant::now() + self.retry_period);
                 }
+            }
+        }
+    }
+
+    /// Opens the watch of our LeaseCandidate from `known`'s version; without one, or when the watch cannot
+    /// be opened, reads the LeaseCandidate instead.
+    async fn look(&self, known: Option<&LeaseCandidate>) -> Look {
+        let mut watch_failed = false;
+        if let Some(rv) = known.and_then(|c| c.metadata.resource_version.as_deref()) {
+            match self.request(self.api.watch(&self.watch_params(), rv)).await {
+                Ok(stream) => return Look::Watching(stream.boxed()),
+                Err(err) => {
+                    debug!(identity = %self.name, error = %err,
+                        "could not watch our LeaseCandidate; reading it instead");
+                    watch_failed = true;
+                }
+            }
+        }
+        match self.request(self.api.get_opt(&self.name)).await {
+            Ok(candidate) => Look::Read {
+                candidate: candidate.map(Box::new),
+                watch_failed,
+            },
+            Err(err) => {
+                self.log_transient("reading the LeaseCandidate", &err);
+                Look::Failed
             }
         }
     }
