@@ -797,9 +797,9 @@ impl<'a> Runner<'a> {
     /// coordinated candidate listing for a missing Lease): decide on it before waiting.
     async fn open_watch(&mut self) -> bool {
         let from = match self.resume_from.clone() {
-            Some(from) => from,
+            Some(from) => Ok(from),
             // Under coordination a missing Lease is created by the election controller: watch for it from
-            // the collection's version.
+            // the collection's version (a forbidden list is a forbidden watch, below).
             None if self.coordinated() => {
                 match self
                     .request("list", Phase::Watch, self.inner.lock.list())
@@ -811,30 +811,20 @@ impl<'a> Runner<'a> {
                         self.observe(lease);
                         return true;
                     }
-                    Ok(listed) => listed.resource_version,
-                    Err(LockError::Forbidden(message)) => {
-                        warn!(
-                            identity = %self.identity(),
-                            lease = %self.inner.lock.describe(),
-                            %message,
-                            "listing the lease is forbidden; polling every jittered retry period instead \
-                             (grant list and watch on leases for instant takeover)"
-                        );
-                        self.watching = Watching::Polling;
-                        return false;
-                    }
-                    Err(err) => {
-                        self.log_transient("listing the lease", &err);
-                        return false;
-                    }
+                    Ok(listed) => Ok(listed.resource_version),
+                    Err(err) => Err(err),
                 }
             }
             None => return false,
         };
-        match self
-            .request("watch", Phase::Watch, self.inner.lock.watch(&from))
-            .await
-        {
+        let opened = match from {
+            Ok(from) => {
+                self.request("watch", Phase::Watch, self.inner.lock.watch(&from))
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        match opened {
             Ok(events) => {
                 self.watching = Watching::open(events);
             }
