@@ -902,3 +902,90 @@ async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() 
     assert!(text.contains("Candidates: <not served>"), "{text}");
     server.shutdown().await;
 }
+
+/// A coordinated leader that steps down because its child exited (`--on-child-exit release`) deletes its
+/// LeaseCandidate before it releases the Lease (the fake's resourceVersion is one counter across kinds,
+/// so the two events' versions order them), so the controller cannot assign the released Lease back to a
+/// replica that is leaving.
+#[tokio::test]
+async fn a_coordinated_step_down_withdraws_the_candidate_before_releasing() {
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::coordination::v1beta1::LeaseCandidate;
+    use kube::api::{WatchEvent, WatchParams};
+
+    let server = FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap();
+    let url = server.url();
+    let candidates: kube::Api<LeaseCandidate> = kube::Api::namespaced(client(&url), "default");
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client(&url), "default");
+    let from = server.resource_version().to_string();
+    let mut candidate_events = candidates
+        .watch(&WatchParams::default(), &from)
+        .await
+        .unwrap()
+        .boxed();
+    let mut lease_events = leases
+        .watch(&WatchParams::default(), &from)
+        .await
+        .unwrap()
+        .boxed();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        leader_elect(&[
+            "run",
+            "--coordinated",
+            "--lease-name",
+            "l1",
+            "--identity",
+            "pod-a",
+            "--lease-duration",
+            "2s",
+            "--renew-deadline",
+            "1s",
+            "--retry-period",
+            "200ms",
+            "--server",
+            &url,
+            "--",
+            "true",
+        ]),
+    )
+    .await
+    .expect("leader-elect steps down within 20 s");
+    let (code, line) = failure(&out);
+    assert_eq!(code, 1, "{line}");
+    let rv = |meta: &kube::core::ObjectMeta| -> u64 {
+        meta.resource_version.as_deref().unwrap().parse().unwrap()
+    };
+    let deleted = loop {
+        match candidate_events.next().await.unwrap().unwrap() {
+            WatchEvent::Deleted(c) => break rv(&c.metadata),
+            _ => continue,
+        }
+    };
+    let released = loop {
+        match lease_events.next().await.unwrap().unwrap() {
+            WatchEvent::Modified(l)
+                if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some("")
+                    && l.spec
+                        .as_ref()
+                        .and_then(|s| s.acquire_time.as_ref())
+                        .is_some() =>
+            {
+                break rv(&l.metadata);
+            }
+            _ => continue,
+        }
+    };
+    assert!(
+        deleted < released,
+        "LeaseCandidate deleted at resourceVersion {deleted}, Lease released at {released}"
+    );
+    server.shutdown().await;
+}

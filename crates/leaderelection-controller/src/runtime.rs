@@ -226,8 +226,9 @@ impl Runtime {
                     () = election_stop.cancelled() => return Ok(()),
                 }
             }
-            // The candidate stops with the election: at shutdown at once (its LeaseCandidate is deleted
-            // before the Lease is released), and when the election ends otherwise.
+            // The candidate stops with the election: the elector, when it stops (shutdown or a step-down),
+            // has its LeaseCandidate deleted before it releases the Lease; and whatever ends the election
+            // ends the candidate.
             let candidate_stop = election_stop.child_token();
             let (result, ()) = tokio::join!(
                 async {

@@ -163,6 +163,8 @@ pub enum CandidateStatus {
 #[derive(Clone, Debug)]
 pub struct Coordination {
     status: watch::Receiver<CandidateStatus>,
+    /// Cancelled by the elector when it stops: the [`Candidate`] deletes its LeaseCandidate then.
+    withdraw: CancellationToken,
 }
 
 // === impl Coordination ===
@@ -171,7 +173,23 @@ impl Coordination {
     /// A handle whose status is set through the returned sender (the [`Candidate`]'s, or a test's).
     pub(crate) fn channel() -> (watch::Sender<CandidateStatus>, Self) {
         let (tx, status) = watch::channel(CandidateStatus::Pending);
-        (tx, Self { status })
+        let withdraw = CancellationToken::new();
+        (tx, Self { status, withdraw })
+    }
+
+    /// Asks the [`Candidate`] to delete its LeaseCandidate and stop (the elector, when it stops), and waits
+    /// until it has, or the API server does not serve LeaseCandidates, for at most `timeout`.
+    pub(crate) async fn withdraw(&self, timeout: Duration) {
+        self.withdraw.cancel();
+        let withdrawn = self
+            .wait_for(|s| matches!(s, CandidateStatus::Withdrawn | CandidateStatus::Unsupported));
+        let _ = tokio::time::timeout(timeout, withdrawn).await;
+    }
+
+    /// Whether the elector asked for the LeaseCandidate to be withdrawn.
+    #[cfg(test)]
+    pub(crate) fn withdrawal_requested(&self) -> bool {
+        self.withdraw.is_cancelled()
     }
 
     /// The registration's status now.
@@ -315,7 +333,8 @@ impl Candidate {
         self.coordination.clone()
     }
 
-    /// Registers until `shutdown` is cancelled, then deletes the LeaseCandidate.
+    /// Registers until `shutdown` is cancelled or the elector given [`Candidate::coordination`] stops, then
+    /// deletes the LeaseCandidate.
     ///
     /// First asks discovery whether `coordination.k8s.io/v1beta1` `leasecandidates` is served: when it is
     /// not (404, or not listed), logs one WARN, publishes [`CandidateStatus::Unsupported`] (the elector runs
@@ -331,7 +350,20 @@ impl Candidate {
     /// Dropping the future leaves the LeaseCandidate registered (until the controller's garbage collection,
     /// 30 minutes after its last renewal) and the elector waiting: cancel `shutdown` and await instead.
     pub async fn run(self, shutdown: CancellationToken) {
-        match self.discover(&shutdown).await {
+        // Stopped by `shutdown`, or by the elector through the handle (so that it can release the Lease
+        // once we are withdrawn, whatever stopped it).
+        let stop = self.coordination.withdraw.clone();
+        let link = async {
+            tokio::select! {
+                () = shutdown.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        };
+        tokio::join!(link, self.serve(&stop));
+    }
+
+    async fn serve(&self, shutdown: &CancellationToken) {
+        match self.discover(shutdown).await {
             Some(true) => {}
             Some(false) => {
                 warn!(
@@ -350,7 +382,7 @@ impl Candidate {
                 return;
             }
         }
-        self.register_until(&shutdown).await;
+        self.register_until(shutdown).await;
         self.withdraw().await;
     }
 

@@ -141,8 +141,9 @@ impl Elector {
     /// it leads only once the election controller names it `holderIdentity`, keeps `strategy` when it
     /// takes and renews, and yields to a `preferredHolder` as always (client-go `tryCoordinatedRenew`). A
     /// Lease without `strategy` (an ordinary election, e.g. during a migration) is elected for by the
-    /// ordinary rules. On shutdown the Lease is released only after the candidate has deleted its
-    /// LeaseCandidate (or the request timeout passed), so the controller does not elect us again.
+    /// ordinary rules. When `run` is stopped, the elector has the candidate delete its LeaseCandidate and
+    /// releases the Lease only after that (or after a request timeout), so the controller does not elect
+    /// us again.
     ///
     /// Takes effect only on an elector that has not been cloned yet, as [`Elector::with_observer`].
     #[must_use]
@@ -1394,17 +1395,15 @@ impl<'a> Runner<'a> {
         false
     }
 
-    /// On shutdown under coordinated election: waits (at most a request timeout) until our LeaseCandidate
-    /// is deleted, so that the controller does not assign the released Lease to us again.
+    /// On shutdown under coordinated election: has our LeaseCandidate deleted, waiting for it at most a
+    /// request timeout, so that the controller does not assign the released Lease to us again.
     async fn await_withdrawn(&self) {
         if let Some(coordination) = &self.inner.coordination
             && self.shutdown.is_cancelled()
         {
-            let withdrawn = coordination.wait_for(|s| {
-                matches!(s, CandidateStatus::Withdrawn | CandidateStatus::Unsupported)
-            });
-            let _ =
-                tokio::time::timeout(self.config().effective_request_timeout(), withdrawn).await;
+            coordination
+                .withdraw(self.config().effective_request_timeout())
+                .await;
         }
     }
 

@@ -1247,12 +1247,18 @@ async fn a_missing_preferred_holder_delays_the_takeover_by_one_lease_duration_at
 
 // --- coordinated leader election (KEP-4355) ---
 
-/// A candidate under coordinated election, its registration's status set through the returned sender.
+/// The registration side of a coordinated candidate, played by a test.
+struct Registration {
+    status: tokio::sync::watch::Sender<CandidateStatus>,
+    coordination: Coordination,
+}
+
+/// A candidate under coordinated election, its registration played through the returned [`Registration`].
 fn spawn_coordinated(
     store: &MemoryLeaseStore,
     identity: &str,
     status: CandidateStatus,
-) -> (Candidate, tokio::sync::watch::Sender<CandidateStatus>) {
+) -> (Candidate, Registration) {
     let log = Recorder::default();
     let lock = store.lock(identity);
     let (tx, coordination) = Coordination::channel();
@@ -1263,8 +1269,12 @@ fn spawn_coordinated(
         recording(&log, store, Duration::ZERO),
     )
     .unwrap()
-    .with_coordination(coordination);
-    (start(elector, lock, log), tx)
+    .with_coordination(coordination.clone());
+    let registration = Registration {
+        status: tx,
+        coordination,
+    };
+    (start(elector, lock, log), registration)
 }
 
 fn coordinated(record: LeaderElectionRecord) -> LeaderElectionRecord {
@@ -1288,7 +1298,7 @@ fn writes(store: &MemoryLeaseStore, identity: &str) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn a_coordinated_candidate_leads_only_when_the_controller_names_it() {
     let store = MemoryLeaseStore::new();
-    let (a, _status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    let (a, _registration) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
     tokio::time::sleep(LEASE * 10).await;
     assert!(store.lease().is_none(), "a created the Lease");
     assert_eq!(writes(&store, "a"), Vec::<String>::new());
@@ -1332,7 +1342,7 @@ async fn a_coordinated_candidate_leads_only_when_the_controller_names_it() {
 #[tokio::test(start_paused = true)]
 async fn a_coordinated_candidate_takes_a_lease_created_for_it_at_once() {
     let store = MemoryLeaseStore::new();
-    let (a, _status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    let (a, _registration) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
     tokio::time::sleep(LEASE * 3 + Duration::from_millis(700)).await;
     assert!(store.lease().is_none());
     let created = Instant::now();
@@ -1352,7 +1362,7 @@ async fn a_coordinated_candidate_takes_a_lease_created_for_it_at_once() {
 async fn a_coordinated_candidate_takes_an_expired_uncoordinated_lease() {
     let store = MemoryLeaseStore::new();
     store.put(held_by("x", 15, 0));
-    let (a, _status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    let (a, _registration) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
     let led = until_leader(&a).await;
     assert!(led.elapsed() < LEASE * 2);
     assert_eq!(store.lease().unwrap().record.strategy, None);
@@ -1364,14 +1374,16 @@ async fn a_coordinated_candidate_takes_an_expired_uncoordinated_lease() {
 #[tokio::test(start_paused = true)]
 async fn a_candidate_waits_for_its_registration_then_falls_back_when_unsupported() {
     let store = MemoryLeaseStore::new();
-    let (a, status) = spawn_coordinated(&store, "a", CandidateStatus::Pending);
+    let (a, registration) = spawn_coordinated(&store, "a", CandidateStatus::Pending);
     tokio::time::sleep(LEASE * 4).await;
     assert_eq!(
         store.calls_of("a"),
         Vec::<String>::new(),
         "no request while pending"
     );
-    status.send_replace(CandidateStatus::Unsupported);
+    registration
+        .status
+        .send_replace(CandidateStatus::Unsupported);
     until_leader(&a).await;
     let record = store.lease().unwrap().record;
     assert_eq!(
@@ -1381,23 +1393,25 @@ async fn a_candidate_waits_for_its_registration_then_falls_back_when_unsupported
     a.stop().await;
 }
 
-/// On shutdown a coordinated leader releases the Lease only once its LeaseCandidate is deleted, so the
-/// controller cannot assign the released Lease to it again; a registration that never says so delays the
-/// release by one request timeout at most.
+/// On shutdown a coordinated leader asks for its LeaseCandidate to be deleted and releases the Lease only
+/// once it is, so the controller cannot assign the released Lease to it again; a registration that never
+/// says so delays the release by one request timeout at most.
 #[tokio::test(start_paused = true)]
 async fn a_coordinated_leader_releases_after_its_candidate_is_withdrawn() {
     let store = MemoryLeaseStore::new();
     store.put(coordinated(held_by("a", 5, 0)));
-    let (a, status) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
+    let (a, registration) = spawn_coordinated(&store, "a", CandidateStatus::Registered);
     until_leader(&a).await;
+    assert!(!registration.coordination.withdrawal_requested());
     a.shutdown.cancel();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(registration.coordination.withdrawal_requested());
     assert_eq!(
         store.lease().unwrap().record.holder_identity,
         "a",
         "released before withdrawn"
     );
-    status.send_replace(CandidateStatus::Withdrawn);
+    registration.status.send_replace(CandidateStatus::Withdrawn);
     a.task.await.unwrap().unwrap();
     let record = store.lease().unwrap().record;
     assert_eq!(record.holder_identity, "", "released once withdrawn");
@@ -1405,7 +1419,7 @@ async fn a_coordinated_leader_releases_after_its_candidate_is_withdrawn() {
 
     let store = MemoryLeaseStore::new();
     store.put(coordinated(held_by("b", 5, 0)));
-    let (b, _status) = spawn_coordinated(&store, "b", CandidateStatus::Registered);
+    let (b, _registration) = spawn_coordinated(&store, "b", CandidateStatus::Registered);
     until_leader(&b).await;
     let stopping = Instant::now();
     b.stop().await;
