@@ -155,7 +155,8 @@ pub enum CandidateStatus {
     Registered,
     /// The API server does not serve `coordination.k8s.io/v1beta1` `leasecandidates`: ordinary election.
     Unsupported,
-    /// Our LeaseCandidate was deleted on shutdown (or the candidate stopped before registering).
+    /// Our LeaseCandidate was deleted because the candidate or its elector stopped (or the candidate stopped
+    /// before registering).
     Withdrawn,
 }
 
@@ -212,7 +213,8 @@ impl Coordination {
 }
 
 /// This candidate's LeaseCandidate, named after its identity, in the Lease's namespace: created and renewed
-/// by [`Candidate::run`], which answers the election controller's pings at once and deletes it on shutdown.
+/// by [`Candidate::run`], which answers the election controller's pings at once and deletes it when it
+/// stops (on shutdown, or when the elector holding [`Candidate::coordination`] stops, before its release).
 ///
 /// # Examples
 ///
@@ -227,7 +229,7 @@ impl Coordination {
 /// let elector = Elector::new(config, lock, Callbacks::new())?
 ///     .with_coordination(candidate.coordination());
 /// let shutdown = CancellationToken::new();
-/// let (registration, election) =
+/// let ((), election) =
 ///     tokio::join!(candidate.run(shutdown.clone()), elector.run(shutdown.clone()));
 /// election?;
 /// # Ok(()) }
