@@ -10,6 +10,8 @@ use nix::sys::signal::Signal;
 use crate::Failure;
 use crate::harness::{Cluster, Timings, is_child_start, secs};
 
+mod candidates;
+
 /// `leader-elect bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -22,6 +24,15 @@ pub(crate) struct BenchArgs {
     /// How long to count steady-state requests, per mode (watch, poll).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     load_window: Duration,
+    /// Instead of the process scenarios: graceful handovers among N in-process candidates on one Lease,
+    /// for each N given (e.g. `3,30,100`), with the API requests each handover costs.
+    #[arg(long, value_delimiter = ',')]
+    candidates: Vec<usize>,
+    /// Instead of the process scenarios: steady-state API requests per second of one leader and N idle
+    /// in-process followers, watching and polling, for each N given (e.g. `10,100,1000`), over
+    /// --load-window.
+    #[arg(long, value_delimiter = ',')]
+    followers: Vec<usize>,
 }
 
 fn defaults() -> Timings {
@@ -197,6 +208,11 @@ fn rss_kib(pid: Option<i32>) -> u64 {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if !args.candidates.is_empty() || !args.followers.is_empty() {
+        candidates::run_handovers(&args.candidates, args.handover_runs).await?;
+        candidates::run_idle(&args.followers, args.load_window).await?;
+        return Ok(());
+    }
     println!(
         "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server\n"
     );
