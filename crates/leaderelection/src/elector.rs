@@ -30,10 +30,10 @@ const MIN_HEALTHY_WATCH: Duration = Duration::from_secs(1);
 
 /// The spread of a watching follower's takeover delay per other candidate it estimates
 /// ([`Contention`]): the first of N staggered followers writes after about this long, whatever N.
-const STAGGER_STEP: Duration = Duration::from_millis(1);
+const STAGGER_STEP: Duration = Duration::from_millis(2);
 
 /// The highest estimate of contenders ([`Contention`]): bounds the takeover delay to
-/// `STAGGER_STEP x (MAX_CONTENDERS - 1)`, about a second, and never more than a retry period.
+/// `STAGGER_STEP x (MAX_CONTENDERS - 1)`, about two seconds, and never more than a retry period.
 const MAX_CONTENDERS: u32 = 1024;
 
 /// One candidate in the election of one Lease.
@@ -406,12 +406,13 @@ enum Watching {
 /// others) at once; if all wrote at once, a handover would cost a conflicting write per candidate. So a
 /// follower delays its takeover by a random time in `[0, STAGGER_STEP x (estimate - 1))`, and drops it as
 /// soon as its watch shows a new holder. Followers cannot see one another (only holders are written into
-/// the Lease), so the estimate comes from conflicts, as Ethernet's binary exponential backoff: it starts
-/// at 1 (no delay: a handover among a few candidates stays as fast as without staggering), doubles with
-/// every race lost to another candidate (the write that beat ours names a new holder or term; a
-/// metadata-only write does not count), up to [`MAX_CONTENDERS`], and halves with every race won. The first of the staggered
-/// followers writes after about `spread / (N + 1)`, which is about `STAGGER_STEP` once the estimates have
-/// grown to about N, so the handover latency and the number of conflicting writes no longer grow with N.
+/// the Lease), so the estimate comes from conflicts, as in Ethernet's exponential backoff: it starts at 1
+/// (no delay: a handover among a few candidates stays as fast as without staggering), is multiplied by 8
+/// with every race lost to another candidate (the write that beat ours names a new holder or term; a
+/// metadata-only write does not count), up to [`MAX_CONTENDERS`], and halves with every race won. The
+/// first of N staggered followers writes after about `spread / (N + 1)`, a few `STAGGER_STEP`s once the
+/// estimates have grown to N or more, and the others see its write before their own delay is up: the
+/// handover latency and the number of conflicting writes no longer grow with N.
 #[derive(Debug)]
 struct Contention {
     estimate: u32,
@@ -421,7 +422,10 @@ struct Contention {
 
 impl Contention {
     fn lost(&mut self) {
-        self.estimate = self.estimate.saturating_mul(2).min(MAX_CONTENDERS);
+        // By 8 rather than 2: three lost races, not ten, reach an estimate of several hundred. An estimate
+        // too high by up to 8 delays a handover only while no candidate with a low estimate (a recent
+        // winner, a new candidate) is among the followers.
+        self.estimate = self.estimate.saturating_mul(8).min(MAX_CONTENDERS);
     }
 
     fn won(&mut self) {
@@ -1068,10 +1072,9 @@ impl<'a> Runner<'a> {
     /// timeout); when the Lease is known to be someone else's it is aborted at once; on shutdown the Lease
     /// keeps being renewed while the work drains, and is released after it has stopped.
     async fn lead(&mut self, lease: ObservedLease, sent_at: Instant) -> StopReason {
-        if !matches!(self.watching, Watching::Polling) {
-            // The follower's watch is replaced by one from our own write.
-            self.watching = Watching::Idle;
-        }
+        // A follower's open watch goes on as the leader's own: nothing was written between the version we
+        // took over and our write (it was guarded by that version), so its next event is our write. One
+        // request fewer per handover; a watch that fails is reopened from our last write.
         let term = Term {
             holder: self.identity().to_string(),
             transitions: lease.record.lease_transitions,
