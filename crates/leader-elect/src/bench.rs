@@ -11,6 +11,7 @@ use crate::Failure;
 use crate::harness::{Cluster, Timings, is_child_start, secs};
 
 mod candidates;
+mod shards;
 
 /// `leader-elect bench`.
 #[derive(Debug, clap::Args)]
@@ -33,6 +34,13 @@ pub(crate) struct BenchArgs {
     /// --load-window.
     #[arg(long, value_delimiter = ',')]
     followers: Vec<usize>,
+    /// Instead of the process scenarios: K shard Leases split among --replicas in-process replicas
+    /// (balance, rebalancing after a join, a stop and a cut-off, requests per minute over --load-window).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Replicas of the --shards scenario (one joins after the others have balanced).
+    #[arg(long, default_value_t = 4)]
+    replicas: usize,
 }
 
 fn defaults() -> Timings {
@@ -208,9 +216,12 @@ fn rss_kib(pid: Option<i32>) -> u64 {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    if !args.candidates.is_empty() || !args.followers.is_empty() {
+    if !args.candidates.is_empty() || !args.followers.is_empty() || args.shards.is_some() {
         candidates::run_handovers(&args.candidates, args.handover_runs).await?;
         candidates::run_idle(&args.followers, args.load_window).await?;
+        if let Some(k) = args.shards {
+            shards::run(k, args.replicas, args.load_window).await?;
+        }
         return Ok(());
     }
     println!(

@@ -60,6 +60,7 @@ mod elector;
 mod healthz;
 mod lock;
 mod record;
+mod shards;
 mod state;
 
 pub use crate::callbacks::{Callbacks, NoopObserver, Observer, Phase, Request};
@@ -72,4 +73,7 @@ pub use crate::lock::{
     LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, MetadataError, ObservedLease,
 };
 pub use crate::record::LeaderElectionRecord;
+pub use crate::shards::{
+    MAX_SHARDS, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState,
+};
 pub use crate::state::{LeaderState, StopReason, Term};

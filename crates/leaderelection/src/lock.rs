@@ -3,7 +3,7 @@
 //! Two implementations share these semantics: [`KubeLeaseLock`] over the Kubernetes API, and
 //! [`MemoryLeaseLock`], in memory, for tests and simulation.
 
-mod kube;
+pub(crate) mod kube;
 mod memory;
 pub mod metadata;
 
