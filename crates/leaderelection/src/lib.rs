@@ -16,6 +16,9 @@
 //! 9. **Faithful wire format**: Leases written are readable by client-go and kubectl, and any Lease they write
 //!    is read.
 //!
+//! Many candidates on one Lease stagger their takeover of a released Lease, so a handover costs a few
+//! requests whatever their number; [`ShardSet`] splits K Leases among replicas with one list+watch each.
+//!
 //! The crate has no event bus, HTTP server or metrics registry: those live in `leaderelection-controller`.
 //! Measurements reach callers through [`Observer`].
 //!

@@ -125,6 +125,24 @@ pub struct ShardState {
 /// Cost: one renewal per held Lease and per heartbeat per retry period (`(K + R) / retry_period` writes
 /// per second for the whole set), one list+watch per replica, and a GET and a write per shard that moves.
 ///
+/// # Examples
+///
+/// ```no_run
+/// # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// use leaderelection::{Config, ShardConfig, ShardSet};
+/// use tokio_util::sync::CancellationToken;
+///
+/// // Leases "work-0" .. "work-63" in namespace "default"; this replica is "pod-a".
+/// let config = ShardConfig::new(Config::new("pod-a", "work", "default"), 64);
+/// let set = ShardSet::new(config, client, |shard, term, token| async move {
+///     // shard-only work, fenced by term.transitions, until the shard's term ends:
+///     token.cancelled().await;
+/// })?;
+/// let shutdown = CancellationToken::new();
+/// tokio::spawn(set.run(shutdown.clone()));
+/// # Ok(()) }
+/// ```
+///
 /// ## RBAC
 ///
 /// `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.

@@ -225,7 +225,7 @@ async fn idle(followers: usize, window: Duration, watch: bool) -> anyhow::Result
             .iter()
             .filter(|c| f(c.listener))
             .map(|c| c.count as f64)
-            .sum::<f64>()
+            .fold(0.0, |a, b| a + b)
             / window.as_secs_f64()
     };
     let leader_listener = leader;
