@@ -281,6 +281,7 @@ impl ShardSet {
         let mut balancer = Balancer {
             set: &self,
             heartbeat: &heartbeat.elector,
+            member_since: None,
             running: BTreeMap::new(),
             stopping: Vec::new(),
         };
@@ -305,9 +306,12 @@ impl ShardSet {
 struct Balancer<'a> {
     set: &'a ShardSet,
     heartbeat: &'a Elector,
+    /// Since when our heartbeat has been ours, without a break.
+    member_since: Option<Instant>,
     running: BTreeMap<u32, Running>,
-    /// Electors told to stop (their work stopping, then their Lease released).
-    stopping: Vec<JoinHandle<()>>,
+    /// Electors told to stop (their work stopping, then their Lease released), by shard: not started
+    /// again before they have.
+    stopping: Vec<(u32, JoinHandle<()>)>,
 }
 
 // === impl Balancer ===
@@ -319,11 +323,23 @@ impl Balancer<'_> {
 
     /// One pass: read membership, then release surplus or contend for missing shards.
     fn step(&mut self) {
-        self.stopping.retain(|t| !t.is_finished());
+        self.stopping.retain(|(_, t)| !t.is_finished());
+        let busy: BTreeSet<u32> = self
+            .running
+            .keys()
+            .chain(self.stopping.iter().map(|(shard, _)| shard))
+            .copied()
+            .collect();
         let now = Instant::now();
         let cache = self.set.hub.snapshot();
-        let config = &self.set.config;
+        let set = self.set;
+        let config = &set.config;
+        let identity = config.election.identity.as_str();
         let live = |c: &Cached| c.record.is_held() && now < c.observed_at + duration(c);
+        // A holder renews every retry period: a shard silent for three is contended for (its Lease is
+        // then taken when it expires by the shard elector's own clock), as is one that names us while
+        // we do not run its elector (an acquire abandoned when the elector was stopped).
+        let renewing = |c: &Cached| now < c.observed_at + 3 * config.election.retry_period;
         let mut members: BTreeSet<String> = cache
             .values()
             .filter(|c| role(c) == Some("member") && live(c))
@@ -331,9 +347,18 @@ impl Balancer<'_> {
             .collect();
         if self.heartbeat.is_leader() {
             members.insert(self.identity().to_owned());
+            self.member_since.get_or_insert(now);
+        } else {
+            self.member_since = None;
         }
         let members: Vec<String> = members.into_iter().collect();
+        // Contend only after a retry period as a member: replicas started together see one another
+        // first, rather than each taking every shard and releasing most of them again.
+        let settled = self
+            .member_since
+            .is_some_and(|since| now >= since + config.election.retry_period);
         let quota = match members.iter().position(|m| m == self.identity()) {
+            Some(_) if !settled => 0,
             Some(rank) => {
                 let r = u32::try_from(members.len()).unwrap_or(u32::MAX);
                 config.shards / r
@@ -344,7 +369,12 @@ impl Balancer<'_> {
         let held_by_member = |shard: u32| -> Option<String> {
             cache
                 .get(&config.shard_name(shard))
-                .filter(|c| live(c) && members.contains(&c.record.holder_identity))
+                .filter(|c| {
+                    live(c)
+                        && renewing(c)
+                        && members.contains(&c.record.holder_identity)
+                        && (c.record.holder_identity != identity || busy.contains(&shard))
+                })
                 .map(|c| c.record.holder_identity.clone())
         };
 
@@ -373,7 +403,7 @@ impl Balancer<'_> {
             }
         } else if mine < quota {
             let mut free: Vec<u32> = (0..config.shards)
-                .filter(|s| !self.running.contains_key(s) && held_by_member(*s).is_none())
+                .filter(|s| !busy.contains(s) && held_by_member(*s).is_none())
                 .collect();
             free.sort_by_key(|s| rank(self.identity(), *s));
             let want = usize::try_from(quota - mine).unwrap_or(usize::MAX);
@@ -412,7 +442,7 @@ impl Balancer<'_> {
     fn stop(&mut self, shard: u32) {
         if let Some(r) = self.running.remove(&shard) {
             r.shutdown.cancel();
-            self.stopping.push(r.task);
+            self.stopping.push((shard, r.task));
         }
     }
 
@@ -421,7 +451,7 @@ impl Balancer<'_> {
         for shard in shards {
             self.stop(shard);
         }
-        for task in self.stopping.drain(..) {
+        for (_, task) in self.stopping.drain(..) {
             let _ = task.await;
         }
     }
