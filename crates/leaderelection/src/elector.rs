@@ -753,7 +753,12 @@ impl<'a> Runner<'a> {
                 lease: previous,
                 observed_at,
             } if previous.record == lease.record => *observed_at,
-            _ => now,
+            _ => self
+                .inner
+                .lock
+                .first_seen(&lease)
+                .filter(|seen| *seen <= now)
+                .unwrap_or(now),
         };
         self.highest_term = self.highest_term.max(Some(lease.record.lease_transitions));
         let same_version = matches!(&self.seen, Seen::Present { lease: previous, .. }

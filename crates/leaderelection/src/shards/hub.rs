@@ -330,6 +330,15 @@ impl LeaseLock for SharedLeaseLock {
     fn describe(&self) -> String {
         self.lock.describe()
     }
+
+    /// When the set's list+watch first saw this record, if it is the one cached.
+    fn first_seen(&self, lease: &ObservedLease) -> Option<Instant> {
+        self.hub
+            .cache()
+            .get(&self.name)
+            .filter(|c| c.record == lease.record)
+            .map(|c| c.observed_at)
+    }
 }
 
 // === impl Change ===
