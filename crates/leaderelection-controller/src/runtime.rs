@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use leaderelection::{Callbacks, Config, ConfigError, KubeLeaseLock, LeaseLock, Term};
+use leaderelection::{Callbacks, Config, ConfigError, KubeLeaseLock, LeaseLock, ShardSet, Term};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,7 @@ pub struct Runtime {
     registry: Registry,
     admin: Option<SocketAddr>,
     preflight: Option<Preflight>,
+    shards: Option<ShardSet>,
 }
 
 /// A check awaited before the election starts (see [`Builder::preflight`]).
@@ -85,6 +86,7 @@ pub struct Builder<L> {
     admin: Option<SocketAddr>,
     preflight: Option<Preflight>,
     recorder: Option<LeaseEventRecorder>,
+    shards: Option<ShardSet>,
 }
 
 /// Why [`Runtime::run`] failed.
@@ -173,6 +175,7 @@ impl Runtime {
             registry,
             admin,
             preflight,
+            shards,
         } = self;
         let listener = match admin {
             Some(addr) => Some(
@@ -203,6 +206,14 @@ impl Runtime {
             feeds_stop.clone(),
         );
         let recorder_feed = record_events(recorder, election.bus().subscribe(), feeds_stop.clone());
+        // The shard set runs beside the election, and stops with it (each shard's work stopped, then its
+        // Lease released).
+        let shard_set = async {
+            match shards {
+                Some(set) => set.run(election_stop.clone()).await,
+                None => election_stop.cancelled().await,
+            }
+        };
         let election = async {
             // The admin endpoints already answer while the preflight waits (liveness stays green).
             if let Some(Preflight(check)) = preflight {
@@ -221,11 +232,14 @@ impl Runtime {
             admin_server,
             metrics_feed,
             recorder_feed,
-            election
+            election,
+            shard_set
         );
 
         let early = tokio::select! {
             result = &mut election => {
+                election_stop.cancel();
+                shard_set.await;
                 feeds_stop.cancel();
                 commentator.await;
                 metrics_feed.await;
@@ -237,10 +251,14 @@ impl Runtime {
             result = &mut admin_server => RuntimeError::AdminStopped(result.err()),
             () = &mut metrics_feed => RuntimeError::TaskEnded("metrics feed"),
             () = &mut recorder_feed => RuntimeError::TaskEnded("event recorder feed"),
+            () = &mut shard_set => RuntimeError::TaskEnded("shard set"),
         };
         tracing::error!(error = %early, "stopping the election");
         election_stop.cancel();
         let stopped = election.await;
+        if !matches!(early, RuntimeError::TaskEnded("shard set")) {
+            shard_set.await;
+        }
         feeds_stop.cancel();
         if let Err(err) = stopped {
             tracing::error!(error = %err, "the election also failed while stopping");
@@ -296,6 +314,7 @@ impl<L: LeaseLock> Builder<L> {
             admin: None,
             preflight: None,
             recorder: None,
+            shards: None,
         }
     }
 
@@ -400,6 +419,16 @@ impl<L: LeaseLock> Builder<L> {
         self
     }
 
+    /// Runs `set` on this replica beside the election, until shutdown: its per-shard work runs while this
+    /// replica holds the shard (fenced by the shard's own term), whether or not it leads the runtime's own
+    /// Lease. On shutdown every shard's work is stopped and its Lease released, as the election's own.
+    /// A shard set that ends before shutdown stops the runtime with [`RuntimeError::TaskEnded`].
+    #[must_use]
+    pub fn shards(mut self, set: ShardSet) -> Self {
+        self.shards = Some(set);
+        self
+    }
+
     /// The runtime.
     ///
     /// # Errors
@@ -415,6 +444,7 @@ impl<L: LeaseLock> Builder<L> {
             admin,
             preflight,
             recorder,
+            shards,
         } = self;
         config.validate()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);
@@ -434,6 +464,7 @@ impl<L: LeaseLock> Builder<L> {
             registry,
             admin,
             preflight,
+            shards,
         })
     }
 }
