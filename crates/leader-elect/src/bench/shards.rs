@@ -189,10 +189,11 @@ pub(super) async fn run(k: u32, r: usize, window: Duration) -> anyhow::Result<()
     }
     let crash = until_balanced(&replicas, kk, within).await;
     println!(
-        "  a replica is cut off (requests unanswered): balanced {} in {} (its heartbeat expires after a lease \
-         duration, then its shards' Leases after another)",
+        "  a replica is cut off (requests unanswered): balanced {} in {} (its heartbeat and its shards' Leases \
+         expire a lease duration after its last renewal, {:.0} s)",
         shares(&replicas),
-        fmt(crash)
+        fmt(crash),
+        lease.as_secs_f64()
     );
     if let Some(cut) = cut {
         cut.listener.clear_faults();
