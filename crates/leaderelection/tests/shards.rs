@@ -190,3 +190,49 @@ async fn a_departing_replicas_shards_are_taken_over() {
     log.assert_no_overlap();
     server.shutdown().await;
 }
+
+/// Faults on every replica's connection in turn (latency beyond the renew deadline, 503 bursts, lost
+/// responses to applied writes, a black hole), for 12 s: shards move, and no shard's work ever runs in two
+/// replicas at once. Once the faults stop, the replicas are balanced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_shard_runs_twice_under_faults() {
+    let server = FakeApiServer::start().await.unwrap();
+    let log = WorkLog::default();
+    let a = replica(&server, "a", 6, &log).await;
+    let b = replica(&server, "b", 6, &log).await;
+    let c = replica(&server, "c", 6, &log).await;
+    until_held(&[&a, &b, &c], &[2, 2, 2], Duration::from_secs(15)).await;
+    let faults = [
+        Faults {
+            latency: Duration::from_millis(1200),
+            ..Faults::none()
+        },
+        Faults {
+            error_rate: 0.5,
+            error_code: 503,
+            ..Faults::none()
+        },
+        Faults {
+            commit_then_drop: true,
+            ..Faults::none()
+        },
+        Faults::partition(),
+    ];
+    let replicas = [&a, &b, &c];
+    for round in 0..8 {
+        let target = replicas[round % 3];
+        target
+            .listener
+            .set_faults(faults[round % faults.len()].clone());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        target.listener.clear_faults();
+    }
+    log.assert_no_overlap();
+    until_held(&[&a, &b, &c], &[2, 2, 2], Duration::from_secs(20)).await;
+    for r in [a, b, c] {
+        r.stop().await;
+    }
+    log.assert_no_overlap();
+    assert!(log.intervals() > 6, "shards moved under the faults");
+    server.shutdown().await;
+}
