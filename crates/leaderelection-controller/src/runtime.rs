@@ -236,27 +236,38 @@ impl Runtime {
             shard_set
         );
 
-        let early = tokio::select! {
-            result = &mut election => {
-                election_stop.cancel();
-                shard_set.await;
-                feeds_stop.cancel();
-                commentator.await;
-                metrics_feed.await;
-                recorder_feed.await;
-                let _ = admin_server.await;
-                return result;
+        // The shard set also ends when shutdown stops the election: only before that is it an early end.
+        let mut shard_set_done = false;
+        let early = loop {
+            tokio::select! {
+                result = &mut election => {
+                    election_stop.cancel();
+                    if !shard_set_done {
+                        shard_set.await;
+                    }
+                    feeds_stop.cancel();
+                    commentator.await;
+                    metrics_feed.await;
+                    recorder_feed.await;
+                    let _ = admin_server.await;
+                    return result;
+                }
+                () = &mut shard_set, if !shard_set_done => {
+                    shard_set_done = true;
+                    if !election_stop.is_cancelled() {
+                        break RuntimeError::TaskEnded("shard set");
+                    }
+                }
+                () = &mut commentator => break RuntimeError::TaskEnded("log feed (commentator)"),
+                result = &mut admin_server => break RuntimeError::AdminStopped(result.err()),
+                () = &mut metrics_feed => break RuntimeError::TaskEnded("metrics feed"),
+                () = &mut recorder_feed => break RuntimeError::TaskEnded("event recorder feed"),
             }
-            () = &mut commentator => RuntimeError::TaskEnded("log feed (commentator)"),
-            result = &mut admin_server => RuntimeError::AdminStopped(result.err()),
-            () = &mut metrics_feed => RuntimeError::TaskEnded("metrics feed"),
-            () = &mut recorder_feed => RuntimeError::TaskEnded("event recorder feed"),
-            () = &mut shard_set => RuntimeError::TaskEnded("shard set"),
         };
         tracing::error!(error = %early, "stopping the election");
         election_stop.cancel();
         let stopped = election.await;
-        if !matches!(early, RuntimeError::TaskEnded("shard set")) {
+        if !shard_set_done {
             shard_set.await;
         }
         feeds_stop.cancel();
