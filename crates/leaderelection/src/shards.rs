@@ -169,8 +169,9 @@ struct Running {
 // === impl Running ===
 
 impl Running {
-    fn start(elector: &Elector) -> Self {
-        let shutdown = CancellationToken::new();
+    /// Runs `elector` until `parent` is cancelled or [`Balancer::stop`] stops it.
+    fn start(elector: &Elector, parent: &CancellationToken) -> Self {
+        let shutdown = parent.child_token();
         let task = tokio::spawn({
             let elector = elector.clone();
             let shutdown = shutdown.clone();
@@ -259,17 +260,19 @@ impl ShardSet {
 
     /// Runs this replica's part until `shutdown` is cancelled: list+watch, heartbeat, balancing, one
     /// elector per shard held or contended for. On shutdown every shard's work is stopped and its Lease
-    /// released, then the heartbeat is released, then `run` returns.
+    /// released (each shard keeps being renewed while its work drains, as [`Elector::run`] does), and
+    /// the heartbeat is released; `run` returns once all have.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future is not a clean stop: the shards' electors are left to their tokens and no Lease
-    /// is released. Cancel `shutdown` and await `run` instead.
+    /// Dropping the future is not a clean stop: the tasks it started (the list+watch, the heartbeat, the
+    /// shards' electors) run on, unawaited, until `shutdown` is cancelled (then they stop their work and
+    /// release as usual). Cancel `shutdown` and await `run` instead.
     pub async fn run(self, shutdown: CancellationToken) {
         let hub = &self.hub;
         let election = &self.config.election;
         let selector = format!("{SHARD_SET_LABEL}={}", election.lease_name);
-        let informer_stop = CancellationToken::new();
+        let informer_stop = shutdown.child_token();
         let informer = tokio::spawn(hub.clone().run(
             self.api.clone(),
             selector,
@@ -277,9 +280,10 @@ impl ShardSet {
             election.effective_request_timeout(),
             informer_stop.clone(),
         ));
-        let heartbeat = Running::start(&self.member);
+        let heartbeat = Running::start(&self.member, &shutdown);
         let mut balancer = Balancer {
             set: &self,
+            shutdown: &shutdown,
             heartbeat: &heartbeat.elector,
             member_since: None,
             running: BTreeMap::new(),
@@ -305,6 +309,8 @@ impl ShardSet {
 /// The balancing loop's state.
 struct Balancer<'a> {
     set: &'a ShardSet,
+    /// The parent of every shard elector's token.
+    shutdown: &'a CancellationToken,
     heartbeat: &'a Elector,
     /// Since when our heartbeat has been ours, without a break.
     member_since: Option<Instant>,
@@ -435,7 +441,8 @@ impl Balancer<'_> {
 
     fn contend(&mut self, shard: u32) {
         if let Some(elector) = self.set.shards.get(shard as usize) {
-            self.running.insert(shard, Running::start(elector));
+            self.running
+                .insert(shard, Running::start(elector, self.shutdown));
         }
     }
 
