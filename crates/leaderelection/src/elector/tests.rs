@@ -1363,3 +1363,88 @@ async fn staggered_takeover_makes_conflicts_rare_after_a_few_handovers() {
         c.stop().await;
     }
 }
+
+/// A lock whose shared watch saw the Lease's record at `seen_at` (as a `ShardSet`'s list+watch does).
+#[derive(Debug)]
+struct SeenBefore {
+    lock: MemoryLeaseLock,
+    record: LeaderElectionRecord,
+    seen_at: Instant,
+}
+
+impl crate::LeaseLock for SeenBefore {
+    fn get(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Option<crate::ObservedLease>, crate::LockError>>
+    {
+        self.lock.get()
+    }
+
+    fn create<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+    ) -> futures::future::BoxFuture<'a, Result<crate::ObservedLease, crate::LockError>> {
+        self.lock.create(record)
+    }
+
+    fn update<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+        resource_version: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<crate::ObservedLease, crate::LockError>> {
+        self.lock.update(record, resource_version)
+    }
+
+    fn list(&self) -> futures::future::BoxFuture<'_, Result<crate::ListedLease, crate::LockError>> {
+        self.lock.list()
+    }
+
+    fn watch<'a>(
+        &'a self,
+        resource_version: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<crate::LeaseEventStream, crate::LockError>> {
+        self.lock.watch(resource_version)
+    }
+
+    fn describe(&self) -> String {
+        self.lock.describe()
+    }
+
+    fn first_seen(&self, lease: &crate::ObservedLease) -> Option<Instant> {
+        (lease.record == self.record).then_some(self.seen_at)
+    }
+}
+
+/// Rule 2 with a shared watch: when the lock says this process first saw the record earlier (a
+/// `ShardSet`'s list+watch, before the shard's elector started), the expiry clock starts there, so the
+/// Lease is taken its leaseDurationSeconds after that sighting, not after the elector's own first read.
+#[tokio::test(start_paused = true)]
+async fn rule_2_the_expiry_clock_starts_when_the_process_first_saw_the_record() {
+    let store = MemoryLeaseStore::new();
+    let dead = store.put(held_by("b", 15, 0)).record;
+    let seen_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let lock = SeenBefore {
+        lock: store.lock("a"),
+        record: dead,
+        seen_at,
+    };
+    let elector = Elector::new(config("a"), lock, Callbacks::new()).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
+    let mut state = elector.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        state.wait_for(LeaderState::is_leader),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        Instant::now() - seen_at,
+        LEASE,
+        "15 s after the first sighting, not 25 s"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
