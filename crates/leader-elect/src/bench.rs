@@ -11,6 +11,9 @@ use nix::sys::signal::Signal;
 use crate::Failure;
 use crate::harness::{Cluster, Timings, is_child_start, secs};
 
+mod candidates;
+mod shards;
+
 /// `leader-elect bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -27,6 +30,22 @@ pub(crate) struct BenchArgs {
     /// writes it -> the preferred candidate's child started; default timings 15s / 10s / 2s).
     #[arg(long, default_value_t = 20)]
     yield_runs: usize,
+    /// Instead of the process scenarios: graceful handovers among N in-process candidates on one Lease,
+    /// for each N given (e.g. `3,30,100`), with the API requests each handover costs.
+    #[arg(long, value_delimiter = ',')]
+    candidates: Vec<usize>,
+    /// Instead of the process scenarios: steady-state API requests per second of one leader and N idle
+    /// in-process followers, watching and polling, for each N given (e.g. `10,100,1000`), over
+    /// --load-window.
+    #[arg(long, value_delimiter = ',')]
+    followers: Vec<usize>,
+    /// Instead of the process scenarios: K shard Leases split among --replicas in-process replicas
+    /// (balance, rebalancing after a join, a stop and a cut-off, requests per minute over --load-window).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Replicas of the --shards scenario (one joins after the others have balanced).
+    #[arg(long, default_value_t = 4)]
+    replicas: usize,
 }
 
 fn defaults() -> Timings {
@@ -242,6 +261,14 @@ fn rss_kib(pid: Option<i32>) -> u64 {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if !args.candidates.is_empty() || !args.followers.is_empty() || args.shards.is_some() {
+        candidates::run_handovers(&args.candidates, args.handover_runs).await?;
+        candidates::run_idle(&args.followers, args.load_window).await?;
+        if let Some(k) = args.shards {
+            shards::run(k, args.replicas, args.load_window).await?;
+        }
+        return Ok(());
+    }
     println!(
         "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server\n"
     );

@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use leaderelection::{
-    Callbacks, Candidate, CandidateConfig, Config, ConfigError, KubeLeaseLock, LeaseLock, Term,
+    Callbacks, Candidate, CandidateConfig, Config, ConfigError, KubeLeaseLock, LeaseLock, ShardSet,
+    Term,
 };
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,7 @@ pub struct Runtime {
     registry: Registry,
     admin: Option<SocketAddr>,
     preflight: Option<Preflight>,
+    shards: Option<ShardSet>,
 }
 
 /// A check awaited before the election starts (see [`Builder::preflight`]).
@@ -90,6 +92,7 @@ pub struct Builder<L> {
     preflight: Option<Preflight>,
     recorder: Option<LeaseEventRecorder>,
     candidate: Option<Coordinated>,
+    shards: Option<ShardSet>,
 }
 
 /// What [`Builder::coordinated`] was given.
@@ -188,6 +191,7 @@ impl Runtime {
             registry,
             admin,
             preflight,
+            shards,
         } = self;
         let listener = match admin {
             Some(addr) => Some(
@@ -218,6 +222,14 @@ impl Runtime {
             feeds_stop.clone(),
         );
         let recorder_feed = record_events(recorder, election.bus().subscribe(), feeds_stop.clone());
+        // The shard set runs beside the election, and stops with it (each shard's work stopped, then its
+        // Lease released).
+        let shard_set = async {
+            match shards {
+                Some(set) => set.run(election_stop.clone()).await,
+                None => election_stop.cancelled().await,
+            }
+        };
         let election = async {
             // The admin endpoints already answer while the preflight waits (liveness stays green).
             if let Some(Preflight(check)) = preflight {
@@ -249,26 +261,44 @@ impl Runtime {
             admin_server,
             metrics_feed,
             recorder_feed,
-            election
+            election,
+            shard_set
         );
 
-        let early = tokio::select! {
-            result = &mut election => {
-                feeds_stop.cancel();
-                commentator.await;
-                metrics_feed.await;
-                recorder_feed.await;
-                let _ = admin_server.await;
-                return result;
+        // The shard set also ends when shutdown stops the election: only before that is it an early end.
+        let mut shard_set_done = false;
+        let early = loop {
+            tokio::select! {
+                result = &mut election => {
+                    election_stop.cancel();
+                    if !shard_set_done {
+                        shard_set.await;
+                    }
+                    feeds_stop.cancel();
+                    commentator.await;
+                    metrics_feed.await;
+                    recorder_feed.await;
+                    let _ = admin_server.await;
+                    return result;
+                }
+                () = &mut shard_set, if !shard_set_done => {
+                    shard_set_done = true;
+                    if !election_stop.is_cancelled() {
+                        break RuntimeError::TaskEnded("shard set");
+                    }
+                }
+                () = &mut commentator => break RuntimeError::TaskEnded("log feed (commentator)"),
+                result = &mut admin_server => break RuntimeError::AdminStopped(result.err()),
+                () = &mut metrics_feed => break RuntimeError::TaskEnded("metrics feed"),
+                () = &mut recorder_feed => break RuntimeError::TaskEnded("event recorder feed"),
             }
-            () = &mut commentator => RuntimeError::TaskEnded("log feed (commentator)"),
-            result = &mut admin_server => RuntimeError::AdminStopped(result.err()),
-            () = &mut metrics_feed => RuntimeError::TaskEnded("metrics feed"),
-            () = &mut recorder_feed => RuntimeError::TaskEnded("event recorder feed"),
         };
         tracing::error!(error = %early, "stopping the election");
         election_stop.cancel();
         let stopped = election.await;
+        if !shard_set_done {
+            shard_set.await;
+        }
         feeds_stop.cancel();
         if let Err(err) = stopped {
             tracing::error!(error = %err, "the election also failed while stopping");
@@ -325,6 +355,7 @@ impl<L: LeaseLock> Builder<L> {
             preflight: None,
             recorder: None,
             candidate: None,
+            shards: None,
         }
     }
 
@@ -452,6 +483,16 @@ impl<L: LeaseLock> Builder<L> {
         self
     }
 
+    /// Runs `set` on this replica beside the election, until shutdown: its per-shard work runs while this
+    /// replica holds the shard (fenced by the shard's own term), whether or not it leads the runtime's own
+    /// Lease. On shutdown every shard's work is stopped and its Lease released, as the election's own.
+    /// A shard set that ends before shutdown stops the runtime with [`RuntimeError::TaskEnded`].
+    #[must_use]
+    pub fn shards(mut self, set: ShardSet) -> Self {
+        self.shards = Some(set);
+        self
+    }
+
     /// The runtime.
     ///
     /// # Errors
@@ -468,6 +509,7 @@ impl<L: LeaseLock> Builder<L> {
             preflight,
             recorder,
             candidate,
+            shards,
         } = self;
         config.validate()?;
         // Disabled mode makes no API call: no LeaseCandidate either.
@@ -496,6 +538,7 @@ impl<L: LeaseLock> Builder<L> {
             registry,
             admin,
             preflight,
+            shards,
         })
     }
 }

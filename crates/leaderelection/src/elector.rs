@@ -29,6 +29,14 @@ use crate::{
 /// after a jittered retry period (no hot loop against a server that closes watches at once).
 const MIN_HEALTHY_WATCH: Duration = Duration::from_secs(1);
 
+/// The spread of a watching follower's takeover delay per other candidate it estimates
+/// ([`Contention`]): the first of N staggered followers writes after about this long, whatever N.
+const STAGGER_STEP: Duration = Duration::from_millis(2);
+
+/// The highest estimate of contenders ([`Contention`]): bounds the takeover delay to
+/// `STAGGER_STEP x (MAX_CONTENDERS - 1)`, about two seconds, and never more than a retry period.
+const MAX_CONTENDERS: u32 = 1024;
+
 /// One candidate in the election of one Lease.
 ///
 /// Cheap to clone (all clones share one candidate). [`Elector::run`] drives the election; the other
@@ -416,6 +424,74 @@ enum Watching {
     Polling,
 }
 
+/// A watching follower's estimate of how many candidates race for a released or expired Lease, learnt from
+/// the races it loses.
+///
+/// Every watching follower sees a release (or reaches an expiry it observed at the same instant as the
+/// others) at once; if all wrote at once, a handover would cost a conflicting write per candidate. So a
+/// follower delays its takeover by a random time in `[0, STAGGER_STEP x (estimate - 1))`, and drops it as
+/// soon as its watch shows a new holder. Followers cannot see one another (only holders are written into
+/// the Lease), so the estimate comes from conflicts, as in Ethernet's exponential backoff: it starts at 1
+/// (no delay: a handover among a few candidates stays as fast as without staggering), is multiplied by 8
+/// with every race lost to another candidate (the write that beat ours names a new holder or term; a
+/// metadata-only write does not count), up to [`MAX_CONTENDERS`], and halves with every race won. The
+/// first of N staggered followers writes after about `spread / (N + 1)`, a few `STAGGER_STEP`s once the
+/// estimates have grown to N or more, and the others see its write before their own delay is up: the
+/// handover latency and the number of conflicting writes no longer grow with N.
+#[derive(Debug)]
+struct Contention {
+    estimate: u32,
+}
+
+// === impl Contention ===
+
+impl Contention {
+    fn lost(&mut self) {
+        // By 8 rather than 2: three lost races, not ten, reach an estimate of several hundred. An estimate
+        // too high by up to 8 delays a handover only while no candidate with a low estimate (a recent
+        // winner, a new candidate) is among the followers.
+        self.estimate = self.estimate.saturating_mul(8).min(MAX_CONTENDERS);
+    }
+
+    fn won(&mut self) {
+        self.estimate = (self.estimate / 2).max(1);
+    }
+
+    /// A random takeover delay, under `STAGGER_STEP x (estimate - 1)` and under `cap`.
+    fn delay(&self, cap: Duration) -> Duration {
+        let spread = (STAGGER_STEP * (self.estimate - 1)).min(cap);
+        if spread.is_zero() {
+            return Duration::ZERO;
+        }
+        spread.mul_f64(rand::rng().random_range(0.0..1.0))
+    }
+}
+
+/// A takeable Lease (free, expired, missing) that a watching follower holds back from, by version.
+#[derive(Debug)]
+struct Holdoff {
+    /// The `resourceVersion` of the Lease held back from; `None` when it is missing (a create).
+    version: Option<String>,
+    /// Its election record (`None` when missing): a race is lost to a candidate when the next one names
+    /// another holder or term.
+    record: Option<LeaderElectionRecord>,
+    /// Until when.
+    until: Instant,
+    /// We lost a race on this version: the watch will deliver the winner's write, so wait for it rather
+    /// than read again; read only if it has not come by `until`.
+    lost: bool,
+}
+
+/// What a watching follower does with a takeable Lease.
+enum Hold {
+    /// Write now.
+    Act,
+    /// Wait (for the watch) until this instant, then decide again.
+    Until(Instant),
+    /// Read the Lease again first (the watch did not show who won a race we lost).
+    Reread,
+}
+
 /// The state of one `run`.
 struct Runner<'a> {
     inner: &'a Inner,
@@ -434,6 +510,10 @@ struct Runner<'a> {
     highest_term: Option<i32>,
     /// A 410 Gone was logged (once per run: it recurs wherever the Lease outlives the watch history).
     gone_logged: bool,
+    /// How many candidates race for a released Lease, as far as we can tell.
+    contention: Contention,
+    /// A takeable Lease we hold back from (staggered takeover, or a race lost on it).
+    holdoff: Option<Holdoff>,
 }
 
 // === impl Watching ===
@@ -468,6 +548,8 @@ impl<'a> Runner<'a> {
             reported_leader: None,
             highest_term: None,
             gone_logged: false,
+            contention: Contention { estimate: 1 },
+            holdoff: None,
         }
     }
 
@@ -524,7 +606,20 @@ impl<'a> Runner<'a> {
                 self.pause().await?;
                 continue;
             }
-            match self.decide(Instant::now()) {
+            self.settle_lost_race();
+            let decision = self.decide(Instant::now());
+            match self.hold_back(&decision) {
+                Hold::Act => {}
+                Hold::Until(until) => {
+                    self.wait(until).await?;
+                    continue;
+                }
+                Hold::Reread => {
+                    self.stale = true;
+                    continue;
+                }
+            }
+            match decision {
                 Decision::Create => match self.create().await {
                     Ok(taken) => return Some(taken),
                     Err(Retry::Now) => {}
@@ -581,6 +676,84 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Whether a watching follower writes `decision` now. A free or expired Lease is taken after a
+    /// staggered delay ([`Contention`]), unless it names us or prefers us (then at once); a version we
+    /// lost a race on is left alone until the watch shows the winner's write.
+    fn hold_back(&mut self, decision: &Decision) -> Hold {
+        let (version, record) = match decision {
+            Decision::Wait(_) => return Hold::Act,
+            Decision::Create => (None, None),
+            Decision::Take(lease) => {
+                let record = &lease.record;
+                if record.holder_identity == self.identity()
+                    || record.preferred_holder.as_deref() == Some(self.identity())
+                {
+                    return Hold::Act;
+                }
+                (Some(lease.resource_version.as_str()), Some(record))
+            }
+        };
+        let now = Instant::now();
+        if let Some(holdoff) = &self.holdoff
+            && holdoff.version.as_deref() == version
+        {
+            return if now < holdoff.until {
+                Hold::Until(holdoff.until)
+            } else if holdoff.lost {
+                self.holdoff = None;
+                Hold::Reread
+            } else {
+                Hold::Act
+            };
+        }
+        self.holdoff = None;
+        if !matches!(self.watching, Watching::Open { .. }) {
+            // Not watching: nothing tells us of a winner, and polls are already spread in time.
+            return Hold::Act;
+        }
+        let delay = self.contention.delay(self.config().retry_period);
+        if delay.is_zero() {
+            return Hold::Act;
+        }
+        let until = now + delay;
+        self.holdoff = Some(Holdoff {
+            version: version.map(str::to_owned),
+            record: record.cloned(),
+            until,
+            lost: false,
+        });
+        Hold::Until(until)
+    }
+
+    /// After a race we lost, once a newer version of the Lease is seen: count it as lost to another
+    /// candidate when that version names a new holder or term ([`Contention`]).
+    fn settle_lost_race(&mut self) {
+        let Some(holdoff) = self.holdoff.as_ref().filter(|h| h.lost) else {
+            return;
+        };
+        let (version, record) = match &self.seen {
+            Seen::Present { lease, .. } => (Some(&lease.resource_version), Some(&lease.record)),
+            Seen::Missing => (None, None),
+            Seen::Unknown => return,
+        };
+        if holdoff.version.as_ref() == version {
+            return;
+        }
+        let taken = match (&holdoff.record, record) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(before), Some(now)) => {
+                now.is_held()
+                    && (now.holder_identity != before.holder_identity
+                        || now.lease_transitions != before.lease_transitions)
+            }
+        };
+        if taken {
+            self.contention.lost();
+        }
+        self.holdoff = None;
+    }
+
     /// GETs the Lease. `false` on a transient error (already logged).
     async fn read(&mut self) -> bool {
         match self
@@ -632,7 +805,12 @@ impl<'a> Runner<'a> {
                 lease: previous,
                 observed_at,
             } if previous.record == lease.record => *observed_at,
-            _ => now,
+            _ => self
+                .inner
+                .lock
+                .first_seen(&lease)
+                .filter(|seen| *seen <= now)
+                .unwrap_or(now),
         };
         self.highest_term = self.highest_term.max(Some(lease.record.lease_transitions));
         let same_version = matches!(&self.seen, Seen::Present { lease: previous, .. }
@@ -687,26 +865,28 @@ impl<'a> Runner<'a> {
     /// Creates the Lease (POST). Its term is above any we have seen: after a deletion the term number does
     /// not go back to 0. A fresh candidate that never saw the Lease writes 0, as client-go does.
     async fn create(&mut self) -> Result<(ObservedLease, Instant), Retry> {
-        self.acquire(None, None).await
+        self.acquire(None).await
     }
 
     /// Takes over `lease` (free, expired, or naming us) with a PUT guarded by its `resourceVersion`; a new
     /// term number (above any seen) and a new `acquireTime`, even when it already names us: the work
     /// restarts, so the fencing token must change.
     async fn take(&mut self, lease: ObservedLease) -> Result<(ObservedLease, Instant), Retry> {
-        // A coordinated Lease stays coordinated under its assigned holder.
-        let strategy = lease.record.strategy.clone().filter(|_| self.coordinated());
-        self.acquire(Some(&lease.resource_version), strategy).await
+        self.acquire(Some(&lease)).await
     }
 
-    /// One acquire attempt: create (`guard` `None`) or a guarded update. Bounded by `sent_at +
-    /// renew_deadline`, and refused when the answer comes after it: a term whose deadline has passed never
-    /// starts (the Lease, which may name us, is read again and taken with a new term).
+    /// One acquire attempt: create (`guard` `None`) or an update guarded by the `resourceVersion` of
+    /// `guard`. Bounded by `sent_at + renew_deadline`, and refused when the answer comes after it: a term
+    /// whose deadline has passed never starts (the Lease, which may name us, is read again and taken with
+    /// a new term).
     async fn acquire(
         &mut self,
-        guard: Option<&str>,
-        strategy: Option<String>,
+        guard: Option<&ObservedLease>,
     ) -> Result<(ObservedLease, Instant), Retry> {
+        // A coordinated Lease stays coordinated under its assigned holder.
+        let strategy = guard
+            .and_then(|lease| lease.record.strategy.clone())
+            .filter(|_| self.coordinated());
         let desired = LeaderElectionRecord {
             strategy,
             ..self.desired(None, self.highest_term.map_or(0, |t| t.saturating_add(1)))
@@ -715,7 +895,10 @@ impl<'a> Runner<'a> {
         let valid_until = sent_at + self.config().renew_deadline;
         let (verb, call) = match guard {
             None => ("create", self.inner.lock.create(&desired)),
-            Some(rv) => ("update", self.inner.lock.update(&desired, rv)),
+            Some(lease) => (
+                "update",
+                self.inner.lock.update(&desired, &lease.resource_version),
+            ),
         };
         let result = self
             .request_by(verb, Phase::Acquire, valid_until, call)
@@ -734,10 +917,26 @@ impl<'a> Runner<'a> {
             return Err(Retry::Later);
         }
         match result {
-            Ok(lease) => Ok((lease, sent_at)),
+            Ok(lease) => {
+                self.contention.won();
+                Ok((lease, sent_at))
+            }
             Err(LockError::AlreadyExists | LockError::Conflict | LockError::NotFound) => {
-                debug!(identity = %self.identity(), "lost the race for the lease; reading it again");
-                self.stale = true;
+                if matches!(self.watching, Watching::Open { .. }) {
+                    // The winner's write (or the deletion) is on its way through our watch: wait for it
+                    // instead of reading and re-watching, for at most a retry period.
+                    debug!(identity = %self.identity(), "lost the race for the lease; waiting for the winner's write");
+                    self.holdoff = Some(Holdoff {
+                        version: guard.map(|l| l.resource_version.clone()),
+                        record: guard.map(|l| l.record.clone()),
+                        until: Instant::now() + self.jittered_retry_period(),
+                        lost: true,
+                    });
+                } else {
+                    self.contention.lost();
+                    debug!(identity = %self.identity(), "lost the race for the lease; reading it again");
+                    self.stale = true;
+                }
                 Err(Retry::Now)
             }
             Err(err) => {
@@ -963,10 +1162,9 @@ impl<'a> Runner<'a> {
     /// timeout); when the Lease is known to be someone else's it is aborted at once; on shutdown the Lease
     /// keeps being renewed while the work drains, and is released after it has stopped.
     async fn lead(&mut self, lease: ObservedLease, sent_at: Instant) -> StopReason {
-        if !matches!(self.watching, Watching::Polling) {
-            // The follower's watch is replaced by one from our own write.
-            self.watching = Watching::Idle;
-        }
+        // A follower's open watch goes on as the leader's own: nothing was written between the version we
+        // took over and our write (it was guarded by that version), so its next event is our write. One
+        // request fewer per handover; a watch that fails is reopened from our last write.
         let term = Term {
             holder: self.identity().to_string(),
             transitions: lease.record.lease_transitions,

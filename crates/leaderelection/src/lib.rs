@@ -19,6 +19,8 @@
 //! A `preferredHolder` naming another candidate is honoured at once (the term ends as on a graceful stop,
 //! then the Lease is released for that candidate), and coordinated leader election (KEP-4355) is supported
 //! through a [`Candidate`] and [`Elector::with_coordination`].
+//! Many candidates on one Lease stagger their takeover of a released Lease, so a handover costs a few
+//! requests whatever their number; [`ShardSet`] splits K Leases among replicas with one list+watch each.
 //!
 //! The crate has no event bus, HTTP server or metrics registry: those live in `leaderelection-controller`.
 //! Measurements reach callers through [`Observer`].
@@ -73,6 +75,7 @@ mod elector;
 mod healthz;
 mod lock;
 mod record;
+mod shards;
 mod state;
 
 pub use crate::callbacks::{Callbacks, NoopObserver, Observer, Phase, Request};
@@ -89,4 +92,7 @@ pub use crate::lock::{
     LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, MetadataError, ObservedLease,
 };
 pub use crate::record::LeaderElectionRecord;
+pub use crate::shards::{
+    MAX_SHARDS, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState,
+};
 pub use crate::state::{LeaderState, StopReason, Term};

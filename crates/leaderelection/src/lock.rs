@@ -3,7 +3,7 @@
 //! Two implementations share these semantics: [`KubeLeaseLock`] over the Kubernetes API, and
 //! [`MemoryLeaseLock`], in memory, for tests and simulation.
 
-mod kube;
+pub(crate) mod kube;
 mod memory;
 pub mod metadata;
 
@@ -139,4 +139,13 @@ pub trait LeaseLock: Send + Sync + std::fmt::Debug + 'static {
     /// Names the Lease this lock reaches, for logs and error messages: `namespace/name` for a
     /// [`KubeLeaseLock`], `memory/<client>` for a [`MemoryLeaseLock`].
     fn describe(&self) -> String;
+
+    /// When this process first saw `lease`'s election record as it is now (monotonic clock), if it saw it
+    /// before this lock read it: a lock whose watch is shared (`ShardSet`) knows. The elector's expiry
+    /// clock then starts there, which is still after the holder sent its write (rule 2). `None` (the
+    /// default): the clock starts when the elector first sees the record.
+    fn first_seen(&self, lease: &ObservedLease) -> Option<tokio::time::Instant> {
+        let _ = lease;
+        None
+    }
 }

@@ -15,7 +15,7 @@ use crate::LeaderElectionRecord;
 
 /// How long a watch request stays open before the server ends it and we resume, in seconds.
 /// Under kube's default 295 s read timeout, as client-go's reflector keeps its watches.
-const WATCH_TIMEOUT_SECONDS: u32 = 290;
+pub(crate) const WATCH_TIMEOUT_SECONDS: u32 = 290;
 
 /// A [`LeaseLock`] on one Lease, through a kube [`Client`].
 ///
@@ -76,6 +76,13 @@ impl KubeLeaseLock {
         metadata.validate()?;
         self.metadata = metadata;
         Ok(self)
+    }
+
+    /// Reads a Lease delivered by someone else's watch (a shared list+watch) as this lock's own reads: its
+    /// metadata is kept for the next update, so that an update guarded by its version keeps its labels.
+    pub(crate) fn rememberer(&self) -> impl Fn(Lease) -> ObservedLease + Send + Sync + 'static {
+        let last = Arc::clone(&self.last);
+        move |lease| remember(&last, lease)
     }
 
     fn last_metadata(&self) -> Option<ObjectMeta> {
@@ -230,7 +237,7 @@ impl LeaseLock for KubeLeaseLock {
     }
 }
 
-fn lock_error(err: kube::Error) -> LockError {
+pub(crate) fn lock_error(err: kube::Error) -> LockError {
     match err {
         kube::Error::Api(status) => {
             status_error(status.code, status.reason.clone(), status.message.clone())
