@@ -25,9 +25,22 @@
 //! `claims.leaderelection.dev` `physicalhosts` and `hostclaims`: `get`, `list`, `watch`, `update`, and
 //! their `/status`: `update`; consumers also `create` and `delete` `hostclaims`.
 
+pub mod binder;
+pub mod claimer;
+pub mod coordinator;
+pub mod metrics;
 pub mod priority;
 pub mod resources;
 pub mod selection;
+pub mod settings;
+pub mod sim;
+pub mod steps;
+
+pub use crate::binder::Binder;
+pub use crate::claimer::{ClaimError, Claimer, Mode};
+pub use crate::metrics::Metrics;
+pub use crate::settings::Settings;
+pub use crate::steps::{Fence, Pool, StepError};
 
 pub use crate::resources::{
     ClaimPhase, ConsumerRef, HostClaim, HostClaimSpec, HostClaimStatus, HostState, PhysicalHost,
