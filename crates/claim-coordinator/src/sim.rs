@@ -451,3 +451,227 @@ impl Drop for Replica {
         }
     }
 }
+
+/// A pool of `count` hosts: every fifth has `gpu=a100`, every third `rack=2` (else `rack=1`), sizes from 8
+/// to 64 cores and 32 to 512 GiB.
+#[must_use]
+pub fn host_plans(count: usize) -> Vec<HostPlan> {
+    (0..count)
+        .map(|i| {
+            let mut tags = BTreeMap::new();
+            if i % 5 == 0 {
+                tags.insert("gpu".to_owned(), "a100".to_owned());
+            }
+            let rack = if i % 3 == 0 { "2" } else { "1" };
+            tags.insert("rack".to_owned(), rack.to_owned());
+            let size = u32::try_from(i % 4).unwrap_or(0);
+            HostPlan {
+                name: format!("host-{i:02}"),
+                tags,
+                cpu_cores: 8 << size,
+                memory_gib: 32 << size,
+            }
+        })
+        .collect()
+}
+
+/// `count` claims for a pool of `hosts` hosts from [`host_plans`], all satisfiable together: a quarter
+/// need a GPU (at most one per GPU host), some prefer rack 2, some need 32 cores; chosen by `rng`.
+#[must_use]
+pub fn claim_plans(count: usize, hosts: usize, rng: &mut impl rand::Rng) -> Vec<ClaimRequest> {
+    let gpu_hosts = hosts.div_ceil(5);
+    let mut gpu_claims = 0;
+    (0..count)
+        .map(|i| {
+            let mut spec = HostClaimSpec {
+                image_url: "http://images.example/os-1.iso".into(),
+                ..HostClaimSpec::default()
+            };
+            match rng.random_range(0..4) {
+                0 if gpu_claims < gpu_hosts => {
+                    gpu_claims += 1;
+                    spec.required_tags.push("gpu".into());
+                }
+                1 => spec.preferred_tags.push("rack=2".into()),
+                2 => spec.min_cpu_cores = 32,
+                _ => {}
+            }
+            ClaimRequest {
+                name: format!("claim-{i:02}"),
+                spec,
+            }
+        })
+        .collect()
+}
+
+/// What a [`Monitor`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Per claim: when it was first seen (within 20 ms of its creation), from the monitor's start.
+    pub seen_at: BTreeMap<String, Duration>,
+    /// Per claim: when it was first seen bound, from the monitor's start.
+    pub bound_at: BTreeMap<String, Duration>,
+    /// Every invariant violation seen in any snapshot.
+    pub violations: Violations,
+    /// Snapshots taken.
+    pub snapshots: usize,
+    /// Holder changes of the coordinator Lease: (when, holder).
+    pub leaders: Vec<(Duration, String)>,
+}
+
+// === impl Observed ===
+
+impl Observed {
+    /// Per bound claim: from first seen to first seen bound (20 ms resolution).
+    #[must_use]
+    pub fn time_to_claim(&self) -> Vec<Duration> {
+        self.bound_at
+            .iter()
+            .filter_map(|(name, bound)| {
+                self.seen_at
+                    .get(name)
+                    .map(|seen| bound.saturating_sub(*seen))
+            })
+            .collect()
+    }
+}
+
+/// Reads every host and claim every 20 ms until stopped: first-bound times, invariants on every snapshot,
+/// and the coordinator Lease's holder.
+#[derive(Debug)]
+pub struct Monitor {
+    observed: std::sync::Arc<std::sync::Mutex<Observed>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    started: tokio::time::Instant,
+}
+
+// === impl Monitor ===
+
+impl Monitor {
+    /// Starts monitoring `cluster` (Lease `lease_name` in [`NAMESPACE`]).
+    #[must_use]
+    pub fn start(cluster: &Cluster, lease_name: &str) -> Self {
+        let observed = std::sync::Arc::new(std::sync::Mutex::new(Observed::default()));
+        let stop = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let (hosts, claims) = (cluster.hosts(), cluster.claims());
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(cluster.client.clone(), NAMESPACE);
+        let task = tokio::spawn({
+            let (observed, stop, lease_name) =
+                (observed.clone(), stop.clone(), lease_name.to_owned());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let (Ok(h), Ok(c)) = (
+                        hosts.list(&ListParams::default()).await,
+                        claims.list(&ListParams::default()).await,
+                    ) else {
+                        continue;
+                    };
+                    let snapshot = Snapshot {
+                        hosts: h.items,
+                        claims: c.items,
+                    };
+                    let holder = leases
+                        .get_opt(&lease_name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|l| l.spec.and_then(|s| s.holder_identity))
+                        .unwrap_or_default();
+                    let now = started.elapsed();
+                    let violations = snapshot.violations();
+                    let mut o = observed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    o.snapshots += 1;
+                    for claim in &snapshot.claims {
+                        o.seen_at.entry(claim.name_any()).or_insert(now);
+                    }
+                    for name in snapshot.bound() {
+                        o.bound_at.entry(name).or_insert(now);
+                    }
+                    o.violations
+                        .hosts_with_two_consumers
+                        .extend(violations.hosts_with_two_consumers);
+                    o.violations
+                        .claims_with_two_hosts
+                        .extend(violations.claims_with_two_hosts);
+                    if !holder.is_empty() && o.leaders.last().is_none_or(|(_, h)| *h != holder) {
+                        o.leaders.push((now, holder));
+                    }
+                }
+            }
+        });
+        Self {
+            observed,
+            stop,
+            task,
+            started,
+        }
+    }
+
+    /// Time since the monitor started.
+    #[must_use]
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// What was seen so far.
+    #[must_use]
+    pub fn observed(&self) -> Observed {
+        self.observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until `done` holds for what was seen, checking every 20 ms, for at most `limit`; returns
+    /// whether it held.
+    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&Observed) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if done(&self.observed()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops monitoring and returns what was seen.
+    pub async fn stop(self) -> Observed {
+        self.stop.cancel();
+        let observed = self.observed.clone();
+        let _ = self.task.await;
+        observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The `q` quantile (0..=1) of `values` (nearest rank), zero when empty.
+#[must_use]
+pub fn quantile(values: &[Duration], q: f64) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
