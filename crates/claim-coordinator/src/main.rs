@@ -1,5 +1,6 @@
 //! `claim-coordinator`: run a replica, write the CustomResourceDefinitions, run the demo or the benchmark.
 
+mod bench;
 mod demo;
 
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ enum Command {
     },
     /// Three replicas, 50 hosts, 40 claims and a leader killed mid-batch on the embedded fake API server.
     Demo,
+    /// The four arms: optimistic as Beskar7, optimistic with intent first, leader-batched, and the leader
+    /// killed; conflicts, writes, time to claim and the invariants of each.
+    Bench(bench::BenchArgs),
 }
 
 /// `run`'s flags (Beskar7's names), each overriding the YAML settings file.
@@ -86,6 +90,10 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => {
             init_logs("error");
             rt.block_on(demo::run())
+        }
+        Command::Bench(args) => {
+            init_logs("error");
+            rt.block_on(bench::run(args))
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Which hosts a claim may take, and which one it gets: required tags and minimums are hard; preferred tags
 //! rank; among equals, the host the fewest other pending claims could use (so a simple claim does not take
-//! the only host a constrained claim needs); then a deterministic spread by the claim's name, so that a
-//! retry picks the same host and different claims start at different hosts.
+//! the only host a constrained claim needs), then the best fit (fewest tags the claim did not ask for, then
+//! the fewest CPU cores and GiB beyond its minimums: claims arriving later may need the special hosts);
+//! then a deterministic spread by the claim's name, so that a retry picks the same host and different
+//! claims start at different hosts.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +54,24 @@ impl Candidate {
             && claim.required_tags.iter().all(|t| self.has_tag(t))
     }
 
+    /// What the host has beyond what `claim` asks: (tags it did not name, CPU cores and GiB above its
+    /// minimums). Smaller is a better fit.
+    #[must_use]
+    pub fn surplus(&self, claim: &HostClaimSpec) -> (usize, u32, u32) {
+        let named = |key: &str| {
+            claim
+                .required_tags
+                .iter()
+                .chain(&claim.preferred_tags)
+                .any(|t| t.split_once('=').map_or(t.as_str(), |(k, _)| k) == key)
+        };
+        (
+            self.tags.keys().filter(|k| !named(k)).count(),
+            self.cpu_cores.saturating_sub(claim.min_cpu_cores),
+            self.memory_gib.saturating_sub(claim.min_memory_gib),
+        )
+    }
+
     /// How many of `claim`'s preferred tags the host has.
     #[must_use]
     pub fn preference(&self, claim: &HostClaimSpec) -> usize {
@@ -83,12 +103,14 @@ pub fn choose(
         .into_iter()
         .filter(|&i| available[i].preference(spec) == best_preference)
         .collect();
-    let demand = |i: usize| others.iter().filter(|o| available[i].fits(o)).count();
-    let least = preferred.iter().map(|&i| demand(i)).min()?;
-    let mut ties: Vec<usize> = preferred
-        .into_iter()
-        .filter(|&i| demand(i) == least)
-        .collect();
+    let rank = |i: usize| {
+        (
+            others.iter().filter(|o| available[i].fits(o)).count(),
+            available[i].surplus(spec),
+        )
+    };
+    let best = preferred.iter().map(|&i| rank(i)).min()?;
+    let mut ties: Vec<usize> = preferred.into_iter().filter(|&i| rank(i) == best).collect();
     ties.sort_by(|&a, &b| available[a].name.cmp(&available[b].name));
     Some(ties[spread(name, ties.len())])
 }
@@ -160,21 +182,52 @@ mod tests {
     #[test]
     fn a_simple_claim_leaves_the_only_host_a_constrained_claim_needs() {
         let hosts = [
-            host("gpu", &[("gpu", "a100")], 8, 32),
-            host("plain", &[], 8, 32),
+            host("plain-small", &[], 8, 32),
+            host("plain-big", &[], 64, 512),
         ];
         let simple = spec(&[], &[], 0, 0);
+        let big = spec(&[], &[], 32, 0);
+        // The pending claim needs the big host; the simple one takes the small host (both rules agree).
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            assert_eq!(choose(name, &simple, &hosts, &[&big]), Some(0));
+        }
+        // A pending claim that needs the small host's tag makes the simple claim take the big host,
+        // against its fit: demand ranks before fit.
+        let hosts = [
+            host("tagged-small", &[("gpu", "a100")], 8, 32),
+            host("plain-big", &[], 64, 512),
+        ];
         let constrained = spec(&["gpu"], &[], 0, 0);
-        // Every name, whatever its spread, takes the plain host while the GPU claim waits.
         for name in ["a", "b", "c", "d", "e", "f"] {
             assert_eq!(choose(name, &simple, &hosts, &[&constrained]), Some(1));
         }
-        // Without competition the spread decides between the two.
+        // Without competition the spread decides between equal hosts.
+        let hosts = [host("plain-1", &[], 8, 32), host("plain-2", &[], 8, 32)];
         let picks: std::collections::BTreeSet<_> = ["a", "b", "c", "d", "e", "f", "g", "h"]
             .iter()
             .filter_map(|n| choose(n, &simple, &hosts, &[]))
             .collect();
         assert_eq!(picks.len(), 2);
+    }
+
+    #[test]
+    fn among_equals_the_best_fit_is_taken() {
+        let hosts = [
+            host("big-gpu", &[("gpu", "a100"), ("rack", "1")], 64, 512),
+            host("big", &[("rack", "1")], 64, 512),
+            host("small", &[("rack", "1")], 8, 32),
+            host("small-2", &[("rack", "2")], 8, 32),
+        ];
+        // Nobody else is pending: still, the simple claim leaves the GPU and the big hosts.
+        let picked = choose("x", &spec(&[], &[], 0, 0), &hosts, &[]).unwrap();
+        assert!(picked == 2 || picked == 3, "{picked}");
+        assert_eq!(choose("x", &spec(&[], &[], 16, 0), &hosts, &[]), Some(1));
+        // A tag the claim names is not surplus.
+        assert_eq!(
+            choose("x", &spec(&["rack=2"], &[], 0, 0), &hosts, &[]),
+            Some(3)
+        );
+        assert_eq!(hosts[0].surplus(&spec(&["gpu"], &[], 32, 0)), (1, 32, 512));
     }
 
     #[test]
