@@ -388,7 +388,7 @@ async fn original(pool: &Pool, claim: &HostClaim) -> Option<Duration> {
     let date = jiff::Zoned::now().strftime("%Y-%m-%d").to_string();
     let key = format!("{NAMESPACE}-{}-{date}", claim.name_any());
     for attempt in 1..=5u32 {
-        let Ok((hosts, claims)) = pool.list().await else {
+        let Ok((hosts, claims)) = pool.list(&fence).await else {
             tokio::time::sleep(Duration::from_millis(100) * attempt).await;
             continue;
         };

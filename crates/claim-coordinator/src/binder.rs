@@ -139,7 +139,7 @@ impl Binder {
     ///
     /// [`StepError::Fenced`] when the term ended; the error of a failed list.
     pub async fn batch(&self, fence: &Fence) -> Result<BatchReport, StepError> {
-        let (hosts, claims) = self.pool.list().await?;
+        let (hosts, claims) = self.pool.list(fence).await?;
         let mut report = BatchReport {
             released: self.pool.release_deleted(fence, &hosts, &claims).await?,
             ..BatchReport::default()

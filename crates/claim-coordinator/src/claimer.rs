@@ -209,7 +209,7 @@ impl Claimer {
         // Releasing is conditional and idempotent: without a leader to delegate to, do it here (racing a
         // leader that does it too costs a 409, nothing more).
         let direct = self.mode != Mode::Leader;
-        if direct && let Ok((hosts, claims)) = self.pool.list().await {
+        if direct && let Ok((hosts, claims)) = self.pool.list(&Fence::Unfenced).await {
             let mine: Vec<HostClaim> = claims
                 .into_iter()
                 .filter(|c| c.name_any() == name)
@@ -232,12 +232,14 @@ impl Claimer {
     /// moment we first saw each record, as a follower judges expiry in client-go's
     /// `tools/leaderelection/leaderelection.go`; server timestamps are never compared with our clock.
     async fn leader_is_valid(&self, watch: &mut LeaderWatch) -> bool {
-        let record = match self.lease.get().await {
-            Ok(observed) => observed.map(|o| o.record),
-            Err(err) => {
+        let read = tokio::time::timeout(self.retry_period, self.lease.get()).await;
+        let record = match read {
+            Ok(Ok(observed)) => observed.map(|o| o.record),
+            Ok(Err(err)) => {
                 tracing::debug!(%err, "reading the coordinator Lease");
                 watch.last.clone()
             }
+            Err(_) => watch.last.clone(),
         };
         if record != watch.last {
             watch.last = record;
@@ -326,7 +328,7 @@ impl Claimer {
 
     async fn try_direct(&self, name: &str) -> Result<Option<String>, StepError> {
         let fence = Fence::Unfenced;
-        let (hosts, claims) = self.pool.list().await?;
+        let (hosts, claims) = self.pool.list(&fence).await?;
         let Some(claim) = claims.into_iter().find(|c| c.name_any() == name) else {
             return Err(StepError::InvalidState(format!("claim {name} not found")));
         };

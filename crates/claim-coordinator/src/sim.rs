@@ -549,9 +549,15 @@ pub struct Monitor {
 // === impl Monitor ===
 
 impl Monitor {
-    /// Starts monitoring `cluster` (Lease `lease_name` in [`NAMESPACE`]).
+    /// Starts monitoring `cluster` (Lease `lease_name` in [`NAMESPACE`]) every 20 ms.
     #[must_use]
     pub fn start(cluster: &Cluster, lease_name: &str) -> Self {
+        Self::every(cluster, lease_name, Duration::from_millis(20))
+    }
+
+    /// Starts monitoring `cluster` every `interval`.
+    #[must_use]
+    pub fn every(cluster: &Cluster, lease_name: &str, interval: Duration) -> Self {
         let observed = std::sync::Arc::new(std::sync::Mutex::new(Observed::default()));
         let stop = CancellationToken::new();
         let started = tokio::time::Instant::now();
@@ -562,7 +568,7 @@ impl Monitor {
             let (observed, stop, lease_name) =
                 (observed.clone(), stop.clone(), lease_name.to_owned());
             async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                let mut tick = tokio::time::interval(interval);
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,

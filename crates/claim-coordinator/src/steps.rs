@@ -147,25 +147,22 @@ impl Pool {
         }
     }
 
-    /// Lists hosts and claims (fresh reads, not a cache).
+    /// Lists hosts and claims (fresh reads, not a cache), each bounded as a write under `fence` (a
+    /// leader's reads end with its term too).
     ///
     /// # Errors
     ///
     /// [`StepError`] of the failed list.
-    pub async fn list(&self) -> Result<(Vec<PhysicalHost>, Vec<HostClaim>), StepError> {
-        let hosts = tokio::time::timeout(REQUEST_TIMEOUT, self.hosts.list(&ListParams::default()))
-            .await
-            .map_err(|_| StepError::Timeout)?
-            .map_err(StepError::from_kube)?;
-        let claims =
-            tokio::time::timeout(REQUEST_TIMEOUT, self.claims.list(&ListParams::default()))
-                .await
-                .map_err(|_| StepError::Timeout)?
-                .map_err(StepError::from_kube)?;
+    pub async fn list(
+        &self,
+        fence: &Fence,
+    ) -> Result<(Vec<PhysicalHost>, Vec<HostClaim>), StepError> {
+        let hosts = Self::write(fence, self.hosts.list(&ListParams::default())).await?;
+        let claims = Self::write(fence, self.claims.list(&ListParams::default())).await?;
         Ok((hosts.items, claims.items))
     }
 
-    /// Sends `write` if `fence` allows it, bounded by the fence's deadline.
+    /// Sends `request` if `fence` allows it, bounded by the fence's deadline.
     async fn write<T>(
         fence: &Fence,
         write: impl Future<Output = Result<T, kube::Error>>,
