@@ -137,9 +137,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         #[allow(clippy::cast_precision_loss)]
         let per_minute = r.conflicts as f64 / (r.wall.as_secs_f64() / 60.0).max(1e-9);
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ms = |d: Duration| {
+            if d == Duration::MAX {
+                "unbound".to_owned()
+            } else {
+                format!("{:.0}", d.as_secs_f64() * 1000.0)
+            }
+        };
         println!(
-            "{:<36} {:>3}/{:<3} {:>6} {:>6} {:>8.0} {:>7.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0} {:>10} {:>10}",
+            "{:<36} {:>3}/{:<3} {:>6} {:>6} {:>8.0} {:>7.2} {:>8.2} {:>8} {:>8} {:>8} {:>10} {:>10}",
             arm.label(),
             r.bound,
             args.claims,
@@ -159,7 +165,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "bound: claims bound / claims; hosts: hosts with a consumer at the end; 409s: Conflict answers on hosts \
          and claims; writes/cl: PUTs and DELETEs on hosts and claims per bound claim; p50/p99/max: time from a \
-         claim's creation to its bind (20 ms snapshots); 2-cons.h / 2-host cl: hosts with two consumers and \
+         claim's creation to its bind (20 ms snapshots; a claim not bound when the arm ends counts as unbound); 2-cons.h / 2-host cl: hosts with two consumers and \
          claims with two hosts seen in any snapshot or at the end."
     );
     Ok(())
@@ -260,7 +266,9 @@ async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
     let counts = cluster.api_counts();
     let snapshot = cluster.snapshot().await?;
     let final_violations = snapshot.violations();
-    let times = observed.time_to_claim();
+    // A claim never bound counts as unbounded time, so a quantile that reaches it says "unbound".
+    let mut times = observed.time_to_claim();
+    times.resize(claims.len().max(times.len()), Duration::MAX);
     let two_consumers: BTreeSet<_> = observed
         .violations
         .hosts_with_two_consumers

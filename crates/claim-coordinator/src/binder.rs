@@ -19,7 +19,7 @@ use crate::selection::{self, Candidate};
 use crate::steps::{Fence, Pool, StepError};
 
 /// Events closer together than this start one batch.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// What one batch did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -299,6 +299,7 @@ impl Binder {
         let mut bound = 0;
         let mut served = 0;
         let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut plan = Vec::new();
         for pending in &order {
             let claim = by_name[&pending.name];
             let started = Instant::now();
@@ -354,32 +355,42 @@ impl Binder {
             };
             let (_, host) = available.remove(index);
             tracing::info!(claim = %pending.name, host = %host.name_any(), term = ?fence.term(), "Processing claim as leader");
+            plan.push((claim, host, started));
+        }
+        // The hosts are chosen (in priority order, each once); the binds touch disjoint objects, so they
+        // are sent together, each still host first.
+        let binds = plan.into_iter().map(|(claim, host, started)| async move {
             let result = async {
                 let host = self.pool.claim_host(fence, host, claim).await?;
                 let host = self.pool.mark_claimed(fence, &host).await?;
                 self.pool.mark_bound(fence, claim, &host.name_any()).await
             }
             .await;
-            let seconds = started.elapsed().as_secs_f64();
+            (claim, result, started.elapsed().as_secs_f64())
+        });
+        let mut fenced = false;
+        for (claim, result, seconds) in futures::future::join_all(binds).await {
             match result {
                 Ok(_) => {
                     bound += 1;
                     self.metrics.attempt(Outcome::Success);
                     self.metrics.result(Outcome::Success, seconds);
                 }
-                Err(StepError::Fenced) => return Err(StepError::Fenced),
+                Err(StepError::Fenced) => fenced = true,
                 Err(err) => {
                     let outcome = err.outcome();
                     self.metrics.attempt(outcome);
                     self.metrics.result(outcome, seconds);
-                    tracing::debug!(claim = %pending.name, %err, "bind failed; retried next batch");
-                    if matches!(outcome, Outcome::Error) {
-                        continue;
+                    tracing::debug!(claim = %claim.name_any(), %err, "bind failed; retried next batch");
+                    if !fenced && !matches!(outcome, Outcome::Error) {
+                        self.step(claim, || self.pool.count_attempt(fence, claim))
+                            .await?;
                     }
-                    self.step(claim, || self.pool.count_attempt(fence, claim))
-                        .await?;
                 }
             }
+        }
+        if fenced {
+            return Err(StepError::Fenced);
         }
         self.metrics
             .batch(waiting.len(), oldest.as_secs_f64(), served);

@@ -119,18 +119,27 @@ async fn the_leader_binds_host_first_with_its_term_and_leaves_the_scarce_host() 
         assert_eq!(host.status.as_ref().unwrap().state, HostState::Claimed);
     }
     // Host first: per claim, the host's PUT, its /status PUT, then the claim's /status PUT; no conflicts.
-    let writes: Vec<(String, Option<String>)> = cluster
+    let writes: Vec<(String, String)> = cluster
         .server
         .request_log()
         .into_iter()
         .filter(|r| r.verb == "update")
-        .map(|r| (r.resource, r.name))
+        .map(|r| (r.resource, r.name.unwrap_or_default()))
         .collect();
     assert_eq!(writes.len(), 9, "{writes:?}");
-    for bind in writes.chunks(3) {
-        assert_eq!(bind[0].0, "physicalhosts");
-        assert_eq!(bind[1], bind[0]);
-        assert_eq!(bind[2].0, "hostclaims");
+    for claim in claims.values() {
+        let at = |resource: &str, name: &str| {
+            writes
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.0 == resource && w.1 == name)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        let host = at("physicalhosts", claim.host_ref().unwrap());
+        let claim = at("hostclaims", &claim.name_any());
+        assert_eq!((host.len(), claim.len()), (2, 1), "{writes:?}");
+        assert!(host[1] < claim[0], "{writes:?}");
     }
     assert_eq!(cluster.api_counts().conflicts, 0);
     // A second batch finds nothing to do and writes nothing.
