@@ -180,13 +180,7 @@ async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let claims = claim_plans(args.claims, args.hosts, &mut rng);
-    let settings = Settings {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1500),
-        retry_period: Duration::from_millis(250),
-        processing_interval: Duration::from_millis(200),
-        ..Settings::default()
-    };
+    let settings = sim::fast_settings();
     let faults = Faults {
         latency: Duration::from_millis(args.latency_ms),
         ..Faults::default()

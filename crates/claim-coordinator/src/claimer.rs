@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use leaderelection::{KubeLeaseLock, LeaseLock};
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Outcome};
-use crate::resources::{HostClaim, HostClaimSpec, RELEASE_FINALIZER};
+use crate::resources::{HostClaim, HostClaimSpec};
 use crate::selection::{self, Candidate};
 pub use crate::settings::Mode;
 use crate::steps::{Fence, Pool, StepError};
@@ -133,15 +133,7 @@ impl Claimer {
             name: name.to_owned(),
             source,
         };
-        let claim = HostClaim {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                finalizers: Some(vec![RELEASE_FINALIZER.to_owned()]),
-                ..ObjectMeta::default()
-            },
-            spec,
-            status: None,
-        };
+        let claim = HostClaim::with_release_finalizer(name, spec);
         match self
             .pool
             .claims

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use claim_coordinator::Settings;
 use claim_coordinator::sim::{
     self, Cluster, Monitor, NAMESPACE, Replica, ReplicaEvent, claim_plans, host_plans, quantile,
 };
@@ -21,13 +20,7 @@ const BURST: usize = 12;
 
 /// Runs the demo; `Ok` only when every claim was bound and no invariant was broken.
 pub(crate) async fn run() -> anyhow::Result<()> {
-    let settings = Settings {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1500),
-        retry_period: Duration::from_millis(250),
-        processing_interval: Duration::from_millis(200),
-        ..Settings::default()
-    };
+    let settings = sim::fast_settings();
     println!(
         "claim-coordinator demo: {HOSTS} hosts, {CLAIMS} claims, 3 replicas (lease {}, renew deadline {}, \
          retry period {}, processing interval {}, mode {})",

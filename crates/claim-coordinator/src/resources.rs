@@ -227,6 +227,20 @@ impl PhysicalHost {
 // === impl HostClaim ===
 
 impl HostClaim {
+    /// A new claim `name` for `spec`, with the release finalizer (deleting it frees its host first).
+    #[must_use]
+    pub fn with_release_finalizer(name: &str, spec: HostClaimSpec) -> Self {
+        Self {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                finalizers: Some(vec![RELEASE_FINALIZER.to_owned()]),
+                ..kube::api::ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
     /// The phase (`Pending` without a status).
     #[must_use]
     pub fn phase(&self) -> ClaimPhase {

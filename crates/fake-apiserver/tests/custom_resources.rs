@@ -1,9 +1,9 @@
-//! Deletion with finalizers (deletionTimestamp, removal when the last finalizer goes), through the real kube
-//! 5 client.
+//! Custom resources through the real kube 5 client: deletion with finalizers (deletionTimestamp, removal
+//! when the last finalizer goes) and the answer counters per resource, verb and status code.
 
 use std::time::Duration;
 
-use fake_apiserver::{FakeApiServer, ResourceType};
+use fake_apiserver::{AnswerCount, FakeApiServer, ResourceType};
 use futures::StreamExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams, WatchEvent,
@@ -152,4 +152,47 @@ async fn delete_waits_for_finalizers_then_removes_the_object() {
     );
     assert!(api.get_opt("c2").await.unwrap().is_none());
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_are_counted_per_resource_verb_and_code() {
+    let (server, api) = claims().await;
+    let created = api
+        .create(&PostParams::default(), &claim("c1", &[]))
+        .await
+        .unwrap();
+    api.replace("c1", &PostParams::default(), &created)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        // Stale resourceVersion: 409 Conflict.
+        assert!(
+            api.replace("c1", &PostParams::default(), &created)
+                .await
+                .is_err()
+        );
+    }
+    assert!(api.get_opt("missing").await.unwrap().is_none());
+    let count = |verb: &str, code: u16| {
+        server
+            .answer_counts()
+            .iter()
+            .find(|a| a.resource == "claims" && a.verb == verb && a.code == code)
+            .map_or(0, |a| a.count)
+    };
+    assert_eq!(count("create", 201), 1);
+    assert_eq!(count("update", 200), 1);
+    assert_eq!(count("update", 409), 3);
+    assert_eq!(count("get", 404), 1);
+    let over_http: Vec<AnswerCount> = admin_get(&server.url(), "/fake/answers").await;
+    assert_eq!(over_http, server.answer_counts());
+    server.reset_counts();
+    assert!(server.answer_counts().is_empty());
+    server.shutdown().await;
+}
+
+/// GET of an admin route through kube's client (it speaks plain HTTP to the fake server).
+async fn admin_get(url: &str, path: &str) -> Vec<AnswerCount> {
+    let request = http::Request::get(path).body(Vec::new()).unwrap();
+    client(url).request(request).await.unwrap()
 }
