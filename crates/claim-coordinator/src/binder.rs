@@ -57,7 +57,7 @@ impl Binder {
     }
 
     /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown) or the term's
-    /// deadline passes (checked before every write): a batch every interval, or [`DEBOUNCE`] after a host or
+    /// deadline passes (checked before every write): a batch every interval, or 10 ms after a host or
     /// claim changed.
     ///
     /// # Errors

@@ -285,7 +285,7 @@ impl Claimer {
     /// The optimistic path, intent first (openshift/cluster-api-provider-baremetal#275): read the claim and
     /// the hosts; finish a bind a host already records; else record the chosen host on the claim
     /// (`status.selectedHost`, conditional), then claim that host (conditional), then bind the claim.
-    /// Up to [`OPTIMISTIC_RETRIES`] tries with `try x 100 ms` backoff; `None` when they all failed.
+    /// Up to 5 tries with `try x 100 ms` backoff; `None` when they all failed.
     ///
     /// # Errors
     ///
