@@ -56,9 +56,9 @@ impl Binder {
         }
     }
 
-    /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown) or the term's
-    /// deadline passes (checked before every write): a batch every interval, or 10 ms after a host or
-    /// claim changed.
+    /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown): a batch every
+    /// interval, or 10 ms after a host or claim changed. Nothing is sent once the term's deadline has
+    /// passed (checked before every request).
     ///
     /// # Errors
     ///
@@ -93,13 +93,20 @@ impl Binder {
                 .map(drop),
         );
         tokio::pin!(changes);
-        while fence.is_open() && !token.is_cancelled() {
+        // Until the term's token is cancelled: returning early would count as a failed component. A batch
+        // after the term's deadline (before the elector has ended the term) sends nothing.
+        while !token.is_cancelled() {
             match self.batch(&fence).await {
                 Ok(report) if report != BatchReport::default() => {
                     tracing::debug!(?report, term = term.transitions, "batch done");
                 }
                 Ok(_) => {}
-                Err(StepError::Fenced) => break,
+                Err(StepError::Fenced) => {
+                    tracing::debug!(
+                        term = term.transitions,
+                        "the term's deadline passed; waiting for its end"
+                    );
+                }
                 Err(err) => tracing::debug!(%err, "batch failed; retrying at the next interval"),
             }
             self.metrics

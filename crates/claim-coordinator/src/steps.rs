@@ -115,12 +115,6 @@ impl Fence {
             Self::Unfenced => None,
         }
     }
-
-    /// Whether writes are still allowed.
-    #[must_use]
-    pub fn is_open(&self) -> bool {
-        self.deadline().is_ok()
-    }
 }
 
 /// The hosts and claims of one namespace, and who writes to them.

@@ -407,3 +407,35 @@ async fn delegated_claims_are_bound_by_the_elected_leader() {
     }
     cluster.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn after_its_deadline_a_term_sends_nothing_and_waits_for_its_end() {
+    let cluster = Cluster::start().await.unwrap();
+    cluster.add_host(&plan("h-1", &[], 8)).await.unwrap();
+    cluster.add_claim("c-1", simple()).await.unwrap();
+    let (fence, state) = term(2);
+    state.send_modify(|s| s.valid_until = Some(tokio::time::Instant::now()));
+    let Fence::Term { state: rx, .. } = fence else {
+        unreachable!()
+    };
+    cluster.server.reset_counts();
+    let token = CancellationToken::new();
+    let run = tokio::spawn(binder(&cluster).run_term(
+        Term {
+            holder: "leader".into(),
+            transitions: 2,
+            acquire_time: None,
+        },
+        rx,
+        token.clone(),
+    ));
+    // Several processing intervals (100 ms) pass: the component keeps running (an early return would
+    // count as a failure) and writes nothing.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!run.is_finished());
+    assert_eq!(cluster.api_counts().writes, 0);
+    token.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(cluster.api_counts().writes, 0);
+    cluster.server.shutdown().await;
+}
