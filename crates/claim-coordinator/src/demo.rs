@@ -76,9 +76,20 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     }
     println!("{} {steady} claims bound", t(&monitor));
 
-    // A burst: one batch; the leader is killed once it has bound 3 of it.
+    // A burst: one batch; the leader is killed once the first host of it is written (step 1 answered),
+    // before the claims are: kill -9 in the middle of the batch.
+    let host_writes = |cluster: &Cluster| {
+        cluster
+            .server
+            .answer_counts()
+            .iter()
+            .filter(|a| a.resource == "physicalhosts" && a.verb == "update")
+            .map(|a| a.count)
+            .sum::<u64>()
+    };
     let leader = monitor.observed().leaders.last().map(|(_, h)| h.clone());
     let leader = leader.context("no leader")?;
+    let before = host_writes(&cluster);
     for (i, claim) in claims[steady..].iter().enumerate() {
         let consumer = replicas
             .iter()
@@ -88,23 +99,35 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         consumer.request(claim.clone());
     }
     println!("{} a burst of {BURST} claims requested", t(&monitor));
-    let cut = monitor
-        .wait_for(Duration::from_secs(10), |o| o.bound_at.len() >= steady + 3)
-        .await;
-    let bound_before_kill = monitor.observed().bound_at.len() - steady;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while host_writes(&cluster) == before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let victim = replicas
         .iter_mut()
         .find(|r| r.identity == leader)
         .context("the leader replica")?;
     victim.kill().await;
+    let after_kill = cluster.snapshot().await?;
+    let bound_before_kill = after_kill.bound().len() - steady;
+    let half_done: Vec<String> = after_kill
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let consumer = h.spec.consumer_ref.as_ref()?;
+            let claim = after_kill
+                .claims
+                .iter()
+                .find(|c| c.metadata.uid.as_ref() == Some(&consumer.uid))?;
+            claim.host_ref().is_none().then(|| consumer.name.clone())
+        })
+        .collect();
     println!(
-        "{} killed the leader {leader} (kill -9: no release) after {bound_before_kill} of {BURST} burst claims{}",
+        "{} killed the leader {leader} (kill -9: no release) mid-batch: {bound_before_kill} of {BURST} burst \
+         claims bound, {} half-done (host written, claim not yet: {})",
         t(&monitor),
-        if cut {
-            ""
-        } else {
-            " (the batch had not reached 3)"
-        }
+        half_done.len(),
+        half_done.join(", ")
     );
     let all = |o: &sim::Observed| o.bound_at.len() >= CLAIMS;
     let done = monitor.wait_for(Duration::from_secs(20), all).await;
@@ -113,7 +136,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         println!("t+{:>6.2}s {holder} leads (new term)", at.as_secs_f64());
     }
     if done {
-        println!("{} all {CLAIMS} claims bound", t(&monitor));
+        println!(
+            "{} all {CLAIMS} claims bound (the new term finished the half-done binds on their hosts)",
+            t(&monitor)
+        );
     }
 
     // Release: deleting 5 claims frees their hosts.
