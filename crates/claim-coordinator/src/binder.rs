@@ -160,14 +160,11 @@ impl Binder {
             }
         }
         let mut waiting = Vec::new();
+        let mut half_done = Vec::new();
         for claim in &live {
             let uid = claim.metadata.uid.clone().unwrap_or_default();
             match index.get(&uid) {
-                Some(held) => {
-                    let (bound, released) = self.finish(fence, claim, held).await?;
-                    report.bound += usize::from(bound);
-                    report.released += released;
-                }
+                Some(held) => half_done.push((*claim, held)),
                 None if claim.phase() == ClaimPhase::Bound => {
                     // Derived state says Bound, the hosts say otherwise: back to Pending.
                     self.step(claim, || {
@@ -183,6 +180,15 @@ impl Binder {
                 }
                 None => waiting.push(*claim),
             }
+        }
+        // Each claim's hosts are its own: the binds to finish touch disjoint objects and go together.
+        let finishing = half_done
+            .iter()
+            .map(|(claim, held)| self.finish(fence, claim, held));
+        for finished in futures::future::join_all(finishing).await {
+            let (bound, released) = finished?;
+            report.bound += usize::from(bound);
+            report.released += released;
         }
         let (bound, served) = self.serve(fence, &hosts, &waiting).await?;
         report.bound += bound;
