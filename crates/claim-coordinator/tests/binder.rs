@@ -439,3 +439,46 @@ async fn after_its_deadline_a_term_sends_nothing_and_waits_for_its_end() {
     assert_eq!(cluster.api_counts().writes, 0);
     cluster.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_fails_until_a_host_fits()
+ {
+    let cluster = Cluster::start().await.unwrap();
+    cluster
+        .add_host(&plan("h-1", &[("rack", "1")], 8))
+        .await
+        .unwrap();
+    // Created first, but with a preferred tag: priority 100 against the simple claim's 150.
+    let tagged = HostClaimSpec {
+        preferred_tags: vec!["rack=1".into()],
+        ..simple()
+    };
+    cluster.add_claim("c-tagged", tagged).await.unwrap();
+    cluster.add_claim("c-simple", simple()).await.unwrap();
+    cluster.add_claim("c-gpu", needs("gpu")).await.unwrap();
+    let (fence, _state) = term(1);
+    let binder = binder(&cluster);
+    binder.batch(&fence).await.unwrap();
+    let phase = |name: &'static str| {
+        let claims = cluster.claims();
+        async move { claims.get(name).await.unwrap().status.unwrap_or_default() }
+    };
+    assert_eq!(phase("c-simple").await.host_ref.as_deref(), Some("h-1"));
+    assert_eq!(phase("c-tagged").await.phase, ClaimPhase::Pending);
+    // No host of the pool has a GPU: Failed, with the reason.
+    let gpu = phase("c-gpu").await;
+    assert_eq!(gpu.phase, ClaimPhase::Failed);
+    assert_eq!(gpu.conditions[0].reason, "Unsatisfiable");
+    // A GPU host joins: the failed claim is bound.
+    cluster
+        .add_host(&plan("h-gpu", &[("gpu", "a100")], 8))
+        .await
+        .unwrap();
+    binder.batch(&fence).await.unwrap();
+    let gpu = phase("c-gpu").await;
+    assert_eq!(
+        (gpu.phase, gpu.host_ref.as_deref()),
+        (ClaimPhase::Bound, Some("h-gpu"))
+    );
+    cluster.server.shutdown().await;
+}
