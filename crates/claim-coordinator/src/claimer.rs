@@ -227,11 +227,15 @@ impl Claimer {
         let read = tokio::time::timeout(self.retry_period, self.lease.get()).await;
         let record = match read {
             Ok(Ok(observed)) => observed.map(|o| o.record),
-            Ok(Err(err)) => {
-                tracing::debug!(%err, "reading the coordinator Lease");
-                watch.last.clone()
+            failed => {
+                // Not reading the Lease says nothing of the leader: keep delegating (claiming directly
+                // through an API we cannot read would mostly fail too, and would race a healthy leader).
+                if let Ok(Err(err)) = failed {
+                    tracing::debug!(%err, "reading the coordinator Lease");
+                }
+                watch.valid_at = Instant::now();
+                return true;
             }
-            Err(_) => watch.last.clone(),
         };
         if record != watch.last {
             watch.last = record;

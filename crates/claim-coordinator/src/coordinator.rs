@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 
 use crate::binder::Binder;
 use crate::metrics::Metrics;
-use crate::settings::Settings;
+use crate::settings::{Mode, Settings};
 use crate::steps::Pool;
 
 /// Builds a replica's runtime: the election of `settings.lease_name` in `namespace` as `identity`, the
@@ -17,7 +17,9 @@ use crate::steps::Pool;
 /// [`Runtime::run`].
 ///
 /// With leader election disabled (`settings.leader_election == false`) the runtime campaigns for nothing
-/// and runs no binder: consumers then claim directly.
+/// and runs no binder: consumers then claim directly. In [`Mode::Optimistic`] it runs no binder either:
+/// a leader choosing hosts host-first while consumers choose them intent-first could give a claim two
+/// hosts until its next batch repairs it.
 ///
 /// # Errors
 ///
@@ -56,7 +58,8 @@ pub fn replica(
         builder = builder.admin(addr);
     }
     let runtime = builder.build()?;
-    if settings.leader_election {
+    // In optimistic mode every consumer claims directly: a binder beside them would race their binds.
+    if settings.leader_election && settings.mode != Mode::Optimistic {
         let binder = Binder::new(
             Pool::new(client, namespace, identity),
             metrics.clone(),

@@ -482,3 +482,60 @@ async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_fail
     );
     cluster.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimistic_claimers_racing_for_the_same_claims_agree_on_one_host_each() {
+    let cluster = Cluster::start().await.unwrap();
+    for i in 0..8 {
+        cluster
+            .add_host(&plan(&format!("h-{i}"), &[], 8))
+            .await
+            .unwrap();
+    }
+    let settings = fast(Mode::Optimistic);
+    let mut claimers = Vec::new();
+    for id in ["consumer-a", "consumer-b", "consumer-c"] {
+        let listener = cluster.server.add_listener().await.unwrap();
+        claimers.push(Claimer::new(
+            claim_coordinator::sim::client(&listener.url()).unwrap(),
+            NAMESPACE,
+            id,
+            &settings,
+            Metrics::new(&mut Registry::default()),
+        ));
+    }
+    // Every consumer claims every claim at once (as every replica reconciling every claim).
+    let token = CancellationToken::new();
+    let mut races = Vec::new();
+    for c in 0..6 {
+        for claimer in &claimers {
+            let name = format!("c-{c}");
+            let token = &token;
+            races.push(async move {
+                let host = claimer.claim(&name, simple(), token).await;
+                (name, host)
+            });
+        }
+    }
+    let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, host) in futures::future::join_all(races).await {
+        hosts.entry(name).or_default().push(host.unwrap());
+    }
+    for (claim, got) in &hosts {
+        assert!(got.iter().all(|h| h == &got[0]), "{claim}: {got:?}");
+    }
+    let snapshot = cluster.snapshot().await.unwrap();
+    assert!(
+        snapshot.violations().is_empty(),
+        "{:?}",
+        snapshot.violations()
+    );
+    assert_eq!(snapshot.bound().len(), 6);
+    let used = snapshot
+        .hosts
+        .iter()
+        .filter(|h| h.spec.consumer_ref.is_some())
+        .count();
+    assert_eq!(used, 6);
+    cluster.server.shutdown().await;
+}
