@@ -61,6 +61,9 @@ pub(crate) async fn admin(
             shared.reset_stats();
             json_response(StatusCode::OK, &json!([]))
         }
+        (Method::GET, ["fake", "answers"]) => {
+            json_response(StatusCode::OK, &json!(shared.answer_counts()))
+        }
         (Method::GET, ["fake", "requests"]) => {
             let log: Vec<_> = shared.stats().log.iter().cloned().collect();
             json_response(StatusCode::OK, &json!(log))

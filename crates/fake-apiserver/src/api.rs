@@ -13,7 +13,7 @@ use crate::resource::ResourceType;
 use crate::route::{RequestInfo, Route, parse_query};
 use crate::selector::Selector;
 use crate::status::ApiError;
-use crate::store::{Part, Target};
+use crate::store::{Deletion, Part, Target};
 use crate::table::TableRequest;
 use crate::{Shared, watch};
 
@@ -237,7 +237,13 @@ async fn serve_resource(
             let precondition = options
                 .pointer("/preconditions/resourceVersion")
                 .and_then(Value::as_str);
-            let deleted = shared.store().delete(&target, precondition)?;
+            let deleted = match shared.store().delete(&target, precondition)? {
+                Deletion::Deleted(deleted) => deleted,
+                // kube-apiserver answers a delete that waits on finalizers with the object.
+                Deletion::Pending(object) => {
+                    return Ok((StatusCode::OK, (*object).clone(), !target.dry_run));
+                }
+            };
             let status = json!({
                 "kind": "Status",
                 "apiVersion": "v1",

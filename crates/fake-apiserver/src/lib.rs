@@ -33,7 +33,7 @@
 //! Fault injection and counters are also reachable over HTTP on every listener (never faulted themselves):
 //! `GET /fake/listeners`, `POST /fake/listeners` (opens a new listener, answers `{id, url}`),
 //! `GET|PUT /fake/listeners/<id>/faults` ([`Faults`] as JSON), `GET|DELETE /fake/counts` ([`Count`]s),
-//! `GET /fake/requests` ([`RequestRecord`]s, oldest first).
+//! `GET /fake/answers` ([`AnswerCount`]s), `GET /fake/requests` ([`RequestRecord`]s, oldest first).
 
 mod admin;
 mod api;
@@ -269,7 +269,14 @@ impl FakeApiServer {
         self.shared.counts()
     }
 
-    /// Resets the counts and the request log.
+    /// Answers sent per (resource, verb, HTTP status code), in a stable order, since the start or the last
+    /// [`FakeApiServer::reset_counts`]: e.g. the 409s of `update` on `physicalhosts`. Unlike the request log,
+    /// they are never dropped. A request that got no answer (black hole, commit-then-drop) is not counted.
+    pub fn answer_counts(&self) -> Vec<AnswerCount> {
+        self.shared.answer_counts()
+    }
+
+    /// Resets the counts, the answer counts and the request log.
     pub fn reset_counts(&self) {
         self.shared.reset_stats();
     }
@@ -311,6 +318,19 @@ pub struct Count {
     pub count: u64,
 }
 
+/// Answers sent for one (resource, verb, status code), summed over listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerCount {
+    /// Plural resource name (`leases`), or the discovery path.
+    pub resource: String,
+    /// Kubernetes verb (see [`Count::verb`]).
+    pub verb: String,
+    /// HTTP status code answered (200, 201, 404, 409, ...).
+    pub code: u16,
+    /// Number of answers.
+    pub count: u64,
+}
+
 /// One request, as logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
@@ -335,6 +355,7 @@ pub struct RequestRecord {
 #[derive(Debug, Default)]
 struct Stats {
     counts: BTreeMap<(usize, String, String), u64>,
+    answers: BTreeMap<(String, String, u16), u64>,
     log: VecDeque<RequestRecord>,
 }
 
@@ -401,8 +422,27 @@ impl Shared {
             .collect()
     }
 
+    fn answer_counts(&self) -> Vec<AnswerCount> {
+        self.stats()
+            .answers
+            .iter()
+            .map(|((resource, verb, code), count)| AnswerCount {
+                resource: resource.clone(),
+                verb: verb.clone(),
+                code: *code,
+                count: *count,
+            })
+            .collect()
+    }
+
     fn record(&self, record: RequestRecord) {
         let mut stats = self.stats();
+        if let Some(code) = record.code {
+            *stats
+                .answers
+                .entry((record.resource.clone(), record.verb.clone(), code))
+                .or_default() += 1;
+        }
         *stats
             .counts
             .entry((

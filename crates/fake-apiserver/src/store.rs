@@ -237,7 +237,8 @@ impl Store {
         };
         check_version(t, &current, Some(&given))?;
         self.replace(t, &current, &mut object, part);
-        Ok(self.write_version(t, EventType::Modified, object))
+        check_finalizers(t, &current, &object)?;
+        Ok(self.write_version(t, write_kind(&object), object))
     }
 
     /// PATCH: applies a merge patch to the current object; a resourceVersion in the patch is a precondition.
@@ -256,17 +257,41 @@ impl Store {
         merge_patch(&mut object, patch);
         validate(&object)?;
         self.replace(t, &current, &mut object, part);
-        Ok(self.write_version(t, EventType::Modified, object))
+        check_finalizers(t, &current, &object)?;
+        Ok(self.write_version(t, write_kind(&object), object))
     }
 
     /// DELETE, with an optional resourceVersion precondition (409 `Conflict` when it does not match).
+    ///
+    /// An object with `metadata.finalizers` is not removed: the first delete sets
+    /// `metadata.deletionTimestamp` (and `deletionGracePeriodSeconds: 0`), a MODIFIED event; later deletes
+    /// change nothing. The object goes when a write leaves it with a deletionTimestamp and no finalizers, as
+    /// kube-apiserver's registry (`staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go`,
+    /// `Delete` and `deletionFinalizersForGarbageCollection`).
     pub(crate) fn delete(
         &mut self,
         t: &Target<'_>,
         precondition: Option<&str>,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Deletion, ApiError> {
         let current = self.current(t, precondition)?;
-        Ok(self.write_version(t, EventType::Deleted, (*current).clone()))
+        if !has_finalizers(&current) {
+            return Ok(Deletion::Deleted(self.write_version(
+                t,
+                EventType::Deleted,
+                (*current).clone(),
+            )));
+        }
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok(Deletion::Pending(current));
+        }
+        let mut object = (*current).clone();
+        object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        Ok(Deletion::Pending(self.write_version(
+            t,
+            EventType::Modified,
+            object,
+        )))
     }
 
     /// The stored object (404 `NotFound` if missing), if its resourceVersion is `precondition` when one is
@@ -279,8 +304,8 @@ impl Store {
         Ok(current)
     }
 
-    /// Carries over what the server owns (uid, creationTimestamp, generation) and, per `part`, the status or
-    /// everything but the status.
+    /// Carries over what the server owns (uid, creationTimestamp, generation, deletionTimestamp) and, per
+    /// `part`, the status or everything but the status.
     fn replace(&self, t: &Target<'_>, current: &Value, object: &mut Value, part: Part) {
         for field in [
             "uid",
@@ -288,9 +313,16 @@ impl Store {
             "generation",
             "namespace",
             "name",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
         ] {
-            if let Some(v) = current["metadata"].get(field) {
-                object["metadata"][field] = v.clone();
+            match current["metadata"].get(field) {
+                Some(v) => object["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(meta) = object["metadata"].as_object_mut() {
+                        meta.remove(field);
+                    }
+                }
             }
         }
         object["apiVersion"] = json!(t.rt.api_version());
@@ -339,6 +371,63 @@ impl Store {
     }
 }
 
+/// What a DELETE did.
+#[derive(Debug)]
+pub(crate) enum Deletion {
+    /// The object is gone (as it was last stored).
+    Deleted(Arc<Value>),
+    /// The object has finalizers: it stays, marked with a deletionTimestamp, until they are removed.
+    Pending(Arc<Value>),
+}
+
+fn has_finalizers(object: &Value) -> bool {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// A write that leaves an object being deleted without finalizers deletes it.
+fn write_kind(object: &Value) -> EventType {
+    if object.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(object) {
+        EventType::Deleted
+    } else {
+        EventType::Modified
+    }
+}
+
+/// 422 `Invalid` when a write adds a finalizer to an object being deleted, as kube-apiserver's
+/// `ValidateObjectMetaUpdate` (`staging/src/k8s.io/apimachinery/pkg/api/validation/objectmeta.go`).
+fn check_finalizers(t: &Target<'_>, current: &Value, object: &Value) -> Result<(), ApiError> {
+    if current.pointer("/metadata/deletionTimestamp").is_none() {
+        return Ok(());
+    }
+    let finalizers = |o: &Value| -> Vec<Value> {
+        o.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let before = finalizers(current);
+    match finalizers(object).into_iter().find(|f| !before.contains(f)) {
+        Some(added) => Err(ApiError::invalid(
+            t.rt,
+            t.name,
+            &[format!(
+                "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being \
+                 deleted, found new finalizers []string{{{added}}}"
+            )],
+        )),
+        None => Ok(()),
+    }
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 /// 409 `Conflict` unless `current` has the resourceVersion `expected` (no check when `None`).
 fn check_version(t: &Target<'_>, current: &Value, expected: Option<&str>) -> Result<(), ApiError> {
     match expected {
@@ -375,13 +464,11 @@ fn stamp_new(object: &mut Value, t: &Target<'_>, rv: u64) {
     meta["uid"] = json!(uid());
     meta["resourceVersion"] = json!(rv.to_string());
     meta["generation"] = json!(1);
-    meta["creationTimestamp"] = json!(
-        jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
-    );
+    meta["creationTimestamp"] = json!(now_rfc3339());
     if let Some(map) = meta.as_object_mut() {
         map.remove("generateName");
+        map.remove("deletionTimestamp");
+        map.remove("deletionGracePeriodSeconds");
     }
     if t.rt.status_subresource
         && let Some(map) = object.as_object_mut()

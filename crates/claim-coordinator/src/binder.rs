@@ -1,0 +1,428 @@
+//! The leader's binder: one term of serving pending claims in batches, from a fresh read of the hosts (the
+//! truth) and the claims each time, so a new term starts by finishing whatever the last one left half-done.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::runtime::{WatchStreamExt, watcher};
+use leaderelection::{LeaderState, Term};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, Outcome};
+use crate::priority::{self, Pending};
+use crate::resources::{ClaimPhase, HostClaim, PhysicalHost};
+use crate::selection::{self, Candidate};
+use crate::steps::{Fence, Pool, StepError};
+
+/// Events closer together than this start one batch.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// What one batch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Claims bound in this batch (new binds and half-done binds finished).
+    pub bound: usize,
+    /// Pending claims served (a host was looked for).
+    pub served: usize,
+    /// Hosts released (claims deleted, or a second host of one claim).
+    pub released: usize,
+}
+
+/// The leader's binder: construct once per replica, run once per term by [`Binder::run_term`].
+#[derive(Clone, Debug)]
+pub struct Binder {
+    pool: Pool,
+    metrics: Metrics,
+    interval: Duration,
+    max_wait: Duration,
+}
+
+// === impl Binder ===
+
+impl Binder {
+    /// A binder of `pool`, serving every `interval` (or sooner after a change), with the starvation bound
+    /// `max_wait`.
+    #[must_use]
+    pub fn new(pool: Pool, metrics: Metrics, interval: Duration, max_wait: Duration) -> Self {
+        Self {
+            pool,
+            metrics,
+            interval,
+            max_wait,
+        }
+    }
+
+    /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown): a batch every
+    /// interval, or 10 ms after a host or claim changed. Nothing is sent once the term's deadline has
+    /// passed (checked before every request).
+    ///
+    /// # Errors
+    ///
+    /// None: failed requests are retried at the next batch.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel `token` and await: a write in flight is bounded by the term's deadline.
+    pub async fn run_term(
+        self,
+        term: Term,
+        state: watch::Receiver<LeaderState>,
+        token: CancellationToken,
+    ) -> Result<(), leaderelection_controller::BoxError> {
+        let started = Instant::now();
+        tracing::info!(
+            term = term.transitions,
+            identity = %term.holder,
+            "Became leader for claim coordination"
+        );
+        self.metrics.leader_election_event("started_leading");
+        let fence = Fence::Term {
+            transitions: term.transitions,
+            state,
+        };
+        let changes = futures::stream::select(
+            watcher(self.pool.hosts.clone(), watcher::Config::default())
+                .default_backoff()
+                .map(drop),
+            watcher(self.pool.claims.clone(), watcher::Config::default())
+                .default_backoff()
+                .map(drop),
+        );
+        tokio::pin!(changes);
+        // Until the term's token is cancelled: returning early would count as a failed component. A batch
+        // after the term's deadline (before the elector has ended the term) sends nothing.
+        while !token.is_cancelled() {
+            match self.batch(&fence).await {
+                Ok(report) if report != BatchReport::default() => {
+                    tracing::debug!(?report, term = term.transitions, "batch done");
+                }
+                Ok(_) => {}
+                Err(StepError::Fenced) => {
+                    tracing::debug!(
+                        term = term.transitions,
+                        "the term's deadline passed; waiting for its end"
+                    );
+                }
+                Err(err) => tracing::debug!(%err, "batch failed; retrying at the next interval"),
+            }
+            self.metrics
+                .leadership_duration(&term.holder, started.elapsed().as_secs_f64());
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(self.interval) => {}
+                Some(()) = changes.next() => {
+                    // Debounce: one batch for a burst of changes.
+                    let quiet = tokio::time::sleep(DEBOUNCE);
+                    tokio::pin!(quiet);
+                    loop {
+                        tokio::select! {
+                            () = &mut quiet => break,
+                            Some(()) = changes.next() => {}
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics
+            .leadership_duration(&term.holder, started.elapsed().as_secs_f64());
+        self.metrics.leader_election_event("stopped_leading");
+        tracing::info!(
+            term = term.transitions,
+            identity = %term.holder,
+            "Lost leadership for claim coordination"
+        );
+        Ok(())
+    }
+
+    /// One batch: release what deleted claims held, finish half-done binds (from the hosts), repair claims
+    /// whose host no longer names them, finish optimistic intents, then bind pending claims in priority
+    /// order.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Fenced`] when the term ended; the error of a failed list.
+    pub async fn batch(&self, fence: &Fence) -> Result<BatchReport, StepError> {
+        let (hosts, claims) = self.pool.list(fence).await?;
+        let mut report = BatchReport {
+            released: self.pool.release_deleted(fence, &hosts, &claims).await?,
+            ..BatchReport::default()
+        };
+        let live: Vec<&HostClaim> = claims.iter().filter(|c| !c.is_deleting()).collect();
+        // The index: claim uid -> hosts naming it (the truth).
+        let mut index: BTreeMap<String, Vec<&PhysicalHost>> = BTreeMap::new();
+        for host in &hosts {
+            if let Some(consumer) = &host.spec.consumer_ref {
+                index.entry(consumer.uid.clone()).or_default().push(host);
+            }
+        }
+        let mut waiting = Vec::new();
+        let mut half_done = Vec::new();
+        for claim in &live {
+            let uid = claim.metadata.uid.clone().unwrap_or_default();
+            match index.get(&uid) {
+                Some(held) => half_done.push((*claim, held)),
+                None if claim.phase() == ClaimPhase::Bound => {
+                    // Derived state says Bound, the hosts say otherwise: back to Pending.
+                    self.step(claim, || {
+                        self.pool.mark_pending(
+                            fence,
+                            claim,
+                            "HostLost",
+                            "no host names this claim",
+                            ClaimPhase::Pending,
+                        )
+                    })
+                    .await?;
+                }
+                None => waiting.push(*claim),
+            }
+        }
+        // Each claim's hosts are its own: the binds to finish touch disjoint objects and go together.
+        let finishing = half_done
+            .iter()
+            .map(|(claim, held)| self.finish(fence, claim, held));
+        for finished in futures::future::join_all(finishing).await {
+            let (bound, released) = finished?;
+            report.bound += usize::from(bound);
+            report.released += released;
+        }
+        let (bound, served) = self.serve(fence, &hosts, &waiting).await?;
+        report.bound += bound;
+        report.served = served;
+        Ok(report)
+    }
+
+    /// Finishes the bind of `claim` to the hosts naming it: keeps one (the one its status names, else its
+    /// intent, else the first by name), releases the others, then steps 2 and 3 on the one kept.
+    async fn finish(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+        held: &[&PhysicalHost],
+    ) -> Result<(bool, usize), StepError> {
+        let status = claim.status.clone().unwrap_or_default();
+        let named = |name: Option<&String>| {
+            name.and_then(|n| held.iter().find(|h| h.metadata.name.as_ref() == Some(n)))
+        };
+        let intent_elsewhere = status
+            .selected_host
+            .as_ref()
+            .is_some_and(|s| named(Some(s)).is_none());
+        let keep = named(claim.host_ref().map(str::to_owned).as_ref())
+            .or_else(|| named(status.selected_host.as_ref()))
+            .filter(|_| claim.phase() == ClaimPhase::Bound || !intent_elsewhere)
+            .or_else(|| {
+                (!intent_elsewhere)
+                    .then(|| held.iter().min_by_key(|h| h.metadata.name.clone()))
+                    .flatten()
+            })
+            .copied();
+        let mut released = 0;
+        for host in held {
+            if keep.is_none_or(|k| k.metadata.name != host.metadata.name) {
+                // A second host (a write that outlived its term), or one an optimistic intent overrides.
+                tracing::warn!(claim = %claim.name_any(), host = %host.name_any(), "releasing a host the claim does not keep");
+                match self.pool.release_host(fence, host).await {
+                    Ok(_) => released += 1,
+                    Err(StepError::Fenced) => return Err(StepError::Fenced),
+                    Err(err) => tracing::debug!(%err, "release failed"),
+                }
+            }
+        }
+        let Some(host) = keep else {
+            return Ok((false, released));
+        };
+        if claim.host_ref() == host.metadata.name.as_deref()
+            && host
+                .status
+                .as_ref()
+                .is_some_and(|s| s.state == crate::HostState::Claimed)
+        {
+            return Ok((false, released));
+        }
+        tracing::info!(claim = %claim.name_any(), host = %host.name_any(), "finishing a half-done bind");
+        let done = self.complete(fence, claim, host).await?;
+        Ok((done, released))
+    }
+
+    /// Steps 2 and 3 for a host that names the claim.
+    async fn complete(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+        host: &PhysicalHost,
+    ) -> Result<bool, StepError> {
+        let result = async {
+            let host = self.pool.mark_claimed(fence, host).await?;
+            self.pool
+                .mark_bound(fence, claim, &host.name_any())
+                .await
+                .map(drop)
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(StepError::Fenced) => Err(StepError::Fenced),
+            Err(err) => {
+                self.metrics.attempt(err.outcome());
+                tracing::debug!(claim = %claim.name_any(), %err, "finishing failed; retried next batch");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Binds the claims no host names, in priority order.
+    async fn serve(
+        &self,
+        fence: &Fence,
+        hosts: &[PhysicalHost],
+        waiting: &[&HostClaim],
+    ) -> Result<(usize, usize), StepError> {
+        let now = jiff::Timestamp::now();
+        let age = |c: &HostClaim| {
+            c.metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
+                .unwrap_or_default()
+        };
+        let mut order: Vec<Pending> = waiting
+            .iter()
+            .map(|c| Pending {
+                name: c.name_any(),
+                age: age(c),
+                simple: c.spec.required_tags.is_empty() && c.spec.preferred_tags.is_empty(),
+                attempts: c.attempts(),
+            })
+            .collect();
+        priority::sort(&mut order, self.max_wait);
+        let by_name: BTreeMap<String, &HostClaim> =
+            waiting.iter().map(|c| (c.name_any(), *c)).collect();
+        let oldest = order.iter().map(|p| p.age).max().unwrap_or_default();
+        let mut available: Vec<(Candidate, &PhysicalHost)> = hosts
+            .iter()
+            .filter(|h| h.is_available())
+            .map(|h| (Candidate::from_host(h), h))
+            .collect();
+        let pool: Vec<Candidate> = hosts.iter().map(Candidate::from_host).collect();
+        let mut bound = 0;
+        let mut served = 0;
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut plan = Vec::new();
+        for pending in &order {
+            let claim = by_name[&pending.name];
+            let started = Instant::now();
+            served += 1;
+            // An optimistic claimer's intent is honoured while its host is free.
+            let intent = claim.status.as_ref().and_then(|s| s.selected_host.clone());
+            let candidates: Vec<Candidate> = available.iter().map(|(c, _)| c.clone()).collect();
+            let choice = match &intent {
+                Some(name) => candidates.iter().position(|c| &c.name == name),
+                None => {
+                    let others: Vec<_> = order
+                        .iter()
+                        .filter(|p| p.name != pending.name && !done.contains(&p.name))
+                        .map(|p| &by_name[&p.name].spec)
+                        .collect();
+                    selection::choose(&pending.name, &claim.spec, &candidates, &others)
+                }
+            };
+            done.insert(pending.name.clone());
+            let Some(index) = choice else {
+                if let Some(host) = &intent {
+                    // The intended host is gone or taken: the claim is pending again.
+                    let message = format!("host {host} is no longer available");
+                    self.step(claim, || {
+                        self.pool.mark_pending(
+                            fence,
+                            claim,
+                            "IntentStale",
+                            &message,
+                            ClaimPhase::Pending,
+                        )
+                    })
+                    .await?;
+                    continue;
+                }
+                self.metrics.attempt(Outcome::NoHosts);
+                self.metrics
+                    .result(Outcome::NoHosts, started.elapsed().as_secs_f64());
+                if !pool.iter().any(|h| h.fits(&claim.spec)) && claim.phase() != ClaimPhase::Failed
+                {
+                    self.step(claim, || {
+                        self.pool.mark_pending(
+                            fence,
+                            claim,
+                            "Unsatisfiable",
+                            "no host in the pool has the required tags and minimums",
+                            ClaimPhase::Failed,
+                        )
+                    })
+                    .await?;
+                }
+                continue;
+            };
+            let (_, host) = available.remove(index);
+            tracing::info!(claim = %pending.name, host = %host.name_any(), term = ?fence.term(), "Processing claim as leader");
+            plan.push((claim, host, started));
+        }
+        // The hosts are chosen (in priority order, each once); the binds touch disjoint objects, so they
+        // are sent together, each still host first.
+        let binds = plan.into_iter().map(|(claim, host, started)| async move {
+            let result = async {
+                let host = self.pool.claim_host(fence, host, claim).await?;
+                let host = self.pool.mark_claimed(fence, &host).await?;
+                self.pool.mark_bound(fence, claim, &host.name_any()).await
+            }
+            .await;
+            (claim, result, started.elapsed().as_secs_f64())
+        });
+        let mut fenced = false;
+        for (claim, result, seconds) in futures::future::join_all(binds).await {
+            match result {
+                Ok(_) => {
+                    bound += 1;
+                    self.metrics.attempt(Outcome::Success);
+                    self.metrics.result(Outcome::Success, seconds);
+                }
+                Err(StepError::Fenced) => fenced = true,
+                Err(err) => {
+                    let outcome = err.outcome();
+                    self.metrics.attempt(outcome);
+                    self.metrics.result(outcome, seconds);
+                    tracing::debug!(claim = %claim.name_any(), %err, "bind failed; retried next batch");
+                    if !fenced && !matches!(outcome, Outcome::Error) {
+                        self.step(claim, || self.pool.count_attempt(fence, claim))
+                            .await?;
+                    }
+                }
+            }
+        }
+        if fenced {
+            return Err(StepError::Fenced);
+        }
+        self.metrics
+            .batch(waiting.len(), oldest.as_secs_f64(), served);
+        Ok((bound, served))
+    }
+
+    /// Runs a best-effort claim status write: only [`StepError::Fenced`] stops the batch.
+    async fn step<F, Fut>(&self, claim: &HostClaim, write: F) -> Result<(), StepError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<HostClaim, StepError>>,
+    {
+        match write().await {
+            Ok(_) => Ok(()),
+            Err(StepError::Fenced) => Err(StepError::Fenced),
+            Err(err) => {
+                tracing::debug!(claim = %claim.name_any(), %err, "claim status write failed; retried next batch");
+                Ok(())
+            }
+        }
+    }
+}

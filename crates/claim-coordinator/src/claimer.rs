@@ -1,0 +1,375 @@
+//! A consumer's side: write a claim and get a host. The claims are the queue: in [`Mode::Leader`] the
+//! consumer waits on its claim's watch until the leader binds it; in [`Mode::Optimistic`] it claims
+//! directly, intent first; in [`Mode::Auto`] it delegates while a valid leader exists and claims directly
+//! after a lease duration without one.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use leaderelection::{KubeLeaseLock, LeaseLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, Outcome};
+use crate::resources::{HostClaim, HostClaimSpec};
+use crate::selection::{self, Candidate};
+pub use crate::settings::Mode;
+use crate::steps::{Fence, Pool, StepError};
+
+/// Retries of the optimistic path before it waits a retry period (as Beskar7: 5, backoff attempt x 100 ms).
+const OPTIMISTIC_RETRIES: u32 = 5;
+
+/// Why a claim failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// Creating, reading or deleting the claim failed.
+    #[error("claim {name}: {source}")]
+    Api {
+        /// The claim.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// `shutdown` was cancelled before the claim was bound.
+    #[error("claim {0}: cancelled")]
+    Cancelled(String),
+}
+
+/// Gets hosts for one consumer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Claimer {
+    pool: Pool,
+    mode: Mode,
+    lease: std::sync::Arc<KubeLeaseLock>,
+    lease_duration: Duration,
+    retry_period: Duration,
+    metrics: Metrics,
+}
+
+/// A valid leader as observed by [`Claimer`]: the Lease record changes at least every lease duration.
+#[derive(Debug)]
+struct LeaderWatch {
+    /// The record last read.
+    last: Option<leaderelection::LeaderElectionRecord>,
+    /// When `last` was first seen.
+    changed_at: Instant,
+    /// When a valid leader was last seen (the start counts: a lease duration of grace).
+    valid_at: Instant,
+}
+
+// === impl LeaderWatch ===
+
+impl LeaderWatch {
+    fn new() -> Self {
+        Self {
+            last: None,
+            changed_at: Instant::now(),
+            valid_at: Instant::now(),
+        }
+    }
+}
+
+// === impl Claimer ===
+
+impl Claimer {
+    /// A claimer in `namespace` writing as `identity`, watching the coordinator Lease `lease_name` (same
+    /// namespace) in [`Mode::Auto`].
+    #[must_use]
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        identity: &str,
+        settings: &crate::settings::Settings,
+        metrics: Metrics,
+    ) -> Self {
+        let mode = if settings.leader_election {
+            settings.mode
+        } else {
+            Mode::Optimistic
+        };
+        Self {
+            lease: std::sync::Arc::new(KubeLeaseLock::new(
+                client.clone(),
+                namespace,
+                &settings.lease_name,
+            )),
+            pool: Pool::new(client, namespace, identity),
+            mode,
+            lease_duration: settings.lease_duration,
+            retry_period: settings.retry_period,
+            metrics,
+        }
+    }
+
+    /// The pool this claimer writes to.
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Writes the claim `name` (with the release finalizer; an existing claim of that name is reused) and
+    /// returns the name of its host once bound.
+    ///
+    /// # Errors
+    ///
+    /// [`ClaimError::Api`] when the claim cannot be created or read; [`ClaimError::Cancelled`] on
+    /// `shutdown`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel `shutdown` rather than dropping the future; either way the claim stays and a later call (or
+    /// the leader) finishes it.
+    pub async fn claim(
+        &self,
+        name: &str,
+        spec: HostClaimSpec,
+        shutdown: &CancellationToken,
+    ) -> Result<String, ClaimError> {
+        let api_error = |source| ClaimError::Api {
+            name: name.to_owned(),
+            source,
+        };
+        let claim = HostClaim::with_release_finalizer(name, spec);
+        match self
+            .pool
+            .claims
+            .create(&PostParams::default(), &claim)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(err) => return Err(api_error(err)),
+        }
+        let mut leader = LeaderWatch::new();
+        let mut delegating = false;
+        loop {
+            let direct = match self.mode {
+                Mode::Leader => false,
+                Mode::Optimistic => true,
+                Mode::Auto => !self.leader_is_valid(&mut leader).await,
+            };
+            if direct {
+                tracing::info!(
+                    claim = name,
+                    mode = self.mode.as_str(),
+                    "Using fallback coordinator (no leader or leader election disabled)"
+                );
+                if let Some(host) = self.claim_directly(name, shutdown).await? {
+                    return Ok(host);
+                }
+            } else {
+                if !delegating {
+                    tracing::info!(claim = name, "Delegating claim to leader");
+                    delegating = true;
+                }
+                if let Some(host) = self.wait_bound(name, &mut leader, shutdown).await? {
+                    return Ok(host);
+                }
+            }
+            if shutdown.is_cancelled() {
+                return Err(ClaimError::Cancelled(name.to_owned()));
+            }
+        }
+    }
+
+    /// Deletes the claim `name`: the leader (or, without one, this call) releases its host, then the claim
+    /// goes.
+    ///
+    /// # Errors
+    ///
+    /// [`ClaimError::Api`] when the delete fails (a missing claim is not an error).
+    pub async fn release(&self, name: &str) -> Result<(), ClaimError> {
+        match self
+            .pool
+            .claims
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(source) => {
+                return Err(ClaimError::Api {
+                    name: name.to_owned(),
+                    source,
+                });
+            }
+        }
+        // Releasing is conditional and idempotent: without a leader to delegate to, do it here (racing a
+        // leader that does it too costs a 409, nothing more).
+        let direct = self.mode != Mode::Leader;
+        if direct && let Ok((hosts, claims)) = self.pool.list(&Fence::Unfenced).await {
+            let mine: Vec<HostClaim> = claims
+                .into_iter()
+                .filter(|c| c.name_any() == name)
+                .collect();
+            let held: Vec<_> = hosts
+                .into_iter()
+                .filter(|h| mine.iter().any(|c| h.is_consumed_by(c)))
+                .collect();
+            // Best effort: the leader (or the next release) finishes what fails here.
+            let _ = self
+                .pool
+                .release_deleted(&Fence::Unfenced, &held, &mine)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Whether a valid leader was seen within the last lease duration. A leader is valid while its Lease
+    /// record keeps changing (it renews) within its `leaseDurationSeconds`, judged by our own clock from the
+    /// moment we first saw each record, as a follower judges expiry in client-go's
+    /// `tools/leaderelection/leaderelection.go`; server timestamps are never compared with our clock.
+    async fn leader_is_valid(&self, watch: &mut LeaderWatch) -> bool {
+        let read = tokio::time::timeout(self.retry_period, self.lease.get()).await;
+        let record = match read {
+            Ok(Ok(observed)) => observed.map(|o| o.record),
+            failed => {
+                // Not reading the Lease says nothing of the leader: keep delegating (claiming directly
+                // through an API we cannot read would mostly fail too, and would race a healthy leader).
+                if let Ok(Err(err)) = failed {
+                    tracing::debug!(%err, "reading the coordinator Lease");
+                }
+                watch.valid_at = Instant::now();
+                return true;
+            }
+        };
+        if record != watch.last {
+            watch.last = record;
+            watch.changed_at = Instant::now();
+        }
+        if let Some(r) = &watch.last {
+            let duration =
+                Duration::from_secs(u64::try_from(r.lease_duration_seconds).unwrap_or(0));
+            if !r.holder_identity.is_empty() && watch.changed_at.elapsed() < duration {
+                watch.valid_at = Instant::now();
+            }
+        }
+        watch.valid_at.elapsed() < self.lease_duration
+    }
+
+    /// Waits on the claim's watch until it is bound (`Some(host)`); in [`Mode::Auto`], `None` as soon as no
+    /// valid leader was seen for a lease duration (the Lease is read every retry period).
+    async fn wait_bound(
+        &self,
+        name: &str,
+        leader: &mut LeaderWatch,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<String>, ClaimError> {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(self.pool.claims.clone(), config)
+            .default_backoff()
+            .applied_objects();
+        tokio::pin!(stream);
+        let mut check = tokio::time::interval(self.retry_period);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(ClaimError::Cancelled(name.to_owned())),
+                _ = check.tick(), if self.mode == Mode::Auto => {
+                    if !self.leader_is_valid(leader).await {
+                        return Ok(None);
+                    }
+                }
+                item = stream.next() => match item {
+                    Some(Ok(claim)) => {
+                        if let Some(host) = claim.host_ref() {
+                            return Ok(Some(host.to_owned()));
+                        }
+                    }
+                    Some(Err(err)) => tracing::debug!(%err, claim = name, "watching the claim"),
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+
+    /// The optimistic path, intent first (openshift/cluster-api-provider-baremetal#275): read the claim and
+    /// the hosts; finish a bind a host already records; else record the chosen host on the claim
+    /// (`status.selectedHost`, conditional), then claim that host (conditional), then bind the claim.
+    /// Up to 5 tries with `try x 100 ms` backoff; `None` when they all failed.
+    ///
+    /// # Errors
+    ///
+    /// [`ClaimError::Cancelled`] on `shutdown`.
+    pub async fn claim_directly(
+        &self,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<String>, ClaimError> {
+        for attempt in 1..=OPTIMISTIC_RETRIES {
+            if shutdown.is_cancelled() {
+                return Err(ClaimError::Cancelled(name.to_owned()));
+            }
+            match self.try_direct(name).await {
+                Ok(Some(host)) => {
+                    self.metrics.attempt(Outcome::Success);
+                    return Ok(Some(host));
+                }
+                Ok(None) => self.metrics.attempt(Outcome::NoHosts),
+                Err(err) => {
+                    self.metrics.attempt(err.outcome());
+                    tracing::debug!(claim = name, %err, attempt, "optimistic claim failed");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(ClaimError::Cancelled(name.to_owned())),
+                () = tokio::time::sleep(Duration::from_millis(100) * attempt) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    async fn try_direct(&self, name: &str) -> Result<Option<String>, StepError> {
+        let fence = Fence::Unfenced;
+        let (hosts, claims) = self.pool.list(&fence).await?;
+        let Some(claim) = claims.into_iter().find(|c| c.name_any() == name) else {
+            return Err(StepError::InvalidState(format!("claim {name} not found")));
+        };
+        if let Some(host) = claim.host_ref() {
+            return Ok(Some(host.to_owned()));
+        }
+        if claim.is_deleting() {
+            return Err(StepError::InvalidState(format!(
+                "claim {name} is being deleted"
+            )));
+        }
+        // A host already naming the claim (a bind half-done by anyone): finish it.
+        let intent = claim.status.as_ref().and_then(|s| s.selected_host.clone());
+        let named: Vec<_> = hosts.iter().filter(|h| h.is_consumed_by(&claim)).collect();
+        let held = named
+            .iter()
+            .find(|h| intent.as_deref() == h.metadata.name.as_deref())
+            .or(named.first());
+        if let Some(host) = held {
+            let host = self.pool.mark_claimed(&fence, host).await?;
+            self.pool
+                .mark_bound(&fence, &claim, &host.name_any())
+                .await?;
+            return Ok(Some(host.name_any()));
+        }
+        let available: Vec<_> = hosts.iter().filter(|h| h.is_available()).collect();
+        let candidates: Vec<Candidate> =
+            available.iter().map(|h| Candidate::from_host(h)).collect();
+        let chosen = intent
+            .as_deref()
+            .and_then(|i| candidates.iter().position(|c| c.name == i))
+            .or_else(|| selection::choose(name, &claim.spec, &candidates, &[]));
+        let Some(index) = chosen else {
+            return Ok(None);
+        };
+        let host = available[index];
+        let claim = self
+            .pool
+            .record_intent(&fence, &claim, host.metadata.name.as_deref())
+            .await?;
+        let host = self.pool.claim_host(&fence, host, &claim).await?;
+        let host = self.pool.mark_claimed(&fence, &host).await?;
+        self.pool
+            .mark_bound(&fence, &claim, &host.name_any())
+            .await?;
+        Ok(Some(host.name_any()))
+    }
+}

@@ -1,0 +1,75 @@
+//! One coordinator replica: the election over the coordinator Lease through
+//! [`leaderelection_controller::Runtime`], with the [`Binder`] as its leader-only component.
+
+use kube::Client;
+use leaderelection::Callbacks;
+use leaderelection_controller::Runtime;
+use prometheus_client::registry::Registry;
+
+use crate::binder::Binder;
+use crate::metrics::Metrics;
+use crate::settings::{Mode, Settings};
+use crate::steps::Pool;
+
+/// Builds a replica's runtime: the election of `settings.lease_name` in `namespace` as `identity`, the
+/// binder of the hosts and claims of `namespace` during this replica's terms, and the coordinator's
+/// metrics in `registry` (served on `/metrics` with the election's when `admin` is set). Run it with
+/// [`Runtime::run`].
+///
+/// With leader election disabled (`settings.leader_election == false`) the runtime campaigns for nothing
+/// and runs no binder: consumers then claim directly. In [`Mode::Optimistic`] it runs no binder either:
+/// a leader choosing hosts host-first while consumers choose them intent-first could give a claim two
+/// hosts until its next batch repairs it.
+///
+/// # Errors
+///
+/// [`leaderelection::ConfigError`] when the timings break a rule.
+///
+/// ## RBAC
+///
+/// See the crate documentation.
+pub fn replica(
+    client: Client,
+    settings: &Settings,
+    identity: &str,
+    namespace: &str,
+    mut registry: Registry,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<(Runtime, Metrics), leaderelection::ConfigError> {
+    let metrics = Metrics::new(&mut registry);
+    let config = settings
+        .elector_config(identity, namespace)
+        .with_enabled(settings.leader_election);
+    let callbacks = Callbacks::new().on_new_leader({
+        let (metrics, identity) = (metrics.clone(), identity.to_owned());
+        move |leader| {
+            metrics.leader_election_event("new_leader");
+            tracing::info!(
+                leader,
+                is_self = leader == identity,
+                "New leader elected for claim coordination"
+            );
+        }
+    });
+    let mut builder = Runtime::builder(client.clone(), config)
+        .registry(registry)
+        .callbacks(callbacks);
+    if let Some(addr) = admin {
+        builder = builder.admin(addr);
+    }
+    let runtime = builder.build()?;
+    // In optimistic mode every consumer claims directly: a binder beside them would race their binds.
+    if settings.leader_election && settings.mode != Mode::Optimistic {
+        let binder = Binder::new(
+            Pool::new(client, namespace, identity),
+            metrics.clone(),
+            settings.processing_interval,
+            settings.max_wait,
+        );
+        let state = runtime.election().subscribe();
+        runtime.leader_only("claim-binder", move |term, token| {
+            binder.clone().run_term(term, state.clone(), token)
+        });
+    }
+    Ok((runtime, metrics))
+}

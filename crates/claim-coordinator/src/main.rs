@@ -1,0 +1,166 @@
+//! `claim-coordinator`: run a replica, write the CustomResourceDefinitions, run the demo or the benchmark.
+
+mod bench;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use claim_coordinator::Settings;
+use claim_coordinator::settings::{Mode, Overrides};
+use clap::{Args, Parser, Subcommand};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Leader-batched claims of pooled hosts by priority.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one coordinator replica: campaigns for the coordinator Lease and, while leading, binds the
+    /// pending HostClaims of its namespace to PhysicalHosts.
+    Run(Box<RunArgs>),
+    /// Writes the CustomResourceDefinitions (PhysicalHost, HostClaim) as YAML files into a directory.
+    Crds {
+        /// Directory to write `physicalhosts.yaml` and `hostclaims.yaml` into.
+        #[arg(long, default_value = "deploy/crds")]
+        dir: PathBuf,
+    },
+    /// Three replicas, 50 hosts, 40 claims and a leader killed mid-batch on the embedded fake API server.
+    Demo,
+    /// The four arms: optimistic as Beskar7, optimistic with intent first, leader-batched, and the leader
+    /// killed; conflicts, writes, time to claim and the invariants of each.
+    Bench(bench::BenchArgs),
+}
+
+/// `run`'s flags (Beskar7's names), each overriding the YAML settings file.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// API server URL; default: the kubeconfig, then the in-cluster service account.
+    #[arg(long, env = "CLAIM_COORDINATOR_SERVER")]
+    server: Option<String>,
+    /// This replica's identity (unique per replica).
+    #[arg(long, env = "POD_NAME")]
+    identity: String,
+    /// Namespace of the hosts, the claims and the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// YAML settings file (keys under `claimCoordinator:`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Elect a leader to bind claims (default true).
+    #[arg(long)]
+    enable_claim_coordinator_leader_election: Option<bool>,
+    /// LeaseDuration, e.g. 15s.
+    #[arg(long)]
+    claim_coordinator_lease_duration: Option<String>,
+    /// RenewDeadline, e.g. 10s.
+    #[arg(long)]
+    claim_coordinator_renew_deadline: Option<String>,
+    /// RetryPeriod, e.g. 2s.
+    #[arg(long)]
+    claim_coordinator_retry_period: Option<String>,
+    /// How often the leader serves pending claims, e.g. 1s.
+    #[arg(long)]
+    claim_coordinator_processing_interval: Option<String>,
+    /// How consumers get hosts: leader, optimistic or auto.
+    #[arg(long, value_enum)]
+    claim_coordinator_mode: Option<Mode>,
+    /// Serve /healthz, /readyz and /metrics here.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Crds { dir } => write_crds(&dir),
+        Command::Run(args) => {
+            init_logs("info");
+            rt.block_on(run(*args))
+        }
+        Command::Demo => {
+            init_logs("error");
+            rt.block_on(demo::run())
+        }
+        Command::Bench(args) => {
+            init_logs("error");
+            rt.block_on(bench::run(args))
+        }
+    }
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (file, yaml) in claim_coordinator::resources::crd_files()? {
+        let path = dir.join(file);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let flags = Overrides {
+        leader_election: args.enable_claim_coordinator_leader_election,
+        lease_duration: args.claim_coordinator_lease_duration,
+        renew_deadline: args.claim_coordinator_renew_deadline,
+        retry_period: args.claim_coordinator_retry_period,
+        processing_interval: args.claim_coordinator_processing_interval,
+        mode: args.claim_coordinator_mode,
+        ..Overrides::default()
+    };
+    let settings = match &args.config {
+        Some(path) => Settings::from_path(path, &flags)?,
+        None => Settings::resolve(None, &flags)?,
+    };
+    let mut config = match &args.server {
+        Some(url) => kube::Config::new(
+            url.parse()
+                .with_context(|| format!("invalid --server {url}"))?,
+        ),
+        None => kube::Config::infer()
+            .await
+            .context("no --server, no usable kubeconfig and not in a cluster")?,
+    };
+    config.default_retry = false;
+    config.read_timeout = None;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    let client = kube::Client::try_from(config)?;
+    let (runtime, _metrics) = claim_coordinator::coordinator::replica(
+        client,
+        &settings,
+        &args.identity,
+        &args.namespace,
+        Registry::default(),
+        args.admin,
+    )?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        }
+    });
+    let result = runtime.run(shutdown).await;
+    signals.abort();
+    result.map_err(Into::into)
+}

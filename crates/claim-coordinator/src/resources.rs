@@ -1,0 +1,314 @@
+//! The custom resources: `PhysicalHost` (a pooled machine; its `spec.consumerRef` is the single truth of who
+//! uses it) and `HostClaim` (what a consumer wants; its `status` is derived from the hosts and repaired).
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of both resources.
+pub const GROUP: &str = "claims.leaderelection.dev";
+/// The API version of both resources.
+pub const VERSION: &str = "v1alpha1";
+/// The finalizer every claim carries until its host is released.
+pub const RELEASE_FINALIZER: &str = "claims.leaderelection.dev/release";
+/// Annotation on a host: the term (the coordinator Lease's `leaseTransitions`) of the leader that bound it.
+pub const TERM_ANNOTATION: &str = "claims.leaderelection.dev/term";
+/// Annotation on a host: the identity that bound it (a leader or an optimistic claimer).
+pub const CLAIMED_BY_ANNOTATION: &str = "claims.leaderelection.dev/claimed-by";
+
+/// A pooled machine. Its labels are its tags; `spec.consumerRef` names the one claim using it.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "claims.leaderelection.dev",
+    version = "v1alpha1",
+    kind = "PhysicalHost",
+    plural = "physicalhosts",
+    shortname = "ph",
+    namespaced,
+    status = "PhysicalHostStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PhysicalHostSpec {
+    /// The claim using this host; `None` while the host is free. One consumer per host, by construction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_ref: Option<ConsumerRef>,
+    /// The image the host boots (the claim's `imageUrl`), set with the consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_iso_source: Option<String>,
+}
+
+/// A reference to the consuming object (here a `HostClaim`), as a `corev1.ObjectReference`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerRef {
+    /// `claims.leaderelection.dev/v1alpha1`.
+    pub api_version: String,
+    /// `HostClaim`.
+    pub kind: String,
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim's name.
+    pub name: String,
+    /// The claim's `metadata.uid`: a claim deleted and created again under the same name is another claim.
+    pub uid: String,
+}
+
+/// A host's lifecycle state, as Beskar7's `PhysicalHost` states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum HostState {
+    /// Being discovered; not claimable.
+    #[default]
+    Enrolling,
+    /// Free and ready to be claimed (with `ready` and no consumer).
+    Available,
+    /// Bound to a claim.
+    Claimed,
+    /// Being provisioned for its consumer.
+    Provisioning,
+    /// Provisioned for its consumer.
+    Provisioned,
+    /// Broken; not claimable.
+    Error,
+}
+
+/// What is observed of a host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhysicalHostStatus {
+    /// Lifecycle state.
+    #[serde(default)]
+    pub state: HostState,
+    /// Whether the host answers its management interface.
+    #[serde(default)]
+    pub ready: bool,
+    /// CPU cores and memory.
+    #[serde(default)]
+    pub hardware: Hardware,
+}
+
+/// A host's size.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hardware {
+    /// CPU cores.
+    #[serde(default)]
+    pub cpu_cores: u32,
+    /// Memory, in GiB.
+    #[serde(default, rename = "memoryGiB")]
+    pub memory_gib: u32,
+}
+
+/// A request for one host. The claims are the queue: a consumer writes one and waits until it is `Bound`.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "claims.leaderelection.dev",
+    version = "v1alpha1",
+    kind = "HostClaim",
+    plural = "hostclaims",
+    shortname = "hc",
+    namespaced,
+    status = "HostClaimStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HostClaimSpec {
+    /// The image to boot on the host (written to the host's `bootIsoSource`).
+    #[serde(default)]
+    pub image_url: String,
+    /// Tags the host must have. A tag `key=value` needs that label; a tag `key` needs the label with any
+    /// value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_tags: Vec<String>,
+    /// Tags the host should have: hosts with more of them are chosen first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_tags: Vec<String>,
+    /// Minimum CPU cores (0: any).
+    #[serde(default)]
+    pub min_cpu_cores: u32,
+    /// Minimum memory in GiB (0: any).
+    #[serde(default, rename = "minMemoryGiB")]
+    pub min_memory_gib: u32,
+}
+
+/// A claim's phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum ClaimPhase {
+    /// Waiting for a host (also a claim without a status).
+    #[default]
+    Pending,
+    /// A host's `consumerRef` names this claim, and `hostRef` names that host.
+    Bound,
+    /// No host can ever satisfy the claim (no host in the pool has its required tags and minimums).
+    Failed,
+}
+
+/// What the coordinator derived for a claim.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostClaimStatus {
+    /// Pending, Bound or Failed.
+    #[serde(default)]
+    pub phase: ClaimPhase,
+    /// The bound host's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ref: Option<String>,
+    /// The term (`leaseTransitions`) of the leader that bound it; `None` for an optimistic bind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_term: Option<i32>,
+    /// The optimistic claimer's intent: the host it is about to claim, recorded (conditionally) before it
+    /// writes that host, so that the claim never gets a second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_host: Option<String>,
+    /// Failed bind attempts (conflicts, errors). Fewer attempts go first.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Conditions, `Bound` with its reason and message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<ClaimCondition>,
+}
+
+/// One condition of a claim, as `metav1.Condition`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimCondition {
+    /// The condition type, e.g. `Bound`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason, e.g. `BoundByLeader`.
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time of the last change of `status`.
+    pub last_transition_time: String,
+}
+
+// === impl PhysicalHost ===
+
+impl PhysicalHost {
+    /// Claimable now: no consumer, state `Available`, `ready` (Beskar7's definition of available).
+    #[must_use]
+    pub fn is_available(&self) -> bool {
+        self.spec.consumer_ref.is_none()
+            && self
+                .status
+                .as_ref()
+                .is_some_and(|s| s.state == HostState::Available && s.ready)
+    }
+
+    /// The host's size (zero when it has no status yet).
+    #[must_use]
+    pub fn hardware(&self) -> Hardware {
+        self.status
+            .as_ref()
+            .map(|s| s.hardware.clone())
+            .unwrap_or_default()
+    }
+
+    /// The host's tags: its labels.
+    #[must_use]
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        self.labels()
+    }
+
+    /// Whether `spec.consumerRef` names `claim` (by uid).
+    #[must_use]
+    pub fn is_consumed_by(&self, claim: &HostClaim) -> bool {
+        self.spec
+            .consumer_ref
+            .as_ref()
+            .is_some_and(|c| Some(&c.uid) == claim.metadata.uid.as_ref())
+    }
+}
+
+// === impl HostClaim ===
+
+impl HostClaim {
+    /// A new claim `name` for `spec`, with the release finalizer (deleting it frees its host first).
+    #[must_use]
+    pub fn with_release_finalizer(name: &str, spec: HostClaimSpec) -> Self {
+        Self {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                finalizers: Some(vec![RELEASE_FINALIZER.to_owned()]),
+                ..kube::api::ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
+    /// The phase (`Pending` without a status).
+    #[must_use]
+    pub fn phase(&self) -> ClaimPhase {
+        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+
+    /// The bound host, if `Bound`.
+    #[must_use]
+    pub fn host_ref(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .filter(|s| s.phase == ClaimPhase::Bound)
+            .and_then(|s| s.host_ref.as_deref())
+    }
+
+    /// Whether a delete is waiting on the finalizer.
+    #[must_use]
+    pub fn is_deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Failed bind attempts so far.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.status.as_ref().map_or(0, |s| s.attempts)
+    }
+
+    /// The reference a host's `consumerRef` holds for this claim.
+    #[must_use]
+    pub fn consumer_ref(&self) -> ConsumerRef {
+        ConsumerRef {
+            api_version: Self::api_version(&()).into_owned(),
+            kind: Self::kind(&()).into_owned(),
+            namespace: self.namespace().unwrap_or_default(),
+            name: self.name_any(),
+            uid: self.metadata.uid.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The two CustomResourceDefinitions as YAML documents, in file order: `(file name, YAML)`.
+///
+/// # Errors
+///
+/// A YAML serialization error (none is expected for these types).
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_norway::Error> {
+    Ok(vec![
+        (
+            "physicalhosts.yaml",
+            serde_norway::to_string(&PhysicalHost::crd())?,
+        ),
+        (
+            "hostclaims.yaml",
+            serde_norway::to_string(&HostClaim::crd())?,
+        ),
+    ])
+}
+
+/// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`).
+#[must_use]
+pub fn fake_resource_types() -> [fake_apiserver::ResourceType; 2] {
+    let custom = |kind: &str, plural: &str, short: &str| {
+        let mut rt = fake_apiserver::ResourceType::custom(GROUP, VERSION, kind, plural, true);
+        rt.short_names = vec![short.to_owned()];
+        rt
+    };
+    [
+        custom("PhysicalHost", "physicalhosts", "ph"),
+        custom("HostClaim", "hostclaims", "hc"),
+    ]
+}

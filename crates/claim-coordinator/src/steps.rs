@@ -1,0 +1,501 @@
+//! The bind and release steps: each one conditional (the resourceVersion read), idempotent (a step already
+//! done is not written again), and fenced (a leader writes only while its term is current, each request
+//! bounded by the term's validity deadline).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use leaderelection::LeaderState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::Outcome;
+use crate::resources::{
+    CLAIMED_BY_ANNOTATION, ClaimCondition, ClaimPhase, HostClaim, HostState, PhysicalHost,
+    RELEASE_FINALIZER, TERM_ANNOTATION,
+};
+
+/// Bound on one request when no term deadline is nearer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a step did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The term ended (or its deadline passed): nothing was sent.
+    #[error("the term ended")]
+    Fenced,
+    /// A conditional write lost: 409 Conflict.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The host has another consumer.
+    #[error("host {host} is already claimed by {by}")]
+    AlreadyClaimed {
+        /// The host.
+        host: String,
+        /// Its consumer.
+        by: String,
+    },
+    /// The object is not in a state that allows the step (deleted, not available).
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+    /// The request did not finish before the deadline.
+    #[error("request timed out")]
+    Timeout,
+    /// Another API error.
+    #[error("api: {0}")]
+    Api(#[source] kube::Error),
+}
+
+// === impl StepError ===
+
+impl StepError {
+    /// The attempt outcome this error counts as.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Conflict(_) => Outcome::ConflictOptimisticLock,
+            Self::AlreadyClaimed { .. } => Outcome::ConflictAlreadyClaimed,
+            Self::InvalidState(_) => Outcome::ConflictInvalidState,
+            Self::Fenced | Self::Timeout | Self::Api(_) => Outcome::Error,
+        }
+    }
+
+    fn from_kube(err: kube::Error) -> Self {
+        match err {
+            kube::Error::Api(status) if status.code == 409 => Self::Conflict(status.message),
+            kube::Error::Api(status) if status.code == 404 => Self::InvalidState(status.message),
+            other => Self::Api(other),
+        }
+    }
+}
+
+/// Who writes, and until when.
+#[derive(Clone, Debug)]
+pub enum Fence {
+    /// The leader of the term with this `leaseTransitions`: writes only while the elector's state says this
+    /// term is current, each request bounded by the term's validity deadline.
+    Term {
+        /// The term's `leaseTransitions`.
+        transitions: i32,
+        /// The elector's state.
+        state: watch::Receiver<LeaderState>,
+    },
+    /// A consumer claiming directly: conditional writes only.
+    Unfenced,
+}
+
+// === impl Fence ===
+
+impl Fence {
+    /// The deadline for a request sent now, or [`StepError::Fenced`] when the term is over.
+    fn deadline(&self) -> Result<Instant, StepError> {
+        let now = Instant::now();
+        let bound = now + REQUEST_TIMEOUT;
+        match self {
+            Self::Unfenced => Ok(bound),
+            Self::Term { transitions, state } => {
+                let state = state.borrow();
+                match state.current_term() {
+                    Some(term) if term.transitions == *transitions => {
+                        Ok(state.valid_until.map_or(bound, |until| until.min(bound)))
+                    }
+                    _ => Err(StepError::Fenced),
+                }
+            }
+        }
+    }
+
+    /// The term number, for the host annotation and the claim's `boundTerm`.
+    #[must_use]
+    pub fn term(&self) -> Option<i32> {
+        match self {
+            Self::Term { transitions, .. } => Some(*transitions),
+            Self::Unfenced => None,
+        }
+    }
+}
+
+/// The hosts and claims of one namespace, and who writes to them.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// The hosts.
+    pub hosts: Api<PhysicalHost>,
+    /// The claims.
+    pub claims: Api<HostClaim>,
+    /// The identity written into `claimed-by`.
+    pub identity: String,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// The pool of `namespace` through `client`, writing as `identity`.
+    #[must_use]
+    pub fn new(client: Client, namespace: &str, identity: &str) -> Self {
+        Self {
+            hosts: Api::namespaced(client.clone(), namespace),
+            claims: Api::namespaced(client, namespace),
+            identity: identity.to_owned(),
+        }
+    }
+
+    /// Lists hosts and claims (fresh reads, not a cache), each bounded as a write under `fence` (a
+    /// leader's reads end with its term too).
+    ///
+    /// # Errors
+    ///
+    /// [`StepError`] of the failed list.
+    pub async fn list(
+        &self,
+        fence: &Fence,
+    ) -> Result<(Vec<PhysicalHost>, Vec<HostClaim>), StepError> {
+        let hosts = Self::write(fence, self.hosts.list(&ListParams::default())).await?;
+        let claims = Self::write(fence, self.claims.list(&ListParams::default())).await?;
+        Ok((hosts.items, claims.items))
+    }
+
+    /// Sends `request` if `fence` allows it, bounded by the fence's deadline.
+    async fn write<T>(
+        fence: &Fence,
+        write: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, StepError> {
+        let deadline = fence.deadline()?;
+        tokio::time::timeout_at(deadline, write)
+            .await
+            .map_err(|_| StepError::Timeout)?
+            .map_err(StepError::from_kube)
+    }
+
+    /// Step 1: the host's `consumerRef` names `claim` (with the claim's image, the term and the identity as
+    /// annotations). Guarded by the host's resourceVersion; nothing is written when it already names it.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::AlreadyClaimed`] when the host has another consumer, [`StepError::InvalidState`] when
+    /// it is not available, [`StepError::Conflict`] when it changed since it was read.
+    pub async fn claim_host(
+        &self,
+        fence: &Fence,
+        host: &PhysicalHost,
+        claim: &HostClaim,
+    ) -> Result<PhysicalHost, StepError> {
+        if host.is_consumed_by(claim) {
+            return Ok(host.clone());
+        }
+        if let Some(other) = &host.spec.consumer_ref {
+            return Err(StepError::AlreadyClaimed {
+                host: host.name_any(),
+                by: other.name.clone(),
+            });
+        }
+        if !host.is_available() {
+            return Err(StepError::InvalidState(format!(
+                "host {} is not available",
+                host.name_any()
+            )));
+        }
+        let mut updated = host.clone();
+        updated.spec.consumer_ref = Some(claim.consumer_ref());
+        updated.spec.boot_iso_source = Some(claim.spec.image_url.clone());
+        let annotations = updated.annotations_mut();
+        annotations.insert(CLAIMED_BY_ANNOTATION.into(), self.identity.clone());
+        match fence.term() {
+            Some(term) => annotations.insert(TERM_ANNOTATION.into(), term.to_string()),
+            None => annotations.remove(TERM_ANNOTATION),
+        };
+        Self::write(
+            fence,
+            self.hosts
+                .replace(&host.name_any(), &PostParams::default(), &updated),
+        )
+        .await
+    }
+
+    /// Step 2: the host's `status.state` is `Claimed`.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Conflict`] when the host changed since it was read.
+    pub async fn mark_claimed(
+        &self,
+        fence: &Fence,
+        host: &PhysicalHost,
+    ) -> Result<PhysicalHost, StepError> {
+        self.set_host_state(fence, host, HostState::Claimed).await
+    }
+
+    async fn set_host_state(
+        &self,
+        fence: &Fence,
+        host: &PhysicalHost,
+        state: HostState,
+    ) -> Result<PhysicalHost, StepError> {
+        if host.status.as_ref().is_some_and(|s| s.state == state) {
+            return Ok(host.clone());
+        }
+        let mut updated = host.clone();
+        updated.status.get_or_insert_default().state = state;
+        Self::write(
+            fence,
+            self.hosts
+                .replace_status(&host.name_any(), &PostParams::default(), &updated),
+        )
+        .await
+    }
+
+    /// Step 3: the claim is `Bound` to `host` (with the term), guarded by the claim's resourceVersion.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Conflict`] when the claim changed since it was read.
+    pub async fn mark_bound(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+        host: &str,
+    ) -> Result<HostClaim, StepError> {
+        if claim.host_ref() == Some(host) {
+            return Ok(claim.clone());
+        }
+        let reason = if fence.term().is_some() {
+            "BoundByLeader"
+        } else {
+            "BoundOptimistically"
+        };
+        let mut updated = claim.clone();
+        let status = updated.status.get_or_insert_default();
+        status.phase = ClaimPhase::Bound;
+        status.host_ref = Some(host.to_owned());
+        status.bound_term = fence.term();
+        set_condition(
+            &mut status.conditions,
+            "True",
+            reason,
+            &format!("bound to {host} by {}", self.identity),
+        );
+        self.write_claim_status(fence, claim, &updated).await
+    }
+
+    /// The optimistic path's first step: the claim's `status.selectedHost` is `host`.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Conflict`] when the claim changed since it was read.
+    pub async fn record_intent(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+        host: Option<&str>,
+    ) -> Result<HostClaim, StepError> {
+        if claim
+            .status
+            .as_ref()
+            .and_then(|s| s.selected_host.as_deref())
+            == host
+        {
+            return Ok(claim.clone());
+        }
+        let mut updated = claim.clone();
+        updated.status.get_or_insert_default().selected_host = host.map(str::to_owned);
+        self.write_claim_status(fence, claim, &updated).await
+    }
+
+    /// The claim back to `Pending` (no host, no intent): its host no longer names it.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Conflict`] when the claim changed since it was read.
+    pub async fn mark_pending(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+        reason: &str,
+        message: &str,
+        phase: ClaimPhase,
+    ) -> Result<HostClaim, StepError> {
+        let mut updated = claim.clone();
+        let status = updated.status.get_or_insert_default();
+        status.phase = phase;
+        status.host_ref = None;
+        status.bound_term = None;
+        status.selected_host = None;
+        set_condition(&mut status.conditions, "False", reason, message);
+        if updated.status == claim.status {
+            return Ok(claim.clone());
+        }
+        self.write_claim_status(fence, claim, &updated).await
+    }
+
+    /// Counts one failed attempt on the claim (best effort: a conflict here is not retried).
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Conflict`] when the claim changed since it was read.
+    pub async fn count_attempt(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+    ) -> Result<HostClaim, StepError> {
+        let mut updated = claim.clone();
+        updated.status.get_or_insert_default().attempts += 1;
+        self.write_claim_status(fence, claim, &updated).await
+    }
+
+    async fn write_claim_status(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+        updated: &HostClaim,
+    ) -> Result<HostClaim, StepError> {
+        Self::write(
+            fence,
+            self.claims
+                .replace_status(&claim.name_any(), &PostParams::default(), updated),
+        )
+        .await
+    }
+
+    /// Frees `host`: its `consumerRef` (and the annotations) cleared, then its state `Available`. Guarded by
+    /// the host's resourceVersion; nothing is written for a step already done.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Conflict`] when the host changed since it was read.
+    pub async fn release_host(
+        &self,
+        fence: &Fence,
+        host: &PhysicalHost,
+    ) -> Result<PhysicalHost, StepError> {
+        let mut host = host.clone();
+        if host.spec.consumer_ref.is_some() {
+            let mut updated = host.clone();
+            updated.spec.consumer_ref = None;
+            updated.spec.boot_iso_source = None;
+            let annotations = updated.annotations_mut();
+            annotations.remove(TERM_ANNOTATION);
+            annotations.remove(CLAIMED_BY_ANNOTATION);
+            host = Self::write(
+                fence,
+                self.hosts
+                    .replace(&host.name_any(), &PostParams::default(), &updated),
+            )
+            .await?;
+        }
+        if host
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state == HostState::Claimed)
+        {
+            host = self
+                .set_host_state(fence, &host, HostState::Available)
+                .await?;
+        }
+        Ok(host)
+    }
+
+    /// Removes the release finalizer from a claim being deleted (which then goes).
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Conflict`] when the claim changed since it was read.
+    pub async fn remove_finalizer(
+        &self,
+        fence: &Fence,
+        claim: &HostClaim,
+    ) -> Result<(), StepError> {
+        if !claim.finalizers().iter().any(|f| f == RELEASE_FINALIZER) {
+            return Ok(());
+        }
+        let mut updated = claim.clone();
+        updated.finalizers_mut().retain(|f| f != RELEASE_FINALIZER);
+        Self::write(
+            fence,
+            self.claims
+                .replace(&claim.name_any(), &PostParams::default(), &updated),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Releases the host of every claim being deleted and lets the claims go; frees hosts whose consumer no
+    /// longer exists. Idempotent: what is done already is not written again.
+    ///
+    /// # Errors
+    ///
+    /// The first [`StepError::Fenced`]; other failures are left for the next pass.
+    pub async fn release_deleted(
+        &self,
+        fence: &Fence,
+        hosts: &[PhysicalHost],
+        claims: &[HostClaim],
+    ) -> Result<usize, StepError> {
+        let by_uid: BTreeMap<&str, &HostClaim> = claims
+            .iter()
+            .filter_map(|c| c.metadata.uid.as_deref().map(|u| (u, c)))
+            .collect();
+        let mut released = 0;
+        let mut held = std::collections::BTreeSet::new();
+        for host in hosts {
+            let Some(consumer) = &host.spec.consumer_ref else {
+                continue;
+            };
+            let claim = by_uid.get(consumer.uid.as_str());
+            if claim.is_some_and(|c| !c.is_deleting()) {
+                continue;
+            }
+            match self.release_host(fence, host).await {
+                Ok(_) => released += 1,
+                Err(StepError::Fenced) => return Err(StepError::Fenced),
+                Err(err) => {
+                    held.insert(consumer.uid.as_str());
+                    tracing::debug!(host = %host.name_any(), %err, "release failed");
+                }
+            }
+        }
+        for claim in claims.iter().filter(|c| c.is_deleting()) {
+            // A claim goes only once no host names it.
+            if claim
+                .metadata
+                .uid
+                .as_deref()
+                .is_some_and(|uid| held.contains(uid))
+            {
+                continue;
+            }
+            match self.remove_finalizer(fence, claim).await {
+                Ok(()) => {}
+                Err(StepError::Fenced) => return Err(StepError::Fenced),
+                Err(err) => {
+                    tracing::debug!(claim = %claim.name_any(), %err, "finalizer removal failed");
+                }
+            }
+        }
+        Ok(released)
+    }
+}
+
+/// Sets the `Bound` condition, keeping `lastTransitionTime` when the status does not change.
+fn set_condition(conditions: &mut Vec<ClaimCondition>, status: &str, reason: &str, message: &str) {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    match conditions.iter_mut().find(|c| c.type_ == "Bound") {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now;
+            }
+            c.status = status.into();
+            c.reason = reason.into();
+            c.message = message.into();
+        }
+        None => conditions.push(ClaimCondition {
+            type_: "Bound".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: now,
+        }),
+    }
+}

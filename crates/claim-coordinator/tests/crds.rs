@@ -1,0 +1,36 @@
+//! The checked-in CustomResourceDefinitions under `deploy/crds/` are what `claim-coordinator crds` writes
+//! from the current types.
+
+use std::path::Path;
+
+#[test]
+fn checked_in_crds_are_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    for (file, yaml) in claim_coordinator::resources::crd_files().unwrap() {
+        let path = dir.join(file);
+        let checked_in =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            checked_in == yaml,
+            "{} is stale: run `cargo run -p claim-coordinator -- crds` and commit the result",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn crds_have_the_status_subresource_and_the_schema() {
+    for (file, yaml) in claim_coordinator::resources::crd_files().unwrap() {
+        let crd: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1", "{file}");
+        assert!(version["subresources"]["status"].is_object(), "{file}");
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let expected = if file == "physicalhosts.yaml" {
+            "consumerRef"
+        } else {
+            "requiredTags"
+        };
+        assert!(spec[expected].is_object(), "{file}: {spec}");
+    }
+}
