@@ -620,6 +620,18 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, f: impl Fn() -
     }
 }
 
+/// A fake API server running the election controller of coordinated leader election, with a 300 ms
+/// election window (kube-apiserver's is 5 s).
+async fn coordinated_server() -> FakeApiServer {
+    FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
 /// `run --coordinated` against the fake's election controller: registers its LeaseCandidate (with the
 /// versions given), leads once the controller assigns it the Lease it created (strategy kept), and on
 /// SIGTERM deletes the LeaseCandidate and releases the Lease.
@@ -630,13 +642,7 @@ async fn run_coordinated_registers_leads_when_assigned_and_withdraws_on_sigterm(
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let server = FakeApiServer::builder()
-        .coordinated_election(
-            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = coordinated_server().await;
     let url = server.url();
     let mut le = tokio::process::Command::new(BIN)
         .args([
@@ -914,13 +920,7 @@ async fn a_coordinated_step_down_withdraws_the_candidate_before_releasing() {
     use k8s_openapi::api::coordination::v1beta1::LeaseCandidate;
     use kube::api::{WatchEvent, WatchParams};
 
-    let server = FakeApiServer::builder()
-        .coordinated_election(
-            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = coordinated_server().await;
     let url = server.url();
     let candidates: kube::Api<LeaseCandidate> = kube::Api::namespaced(client(&url), "default");
     let leases: kube::Api<Lease> = kube::Api::namespaced(client(&url), "default");
