@@ -32,7 +32,8 @@
 //!
 //! Fault injection and counters are also reachable over HTTP on every listener (never faulted themselves):
 //! `GET /fake/listeners`, `POST /fake/listeners` (opens a new listener, answers `{id, url}`),
-//! `GET|PUT /fake/listeners/<id>/faults` ([`Faults`] as JSON), `GET|DELETE /fake/counts` ([`Count`]s),
+//! `GET|PUT /fake/listeners/<id>/faults` ([`Faults`] as JSON), `POST /fake/listeners/<id>/drop-watches`
+//! (ends the watches open on it, [`Listener::drop_watches`]), `GET|DELETE /fake/counts` ([`Count`]s),
 //! `GET /fake/requests` ([`RequestRecord`]s, oldest first).
 
 mod admin;

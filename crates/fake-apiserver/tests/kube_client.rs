@@ -922,3 +922,41 @@ async fn slow_watchers_are_dropped_not_buffered() {
     assert!(received < 400, "received {received}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn drop_watches_ends_the_watches_of_one_listener_only() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cut = server.add_listener().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let created = api
+        .create(&PostParams::default(), &lease("w", "a"))
+        .await
+        .unwrap();
+    let rv = created.metadata.resource_version.clone().unwrap();
+    let params = WatchParams::default().timeout(30);
+    let on_cut: Api<Lease> = Api::namespaced(watch_client(&cut.url()), "default");
+    let on_default: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
+    let mut dropped = on_cut.watch(&params, &rv).await.unwrap().boxed();
+    let mut kept = on_default.watch(&params, &rv).await.unwrap().boxed();
+
+    cut.drop_watches();
+    let end = tokio::time::timeout(Duration::from_secs(5), dropped.next()).await;
+    assert!(matches!(end, Ok(None)), "the dropped watch ends: {end:?}");
+    let mut update = created.clone();
+    update.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    api.replace("w", &PostParams::default(), &update)
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), kept.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Modified(l)))) => {
+            assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("b"))
+        }
+        other => panic!("the other listener's watch goes on: {other:?}"),
+    }
+    let mut again = on_cut.watch(&params, &rv).await.unwrap().boxed();
+    match tokio::time::timeout(Duration::from_secs(5), again.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Modified(_)))) => {}
+        other => panic!("a new watch on the listener works: {other:?}"),
+    }
+    server.shutdown().await;
+}
