@@ -1,8 +1,9 @@
-//! The candidate-process harness of `demo` and `bench`: the fake API server with one listener per
+//! The candidate-process harness of `demo`, `bench` and `chaos`: the fake API server with one listener per
 //! candidate, real `leader-elect run` processes on it, and what they report, read from their JSON logs.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::Failure;
 
@@ -60,6 +61,10 @@ pub(crate) struct Cluster {
     exe: PathBuf,
     timings: Timings,
     extra_args: Vec<String>,
+    /// Set in every candidate's environment (inherited by its child and the child's descendants).
+    pub(crate) env: Vec<(String, String)>,
+    /// While a candidate's flag is true, its stderr is not read (its log lines back up in the pipe).
+    stderr_paused: Vec<watch::Sender<bool>>,
     tx: mpsc::UnboundedSender<Seen>,
     rx: mpsc::UnboundedReceiver<Seen>,
     pub(crate) seen: Vec<Seen>,
@@ -89,6 +94,8 @@ impl Cluster {
             exe: std::env::current_exe().context("locating leader-elect")?,
             timings,
             extra_args,
+            env: Vec::new(),
+            stderr_paused: (0..candidates).map(|_| watch::Sender::new(false)).collect(),
             tx,
             rx,
             seen: Vec::new(),
@@ -114,6 +121,20 @@ impl Cluster {
 
     /// Starts (or restarts) candidate `i`: a `leader-elect run` process on its own listener.
     pub(crate) fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        self.spawn_as(
+            i,
+            &format!("candidate-{i}"),
+            &["sleep".into(), "3600".into()],
+        )
+    }
+
+    /// Starts (or restarts) candidate `i` as `identity`, running `command` while it leads.
+    pub(crate) fn spawn_as(
+        &mut self,
+        i: usize,
+        identity: &str,
+        command: &[OsString],
+    ) -> anyhow::Result<()> {
         let t = &self.timings;
         let mut child = tokio::process::Command::new(&self.exe)
             .args([
@@ -125,12 +146,7 @@ impl Cluster {
                 "--namespace",
                 "default",
             ])
-            .args([
-                "--identity",
-                &format!("candidate-{i}"),
-                "--server",
-                &self.listeners[i].url(),
-            ])
+            .args(["--identity", identity, "--server", &self.listeners[i].url()])
             .args([
                 "--lease-duration",
                 &humantime::format_duration(t.lease_duration).to_string(),
@@ -144,7 +160,9 @@ impl Cluster {
                 &humantime::format_duration(t.retry_period).to_string(),
             ])
             .args(&self.extra_args)
-            .args(["--", "sleep", "3600"])
+            .arg("--")
+            .args(command)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LEADER_ELECT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -155,9 +173,12 @@ impl Cluster {
             .context("starting a candidate")?;
         let stderr = child.stderr.take().context("candidate stderr")?;
         let tx = self.tx.clone();
+        let mut paused = self.stderr_paused[i].subscribe();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            while paused.wait_for(|p| !p).await.is_ok()
+                && let Ok(Some(line)) = lines.next_line().await
+            {
                 if let Some(seen) = parse_log_line(i, &line) {
                     let _ = tx.send(seen);
                 }
@@ -186,6 +207,30 @@ impl Cluster {
     pub(crate) fn signal_group(&self, i: usize, signal: Signal) {
         if let Some(pid) = self.pid(i) {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Stops (true) or resumes (false) reading candidate `i`'s stderr.
+    pub(crate) fn pause_stderr(&self, i: usize, paused: bool) {
+        self.stderr_paused[i].send_replace(paused);
+    }
+
+    /// Whether candidate `i`'s process is running (started and not seen to exit).
+    pub(crate) fn is_running(&self, i: usize) -> bool {
+        self.processes[i].is_some()
+    }
+
+    /// Candidate `i`'s exit status if it has exited (it is then forgotten), without waiting.
+    pub(crate) fn try_exit(&mut self, i: usize) -> Option<ExitStatus> {
+        let status = self.processes[i].as_mut()?.try_wait().ok()??;
+        self.processes[i] = None;
+        Some(status)
+    }
+
+    /// Records every observation that has arrived, without waiting.
+    pub(crate) fn pump(&mut self) {
+        while let Ok(seen) = self.rx.try_recv() {
+            self.record(seen);
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod apiserver;
 mod bench;
+mod chaos;
 mod child;
 mod client;
 mod demo;
@@ -14,6 +15,7 @@ mod install;
 mod lease;
 mod logging;
 mod run;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -52,11 +54,16 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure handover, crash failover, API load and footprint over many runs (build with --release).
     Bench(bench::BenchArgs),
+    /// Real candidates under random faults from a seed, checked from the outside on every run.
+    Chaos(chaos::ChaosArgs),
     /// Copy this binary into a directory (the Helm chart's wrap mode: an initContainer fills an emptyDir).
     Install(install::InstallArgs),
     /// (internal) Arm the parent-death signal, then exec the command.
     #[command(hide = true)]
     ExecChild(child::ExecChildArgs),
+    /// (internal) The child of a `chaos` candidate: appends fenced heartbeats to a work log.
+    #[command(hide = true)]
+    ChaosWorker(chaos::WorkerArgs),
     /// (internal) Kill the armed process groups when leader-elect dies (end of stdin).
     #[command(hide = true)]
     Guardian,
@@ -94,11 +101,13 @@ fn main() -> ExitCode {
         // One thread: the child is spawned from the main thread, which lives as long as the process, so
         // the parent-death signal fires exactly when leader-elect dies. Nothing on it blocks: logs are
         // queued (`logging`), and the child's SIGKILL deadline has a thread of its own.
-        Command::Run(_) | Command::Status(_) | Command::Release(_) | Command::Install(_) => {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        }
+        Command::Run(_)
+        | Command::Status(_)
+        | Command::Release(_)
+        | Command::Install(_)
+        | Command::ChaosWorker(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         _ => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -119,6 +128,8 @@ fn main() -> ExitCode {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Chaos(args) => chaos::run(args).await,
+            Command::ChaosWorker(args) => chaos::worker(args).await,
             Command::Install(args) => install::install(&args),
             Command::ExecChild(_) | Command::Guardian => Ok(()),
         }
