@@ -298,7 +298,7 @@ impl Cluster {
     /// A child's interval runs from its "child started" line to its "child exited" line, or to `killed_at`
     /// for the child of a candidate killed with SIGKILL (the kernel kills it with its parent).
     pub(crate) fn overlaps(&self, killed_at: &[(usize, Timestamp)]) -> Vec<(Interval, Interval)> {
-        let intervals = child_intervals(&self.seen, killed_at, Timestamp::now());
+        let intervals = self.intervals(killed_at);
         let mut overlaps = Vec::new();
         for (n, a) in intervals.iter().enumerate() {
             for b in &intervals[n + 1..] {
@@ -311,10 +311,21 @@ impl Cluster {
     }
 }
 
+// === impl Cluster (timeline) ===
+
+impl Cluster {
+    /// Every child's run, from the recorded logs (see [`Cluster::overlaps`]).
+    pub(crate) fn intervals(&self, killed_at: &[(usize, Timestamp)]) -> Vec<Interval> {
+        child_intervals(&self.seen, killed_at, Timestamp::now())
+    }
+}
+
 /// One child's run.
 #[derive(Clone, Debug)]
 pub(crate) struct Interval {
     pub(crate) candidate: usize,
+    /// Its `LEADER_ELECT_TERM`.
+    pub(crate) term: i64,
     pub(crate) start: Timestamp,
     pub(crate) end: Timestamp,
 }
@@ -326,7 +337,7 @@ fn child_intervals(
 ) -> Vec<Interval> {
     let mut intervals = Vec::new();
     for (n, s) in seen.iter().enumerate() {
-        let What::ChildStarted { pid, .. } = s.what else {
+        let What::ChildStarted { pid, term } = s.what else {
             continue;
         };
         let exited = seen[n..]
@@ -346,6 +357,7 @@ fn child_intervals(
         };
         intervals.push(Interval {
             candidate: s.candidate,
+            term,
             start: s.at,
             end,
         });

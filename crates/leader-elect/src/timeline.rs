@@ -216,3 +216,105 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millisecond(1_700_000_000_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn the_svg_is_well_formed_with_a_row_per_candidate_a_bar_per_term_and_a_mark_per_fault() {
+        let mut timeline = Timeline::new("seed 7 <&> \"quoted\"", at(0), at(5000));
+        let a = timeline.row("candidate-0");
+        let b = timeline.row("candidate-1");
+        assert_eq!(timeline.row("candidate-0"), a, "rows are found by name");
+        timeline.bars = vec![
+            Bar {
+                row: a,
+                from: at(100),
+                to: at(2000),
+                term: 1,
+            },
+            Bar {
+                row: b,
+                from: at(3100),
+                to: at(5000),
+                term: 2,
+            },
+        ];
+        timeline.marks = vec![
+            Mark {
+                row: Some(a),
+                from: at(1900),
+                to: Some(at(2900)),
+                label: "black-hole".into(),
+            },
+            Mark {
+                row: None,
+                from: at(2500),
+                to: None,
+                label: "delete-lease".into(),
+            },
+        ];
+        timeline.gaps = vec![Gap {
+            row: a,
+            from: at(1000),
+            to: at(1500),
+        }];
+        let svg = timeline.svg();
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "svg");
+        assert_eq!(
+            root.tag_name().namespace(),
+            Some("http://www.w3.org/2000/svg")
+        );
+        let class = |c: &str| {
+            doc.descendants()
+                .filter(|n| n.attribute("class") == Some(c))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(class("row").len(), 2);
+        let names: Vec<_> = class("row-name").iter().filter_map(|n| n.text()).collect();
+        assert_eq!(names, ["candidate-0", "candidate-1"]);
+        let terms = class("term");
+        assert_eq!(terms.len(), 2);
+        let labels: Vec<_> = terms
+            .iter()
+            .filter_map(|g| {
+                g.children()
+                    .find(|n| n.has_tag_name("text"))
+                    .and_then(|t| t.text())
+            })
+            .collect();
+        assert_eq!(labels, ["1", "2"], "each bar is labelled with its term");
+        let colours: Vec<_> = terms
+            .iter()
+            .filter_map(|g| {
+                g.children()
+                    .find(|n| n.has_tag_name("rect"))
+                    .and_then(|r| r.attribute("fill"))
+            })
+            .collect();
+        assert_ne!(colours[0], colours[1], "terms are coloured apart");
+        let faults = class("fault");
+        assert_eq!(faults.len(), 2);
+        assert!(
+            faults[0].descendants().any(|n| n.has_tag_name("rect")),
+            "a span is drawn as a band"
+        );
+        assert!(
+            !faults[1].descendants().any(|n| n.has_tag_name("rect")),
+            "an instant as a line"
+        );
+        assert_eq!(class("gap").len(), 1);
+        let title = root
+            .children()
+            .find(|n| n.has_tag_name("title"))
+            .and_then(|t| t.text());
+        assert_eq!(title, Some("seed 7 <&> \"quoted\""), "text is escaped");
+    }
+}
