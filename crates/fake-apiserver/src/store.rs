@@ -237,7 +237,7 @@ impl Store {
         };
         check_version(t, &current, Some(&given))?;
         self.replace(t, &current, &mut object, part);
-        Ok(self.write_version(t, EventType::Modified, object))
+        Ok(self.write_if_changed(t, current, object))
     }
 
     /// PATCH: applies a merge patch to the current object; a resourceVersion in the patch is a precondition.
@@ -256,7 +256,23 @@ impl Store {
         merge_patch(&mut object, patch);
         validate(&object)?;
         self.replace(t, &current, &mut object, part);
-        Ok(self.write_version(t, EventType::Modified, object))
+        Ok(self.write_if_changed(t, current, object))
+    }
+
+    /// Writes a modified object, unless it is the stored one: kube-apiserver then writes nothing and
+    /// answers the stored object, resourceVersion unchanged and no watch event (`GuaranteedUpdate` in
+    /// `staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go` compares the encoded bytes).
+    fn write_if_changed(
+        &mut self,
+        t: &Target<'_>,
+        current: Arc<Value>,
+        mut object: Value,
+    ) -> Arc<Value> {
+        object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if object == *current {
+            return current;
+        }
+        self.write_version(t, EventType::Modified, object)
     }
 
     /// DELETE, with an optional resourceVersion precondition (409 `Conflict` when it does not match).
@@ -320,8 +336,9 @@ impl Store {
             },
             Part::Main => {}
         }
+        // Leases have no generation (their strategy sets none); other types count changes of their spec.
         let spec_changed = strip(current) != strip(object);
-        if spec_changed {
+        if spec_changed && !t.rt.is_lease() {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
             object["metadata"]["generation"] = json!(generation + 1);
         }
@@ -374,7 +391,9 @@ fn stamp_new(object: &mut Value, t: &Target<'_>, rv: u64) {
     }
     meta["uid"] = json!(uid());
     meta["resourceVersion"] = json!(rv.to_string());
-    meta["generation"] = json!(1);
+    if !t.rt.is_lease() {
+        meta["generation"] = json!(1);
+    }
     meta["creationTimestamp"] = json!(
         jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -131,7 +131,8 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                 },
             };
             // A black-holed listener delivers nothing until the fault is lifted.
-            if faults.wait_for(|f| !f.black_hole).await.is_err() || tx.send(bytes).await.is_err() {
+            let stalled = |f: &crate::Faults| f.black_hole && f.applies_to("watch");
+            if faults.wait_for(|f| !stalled(f)).await.is_err() || tx.send(bytes).await.is_err() {
                 return;
             }
         }
