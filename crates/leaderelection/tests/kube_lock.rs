@@ -1,10 +1,11 @@
 //! `KubeLeaseLock` over real HTTP against the fake API server: the lock's outcomes (404, 409 AlreadyExists,
 //! 409 Conflict, watch events, 410 Gone, list) are the API server's, two electors hand the Lease over
-//! through a watch, and a Lease older than the watch history costs a candidate a few requests, not a loop.
+//! through a watch, a Lease older than the watch history costs a candidate a few requests, not a loop, and a
+//! plain-text 429 (rate limiting) reads as TooManyRequests.
 
 use std::time::{Duration, Instant};
 
-use fake_apiserver::FakeApiServer;
+use fake_apiserver::{FakeApiServer, Faults};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use leaderelection::{
@@ -312,5 +313,28 @@ async fn a_lease_older_than_the_watch_history_costs_a_few_requests_per_retry_per
     assert_eq!(state.borrow().current_term().unwrap().transitions, 5);
     stop.cancel();
     run.await.unwrap().unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plain_text_429_reads_as_too_many_requests() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.default_listener().set_faults(Faults {
+        error_rate: 1.0,
+        error_code: 429,
+        ..Faults::default()
+    });
+    let lock = KubeLeaseLock::new(client(&server.url()), "default", "limited");
+    match lock.get().await {
+        Err(LockError::Api {
+            code: 429,
+            reason,
+            message,
+        }) => {
+            assert_eq!(reason, "TooManyRequests");
+            assert_eq!(message, "Too many requests, please try again later.");
+        }
+        other => panic!("{other:?}"),
+    }
     server.shutdown().await;
 }
