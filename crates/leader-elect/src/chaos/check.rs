@@ -236,13 +236,18 @@ pub(crate) fn overlaps(writers: &[Writer]) -> Vec<(Writer, Writer)> {
     found
 }
 
-/// Whether a forced fault excuses `older` working into `newer`: the fault came after `older` started
-/// and no later than `newer` started, and `older` stopped within a lease duration of it.
+/// Whether a forced fault excuses `older` working into `newer`: `older` was working when the fault came
+/// (it wrote after it, and started before `newer`), `newer` started after it, and `older` stopped within
+/// a lease duration of it. (`older` may write its first heartbeat just after the fault: its child starts
+/// a few milliseconds after leader-elect logs it.)
 fn excused(older: &Writer, newer: &Writer, forced: &[Timestamp], lease: Duration) -> bool {
     let lease = SignedDuration::try_from(lease).unwrap_or(SignedDuration::MAX);
-    forced.iter().any(|&f| {
-        older.first < f && f <= newer.first && older.last <= f.saturating_add(lease).unwrap_or(f)
-    })
+    older.first < newer.first
+        && forced.iter().any(|&f| {
+            f <= newer.first
+                && f <= older.last
+                && older.last <= f.saturating_add(lease).unwrap_or(f)
+        })
 }
 
 /// Runs every check on one run's work log.
@@ -552,6 +557,12 @@ mod tests {
             check(&log, &seen).violations.len(),
             2,
             "longer than a lease after it"
+        );
+        seen.forced = vec![at(1001)];
+        assert_eq!(
+            check(&log, &seen).violations.len(),
+            2,
+            "after the old term had stopped"
         );
         seen.forced = vec![at(950)];
         assert_eq!(

@@ -455,6 +455,12 @@ async fn run_once(
     })
 }
 
+/// How a candidate told to stop may end: exit 0, or killed by the SIGTERM itself when it came before
+/// leader-elect installed its handler (a candidate restarted a moment before; it had no child yet).
+fn terminated(status: std::process::ExitStatus) -> bool {
+    status.code() == Some(0) || status.signal() == Some(Signal::SIGTERM as i32)
+}
+
 /// lease + request timeout (client-go's `max(renew_deadline / 2, 1s)`) + 2.2 x retry period: the lease
 /// expires, a follower's request in flight times out, and the jittered retry (up to 1.2 x) comes twice.
 fn recovery_bound(t: &Timings) -> Duration {
@@ -572,7 +578,7 @@ impl Run<'_> {
             };
             let ok = match self.expect[i] {
                 Some(Expect::Killed) => status.signal() == Some(Signal::SIGKILL as i32),
-                Some(Expect::Terminated) => status.code() == Some(0),
+                Some(Expect::Terminated) => terminated(status),
                 None => false,
             };
             if !ok {
@@ -603,9 +609,18 @@ impl Run<'_> {
         }
     }
 
+    /// The candidate's listener faults in force, combined: the longest latency, any black hole or
+    /// commit-then-drop, the latest error burst. A fault limited to some verbs (`watch-forbidden`) counts
+    /// only while it is alone: an overlapping fault on every verb prevails.
     fn set_listener_faults(&self, i: usize) {
+        let faults = &self.listener_faults[i];
+        let restricted = faults.iter().all(|(_, f)| !f.verbs.is_empty());
         let mut merged = Faults::none();
-        for (_, f) in &self.listener_faults[i] {
+        for (_, f) in faults
+            .iter()
+            .filter(|(_, f)| restricted || f.verbs.is_empty())
+        {
+            merged.verbs.clone_from(&f.verbs);
             merged.latency = merged.latency.max(f.latency);
             merged.black_hole |= f.black_hole;
             merged.commit_then_drop |= f.commit_then_drop;
@@ -667,7 +682,8 @@ impl Run<'_> {
             | FaultKind::Latency
             | FaultKind::Errors429
             | FaultKind::Errors500
-            | FaultKind::Errors503 => {
+            | FaultKind::Errors503
+            | FaultKind::WatchForbidden => {
                 let faults = match fault.kind {
                     FaultKind::BlackHole => Faults::partition(),
                     FaultKind::CommitThenDrop => Faults {
@@ -676,6 +692,12 @@ impl Run<'_> {
                     },
                     FaultKind::Latency => Faults {
                         latency: self.args.renew_deadline.mul_f64(1.2),
+                        ..Faults::none()
+                    },
+                    FaultKind::WatchForbidden => Faults {
+                        error_rate: 1.0,
+                        error_code: 403,
+                        verbs: vec!["watch".into()],
                         ..Faults::none()
                     },
                     kind => Faults {
@@ -861,19 +883,21 @@ impl Run<'_> {
             self.cluster.signal(i, Signal::SIGTERM);
             self.expect[i] = Some(Expect::Terminated);
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while (0..self.args.candidates).any(|i| self.cluster.is_running(i))
+            && tokio::time::Instant::now() < deadline
+        {
+            self.check_exits();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for i in 0..self.args.candidates {
-            if !self.cluster.is_running(i) {
-                continue;
-            }
-            match self.cluster.wait_exit(i, Duration::from_secs(15)).await {
-                Some(Some(0)) => {}
-                status => {
-                    self.cluster.signal_group(i, Signal::SIGKILL);
-                    self.violations.push(Violation::UnexpectedExit {
-                        candidate: self.identities[i].clone(),
-                        status: format!("after SIGTERM at the end of the run: {status:?}"),
-                    });
-                }
+            if self.cluster.is_running(i) {
+                self.cluster.signal_group(i, Signal::SIGKILL);
+                self.violations.push(Violation::UnexpectedExit {
+                    candidate: self.identities[i].clone(),
+                    status: "still running 15 s after SIGTERM".into(),
+                });
+                let _ = self.cluster.wait_exit(i, Duration::from_secs(5)).await;
             }
         }
     }

@@ -36,6 +36,8 @@ pub(crate) enum FaultKind {
     Errors503,
     /// Every watch open on the candidate's listener ends.
     DropWatches,
+    /// 403 to the candidate's watches only (RBAC without `watch`): it polls instead.
+    WatchForbidden,
     /// The harness stops reading the candidate's stderr.
     PauseStderr,
     /// `leader-elect release --force` of the live holder.
@@ -47,7 +49,7 @@ pub(crate) enum FaultKind {
 }
 
 impl FaultKind {
-    pub(crate) const ALL: [Self; 15] = [
+    pub(crate) const ALL: [Self; 16] = [
         Self::KillLeaderElect,
         Self::KillChild,
         Self::Sigterm,
@@ -59,6 +61,7 @@ impl FaultKind {
         Self::Errors500,
         Self::Errors503,
         Self::DropWatches,
+        Self::WatchForbidden,
         Self::PauseStderr,
         Self::ForceRelease,
         Self::DeleteLease,
@@ -79,6 +82,7 @@ impl FaultKind {
             Self::Errors500 => "500-burst",
             Self::Errors503 => "503-burst",
             Self::DropWatches => "drop-watches",
+            Self::WatchForbidden => "watch-forbidden",
             Self::PauseStderr => "paused-stderr",
             Self::ForceRelease => "release-force",
             Self::DeleteLease => "delete-lease",
