@@ -69,6 +69,9 @@ pub(crate) struct ChaosArgs {
     /// Faults per run.
     #[arg(long, default_value_t = 8)]
     faults: usize,
+    /// Draw only faults of this kind (repeat for more). Default: every kind.
+    #[arg(long = "kind", value_enum, value_name = "KIND")]
+    kinds: Vec<FaultKind>,
     /// Time between a child's heartbeats.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5ms")]
     heartbeat: Duration,
@@ -190,6 +193,9 @@ fn replay(args: &ChaosArgs, seed: u64) -> String {
         args.faults,
         fmt(args.heartbeat)
     );
+    for kind in &args.kinds {
+        let _ = write!(cmd, " --kind {kind}");
+    }
     if args.broken_child {
         cmd.push_str(" --broken-child");
     }
@@ -356,6 +362,7 @@ async fn run_once(
         args.fault_window,
         args.faults,
         args.lease_duration,
+        &args.kinds,
     );
     let n = args.candidates;
     let mut run = Run {

@@ -11,40 +11,56 @@ use rand::{Rng, SeedableRng};
 use super::worker::OnSigterm;
 
 /// What a fault does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub(crate) enum FaultKind {
     /// SIGKILL of leader-elect (its child must die with it); restarted after `duration`.
+    #[value(name = "sigkill-leader-elect")]
     KillLeaderElect,
     /// SIGKILL of the child only (leader-elect restarts it: `--on-child-exit restart`).
+    #[value(name = "sigkill-child")]
     KillChild,
     /// SIGTERM of leader-elect (graceful handover); restarted after `duration`.
+    #[value(name = "sigterm")]
     Sigterm,
     /// SIGSTOP of leader-elect's and its child's process groups for `duration`, then SIGCONT (leader-elect
     /// first).
+    #[value(name = "sigstop")]
     Freeze,
     /// The candidate's listener accepts requests and never answers.
+    #[value(name = "black-hole")]
     BlackHole,
     /// The candidate's listener applies writes and drops the answer.
+    #[value(name = "commit-then-drop")]
     CommitThenDrop,
     /// Latency above the renew deadline on the candidate's listener.
+    #[value(name = "latency")]
     Latency,
     /// 429 (Retry-After: 1) to 80% of the candidate's requests.
+    #[value(name = "429-burst")]
     Errors429,
     /// 500 to 80% of the candidate's requests.
+    #[value(name = "500-burst")]
     Errors500,
     /// 503 to 80% of the candidate's requests.
+    #[value(name = "503-burst")]
     Errors503,
     /// Every watch open on the candidate's listener ends.
+    #[value(name = "drop-watches")]
     DropWatches,
     /// 403 to the candidate's watches only (RBAC without `watch`): it polls instead.
+    #[value(name = "watch-forbidden")]
     WatchForbidden,
     /// The harness stops reading the candidate's stderr.
+    #[value(name = "paused-stderr")]
     PauseStderr,
     /// `leader-elect release --force` of the live holder.
+    #[value(name = "release-force")]
     ForceRelease,
     /// The Lease is deleted.
+    #[value(name = "delete-lease")]
     DeleteLease,
     /// A label is merge-patched onto the Lease (not a renewal).
+    #[value(name = "metadata-patch")]
     MetadataPatch,
 }
 
@@ -145,18 +161,25 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Draws `count` faults over `window` for `candidates` candidates; durations scale with `lease`.
+    /// Draws `count` faults of `kinds` (every kind when empty) over `window` for `candidates` candidates;
+    /// durations scale with `lease`.
     pub(crate) fn new(
         seed: u64,
         candidates: usize,
         window: Duration,
         count: usize,
         lease: Duration,
+        kinds: &[FaultKind],
     ) -> Self {
+        let kinds = if kinds.is_empty() {
+            &FaultKind::ALL[..]
+        } else {
+            kinds
+        };
         let mut rng = StdRng::seed_from_u64(seed);
         let mut faults: Vec<Fault> = (0..count)
             .map(|_| {
-                let kind = FaultKind::ALL[rng.random_range(0..FaultKind::ALL.len())];
+                let kind = kinds[rng.random_range(0..kinds.len())];
                 let factor = match kind {
                     FaultKind::Freeze => rng.random_range(0.1..2.0),
                     _ => rng.random_range(0.2..1.5),
@@ -200,8 +223,8 @@ mod tests {
     fn the_same_seed_gives_the_same_plan_and_every_kind_is_drawn() {
         let lease = Duration::from_secs(1);
         let window = Duration::from_secs(3);
-        let a = Plan::new(7, 3, window, 50, lease);
-        let b = Plan::new(7, 3, window, 50, lease);
+        let a = Plan::new(7, 3, window, 50, lease, &[]);
+        let b = Plan::new(7, 3, window, 50, lease, &[]);
         let key = |p: &Plan| {
             p.faults
                 .iter()
@@ -209,15 +232,26 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(key(&a), key(&b));
-        assert_ne!(key(&a), key(&Plan::new(8, 3, window, 50, lease)));
+        assert_ne!(key(&a), key(&Plan::new(8, 3, window, 50, lease, &[])));
         assert!(a.faults.windows(2).all(|w| w[0].at <= w[1].at));
         assert!(a.faults.iter().all(|f| f.at < window));
         let mut all: Vec<FaultKind> = (0..20u64)
-            .flat_map(|seed| Plan::new(seed, 3, window, 50, lease).faults)
+            .flat_map(|seed| Plan::new(seed, 3, window, 50, lease, &[]).faults)
             .map(|f| f.kind)
             .collect();
         all.sort();
         all.dedup();
         assert_eq!(all, FaultKind::ALL.to_vec());
+        let only = [FaultKind::DeleteLease, FaultKind::Freeze];
+        let chosen = Plan::new(7, 3, window, 50, lease, &only);
+        assert!(chosen.faults.iter().all(|f| only.contains(&f.kind)));
+    }
+
+    #[test]
+    fn kind_names_are_the_command_line_values() {
+        use clap::ValueEnum;
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::from_str(kind.name(), false), Ok(kind));
+        }
     }
 }
