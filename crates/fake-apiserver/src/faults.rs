@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 /// Faults injected into one listener's API requests (admin routes under `/fake/` are never faulted).
 ///
 /// As JSON (admin route): `{"latency_ms": 50, "jitter_ms": 10, "error_rate": 0.1, "error_code": 503,
-/// "black_hole": false, "commit_then_drop": false, "refuse": false, "verbs": ["watch"]}`; missing fields
-/// take their defaults.
+/// "black_hole": false, "commit_then_drop": false, "commit_delay_ms": 0, "refuse": false, "verbs": ["watch"]}`;
+/// missing fields take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
@@ -27,6 +27,10 @@ pub struct Faults {
     pub black_hole: bool,
     /// Apply writes (POST, PUT, PATCH, DELETE), then close the connection without answering.
     pub commit_then_drop: bool,
+    /// Apply writes this long after they arrived, whether or not the client still waits (a client that
+    /// gave up does not cancel them, as with etcd), then answer.
+    #[serde(rename = "commit_delay_ms", with = "millis")]
+    pub commit_delay: Duration,
     /// Close the listening socket (connections are refused) and every open connection.
     pub refuse: bool,
     /// The verbs the other faults strike (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
@@ -43,6 +47,7 @@ impl Default for Faults {
             error_code: 500,
             black_hole: false,
             commit_then_drop: false,
+            commit_delay: Duration::ZERO,
             refuse: false,
             verbs: Vec::new(),
         }

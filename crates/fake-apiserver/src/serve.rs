@@ -135,13 +135,48 @@ async fn handle(
             _ => error_response(&err),
         });
     }
-    let (resp, wrote) = api::api(&shared, &listener, req, &info).await;
+    let writes = matches!(info.verb.as_str(), "create" | "update" | "patch" | "delete");
+    let (resp, wrote) = if writes && !faults.commit_delay.is_zero() {
+        delayed_commit(&shared, &listener, req, &info, faults.commit_delay).await
+    } else {
+        api::api(&shared, &listener, req, &info).await
+    };
     if wrote && faults.commit_then_drop {
         pending.finish(None);
         return Err(Dropped);
     }
     pending.finish(Some(resp.status().as_u16()));
     Ok(resp)
+}
+
+/// Serves a write `delay` after it arrived, in a task of its own: the body is read first, so the write is
+/// applied even when the client gives up meanwhile.
+async fn delayed_commit(
+    shared: &Arc<Shared>,
+    listener: &Listener,
+    req: hyper::Request<hyper::body::Incoming>,
+    info: &RequestInfo,
+    delay: Duration,
+) -> (hyper::Response<Body>, bool) {
+    let (parts, body) = req.into_parts();
+    let body = match crate::body::read_bytes(body).await {
+        Ok(body) => http_body_util::Full::new(body),
+        Err(err) => return (error_response(&err), false),
+    };
+    let req = hyper::Request::from_parts(parts, body);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (shared, listener, info) = (shared.clone(), listener.clone(), info.clone());
+    let shutdown = shared.shutdown.clone();
+    shared.clone().tasks.spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(delay) => {
+                let _ = tx.send(api::api(&shared, &listener, req, &info).await);
+            }
+        }
+    });
+    rx.await
+        .unwrap_or_else(|_| (error_response(&ApiError::internal("shutting down")), false))
 }
 
 /// A request being served: recorded when it is answered or dropped, and also when the client gives up

@@ -1136,3 +1136,38 @@ async fn a_request_the_client_gave_up_on_is_logged_and_counted() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_delayed_commit_lands_after_the_client_gave_up() {
+    let server = FakeApiServer::start().await.unwrap();
+    let late = server.add_listener().await.unwrap();
+    late.set_faults(Faults {
+        commit_delay: Duration::from_millis(1500),
+        ..Faults::default()
+    });
+    let good: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let impatient: Api<Lease> = Api::namespaced(client(&late.url()), "default");
+    let result = impatient
+        .create(&PostParams::default(), &lease("late", "a"))
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(kube::Error::HyperError(_) | kube::Error::Service(_))
+        ),
+        "the client times out after 500 ms: {result:?}"
+    );
+    assert_eq!(api_error(good.get("late").await).0, 404, "not applied yet");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let landed = loop {
+        if let Ok(lease) = good.get("late").await {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "the write never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(landed.spec.unwrap().holder_identity.as_deref(), Some("a"));
+    // Reads are not delayed: within the client's 500 ms timeout, where a write takes 1.5 s.
+    impatient.get("late").await.unwrap();
+    server.shutdown().await;
+}
