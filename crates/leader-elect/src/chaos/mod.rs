@@ -631,6 +631,7 @@ impl Run<'_> {
             merged.latency = merged.latency.max(f.latency);
             merged.black_hole |= f.black_hole;
             merged.commit_then_drop |= f.commit_then_drop;
+            merged.commit_delay = merged.commit_delay.max(f.commit_delay);
             if f.error_rate > 0.0 {
                 merged.error_rate = f.error_rate;
                 merged.error_code = f.error_code;
@@ -686,6 +687,7 @@ impl Run<'_> {
             }
             FaultKind::BlackHole
             | FaultKind::CommitThenDrop
+            | FaultKind::CommitDelay
             | FaultKind::Latency
             | FaultKind::Errors429
             | FaultKind::Errors500
@@ -695,6 +697,10 @@ impl Run<'_> {
                     FaultKind::BlackHole => Faults::partition(),
                     FaultKind::CommitThenDrop => Faults {
                         commit_then_drop: true,
+                        ..Faults::none()
+                    },
+                    FaultKind::CommitDelay => Faults {
+                        commit_delay: self.args.renew_deadline.mul_f64(1.2),
                         ..Faults::none()
                     },
                     FaultKind::Latency => Faults {

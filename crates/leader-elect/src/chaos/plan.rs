@@ -32,6 +32,9 @@ pub(crate) enum FaultKind {
     /// The candidate's listener applies writes and drops the answer.
     #[value(name = "commit-then-drop")]
     CommitThenDrop,
+    /// The candidate's writes land 1.2 x renew deadline after they were sent, even when it gave up.
+    #[value(name = "commit-delay")]
+    CommitDelay,
     /// Latency above the renew deadline on the candidate's listener.
     #[value(name = "latency")]
     Latency,
@@ -65,13 +68,14 @@ pub(crate) enum FaultKind {
 }
 
 impl FaultKind {
-    pub(crate) const ALL: [Self; 16] = [
+    pub(crate) const ALL: [Self; 17] = [
         Self::KillLeaderElect,
         Self::KillChild,
         Self::Sigterm,
         Self::Freeze,
         Self::BlackHole,
         Self::CommitThenDrop,
+        Self::CommitDelay,
         Self::Latency,
         Self::Errors429,
         Self::Errors500,
@@ -93,6 +97,7 @@ impl FaultKind {
             Self::Freeze => "sigstop",
             Self::BlackHole => "black-hole",
             Self::CommitThenDrop => "commit-then-drop",
+            Self::CommitDelay => "commit-delay",
             Self::Latency => "latency",
             Self::Errors429 => "429-burst",
             Self::Errors500 => "500-burst",
