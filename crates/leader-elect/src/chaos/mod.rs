@@ -304,6 +304,16 @@ enum Expect {
     Terminated,
 }
 
+/// A frozen candidate.
+#[derive(Clone, Debug)]
+struct Frozen {
+    at: Timestamp,
+    /// The process groups of leader-elect's children (its child's, the guardian's).
+    groups: Vec<i32>,
+    /// Its child's process group, as its log told.
+    child: Option<i32>,
+}
+
 /// One run in progress.
 struct Run<'a> {
     args: &'a ChaosArgs,
@@ -317,15 +327,15 @@ struct Run<'a> {
     /// Index into `cluster.seen` from which candidate `i`'s current process is observed.
     since: Vec<usize>,
     expect: Vec<Option<Expect>>,
-    /// Candidate frozen: when, and its child's process group.
-    frozen: Vec<Option<(Timestamp, Option<i32>)>>,
+    frozen: Vec<Option<Frozen>>,
     /// Listener faults in force per candidate: (fault index, faults).
     listener_faults: Vec<Vec<(usize, Faults)>>,
     /// The candidate each started fault struck.
     struck: Vec<Option<usize>>,
     forced: Vec<Timestamp>,
     deletions: Vec<Timestamp>,
-    freezes: Vec<(Freeze, Option<i32>)>,
+    /// Each freeze, with the candidate and its child's process group.
+    freezes: Vec<(Freeze, usize, Option<i32>)>,
     counts: BTreeMap<FaultKind, usize>,
     marks: Vec<(Option<String>, Timestamp, Option<Timestamp>, String)>,
     violations: Vec<Violation>,
@@ -673,15 +683,22 @@ impl Run<'_> {
                 self.count(n, Some(i), fault.kind);
             }
             FaultKind::Freeze => {
-                let (Some(pid), true, None) = (process(self), running, self.frozen[i]) else {
+                let (Some(pid), true, true) = (process(self), running, self.frozen[i].is_none())
+                else {
                     return;
                 };
-                let child = self.child(i);
+                // The whole candidate, as a paused container: leader-elect's group, then every group of
+                // its children (found in /proc: its log may not have told of its child yet).
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGSTOP);
-                if let Some(child) = child {
-                    let _ = killpg(Pid::from_raw(child), Signal::SIGSTOP);
+                let groups = child_groups(pid);
+                for &group in &groups {
+                    let _ = killpg(Pid::from_raw(group), Signal::SIGSTOP);
                 }
-                self.frozen[i] = Some((Timestamp::now(), child));
+                self.frozen[i] = Some(Frozen {
+                    at: Timestamp::now(),
+                    groups,
+                    child: self.child(i),
+                });
                 self.struck[n] = Some(i);
                 self.count(n, Some(i), fault.kind);
             }
@@ -827,15 +844,20 @@ impl Run<'_> {
     /// SIGCONT to leader-elect's group first, so that it can kill a child whose term has ended before the
     /// child runs again; the child's group a moment later.
     async fn thaw(&mut self, i: usize) {
-        let Some((frozen_at, child)) = self.frozen[i].take() else {
+        let Some(Frozen {
+            at: frozen_at,
+            groups,
+            child,
+        }) = self.frozen[i].take()
+        else {
             return;
         };
         if let Some(pid) = self.cluster.pid(i) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGCONT);
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
-        if let Some(child) = child {
-            let _ = killpg(Pid::from_raw(child), Signal::SIGCONT);
+        for group in groups {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGCONT);
         }
         self.freezes.push((
             Freeze {
@@ -844,6 +866,7 @@ impl Run<'_> {
                 child_thawed_at: Timestamp::now(),
                 child_exited_at: None,
             },
+            i,
             child,
         ));
     }
@@ -935,17 +958,21 @@ impl Run<'_> {
         }
     }
 
-    /// The freezes, each with when leader-elect logged its child's exit.
+    /// The freezes, each with when that candidate's leader-elect logged the frozen child's exit.
     fn freezes_with_exits(&self) -> Vec<Freeze> {
         self.freezes
             .iter()
-            .map(|(freeze, child)| {
+            .map(|(freeze, i, child)| {
                 let mut freeze = freeze.clone();
                 freeze.child_exited_at = child.and_then(|pid| {
                     self.cluster
                         .seen
                         .iter()
-                        .find(|s| s.what == What::ChildExited { pid })
+                        .find(|s| {
+                            s.candidate == *i
+                                && s.at >= freeze.frozen_at
+                                && s.what == What::ChildExited { pid }
+                        })
                         .map(|s| s.at)
                 });
                 freeze
@@ -1007,6 +1034,35 @@ impl Run<'_> {
         }
         timeline
     }
+}
+
+/// The process groups of `parent`'s children, other than its own group (from `/proc/*/stat`).
+fn child_groups(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut groups = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace().skip(1);
+        let (Some(ppid), Some(pgrp)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if ppid.parse() == Ok(parent)
+            && let Ok(pgrp) = pgrp.parse::<i32>()
+            && pgrp != parent
+            && !groups.contains(&pgrp)
+        {
+            groups.push(pgrp);
+        }
+    }
+    groups
 }
 
 /// The processes whose environment holds this run's marker: `(pid, command line)`.
