@@ -572,6 +572,18 @@ mod tests {
         );
     }
 
+    /// Soak regression: the harness deletes the Lease as soon as leader-elect logs its child's start, and
+    /// the child writes its first heartbeat a few milliseconds later; its holder was still overridden.
+    #[test]
+    fn a_forced_fault_just_before_the_old_holders_first_heartbeat_is_excused() {
+        let log = sorted([work(0, "a", 10, 0, 600), work(1, "b", 11, 300, 3000)].concat());
+        let mut seen = observed(3000);
+        seen.forced = vec![at(-5)];
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(300)]);
+    }
+
     #[test]
     fn terms_never_go_backwards_except_after_a_deletion() {
         let log = [work(5, "a", 10, 0, 100), work(2, "b", 11, 200, 3000)].concat();

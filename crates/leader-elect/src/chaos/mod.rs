@@ -1100,3 +1100,37 @@ fn marked_processes(token: &str) -> Vec<(i32, String)> {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    /// Soak regression: a candidate restarted a moment before the end of the run died of the SIGTERM
+    /// that stopped it (no handler yet); that is not an unexpected exit, but any other signal or code is.
+    #[test]
+    fn a_stopped_candidate_exits_0_or_dies_of_the_sigterm() {
+        assert!(terminated(ExitStatus::from_raw(0)));
+        assert!(terminated(ExitStatus::from_raw(Signal::SIGTERM as i32)));
+        assert!(!terminated(ExitStatus::from_raw(Signal::SIGKILL as i32)));
+        assert!(!terminated(ExitStatus::from_raw(1 << 8)), "exit 1");
+    }
+
+    #[test]
+    fn the_recovery_bound_is_lease_plus_request_timeout_plus_2_2_retry_periods() {
+        let t = Timings {
+            lease_duration: Duration::from_secs(1),
+            renew_deadline: Duration::from_millis(500),
+            retry_period: Duration::from_millis(100),
+        };
+        assert_eq!(recovery_bound(&t), Duration::from_millis(2220));
+        let defaults = Timings {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        assert_eq!(recovery_bound(&defaults), Duration::from_millis(24_400));
+    }
+}
