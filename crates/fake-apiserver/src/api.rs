@@ -183,6 +183,9 @@ where
             if !causes.is_empty() {
                 return Err(ApiError::invalid(rt, &name, &causes).into());
             }
+            if rt.namespaced && !shared.namespace_exists(&namespace) {
+                return Err(ApiError::namespace_not_found(&namespace).into());
+            }
             let target = Target {
                 name: &name,
                 ..target
@@ -209,6 +212,9 @@ where
             }
             let mut store = shared.store();
             let existed = store.get(index, &namespace, &name).is_some();
+            if !existed && rt.namespaced && !shared.namespace_exists(&namespace) {
+                return Err(ApiError::namespace_not_found(&namespace).into());
+            }
             let updated = store.update(&target, object, part)?;
             let code = if existed {
                 StatusCode::OK

@@ -1171,3 +1171,45 @@ async fn a_delayed_commit_lands_after_the_client_gave_up() {
     impatient.get("late").await.unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_existing_namespaces_a_create_elsewhere_answers_namespace_not_found() {
+    let server = FakeApiServer::builder()
+        .existing_namespaces(["default"])
+        .start()
+        .await
+        .unwrap();
+    let elsewhere: Api<Lease> = Api::namespaced(client(&server.url()), "missing");
+    let (code, reason, message) = api_error(
+        elsewhere
+            .create(&PostParams::default(), &lease("l", "a"))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (404, "NotFound", "namespaces \"missing\" not found")
+    );
+    let (code, _, message) = api_error(elsewhere.get("l").await);
+    assert_eq!(
+        (code, message.as_str()),
+        (404, "leases.coordination.k8s.io \"l\" not found"),
+        "a read names the Lease, as kube-apiserver's"
+    );
+    let (code, _, message) = api_error(
+        elsewhere
+            .replace("l", &PostParams::default(), &lease("l", "a"))
+            .await,
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (404, "namespaces \"missing\" not found")
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client(&server.url()));
+    assert_eq!(api_error(namespaces.get("missing").await).0, 404);
+    namespaces.get("default").await.unwrap();
+    let here: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    here.create(&PostParams::default(), &lease("l", "a"))
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
