@@ -247,6 +247,21 @@ fn lock_error(err: kube::Error) -> LockError {
             };
             status_error(status.code, reason.to_owned(), status.message.clone())
         }
+        // The Lease's namespace does not exist (kube-apiserver's NamespaceLifecycle admission): not the
+        // Lease missing, an error to report as the API server words it.
+        kube::Error::Api(status)
+            if status.code == 404
+                && status
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.kind == "namespaces") =>
+        {
+            LockError::Api {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            }
+        }
         kube::Error::Api(status) => {
             status_error(status.code, status.reason.clone(), status.message.clone())
         }
