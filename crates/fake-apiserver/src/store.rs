@@ -207,7 +207,9 @@ impl Store {
     }
 
     /// PUT: guarded by `metadata.resourceVersion` (422 when absent, 409 `Conflict` when stale). A Lease PUT
-    /// to a missing name without a resourceVersion creates it (the Lease strategy's `AllowCreateOnUpdate`).
+    /// to a missing name creates it, whatever resourceVersion it carries: the Lease strategy's
+    /// `AllowCreateOnUpdate`, where kube-apiserver's `Store.Update` takes the create path before it looks at
+    /// the version (`staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go`).
     pub(crate) fn update(
         &mut self,
         t: &Target<'_>,
@@ -220,7 +222,7 @@ impl Store {
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
         let Some(current) = self.get(t.resource, t.namespace, t.name) else {
-            if given.is_none() && t.rt.is_lease() && part == Part::Main {
+            if t.rt.is_lease() && part == Part::Main {
                 return self.create(t, object);
             }
             return Err(ApiError::not_found(t.rt, t.name));

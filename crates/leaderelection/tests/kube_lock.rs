@@ -199,10 +199,14 @@ async fn lock_outcomes_are_the_api_servers() {
         events.next().await.unwrap().unwrap(),
         LeaseEvent::Deleted(_)
     ));
-    assert!(matches!(
-        lock.update(&record("d", 3), &third.resource_version).await,
-        Err(LockError::NotFound)
-    ));
+    // As kube-apiserver (the Lease strategy's AllowCreateOnUpdate): a PUT to a deleted Lease creates it,
+    // whatever resourceVersion it carries.
+    let recreated = lock
+        .update(&record("d", 3), &third.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(recreated.record.holder_identity, "d");
+    assert_ne!(recreated.resource_version, third.resource_version);
     server.shutdown().await;
 }
 
