@@ -322,7 +322,8 @@ fn terms_increase(
     }
 }
 
-/// A frozen child writes nothing after its SIGCONT once another term started while it was frozen.
+/// A frozen child writes nothing after its SIGCONT once another term started while it was frozen, unless
+/// that term started only because of a forced fault (then the overlap rule's exception applies).
 fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
     for freeze in &observed.freezes {
         let frozen: Vec<&Writer> = writers
@@ -331,7 +332,10 @@ fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
             .collect();
         for w in frozen {
             let ended = writers.iter().any(|other| {
-                !other.same_term(w) && other.first > w.first && other.first < freeze.child_thawed_at
+                !other.same_term(w)
+                    && other.first > w.first
+                    && other.first < freeze.child_thawed_at
+                    && !excused(w, other, &observed.forced, observed.lease_duration)
             });
             if !ended {
                 continue;
@@ -656,6 +660,37 @@ mod tests {
             "{:?}",
             report.violations
         );
+    }
+
+    /// Soak regression: the Lease was deleted while its holder was frozen; the next term started at once,
+    /// and the thawed child worked on until its leader-elect learned of it (within a lease duration of the
+    /// deletion): the forced fault's exception, not a write after its term had ended.
+    #[test]
+    fn a_thawed_child_of_a_holder_overridden_while_frozen_is_excused() {
+        let log = sorted(
+            [
+                work(1, "a", 10, 0, 100),
+                work(1, "a", 10, 600, 630),
+                work(2, "b", 11, 400, 3000),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(3000);
+        seen.freezes = vec![Freeze {
+            identity: "a".into(),
+            frozen_at: at(101),
+            child_thawed_at: at(599),
+            child_exited_at: Some(at(631)),
+        }];
+        assert!(
+            check(&log, &seen)
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::WroteAfterThaw { .. })),
+            "without the deletion"
+        );
+        seen.forced = vec![at(300)];
+        assert_eq!(check(&log, &seen).violations, vec![]);
     }
 
     #[test]
