@@ -3,7 +3,7 @@
 //!
 //! Each run starts the fake API server in-process with one listener per candidate (so network faults
 //! strike one candidate), and 3-5 candidates whose children append fenced heartbeats to a shared work log
-//! ([`worker`]). Faults ([`plan::FaultKind`]) are injected at random times; killed or stopped candidates
+//! ([`mod@worker`]). Faults ([`plan::FaultKind`]) are injected at random times; killed or stopped candidates
 //! come back with the same or a new identity. Then the faults stop, and the run ends once a leader's
 //! child has worked continuously for a while (or the recovery bound has passed). The checks
 //! ([`check`]): no two terms' children wrote in overlapping intervals; terms only increase; a frozen
