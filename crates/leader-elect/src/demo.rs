@@ -20,15 +20,8 @@ pub(crate) struct DemoArgs {
     /// Number of candidate processes (at least 2).
     #[arg(long, default_value_t = 3)]
     candidates: usize,
-    /// leaseDurationSeconds of the demo's Lease (whole seconds).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    lease_duration: Duration,
-    /// RenewDeadline of every candidate.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-    renew_deadline: Duration,
-    /// RetryPeriod of every candidate.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
-    retry_period: Duration,
+    #[command(flatten)]
+    timings: Timings,
     /// How long a phase may take to recover before the demo counts it as failed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     phase_timeout: Duration,
@@ -65,11 +58,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             args.candidates
         )));
     }
-    let timings = Timings {
-        lease_duration: args.lease_duration,
-        renew_deadline: args.renew_deadline,
-        retry_period: args.retry_period,
-    };
+    let timings = args.timings.clone();
     timings.validate()?;
     let lease = timings.lease_duration;
     let failover_bound = lease + 2 * timings.retry_period;

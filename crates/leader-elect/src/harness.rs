@@ -33,11 +33,17 @@ pub(crate) struct Seen {
     pub(crate) what: What,
 }
 
-/// Timings shared by every candidate.
-#[derive(Clone, Debug)]
+/// Timings shared by every candidate (also the `demo` and `chaos` options).
+#[derive(Clone, Debug, clap::Args)]
 pub(crate) struct Timings {
+    /// leaseDurationSeconds of every candidate (whole seconds).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub(crate) lease_duration: Duration,
+    /// RenewDeadline of every candidate.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub(crate) renew_deadline: Duration,
+    /// RetryPeriod of every candidate.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
     pub(crate) retry_period: Duration,
 }
 

@@ -54,15 +54,8 @@ pub(crate) struct ChaosArgs {
     /// Candidate processes per run (3 to 5).
     #[arg(long, default_value_t = 3)]
     candidates: usize,
-    /// leaseDurationSeconds of every candidate (whole seconds).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    lease_duration: Duration,
-    /// RenewDeadline of every candidate.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-    renew_deadline: Duration,
-    /// RetryPeriod of every candidate.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
-    retry_period: Duration,
+    #[command(flatten)]
+    timings: Timings,
     /// How long faults are injected in each run.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
     fault_window: Duration,
@@ -114,11 +107,7 @@ pub(crate) async fn run(args: ChaosArgs) -> Result<(), Failure> {
             "invalid --heartbeat 0s: must be greater than zero"
         )));
     }
-    let timings = Timings {
-        lease_duration: args.lease_duration,
-        renew_deadline: args.renew_deadline,
-        retry_period: args.retry_period,
-    };
+    let timings = args.timings.clone();
     timings.validate()?;
     let seed = args.seed.unwrap_or_else(rand::random);
     let work_dir = match &args.work_dir {
@@ -132,9 +121,9 @@ pub(crate) async fn run(args: ChaosArgs) -> Result<(), Failure> {
          period {}, {} faults over {} per run, heartbeats every {}; work logs in {}",
         args.runs,
         args.candidates,
-        fmt(args.lease_duration),
-        fmt(args.renew_deadline),
-        fmt(args.retry_period),
+        fmt(args.timings.lease_duration),
+        fmt(args.timings.renew_deadline),
+        fmt(args.timings.retry_period),
         args.faults,
         fmt(args.fault_window),
         fmt(args.heartbeat),
@@ -186,9 +175,9 @@ fn replay(args: &ChaosArgs, seed: u64) -> String {
         "leader-elect chaos --runs 1 --seed {seed} --candidates {} --lease-duration {} --renew-deadline {} \
          --retry-period {} --fault-window {} --faults {} --heartbeat {} --timeline chaos-{seed}.svg",
         args.candidates,
-        fmt(args.lease_duration),
-        fmt(args.renew_deadline),
-        fmt(args.retry_period),
+        fmt(args.timings.lease_duration),
+        fmt(args.timings.renew_deadline),
+        fmt(args.timings.retry_period),
         fmt(args.fault_window),
         args.faults,
         fmt(args.heartbeat)
@@ -371,7 +360,7 @@ async fn run_once(
         args.candidates,
         args.fault_window,
         args.faults,
-        args.lease_duration,
+        args.timings.lease_duration,
         &args.kinds,
     );
     let n = args.candidates;
@@ -454,7 +443,7 @@ async fn run_once(
         freezes,
         last_fault_end,
         observed_until,
-        lease_duration: args.lease_duration,
+        lease_duration: args.timings.lease_duration,
         recovery_bound,
         max_gap,
     };
@@ -487,7 +476,7 @@ fn recovery_bound(t: &Timings) -> Duration {
 
 /// A child silent for longer than this is not working: 20 heartbeats or 2 retry periods, the longer.
 fn max_gap(args: &ChaosArgs) -> Duration {
-    (args.heartbeat * 20).max(args.retry_period * 2)
+    (args.heartbeat * 20).max(args.timings.retry_period * 2)
 }
 
 // === impl Run ===
@@ -504,12 +493,9 @@ impl Run<'_> {
             OnSigterm::Ignore => "ignore",
             OnSigterm::Drain => "drain",
         };
-        // Half the stop window: the drain ends before leader-elect's SIGKILL would.
-        let stop_window = self
-            .args
-            .lease_duration
-            .saturating_sub(self.args.renew_deadline)
-            / 2;
+        // Half of (lease - renew deadline): the drain ends within the stop window, before SIGKILL.
+        let t = &self.args.timings;
+        let stop_window = t.lease_duration.saturating_sub(t.renew_deadline) / 2;
         let mut worker: Vec<OsString> = vec![
             self.exe.clone().into(),
             "chaos-worker".into(),
@@ -717,11 +703,11 @@ impl Run<'_> {
                         ..Faults::none()
                     },
                     FaultKind::CommitDelay => Faults {
-                        commit_delay: self.args.renew_deadline.mul_f64(1.2),
+                        commit_delay: self.args.timings.renew_deadline.mul_f64(1.2),
                         ..Faults::none()
                     },
                     FaultKind::Latency => Faults {
-                        latency: self.args.renew_deadline.mul_f64(1.2),
+                        latency: self.args.timings.renew_deadline.mul_f64(1.2),
                         ..Faults::none()
                     },
                     FaultKind::WatchForbidden => Faults {
@@ -895,7 +881,7 @@ impl Run<'_> {
     /// Waits until a child has worked continuously for 3 retry periods after the last fault, or until
     /// the recovery bound (plus that) has passed.
     async fn settle(&mut self, since: Timestamp, bound: Duration, max_gap: Duration) {
-        let stretch = self.args.retry_period * 3;
+        let stretch = self.args.timings.retry_period * 3;
         let deadline = tokio::time::Instant::now() + bound + stretch;
         while tokio::time::Instant::now() < deadline {
             self.wait_until(tokio::time::Instant::now() + Duration::from_millis(50))
@@ -991,9 +977,9 @@ impl Run<'_> {
         let mut title = format!(
             "leader-elect chaos, seed {seed}: {} candidates, lease {} / renew deadline {} / retry period {}",
             self.args.candidates,
-            fmt(self.args.lease_duration),
-            fmt(self.args.renew_deadline),
-            fmt(self.args.retry_period)
+            fmt(self.args.timings.lease_duration),
+            fmt(self.args.timings.renew_deadline),
+            fmt(self.args.timings.retry_period)
         );
         let _ = write!(title, ", {} faults", self.counts.values().sum::<usize>());
         let mut timeline = Timeline::new(title, started, end);
