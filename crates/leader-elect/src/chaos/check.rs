@@ -236,18 +236,39 @@ pub(crate) fn overlaps(writers: &[Writer]) -> Vec<(Writer, Writer)> {
     found
 }
 
-/// Whether a forced fault excuses `older` working into `newer`: `older` was working when the fault came
-/// (it wrote after it, and started before `newer`), `newer` started after it, and `older` stopped within
-/// a lease duration of it. (`older` may write its first heartbeat just after the fault: its child starts
-/// a few milliseconds after leader-elect logs it.)
-fn excused(older: &Writer, newer: &Writer, forced: &[Timestamp], lease: Duration) -> bool {
+/// When `w`'s term started: the first heartbeat of any process in it (a child restarted in the term
+/// writes under another pid).
+fn term_start(writers: &[Writer], w: &Writer) -> Timestamp {
+    writers
+        .iter()
+        .filter(|other| other.same_term(w))
+        .map(|other| other.first)
+        .min()
+        .unwrap_or(w.first)
+}
+
+/// Whether a forced fault excuses `a` and `b` working at once. Of the two, the one whose term started
+/// first is the holder the operator overrode: it was working when the fault came (it wrote after it),
+/// the other term started after it, and the overridden one stopped within a lease duration of it. (Its
+/// child may write its first heartbeat just after the fault: it starts a few milliseconds after
+/// leader-elect logs it.)
+fn excused(
+    a: &Writer,
+    b: &Writer,
+    writers: &[Writer],
+    forced: &[Timestamp],
+    lease: Duration,
+) -> bool {
     let lease = SignedDuration::try_from(lease).unwrap_or(SignedDuration::MAX);
-    older.first < newer.first
-        && forced.iter().any(|&f| {
-            f <= newer.first
-                && f <= older.last
-                && older.last <= f.saturating_add(lease).unwrap_or(f)
-        })
+    let (start_a, start_b) = (term_start(writers, a), term_start(writers, b));
+    let (older, newer_start) = match start_a.cmp(&start_b) {
+        std::cmp::Ordering::Less => (a, start_b),
+        std::cmp::Ordering::Greater => (b, start_a),
+        std::cmp::Ordering::Equal => return false,
+    };
+    forced.iter().any(|&f| {
+        f <= newer_start && f <= older.last && older.last <= f.saturating_add(lease).unwrap_or(f)
+    })
 }
 
 /// Runs every check on one run's work log.
@@ -263,10 +284,11 @@ pub(crate) fn check(log: &[Heartbeat], observed: &Observed) -> Report {
     report.terms = terms.len();
 
     for (a, b) in overlaps(&writers) {
-        if excused(&a, &b, &observed.forced, observed.lease_duration) {
+        if excused(&a, &b, &writers, &observed.forced, observed.lease_duration) {
+            let (from, to) = (a.first.max(b.first), a.last.min(b.last));
             report
                 .forced_overlaps
-                .push(a.last.duration_since(b.first).unsigned_abs());
+                .push(to.duration_since(from).unsigned_abs());
         } else {
             report.violations.push(Violation::Overlap { a, b });
         }
@@ -309,8 +331,13 @@ fn terms_increase(
             .any(|&d| top_writer.first < d && d <= w.first);
         if new_epoch {
             highest = Some((h, w));
-        } else if !excused(w, top_writer, &observed.forced, observed.lease_duration)
-            && !flagged.contains(&w)
+        } else if !excused(
+            w,
+            top_writer,
+            writers,
+            &observed.forced,
+            observed.lease_duration,
+        ) && !flagged.contains(&w)
         {
             flagged.push(w);
             violations.push(Violation::TermBackwards {
@@ -335,7 +362,7 @@ fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
                 !other.same_term(w)
                     && other.first > w.first
                     && other.first < freeze.child_thawed_at
-                    && !excused(w, other, &observed.forced, observed.lease_duration)
+                    && !excused(w, other, writers, &observed.forced, observed.lease_duration)
             });
             if !ended {
                 continue;
@@ -660,6 +687,36 @@ mod tests {
             "{:?}",
             report.violations
         );
+    }
+
+    /// Soak regression: a holder under latency did not learn of a forced release, and restarted its
+    /// killed child in its term after the new term had started: the restarted child's term began before
+    /// the release, so it is the overridden holder, whatever its pid's first heartbeat.
+    #[test]
+    fn a_child_restarted_in_an_overridden_term_is_excused() {
+        let log = sorted(
+            [
+                work(0, "a", 10, 0, 50),
+                work(0, "a", 12, 700, 800),
+                work(1, "b", 11, 519, 1300),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(1300);
+        let unexcused = check(&log, &seen).violations;
+        assert!(
+            unexcused
+                .iter()
+                .any(|v| matches!(v, Violation::Overlap { .. }))
+                && unexcused
+                    .iter()
+                    .any(|v| matches!(v, Violation::TermBackwards { term: 0, .. })),
+            "{unexcused:?}"
+        );
+        seen.forced = vec![at(494)];
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(100)]);
     }
 
     /// Soak regression: the Lease was deleted while its holder was frozen; the next term started at once,

@@ -390,11 +390,15 @@ async fn run_once(
         run.spawn(i)?;
     }
     // The faults start once a first leader works (bounded: a run that never elects fails its checks).
-    let first = run
-        .cluster
-        .next(Duration::from_secs(20), crate::harness::is_child_start)
-        .await;
-    if first.is_none() {
+    // Its start may have been recorded already, while the others were being started.
+    let started_already = run.cluster.seen.iter().any(crate::harness::is_child_start);
+    let first = started_already
+        || run
+            .cluster
+            .next(Duration::from_secs(20), crate::harness::is_child_start)
+            .await
+            .is_some();
+    if !first {
         run.violations.push(Violation::NoRecovery);
     }
     let t0 = tokio::time::Instant::now();
