@@ -81,12 +81,13 @@ impl fmt::Display for Writer {
     }
 }
 
-/// A candidate frozen with SIGSTOP (leader-elect's process group and its child's), then thawed:
-/// leader-elect first, the child's group `child_thawed_at`.
+/// A candidate frozen with SIGSTOP (leader-elect's process group and its children's), then thawed:
+/// leader-elect at `thawed_at`, its children's groups at `child_thawed_at`.
 #[derive(Clone, Debug)]
 pub(crate) struct Freeze {
     pub(crate) identity: String,
     pub(crate) frozen_at: Timestamp,
+    pub(crate) thawed_at: Timestamp,
     pub(crate) child_thawed_at: Timestamp,
     /// When leader-elect logged the frozen child's exit, if it did.
     pub(crate) child_exited_at: Option<Timestamp>,
@@ -122,6 +123,8 @@ pub(crate) enum Violation {
     Overlap { a: Writer, b: Writer },
     /// A line's term is below an earlier line's, without a Lease deletion between their terms.
     TermBackwards { line: usize, term: i64, after: i64 },
+    /// A frozen child whose term had ended was still there this long after leader-elect's SIGCONT.
+    NotKilledAfterThaw { identity: String, waited: Duration },
     /// A frozen child wrote after SIGCONT although another term had started while it was frozen.
     WroteAfterThaw {
         identity: String,
@@ -153,6 +156,12 @@ impl fmt::Display for Violation {
                 f,
                 "{identity}'s child wrote for term {term} at {at}, after SIGCONT, once its term had ended"
             ),
+            Self::NotKilledAfterThaw { identity, waited } => write!(
+                f,
+                "{identity}'s frozen child, whose term had ended, was not killed within {:.3}s of \
+                 leader-elect's SIGCONT",
+                waited.as_secs_f64()
+            ),
             Self::NoRecovery => f.write_str("no leader's child was working at the end of the run"),
             Self::SlowRecovery { after, bound } => write!(
                 f,
@@ -179,7 +188,7 @@ pub(crate) struct Report {
     pub(crate) terms: usize,
     /// From the last fault to a leader's child working continuously until the end.
     pub(crate) recovery: Option<Duration>,
-    /// How long each frozen child whose term ended lived after its SIGCONT.
+    /// How long each frozen child whose term ended lived after leader-elect's SIGCONT.
     pub(crate) thawed_lives: Vec<Duration>,
 }
 
@@ -237,11 +246,13 @@ pub(crate) fn overlaps(writers: &[Writer]) -> Vec<(Writer, Writer)> {
 }
 
 /// When `w`'s term started: the first heartbeat of any process in it (a child restarted in the term
-/// writes under another pid).
-fn term_start(writers: &[Writer], w: &Writer) -> Timestamp {
+/// writes under another pid), not counting those before a Lease deletion that came before `w` started (a
+/// candidate restarted under the same identity may create the Lease again with the same term number).
+fn term_start(writers: &[Writer], w: &Writer, deletions: &[Timestamp]) -> Timestamp {
     writers
         .iter()
         .filter(|other| other.same_term(w))
+        .filter(|other| !deletions.iter().any(|&d| other.first < d && d <= w.first))
         .map(|other| other.first)
         .min()
         .unwrap_or(w.first)
@@ -252,21 +263,16 @@ fn term_start(writers: &[Writer], w: &Writer) -> Timestamp {
 /// the other term started after it, and the overridden one stopped within a lease duration of it. (Its
 /// child may write its first heartbeat just after the fault: it starts a few milliseconds after
 /// leader-elect logs it.)
-fn excused(
-    a: &Writer,
-    b: &Writer,
-    writers: &[Writer],
-    forced: &[Timestamp],
-    lease: Duration,
-) -> bool {
-    let lease = SignedDuration::try_from(lease).unwrap_or(SignedDuration::MAX);
-    let (start_a, start_b) = (term_start(writers, a), term_start(writers, b));
+fn excused(a: &Writer, b: &Writer, writers: &[Writer], observed: &Observed) -> bool {
+    let lease = SignedDuration::try_from(observed.lease_duration).unwrap_or(SignedDuration::MAX);
+    let start = |w| term_start(writers, w, &observed.deletions);
+    let (start_a, start_b) = (start(a), start(b));
     let (older, newer_start) = match start_a.cmp(&start_b) {
         std::cmp::Ordering::Less => (a, start_b),
         std::cmp::Ordering::Greater => (b, start_a),
         std::cmp::Ordering::Equal => return false,
     };
-    forced.iter().any(|&f| {
+    observed.forced.iter().any(|&f| {
         f <= newer_start && f <= older.last && older.last <= f.saturating_add(lease).unwrap_or(f)
     })
 }
@@ -284,7 +290,7 @@ pub(crate) fn check(log: &[Heartbeat], observed: &Observed) -> Report {
     report.terms = terms.len();
 
     for (a, b) in overlaps(&writers) {
-        if excused(&a, &b, &writers, &observed.forced, observed.lease_duration) {
+        if excused(&a, &b, &writers, observed) {
             let (from, to) = (a.first.max(b.first), a.last.min(b.last));
             report
                 .forced_overlaps
@@ -331,14 +337,7 @@ fn terms_increase(
             .any(|&d| top_writer.first < d && d <= w.first);
         if new_epoch {
             highest = Some((h, w));
-        } else if !excused(
-            w,
-            top_writer,
-            writers,
-            &observed.forced,
-            observed.lease_duration,
-        ) && !flagged.contains(&w)
-        {
+        } else if !excused(w, top_writer, writers, observed) && !flagged.contains(&w) {
             flagged.push(w);
             violations.push(Violation::TermBackwards {
                 line: n + 1,
@@ -362,7 +361,7 @@ fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
                 !other.same_term(w)
                     && other.first > w.first
                     && other.first < freeze.child_thawed_at
-                    && !excused(w, other, writers, &observed.forced, observed.lease_duration)
+                    && !excused(w, other, writers, observed)
             });
             if !ended {
                 continue;
@@ -370,7 +369,7 @@ fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
             if let Some(exited) = freeze.child_exited_at {
                 report
                     .thawed_lives
-                    .push(exited.duration_since(freeze.child_thawed_at).unsigned_abs());
+                    .push(exited.duration_since(freeze.thawed_at).unsigned_abs());
             }
             if w.last > freeze.child_thawed_at {
                 report.violations.push(Violation::WroteAfterThaw {
@@ -670,12 +669,13 @@ mod tests {
         seen.freezes = vec![Freeze {
             identity: "a".into(),
             frozen_at: at(101),
+            thawed_at: at(1970),
             child_thawed_at: at(2000),
             child_exited_at: Some(at(2003)),
         }];
         let report = check(&quiet, &seen);
         assert_eq!(report.violations, vec![]);
-        assert_eq!(report.thawed_lives, vec![Duration::from_millis(3)]);
+        assert_eq!(report.thawed_lives, vec![Duration::from_millis(33)]);
 
         let wrote = sorted([quiet.clone(), work(1, "a", 10, 2001, 2001)].concat());
         let report = check(&wrote, &seen);
@@ -719,6 +719,28 @@ mod tests {
         assert_eq!(report.forced_overlaps, vec![Duration::from_millis(100)]);
     }
 
+    /// Soak regression: a candidate restarted under the same identity created the Lease again after a
+    /// deletion with term 0, the number of its first leadership; the holder overridden by the deletion
+    /// is the other one.
+    #[test]
+    fn a_term_number_reused_after_a_deletion_starts_anew() {
+        let log = sorted(
+            [
+                work(0, "c", 10, 0, 1000),
+                work(1, "a", 11, 2000, 2600),
+                work(0, "c", 12, 2550, 4000),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(4000);
+        seen.forced = vec![at(2500)];
+        seen.deletions = vec![at(2500)];
+        seen.last_fault_end = at(2500);
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(50)]);
+    }
+
     /// Soak regression: the Lease was deleted while its holder was frozen; the next term started at once,
     /// and the thawed child worked on until its leader-elect learned of it (within a lease duration of the
     /// deletion): the forced fault's exception, not a write after its term had ended.
@@ -736,6 +758,7 @@ mod tests {
         seen.freezes = vec![Freeze {
             identity: "a".into(),
             frozen_at: at(101),
+            thawed_at: at(570),
             child_thawed_at: at(599),
             child_exited_at: Some(at(631)),
         }];

@@ -842,10 +842,34 @@ impl Run<'_> {
         else {
             return;
         };
+        let thawed_at = Timestamp::now();
         if let Some(pid) = self.cluster.pid(i) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGCONT);
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Once another term started while it was frozen, leader-elect must kill its child before the
+        // child runs again (SIGKILL reaches a stopped process): wait for that, bounded, however slowly a
+        // loaded machine schedules leader-elect. Otherwise the child resumes a moment after it.
+        let children: Vec<i32> = groups
+            .iter()
+            .copied()
+            .filter(|&g| !is_guardian(g))
+            .collect();
+        if self.term_ended_while_frozen(i, frozen_at) {
+            let bound = self.args.timings.lease_duration * 2;
+            let deadline = tokio::time::Instant::now() + bound;
+            let alive = |g: &i32| killpg(Pid::from_raw(*g), None).is_ok();
+            while children.iter().any(alive) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if children.iter().any(alive) {
+                self.violations.push(Violation::NotKilledAfterThaw {
+                    identity: self.identities[i].clone(),
+                    waited: bound,
+                });
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
         for group in groups {
             let _ = killpg(Pid::from_raw(group), Signal::SIGCONT);
         }
@@ -853,12 +877,30 @@ impl Run<'_> {
             Freeze {
                 identity: self.identities[i].clone(),
                 frozen_at,
+                thawed_at,
                 child_thawed_at: Timestamp::now(),
                 child_exited_at: None,
             },
             i,
             child,
         ));
+    }
+
+    /// Whether another term's child worked while candidate `i` was frozen (from the work log).
+    fn term_ended_while_frozen(&self, i: usize, frozen_at: Timestamp) -> bool {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let (log, _) = check::parse_log(&text);
+        let identity = &self.identities[i];
+        let Some(term) = log
+            .iter()
+            .filter(|h| &h.identity == identity && h.at < frozen_at)
+            .max_by_key(|h| h.at)
+            .map(|h| h.term)
+        else {
+            return false;
+        };
+        log.iter()
+            .any(|h| h.at > frozen_at && (h.term != term || &h.identity != identity))
     }
 
     /// Lifts whatever is still in force and starts every candidate that is down.
@@ -1024,6 +1066,13 @@ impl Run<'_> {
         }
         timeline
     }
+}
+
+/// Whether process group `group` is led by a guardian (`leader-elect guardian`), which leader-elect does
+/// not kill.
+fn is_guardian(group: i32) -> bool {
+    std::fs::read(format!("/proc/{group}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"guardian"))
 }
 
 /// The process groups of `parent`'s children, other than its own group (from `/proc/*/stat`).
