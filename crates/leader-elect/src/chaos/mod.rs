@@ -316,6 +316,8 @@ struct Run<'a> {
     /// Index into `cluster.seen` from which candidate `i`'s current process is observed.
     since: Vec<usize>,
     expect: Vec<Option<Expect>>,
+    /// When the harness signalled candidate `i` to stop (it must be gone 15 s later).
+    signalled_at: Vec<Option<tokio::time::Instant>>,
     frozen: Vec<Option<Frozen>>,
     /// Listener faults in force per candidate: (fault index, faults).
     listener_faults: Vec<Vec<(usize, Faults)>>,
@@ -374,6 +376,7 @@ async fn run_once(
         generations: vec![0; n],
         since: vec![0; n],
         expect: vec![None; n],
+        signalled_at: vec![None; n],
         frozen: vec![None; n],
         listener_faults: vec![Vec::new(); n],
         struck: vec![None; plan.faults.len()],
@@ -535,6 +538,7 @@ impl Run<'_> {
         self.cluster.pump();
         self.since[i] = self.cluster.seen.len();
         self.expect[i] = None;
+        self.signalled_at[i] = None;
         self.frozen[i] = None;
         self.cluster.spawn_as(i, &self.identities[i], &command)
     }
@@ -661,6 +665,7 @@ impl Run<'_> {
                     _ => (Signal::SIGTERM, Expect::Terminated),
                 };
                 self.expect[i] = Some(expect);
+                self.signalled_at[i] = Some(tokio::time::Instant::now());
                 self.cluster.signal(i, signal);
                 self.struck[n] = Some(i);
                 self.count(n, Some(i), fault.kind);
@@ -803,7 +808,17 @@ impl Run<'_> {
             FaultKind::KillLeaderElect | FaultKind::Sigterm => {
                 self.check_exits();
                 if self.cluster.is_running(i) {
-                    return false;
+                    let stuck = self.signalled_at[i]
+                        .is_some_and(|at| at.elapsed() > Duration::from_secs(15));
+                    if !stuck {
+                        return false;
+                    }
+                    self.cluster.signal_group(i, Signal::SIGKILL);
+                    let _ = self.cluster.wait_exit(i, Duration::from_secs(5)).await;
+                    self.violations.push(Violation::UnexpectedExit {
+                        candidate: self.identities[i].clone(),
+                        status: format!("still running 15 s after {}", fault.kind),
+                    });
                 }
                 self.restart(i, fault.new_identity);
             }
