@@ -431,7 +431,7 @@ async fn run_once(
             }
         }
     }
-    run.heal().await?;
+    run.heal().await;
     let last_fault_end = Timestamp::now();
     let recovery_bound = recovery_bound(timings);
     let max_gap = max_gap(args);
@@ -919,7 +919,7 @@ impl Run<'_> {
     }
 
     /// Lifts whatever is still in force and starts every candidate that is down.
-    async fn heal(&mut self) -> anyhow::Result<()> {
+    async fn heal(&mut self) {
         for n in 0..self.struck.len() {
             if self.struck[n].is_some() {
                 while !self.end(n).await {
@@ -936,7 +936,6 @@ impl Run<'_> {
                 self.restart(i, false);
             }
         }
-        Ok(())
     }
 
     /// Waits until a child has worked continuously for 3 retry periods after the last fault, or until
