@@ -56,6 +56,13 @@ pub(crate) async fn admin(
             }
             json_response(StatusCode::OK, &json!(listener.faults()))
         }
+        (Method::POST, ["fake", "listeners", id, "drop-watches"]) => {
+            let Some(listener) = id.parse().ok().and_then(|id| shared.listener(id)) else {
+                return error_response(&ApiError::no_route());
+            };
+            listener.drop_watches();
+            json_response(StatusCode::OK, &json!(listener_json(&listener)))
+        }
         (Method::GET, ["fake", "counts"]) => json_response(StatusCode::OK, &json!(shared.counts())),
         (Method::DELETE, ["fake", "counts"]) => {
             shared.reset_stats();

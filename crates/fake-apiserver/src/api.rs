@@ -18,12 +18,16 @@ use crate::table::TableRequest;
 use crate::{Shared, watch};
 
 /// Serves an API request. Returns the response and whether it committed a write.
-pub(crate) async fn api(
+pub(crate) async fn api<B>(
     shared: &Arc<Shared>,
     listener: &Listener,
-    req: Request<hyper::body::Incoming>,
+    req: Request<B>,
     info: &RequestInfo,
-) -> (Response<Body>, bool) {
+) -> (Response<Body>, bool)
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let (index, subresource) = match &info.route {
         Route::Discovery(segments) => return (discovery(shared, listener, segments), false),
         Route::NotFound => return (error_response(&ApiError::no_route()), false),
@@ -62,14 +66,18 @@ impl From<ApiError> for Answer {
     }
 }
 
-async fn serve_resource(
+async fn serve_resource<B>(
     shared: &Arc<Shared>,
     listener: &Listener,
-    req: Request<hyper::body::Incoming>,
+    req: Request<B>,
     info: &RequestInfo,
     index: usize,
     subresource: Option<&str>,
-) -> Result<(StatusCode, Value, bool), Answer> {
+) -> Result<(StatusCode, Value, bool), Answer>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let rt = &shared.resources[index];
     let query = parse_query(req.uri().query());
     let part = match subresource {
@@ -175,6 +183,9 @@ async fn serve_resource(
             if !causes.is_empty() {
                 return Err(ApiError::invalid(rt, &name, &causes).into());
             }
+            if rt.namespaced && !shared.namespace_exists(&namespace) {
+                return Err(ApiError::namespace_not_found(&namespace).into());
+            }
             let target = Target {
                 name: &name,
                 ..target
@@ -201,6 +212,9 @@ async fn serve_resource(
             }
             let mut store = shared.store();
             let existed = store.get(index, &namespace, &name).is_some();
+            if !existed && rt.namespaced && !shared.namespace_exists(&namespace) {
+                return Err(ApiError::namespace_not_found(&namespace).into());
+            }
             let updated = store.update(&target, object, part)?;
             let code = if existed {
                 StatusCode::OK
@@ -278,11 +292,11 @@ fn check_namespace(object: &Value, info: &RequestInfo) -> Result<(), ApiError> {
 
 /// Reads a whole object of type `rt`: JSON, the right kind, the types the decoder enforces and, when
 /// `strict`, no unknown fields.
-async fn read_object(
-    req: Request<hyper::body::Incoming>,
-    rt: &ResourceType,
-    strict: bool,
-) -> Result<Value, ApiError> {
+async fn read_object<B>(req: Request<B>, rt: &ResourceType, strict: bool) -> Result<Value, ApiError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let object = read_json(req).await?;
     rt.decode_check(&object).map_err(ApiError::bad_request)?;
     if let Some(err) = rt.strict_decoding_error(&object).filter(|_| strict) {

@@ -35,13 +35,26 @@ pub(crate) fn error_response(err: &ApiError) -> Response<Body> {
     )
 }
 
-/// Reads a JSON request body: 413 over 3 MiB, 400 when it does not parse.
-pub(crate) async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, ApiError> {
-    let body = Limited::new(req.into_body(), BODY_LIMIT)
+/// Reads a request body whole: 413 over 3 MiB.
+pub(crate) async fn read_bytes<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    Ok(Limited::new(body, BODY_LIMIT)
         .collect()
         .await
         .map_err(|_| ApiError::too_large())?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// Reads a JSON request body: 413 over 3 MiB, 400 when it does not parse.
+pub(crate) async fn read_json<B>(req: Request<B>) -> Result<Value, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let body = read_bytes(req.into_body()).await?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
     })

@@ -50,10 +50,14 @@ pub(crate) fn discovery(
             {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
              "shortNames": ["ns"], "verbs": ["get", "list"]},
         ]}),
-        // Namespaces are implicit: every valid name exists (kubectl asks after a 404 inside one).
+        // Namespaces are implicit: every valid name exists (kubectl asks after a 404 inside one), unless
+        // the server was built with `existing_namespaces`.
         ["api", "v1", "namespaces"] => {
             let store = shared.store();
-            let mut names: Vec<String> = vec!["default".into(), "kube-system".into()];
+            let mut names: Vec<String> = match &shared.namespaces {
+                Some(names) => names.clone(),
+                None => vec!["default".into(), "kube-system".into()],
+            };
             for index in 0..shared.resources.len() {
                 for object in store.list(index, None) {
                     if let Some(ns) = object
@@ -71,6 +75,9 @@ pub(crate) fn discovery(
                    "items": names.iter().map(|n| namespace(n)).collect::<Vec<_>>()})
         }
         ["api", "v1", "namespaces", name] if crate::resource::dns_label_error(name).is_none() => {
+            if !shared.namespace_exists(name) {
+                return error_response(&ApiError::namespace_not_found(name));
+            }
             namespace(name)
         }
         ["apis"] => json!({

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 /// Faults injected into one listener's API requests (admin routes under `/fake/` are never faulted).
 ///
 /// As JSON (admin route): `{"latency_ms": 50, "jitter_ms": 10, "error_rate": 0.1, "error_code": 503,
-/// "black_hole": false, "commit_then_drop": false, "refuse": false}`; missing fields take their defaults.
+/// "black_hole": false, "commit_then_drop": false, "commit_delay_ms": 0, "refuse": false, "verbs": ["watch"]}`;
+/// missing fields take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
@@ -19,14 +20,22 @@ pub struct Faults {
     pub jitter: Duration,
     /// Probability in `[0, 1]` that a request is answered with `error_code` (and not applied).
     pub error_rate: f64,
-    /// 403 (an RBAC denial), 429 (with `Retry-After: 1`), 500 or 503.
+    /// 403 (an RBAC denial, as a `Status`), 429 (plain text with `Retry-After: 1`, as kube-apiserver's rate
+    /// limiting answers), 500 or 503 (a `Status`).
     pub error_code: u16,
     /// Accept requests and never answer them; open watches stop delivering events.
     pub black_hole: bool,
     /// Apply writes (POST, PUT, PATCH, DELETE), then close the connection without answering.
     pub commit_then_drop: bool,
+    /// Apply writes this long after they arrived, whether or not the client still waits (a client that
+    /// gave up does not cancel them, as with etcd), then answer.
+    #[serde(rename = "commit_delay_ms", with = "millis")]
+    pub commit_delay: Duration,
     /// Close the listening socket (connections are refused) and every open connection.
     pub refuse: bool,
+    /// The verbs the other faults strike (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `discovery`); empty: every verb. `refuse` closes connections, whatever their verbs.
+    pub verbs: Vec<String>,
 }
 
 impl Default for Faults {
@@ -38,7 +47,9 @@ impl Default for Faults {
             error_code: 500,
             black_hole: false,
             commit_then_drop: false,
+            commit_delay: Duration::ZERO,
             refuse: false,
+            verbs: Vec::new(),
         }
     }
 }
@@ -57,12 +68,17 @@ impl Faults {
         }
     }
 
+    /// Whether the faults strike requests of `verb` (see [`Faults::verbs`]).
+    pub fn applies_to(&self, verb: &str) -> bool {
+        self.verbs.is_empty() || self.verbs.iter().any(|v| v == verb)
+    }
+
     /// Checks the ranges.
     ///
     /// # Errors
     ///
-    /// [`FaultsError`] naming the field when `error_rate` is outside `[0, 1]` or `error_code` is not 429, 500
-    /// or 503 (or 403).
+    /// [`FaultsError`] naming the field when `error_rate` is outside `[0, 1]`, `error_code` is not 429, 500
+    /// or 503 (or 403), or a verb is not one of [`Faults::verbs`]'.
     pub fn validate(&self) -> Result<(), FaultsError> {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(FaultsError {
@@ -78,9 +94,28 @@ impl Faults {
                 rule: "must be 403, 429, 500 or 503",
             });
         }
+        if let Some(verb) = self.verbs.iter().find(|v| !VERBS.contains(&v.as_str())) {
+            return Err(FaultsError {
+                field: "verbs",
+                value: verb.clone(),
+                rule: "must be get, list, watch, create, update, patch, delete or discovery",
+            });
+        }
         Ok(())
     }
 }
+
+/// The verbs a fault can be limited to.
+const VERBS: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "discovery",
+];
 
 /// An invalid [`Faults`] field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

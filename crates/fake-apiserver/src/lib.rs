@@ -32,7 +32,8 @@
 //!
 //! Fault injection and counters are also reachable over HTTP on every listener (never faulted themselves):
 //! `GET /fake/listeners`, `POST /fake/listeners` (opens a new listener, answers `{id, url}`),
-//! `GET|PUT /fake/listeners/<id>/faults` ([`Faults`] as JSON), `GET|DELETE /fake/counts` ([`Count`]s),
+//! `GET|PUT /fake/listeners/<id>/faults` ([`Faults`] as JSON), `POST /fake/listeners/<id>/drop-watches`
+//! (ends the watches open on it, [`Listener::drop_watches`]), `GET|DELETE /fake/counts` ([`Count`]s),
 //! `GET /fake/answers` ([`AnswerCount`]s), `GET /fake/requests` ([`RequestRecord`]s, oldest first).
 
 mod admin;
@@ -89,6 +90,7 @@ pub struct Builder {
     watch_buffer: usize,
     bookmark_interval: Duration,
     coordinated_election: Option<ElectionTimings>,
+    namespaces: Option<Vec<String>>,
 }
 
 impl Default for Builder {
@@ -108,6 +110,7 @@ impl Default for Builder {
             watch_buffer: 256,
             bookmark_interval: Duration::from_secs(60),
             coordinated_election: None,
+            namespaces: None,
         }
     }
 }
@@ -180,6 +183,17 @@ impl Builder {
         self
     }
 
+    /// Only these namespaces exist (default: every valid name does). A create in another namespace (also a
+    /// Lease update that would create) answers 404 `namespaces "<ns>" not found`, as kube-apiserver's
+    /// `NamespaceLifecycle` admission does, and `GET /api/v1/namespaces/<ns>` answers 404 for it.
+    pub fn existing_namespaces<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.namespaces = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Binds the default listener and starts serving.
     ///
     /// # Errors
@@ -199,6 +213,7 @@ impl Builder {
             bookmark_interval: self.bookmark_interval,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            namespaces: self.namespaces,
         });
         let default = Shared::add_listener(&shared, self.listen)?;
         if let Some(timings) = self.coordinated_election {
@@ -369,9 +384,18 @@ struct Shared {
     bookmark_interval: Duration,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// `Some`: only these namespaces exist.
+    namespaces: Option<Vec<String>>,
 }
 
 impl Shared {
+    /// Whether namespace `name` exists (every name does unless [`Builder::existing_namespaces`]).
+    fn namespace_exists(&self, name: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
+
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -13,6 +13,8 @@ pub struct Listener {
     id: usize,
     addr: SocketAddr,
     faults: Arc<watch::Sender<Faults>>,
+    /// Bumped by [`Listener::drop_watches`]: every watch open on this listener ends.
+    watch_epoch: Arc<watch::Sender<u64>>,
 }
 
 impl Listener {
@@ -21,6 +23,7 @@ impl Listener {
             id,
             addr,
             faults: Arc::new(watch::Sender::new(Faults::default())),
+            watch_epoch: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -53,6 +56,17 @@ impl Listener {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.set_faults(Faults::default());
+    }
+
+    /// Ends every watch open on this listener now, as a load balancer or an API server restart cuts
+    /// them: each stream ends cleanly (the client sees the end of the body and re-watches). Watches
+    /// started afterwards are not affected.
+    pub fn drop_watches(&self) {
+        self.watch_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    pub(crate) fn watch_epoch(&self) -> watch::Receiver<u64> {
+        self.watch_epoch.subscribe()
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Faults> {

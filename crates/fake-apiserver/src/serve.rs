@@ -101,22 +101,26 @@ async fn handle(
     if req.uri().path().starts_with("/fake/") {
         return Ok(admin::admin(&shared, req).await);
     }
-    let arrived = Instant::now();
-    let at = jiff::Timestamp::now().to_string();
-    let faults = listener.faults();
     let info = RequestInfo::parse(&shared, &req);
-    let record = |code: Option<u16>| RequestRecord {
-        at: at.clone(),
-        listener: listener.id(),
-        verb: info.verb.clone(),
-        resource: info.resource.clone(),
-        namespace: info.namespace.clone(),
-        name: info.name.clone(),
-        code,
-        latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
+    let mut pending = Pending {
+        shared: shared.clone(),
+        arrived: Instant::now(),
+        record: Some(RequestRecord {
+            at: jiff::Timestamp::now().to_string(),
+            listener: listener.id(),
+            verb: info.verb.clone(),
+            resource: info.resource.clone(),
+            namespace: info.namespace.clone(),
+            name: info.name.clone(),
+            code: None,
+            latency_ms: 0.0,
+        }),
     };
+    let faults = Some(listener.faults())
+        .filter(|f| f.applies_to(&info.verb))
+        .unwrap_or_default();
     if faults.black_hole {
-        shared.record(record(None));
+        pending.finish(None);
         std::future::pending::<()>().await;
     }
     let delay = faults.latency + faults.jitter.mul_f64(rand::random::<f64>());
@@ -125,19 +129,101 @@ async fn handle(
     }
     if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
         let err = ApiError::injected(faults.error_code);
-        shared.record(record(Some(err.code)));
-        let mut resp = error_response(&err);
-        if err.code == 429 {
-            resp.headers_mut()
-                .insert("retry-after", http::HeaderValue::from_static("1"));
-        }
-        return Ok(resp);
+        pending.finish(Some(err.code));
+        return Ok(match err.code {
+            429 => too_many_requests(),
+            _ => error_response(&err),
+        });
     }
-    let (resp, wrote) = api::api(&shared, &listener, req, &info).await;
+    let writes = matches!(info.verb.as_str(), "create" | "update" | "patch" | "delete");
+    let (resp, wrote) = if writes && !faults.commit_delay.is_zero() {
+        delayed_commit(&shared, &listener, req, &info, faults.commit_delay).await
+    } else {
+        api::api(&shared, &listener, req, &info).await
+    };
     if wrote && faults.commit_then_drop {
-        shared.record(record(None));
+        pending.finish(None);
         return Err(Dropped);
     }
-    shared.record(record(Some(resp.status().as_u16())));
+    pending.finish(Some(resp.status().as_u16()));
     Ok(resp)
+}
+
+/// Serves a write `delay` after it arrived, in a task of its own: the body is read first, so the write is
+/// applied even when the client gives up meanwhile.
+async fn delayed_commit(
+    shared: &Arc<Shared>,
+    listener: &Listener,
+    req: hyper::Request<hyper::body::Incoming>,
+    info: &RequestInfo,
+    delay: Duration,
+) -> (hyper::Response<Body>, bool) {
+    let (parts, body) = req.into_parts();
+    let body = match crate::body::read_bytes(body).await {
+        Ok(body) => http_body_util::Full::new(body),
+        Err(err) => return (error_response(&err), false),
+    };
+    let req = hyper::Request::from_parts(parts, body);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (shared, listener, info) = (shared.clone(), listener.clone(), info.clone());
+    let shutdown = shared.shutdown.clone();
+    shared.clone().tasks.spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(delay) => {
+                let _ = tx.send(api::api(&shared, &listener, req, &info).await);
+            }
+        }
+    });
+    rx.await
+        .unwrap_or_else(|_| (error_response(&ApiError::internal("shutting down")), false))
+}
+
+/// A request being served: recorded when it is answered or dropped, and also when the client gives up
+/// first (its future is dropped during injected latency or a hanging request): `code: None` then.
+struct Pending {
+    shared: Arc<Shared>,
+    arrived: Instant,
+    record: Option<RequestRecord>,
+}
+
+impl Pending {
+    /// Records the request with `code` (`None`: no answer).
+    fn finish(&mut self, code: Option<u16>) {
+        if let Some(mut record) = self.record.take() {
+            record.code = code;
+            record.latency_ms = self.arrived.elapsed().as_secs_f64() * 1000.0;
+            self.shared.record(record);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+/// An injected 429 as kube-apiserver's rate limiting answers it: plain text with `Retry-After`, not a
+/// `Status` (`tooManyRequests` in `staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go`, also
+/// used by API Priority and Fairness).
+fn too_many_requests() -> hyper::Response<Body> {
+    use http_body_util::BodyExt;
+    let body = bytes::Bytes::from_static(b"Too many requests, please try again later.\n");
+    let mut resp = hyper::Response::new(http_body_util::Full::new(body).boxed_unsync());
+    *resp.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
 }

@@ -45,6 +45,13 @@ impl ApiError {
         .with_details(rt, name)
     }
 
+    /// 404 `NotFound` for a namespace that does not exist: `namespaces "<name>" not found`.
+    pub(crate) fn namespace_not_found(name: &str) -> Self {
+        let mut err = Self::new(404, "NotFound", format!("namespaces \"{name}\" not found"));
+        err.details = Some(json!({"name": name, "kind": "namespaces"}));
+        err
+    }
+
     /// 404 for a path that names no resource.
     pub(crate) fn no_route() -> Self {
         Self::new(

@@ -207,7 +207,9 @@ impl Store {
     }
 
     /// PUT: guarded by `metadata.resourceVersion` (422 when absent, 409 `Conflict` when stale). A Lease PUT
-    /// to a missing name without a resourceVersion creates it (the Lease strategy's `AllowCreateOnUpdate`).
+    /// to a missing name creates it, whatever resourceVersion it carries: the Lease strategy's
+    /// `AllowCreateOnUpdate`, where kube-apiserver's `Store.Update` takes the create path before it looks at
+    /// the version (`staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go`).
     pub(crate) fn update(
         &mut self,
         t: &Target<'_>,
@@ -220,7 +222,7 @@ impl Store {
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
         let Some(current) = self.get(t.resource, t.namespace, t.name) else {
-            if given.is_none() && t.rt.is_lease() && part == Part::Main {
+            if t.rt.is_lease() && part == Part::Main {
                 return self.create(t, object);
             }
             return Err(ApiError::not_found(t.rt, t.name));
@@ -238,7 +240,7 @@ impl Store {
         check_version(t, &current, Some(&given))?;
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
-        Ok(self.write_version(t, write_kind(&object), object))
+        Ok(self.write_if_changed(t, current, object))
     }
 
     /// PATCH: applies a merge patch to the current object; a resourceVersion in the patch is a precondition.
@@ -258,7 +260,23 @@ impl Store {
         validate(&object)?;
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
-        Ok(self.write_version(t, write_kind(&object), object))
+        Ok(self.write_if_changed(t, current, object))
+    }
+
+    /// Writes a modified object, unless it is the stored one: kube-apiserver then writes nothing and
+    /// answers the stored object, resourceVersion unchanged and no watch event (`GuaranteedUpdate` in
+    /// `staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go` compares the encoded bytes).
+    fn write_if_changed(
+        &mut self,
+        t: &Target<'_>,
+        current: Arc<Value>,
+        mut object: Value,
+    ) -> Arc<Value> {
+        object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if object == *current {
+            return current;
+        }
+        self.write_version(t, write_kind(&object), object)
     }
 
     /// DELETE, with an optional resourceVersion precondition (409 `Conflict` when it does not match).
@@ -352,8 +370,9 @@ impl Store {
             },
             Part::Main => {}
         }
+        // Leases have no generation (their strategy sets none); other types count changes of their spec.
         let spec_changed = strip(current) != strip(object);
-        if spec_changed {
+        if spec_changed && !t.rt.is_lease() {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
             object["metadata"]["generation"] = json!(generation + 1);
         }
@@ -463,7 +482,9 @@ fn stamp_new(object: &mut Value, t: &Target<'_>, rv: u64) {
     }
     meta["uid"] = json!(uid());
     meta["resourceVersion"] = json!(rv.to_string());
-    meta["generation"] = json!(1);
+    if !t.rt.is_lease() {
+        meta["generation"] = json!(1);
+    }
     meta["creationTimestamp"] = json!(now_rfc3339());
     if let Some(map) = meta.as_object_mut() {
         map.remove("generateName");

@@ -96,6 +96,7 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
     let shutdown = shared.shutdown.clone();
     let bookmark_interval = shared.bookmark_interval;
     let mut faults = listener.subscribe();
+    let mut epoch = listener.watch_epoch();
     shared.tasks.spawn(async move {
         for bytes in initial {
             if tx.send(bytes).await.is_err() {
@@ -112,6 +113,7 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                 () = shutdown.cancelled() => return,
                 () = tx.closed() => return,
                 () = &mut deadline => return,
+                _ = epoch.changed() => return,
                 _ = bookmarks.tick(), if params.bookmarks => line("BOOKMARK", &json!({
                     "kind": kind, "apiVersion": api_version,
                     "metadata": {"resourceVersion": last_rv.to_string()},
@@ -129,7 +131,8 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                 },
             };
             // A black-holed listener delivers nothing until the fault is lifted.
-            if faults.wait_for(|f| !f.black_hole).await.is_err() || tx.send(bytes).await.is_err() {
+            let stalled = |f: &crate::Faults| f.black_hole && f.applies_to("watch");
+            if faults.wait_for(|f| !stalled(f)).await.is_err() || tx.send(bytes).await.is_err() {
                 return;
             }
         }

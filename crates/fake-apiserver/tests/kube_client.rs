@@ -686,7 +686,8 @@ async fn error_rate_answers_the_chosen_code_and_does_not_apply() {
     let good: Api<Lease> = Api::namespaced(client(&server.url()), "default");
     let bad: Api<Lease> = Api::namespaced(client(&failing.url()), "default");
     for (code, reason) in [
-        (429, "TooManyRequests"),
+        // Plain text, as rate limiting answers: kube has no Status to read the reason from.
+        (429, "Failed to parse error data"),
         (500, "InternalError"),
         (503, "ServiceUnavailable"),
     ] {
@@ -920,5 +921,295 @@ async fn slow_watchers_are_dropped_not_buffered() {
         .await
         .unwrap();
     assert!(received < 400, "received {received}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn drop_watches_ends_the_watches_of_one_listener_only() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cut = server.add_listener().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let created = api
+        .create(&PostParams::default(), &lease("w", "a"))
+        .await
+        .unwrap();
+    let rv = created.metadata.resource_version.clone().unwrap();
+    let params = WatchParams::default().timeout(30);
+    let on_cut: Api<Lease> = Api::namespaced(watch_client(&cut.url()), "default");
+    let on_default: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
+    let mut dropped = on_cut.watch(&params, &rv).await.unwrap().boxed();
+    let mut kept = on_default.watch(&params, &rv).await.unwrap().boxed();
+
+    cut.drop_watches();
+    let end = tokio::time::timeout(Duration::from_secs(5), dropped.next()).await;
+    assert!(matches!(end, Ok(None)), "the dropped watch ends: {end:?}");
+    let mut update = created.clone();
+    update.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    api.replace("w", &PostParams::default(), &update)
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), kept.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Modified(l)))) => {
+            assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("b"))
+        }
+        other => panic!("the other listener's watch goes on: {other:?}"),
+    }
+    let mut again = on_cut.watch(&params, &rv).await.unwrap().boxed();
+    match tokio::time::timeout(Duration::from_secs(5), again.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Modified(_)))) => {}
+        other => panic!("a new watch on the listener works: {other:?}"),
+    }
+    server.shutdown().await;
+}
+
+/// One raw HTTP/1.1 request; the whole response as text.
+async fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn an_injected_429_is_plain_text_with_retry_after_as_rate_limiting_answers() {
+    let server = FakeApiServer::start().await.unwrap();
+    let limited = server.add_listener().await.unwrap();
+    limited.set_faults(Faults {
+        error_rate: 1.0,
+        error_code: 429,
+        ..Faults::default()
+    });
+    let response = raw(
+        limited.addr(),
+        "GET",
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/x",
+    )
+    .await
+    .to_lowercase();
+    assert!(response.starts_with("http/1.1 429"), "{response}");
+    assert!(
+        response.contains("content-type: text/plain; charset=utf-8"),
+        "{response}"
+    );
+    assert!(response.contains("retry-after: 1"), "{response}");
+    assert!(
+        response.ends_with("too many requests, please try again later.\n"),
+        "{response}"
+    );
+    let api: Api<Lease> = Api::namespaced(client(&limited.url()), "default");
+    let (code, _, _) = api_error(api.get("x").await);
+    assert_eq!(code, 429, "kube reads the code of a plain-text answer");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_no_op_write_keeps_the_resource_version_and_sends_no_event_and_leases_have_no_generation()
+{
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let created = api
+        .create(&PostParams::default(), &lease("n", "a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.metadata.generation, None,
+        "Leases have no generation"
+    );
+    let rv = created.metadata.resource_version.clone().unwrap();
+    let watcher: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
+    let mut events = watcher
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    let same = api
+        .replace("n", &PostParams::default(), &created)
+        .await
+        .unwrap();
+    assert_eq!(same.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    let patched = api
+        .patch(
+            "n",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "a"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.metadata.resource_version.as_deref(),
+        Some(rv.as_str()),
+        "a patch that changes nothing writes nothing"
+    );
+    let mut changed = created.clone();
+    changed.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let changed = api
+        .replace("n", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    assert_ne!(
+        changed.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    assert_eq!(changed.metadata.generation, None);
+    match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Modified(l)))) => assert_eq!(
+            l.spec.unwrap().holder_identity.as_deref(),
+            Some("b"),
+            "the first event is the real change: the no-ops sent none"
+        ),
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn faults_can_strike_one_verb_only() {
+    let server = FakeApiServer::start().await.unwrap();
+    let no_watch = server.add_listener().await.unwrap();
+    no_watch.set_faults(Faults {
+        error_rate: 1.0,
+        error_code: 403,
+        verbs: vec!["watch".into()],
+        ..Faults::default()
+    });
+    let api: Api<Lease> = Api::namespaced(client(&no_watch.url()), "default");
+    let created = api
+        .create(&PostParams::default(), &lease("v", "a"))
+        .await
+        .unwrap();
+    api.get("v").await.unwrap();
+    let rv = created.metadata.resource_version.unwrap();
+    let watch = api.watch(&WatchParams::default().timeout(5), &rv).await;
+    assert!(
+        matches!(&watch, Err(kube::Error::Api(s)) if s.code == 403),
+        "{:?}",
+        watch.err()
+    );
+    let bad = Faults {
+        verbs: vec!["list".into(), "watchh".into()],
+        ..Faults::default()
+    };
+    let err = bad.validate().unwrap_err();
+    assert_eq!((err.field, err.value.as_str()), ("verbs", "watchh"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_the_client_gave_up_on_is_logged_and_counted() {
+    let server = FakeApiServer::start().await.unwrap();
+    let slow = server.add_listener().await.unwrap();
+    slow.set_faults(Faults {
+        latency: Duration::from_secs(3),
+        ..Faults::default()
+    });
+    let api: Api<Lease> = Api::namespaced(client(&slow.url()), "default");
+    assert!(api.get("g").await.is_err(), "the client times out first");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let abandoned = loop {
+        let found = server
+            .request_log()
+            .into_iter()
+            .find(|r| r.listener == slow.id() && r.verb == "get");
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned request was never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(abandoned.code, None, "no answer was sent");
+    assert!(
+        abandoned.latency_ms < 3000.0,
+        "logged when the client left: {abandoned:?}"
+    );
+    assert!(
+        server
+            .counts()
+            .iter()
+            .any(|c| c.listener == slow.id() && c.verb == "get" && c.count == 1)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delayed_commit_lands_after_the_client_gave_up() {
+    let server = FakeApiServer::start().await.unwrap();
+    let late = server.add_listener().await.unwrap();
+    late.set_faults(Faults {
+        commit_delay: Duration::from_millis(1500),
+        ..Faults::default()
+    });
+    let good: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let impatient: Api<Lease> = Api::namespaced(client(&late.url()), "default");
+    let result = impatient
+        .create(&PostParams::default(), &lease("late", "a"))
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(kube::Error::HyperError(_) | kube::Error::Service(_))
+        ),
+        "the client times out after 500 ms: {result:?}"
+    );
+    assert_eq!(api_error(good.get("late").await).0, 404, "not applied yet");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let landed = loop {
+        if let Ok(lease) = good.get("late").await {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "the write never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(landed.spec.unwrap().holder_identity.as_deref(), Some("a"));
+    // Reads are not delayed: within the client's 500 ms timeout, where a write takes 1.5 s.
+    impatient.get("late").await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_existing_namespaces_a_create_elsewhere_answers_namespace_not_found() {
+    let server = FakeApiServer::builder()
+        .existing_namespaces(["default"])
+        .start()
+        .await
+        .unwrap();
+    let elsewhere: Api<Lease> = Api::namespaced(client(&server.url()), "missing");
+    let (code, reason, message) = api_error(
+        elsewhere
+            .create(&PostParams::default(), &lease("l", "a"))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (404, "NotFound", "namespaces \"missing\" not found")
+    );
+    let (code, _, message) = api_error(elsewhere.get("l").await);
+    assert_eq!(
+        (code, message.as_str()),
+        (404, "leases.coordination.k8s.io \"l\" not found"),
+        "a read names the Lease, as kube-apiserver's"
+    );
+    let (code, _, message) = api_error(
+        elsewhere
+            .replace("l", &PostParams::default(), &lease("l", "a"))
+            .await,
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (404, "namespaces \"missing\" not found")
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client(&server.url()));
+    assert_eq!(api_error(namespaces.get("missing").await).0, 404);
+    namespaces.get("default").await.unwrap();
+    let here: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    here.create(&PostParams::default(), &lease("l", "a"))
+        .await
+        .unwrap();
     server.shutdown().await;
 }

@@ -2,6 +2,7 @@
 //! (one listener each, so one can be cut off alone), each running a leader-only `sleep`; then a crash
 //! (SIGKILL), a graceful handover (SIGTERM) and a partition, each measured from the candidates' own logs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use fake_apiserver::Faults;
@@ -11,6 +12,7 @@ use nix::unistd::Pid;
 
 use crate::Failure;
 use crate::harness::{Cluster, Timings, What, is_child_start, secs};
+use crate::timeline::{Bar, Mark, Timeline};
 
 /// `leader-elect demo`.
 #[derive(Debug, clap::Args)]
@@ -18,18 +20,14 @@ pub(crate) struct DemoArgs {
     /// Number of candidate processes (at least 2).
     #[arg(long, default_value_t = 3)]
     candidates: usize,
-    /// leaseDurationSeconds of the demo's Lease (whole seconds).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    lease_duration: Duration,
-    /// RenewDeadline of every candidate.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-    renew_deadline: Duration,
-    /// RetryPeriod of every candidate.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
-    retry_period: Duration,
+    #[command(flatten)]
+    timings: Timings,
     /// How long a phase may take to recover before the demo counts it as failed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     phase_timeout: Duration,
+    /// Draw the demo as SVG to this file: a row per candidate, a bar per term, the injected faults.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
 }
 /// Whether process `pid` is gone (polls for up to `within`).
 async fn gone(pid: i32, within: Duration) -> bool {
@@ -60,11 +58,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             args.candidates
         )));
     }
-    let timings = Timings {
-        lease_duration: args.lease_duration,
-        renew_deadline: args.renew_deadline,
-        retry_period: args.retry_period,
-    };
+    let timings = args.timings.clone();
     timings.validate()?;
     let lease = timings.lease_duration;
     let failover_bound = lease + 2 * timings.retry_period;
@@ -85,6 +79,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     }
     let mut rows = Vec::new();
     let mut killed_at = Vec::new();
+    // Faults for the timeline: (candidate, from, until, label).
+    let mut marks: Vec<(usize, Timestamp, Option<Timestamp>, &str)> = Vec::new();
 
     println!("== election");
     let Some(first) = cluster.next(timeout, is_child_start).await else {
@@ -102,6 +98,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let t0 = Timestamp::now();
     cluster.signal(crashed, Signal::SIGKILL);
     killed_at.push((crashed, t0));
+    marks.push((crashed, t0, None, "SIGKILL"));
     let expires = cluster.lease_expiry().await.ok();
     let _ = cluster.wait_exit(crashed, Duration::from_secs(5)).await;
     let orphan_killed = gone(orphan, Duration::from_secs(2)).await;
@@ -148,6 +145,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         );
         let t0 = Timestamp::now();
         cluster.signal(stopping, Signal::SIGTERM);
+        marks.push((stopping, t0, None, "SIGTERM"));
         let next = cluster
             .next(timeout, |s| is_child_start(s) && s.candidate != stopping)
             .await;
@@ -216,6 +214,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             "\n== partition healed: candidate-{cut} reaches the API again and must stay a follower"
         );
         cluster.listeners[cut].clear_faults();
+        marks.push((cut, t0, Some(Timestamp::now()), "partition"));
         let reclaimed = cluster
             .next(2 * lease, |s| s.candidate == cut && is_child_start(s))
             .await
@@ -245,6 +244,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         ok: overlaps.is_empty(),
     });
     print_summary(&rows);
+    if let Some(path) = &args.timeline {
+        draw(&cluster, &killed_at, &marks).write(path)?;
+        println!("\ntimeline: {}", path.display());
+    }
     cluster.server.shutdown().await;
     if ok && rows.iter().all(|r| r.ok) {
         println!("\ndemo passed: one leader at a time, every phase recovered");
@@ -254,6 +257,39 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             "demo failed: see the rows marked FAIL above"
         )))
     }
+}
+
+/// The demo as a timeline: each child's run as a bar of its term, each fault as a mark.
+fn draw(
+    cluster: &Cluster,
+    killed_at: &[(usize, Timestamp)],
+    marks: &[(usize, Timestamp, Option<Timestamp>, &str)],
+) -> Timeline {
+    let mut timeline = Timeline::new(
+        format!("leader-elect demo: {} candidates", cluster.listeners.len()),
+        cluster.started,
+        Timestamp::now(),
+    );
+    for i in 0..cluster.listeners.len() {
+        timeline.row(&format!("candidate-{i}"));
+    }
+    for interval in cluster.intervals(killed_at) {
+        timeline.bars.push(Bar {
+            row: interval.candidate,
+            from: interval.start,
+            to: interval.end,
+            term: interval.term,
+        });
+    }
+    for &(row, from, to, label) in marks {
+        timeline.marks.push(Mark {
+            row: Some(row),
+            from,
+            to,
+            label: label.to_owned(),
+        });
+    }
+    timeline
 }
 
 fn print_summary(rows: &[Row]) {

@@ -1,8 +1,9 @@
-//! The candidate-process harness of `demo` and `bench`: the fake API server with one listener per
+//! The candidate-process harness of `demo`, `bench` and `chaos`: the fake API server with one listener per
 //! candidate, real `leader-elect run` processes on it, and what they report, read from their JSON logs.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::Failure;
 
@@ -32,11 +33,17 @@ pub(crate) struct Seen {
     pub(crate) what: What,
 }
 
-/// Timings shared by every candidate.
-#[derive(Clone, Debug)]
+/// Timings shared by every candidate (also the `demo` and `chaos` options).
+#[derive(Clone, Debug, clap::Args)]
 pub(crate) struct Timings {
+    /// leaseDurationSeconds of every candidate (whole seconds).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub(crate) lease_duration: Duration,
+    /// RenewDeadline of every candidate.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub(crate) renew_deadline: Duration,
+    /// RetryPeriod of every candidate.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
     pub(crate) retry_period: Duration,
 }
 
@@ -60,6 +67,10 @@ pub(crate) struct Cluster {
     exe: PathBuf,
     timings: Timings,
     extra_args: Vec<String>,
+    /// Set in every candidate's environment (inherited by its child and the child's descendants).
+    pub(crate) env: Vec<(String, String)>,
+    /// While a candidate's flag is true, its stderr is not read (its log lines back up in the pipe).
+    stderr_paused: Vec<watch::Sender<bool>>,
     tx: mpsc::UnboundedSender<Seen>,
     rx: mpsc::UnboundedReceiver<Seen>,
     pub(crate) seen: Vec<Seen>,
@@ -89,6 +100,8 @@ impl Cluster {
             exe: std::env::current_exe().context("locating leader-elect")?,
             timings,
             extra_args,
+            env: Vec::new(),
+            stderr_paused: (0..candidates).map(|_| watch::Sender::new(false)).collect(),
             tx,
             rx,
             seen: Vec::new(),
@@ -114,6 +127,20 @@ impl Cluster {
 
     /// Starts (or restarts) candidate `i`: a `leader-elect run` process on its own listener.
     pub(crate) fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        self.spawn_as(
+            i,
+            &format!("candidate-{i}"),
+            &["sleep".into(), "3600".into()],
+        )
+    }
+
+    /// Starts (or restarts) candidate `i` as `identity`, running `command` while it leads.
+    pub(crate) fn spawn_as(
+        &mut self,
+        i: usize,
+        identity: &str,
+        command: &[OsString],
+    ) -> anyhow::Result<()> {
         let t = &self.timings;
         let mut child = tokio::process::Command::new(&self.exe)
             .args([
@@ -125,12 +152,7 @@ impl Cluster {
                 "--namespace",
                 "default",
             ])
-            .args([
-                "--identity",
-                &format!("candidate-{i}"),
-                "--server",
-                &self.listeners[i].url(),
-            ])
+            .args(["--identity", identity, "--server", &self.listeners[i].url()])
             .args([
                 "--lease-duration",
                 &humantime::format_duration(t.lease_duration).to_string(),
@@ -144,7 +166,9 @@ impl Cluster {
                 &humantime::format_duration(t.retry_period).to_string(),
             ])
             .args(&self.extra_args)
-            .args(["--", "sleep", "3600"])
+            .arg("--")
+            .args(command)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LEADER_ELECT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -155,9 +179,12 @@ impl Cluster {
             .context("starting a candidate")?;
         let stderr = child.stderr.take().context("candidate stderr")?;
         let tx = self.tx.clone();
+        let mut paused = self.stderr_paused[i].subscribe();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            while paused.wait_for(|p| !p).await.is_ok()
+                && let Ok(Some(line)) = lines.next_line().await
+            {
                 if let Some(seen) = parse_log_line(i, &line) {
                     let _ = tx.send(seen);
                 }
@@ -186,6 +213,30 @@ impl Cluster {
     pub(crate) fn signal_group(&self, i: usize, signal: Signal) {
         if let Some(pid) = self.pid(i) {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Stops (true) or resumes (false) reading candidate `i`'s stderr.
+    pub(crate) fn pause_stderr(&self, i: usize, paused: bool) {
+        self.stderr_paused[i].send_replace(paused);
+    }
+
+    /// Whether candidate `i`'s process is running (started and not seen to exit).
+    pub(crate) fn is_running(&self, i: usize) -> bool {
+        self.processes[i].is_some()
+    }
+
+    /// Candidate `i`'s exit status if it has exited (it is then forgotten), without waiting.
+    pub(crate) fn try_exit(&mut self, i: usize) -> Option<ExitStatus> {
+        let status = self.processes[i].as_mut()?.try_wait().ok()??;
+        self.processes[i] = None;
+        Some(status)
+    }
+
+    /// Records every observation that has arrived, without waiting.
+    pub(crate) fn pump(&mut self) {
+        while let Ok(seen) = self.rx.try_recv() {
+            self.record(seen);
         }
     }
 
@@ -253,7 +304,7 @@ impl Cluster {
     /// A child's interval runs from its "child started" line to its "child exited" line, or to `killed_at`
     /// for the child of a candidate killed with SIGKILL (the kernel kills it with its parent).
     pub(crate) fn overlaps(&self, killed_at: &[(usize, Timestamp)]) -> Vec<(Interval, Interval)> {
-        let intervals = child_intervals(&self.seen, killed_at, Timestamp::now());
+        let intervals = self.intervals(killed_at);
         let mut overlaps = Vec::new();
         for (n, a) in intervals.iter().enumerate() {
             for b in &intervals[n + 1..] {
@@ -266,10 +317,21 @@ impl Cluster {
     }
 }
 
+// === impl Cluster (timeline) ===
+
+impl Cluster {
+    /// Every child's run, from the recorded logs (see [`Cluster::overlaps`]).
+    pub(crate) fn intervals(&self, killed_at: &[(usize, Timestamp)]) -> Vec<Interval> {
+        child_intervals(&self.seen, killed_at, Timestamp::now())
+    }
+}
+
 /// One child's run.
 #[derive(Clone, Debug)]
 pub(crate) struct Interval {
     pub(crate) candidate: usize,
+    /// Its `LEADER_ELECT_TERM`.
+    pub(crate) term: i64,
     pub(crate) start: Timestamp,
     pub(crate) end: Timestamp,
 }
@@ -281,7 +343,7 @@ fn child_intervals(
 ) -> Vec<Interval> {
     let mut intervals = Vec::new();
     for (n, s) in seen.iter().enumerate() {
-        let What::ChildStarted { pid, .. } = s.what else {
+        let What::ChildStarted { pid, term } = s.what else {
             continue;
         };
         let exited = seen[n..]
@@ -301,6 +363,7 @@ fn child_intervals(
         };
         intervals.push(Interval {
             candidate: s.candidate,
+            term,
             start: s.at,
             end,
         });

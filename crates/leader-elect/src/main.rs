@@ -6,6 +6,7 @@
 
 mod apiserver;
 mod bench;
+mod chaos;
 mod child;
 mod client;
 mod demo;
@@ -15,6 +16,7 @@ mod lease;
 mod logging;
 mod preferred;
 mod run;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -56,11 +58,16 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure handover, crash failover, API load and footprint over many runs (build with --release).
     Bench(bench::BenchArgs),
+    /// Real candidates under random faults from a seed, checked from the outside on every run.
+    Chaos(chaos::ChaosArgs),
     /// Copy this binary into a directory (the Helm chart's wrap mode: an initContainer fills an emptyDir).
     Install(install::InstallArgs),
     /// (internal) Arm the parent-death signal, then exec the command.
     #[command(hide = true)]
     ExecChild(child::ExecChildArgs),
+    /// (internal) The child of a `chaos` candidate: appends fenced heartbeats to a work log.
+    #[command(hide = true)]
+    ChaosWorker(chaos::WorkerArgs),
     /// (internal) Kill the armed process groups when leader-elect dies (end of stdin).
     #[command(hide = true)]
     Guardian,
@@ -102,7 +109,8 @@ fn main() -> ExitCode {
         | Command::Status(_)
         | Command::Release(_)
         | Command::Yield(_)
-        | Command::Install(_) => tokio::runtime::Builder::new_current_thread()
+        | Command::Install(_)
+        | Command::ChaosWorker(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
         _ => tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +134,8 @@ fn main() -> ExitCode {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Chaos(args) => chaos::run(args).await,
+            Command::ChaosWorker(args) => chaos::worker(args).await,
             Command::Install(args) => install::install(&args),
             Command::ExecChild(_) | Command::Guardian => Ok(()),
         }

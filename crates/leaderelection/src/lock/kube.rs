@@ -237,8 +237,38 @@ impl LeaseLock for KubeLeaseLock {
     }
 }
 
+/// The reason kube-rs gives an error answer whose body is not a `Status` (its `handle_api_errors`).
+const NOT_A_STATUS: &str = "Failed to parse error data";
+
 pub(crate) fn lock_error(err: kube::Error) -> LockError {
     match err {
+        // Plain text, as kube-apiserver's rate limiting answers 429: the reason comes from the code, as
+        // client-go's `NewGenericServerResponse` gives it.
+        kube::Error::Api(status) if status.reason == NOT_A_STATUS => {
+            let reason = match status.code {
+                429 => "TooManyRequests",
+                500 => "InternalError",
+                503 => "ServiceUnavailable",
+                504 => "Timeout",
+                _ => "Unknown",
+            };
+            status_error(status.code, reason.to_owned(), status.message.clone())
+        }
+        // The Lease's namespace does not exist (kube-apiserver's NamespaceLifecycle admission): not the
+        // Lease missing, an error to report as the API server words it.
+        kube::Error::Api(status)
+            if status.code == 404
+                && status
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.kind == "namespaces") =>
+        {
+            LockError::Api {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            }
+        }
         kube::Error::Api(status) => {
             status_error(status.code, status.reason.clone(), status.message.clone())
         }

@@ -1,0 +1,815 @@
+//! The checks of one chaos run, from the outside: the children's work log (fenced heartbeats) and what the
+//! harness did and saw. Pure functions of their input, so each rule is tested on fabricated logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+/// One line of the work log, `TERM IDENTITY UNIX_NANOS PID`: a child of `identity` working in `term`
+/// (its `LEADER_ELECT_TERM`) at `at` (its own wall clock; every process is on this machine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Heartbeat {
+    pub(crate) term: i64,
+    pub(crate) identity: String,
+    pub(crate) at: Timestamp,
+    /// The process that wrote it (a grandchild when the child is a shell).
+    pub(crate) pid: i32,
+}
+
+impl Heartbeat {
+    /// The line as the worker writes it (with its newline).
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "{} {} {} {}\n",
+            self.term,
+            self.identity,
+            self.at.as_nanosecond(),
+            self.pid
+        )
+    }
+
+    /// Parses one line; `None` when it is not four well-formed fields (a torn or interleaved write).
+    pub(crate) fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split(' ');
+        let term = fields.next()?.parse().ok()?;
+        let identity = fields.next()?.to_owned();
+        let at = Timestamp::from_nanosecond(fields.next()?.parse().ok()?).ok()?;
+        let pid = fields.next()?.parse().ok()?;
+        if identity.is_empty() || fields.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            term,
+            identity,
+            at,
+            pid,
+        })
+    }
+}
+
+/// The heartbeats of one process in one term, as one closed interval `[first, last]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Writer {
+    pub(crate) term: i64,
+    pub(crate) identity: String,
+    pub(crate) pid: i32,
+    pub(crate) first: Timestamp,
+    pub(crate) last: Timestamp,
+    pub(crate) count: usize,
+}
+
+impl Writer {
+    fn same_term(&self, other: &Self) -> bool {
+        self.term == other.term && self.identity == other.identity
+    }
+
+    /// Closed intervals: a shared instant is an overlap (both wrote at that nanosecond).
+    fn overlaps(&self, other: &Self) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+impl fmt::Display for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "term {} {} (pid {}) {} .. {}",
+            self.term, self.identity, self.pid, self.first, self.last
+        )
+    }
+}
+
+/// A candidate frozen with SIGSTOP (leader-elect's process group and its children's), then thawed:
+/// leader-elect at `thawed_at`, its children's groups at `child_thawed_at`.
+#[derive(Clone, Debug)]
+pub(crate) struct Freeze {
+    pub(crate) identity: String,
+    pub(crate) frozen_at: Timestamp,
+    pub(crate) thawed_at: Timestamp,
+    pub(crate) child_thawed_at: Timestamp,
+    /// When leader-elect logged the frozen child's exit, if it did.
+    pub(crate) child_exited_at: Option<Timestamp>,
+}
+
+/// What the harness knows about one run besides the work log.
+#[derive(Clone, Debug)]
+pub(crate) struct Observed {
+    /// `leader-elect release --force` of the live holder and Lease deletions: the operator overrides
+    /// the protocol, and the old holder stops when it learns of it (`docs/design.md`).
+    pub(crate) forced: Vec<Timestamp>,
+    /// Lease deletions (a candidate that never saw the Lease creates it with term 0).
+    pub(crate) deletions: Vec<Timestamp>,
+    pub(crate) freezes: Vec<Freeze>,
+    /// When the last fault was lifted (every candidate running again, every listener healthy).
+    pub(crate) last_fault_end: Timestamp,
+    /// When the harness stopped looking (before stopping the candidates).
+    pub(crate) observed_until: Timestamp,
+    /// leaseDurationSeconds: how long the old holder may work after a forced fault.
+    pub(crate) lease_duration: Duration,
+    /// lease + request timeout + 2.2 x retry period.
+    pub(crate) recovery_bound: Duration,
+    /// A longer silence of a working child is a gap (and ends "working continuously").
+    pub(crate) max_gap: Duration,
+}
+
+/// A broken rule.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Violation {
+    /// A line that is not `TERM IDENTITY UNIX_NANOS PID`.
+    Malformed { line: String },
+    /// Two children of different terms wrote in overlapping intervals.
+    Overlap { a: Writer, b: Writer },
+    /// A line's term is below an earlier line's, without a Lease deletion between their terms.
+    TermBackwards { line: usize, term: i64, after: i64 },
+    /// A frozen child whose term had ended was still there this long after leader-elect's SIGCONT.
+    NotKilledAfterThaw { identity: String, waited: Duration },
+    /// A frozen child wrote after SIGCONT although another term had started while it was frozen.
+    WroteAfterThaw {
+        identity: String,
+        term: i64,
+        at: Timestamp,
+    },
+    /// No child was working continuously until the end.
+    NoRecovery,
+    /// A leader's child was working again only this long after the last fault.
+    SlowRecovery { after: Duration, bound: Duration },
+    /// A process exited that the harness did not kill, or with an unexpected status.
+    UnexpectedExit { candidate: String, status: String },
+    /// A process of the run was still alive after every candidate had exited.
+    Orphan { pid: i32, command: String },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed { line } => write!(f, "malformed work log line {line:?}"),
+            Self::Overlap { a, b } => write!(f, "overlap: {a} and {b}"),
+            Self::TermBackwards { line, term, after } => {
+                write!(
+                    f,
+                    "term went backwards: line {line} has term {term} after term {after}"
+                )
+            }
+            Self::WroteAfterThaw { identity, term, at } => write!(
+                f,
+                "{identity}'s child wrote for term {term} at {at}, after SIGCONT, once its term had ended"
+            ),
+            Self::NotKilledAfterThaw { identity, waited } => write!(
+                f,
+                "{identity}'s frozen child, whose term had ended, was not killed within {:.3}s of \
+                 leader-elect's SIGCONT",
+                waited.as_secs_f64()
+            ),
+            Self::NoRecovery => f.write_str("no leader's child was working at the end of the run"),
+            Self::SlowRecovery { after, bound } => write!(
+                f,
+                "a leader's child was working again {:.3}s after the last fault (bound {:.3}s)",
+                after.as_secs_f64(),
+                bound.as_secs_f64()
+            ),
+            Self::UnexpectedExit { candidate, status } => {
+                write!(f, "{candidate} exited unexpectedly ({status})")
+            }
+            Self::Orphan { pid, command } => write!(f, "orphan process {pid} ({command})"),
+        }
+    }
+}
+
+/// The outcome of the checks of one run.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) violations: Vec<Violation>,
+    /// Overlaps after `release --force` or a deletion, within a lease duration of it: the old holder
+    /// working until it learned of it. Not violations; reported with how long they lasted.
+    pub(crate) forced_overlaps: Vec<Duration>,
+    /// Distinct (term, identity) pairs that worked.
+    pub(crate) terms: usize,
+    /// From the last fault to a leader's child working continuously until the end.
+    pub(crate) recovery: Option<Duration>,
+    /// How long each frozen child whose term ended lived after leader-elect's SIGCONT.
+    pub(crate) thawed_lives: Vec<Duration>,
+}
+
+/// Parses the work log: the heartbeats in file order, and a violation for each malformed line.
+pub(crate) fn parse_log(text: &str) -> (Vec<Heartbeat>, Vec<Violation>) {
+    let mut heartbeats = Vec::new();
+    let mut malformed = Vec::new();
+    for line in text.lines() {
+        match Heartbeat::parse(line) {
+            Some(h) => heartbeats.push(h),
+            None => malformed.push(Violation::Malformed {
+                line: line.to_owned(),
+            }),
+        }
+    }
+    (heartbeats, malformed)
+}
+
+/// Each process's heartbeats per term, ordered by first heartbeat.
+pub(crate) fn writers(log: &[Heartbeat]) -> Vec<Writer> {
+    let mut by_key: BTreeMap<(i64, &str, i32), Writer> = BTreeMap::new();
+    for h in log {
+        by_key
+            .entry((h.term, &h.identity, h.pid))
+            .and_modify(|w| {
+                w.first = w.first.min(h.at);
+                w.last = w.last.max(h.at);
+                w.count += 1;
+            })
+            .or_insert_with(|| Writer {
+                term: h.term,
+                identity: h.identity.clone(),
+                pid: h.pid,
+                first: h.at,
+                last: h.at,
+                count: 1,
+            });
+    }
+    let mut writers: Vec<Writer> = by_key.into_values().collect();
+    writers.sort_by_key(|w| (w.first, w.last));
+    writers
+}
+
+/// Overlapping writers of different terms: `(older, newer)` by first heartbeat.
+pub(crate) fn overlaps(writers: &[Writer]) -> Vec<(Writer, Writer)> {
+    let mut found = Vec::new();
+    for (n, a) in writers.iter().enumerate() {
+        for b in &writers[n + 1..] {
+            if !a.same_term(b) && a.overlaps(b) {
+                found.push((a.clone(), b.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// When `w`'s term started: the first heartbeat of any process in it (a child restarted in the term
+/// writes under another pid), not counting those before a Lease deletion that came before `w` started (a
+/// candidate restarted under the same identity may create the Lease again with the same term number).
+fn term_start(writers: &[Writer], w: &Writer, deletions: &[Timestamp]) -> Timestamp {
+    writers
+        .iter()
+        .filter(|other| other.same_term(w))
+        .filter(|other| !deletions.iter().any(|&d| other.first < d && d <= w.first))
+        .map(|other| other.first)
+        .min()
+        .unwrap_or(w.first)
+}
+
+/// Whether a forced fault excuses `a` and `b` working at once. Of the two, the one whose term started
+/// first is the holder the operator overrode: it was working when the fault came (it wrote after it),
+/// the other term started after it, and the overridden one stopped within a lease duration of it. (Its
+/// child may write its first heartbeat just after the fault: it starts a few milliseconds after
+/// leader-elect logs it.)
+fn excused(a: &Writer, b: &Writer, writers: &[Writer], observed: &Observed) -> bool {
+    let lease = SignedDuration::try_from(observed.lease_duration).unwrap_or(SignedDuration::MAX);
+    let start = |w| term_start(writers, w, &observed.deletions);
+    let (start_a, start_b) = (start(a), start(b));
+    let (older, newer_start) = match start_a.cmp(&start_b) {
+        std::cmp::Ordering::Less => (a, start_b),
+        std::cmp::Ordering::Greater => (b, start_a),
+        std::cmp::Ordering::Equal => return false,
+    };
+    observed.forced.iter().any(|&f| {
+        f <= newer_start && f <= older.last && older.last <= f.saturating_add(lease).unwrap_or(f)
+    })
+}
+
+/// Runs every check on one run's work log.
+pub(crate) fn check(log: &[Heartbeat], observed: &Observed) -> Report {
+    let mut report = Report::default();
+    let writers = writers(log);
+    let mut terms: Vec<(i64, &str)> = writers
+        .iter()
+        .map(|w| (w.term, w.identity.as_str()))
+        .collect();
+    terms.sort_unstable();
+    terms.dedup();
+    report.terms = terms.len();
+
+    for (a, b) in overlaps(&writers) {
+        if excused(&a, &b, &writers, observed) {
+            let (from, to) = (a.first.max(b.first), a.last.min(b.last));
+            report
+                .forced_overlaps
+                .push(to.duration_since(from).unsigned_abs());
+        } else {
+            report.violations.push(Violation::Overlap { a, b });
+        }
+    }
+    terms_increase(log, &writers, observed, &mut report.violations);
+    thaws(&writers, observed, &mut report);
+    recovery(log, observed, &mut report);
+    report
+}
+
+/// Terms in file order never go down, except to a term that started after a Lease deletion that came
+/// after the higher term started (a new epoch), or a stale line of an excused forced overlap.
+fn terms_increase(
+    log: &[Heartbeat],
+    writers: &[Writer],
+    observed: &Observed,
+    violations: &mut Vec<Violation>,
+) {
+    let writer_of = |h: &Heartbeat| {
+        writers
+            .iter()
+            .find(|w| w.term == h.term && w.identity == h.identity && w.pid == h.pid)
+    };
+    let mut highest: Option<(&Heartbeat, &Writer)> = None;
+    // One violation per writer, at its first line out of order.
+    let mut flagged: Vec<&Writer> = Vec::new();
+    for (n, h) in log.iter().enumerate() {
+        let Some(w) = writer_of(h) else { continue };
+        let Some((top, top_writer)) = highest else {
+            highest = Some((h, w));
+            continue;
+        };
+        if h.term >= top.term {
+            highest = Some((h, w));
+            continue;
+        }
+        let new_epoch = observed
+            .deletions
+            .iter()
+            .any(|&d| top_writer.first < d && d <= w.first);
+        if new_epoch {
+            highest = Some((h, w));
+        } else if !excused(w, top_writer, writers, observed) && !flagged.contains(&w) {
+            flagged.push(w);
+            violations.push(Violation::TermBackwards {
+                line: n + 1,
+                term: h.term,
+                after: top.term,
+            });
+        }
+    }
+}
+
+/// A frozen child writes nothing after its SIGCONT once another term started while it was frozen, unless
+/// that term started only because of a forced fault (then the overlap rule's exception applies).
+fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
+    for freeze in &observed.freezes {
+        let frozen: Vec<&Writer> = writers
+            .iter()
+            .filter(|w| w.identity == freeze.identity && w.first < freeze.frozen_at)
+            .collect();
+        for w in frozen {
+            let ended = writers.iter().any(|other| {
+                !other.same_term(w)
+                    && other.first > w.first
+                    && other.first < freeze.child_thawed_at
+                    && !excused(w, other, writers, observed)
+            });
+            if !ended {
+                continue;
+            }
+            if let Some(exited) = freeze.child_exited_at {
+                report
+                    .thawed_lives
+                    .push(exited.duration_since(freeze.thawed_at).unsigned_abs());
+            }
+            if w.last > freeze.child_thawed_at {
+                report.violations.push(Violation::WroteAfterThaw {
+                    identity: w.identity.clone(),
+                    term: w.term,
+                    at: w.last,
+                });
+            }
+        }
+    }
+}
+
+/// The final stretch of work: the heartbeats of the term that wrote last, back to the last silence
+/// longer than `max_gap`. `(since, last)`.
+pub(crate) fn final_stretch(
+    log: &[Heartbeat],
+    max_gap: Duration,
+) -> Option<(Timestamp, Timestamp)> {
+    let max_gap = SignedDuration::try_from(max_gap).unwrap_or(SignedDuration::MAX);
+    let last = log.iter().max_by_key(|h| h.at)?;
+    let mut times: Vec<Timestamp> = log
+        .iter()
+        .filter(|h| h.term == last.term && h.identity == last.identity)
+        .map(|h| h.at)
+        .collect();
+    times.sort_unstable();
+    let mut since = last.at;
+    for pair in times.windows(2).rev() {
+        if pair[1].duration_since(pair[0]) > max_gap {
+            break;
+        }
+        since = pair[0];
+    }
+    Some((since, last.at))
+}
+
+/// From the last fault to the start of the final stretch of work, which must last until the end of the
+/// observation.
+fn recovery(log: &[Heartbeat], observed: &Observed, report: &mut Report) {
+    let max_gap = SignedDuration::try_from(observed.max_gap).unwrap_or(SignedDuration::MAX);
+    let Some((since, _)) = final_stretch(log, observed.max_gap)
+        .filter(|(_, last)| observed.observed_until.duration_since(*last) <= max_gap)
+    else {
+        report.violations.push(Violation::NoRecovery);
+        return;
+    };
+    let after = since
+        .duration_since(observed.last_fault_end)
+        .max(SignedDuration::ZERO)
+        .unsigned_abs();
+    report.recovery = Some(after);
+    if after > observed.recovery_bound {
+        report.violations.push(Violation::SlowRecovery {
+            after,
+            bound: observed.recovery_bound,
+        });
+    }
+}
+
+/// Silences longer than `max_gap` between consecutive heartbeats of the same writer: `(writer, from, to)`.
+pub(crate) fn gaps(log: &[Heartbeat], max_gap: Duration) -> Vec<(String, Timestamp, Timestamp)> {
+    let max_gap = SignedDuration::try_from(max_gap).unwrap_or(SignedDuration::MAX);
+    let mut last: BTreeMap<(i64, &str, i32), Timestamp> = BTreeMap::new();
+    let mut found = Vec::new();
+    let mut sorted: Vec<&Heartbeat> = log.iter().collect();
+    sorted.sort_by_key(|h| h.at);
+    for h in sorted {
+        if let Some(prev) = last.insert((h.term, &h.identity, h.pid), h.at)
+            && h.at.duration_since(prev) > max_gap
+        {
+            found.push((h.identity.clone(), prev, h.at));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millisecond(1_700_000_000_000 + ms).unwrap()
+    }
+
+    /// Heartbeats every 5 ms over `[from, to]` ms.
+    fn work(term: i64, identity: &str, pid: i32, from: i64, to: i64) -> Vec<Heartbeat> {
+        (from..=to)
+            .step_by(5)
+            .map(|ms| Heartbeat {
+                term,
+                identity: identity.into(),
+                at: at(ms),
+                pid,
+            })
+            .collect()
+    }
+
+    fn observed(until: i64) -> Observed {
+        Observed {
+            forced: vec![],
+            deletions: vec![],
+            freezes: vec![],
+            last_fault_end: at(0),
+            observed_until: at(until),
+            lease_duration: Duration::from_secs(1),
+            recovery_bound: Duration::from_millis(2500),
+            max_gap: Duration::from_millis(100),
+        }
+    }
+
+    fn sorted(mut log: Vec<Heartbeat>) -> Vec<Heartbeat> {
+        log.sort_by_key(|h| h.at);
+        log
+    }
+
+    #[test]
+    fn lines_round_trip_and_torn_lines_are_malformed() {
+        let h = Heartbeat {
+            term: 3,
+            identity: "candidate-1".into(),
+            at: at(5),
+            pid: 42,
+        };
+        assert_eq!(Heartbeat::parse(h.line().trim_end()), Some(h.clone()));
+        let text = format!("{}3 candidate-2 17000{}", h.line(), h.line());
+        let (parsed, malformed) = parse_log(&text);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(malformed.len(), 1, "{malformed:?}");
+    }
+
+    /// The table of the overlap checker: which pairs of intervals are overlaps.
+    #[test]
+    fn overlap_table() {
+        // (name, a's first and last heartbeat in ms, b's, whether they overlap)
+        type Case = (&'static str, (i64, i64), (i64, i64), bool);
+        let cases: &[Case] = &[
+            ("sequential", (0, 100), (200, 300), false),
+            ("adjacent (1 ms apart)", (0, 100), (101, 200), false),
+            ("touching (a shared instant)", (0, 100), (100, 200), true),
+            ("partial overlap", (0, 100), (50, 200), true),
+            ("containment", (0, 300), (100, 200), true),
+            ("contained", (100, 200), (0, 300), true),
+            ("same start", (0, 100), (0, 50), true),
+        ];
+        for (name, a, b, overlap) in cases {
+            let point = |term, identity: &str, ms| Heartbeat {
+                term,
+                identity: identity.into(),
+                at: at(ms),
+                pid: 1,
+            };
+            let log = sorted(vec![
+                point(1, "a", a.0),
+                point(1, "a", a.1),
+                point(2, "b", b.0),
+                point(2, "b", b.1),
+            ]);
+            let found = overlaps(&writers(&log));
+            assert_eq!(!found.is_empty(), *overlap, "{name}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_term_in_two_processes_is_not_an_overlap_but_the_same_number_of_two_identities_is() {
+        let restarted = sorted([work(4, "a", 1, 0, 100), work(4, "a", 2, 50, 200)].concat());
+        assert!(overlaps(&writers(&restarted)).is_empty());
+        let two = sorted([work(4, "a", 1, 0, 100), work(4, "b", 2, 50, 200)].concat());
+        assert_eq!(overlaps(&writers(&two)).len(), 1);
+    }
+
+    #[test]
+    fn a_clean_run_has_no_violation() {
+        let log = sorted(
+            [
+                work(1, "a", 10, -2000, -1000),
+                work(2, "b", 11, -500, 500),
+                work(3, "c", 12, 1200, 3000),
+            ]
+            .concat(),
+        );
+        let report = check(&log, &observed(3000));
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.terms, 3);
+        assert_eq!(report.recovery, Some(Duration::from_millis(1200)));
+    }
+
+    #[test]
+    fn a_fabricated_overlap_is_a_violation() {
+        let log = sorted([work(1, "a", 10, 0, 1000), work(2, "b", 11, 900, 3000)].concat());
+        let report = check(&log, &observed(3000));
+        assert!(
+            matches!(
+                report.violations.as_slice(),
+                [
+                    Violation::Overlap { a, b },
+                    Violation::TermBackwards { term: 1, after: 2, .. }
+                ] if a.term == 1 && b.term == 2
+            ),
+            "{:?}",
+            report.violations
+        );
+    }
+
+    #[test]
+    fn a_forced_release_excuses_the_old_holder_for_one_lease_duration_only() {
+        let log = sorted([work(1, "a", 10, 0, 1000), work(2, "b", 11, 900, 3000)].concat());
+        let mut seen = observed(3000);
+        seen.forced = vec![at(850)];
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(100)]);
+        // Unexcused: the overlap and the stale lines.
+        seen.forced = vec![at(-100)];
+        assert_eq!(
+            check(&log, &seen).violations.len(),
+            2,
+            "longer than a lease after it"
+        );
+        seen.forced = vec![at(1001)];
+        assert_eq!(
+            check(&log, &seen).violations.len(),
+            2,
+            "after the old term had stopped"
+        );
+        seen.forced = vec![at(950)];
+        assert_eq!(
+            check(&log, &seen).violations.len(),
+            2,
+            "after the new term had started"
+        );
+    }
+
+    /// Soak regression: the harness deletes the Lease as soon as leader-elect logs its child's start, and
+    /// the child writes its first heartbeat a few milliseconds later; its holder was still overridden.
+    #[test]
+    fn a_forced_fault_just_before_the_old_holders_first_heartbeat_is_excused() {
+        let log = sorted([work(0, "a", 10, 0, 600), work(1, "b", 11, 300, 3000)].concat());
+        let mut seen = observed(3000);
+        seen.forced = vec![at(-5)];
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(300)]);
+    }
+
+    #[test]
+    fn terms_never_go_backwards_except_after_a_deletion() {
+        let log = [work(5, "a", 10, 0, 100), work(2, "b", 11, 200, 3000)].concat();
+        let report = check(&log, &observed(3000));
+        assert!(
+            matches!(
+                report.violations.as_slice(),
+                [Violation::TermBackwards {
+                    term: 2,
+                    after: 5,
+                    ..
+                }]
+            ),
+            "{:?}",
+            report.violations
+        );
+        let mut seen = observed(3000);
+        seen.deletions = vec![at(150)];
+        assert_eq!(check(&log, &seen).violations, vec![]);
+    }
+
+    #[test]
+    fn a_stale_line_after_a_newer_term_is_a_violation() {
+        let mut log = [work(1, "a", 10, 0, 100), work(2, "b", 11, 200, 3000)].concat();
+        log.insert(
+            30,
+            Heartbeat {
+                term: 1,
+                identity: "a".into(),
+                at: at(90),
+                pid: 10,
+            },
+        );
+        let report = check(&log, &observed(3000));
+        assert!(
+            report.violations.iter().any(|v| matches!(
+                v,
+                Violation::TermBackwards {
+                    term: 1,
+                    after: 2,
+                    ..
+                }
+            )),
+            "{:?}",
+            report.violations
+        );
+    }
+
+    #[test]
+    fn a_thawed_child_whose_term_ended_must_not_write() {
+        let quiet = sorted([work(1, "a", 10, 0, 100), work(2, "b", 11, 1200, 3000)].concat());
+        let mut seen = observed(3000);
+        seen.freezes = vec![Freeze {
+            identity: "a".into(),
+            frozen_at: at(101),
+            thawed_at: at(1970),
+            child_thawed_at: at(2000),
+            child_exited_at: Some(at(2003)),
+        }];
+        let report = check(&quiet, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.thawed_lives, vec![Duration::from_millis(33)]);
+
+        let wrote = sorted([quiet.clone(), work(1, "a", 10, 2001, 2001)].concat());
+        let report = check(&wrote, &seen);
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::WroteAfterThaw { term: 1, .. })),
+            "{:?}",
+            report.violations
+        );
+    }
+
+    /// Soak regression: a holder under latency did not learn of a forced release, and restarted its
+    /// killed child in its term after the new term had started: the restarted child's term began before
+    /// the release, so it is the overridden holder, whatever its pid's first heartbeat.
+    #[test]
+    fn a_child_restarted_in_an_overridden_term_is_excused() {
+        let log = sorted(
+            [
+                work(0, "a", 10, 0, 50),
+                work(0, "a", 12, 700, 800),
+                work(1, "b", 11, 519, 1300),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(1300);
+        let unexcused = check(&log, &seen).violations;
+        assert!(
+            unexcused
+                .iter()
+                .any(|v| matches!(v, Violation::Overlap { .. }))
+                && unexcused
+                    .iter()
+                    .any(|v| matches!(v, Violation::TermBackwards { term: 0, .. })),
+            "{unexcused:?}"
+        );
+        seen.forced = vec![at(494)];
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(100)]);
+    }
+
+    /// Soak regression: a candidate restarted under the same identity created the Lease again after a
+    /// deletion with term 0, the number of its first leadership; the holder overridden by the deletion
+    /// is the other one.
+    #[test]
+    fn a_term_number_reused_after_a_deletion_starts_anew() {
+        let log = sorted(
+            [
+                work(0, "c", 10, 0, 1000),
+                work(1, "a", 11, 2000, 2600),
+                work(0, "c", 12, 2550, 4000),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(4000);
+        seen.forced = vec![at(2500)];
+        seen.deletions = vec![at(2500)];
+        seen.last_fault_end = at(2500);
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(50)]);
+    }
+
+    /// Soak regression: the Lease was deleted while its holder was frozen; the next term started at once,
+    /// and the thawed child worked on until its leader-elect learned of it (within a lease duration of the
+    /// deletion): the forced fault's exception, not a write after its term had ended.
+    #[test]
+    fn a_thawed_child_of_a_holder_overridden_while_frozen_is_excused() {
+        let log = sorted(
+            [
+                work(1, "a", 10, 0, 100),
+                work(1, "a", 10, 600, 630),
+                work(2, "b", 11, 400, 3000),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(3000);
+        seen.freezes = vec![Freeze {
+            identity: "a".into(),
+            frozen_at: at(101),
+            thawed_at: at(570),
+            child_thawed_at: at(599),
+            child_exited_at: Some(at(631)),
+        }];
+        assert!(
+            check(&log, &seen)
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::WroteAfterThaw { .. })),
+            "without the deletion"
+        );
+        seen.forced = vec![at(300)];
+        assert_eq!(check(&log, &seen).violations, vec![]);
+    }
+
+    #[test]
+    fn recovery_is_measured_to_the_final_continuous_stretch() {
+        let log = sorted([work(1, "a", 10, 0, 500), work(1, "a", 10, 900, 3000)].concat());
+        let report = check(&log, &observed(3000));
+        assert_eq!(
+            report.recovery,
+            Some(Duration::from_millis(900)),
+            "after the gap"
+        );
+        let mut seen = observed(3000);
+        seen.recovery_bound = Duration::from_millis(800);
+        assert!(matches!(
+            check(&log, &seen).violations.as_slice(),
+            [Violation::SlowRecovery { .. }]
+        ));
+        assert_eq!(
+            check(&log, &observed(4000)).violations,
+            vec![Violation::NoRecovery],
+            "nobody working at the end"
+        );
+        assert_eq!(
+            check(&[], &observed(1000)).violations,
+            vec![Violation::NoRecovery]
+        );
+    }
+
+    #[test]
+    fn gaps_are_found_per_writer() {
+        let log = sorted(
+            [
+                work(1, "a", 10, 0, 100),
+                work(1, "a", 10, 400, 500),
+                work(2, "b", 11, 100, 300),
+            ]
+            .concat(),
+        );
+        let found = gaps(&log, Duration::from_millis(100));
+        assert_eq!(found, vec![("a".to_owned(), at(100), at(400))]);
+    }
+}

@@ -1,0 +1,262 @@
+//! The faults of one chaos run, drawn from its seed: kinds, times, durations, targets and how each
+//! restarted candidate's child behaves. The same seed gives the same plan (the processes' timing, and so
+//! which candidate leads when a fault strikes, still varies).
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::worker::OnSigterm;
+
+/// What a fault does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub(crate) enum FaultKind {
+    /// SIGKILL of leader-elect (its child must die with it); restarted after `duration`.
+    #[value(name = "sigkill-leader-elect")]
+    KillLeaderElect,
+    /// SIGKILL of the child only (leader-elect restarts it: `--on-child-exit restart`).
+    #[value(name = "sigkill-child")]
+    KillChild,
+    /// SIGTERM of leader-elect (graceful handover); restarted after `duration`.
+    #[value(name = "sigterm")]
+    Sigterm,
+    /// SIGSTOP of leader-elect's and its child's process groups for `duration`, then SIGCONT (leader-elect
+    /// first).
+    #[value(name = "sigstop")]
+    Freeze,
+    /// The candidate's listener accepts requests and never answers.
+    #[value(name = "black-hole")]
+    BlackHole,
+    /// The candidate's listener applies writes and drops the answer.
+    #[value(name = "commit-then-drop")]
+    CommitThenDrop,
+    /// The candidate's writes land 1.2 x renew deadline after they were sent, even when it gave up.
+    #[value(name = "commit-delay")]
+    CommitDelay,
+    /// Latency above the renew deadline on the candidate's listener.
+    #[value(name = "latency")]
+    Latency,
+    /// 429 (Retry-After: 1) to 80% of the candidate's requests.
+    #[value(name = "429-burst")]
+    Errors429,
+    /// 500 to 80% of the candidate's requests.
+    #[value(name = "500-burst")]
+    Errors500,
+    /// 503 to 80% of the candidate's requests.
+    #[value(name = "503-burst")]
+    Errors503,
+    /// Every watch open on the candidate's listener ends.
+    #[value(name = "drop-watches")]
+    DropWatches,
+    /// 403 to the candidate's watches only (RBAC without `watch`): it polls instead.
+    #[value(name = "watch-forbidden")]
+    WatchForbidden,
+    /// The harness stops reading the candidate's stderr.
+    #[value(name = "paused-stderr")]
+    PauseStderr,
+    /// `leader-elect release --force` of the live holder.
+    #[value(name = "release-force")]
+    ForceRelease,
+    /// The Lease is deleted.
+    #[value(name = "delete-lease")]
+    DeleteLease,
+    /// A label is merge-patched onto the Lease (not a renewal).
+    #[value(name = "metadata-patch")]
+    MetadataPatch,
+}
+
+impl FaultKind {
+    pub(crate) const ALL: [Self; 17] = [
+        Self::KillLeaderElect,
+        Self::KillChild,
+        Self::Sigterm,
+        Self::Freeze,
+        Self::BlackHole,
+        Self::CommitThenDrop,
+        Self::CommitDelay,
+        Self::Latency,
+        Self::Errors429,
+        Self::Errors500,
+        Self::Errors503,
+        Self::DropWatches,
+        Self::WatchForbidden,
+        Self::PauseStderr,
+        Self::ForceRelease,
+        Self::DeleteLease,
+        Self::MetadataPatch,
+    ];
+
+    /// The name printed in summaries and on the timeline.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::KillLeaderElect => "sigkill-leader-elect",
+            Self::KillChild => "sigkill-child",
+            Self::Sigterm => "sigterm",
+            Self::Freeze => "sigstop",
+            Self::BlackHole => "black-hole",
+            Self::CommitThenDrop => "commit-then-drop",
+            Self::CommitDelay => "commit-delay",
+            Self::Latency => "latency",
+            Self::Errors429 => "429-burst",
+            Self::Errors500 => "500-burst",
+            Self::Errors503 => "503-burst",
+            Self::DropWatches => "drop-watches",
+            Self::WatchForbidden => "watch-forbidden",
+            Self::PauseStderr => "paused-stderr",
+            Self::ForceRelease => "release-force",
+            Self::DeleteLease => "delete-lease",
+            Self::MetadataPatch => "metadata-patch",
+        }
+    }
+
+    /// Whether it lasts `duration` (or, for kills, keeps the candidate down that long).
+    pub(crate) fn lasts(self) -> bool {
+        !matches!(
+            self,
+            Self::KillChild
+                | Self::DropWatches
+                | Self::ForceRelease
+                | Self::DeleteLease
+                | Self::MetadataPatch
+        )
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whom a fault strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The candidate whose child runs when it strikes (a random one when none does).
+    Leader,
+    Candidate(usize),
+}
+
+/// One planned fault.
+#[derive(Clone, Debug)]
+pub(crate) struct Fault {
+    /// From the start of the fault phase.
+    pub(crate) at: Duration,
+    pub(crate) kind: FaultKind,
+    pub(crate) target: Target,
+    pub(crate) duration: Duration,
+    /// A killed or stopped candidate comes back under a new identity.
+    pub(crate) new_identity: bool,
+}
+
+/// How a (re)started candidate's child works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChildKind {
+    /// Started by a shell that does not `exec` it (the worker is a grandchild).
+    pub(crate) grandchild: bool,
+    pub(crate) on_sigterm: OnSigterm,
+}
+
+/// The faults of one run and the children's kinds, from its seed.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) faults: Vec<Fault>,
+    rng: StdRng,
+}
+
+impl Plan {
+    /// Draws `count` faults of `kinds` (every kind when empty) over `window` for `candidates` candidates;
+    /// durations scale with `lease`.
+    pub(crate) fn new(
+        seed: u64,
+        candidates: usize,
+        window: Duration,
+        count: usize,
+        lease: Duration,
+        kinds: &[FaultKind],
+    ) -> Self {
+        let kinds = if kinds.is_empty() {
+            &FaultKind::ALL[..]
+        } else {
+            kinds
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut faults: Vec<Fault> = (0..count)
+            .map(|_| {
+                let kind = kinds[rng.random_range(0..kinds.len())];
+                let factor = match kind {
+                    FaultKind::Freeze => rng.random_range(0.1..2.0),
+                    _ => rng.random_range(0.2..1.5),
+                };
+                Fault {
+                    at: window.mul_f64(rng.random_range(0.0..1.0)),
+                    kind,
+                    target: if rng.random_bool(0.6) {
+                        Target::Leader
+                    } else {
+                        Target::Candidate(rng.random_range(0..candidates))
+                    },
+                    duration: lease.mul_f64(factor),
+                    new_identity: rng.random_bool(0.3),
+                }
+            })
+            .collect();
+        faults.sort_by_key(|f| f.at);
+        Self { faults, rng }
+    }
+
+    /// The next (re)started child's kind: a grandchild in a third of the starts; one in six ignores
+    /// SIGTERM, one in six drains slowly.
+    pub(crate) fn child_kind(&mut self) -> ChildKind {
+        ChildKind {
+            grandchild: self.rng.random_bool(1.0 / 3.0),
+            on_sigterm: match self.rng.random_range(0..6) {
+                0 => OnSigterm::Ignore,
+                1 => OnSigterm::Drain,
+                _ => OnSigterm::Exit,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan_and_every_kind_is_drawn() {
+        let lease = Duration::from_secs(1);
+        let window = Duration::from_secs(3);
+        let a = Plan::new(7, 3, window, 50, lease, &[]);
+        let b = Plan::new(7, 3, window, 50, lease, &[]);
+        let key = |p: &Plan| {
+            p.faults
+                .iter()
+                .map(|f| (f.at, f.kind, f.target, f.duration))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&Plan::new(8, 3, window, 50, lease, &[])));
+        assert!(a.faults.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(a.faults.iter().all(|f| f.at < window));
+        let mut all: Vec<FaultKind> = (0..20u64)
+            .flat_map(|seed| Plan::new(seed, 3, window, 50, lease, &[]).faults)
+            .map(|f| f.kind)
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all, FaultKind::ALL.to_vec());
+        let only = [FaultKind::DeleteLease, FaultKind::Freeze];
+        let chosen = Plan::new(7, 3, window, 50, lease, &only);
+        assert!(chosen.faults.iter().all(|f| only.contains(&f.kind)));
+    }
+
+    #[test]
+    fn kind_names_are_the_command_line_values() {
+        use clap::ValueEnum;
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::from_str(kind.name(), false), Ok(kind));
+        }
+    }
+}

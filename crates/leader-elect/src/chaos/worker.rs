@@ -1,0 +1,119 @@
+//! `leader-elect chaos-worker` (internal): the leader-only child of a chaos candidate. It appends a fenced
+//! heartbeat, `TERM IDENTITY UNIX_NANOS PID`, to the work log every period, one `write` on a file opened
+//! with `O_APPEND` (atomic for a line this short on a local file), until SIGTERM, which it obeys, ignores
+//! or answers by draining (writing on for a while), as real commands do.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use jiff::Timestamp;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::check::Heartbeat;
+use crate::Failure;
+
+/// What the worker does on SIGTERM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnSigterm {
+    /// Exit at once.
+    Exit,
+    /// Keep writing (leader-elect SIGKILLs the group at the end of its grace period).
+    Ignore,
+    /// Keep writing for `--drain`, then exit.
+    Drain,
+}
+
+/// `leader-elect chaos-worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// The work log.
+    #[arg(long)]
+    pub(crate) log: PathBuf,
+    /// Time between heartbeats.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5ms")]
+    pub(crate) period: Duration,
+    /// What to do on SIGTERM.
+    #[arg(long, value_enum, default_value_t = OnSigterm::Exit)]
+    pub(crate) on_sigterm: OnSigterm,
+    /// How long to keep writing after SIGTERM with `--on-sigterm drain`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub(crate) drain: Duration,
+    /// A deliberately broken worker, to show that the checks fail: it also starts a copy of itself in a
+    /// process group of its own, which leader-elect cannot stop at the end of the term.
+    #[arg(long)]
+    pub(crate) escape: bool,
+}
+
+/// Runs the worker until SIGTERM (or forever). The term and identity come from `LEADER_ELECT_TERM` and
+/// `LEADER_ELECT_IDENTITY`.
+pub(crate) async fn run(args: WorkerArgs) -> Result<(), Failure> {
+    let env = |name: &str| {
+        std::env::var(name)
+            .with_context(|| format!("{name} is not set (run me under leader-elect run)"))
+    };
+    let term: i64 = env("LEADER_ELECT_TERM")?
+        .parse()
+        .context("LEADER_ELECT_TERM is not a number")?;
+    let identity = env("LEADER_ELECT_IDENTITY")?;
+    let mut escaped = None;
+    if args.escape {
+        let mut copy = tokio::process::Command::new(crate::child::SELF_EXE);
+        copy.arg("chaos-worker")
+            .arg("--log")
+            .arg(&args.log)
+            .arg("--period")
+            .arg(humantime::format_duration(args.period).to_string())
+            .args(["--on-sigterm", "ignore"])
+            .stdin(Stdio::null())
+            .process_group(0);
+        escaped = Some(copy.spawn().context("starting the escaping copy")?);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&args.log)
+        .with_context(|| format!("opening {}", args.log.display()))?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut ticks = tokio::time::interval(args.period);
+    let mut stop_at = None;
+    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            Some(()) = sigterm.recv() => match args.on_sigterm {
+                OnSigterm::Exit => break,
+                OnSigterm::Ignore => continue,
+                OnSigterm::Drain => {
+                    stop_at.get_or_insert(tokio::time::Instant::now() + args.drain);
+                }
+            },
+        }
+        if stop_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            break;
+        }
+        let line = Heartbeat {
+            term,
+            identity: identity.clone(),
+            at: Timestamp::now(),
+            pid,
+        }
+        .line();
+        // One write per line: O_APPEND makes it land whole at the end of the file.
+        let written = file
+            .write(line.as_bytes())
+            .context("writing the work log")?;
+        if written != line.len() {
+            return Err(anyhow::anyhow!(
+                "short write to the work log ({written} of {} bytes)",
+                line.len()
+            )
+            .into());
+        }
+    }
+    // The escaped copy is deliberately left running: that is the bug it shows.
+    drop(escaped);
+    Ok(())
+}
