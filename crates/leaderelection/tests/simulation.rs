@@ -45,9 +45,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use leaderelection::{
-    Callbacks, Config, Elector, JITTER_FACTOR, LockFault, MemoryLeaseLock, MemoryLeaseStore,
-    Observer, Request,
+    Callbacks, Config, Elector, JITTER_FACTOR, LeaderElectionRecord, LeaseEventStream, LeaseLock,
+    ListedLease, LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, ObservedLease, Observer,
+    Request,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1243,4 +1245,177 @@ fn bounds_come_from_a_valid_config() {
     assert_eq!(failover_bound(), Duration::from_secs(4));
     assert_eq!(polling_failover_bound(), Duration::from_millis(4100));
     assert_eq!(recovery_bound(), Duration::from_millis(5100));
+}
+
+// --- a write committed at once and answered late ---
+
+/// What [`LateAnswers`] does to the next calls.
+#[derive(Clone, Copy, Debug)]
+enum Answering {
+    /// Every call is served as the inner lock serves it.
+    Normal,
+    /// The next write is committed at once and its answer arrives this much later; every call after it
+    /// hangs (the API server became unreachable right after the commit).
+    LateOnce(Duration),
+    Hang,
+}
+
+/// A lock over [`MemoryLeaseLock`] whose next write can be committed at once and answered late, as when
+/// the response of a write that etcd applied is delayed on its way back. A leader must count its validity
+/// from when it sent that write, not from when the answer arrived: followers start counting the lease
+/// duration from the commit.
+#[derive(Clone, Debug)]
+struct LateAnswers {
+    inner: MemoryLeaseLock,
+    answering: Arc<Mutex<Answering>>,
+    /// When the late write was committed.
+    committed_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl LateAnswers {
+    fn new(inner: MemoryLeaseLock) -> Self {
+        Self {
+            inner,
+            answering: Arc::new(Mutex::new(Answering::Normal)),
+            committed_at: Arc::default(),
+        }
+    }
+
+    fn answer_next_write_late(&self, delay: Duration) {
+        *self.answering.lock().unwrap() = Answering::LateOnce(delay);
+    }
+
+    fn committed_at(&self) -> Option<Instant> {
+        *self.committed_at.lock().unwrap()
+    }
+
+    /// Serves `call` as configured; `write` marks a create or update.
+    fn serve<'a, T: Send + 'a>(
+        &'a self,
+        write: bool,
+        call: futures::future::BoxFuture<'a, T>,
+    ) -> futures::future::BoxFuture<'a, T> {
+        let answering = {
+            let mut answering = self.answering.lock().unwrap();
+            let now = *answering;
+            if write && let Answering::LateOnce(_) = now {
+                *answering = Answering::Hang;
+            }
+            now
+        };
+        Box::pin(async move {
+            match answering {
+                Answering::Normal => call.await,
+                Answering::LateOnce(delay) if write => {
+                    let answer = call.await;
+                    *self.committed_at.lock().unwrap() = Some(Instant::now());
+                    tokio::time::sleep(delay).await;
+                    answer
+                }
+                Answering::LateOnce(_) => call.await,
+                Answering::Hang => std::future::pending().await,
+            }
+        })
+    }
+}
+
+impl LeaseLock for LateAnswers {
+    fn get(&self) -> BoxFuture<'_, Result<Option<ObservedLease>, LockError>> {
+        self.serve(false, self.inner.get())
+    }
+
+    fn create<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        self.serve(true, self.inner.create(record))
+    }
+
+    fn update<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        self.serve(true, self.inner.update(record, resource_version))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<ListedLease, LockError>> {
+        self.serve(false, self.inner.list())
+    }
+
+    fn watch<'a>(
+        &'a self,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>> {
+        self.serve(false, self.inner.watch(resource_version))
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A leader's renewal is committed at once and answered 1.5 s later, then its API server hangs. The
+/// follower saw the commit at once and takes over a lease duration after it; the leader's validity must
+/// be counted from the send time of that renewal (`renewed_at`), so it has stopped leading, and its
+/// work has stopped, before the follower leads. The request timeout (1.9 s) lets the late answer count:
+/// counted from its arrival, the leader's validity would run 0.5 s past the takeover.
+#[test]
+fn a_renewal_committed_at_once_and_answered_late_counts_from_its_send_time() {
+    paused(async {
+        let config =
+            |identity: &str| config(identity).with_request_timeout(Duration::from_millis(1900));
+        let store = MemoryLeaseStore::new();
+        let log = Log::default();
+        let late = LateAnswers::new(store.lock("a"));
+        let freezer = Arc::new(Freezer::default());
+        let work = |process: &str| Work {
+            log: log.clone(),
+            process: process.to_string(),
+            open: OpenWork::default(),
+            freezer: freezer.clone(),
+            killed: CancellationToken::new(),
+        };
+        let (a_work, b_work) = (work("a"), work("b"));
+        let a = Elector::new(
+            config("a"),
+            late.clone(),
+            Callbacks::new().on_started_leading(move |term, token| a_work.run(term, token)),
+        )
+        .unwrap();
+        let _a_task = tokio::spawn(a.clone().run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(a.is_leader());
+        let b = Elector::new(
+            config("b"),
+            store.lock("b"),
+            Callbacks::new().on_started_leading(move |term, token| b_work.run(term, token)),
+        )
+        .unwrap();
+        let _b_task = tokio::spawn(b.clone().run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(b.leader().as_deref() == Some("a") && !b.is_leader());
+
+        late.answer_next_write_late(Duration::from_millis(1500));
+        let armed = Instant::now();
+        // Sample both every 10 ms for 3 lease durations (b takes over about one after the commit).
+        let (mut both, mut b_led) = (Vec::new(), false);
+        while armed.elapsed() < 3 * LEASE {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            b_led |= b.is_leader();
+            if a.is_leader() && b.is_leader() {
+                both.push(armed.elapsed());
+            }
+        }
+        let committed_at = late.committed_at().expect("a renewal was answered late");
+        assert!(b_led, "b never took over: {:?}", store.calls_of("b"));
+        assert!(both.is_empty(), "a and b both led at {both:?} after arming");
+        let work = log.work.lock().unwrap().clone();
+        assert!(overlap(&work).is_none(), "work ran twice at once: {work:?}");
+        assert!(
+            work.iter()
+                .any(|w| w.process == "a" && w.end <= committed_at + RENEW),
+            "a's work ended after its deadline: {work:?}, committed at {committed_at:?}"
+        );
+    });
 }
