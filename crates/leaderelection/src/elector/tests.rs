@@ -44,7 +44,7 @@ struct Candidate {
 impl Candidate {
     async fn stop(self) {
         self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+        bounded(self.task).await.unwrap().unwrap();
     }
 }
 
@@ -110,11 +110,15 @@ fn spawn(store: &MemoryLeaseStore, identity: &str) -> Candidate {
 /// Waits (in virtual time, at most 10 minutes of it) for a state that satisfies `f`; when it came.
 async fn until(candidate: &Candidate, f: impl Fn(&LeaderState) -> bool) -> Instant {
     let mut state = candidate.elector.subscribe();
-    tokio::time::timeout(Duration::from_secs(600), state.wait_for(|s| f(s)))
-        .await
-        .expect("the awaited state did not come within 10 minutes of virtual time")
-        .unwrap();
+    bounded(state.wait_for(|s| f(s))).await.unwrap();
     Instant::now()
+}
+
+/// Awaits `f` for at most 10 minutes of (virtual) time, so that a regression fails instead of hanging.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(600), f)
+        .await
+        .expect("not within 10 minutes of virtual time: a wait that never ends")
 }
 
 async fn until_leader(candidate: &Candidate) -> Instant {
@@ -476,7 +480,7 @@ async fn invariant_3_a_hanging_renew_ends_leadership_at_the_deadline() {
         !a.elector.is_leader(),
         "by the clock, before anyone publishes"
     );
-    let flipped = state.wait_for(|s| s.term.is_none()).await.unwrap();
+    let flipped = bounded(state.wait_for(|s| s.term.is_none())).await.unwrap();
     assert!(!flipped.is_leader());
     drop(flipped);
     assert_eq!(
@@ -574,7 +578,7 @@ async fn invariant_5_release_never_overwrites_another_holder() {
     store.put(held_by("b", 15, 1));
     store.clear_calls();
     a.shutdown.cancel();
-    a.task.await.unwrap().unwrap();
+    bounded(a.task).await.unwrap().unwrap();
     assert_eq!(store.calls_of("a"), ["get"]);
     assert_eq!(holder(&store), "b");
     assert_eq!(store.lease().unwrap().record.lease_transitions, 1);
@@ -590,7 +594,9 @@ async fn invariant_6_fifty_errors_in_a_row_do_not_end_run() {
         fail: true,
         ..LockFault::default()
     });
+    let bound = Instant::now() + Duration::from_secs(600);
     while store.calls_of("a").len() < 50 {
+        assert!(Instant::now() < bound, "50 calls not within 10 minutes");
         tokio::time::sleep(RETRY).await;
         assert!(!a.task.is_finished());
     }
@@ -611,7 +617,9 @@ async fn invariant_6_follower_retries_are_jittered_like_client_go() {
     });
     let mut times = Vec::new();
     let mut seen = 0;
+    let bound = Instant::now() + Duration::from_secs(600);
     while times.len() < 20 {
+        assert!(Instant::now() < bound, "20 retries not within 10 minutes");
         tokio::time::sleep(Duration::from_millis(10)).await;
         let n = store.calls_of("a").len();
         if n > seen {
@@ -919,8 +927,7 @@ async fn rule_10_a_graceful_stop_keeps_renewing_while_the_work_drains() {
     let log = a.log.clone();
     let stopping = Instant::now();
     a.shutdown.cancel();
-    let draining = state
-        .wait_for(|s| s.term.is_none())
+    let draining = bounded(state.wait_for(|s| s.term.is_none()))
         .await
         .unwrap()
         .work_deadline;
@@ -928,7 +935,7 @@ async fn rule_10_a_graceful_stop_keeps_renewing_while_the_work_drains() {
         draining.is_some(),
         "the work deadline stays while the work drains"
     );
-    a.task.await.unwrap().unwrap();
+    bounded(a.task).await.unwrap().unwrap();
     assert_eq!(Instant::now() - stopping, Duration::from_millis(3_900));
     assert_eq!(
         store.calls_of("a"),
@@ -1138,16 +1145,14 @@ async fn an_on_started_leading_that_returns_keeps_leadership() {
     a.stop().await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    elector
-        .subscribe()
-        .wait_for(LeaderState::is_leader)
+    bounded(elector.subscribe().wait_for(LeaderState::is_leader))
         .await
         .unwrap();
     tokio::time::sleep(LEASE * 4).await;
     assert!(elector.is_leader());
     assert_eq!(holder(&store), "one-shot");
     shutdown.cancel();
-    task.await.unwrap().unwrap();
+    bounded(task).await.unwrap().unwrap();
 }
 
 // --- a preferred holder (coordinated leader election, KEP-4355) ---
@@ -1412,7 +1417,7 @@ async fn a_coordinated_leader_releases_after_its_candidate_is_withdrawn() {
         "released before withdrawn"
     );
     registration.status.send_replace(CandidateStatus::Withdrawn);
-    a.task.await.unwrap().unwrap();
+    bounded(a.task).await.unwrap().unwrap();
     let record = store.lease().unwrap().record;
     assert_eq!(record.holder_identity, "", "released once withdrawn");
     assert_eq!(record.strategy.as_deref(), Some("OldestEmulationVersion"));
