@@ -117,6 +117,19 @@ const RECORDING_SCRIPT: &str = r#"at="$DIR/$LEADER_ELECT_IDENTITY-$LEADER_ELECT_
 trap 'sleep 0.5; date +%s%N > "$at.exit"; exit 0' TERM; echo $$ > "$at.pid"
 while :; do sleep 0.05; done"#;
 
+/// Asserts that `earlier` came before `later` (both ns since the epoch, as the children record them),
+/// printing the gap; returns it in ms.
+fn assert_before(earlier: u128, later: u128, first: &str, then: &str) -> f64 {
+    let gap_ms = (later as f64 - earlier as f64) / 1e6;
+    println!("{first} came {gap_ms:.1} ms before {then}");
+    assert!(
+        earlier < later,
+        "{then} came {:.1} ms before {first}: both ran at once",
+        -gap_ms
+    );
+    gap_ms
+}
+
 /// The time candidate `i`'s child of `term` recorded in `$DIR/c<i>-<term>.<what>`, once written whole.
 fn recorded(dir: &Path, i: usize, term: i64, what: &str) -> Option<u128> {
     std::fs::read_to_string(dir.join(format!("c{i}-{term}.{what}")))
@@ -362,12 +375,11 @@ async fn sigterm_hands_over_without_waiting_for_expiry() {
     .await
     .expect("the old child recorded its exit: it was stopped by SIGTERM, not killed");
     let new_start = recorded(dir.path(), next.0, next.1, "start").expect("the new child's start");
-    let gap_ms = (new_start as f64 - old_exit as f64) / 1e6;
-    println!("the old child exited {gap_ms:.1} ms before the new one started");
-    assert!(
-        old_exit < new_start,
-        "the new child started {:.1} ms before the old one exited",
-        -gap_ms
+    assert_before(
+        old_exit,
+        new_start,
+        "the old child's exit",
+        "the new child's start",
     );
     // Polling would take a retry period (5 s), expiry the lease duration (30 s).
     assert!(handover < slow.retry, "handover waited {handover:?}");
@@ -464,12 +476,11 @@ async fn b_takes_over_from_a_cut_off(
     })
     .await
     .unwrap();
-    let gap_ms = (b_first as f64 - a_last as f64) / 1e6;
-    println!("a's child's last write came {gap_ms:.1} ms before b's child's first");
-    assert!(
-        a_last < b_first,
-        "both children ran at once for {:.1} ms",
-        -gap_ms
+    assert_before(
+        a_last,
+        b_first,
+        "a's child's last write",
+        "b's child's first",
     );
 }
 
@@ -810,14 +821,12 @@ async fn no_overlap_when_the_lease_is_taken_from_a_live_leader(
     let (new, new_first) = (all[1].0, all[1].1);
     let old_last = all[0].2;
     assert!(new > old, "terms went from {old} to {new}");
-    let gap_ms = (new_first as f64 - old_last as f64) / 1e6;
-    println!("term {old}'s child's last beat came {gap_ms:.1} ms before term {new}'s first");
-    assert!(
-        old_last < new_first,
-        "terms {old} and {new} worked at once for {:.1} ms",
-        -gap_ms
-    );
-    gap_ms
+    assert_before(
+        old_last,
+        new_first,
+        &format!("term {old}'s child's last beat"),
+        &format!("term {new}'s first"),
+    )
 }
 
 /// Item: `leader-elect release --force` of a live holder. The holder sees the release through the watch on
