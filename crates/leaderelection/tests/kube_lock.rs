@@ -13,6 +13,13 @@ use leaderelection::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Awaits `f` for at most 60 s, so that a regression fails instead of hanging.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("not within 60 s: a wait that never ends")
+}
+
 fn client(url: &str) -> kube::Client {
     let mut config = kube::Config::new(url.parse().unwrap());
     config.default_retry = false;
@@ -220,14 +227,13 @@ async fn released_lease_is_taken_over_through_the_watch() {
     let first_stop = CancellationToken::new();
     let first_run = tokio::spawn(first.clone().run(first_stop.clone()));
     let mut state = first.subscribe();
-    state.wait_for(|s| s.is_leader()).await.unwrap();
+    bounded(state.wait_for(|s| s.is_leader())).await.unwrap();
 
     let second = candidate("second");
     let second_stop = CancellationToken::new();
     let second_run = tokio::spawn(second.clone().run(second_stop.clone()));
     let mut second_state = second.subscribe();
-    second_state
-        .wait_for(|s| s.leader.as_deref() == Some("first"))
+    bounded(second_state.wait_for(|s| s.leader.as_deref() == Some("first")))
         .await
         .unwrap();
 
@@ -235,8 +241,10 @@ async fn released_lease_is_taken_over_through_the_watch() {
     // a retry period (100 s, jittered up to 220 s) or the lease duration (300 s): far more than the bound.
     let released = Instant::now();
     first_stop.cancel();
-    first_run.await.unwrap().unwrap();
-    second_state.wait_for(|s| s.is_leader()).await.unwrap();
+    bounded(first_run).await.unwrap().unwrap();
+    bounded(second_state.wait_for(|s| s.is_leader()))
+        .await
+        .unwrap();
     let handover = released.elapsed();
     assert!(
         handover < Duration::from_secs(50),
@@ -244,7 +252,7 @@ async fn released_lease_is_taken_over_through_the_watch() {
     );
     assert_eq!(second_state.borrow().current_term().unwrap().transitions, 1);
     second_stop.cancel();
-    second_run.await.unwrap().unwrap();
+    bounded(second_run).await.unwrap().unwrap();
     server.shutdown().await;
 }
 
@@ -311,7 +319,7 @@ async fn a_lease_older_than_the_watch_history_costs_a_few_requests_per_retry_per
     );
     assert_eq!(state.borrow().current_term().unwrap().transitions, 5);
     stop.cancel();
-    run.await.unwrap().unwrap();
+    bounded(run).await.unwrap().unwrap();
     server.shutdown().await;
 }
 
