@@ -627,12 +627,19 @@ async fn invariant_6_follower_retries_are_jittered_like_client_go() {
             times.push(Instant::now());
         }
     }
-    for gap in times.windows(2).map(|w| w[1] - w[0]) {
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for gap in &gaps {
         assert!(
-            gap >= RETRY && gap < RETRY.mul_f64(2.2) + Duration::from_millis(10),
+            *gap >= RETRY && *gap < RETRY.mul_f64(2.2) + Duration::from_millis(10),
             "{gap:?}"
         );
     }
+    // Jittered, not a fixed period: the 19 gaps spread over [RP, 2.2 x RP) at 10 ms resolution, so
+    // fewer than 5 distinct values would need a near-impossible draw; a fixed period gives one.
+    let mut distinct = gaps.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() >= 5, "retries are not jittered: {gaps:?}");
     a.stop().await;
 }
 
