@@ -1438,3 +1438,42 @@ async fn a_coordinated_leader_releases_after_its_candidate_is_withdrawn() {
     assert_eq!(store.lease().unwrap().record.holder_identity, "");
     assert_eq!(stopping.elapsed(), config("b").effective_request_timeout());
 }
+
+/// Rule 10 during a graceful stop: when the Lease is taken by another while the work drains, the
+/// published work deadline becomes the instant the elector learnt it (a CLI SIGKILLs its child by it),
+/// not the end of the drain's window.
+#[tokio::test(start_paused = true)]
+async fn rule_10_a_lease_taken_while_the_work_drains_moves_the_work_deadline_to_now() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(&store, config("a"), Duration::from_secs(60));
+    until_leader(&a).await;
+    let mut state = a.elector.subscribe();
+    a.shutdown.cancel();
+    bounded(state.wait_for(|s| s.term.is_none())).await.unwrap();
+    let draining_until = state
+        .borrow()
+        .work_deadline
+        .expect("a work deadline while draining");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every work deadline published from now on.
+    let published = Arc::new(Mutex::new(Vec::new()));
+    let recorder = tokio::spawn({
+        let published = published.clone();
+        async move {
+            while state.changed().await.is_ok() {
+                let deadline = state.borrow_and_update().work_deadline;
+                published.lock().unwrap().push(deadline);
+            }
+        }
+    });
+    let taken = Instant::now();
+    drop(store.put(held_by("b", 15, 1)));
+    bounded(a.task).await.unwrap().unwrap();
+    recorder.abort();
+    let published = published.lock().unwrap().clone();
+    assert!(taken < draining_until);
+    assert!(
+        published.contains(&Some(taken)),
+        "the work deadline did not become now ({taken:?}) when the Lease was taken: {published:?}"
+    );
+}
