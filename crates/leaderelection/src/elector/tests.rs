@@ -1477,3 +1477,43 @@ async fn rule_10_a_lease_taken_while_the_work_drains_moves_the_work_deadline_to_
         "the work deadline did not become now ({taken:?}) when the Lease was taken: {published:?}"
     );
 }
+
+/// Invariant 3, then the release: a term ended by its renew deadline while the API failed is still
+/// released once the API answers again (the Lease may still name us), so that a follower need not wait
+/// out the lease duration. Seen from a watch of the Lease: a write with an empty holder.
+#[tokio::test(start_paused = true)]
+async fn a_term_ended_by_its_renew_deadline_is_released_once_the_api_answers() {
+    use crate::{LeaseEvent, LeaseLock};
+    use futures::StreamExt;
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    a.lock.set_fault(LockFault {
+        fail: true,
+        ..LockFault::default()
+    });
+    until(&a, |s| s.term.is_none()).await;
+    let observer = store.lock("observer");
+    let from = store.lease().unwrap().resource_version;
+    let mut events = observer.watch(&from).await.unwrap();
+    a.lock.set_fault(LockFault::default());
+    // The release is retried for a renew deadline after the term's end.
+    let released = tokio::time::timeout(2 * RENEW, async {
+        while let Some(event) = events.next().await {
+            if let Ok(LeaseEvent::Applied(lease)) = event
+                && lease.record.holder_identity.is_empty()
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        released,
+        "not released after the deadline; calls: {:?}",
+        store.calls_of("a")
+    );
+    a.stop().await;
+}
