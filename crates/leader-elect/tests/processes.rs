@@ -104,10 +104,39 @@ fn candidate(
 const PID_SCRIPT: &str =
     r#"echo $$ > "$DIR/$LEADER_ELECT_IDENTITY-$LEADER_ELECT_TERM.pid"; exec sleep 3600"#;
 
-fn spawn(url: &str, dir: &Path, i: usize, t: &Timings) -> tokio::process::Child {
-    candidate(url, &format!("c{i}"), t, dir, PID_SCRIPT)
+fn spawn_with(url: &str, dir: &Path, i: usize, t: &Timings, script: &str) -> tokio::process::Child {
+    candidate(url, &format!("c{i}"), t, dir, script)
         .spawn()
         .unwrap()
+}
+
+/// Keeps its own record: its start time (ns, `date +%s%N`) in `$DIR/c<i>-<term>.start` before anything
+/// else, its pid in `.pid`; on SIGTERM it drains for 0.5 s, then writes its exit time in `.exit` as its
+/// last act. A child SIGKILLed instead never writes `.exit`.
+const RECORDING_SCRIPT: &str = r#"at="$DIR/$LEADER_ELECT_IDENTITY-$LEADER_ELECT_TERM"; date +%s%N > "$at.start"
+trap 'sleep 0.5; date +%s%N > "$at.exit"; exit 0' TERM; echo $$ > "$at.pid"
+while :; do sleep 0.05; done"#;
+
+/// Asserts that `earlier` came before `later` (both ns since the epoch, as the children record them),
+/// printing the gap; returns it in ms.
+fn assert_before(earlier: u128, later: u128, first: &str, then: &str) -> f64 {
+    let gap_ms = (later as f64 - earlier as f64) / 1e6;
+    println!("{first} came {gap_ms:.1} ms before {then}");
+    assert!(
+        earlier < later,
+        "{then} came {:.1} ms before {first}: both ran at once",
+        -gap_ms
+    );
+    gap_ms
+}
+
+/// The time candidate `i`'s child of `term` recorded in `$DIR/c<i>-<term>.<what>`, once written whole.
+fn recorded(dir: &Path, i: usize, term: i64, what: &str) -> Option<u128> {
+    std::fs::read_to_string(dir.join(format!("c{i}-{term}.{what}")))
+        .ok()?
+        .strip_suffix('\n')?
+        .parse()
+        .ok()
 }
 
 /// Ignores SIGTERM (and so do the processes it starts), records its pid in `$DIR/<identity>.pid`, and
@@ -239,7 +268,17 @@ async fn three(
     dir: &Path,
     t: &Timings,
 ) -> (Vec<tokio::process::Child>, (usize, i64, i32)) {
-    let procs: Vec<_> = (0..3).map(|i| spawn(url, dir, i, t)).collect();
+    three_with(url, dir, t, PID_SCRIPT).await
+}
+
+/// [`three`], each candidate running `script`.
+async fn three_with(
+    url: &str,
+    dir: &Path,
+    t: &Timings,
+    script: &str,
+) -> (Vec<tokio::process::Child>, (usize, i64, i32)) {
+    let procs: Vec<_> = (0..3).map(|i| spawn_with(url, dir, i, t, script)).collect();
     let first = wait_for(Duration::from_secs(20), || alive(dir).first().copied())
         .await
         .expect("a leader");
@@ -309,7 +348,8 @@ async fn sigterm_hands_over_without_waiting_for_expiry() {
     };
     let server = FakeApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut procs, (leader, _, child)) = three(&server.url(), dir.path(), &slow).await;
+    let (mut procs, (leader, term, child)) =
+        three_with(&server.url(), dir.path(), &slow, RECORDING_SCRIPT).await;
     let stopped = Instant::now();
     kill(
         Pid::from_raw(procs[leader].id().unwrap() as i32),
@@ -326,6 +366,20 @@ async fn sigterm_hands_over_without_waiting_for_expiry() {
     assert!(
         !running(child),
         "the old child had exited before the new one started"
+    );
+    // From the children's own records: the old child got SIGTERM (not a SIGKILL), drained, and exited
+    // before the new child started.
+    let old_exit = wait_for(Duration::from_secs(5), || {
+        recorded(dir.path(), leader, term, "exit")
+    })
+    .await
+    .expect("the old child recorded its exit: it was stopped by SIGTERM, not killed");
+    let new_start = recorded(dir.path(), next.0, next.1, "start").expect("the new child's start");
+    assert_before(
+        old_exit,
+        new_start,
+        "the old child's exit",
+        "the new child's start",
     );
     // Polling would take a retry period (5 s), expiry the lease duration (30 s).
     assert!(handover < slow.retry, "handover waited {handover:?}");
@@ -422,12 +476,11 @@ async fn b_takes_over_from_a_cut_off(
     })
     .await
     .unwrap();
-    let gap_ms = (b_first as f64 - a_last as f64) / 1e6;
-    println!("a's child's last write came {gap_ms:.1} ms before b's child's first");
-    assert!(
-        a_last < b_first,
-        "both children ran at once for {:.1} ms",
-        -gap_ms
+    assert_before(
+        a_last,
+        b_first,
+        "a's child's last write",
+        "b's child's first",
     );
 }
 
@@ -768,14 +821,12 @@ async fn no_overlap_when_the_lease_is_taken_from_a_live_leader(
     let (new, new_first) = (all[1].0, all[1].1);
     let old_last = all[0].2;
     assert!(new > old, "terms went from {old} to {new}");
-    let gap_ms = (new_first as f64 - old_last as f64) / 1e6;
-    println!("term {old}'s child's last beat came {gap_ms:.1} ms before term {new}'s first");
-    assert!(
-        old_last < new_first,
-        "terms {old} and {new} worked at once for {:.1} ms",
-        -gap_ms
-    );
-    gap_ms
+    assert_before(
+        old_last,
+        new_first,
+        &format!("term {old}'s child's last beat"),
+        &format!("term {new}'s first"),
+    )
 }
 
 /// Item: `leader-elect release --force` of a live holder. The holder sees the release through the watch on

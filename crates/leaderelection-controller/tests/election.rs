@@ -10,6 +10,13 @@ use leaderelection_controller::{Election, Event, EventBus, Metrics, Received, Su
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// Awaits `f` for at most 10 minutes of (virtual) time, so that a regression fails instead of hanging.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(600), f)
+        .await
+        .expect("not within 10 minutes of virtual time: a wait that never ends")
+}
+
 fn config(id: &str) -> Config {
     Config::new(id, "lease", "default")
         .with_lease_duration(Duration::from_secs(3))
@@ -107,13 +114,13 @@ async fn events_precede_callbacks_in_a_fixed_order() {
     .unwrap();
     let (stop, run) = spawn_run(&component);
     let mut state = component.subscribe();
-    state.wait_for(|s| s.is_leader()).await.unwrap();
+    bounded(state.wait_for(|s| s.is_leader())).await.unwrap();
     assert!(component.is_leader());
     assert_eq!(component.leader().as_deref(), Some("a"));
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(component.is_leader(), "renewing keeps it leader");
     stop.cancel();
-    run.await.unwrap().unwrap();
+    bounded(run).await.unwrap().unwrap();
     assert!(!component.is_leader());
     let log = log.lock().unwrap().clone();
     assert_eq!(log, one_term_until_shutdown("a"));
@@ -135,13 +142,11 @@ async fn disabled_mode_publishes_events_without_api_calls() {
     )
     .unwrap();
     let (stop, run) = spawn_run(&component);
-    component
-        .subscribe()
-        .wait_for(|s| s.is_leader())
+    bounded(component.subscribe().wait_for(|s| s.is_leader()))
         .await
         .unwrap();
     stop.cancel();
-    run.await.unwrap().unwrap();
+    bounded(run).await.unwrap().unwrap();
     assert!(store.calls().is_empty(), "no API call: {:?}", store.calls());
     let log = log.lock().unwrap().clone();
     assert_eq!(log, one_term_until_shutdown("solo"));
@@ -155,9 +160,7 @@ async fn losing_the_lease_to_another_holder_is_published_with_its_reason() {
     let component =
         Election::new(config("a"), store.lock("a"), bus.clone(), Callbacks::new()).unwrap();
     let (stop, run) = spawn_run(&component);
-    component
-        .subscribe()
-        .wait_for(|s| s.is_leader())
+    bounded(component.subscribe().wait_for(|s| s.is_leader()))
         .await
         .unwrap();
     // Another writer takes the Lease (as after a partition): the next renew conflicts and sees "b".
@@ -170,13 +173,11 @@ async fn losing_the_lease_to_another_holder_is_published_with_its_reason() {
         lease_transitions: 1,
         ..LeaderElectionRecord::default()
     });
-    component
-        .subscribe()
-        .wait_for(|s| !s.is_leader())
+    bounded(component.subscribe().wait_for(|s| !s.is_leader()))
         .await
         .unwrap();
     stop.cancel();
-    run.await.unwrap().unwrap();
+    bounded(run).await.unwrap().unwrap();
     let mut events = Vec::new();
     while let Some(Received::Event(e)) = sub.try_recv() {
         events.push((*e).clone());

@@ -130,7 +130,10 @@ async fn start(server: &FakeApiServer, activity: &Arc<Activity>) -> Vec<Replica>
     replicas
 }
 
+/// The first replica other than `except` that leads, within 10 lease durations (a regression fails
+/// instead of hanging).
 async fn wait_for_leader(replicas: &[Replica], except: Option<usize>) -> usize {
+    let bound = Instant::now() + 10 * LEASE;
     loop {
         if let Some(i) = replicas
             .iter()
@@ -139,6 +142,11 @@ async fn wait_for_leader(replicas: &[Replica], except: Option<usize>) -> usize {
         {
             return i;
         }
+        assert!(
+            Instant::now() < bound,
+            "no leader (other than {except:?}) within {:?}",
+            10 * LEASE
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -214,6 +222,112 @@ async fn only_leader_runs_leader_only_components() {
         0,
         "stopped on shutdown"
     );
+    server.shutdown().await;
+}
+
+/// Churn for more than 3 lease durations: every round, the leader is cut off the API server (a crash, as
+/// far as the cluster can tell: it must stop its work by its own deadline) or stopped gracefully, while
+/// two new replicas start concurrently. At every start of a leader-only component no other runs (exact,
+/// from the start/stop counter), and an independent task samples `is_leader()` of every replica every
+/// 5 ms: never two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_leader_runs_leader_only_components_under_churn() {
+    let server = FakeApiServer::start().await.unwrap();
+    let activity = Arc::new(Activity::default());
+    let replicas = Arc::new(Mutex::new(start(&server, &activity).await));
+    let two_leaders = Arc::new(Mutex::new(Vec::new()));
+    let stop_sampling = CancellationToken::new();
+    let sampler = tokio::spawn({
+        let (replicas, two_leaders, stop) =
+            (replicas.clone(), two_leaders.clone(), stop_sampling.clone());
+        async move {
+            while !stop.is_cancelled() {
+                let leaders: Vec<usize> = replicas
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.component.is_leader())
+                    .map(|(i, _)| i)
+                    .collect();
+                if leaders.len() > 1 {
+                    two_leaders.lock().unwrap().push(leaders);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let started = Instant::now();
+    let (mut leaders, mut cut, mut round) = (Vec::new(), Vec::new(), 0);
+    while started.elapsed() < 3 * LEASE + RENEW || round < 4 {
+        assert!(round < 20, "churn did not end: {:?}", started.elapsed());
+        let leader = {
+            let bound = Instant::now() + 10 * LEASE;
+            loop {
+                let found = replicas
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .position(|(i, r)| {
+                        r.component.is_leader() && !r.stop.is_cancelled() && !cut.contains(&i)
+                    });
+                if let Some(found) = found {
+                    break found;
+                }
+                assert!(Instant::now() < bound, "no leader within {:?}", 10 * LEASE);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        leaders.push(leader);
+        {
+            let replicas = replicas.lock().unwrap();
+            if round % 2 == 0 {
+                // Cut off for good, still running: dead to the cluster, it must stop its component by
+                // its own deadline.
+                replicas[leader].listener.set_faults(Faults::partition());
+                cut.push(leader);
+            } else {
+                replicas[leader].stop.cancel();
+            }
+        }
+        let count = replicas.lock().unwrap().len();
+        let (a, b) = tokio::join!(
+            start_replica(&server, count, activity.clone()),
+            start_replica(&server, count + 1, activity.clone()),
+        );
+        replicas.lock().unwrap().extend([a, b]);
+        round += 1;
+    }
+    stop_sampling.cancel();
+    tokio::time::timeout(Duration::from_secs(10), sampler)
+        .await
+        .expect("the sampler did not stop")
+        .unwrap();
+    let replicas = Arc::into_inner(replicas).unwrap().into_inner().unwrap();
+    tokio::time::timeout(3 * LEASE, shutdown(replicas))
+        .await
+        .expect("replicas did not shut down within 3 lease durations");
+    let log = activity.log.lock().unwrap().clone();
+    assert_eq!(
+        activity.max_active.load(Ordering::SeqCst),
+        1,
+        "two leader-only components ran at once: {log:?}"
+    );
+    let two_leaders = two_leaders.lock().unwrap().clone();
+    assert!(
+        two_leaders.is_empty(),
+        "is_leader() true for {two_leaders:?}"
+    );
+    // Every leader ran its component: one start per round at least.
+    for leader in &leaders {
+        assert!(
+            log.iter()
+                .any(|(i, what, _)| i == leader && *what == "start"),
+            "leader {leader} never started its component: {log:?}"
+        );
+    }
+    assert!(leaders.len() >= 4, "{leaders:?}");
     server.shutdown().await;
 }
 

@@ -9,6 +9,13 @@ use leaderelection::{Config, MemoryLeaseStore};
 use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
+/// Awaits `f` for at most 10 minutes of (virtual) time, so that a regression fails instead of hanging.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(600), f)
+        .await
+        .expect("not within 10 minutes of virtual time: a wait that never ends")
+}
+
 fn config(identity: &str) -> Config {
     Config::new(identity, "runtime", "default")
 }
@@ -47,12 +54,11 @@ async fn only_the_leader_runs_its_leader_only_component_and_shutdown_hands_over(
     let (a, a_stop) = replica(&store, "a", Arc::clone(&a_running));
     let mut a_state = a.election().subscribe();
     let a_task = tokio::spawn(a.run(a_stop.clone()));
-    a_state.wait_for(|s| s.is_leader()).await.unwrap();
+    bounded(a_state.wait_for(|s| s.is_leader())).await.unwrap();
     let (b, b_stop) = replica(&store, "b", Arc::clone(&b_running));
     let mut b_state = b.election().subscribe();
     let b_task = tokio::spawn(b.run(b_stop.clone()));
-    b_state
-        .wait_for(|s| s.leader.as_deref() == Some("a"))
+    bounded(b_state.wait_for(|s| s.leader.as_deref() == Some("a")))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -61,9 +67,9 @@ async fn only_the_leader_runs_its_leader_only_component_and_shutdown_hands_over(
 
     let stopped_at = tokio::time::Instant::now();
     a_stop.cancel();
-    a_task.await.unwrap().unwrap();
+    bounded(a_task).await.unwrap().unwrap();
     assert_eq!(a_running.load(Ordering::SeqCst), 0);
-    b_state.wait_for(|s| s.is_leader()).await.unwrap();
+    bounded(b_state.wait_for(|s| s.is_leader())).await.unwrap();
     assert_eq!(
         tokio::time::Instant::now(),
         stopped_at,
@@ -72,7 +78,7 @@ async fn only_the_leader_runs_its_leader_only_component_and_shutdown_hands_over(
     tokio::task::yield_now().await;
     assert_eq!(b_running.load(Ordering::SeqCst), 1);
     b_stop.cancel();
-    b_task.await.unwrap().unwrap();
+    bounded(b_task).await.unwrap().unwrap();
     assert_eq!(store.lease().unwrap().record.holder_identity, "");
 }
 

@@ -87,7 +87,10 @@ impl Replica {
 
     async fn shut_down(self) -> Result<(), SupervisorError> {
         self.stop.cancel();
-        self.run.await.unwrap()
+        tokio::time::timeout(PATIENCE, self.run)
+            .await
+            .expect("run did not end")
+            .unwrap()
     }
 }
 

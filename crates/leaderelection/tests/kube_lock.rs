@@ -14,6 +14,13 @@ use leaderelection::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Awaits `f` for at most 60 s, so that a regression fails instead of hanging.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("not within 60 s: a wait that never ends")
+}
+
 fn client(url: &str) -> kube::Client {
     let mut config = kube::Config::new(url.parse().unwrap());
     config.default_retry = false;
@@ -225,14 +232,13 @@ async fn released_lease_is_taken_over_through_the_watch() {
     let first_stop = CancellationToken::new();
     let first_run = tokio::spawn(first.clone().run(first_stop.clone()));
     let mut state = first.subscribe();
-    state.wait_for(|s| s.is_leader()).await.unwrap();
+    bounded(state.wait_for(|s| s.is_leader())).await.unwrap();
 
     let second = candidate("second");
     let second_stop = CancellationToken::new();
     let second_run = tokio::spawn(second.clone().run(second_stop.clone()));
     let mut second_state = second.subscribe();
-    second_state
-        .wait_for(|s| s.leader.as_deref() == Some("first"))
+    bounded(second_state.wait_for(|s| s.leader.as_deref() == Some("first")))
         .await
         .unwrap();
 
@@ -240,8 +246,10 @@ async fn released_lease_is_taken_over_through_the_watch() {
     // a retry period (100 s, jittered up to 220 s) or the lease duration (300 s): far more than the bound.
     let released = Instant::now();
     first_stop.cancel();
-    first_run.await.unwrap().unwrap();
-    second_state.wait_for(|s| s.is_leader()).await.unwrap();
+    bounded(first_run).await.unwrap().unwrap();
+    bounded(second_state.wait_for(|s| s.is_leader()))
+        .await
+        .unwrap();
     let handover = released.elapsed();
     assert!(
         handover < Duration::from_secs(50),
@@ -249,7 +257,7 @@ async fn released_lease_is_taken_over_through_the_watch() {
     );
     assert_eq!(second_state.borrow().current_term().unwrap().transitions, 1);
     second_stop.cancel();
-    second_run.await.unwrap().unwrap();
+    bounded(second_run).await.unwrap().unwrap();
     server.shutdown().await;
 }
 
@@ -316,7 +324,108 @@ async fn a_lease_older_than_the_watch_history_costs_a_few_requests_per_retry_per
     );
     assert_eq!(state.borrow().current_term().unwrap().transitions, 5);
     stop.cancel();
-    run.await.unwrap().unwrap();
+    bounded(run).await.unwrap().unwrap();
+    server.shutdown().await;
+}
+
+/// Two Leases in one namespace must not mix: the lock's list and watch select their own Lease by
+/// `metadata.name` (a watch of the namespace would deliver the other Lease's writes as ours), and a
+/// follower of one Lease never reports the other's holder as its leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leases_in_one_namespace_do_not_mix() {
+    let server = FakeApiServer::start().await.unwrap();
+    // The other Lease sorts first and is written first and last.
+    let other = KubeLeaseLock::new(client(&server.url()), "default", "aaa-other");
+    let ours = KubeLeaseLock::new(client(&server.url()), "default", "ours");
+    let other_created = other.create(&record("o1", 0)).await.unwrap();
+    let created = ours.create(&record("u1", 0)).await.unwrap();
+    assert_eq!(
+        ours.list()
+            .await
+            .unwrap()
+            .lease
+            .unwrap()
+            .record
+            .holder_identity,
+        "u1"
+    );
+    let mut events = ours.watch(&created.resource_version).await.unwrap();
+    let other_updated = other
+        .update(&record("o2", 1), &other_created.resource_version)
+        .await
+        .unwrap();
+    ours.update(&record("u2", 1), &created.resource_version)
+        .await
+        .unwrap();
+    other
+        .update(&record("o3", 2), &other_updated.resource_version)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("no watch event within 10 s")
+        .expect("the watch ended")
+        .unwrap();
+    match first {
+        LeaseEvent::Applied(lease) => assert_eq!(lease.record.holder_identity, "u2"),
+        other => panic!("expected our update, got {other:?}"),
+    }
+
+    // Electors on two new Leases: z leads one (sorting first) and renews every retry period; x leads
+    // the other; y follows it.
+    let candidate = |id: &str, lease: &str| {
+        let config = Config::new(id, lease, "default")
+            .with_lease_duration(Duration::from_secs(3))
+            .with_renew_deadline(Duration::from_secs(2))
+            .with_retry_period(Duration::from_millis(500));
+        let lock = KubeLeaseLock::new(client(&server.url()), "default", lease);
+        Elector::new(config, lock, Callbacks::new()).unwrap()
+    };
+    let stop = CancellationToken::new();
+    let (z, x, y) = (
+        candidate("z", "aab-other"),
+        candidate("x", "elected"),
+        candidate("y", "elected"),
+    );
+    let tasks: Vec<_> = [&z, &x]
+        .into_iter()
+        .map(|e| tokio::spawn(e.clone().run(stop.clone())))
+        .collect();
+    let (mut x_state, mut z_state) = (x.subscribe(), z.subscribe());
+    tokio::time::timeout(Duration::from_secs(20), z_state.wait_for(|s| s.is_leader()))
+        .await
+        .expect("z did not lead within 20 s")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), x_state.wait_for(|s| s.is_leader()))
+        .await
+        .expect("x did not lead within 20 s")
+        .unwrap();
+    let y_task = tokio::spawn(y.clone().run(stop.clone()));
+    // Every leader y reports for 3 s (z renews 6 times meanwhile).
+    let mut y_state = y.subscribe();
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            seen.push(y_state.borrow_and_update().leader.clone());
+            if y_state.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(seen.contains(&Some("x".to_string())), "{seen:?}");
+    assert!(
+        seen.iter().flatten().all(|leader| leader == "x"),
+        "y reported another Lease's holder: {seen:?}"
+    );
+    stop.cancel();
+    for task in tasks.into_iter().chain([y_task]) {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("an elector did not stop within 10 s")
+            .unwrap()
+            .unwrap();
+    }
     server.shutdown().await;
 }
 

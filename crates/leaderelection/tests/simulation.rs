@@ -17,6 +17,13 @@
 //!   stops saying so (or the process crashed) and its latest `valid_until`, i.e. exactly while
 //!   `is_leader()` is true. Intervals are recorded from `subscribe()` changes on the paused clock, so the
 //!   instants are exact.
+//! - **safety of what users see**, not rebuilt from the published state (which would pass a renew loop
+//!   that no longer ends the term at its deadline, or an `is_leader()` that ignores the deadline):
+//!   - every candidate runs leader-only work per term (`on_started_leading`, frozen with its process);
+//!     no two processes' work may run at the same time. A work interval during which its process was
+//!     frozen is left unchecked (a frozen process cannot stop itself; term numbers fence it);
+//!   - an independent task reads `is_leader()` of every live process every [`SAMPLE`]; no sample may
+//!     find two processes leading.
 //! - **fencing**: ordered by start, leadership intervals of different processes carry strictly
 //!   increasing term numbers (`leaseTransitions`).
 //! - **recovery**: once faults stop, a leader exists again within `RECOVERY_BOUND` (lease_duration +
@@ -33,14 +40,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use leaderelection::{
-    Callbacks, Config, Elector, JITTER_FACTOR, LockFault, MemoryLeaseLock, MemoryLeaseStore,
-    Observer, Request,
+    Callbacks, Config, Elector, JITTER_FACTOR, LeaderElectionRecord, LeaseEventStream, LeaseLock,
+    ListedLease, LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, ObservedLease, Observer,
+    Request,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -82,22 +91,30 @@ fn recovery_bound() -> Duration {
 // --- a freezable process ---
 
 /// Freezes a future: while frozen it is not polled at all, as a stopped process runs no code.
+/// Every future of one process (its `run` and its leader-only work) shares one freezer.
 #[derive(Default)]
 struct Freezer {
     frozen: AtomicBool,
-    waker: Mutex<Option<Waker>>,
+    /// How many times the process was frozen so far.
+    freezes: AtomicUsize,
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl Freezer {
     fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
+        self.freezes.fetch_add(1, Ordering::SeqCst);
     }
 
     fn thaw(&self) {
         self.frozen.store(false, Ordering::SeqCst);
-        if let Some(waker) = self.waker.lock().unwrap().take() {
+        for waker in std::mem::take(&mut *self.wakers.lock().unwrap()) {
             waker.wake();
         }
+    }
+
+    fn freezes(&self) -> usize {
+        self.freezes.load(Ordering::SeqCst)
     }
 
     fn is_frozen(&self) -> bool {
@@ -115,7 +132,10 @@ impl<F: Future> Future for Freezable<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         if self.freezer.is_frozen() {
-            *self.freezer.waker.lock().unwrap() = Some(cx.waker().clone());
+            let mut wakers = self.freezer.wakers.lock().unwrap();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
             return Poll::Pending;
         }
         self.inner.as_mut().poll(cx)
@@ -137,9 +157,41 @@ struct Interval {
 /// The running interval of one process: term, start, latest `valid_until`.
 type Open = Arc<Mutex<Option<(i32, Instant, Instant)>>>;
 
+/// The running leader-only work of one process: term, start, and how many times the process had been
+/// frozen when it started.
+type OpenWork = Arc<Mutex<Option<(i32, Instant, usize)>>>;
+
+/// A sample at which several processes said they lead: when, and which.
+type Together = (Instant, Vec<String>);
+
+/// How often the sampler reads `is_leader()` of every live process (virtual time).
+const SAMPLE: Duration = Duration::from_millis(50);
+
+/// A live process's elector, as the sampler reads it.
+struct Sampled {
+    process: String,
+    elector: Elector,
+    /// Cleared when the process dies: a dead process runs no code that could read `is_leader()`.
+    alive: Arc<AtomicBool>,
+}
+
 #[derive(Clone, Default)]
 struct Log {
+    /// Leadership as published (`subscribe()`), cut at each `valid_until`.
     intervals: Arc<Mutex<Vec<Interval>>>,
+    /// Leader-only work (`on_started_leading`), one interval per term: from when the elector started it
+    /// until it ended (its token cancelled, or it was aborted) or its process died. This is what a user's
+    /// work does, whatever the published state says.
+    work: Arc<Mutex<Vec<Interval>>>,
+    /// Work intervals left unchecked because their process was frozen while the work ran: a frozen
+    /// process cannot stop its own work (term numbers fence it; `is_leader()` is still sampled).
+    work_frozen: Arc<AtomicUsize>,
+    /// Every process started, for the sampler.
+    electors: Arc<Mutex<Vec<Sampled>>>,
+    /// Samples at which some process's `is_leader()` was true.
+    leading_samples: Arc<AtomicUsize>,
+    /// Samples at which `is_leader()` was true for more than one process: when, and which.
+    both_leaders: Arc<Mutex<Vec<Together>>>,
     /// Anything the recorder found wrong on its own (e.g. leading without a deadline).
     anomalies: Arc<Mutex<Vec<String>>>,
     /// What each process did and saw, printed when a run fails.
@@ -168,7 +220,53 @@ impl Observer for Tracer {
     }
 }
 
+/// Reads `is_leader()` of every live process every [`SAMPLE`], from its own task (independent of the
+/// elector's publishing and of the recorder), as user code polling it would, and records every sample at
+/// which two processes say they lead. Runs until its runtime ends.
+async fn sample(log: Log) {
+    let mut tick = tokio::time::interval(SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leaders: Vec<String> = {
+            let mut electors = log.electors.lock().unwrap();
+            electors.retain(|s| s.alive.load(Ordering::SeqCst));
+            electors
+                .iter()
+                .filter(|s| s.elector.is_leader())
+                .map(|s| s.process.clone())
+                .collect()
+        };
+        if !leaders.is_empty() {
+            log.leading_samples.fetch_add(1, Ordering::SeqCst);
+        }
+        if leaders.len() > 1 {
+            log.both_leaders
+                .lock()
+                .unwrap()
+                .push((Instant::now(), leaders));
+        }
+    }
+}
+
 impl Log {
+    /// Ends the running work interval of `process` at `at`; left unchecked if the process was frozen
+    /// meanwhile.
+    fn close_work(&self, process: &str, open: &OpenWork, freezer: &Freezer, at: Instant) {
+        if let Some((term, start, freezes)) = open.lock().unwrap().take() {
+            if freezer.freezes() != freezes {
+                self.work_frozen.fetch_add(1, Ordering::SeqCst);
+            } else if start < at {
+                self.work.lock().unwrap().push(Interval {
+                    process: process.to_string(),
+                    term,
+                    start,
+                    end: at,
+                });
+            }
+        }
+    }
+
     fn trace(&self, at: Instant, process: &str, what: String) {
         self.trace
             .lock()
@@ -218,6 +316,10 @@ struct Candidate {
     task: JoinHandle<()>,
     recorder: JoinHandle<()>,
     open: Open,
+    open_work: OpenWork,
+    /// Cancelled when the process dies: ends its work task (which the elector does not own).
+    killed: CancellationToken,
+    alive: Arc<AtomicBool>,
     /// Watching was forbidden at some point: the elector polls from then on.
     polls: bool,
 }
@@ -225,14 +327,31 @@ struct Candidate {
 impl Candidate {
     fn start(store: &MemoryLeaseStore, identity: String, process: String, log: &Log) -> Self {
         let lock = store.lock(&identity);
-        let elector = Elector::new(config(&identity), lock.clone(), Callbacks::new())
+        let freezer = Arc::new(Freezer::default());
+        let open_work: OpenWork = Arc::default();
+        let killed = CancellationToken::new();
+        let work = Work {
+            log: log.clone(),
+            process: process.clone(),
+            open: open_work.clone(),
+            freezer: freezer.clone(),
+            killed: killed.clone(),
+        };
+        let callbacks =
+            Callbacks::new().on_started_leading(move |term, token| work.run(term, token));
+        let elector = Elector::new(config(&identity), lock.clone(), callbacks)
             .unwrap()
             .with_observer(Arc::new(Tracer {
                 process: process.clone(),
                 log: log.clone(),
             }));
+        let alive = Arc::new(AtomicBool::new(true));
+        log.electors.lock().unwrap().push(Sampled {
+            process: process.clone(),
+            elector: elector.clone(),
+            alive: alive.clone(),
+        });
         let shutdown = CancellationToken::new();
-        let freezer = Arc::new(Freezer::default());
         let task = tokio::spawn(Freezable {
             inner: Box::pin({
                 let (elector, shutdown) = (elector.clone(), shutdown.clone());
@@ -296,15 +415,68 @@ impl Candidate {
             task,
             recorder,
             open,
+            open_work,
+            killed,
+            alive,
             polls: false,
         }
     }
 
-    /// The process dies now (no release): its open interval ends now or at its deadline.
+    /// The process dies now (no release): its open interval ends now or at its deadline, its work now.
     fn kill(&self, log: &Log) {
         self.task.abort();
         self.recorder.abort();
-        log.close(&self.process, &self.open, Instant::now());
+        self.alive.store(false, Ordering::SeqCst);
+        self.killed.cancel();
+        let now = Instant::now();
+        log.close(&self.process, &self.open, now);
+        log.close_work(&self.process, &self.open_work, &self.freezer, now);
+    }
+}
+
+/// The leader-only work of one process (`on_started_leading`): it runs until its term's token is
+/// cancelled (or the process dies), frozen with its process, and records its interval.
+#[derive(Clone)]
+struct Work {
+    log: Log,
+    process: String,
+    open: OpenWork,
+    freezer: Arc<Freezer>,
+    killed: CancellationToken,
+}
+
+impl Work {
+    /// Starts the interval now (when the elector starts the work, even if the process is frozen before
+    /// the task first runs) and returns the task's future.
+    fn run(
+        &self,
+        term: leaderelection::Term,
+        token: CancellationToken,
+    ) -> Freezable<impl Future<Output = ()> + use<>> {
+        *self.open.lock().unwrap() =
+            Some((term.transitions, Instant::now(), self.freezer.freezes()));
+        let (ended, killed) = (WorkEnded(self.clone()), self.killed.clone());
+        Freezable {
+            inner: Box::pin(async move {
+                let _ended = ended;
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = killed.cancelled() => {}
+                }
+            }),
+            freezer: self.freezer.clone(),
+        }
+    }
+}
+
+/// Ends the work interval when the work's future ends or is dropped (aborted).
+struct WorkEnded(Work);
+
+impl Drop for WorkEnded {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.log
+            .close_work(&w.process, &w.open, &w.freezer, Instant::now());
     }
 }
 
@@ -417,6 +589,7 @@ impl Sim {
             thaws: Vec::new(),
             processes: 0,
         };
+        tokio::spawn(sample(sim.log.clone()));
         for slot in 0..count {
             let candidate = sim.spawn(format!("c{slot}"));
             sim.slots.push(Some(candidate));
@@ -627,6 +800,11 @@ impl Sim {
 struct Stats {
     intervals: usize,
     processes: usize,
+    /// Work intervals checked, and left unchecked (frozen).
+    work: usize,
+    work_frozen: usize,
+    /// Samples of `is_leader()` at which some process led.
+    leading_samples: usize,
 }
 
 async fn run(seed: u64) -> Result<Stats, String> {
@@ -728,9 +906,32 @@ async fn run(seed: u64) -> Result<Stats, String> {
             sim.at(b.start)
         )));
     }
+    let work = sim.log.work.lock().unwrap().clone();
+    if let Some((a, b)) = overlap(&work) {
+        return Err(sim.fail(format!(
+            "WORK SAFETY: {}'s work (term {}) ran {:.3}s..{:.3}s and {}'s work (term {}) ran {:.3}s..{:.3}s",
+            a.process,
+            a.term,
+            sim.at(a.start),
+            sim.at(a.end),
+            b.process,
+            b.term,
+            sim.at(b.start),
+            sim.at(b.end)
+        )));
+    }
+    if let Some((at, leaders)) = sim.log.both_leaders.lock().unwrap().first() {
+        return Err(sim.fail(format!(
+            "IS_LEADER SAFETY: at {:.3}s is_leader() was true for {leaders:?}",
+            sim.at(*at)
+        )));
+    }
     Ok(Stats {
         intervals: intervals.len(),
         processes: sim.processes,
+        work: work.len(),
+        work_frozen: sim.log.work_frozen.load(Ordering::SeqCst),
+        leading_samples: sim.log.leading_samples.load(Ordering::SeqCst),
     })
 }
 
@@ -766,18 +967,30 @@ fn randomized_faults_never_give_two_leaders_and_always_recover() {
         }
     };
     let mut failures = Vec::new();
-    let (mut intervals, mut processes) = (0, 0);
+    let mut total = Stats::default();
     for &seed in &seeds {
         match run_seed(seed) {
             Ok(stats) => {
-                intervals += stats.intervals;
-                processes += stats.processes;
+                total.intervals += stats.intervals;
+                total.processes += stats.processes;
+                total.work += stats.work;
+                total.work_frozen += stats.work_frozen;
+                total.leading_samples += stats.leading_samples;
             }
             Err(failure) => failures.push(failure),
         }
     }
+    let Stats {
+        intervals,
+        processes,
+        work,
+        work_frozen,
+        leading_samples,
+    } = total;
     println!(
-        "simulation: {} runs, {processes} processes, {intervals} leadership intervals, {} violations, wall {:.1}s",
+        "simulation: {} runs, {processes} processes, {intervals} leadership intervals, {work} work \
+         intervals checked ({work_frozen} left unchecked: frozen), {leading_samples} is_leader() samples \
+         with a leader, {} violations, wall {:.1}s",
         seeds.len(),
         failures.len(),
         wall.elapsed().as_secs_f64()
@@ -795,6 +1008,16 @@ fn randomized_faults_never_give_two_leaders_and_always_recover() {
     assert!(
         intervals >= seeds.len(),
         "too few leadership intervals ({intervals}) for {} runs: the recorder sees nothing",
+        seeds.len()
+    );
+    assert!(
+        work >= seeds.len(),
+        "too few work intervals ({work}) for {} runs: the work recorder sees nothing",
+        seeds.len()
+    );
+    assert!(
+        leading_samples >= seeds.len(),
+        "too few is_leader() samples with a leader ({leading_samples}) for {} runs: the sampler sees nothing",
         seeds.len()
     );
 }
@@ -936,10 +1159,263 @@ fn a_follower_with_a_dead_watch_takes_over_from_a_crashed_leader() {
     });
 }
 
+/// `[start, end)` in milliseconds after a common origin, for one process.
+fn interval(process: &str, start: u64, end: u64) -> Interval {
+    let origin = Instant::now();
+    Interval {
+        process: process.to_string(),
+        term: 0,
+        start: origin + Duration::from_millis(start),
+        end: origin + Duration::from_millis(end),
+    }
+}
+
+/// The overlap check, case by case: it must see partial overlap and containment in either order, and
+/// accept intervals that only touch (`[a, b)` then `[b, c)`) and overlaps within one process.
+#[test]
+fn the_overlap_check_sees_every_kind_of_overlap() {
+    paused(async {
+        let cases: [(&str, Vec<Interval>, bool); 9] = [
+            (
+                "disjoint",
+                vec![interval("a", 0, 10), interval("b", 20, 30)],
+                false,
+            ),
+            (
+                "touching",
+                vec![interval("a", 0, 10), interval("b", 10, 20)],
+                false,
+            ),
+            (
+                "touching, listed backwards",
+                vec![interval("b", 10, 20), interval("a", 0, 10)],
+                false,
+            ),
+            (
+                "partial overlap",
+                vec![interval("a", 0, 10), interval("b", 9, 20)],
+                true,
+            ),
+            (
+                "partial overlap, listed backwards",
+                vec![interval("b", 9, 20), interval("a", 0, 10)],
+                true,
+            ),
+            (
+                "containment",
+                vec![interval("a", 0, 30), interval("b", 10, 20)],
+                true,
+            ),
+            (
+                "contained first",
+                vec![interval("b", 10, 20), interval("a", 0, 30)],
+                true,
+            ),
+            (
+                "identical",
+                vec![interval("a", 0, 10), interval("b", 0, 10)],
+                true,
+            ),
+            (
+                "one process only",
+                vec![interval("a", 0, 10), interval("a", 5, 20)],
+                false,
+            ),
+        ];
+        for (name, intervals, overlaps) in cases {
+            assert_eq!(
+                overlap(&intervals).is_some(),
+                overlaps,
+                "{name}: {intervals:?}"
+            );
+        }
+        // An overlap between the first and the last of many is found too.
+        let mut many: Vec<Interval> = (0..10)
+            .map(|n| interval(&format!("p{n}"), n * 10, n * 10 + 10))
+            .collect();
+        assert!(overlap(&many).is_none());
+        many.push(interval("late", 5, 6));
+        assert!(overlap(&many).is_some());
+    });
+}
+
 #[test]
 fn bounds_come_from_a_valid_config() {
     config("x").validate().unwrap();
     assert_eq!(failover_bound(), Duration::from_secs(4));
     assert_eq!(polling_failover_bound(), Duration::from_millis(4100));
     assert_eq!(recovery_bound(), Duration::from_millis(5100));
+}
+
+// --- a write committed at once and answered late ---
+
+/// What [`LateAnswers`] does to the next calls.
+#[derive(Clone, Copy, Debug)]
+enum Answering {
+    /// Every call is served as the inner lock serves it.
+    Normal,
+    /// The next write is committed at once and its answer arrives this much later; every call after it
+    /// hangs (the API server became unreachable right after the commit).
+    LateOnce(Duration),
+    Hang,
+}
+
+/// A lock over [`MemoryLeaseLock`] whose next write can be committed at once and answered late, as when
+/// the response of a write that etcd applied is delayed on its way back. A leader must count its validity
+/// from when it sent that write, not from when the answer arrived: followers start counting the lease
+/// duration from the commit.
+#[derive(Clone, Debug)]
+struct LateAnswers {
+    inner: MemoryLeaseLock,
+    answering: Arc<Mutex<Answering>>,
+    /// When the late write was committed.
+    committed_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl LateAnswers {
+    fn new(inner: MemoryLeaseLock) -> Self {
+        Self {
+            inner,
+            answering: Arc::new(Mutex::new(Answering::Normal)),
+            committed_at: Arc::default(),
+        }
+    }
+
+    fn answer_next_write_late(&self, delay: Duration) {
+        *self.answering.lock().unwrap() = Answering::LateOnce(delay);
+    }
+
+    fn committed_at(&self) -> Option<Instant> {
+        *self.committed_at.lock().unwrap()
+    }
+
+    /// Serves `call` as configured; `write` marks a create or update.
+    fn serve<'a, T: Send + 'a>(
+        &'a self,
+        write: bool,
+        call: futures::future::BoxFuture<'a, T>,
+    ) -> futures::future::BoxFuture<'a, T> {
+        let answering = {
+            let mut answering = self.answering.lock().unwrap();
+            let now = *answering;
+            if write && let Answering::LateOnce(_) = now {
+                *answering = Answering::Hang;
+            }
+            now
+        };
+        Box::pin(async move {
+            match answering {
+                Answering::Normal => call.await,
+                Answering::LateOnce(delay) if write => {
+                    let answer = call.await;
+                    *self.committed_at.lock().unwrap() = Some(Instant::now());
+                    tokio::time::sleep(delay).await;
+                    answer
+                }
+                Answering::LateOnce(_) => call.await,
+                Answering::Hang => std::future::pending().await,
+            }
+        })
+    }
+}
+
+impl LeaseLock for LateAnswers {
+    fn get(&self) -> BoxFuture<'_, Result<Option<ObservedLease>, LockError>> {
+        self.serve(false, self.inner.get())
+    }
+
+    fn create<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        self.serve(true, self.inner.create(record))
+    }
+
+    fn update<'a>(
+        &'a self,
+        record: &'a LeaderElectionRecord,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
+        self.serve(true, self.inner.update(record, resource_version))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<ListedLease, LockError>> {
+        self.serve(false, self.inner.list())
+    }
+
+    fn watch<'a>(
+        &'a self,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>> {
+        self.serve(false, self.inner.watch(resource_version))
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A leader's renewal is committed at once and answered 1.5 s later, then its API server hangs. The
+/// follower saw the commit at once and takes over a lease duration after it; the leader's validity must
+/// be counted from the send time of that renewal (`renewed_at`), so it has stopped leading, and its
+/// work has stopped, before the follower leads. The request timeout (1.9 s) lets the late answer count:
+/// counted from its arrival, the leader's validity would run 0.5 s past the takeover.
+#[test]
+fn a_renewal_committed_at_once_and_answered_late_counts_from_its_send_time() {
+    paused(async {
+        let config =
+            |identity: &str| config(identity).with_request_timeout(Duration::from_millis(1900));
+        let store = MemoryLeaseStore::new();
+        let log = Log::default();
+        let late = LateAnswers::new(store.lock("a"));
+        let freezer = Arc::new(Freezer::default());
+        let work = |process: &str| Work {
+            log: log.clone(),
+            process: process.to_string(),
+            open: OpenWork::default(),
+            freezer: freezer.clone(),
+            killed: CancellationToken::new(),
+        };
+        let (a_work, b_work) = (work("a"), work("b"));
+        let a = Elector::new(
+            config("a"),
+            late.clone(),
+            Callbacks::new().on_started_leading(move |term, token| a_work.run(term, token)),
+        )
+        .unwrap();
+        let _a_task = tokio::spawn(a.clone().run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(a.is_leader());
+        let b = Elector::new(
+            config("b"),
+            store.lock("b"),
+            Callbacks::new().on_started_leading(move |term, token| b_work.run(term, token)),
+        )
+        .unwrap();
+        let _b_task = tokio::spawn(b.clone().run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(b.leader().as_deref() == Some("a") && !b.is_leader());
+
+        late.answer_next_write_late(Duration::from_millis(1500));
+        let armed = Instant::now();
+        // Sample both every 10 ms for 3 lease durations (b takes over about one after the commit).
+        let (mut both, mut b_led) = (Vec::new(), false);
+        while armed.elapsed() < 3 * LEASE {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            b_led |= b.is_leader();
+            if a.is_leader() && b.is_leader() {
+                both.push(armed.elapsed());
+            }
+        }
+        let committed_at = late.committed_at().expect("a renewal was answered late");
+        assert!(b_led, "b never took over: {:?}", store.calls_of("b"));
+        assert!(both.is_empty(), "a and b both led at {both:?} after arming");
+        let work = log.work.lock().unwrap().clone();
+        assert!(overlap(&work).is_none(), "work ran twice at once: {work:?}");
+        assert!(
+            work.iter()
+                .any(|w| w.process == "a" && w.end <= committed_at + RENEW),
+            "a's work ended after its deadline: {work:?}, committed at {committed_at:?}"
+        );
+    });
 }

@@ -44,7 +44,7 @@ struct Candidate {
 impl Candidate {
     async fn stop(self) {
         self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+        bounded(self.task).await.unwrap().unwrap();
     }
 }
 
@@ -110,11 +110,15 @@ fn spawn(store: &MemoryLeaseStore, identity: &str) -> Candidate {
 /// Waits (in virtual time, at most 10 minutes of it) for a state that satisfies `f`; when it came.
 async fn until(candidate: &Candidate, f: impl Fn(&LeaderState) -> bool) -> Instant {
     let mut state = candidate.elector.subscribe();
-    tokio::time::timeout(Duration::from_secs(600), state.wait_for(|s| f(s)))
-        .await
-        .expect("the awaited state did not come within 10 minutes of virtual time")
-        .unwrap();
+    bounded(state.wait_for(|s| f(s))).await.unwrap();
     Instant::now()
+}
+
+/// Awaits `f` for at most 10 minutes of (virtual) time, so that a regression fails instead of hanging.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(600), f)
+        .await
+        .expect("not within 10 minutes of virtual time: a wait that never ends")
 }
 
 async fn until_leader(candidate: &Candidate) -> Instant {
@@ -474,7 +478,7 @@ async fn invariant_3_a_hanging_renew_ends_leadership_at_the_deadline() {
         !a.elector.is_leader(),
         "by the clock, before anyone publishes"
     );
-    let flipped = state.wait_for(|s| s.term.is_none()).await.unwrap();
+    let flipped = bounded(state.wait_for(|s| s.term.is_none())).await.unwrap();
     assert!(!flipped.is_leader());
     drop(flipped);
     assert_eq!(
@@ -572,7 +576,7 @@ async fn invariant_5_release_never_overwrites_another_holder() {
     store.put(held_by("b", 15, 1));
     store.clear_calls();
     a.shutdown.cancel();
-    a.task.await.unwrap().unwrap();
+    bounded(a.task).await.unwrap().unwrap();
     assert_eq!(store.calls_of("a"), ["get"]);
     assert_eq!(holder(&store), "b");
     assert_eq!(store.lease().unwrap().record.lease_transitions, 1);
@@ -588,7 +592,9 @@ async fn invariant_6_fifty_errors_in_a_row_do_not_end_run() {
         fail: true,
         ..LockFault::default()
     });
+    let bound = Instant::now() + Duration::from_secs(600);
     while store.calls_of("a").len() < 50 {
+        assert!(Instant::now() < bound, "50 calls not within 10 minutes");
         tokio::time::sleep(RETRY).await;
         assert!(!a.task.is_finished());
     }
@@ -609,7 +615,9 @@ async fn invariant_6_follower_retries_are_jittered_like_client_go() {
     });
     let mut times = Vec::new();
     let mut seen = 0;
+    let bound = Instant::now() + Duration::from_secs(600);
     while times.len() < 20 {
+        assert!(Instant::now() < bound, "20 retries not within 10 minutes");
         tokio::time::sleep(Duration::from_millis(10)).await;
         let n = store.calls_of("a").len();
         if n > seen {
@@ -617,12 +625,19 @@ async fn invariant_6_follower_retries_are_jittered_like_client_go() {
             times.push(Instant::now());
         }
     }
-    for gap in times.windows(2).map(|w| w[1] - w[0]) {
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for gap in &gaps {
         assert!(
-            gap >= RETRY && gap < RETRY.mul_f64(2.2) + Duration::from_millis(10),
+            *gap >= RETRY && *gap < RETRY.mul_f64(2.2) + Duration::from_millis(10),
             "{gap:?}"
         );
     }
+    // Jittered, not a fixed period: the 19 gaps spread over [RP, 2.2 x RP) at 10 ms resolution, so
+    // fewer than 5 distinct values would need a near-impossible draw; a fixed period gives one.
+    let mut distinct = gaps.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() >= 5, "retries are not jittered: {gaps:?}");
     a.stop().await;
 }
 
@@ -917,8 +932,7 @@ async fn rule_10_a_graceful_stop_keeps_renewing_while_the_work_drains() {
     let log = a.log.clone();
     let stopping = Instant::now();
     a.shutdown.cancel();
-    let draining = state
-        .wait_for(|s| s.term.is_none())
+    let draining = bounded(state.wait_for(|s| s.term.is_none()))
         .await
         .unwrap()
         .work_deadline;
@@ -926,7 +940,7 @@ async fn rule_10_a_graceful_stop_keeps_renewing_while_the_work_drains() {
         draining.is_some(),
         "the work deadline stays while the work drains"
     );
-    a.task.await.unwrap().unwrap();
+    bounded(a.task).await.unwrap().unwrap();
     assert_eq!(Instant::now() - stopping, Duration::from_millis(3_900));
     assert_eq!(
         store.calls_of("a"),
@@ -1136,16 +1150,14 @@ async fn an_on_started_leading_that_returns_keeps_leadership() {
     a.stop().await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    elector
-        .subscribe()
-        .wait_for(LeaderState::is_leader)
+    bounded(elector.subscribe().wait_for(LeaderState::is_leader))
         .await
         .unwrap();
     tokio::time::sleep(LEASE * 4).await;
     assert!(elector.is_leader());
     assert_eq!(holder(&store), "one-shot");
     shutdown.cancel();
-    task.await.unwrap().unwrap();
+    bounded(task).await.unwrap().unwrap();
 }
 
 // --- a preferred holder (coordinated leader election, KEP-4355) ---
@@ -1410,7 +1422,7 @@ async fn a_coordinated_leader_releases_after_its_candidate_is_withdrawn() {
         "released before withdrawn"
     );
     registration.status.send_replace(CandidateStatus::Withdrawn);
-    a.task.await.unwrap().unwrap();
+    bounded(a.task).await.unwrap().unwrap();
     let record = store.lease().unwrap().record;
     assert_eq!(record.holder_identity, "", "released once withdrawn");
     assert_eq!(record.strategy.as_deref(), Some("OldestEmulationVersion"));
@@ -1619,4 +1631,83 @@ async fn rule_2_the_expiry_clock_starts_when_the_process_first_saw_the_record() 
     );
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// Rule 10 during a graceful stop: when the Lease is taken by another while the work drains, the
+/// published work deadline becomes the instant the elector learnt it (a CLI SIGKILLs its child by it),
+/// not the end of the drain's window.
+#[tokio::test(start_paused = true)]
+async fn rule_10_a_lease_taken_while_the_work_drains_moves_the_work_deadline_to_now() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_with(&store, config("a"), Duration::from_secs(60));
+    until_leader(&a).await;
+    let mut state = a.elector.subscribe();
+    a.shutdown.cancel();
+    bounded(state.wait_for(|s| s.term.is_none())).await.unwrap();
+    let draining_until = state
+        .borrow()
+        .work_deadline
+        .expect("a work deadline while draining");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every work deadline published from now on.
+    let published = Arc::new(Mutex::new(Vec::new()));
+    let recorder = tokio::spawn({
+        let published = published.clone();
+        async move {
+            while state.changed().await.is_ok() {
+                let deadline = state.borrow_and_update().work_deadline;
+                published.lock().unwrap().push(deadline);
+            }
+        }
+    });
+    let taken = Instant::now();
+    drop(store.put(held_by("b", 15, 1)));
+    bounded(a.task).await.unwrap().unwrap();
+    recorder.abort();
+    let published = published.lock().unwrap().clone();
+    assert!(taken < draining_until);
+    assert!(
+        published.contains(&Some(taken)),
+        "the work deadline did not become now ({taken:?}) when the Lease was taken: {published:?}"
+    );
+}
+
+/// Invariant 3, then the release: a term ended by its renew deadline while the API failed is still
+/// released once the API answers again (the Lease may still name us), so that a follower need not wait
+/// out the lease duration. Seen from a watch of the Lease: a write with an empty holder.
+#[tokio::test(start_paused = true)]
+async fn a_term_ended_by_its_renew_deadline_is_released_once_the_api_answers() {
+    use crate::{LeaseEvent, LeaseLock};
+    use futures::StreamExt;
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    a.lock.set_fault(LockFault {
+        fail: true,
+        ..LockFault::default()
+    });
+    until(&a, |s| s.term.is_none()).await;
+    let observer = store.lock("observer");
+    let from = store.lease().unwrap().resource_version;
+    let mut events = observer.watch(&from).await.unwrap();
+    a.lock.set_fault(LockFault::default());
+    // The release is retried for a renew deadline after the term's end.
+    let released = tokio::time::timeout(2 * RENEW, async {
+        while let Some(event) = events.next().await {
+            if let Ok(LeaseEvent::Applied(lease)) = event
+                && lease.record.holder_identity.is_empty()
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        released,
+        "not released after the deadline; calls: {:?}",
+        store.calls_of("a")
+    );
+    a.stop().await;
 }
