@@ -161,7 +161,14 @@ async fn answers_are_counted_per_resource_verb_and_code() {
         .create(&PostParams::default(), &claim("c1", &[]))
         .await
         .unwrap();
-    api.replace("c1", &PostParams::default(), &created)
+    // A write that changes the object (a no-op one would keep its resourceVersion).
+    let mut changed = created.clone();
+    changed
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("changed".into(), "yes".into());
+    api.replace("c1", &PostParams::default(), &changed)
         .await
         .unwrap();
     for _ in 0..3 {
