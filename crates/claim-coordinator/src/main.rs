@@ -5,7 +5,6 @@ mod demo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use claim_coordinator::Settings;
@@ -131,7 +130,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Settings::from_path(path, &flags)?,
         None => Settings::resolve(None, &flags)?,
     };
-    let mut config = match &args.server {
+    let config = match &args.server {
         Some(url) => kube::Config::new(
             url.parse()
                 .with_context(|| format!("invalid --server {url}"))?,
@@ -140,10 +139,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("no --server, no usable kubeconfig and not in a cluster")?,
     };
-    config.default_retry = false;
-    config.read_timeout = None;
-    config.connect_timeout = Some(Duration::from_secs(5));
-    let client = kube::Client::try_from(config)?;
+    let client = kube::Client::try_from(leaderelection::KubeLeaseLock::client_config(config))?;
     let (runtime, _metrics) = claim_coordinator::coordinator::replica(
         client,
         &settings,

@@ -24,10 +24,9 @@ pub(crate) struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// A client without kube's own retries of 429/503 (the elector retries on its own schedule, bounded by
-    /// its deadlines) and without a read timeout (watches are long; the elector bounds each request).
+    /// A client made fit for the elector ([`KubeLeaseLock::client_config`]).
     pub(crate) async fn client(&self) -> Result<kube::Client, Failure> {
-        let mut config = match &self.server {
+        let config = match &self.server {
             Some(url) => {
                 let uri = url.parse().map_err(|e| {
                     Failure::Usage(anyhow::anyhow!("invalid --server \"{url}\": {e}"))
@@ -38,10 +37,8 @@ impl ServerArgs {
                 .await
                 .context("no --server, no usable kubeconfig and not in a cluster")?,
         };
-        config.default_retry = false;
-        config.read_timeout = None;
-        config.connect_timeout = Some(Duration::from_secs(5));
-        Ok(kube::Client::try_from(config).context("building the Kubernetes client")?)
+        Ok(kube::Client::try_from(KubeLeaseLock::client_config(config))
+            .context("building the Kubernetes client")?)
     }
 }
 

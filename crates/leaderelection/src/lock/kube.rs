@@ -53,6 +53,17 @@ impl std::fmt::Debug for KubeLeaseLock {
 // === impl KubeLeaseLock ===
 
 impl KubeLeaseLock {
+    /// `config` made fit for an elector's client: kube's own retries of 429 and 503 off (the elector retries
+    /// on its own schedule, bounded by its deadlines), no read timeout (watches are long; the elector bounds
+    /// each request by its request timeout), and a connect timeout of 5 s.
+    #[must_use]
+    pub fn client_config(mut config: kube::Config) -> kube::Config {
+        config.default_retry = false;
+        config.read_timeout = None;
+        config.connect_timeout = Some(std::time::Duration::from_secs(5));
+        config
+    }
+
     /// A lock on Lease `namespace/name`.
     #[must_use]
     pub fn new(client: Client, namespace: &str, name: &str) -> Self {
