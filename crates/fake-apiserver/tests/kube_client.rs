@@ -1213,3 +1213,64 @@ async fn with_existing_namespaces_a_create_elsewhere_answers_namespace_not_found
         .unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_watch_delay_delivers_events_after_the_writer_has_its_answer() {
+    let server = FakeApiServer::start().await.unwrap();
+    let delayed = server.add_listener().await.unwrap();
+    let delay = Duration::from_millis(400);
+    delayed.set_faults(Faults {
+        watch_delay: delay,
+        ..Faults::none()
+    });
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let created = api
+        .create(&PostParams::default(), &lease("w", "a"))
+        .await
+        .unwrap();
+    let rv = created.metadata.resource_version.clone().unwrap();
+    let params = WatchParams::default().timeout(30);
+    let on_delayed: Api<Lease> = Api::namespaced(watch_client(&delayed.url()), "default");
+    let on_default: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
+    let late = on_delayed.watch(&params, &rv).await.unwrap().boxed();
+    let prompt = on_default.watch(&params, &rv).await.unwrap().boxed();
+    let late_seen = tokio::spawn(update_seen(late));
+    let prompt_seen = tokio::spawn(update_seen(prompt));
+
+    let mut update = created.clone();
+    update.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let sent = Instant::now();
+    api.replace("w", &PostParams::default(), &update)
+        .await
+        .unwrap();
+    let answered = Instant::now();
+    let late_at = late_seen.await.unwrap();
+    let prompt_at = prompt_seen.await.unwrap();
+    assert!(
+        late_at > answered,
+        "the writer is answered before the delayed watcher sees the event"
+    );
+    assert!(
+        late_at - sent >= delay,
+        "the delayed watcher sees the event {:?} after the write was sent",
+        late_at - sent
+    );
+    assert!(
+        prompt_at < late_at,
+        "the other listener's watcher is not delayed"
+    );
+    server.shutdown().await;
+}
+
+/// When the watch saw the update to holder `b`.
+async fn update_seen(
+    mut stream: futures::stream::BoxStream<'static, kube::Result<WatchEvent<Lease>>>,
+) -> Instant {
+    match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Modified(l)))) => {
+            assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("b"));
+            Instant::now()
+        }
+        other => panic!("expected the update: {other:?}"),
+    }
+}
