@@ -304,10 +304,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     let network = args.network();
     println!(
-        "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server, each \
-         request delayed {} ms + [0, {}) ms, watch events delayed {} ms\n",
-        args.latency_ms, args.jitter_ms, args.watch_delay_ms
+        "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server"
     );
+    if network != Faults::none() {
+        println!(
+            "every candidate's requests delayed {} ms + [0, {}) ms, its watch events {} ms after the commit",
+            args.latency_ms, args.jitter_ms, args.watch_delay_ms
+        );
+    }
+    println!();
     let d = defaults();
     let handover: Vec<f64> = failovers(d.clone(), args.handover_runs, Signal::SIGTERM, &network)
         .await?
