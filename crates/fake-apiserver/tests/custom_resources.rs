@@ -161,7 +161,10 @@ async fn answers_are_counted_per_resource_verb_and_code() {
         .create(&PostParams::default(), &claim("c1", &[]))
         .await
         .unwrap();
-    api.replace("c1", &PostParams::default(), &created)
+    // A change (a no-op update keeps the resourceVersion, and `created` would not be stale).
+    let mut labelled = created.clone();
+    labelled.metadata.labels = Some([("k".to_owned(), "v".to_owned())].into());
+    api.replace("c1", &PostParams::default(), &labelled)
         .await
         .unwrap();
     for _ in 0..3 {
