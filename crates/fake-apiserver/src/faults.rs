@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 /// Faults injected into one listener's API requests (admin routes under `/fake/` are never faulted).
 ///
 /// As JSON (admin route): `{"latency_ms": 50, "jitter_ms": 10, "error_rate": 0.1, "error_code": 503,
-/// "black_hole": false, "commit_then_drop": false, "commit_delay_ms": 0, "refuse": false, "verbs": ["watch"]}`;
+/// "black_hole": false, "commit_then_drop": false, "commit_delay_ms": 0, "watch_delay_ms": 0, "refuse": false,
+/// "verbs": ["watch"]}`;
 /// missing fields take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,6 +32,11 @@ pub struct Faults {
     /// gave up does not cancel them, as with etcd), then answer.
     #[serde(rename = "commit_delay_ms", with = "millis")]
     pub commit_delay: Duration,
+    /// Deliver each live watch event to this listener's watchers this long after its write was committed
+    /// (the writer is answered first), as kube-apiserver delivers events through its watch cache after the
+    /// write's response. Lifted or changed, it applies from the next event on.
+    #[serde(rename = "watch_delay_ms", with = "millis")]
+    pub watch_delay: Duration,
     /// Close the listening socket (connections are refused) and every open connection.
     pub refuse: bool,
     /// The verbs the other faults strike (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
@@ -48,6 +54,7 @@ impl Default for Faults {
             black_hole: false,
             commit_then_drop: false,
             commit_delay: Duration::ZERO,
+            watch_delay: Duration::ZERO,
             refuse: false,
             verbs: Vec::new(),
         }

@@ -34,8 +34,8 @@ impl EventType {
 #[derive(Debug)]
 pub(crate) struct Event {
     pub(crate) rv: u64,
-    /// When it was committed (kept for `history_max_age`).
-    at: Instant,
+    /// When it was committed (kept for `history_max_age`, and for `watch_delay`).
+    pub(crate) at: Instant,
     pub(crate) kind: EventType,
     pub(crate) resource: usize,
     pub(crate) namespace: String,

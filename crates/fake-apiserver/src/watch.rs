@@ -124,6 +124,12 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                         if !params.matches(e.resource, &e.namespace, &e.object) {
                             continue;
                         }
+                        // Measured from the commit, so delays of successive events do not add up.
+                        let delay = {
+                            let f = faults.borrow();
+                            if f.applies_to("watch") { f.watch_delay } else { Duration::ZERO }
+                        };
+                        tokio::time::sleep_until(e.at + delay).await;
                         params.event(e.kind.as_str(), &e.object)
                     }
                     // Too slow: dropped, as kube-apiserver drops a watcher whose buffer is full.

@@ -928,33 +928,26 @@ async fn slow_watchers_are_dropped_not_buffered() {
 async fn drop_watches_ends_the_watches_of_one_listener_only() {
     let server = FakeApiServer::start().await.unwrap();
     let cut = server.add_listener().await.unwrap();
-    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
-    let created = api
-        .create(&PostParams::default(), &lease("w", "a"))
-        .await
-        .unwrap();
-    let rv = created.metadata.resource_version.clone().unwrap();
-    let params = WatchParams::default().timeout(30);
-    let on_cut: Api<Lease> = Api::namespaced(watch_client(&cut.url()), "default");
-    let on_default: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
-    let mut dropped = on_cut.watch(&params, &rv).await.unwrap().boxed();
-    let mut kept = on_default.watch(&params, &rv).await.unwrap().boxed();
+    let (api, created, [mut dropped, mut kept]) =
+        lease_w_watched(&server, [&cut.url(), &server.url()]).await;
 
     cut.drop_watches();
     let end = tokio::time::timeout(Duration::from_secs(5), dropped.next()).await;
     assert!(matches!(end, Ok(None)), "the dropped watch ends: {end:?}");
-    let mut update = created.clone();
-    update.spec.as_mut().unwrap().holder_identity = Some("b".into());
-    api.replace("w", &PostParams::default(), &update)
-        .await
-        .unwrap();
+    hand_w_to_b(&api, &created).await;
     match tokio::time::timeout(Duration::from_secs(5), kept.try_next()).await {
         Ok(Ok(Some(WatchEvent::Modified(l)))) => {
             assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("b"))
         }
         other => panic!("the other listener's watch goes on: {other:?}"),
     }
-    let mut again = on_cut.watch(&params, &rv).await.unwrap().boxed();
+    let on_cut: Api<Lease> = Api::namespaced(watch_client(&cut.url()), "default");
+    let rv = created.metadata.resource_version.unwrap();
+    let mut again = on_cut
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await
+        .unwrap()
+        .boxed();
     match tokio::time::timeout(Duration::from_secs(5), again.try_next()).await {
         Ok(Ok(Some(WatchEvent::Modified(_)))) => {}
         other => panic!("a new watch on the listener works: {other:?}"),
@@ -1212,4 +1205,85 @@ async fn with_existing_namespaces_a_create_elsewhere_answers_namespace_not_found
         .await
         .unwrap();
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_watch_delay_delivers_events_after_the_writer_has_its_answer() {
+    let server = FakeApiServer::start().await.unwrap();
+    let delayed = server.add_listener().await.unwrap();
+    let delay = Duration::from_millis(400);
+    delayed.set_faults(Faults {
+        watch_delay: delay,
+        ..Faults::none()
+    });
+    let (api, created, [late, prompt]) =
+        lease_w_watched(&server, [&delayed.url(), &server.url()]).await;
+    let late_seen = tokio::spawn(update_seen(late));
+    let prompt_seen = tokio::spawn(update_seen(prompt));
+
+    let sent = Instant::now();
+    hand_w_to_b(&api, &created).await;
+    let answered = Instant::now();
+    let late_at = late_seen.await.unwrap();
+    let prompt_at = prompt_seen.await.unwrap();
+    assert!(
+        late_at > answered,
+        "the writer is answered before the delayed watcher sees the event"
+    );
+    assert!(
+        late_at - sent >= delay,
+        "the delayed watcher sees the event {:?} after the write was sent",
+        late_at - sent
+    );
+    assert!(
+        prompt_at < late_at,
+        "the other listener's watcher is not delayed"
+    );
+    server.shutdown().await;
+}
+
+/// When the watch saw the update to holder `b`.
+async fn update_seen(mut stream: LeaseWatch) -> Instant {
+    match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Modified(l)))) => {
+            assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some("b"));
+            Instant::now()
+        }
+        other => panic!("expected the update: {other:?}"),
+    }
+}
+
+type LeaseWatch = futures::stream::BoxStream<'static, kube::Result<WatchEvent<Lease>>>;
+
+/// Lease `w` held by `a`, created through the default listener, and a watch of it from its creation
+/// through each of `urls`.
+async fn lease_w_watched(
+    server: &FakeApiServer,
+    urls: [&str; 2],
+) -> (Api<Lease>, Lease, [LeaseWatch; 2]) {
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let created = api
+        .create(&PostParams::default(), &lease("w", "a"))
+        .await
+        .unwrap();
+    let rv = created.metadata.resource_version.clone().unwrap();
+    let params = WatchParams::default().timeout(30);
+    let mut watches = Vec::new();
+    for url in urls {
+        let on: Api<Lease> = Api::namespaced(watch_client(url), "default");
+        watches.push(on.watch(&params, &rv).await.unwrap().boxed());
+    }
+    let Ok(watches) = <[LeaseWatch; 2]>::try_from(watches) else {
+        unreachable!("one watch per url")
+    };
+    (api, created, watches)
+}
+
+/// Replaces `w` (as `created`) with holder `b`.
+async fn hand_w_to_b(api: &Api<Lease>, created: &Lease) {
+    let mut update = created.clone();
+    update.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    api.replace("w", &PostParams::default(), &update)
+        .await
+        .unwrap();
 }

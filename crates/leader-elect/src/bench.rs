@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use fake_apiserver::Faults;
 use jiff::{SignedDuration, Timestamp};
 use nix::sys::signal::Signal;
 
@@ -46,6 +47,29 @@ pub(crate) struct BenchArgs {
     /// Replicas of the --shards scenario (one joins after the others have balanced).
     #[arg(long, default_value_t = 4)]
     replicas: usize,
+    /// Process scenarios: milliseconds added to every API request of every candidate (fake API server
+    /// fault `latency_ms` on each candidate's listener).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Process scenarios: a uniformly random extra delay in `[0, N)` ms on every API request (`jitter_ms`).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Process scenarios: milliseconds between a write's commit and its watch event reaching each
+    /// candidate (`watch_delay_ms`).
+    #[arg(long, default_value_t = 0)]
+    watch_delay_ms: u64,
+}
+
+impl BenchArgs {
+    /// The faults set on every candidate's listener in the process scenarios.
+    fn network(&self) -> Faults {
+        Faults {
+            latency: Duration::from_millis(self.latency_ms),
+            jitter: Duration::from_millis(self.jitter_ms),
+            watch_delay: Duration::from_millis(self.watch_delay_ms),
+            ..Faults::none()
+        }
+    }
 }
 
 fn defaults() -> Timings {
@@ -81,10 +105,18 @@ fn ms(d: SignedDuration) -> f64 {
     secs(d) * 1000.0
 }
 
-/// Three quiet candidates with `timings` and `extra` flags, once one of them leads (its index).
-async fn leading(timings: Timings, extra: Vec<String>) -> anyhow::Result<(Cluster, usize)> {
+/// Three quiet candidates with `timings` and `extra` flags, each on a listener with `network` faults, once
+/// one of them leads (its index).
+async fn leading(
+    timings: Timings,
+    extra: Vec<String>,
+    network: &Faults,
+) -> anyhow::Result<(Cluster, usize)> {
     let mut cluster = Cluster::new(3, timings, extra).await?;
     cluster.verbose = false;
+    for listener in &cluster.listeners {
+        listener.set_faults(network.clone());
+    }
     for i in 0..3 {
         cluster.spawn(i)?;
     }
@@ -103,8 +135,9 @@ async fn failovers(
     timings: Timings,
     runs: usize,
     signal: Signal,
+    network: &Faults,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
-    let (mut cluster, mut leader) = leading(timings, Vec::new()).await?;
+    let (mut cluster, mut leader) = leading(timings, Vec::new(), network).await?;
     let timeout = Duration::from_secs(60);
     let mut samples = Vec::new();
     for _ in 0..runs {
@@ -133,8 +166,8 @@ async fn failovers(
 /// Repeats: write `preferredHolder` naming the next candidate (as `leader-elect yield` does), measure until
 /// that candidate's child starts. Returns the samples in milliseconds, from just before the write was sent,
 /// and the number of child intervals of different candidates that overlapped.
-async fn yields(runs: usize) -> anyhow::Result<(Vec<f64>, usize)> {
-    let (mut cluster, mut leader) = leading(defaults(), Vec::new()).await?;
+async fn yields(runs: usize, network: &Faults) -> anyhow::Result<(Vec<f64>, usize)> {
+    let (mut cluster, mut leader) = leading(defaults(), Vec::new(), network).await?;
     let timeout = Duration::from_secs(60);
     let mut config = kube::Config::new(cluster.server.url().parse()?);
     config.default_retry = false;
@@ -175,13 +208,13 @@ struct Load {
     cpu_resolution: f64,
 }
 
-async fn load(window: Duration, poll: bool) -> anyhow::Result<Load> {
+async fn load(window: Duration, poll: bool, network: &Faults) -> anyhow::Result<Load> {
     let extra = if poll {
         vec!["--no-watch".to_owned()]
     } else {
         Vec::new()
     };
-    let (mut cluster, leader) = leading(defaults(), extra).await?;
+    let (mut cluster, leader) = leading(defaults(), extra, network).await?;
     cluster.drain(Duration::from_secs(1)).await;
     cluster.server.reset_counts();
     let cpu0: Vec<u64> = (0..3).map(|i| cpu_ticks(cluster.pid(i))).collect();
@@ -269,11 +302,19 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
+    let network = args.network();
     println!(
-        "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server\n"
+        "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server"
     );
+    if network != Faults::none() {
+        println!(
+            "every candidate's requests delayed {} ms + [0, {}) ms, its watch events {} ms after the commit",
+            args.latency_ms, args.jitter_ms, args.watch_delay_ms
+        );
+    }
+    println!();
     let d = defaults();
-    let handover: Vec<f64> = failovers(d.clone(), args.handover_runs, Signal::SIGTERM)
+    let handover: Vec<f64> = failovers(d.clone(), args.handover_runs, Signal::SIGTERM, &network)
         .await?
         .into_iter()
         .map(|(from_signal, _)| from_signal)
@@ -284,7 +325,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
          {p99:.1} ms (target <= 50 / 200 ms)",
         handover.len()
     );
-    let (mut yielded, overlaps) = yields(args.yield_runs).await?;
+    let (mut yielded, overlaps) = yields(args.yield_runs, &network).await?;
     yielded.sort_by(f64::total_cmp);
     println!(
         "yield to a preferred holder (preferredHolder written -> its child started), 15s/10s/2s, {} runs: \
@@ -300,7 +341,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         renew_deadline: Duration::from_secs(1),
         retry_period: Duration::from_millis(250),
     };
-    let crash = failovers(fast, args.crash_runs, Signal::SIGKILL).await?;
+    let crash = failovers(fast, args.crash_runs, Signal::SIGKILL, &network).await?;
     let (median, p99) = percentiles(crash.iter().map(|c| c.0).collect());
     println!(
         "crash failover (SIGKILL -> next child started), lease 2s / renew 1s / retry 250ms, {} runs: median \
@@ -313,7 +354,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
          {median:.1} ms, p99 {p99:.1} ms (target median <= 250 ms)"
     );
     for poll in [false, true] {
-        let l = load(args.load_window, poll).await?;
+        let l = load(args.load_window, poll, &network).await?;
         let mode = if poll {
             "polling (--no-watch, as client-go)"
         } else {
