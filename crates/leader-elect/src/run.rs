@@ -12,6 +12,7 @@ use leaderelection::{CandidateConfig, KubeLeaseLock, LeaseLock};
 use leaderelection_controller::runtime::Builder;
 use leaderelection_controller::settings::{Environment, Overrides, Settings, SettingsError};
 use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
@@ -110,6 +111,9 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
+    // Caught from here on, before any await: a signal during start-up (kubeconfig, a credential plugin,
+    // the guardian) is then a clean stop, not death by the signal.
+    let signals = Signals::install();
     let settings = match &args.config {
         Some(path) => Settings::from_path(path).map_err(|e| Failure::Usage(e.into()))?,
         None => Settings::default(),
@@ -233,7 +237,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             result
         },
         reaper.clone().run(aux_stop.clone()),
-        stop_on_signals(shutdown.clone(), skip_grace, aux_stop.clone()),
+        stop_on_signals(signals, shutdown.clone(), skip_grace, aux_stop.clone()),
     );
     match result {
         Ok(()) => Ok(()),
@@ -317,19 +321,34 @@ fn build<L: LeaseLock>(
     builder.build().map_err(|e| Failure::Usage(e.into()))
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT, and `skip_grace` on the second; returns then, or
-/// when `stop` is cancelled.
+/// SIGTERM and SIGINT, caught from when this is made on; `None` when the handlers could not be
+/// installed.
+struct Signals(Option<(Signal, Signal)>);
+
+impl Signals {
+    fn install() -> Self {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL only");
+                Self(None)
+            }
+        }
+    }
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT (received since `signals` was made), and
+/// `skip_grace` on the second; returns then, or when `stop` is cancelled.
 async fn stop_on_signals(
+    signals: Signals,
     shutdown: CancellationToken,
     skip_grace: CancellationToken,
     stop: CancellationToken,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL only");
+    let Signals(Some((mut term, mut int))) = signals else {
         return;
     };
     let mut next = async || {

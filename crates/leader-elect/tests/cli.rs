@@ -989,3 +989,82 @@ async fn a_coordinated_step_down_withdraws_the_candidate_before_releasing() {
     );
     server.shutdown().await;
 }
+
+/// A SIGTERM during start-up is a clean stop: `run` catches SIGTERM from its first line on. The
+/// kubeconfig's exec credential plugin holds start-up (kube-client runs it while building the client)
+/// until the test has sent SIGTERM; leader-elect then exits 0 rather than dying of the signal, and holds
+/// no Lease.
+#[tokio::test]
+async fn a_sigterm_during_start_up_is_a_clean_exit() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::os::unix::process::ExitStatusExt;
+
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (started, go) = (dir.path().join("started"), dir.path().join("go"));
+    let plugin = dir.path().join("plugin.sh");
+    std::fs::write(
+        &plugin,
+        format!(
+            "touch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.02; done\n\
+             echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\
+             \"kind\":\"ExecCredential\",\"status\":{{\"token\":\"t\"}}}}'\n",
+            started.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: plugin\n\
+             users:\n- name: plugin\n  user:\n    exec:\n      \
+             apiVersion: client.authentication.k8s.io/v1beta1\n      command: /bin/sh\n      \
+             args: ['{}']\n      interactiveMode: Never\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let mut le = tokio::process::Command::new(BIN)
+        .args(["run", "--lease-name", "l1", "--identity", "pod-a", "--"])
+        .args(["sleep", "60"])
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .env("KUBECONFIG", &kubeconfig)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually("the credential plugin to start", || async {
+        started.exists().then_some(())
+    })
+    .await;
+    kill(Pid::from_raw(le.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), le.wait())
+        .await
+        .expect("leader-elect exits within 10 s of SIGTERM")
+        .unwrap();
+    assert_eq!(
+        (status.code(), status.signal()),
+        (Some(0), None),
+        "exit 0, not death by the signal"
+    );
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client(&url), "default");
+    let holder = leases
+        .get_opt("l1")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity);
+    assert!(
+        holder.as_deref().unwrap_or_default().is_empty(),
+        "no Lease held: {holder:?}"
+    );
+    server.shutdown().await;
+}

@@ -95,7 +95,9 @@ async fn a_fail_process_failure_ends_run_with_it() {
         .supervisor(supervisor)
         .build()
         .unwrap();
-    let err = runtime.run(CancellationToken::new()).await.unwrap_err();
+    let err = bounded(runtime.run(CancellationToken::new()))
+        .await
+        .unwrap_err();
     match err {
         RuntimeError::Supervisor(SupervisorError::Failed(failure)) => {
             assert_eq!(failure.component, "reconciler");

@@ -1017,6 +1017,32 @@ async fn rule_11_a_deleted_lease_is_created_again_with_a_higher_term() {
     );
 }
 
+/// Rule 11 for a leader that polls (no watch of its own Lease): it learns of the deletion from its
+/// renewal's 404, ends the term as `released` (not `shutdown`, which would make `run` leave the election)
+/// and creates the Lease again with the next term.
+#[tokio::test(start_paused = true)]
+async fn rule_11_a_polling_leader_learns_of_the_deletion_from_its_renewal() {
+    let store = MemoryLeaseStore::new();
+    store.put(held_by("", 1, 2));
+    let mut polling = config("a");
+    polling.watch = false;
+    let a = spawn_with(&store, polling, Duration::ZERO);
+    until_leader(&a).await;
+    store.delete();
+    until(&a, |s| s.term.as_ref().is_some_and(|t| t.transitions != 3)).await;
+    assert_eq!(a.elector.state().term.unwrap().transitions, 4);
+    assert_eq!(
+        a.log.entries(),
+        ["new_leader:a", "started:3", "stopped:released", "started:4"]
+    );
+    let calls = store.calls_of("a");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("watch")),
+        "learnt from the renewal, not a watch: {calls:?}"
+    );
+    a.stop().await;
+}
+
 /// Rule 2: a write that changes only metadata (an annotation, a label) is not a renewal. A dead holder's
 /// Lease patched every 5 s is taken after its leaseDurationSeconds, as client-go's record comparison does,
 /// not postponed for as long as the patches go on.
