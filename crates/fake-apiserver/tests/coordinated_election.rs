@@ -51,27 +51,30 @@ async fn register(client: &kube::Client, name: &str, emulation_version: &str) {
         .unwrap();
 }
 
-/// A candidate that answers pings as client-go's: when `pingTime` is newer than `renewTime`, it sets
+/// Candidates `names` answering pings as client-go's: when `pingTime` is newer than `renewTime`, each sets
 /// `renewTime` to now. Runs until `stop`.
 fn answer_pings(
     client: &kube::Client,
-    name: &str,
+    names: &[&str],
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let api: Api<LeaseCandidate> = Api::namespaced(client.clone(), NS);
-    let (name, stop) = (name.to_owned(), stop.clone());
+    let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
+    let stop = stop.clone();
     tokio::spawn(async move {
         while !stop.is_cancelled() {
-            let spec = api.get(&name).await.unwrap().spec.unwrap();
-            if spec
-                .ping_time
-                .as_ref()
-                .is_some_and(|p| spec.renew_time.as_ref().is_none_or(|r| r.0 <= p.0))
-            {
-                let patch = json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .unwrap();
+            for name in &names {
+                let spec = api.get(name).await.unwrap().spec.unwrap();
+                if spec
+                    .ping_time
+                    .as_ref()
+                    .is_some_and(|p| spec.renew_time.as_ref().is_none_or(|r| r.0 <= p.0))
+                {
+                    let patch = json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .unwrap();
+                }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -129,19 +132,14 @@ async fn the_older_emulation_version_gets_the_new_lease() {
     register(&client, "a", "1.34.0").await;
     register(&client, "b", "1.33.0").await;
     let stop = CancellationToken::new();
-    let answering = [
-        answer_pings(&client, "a", &stop),
-        answer_pings(&client, "b", &stop),
-    ];
+    let answering = answer_pings(&client, &["a", "b"], &stop);
     let spec = lease_until(&client, |s| !holder(s).is_empty()).await;
     assert_eq!(holder(&spec), "b");
     assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
     assert_eq!(spec.lease_duration_seconds, Some(5));
     assert!(spec.renew_time.is_some());
     stop.cancel();
-    for task in answering {
-        task.await.unwrap();
-    }
+    answering.await.unwrap();
     server.shutdown().await;
 }
 
@@ -153,10 +151,7 @@ async fn a_valid_lease_held_by_another_gets_the_electee_as_preferred_holder() {
     register(&client, "a", "1.34.0").await;
     register(&client, "b", "1.33.0").await;
     let stop = CancellationToken::new();
-    let answering = [
-        answer_pings(&client, "a", &stop),
-        answer_pings(&client, "b", &stop),
-    ];
+    let answering = answer_pings(&client, &["a", "b"], &stop);
     let spec = lease_until(&client, |s| s.preferred_holder.is_some()).await;
     assert_eq!(spec.preferred_holder.as_deref(), Some("b"));
     assert_eq!(
@@ -166,9 +161,7 @@ async fn a_valid_lease_held_by_another_gets_the_electee_as_preferred_holder() {
     );
     assert_eq!(spec.lease_duration_seconds, Some(30));
     stop.cancel();
-    for task in answering {
-        task.await.unwrap();
-    }
+    answering.await.unwrap();
     server.shutdown().await;
 }
 
@@ -180,7 +173,7 @@ async fn a_candidate_that_does_not_answer_the_ping_is_not_elected() {
     register(&client, "c", "1.32.0").await;
     register(&client, "a", "1.34.0").await;
     let stop = CancellationToken::new();
-    let answering = answer_pings(&client, "a", &stop);
+    let answering = answer_pings(&client, &["a"], &stop);
     let spec = lease_until(&client, |s| !holder(s).is_empty()).await;
     assert_eq!(holder(&spec), "a");
     let candidates: Api<LeaseCandidate> = Api::namespaced(client.clone(), NS);
@@ -201,10 +194,7 @@ async fn a_released_lease_goes_to_the_electee_at_once() {
     register(&client, "a", "1.34.0").await;
     register(&client, "b", "1.33.0").await;
     let stop = CancellationToken::new();
-    let answering = [
-        answer_pings(&client, "a", &stop),
-        answer_pings(&client, "b", &stop),
-    ];
+    let answering = answer_pings(&client, &["a", "b"], &stop);
     lease_until(&client, |s| s.preferred_holder.as_deref() == Some("b")).await;
 
     // "a" yields as client-go's releaseOnCancel under coordination: holder "", strategy kept.
@@ -221,9 +211,7 @@ async fn a_released_lease_goes_to_the_electee_at_once() {
     assert_eq!(spec.lease_duration_seconds, Some(5));
     assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
     stop.cancel();
-    for task in answering {
-        task.await.unwrap();
-    }
+    answering.await.unwrap();
     server.shutdown().await;
 }
 
@@ -236,10 +224,7 @@ async fn an_expired_lease_goes_to_the_electee() {
     register(&client, "a", "1.34.0").await;
     register(&client, "b", "1.33.0").await;
     let stop = CancellationToken::new();
-    let answering = [
-        answer_pings(&client, "a", &stop),
-        answer_pings(&client, "b", &stop),
-    ];
+    let answering = answer_pings(&client, &["a", "b"], &stop);
     let spec = lease_until(&client, |s| holder(s) == "b").await;
     assert_eq!(spec.preferred_holder, None);
     assert_eq!(spec.lease_duration_seconds, Some(5));
@@ -252,9 +237,7 @@ async fn an_expired_lease_goes_to_the_electee() {
         "{renewed}"
     );
     stop.cancel();
-    for task in answering {
-        task.await.unwrap();
-    }
+    answering.await.unwrap();
     server.shutdown().await;
 }
 
@@ -265,7 +248,7 @@ async fn a_lease_without_strategy_is_not_coordinated() {
     create_lease(&client, "", 30, None).await;
     register(&client, "b", "1.33.0").await;
     let stop = CancellationToken::new();
-    let answering = answer_pings(&client, "b", &stop);
+    let answering = answer_pings(&client, &["b"], &stop);
     // Once "b" answered a ping, its election has run; the Lease is still unheld.
     let candidates: Api<LeaseCandidate> = Api::namespaced(client.clone(), NS);
     let deadline = Instant::now() + Duration::from_secs(3);
