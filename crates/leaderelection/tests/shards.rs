@@ -1,12 +1,16 @@
 //! `ShardSet` over real HTTP against the fake API server: replicas split K shards evenly, a new replica
 //! gets its share, a departing or partitioned replica's shards are taken over, and no shard's work ever
-//! runs in two replicas at once. Timings 2 s / 1 s / 250 ms; every wait is bounded and waits on state.
+//! runs in two replicas at once, and a lagging watch never rewinds a shard's Lease. Timings 2 s / 1 s /
+//! 250 ms unless a test says otherwise; every wait is bounded and waits on state.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fake_apiserver::{FakeApiServer, Faults, Listener};
-use leaderelection::{Config, ShardConfig, ShardSet, ShardState};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{WatchEvent, WatchParams};
+use leaderelection::{Config, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -54,6 +58,10 @@ impl WorkLog {
     fn intervals(&self) -> usize {
         self.0.lock().unwrap().len()
     }
+
+    fn snapshot(&self) -> Vec<Interval> {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 struct Replica {
@@ -77,18 +85,38 @@ impl Replica {
     }
 }
 
-async fn replica(server: &FakeApiServer, identity: &str, shards: u32, log: &WorkLog) -> Replica {
-    let listener = server.add_listener().await.unwrap();
-    let mut kube_config = kube::Config::new(listener.url().parse().unwrap());
+fn client(url: &str) -> kube::Client {
+    let mut kube_config = kube::Config::new(url.parse().unwrap());
     kube_config.default_retry = false;
     kube_config.read_timeout = None;
-    let client = kube::Client::try_from(kube_config).unwrap();
-    let election = Config::new(identity, "work", "default")
+    kube::Client::try_from(kube_config).unwrap()
+}
+
+/// The timings of most tests: 2 s / 1 s / 250 ms.
+fn fast(identity: &str) -> Config {
+    Config::new(identity, "work", "default")
         .with_lease_duration(Duration::from_secs(2))
         .with_renew_deadline(Duration::from_secs(1))
-        .with_retry_period(Duration::from_millis(250));
+        .with_retry_period(Duration::from_millis(250))
+}
+
+async fn replica(server: &FakeApiServer, identity: &str, shards: u32, log: &WorkLog) -> Replica {
+    replica_with(server, fast(identity), shards, log, Faults::none()).await
+}
+
+/// A replica of set "work" with `election`'s identity and timings, on a listener of its own with `faults`.
+async fn replica_with(
+    server: &FakeApiServer,
+    election: Config,
+    shards: u32,
+    log: &WorkLog,
+    faults: Faults,
+) -> Replica {
+    let listener = server.add_listener().await.unwrap();
+    listener.set_faults(faults);
+    let client = client(&listener.url());
     let log = log.clone();
-    let id = identity.to_owned();
+    let id = election.identity.clone();
     let set = ShardSet::new(
         ShardConfig::new(election, shards),
         client,
@@ -234,5 +262,95 @@ async fn no_shard_runs_twice_under_faults() {
     }
     log.assert_no_overlap();
     assert!(log.intervals() > 6, "shards moved under the faults");
+    server.shutdown().await;
+}
+
+/// Rule 14, a lock never rewinds: every replica's watch delivers each write 300 ms after it was committed
+/// (kube-apiserver's watch cache answers the writer first; a loaded one lags more), longer than the
+/// 250 ms retry period, so a shard's lock hears of its own earlier renewals after it made newer ones. Two
+/// replicas of 4 shards stay balanced 2/2 for 30 s: every write of every Lease keeps the set's labels (a
+/// Lease that lost them would leave the label-selected list+watch), no shard's term ends, both replicas
+/// see both members, and the list+watch does not relist. The lease duration and renew deadline (4 s /
+/// 2 s) leave a loaded machine room to renew in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_watch_never_rewinds_a_shards_lease() {
+    let server = FakeApiServer::start().await.unwrap();
+    let log = WorkLog::default();
+    let lagging = Faults {
+        watch_delay: Duration::from_millis(300),
+        ..Faults::none()
+    };
+    let timings = |identity: &str| {
+        fast(identity)
+            .with_lease_duration(Duration::from_secs(4))
+            .with_renew_deadline(Duration::from_secs(2))
+    };
+    let a = replica_with(&server, timings("a"), 4, &log, lagging.clone()).await;
+    let b = replica_with(&server, timings("b"), 4, &log, lagging).await;
+    until_held(&[&a, &b], &[2, 2], Duration::from_secs(20)).await;
+
+    // Every write of the window, as an unlagged watch of all Leases (no selector) sees it.
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
+    let from = server.resource_version().to_string();
+    let writes = api
+        .watch(&WatchParams::default().timeout(60), &from)
+        .await
+        .unwrap();
+    let before = log.snapshot();
+    server.reset_counts();
+    let window = Duration::from_secs(30);
+    let mut written: Vec<Lease> = Vec::new();
+    let mut writes = writes.boxed();
+    let _ = tokio::time::timeout(window, async {
+        while let Some(event) = writes.next().await {
+            match event.unwrap() {
+                WatchEvent::Added(lease) | WatchEvent::Modified(lease) => written.push(lease),
+                WatchEvent::Deleted(lease) => panic!("{:?} deleted", lease.metadata.name),
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(status) => panic!("the watch failed: {status:?}"),
+            }
+        }
+    })
+    .await;
+
+    assert!(
+        written.len() >= 6 * 30,
+        "every held Lease is renewed every retry period: {} writes in 30 s",
+        written.len()
+    );
+    for lease in &written {
+        let labels = lease.metadata.labels.clone().unwrap_or_default();
+        assert!(
+            labels.get(SHARD_SET_LABEL).map(String::as_str) == Some("work")
+                && labels.contains_key(ROLE_LABEL),
+            "{:?} at resourceVersion {:?} was written without the set's labels: {labels:?}",
+            lease.metadata.name,
+            lease.metadata.resource_version
+        );
+    }
+    assert_eq!(
+        log.snapshot(),
+        before,
+        "no shard's term ended or started in the window"
+    );
+    for r in [&a, &b] {
+        let state = r.state.borrow().clone();
+        assert_eq!(state.members, ["a", "b"], "each replica sees both members");
+        assert_eq!(state.held.len(), 2, "balanced 2/2");
+    }
+    let lists: u64 = server
+        .counts()
+        .iter()
+        .filter(|c| c.verb == "list" && c.resource == "leases")
+        .map(|c| c.count)
+        .sum();
+    assert!(
+        lists <= 4,
+        "{lists} lists in 30 s: the list+watch relisted (a replica's watch is resumed, not relisted)"
+    );
+    for r in [a, b] {
+        r.stop().await;
+    }
+    log.assert_no_overlap();
     server.shutdown().await;
 }
