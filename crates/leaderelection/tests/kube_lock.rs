@@ -141,6 +141,152 @@ async fn an_update_keeps_labels_and_annotations_set_by_others() {
     server.shutdown().await;
 }
 
+/// How many requests of `verb` on Leases the server has answered or seen.
+fn requests(server: &FakeApiServer, verb: &str) -> u64 {
+    server
+        .counts()
+        .iter()
+        .filter(|c| c.verb == verb && c.resource == "leases")
+        .map(|c| c.count)
+        .sum()
+}
+
+/// Sets the Lease's labels and annotations to these only, as another writer's PUT would.
+async fn replace_metadata(
+    api: &kube::Api<Lease>,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> Lease {
+    let mut lease = api.get("meta").await.unwrap();
+    lease.metadata.labels = Some(owned(labels).into_iter().collect());
+    lease.metadata.annotations = Some(owned(annotations).into_iter().collect());
+    api.replace("meta", &kube::api::PostParams::default(), &lease)
+        .await
+        .unwrap()
+}
+
+/// Rule 14: the lock's own labels and annotations are put back by an update that finds them gone (another
+/// writer's PUT dropped them), and a key the Lease already has keeps its value.
+#[tokio::test]
+async fn an_update_puts_back_the_locks_labels_when_the_lease_lost_them() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
+        .with_metadata(metadata(
+            &[("team", "a"), ("tier", "x")],
+            &[("example.com/owner", "a")],
+        ))
+        .unwrap();
+    lock.create(&record("a", 0)).await.unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
+    replace_metadata(&api, &[("tier", "y")], &[]).await;
+
+    let read = lock.get().await.unwrap().unwrap();
+    lock.update(&record("a", 0), &read.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(
+        labels_and_annotations(&api.get("meta").await.unwrap()),
+        (
+            owned(&[("team", "a"), ("tier", "y")]),
+            owned(&[("example.com/owner", "a")])
+        )
+    );
+    server.shutdown().await;
+}
+
+/// Rule 14: the lock's own watch, read late, delivers a Lease older than the lock's last write; the
+/// lock does not take that older version's metadata as its own, so its next update carries what the Lease
+/// has (a label another writer set) with no read first.
+#[tokio::test]
+async fn a_late_watch_event_does_not_rewind_the_locks_metadata() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
+        .with_metadata(metadata(&[("team", "a")], &[]))
+        .unwrap();
+    let created = lock.create(&record("a", 0)).await.unwrap();
+    let mut events = lock.watch(&created.resource_version).await.unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
+    let patch = serde_json::json!({"metadata": {"labels": {"gitops.example.com/tracked": "yes"}}});
+    api.patch(
+        "meta",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .unwrap();
+    let read = lock.get().await.unwrap().unwrap();
+    let renewed = lock
+        .update(&record("a", 0), &read.resource_version)
+        .await
+        .unwrap();
+    // Read now, the watch's first event (the label's version) is older than what the lock wrote last.
+    match bounded(events.next()).await.unwrap().unwrap() {
+        LeaseEvent::Applied(late) => assert_eq!(late.resource_version, read.resource_version),
+        other => panic!("expected the labelled Lease, got {other:?}"),
+    }
+
+    let gets = requests(&server, "get");
+    lock.update(&record("a", 0), &renewed.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(
+        requests(&server, "get"),
+        gets,
+        "the update read nothing first"
+    );
+    assert_eq!(
+        labels_and_annotations(&api.get("meta").await.unwrap()).0,
+        owned(&[("gitops.example.com/tracked", "yes"), ("team", "a")])
+    );
+    server.shutdown().await;
+}
+
+/// Rule 14: an update guarded by a version this lock has not seen (read by another lock) reads the Lease
+/// first, so that it keeps the labels others set; guarded by a version that is no longer the Lease's, it
+/// conflicts without writing.
+#[tokio::test]
+async fn an_update_guarded_by_a_version_the_lock_has_not_seen_reads_the_lease_first() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
+    let reader = KubeLeaseLock::new(client(&server.url()), "default", "meta");
+    reader.create(&record("a", 0)).await.unwrap();
+    let labelled = replace_metadata(&api, &[("gitops.example.com/tracked", "yes")], &[]).await;
+    let stale = reader.get().await.unwrap().unwrap();
+    assert_eq!(
+        Some(&stale.resource_version),
+        labelled.metadata.resource_version.as_ref()
+    );
+
+    let writer = KubeLeaseLock::new(client(&server.url()), "default", "meta")
+        .with_metadata(metadata(&[("team", "b")], &[]))
+        .unwrap();
+    let taken = writer
+        .update(&record("b", 1), &stale.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(
+        labels_and_annotations(&api.get("meta").await.unwrap()).0,
+        owned(&[("gitops.example.com/tracked", "yes"), ("team", "b")])
+    );
+
+    let updates = requests(&server, "update");
+    let other = KubeLeaseLock::new(client(&server.url()), "default", "meta");
+    assert!(matches!(
+        other.update(&record("c", 2), &stale.resource_version).await,
+        Err(LockError::Conflict)
+    ));
+    assert_eq!(
+        requests(&server, "update"),
+        updates,
+        "a read that shows another version writes nothing"
+    );
+    assert_eq!(
+        api.get("meta").await.unwrap().metadata.resource_version,
+        Some(taken.resource_version)
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_bad_label_is_refused_before_any_request() {
     let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());

@@ -1,11 +1,14 @@
 //! `KubeLeaseLock`: a [`LeaseLock`] over the Kubernetes API (`coordination.k8s.io/v1` Lease).
 
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{
     LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockError, MetadataError,
@@ -21,7 +24,15 @@ pub(crate) const WATCH_TIMEOUT_SECONDS: u32 = 290;
 ///
 /// Writes are a POST (create) and a PUT carrying the `resourceVersion` read (update): never a patch, never
 /// server-side apply with force. Labels and annotations already on the Lease are kept by updates; those of
-/// [`KubeLeaseLock::with_metadata`] are given to a Lease it creates.
+/// [`KubeLeaseLock::with_metadata`] are given to a Lease it creates and put back by every update that finds
+/// one missing.
+///
+/// The lock never rewinds: it remembers the metadata of the newest version of the Lease it has read,
+/// written or been delivered, and a PUT (which replaces the whole object) carries that metadata only when it
+/// is of the version the update is guarded by; otherwise it reads the Lease first (one GET more), and
+/// answers [`LockError::Conflict`] without writing when the Lease has moved on. Versions are ordered as
+/// integers when both parse as one (kube-apiserver's and the fake API server's do, though kube-apiserver
+/// documents them as opaque); versions that do not parse are never taken as older.
 ///
 /// ## RBAC
 ///
@@ -35,11 +46,17 @@ pub struct KubeLeaseLock {
     api: Api<Lease>,
     name: String,
     namespace: String,
-    /// Labels and annotations for a create.
+    /// Labels and annotations for a create, put back by every update.
     metadata: LeaseMetadata,
-    /// Metadata of the Lease as last read or written, kept for the next update.
-    last: Arc<Mutex<Option<ObjectMeta>>>,
+    /// The newest version of the Lease seen, kept for the next update.
+    last: Remembered,
 }
+
+/// The metadata of the newest version of a Lease that a lock has read, written or been delivered by a
+/// watch; replaced only by a newer version (a watch that lags behind the lock's own writes delivers older
+/// ones). Shared with the watches that deliver to the lock.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Remembered(Arc<Mutex<Option<ObjectMeta>>>);
 
 impl std::fmt::Debug for KubeLeaseLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,13 +89,14 @@ impl KubeLeaseLock {
             name: name.to_string(),
             namespace: namespace.to_string(),
             metadata: LeaseMetadata::default(),
-            last: Arc::default(),
+            last: Remembered::default(),
         }
     }
 
     /// Gives a Lease this lock creates these labels and annotations (e.g. those a GitOps tool needs to
-    /// keep it: linkerd2 issue 10762). A Lease that exists keeps its own: updates carry the labels and
-    /// annotations read, whoever set them.
+    /// keep it: linkerd2 issue 10762, or those a label-selected watch finds it by), and puts back any of
+    /// them that an update finds missing. Updates carry the other labels and annotations read, whoever set
+    /// them; a key the Lease already has keeps its value, whoever set it.
     ///
     /// # Errors
     ///
@@ -89,22 +107,55 @@ impl KubeLeaseLock {
         Ok(self)
     }
 
-    /// Reads a Lease delivered by someone else's watch (a shared list+watch) as this lock's own reads: its
-    /// metadata is kept for the next update, so that an update guarded by its version keeps its labels.
-    pub(crate) fn rememberer(&self) -> impl Fn(Lease) -> ObservedLease + Send + Sync + 'static {
-        let last = Arc::clone(&self.last);
-        move |lease| remember(&last, lease)
-    }
-
-    fn last_metadata(&self) -> Option<ObjectMeta> {
-        self.last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// What this lock remembers of its Lease, for someone else's watch (a shared list+watch) to deliver
+    /// Leases to it as this lock's own reads, and to tell which of them are older than what it has seen.
+    pub(crate) fn remembered(&self) -> Remembered {
+        self.last.clone()
     }
 
     fn observe(&self, lease: Lease) -> ObservedLease {
-        remember(&self.last, lease)
+        self.last.remember(lease)
+    }
+
+    /// The metadata for a PUT guarded by `resource_version`: that version's as remembered, else as read
+    /// now, with the labels and annotations this lock sets put back where missing.
+    ///
+    /// # Errors
+    ///
+    /// The read's, and [`LockError::Conflict`] when it shows another version (the PUT would conflict).
+    async fn metadata_for_update(&self, resource_version: &str) -> Result<ObjectMeta, LockError> {
+        let remembered = self
+            .last
+            .metadata()
+            .filter(|meta| meta.resource_version.as_deref() == Some(resource_version));
+        let mut metadata = match remembered {
+            Some(metadata) => metadata,
+            // A PUT replaces the whole object: without the metadata of the version it is guarded by, it
+            // would drop whatever labels and annotations others set.
+            None => match self.api.get_opt(&self.name).await.map_err(lock_error)? {
+                Some(lease)
+                    if lease.metadata.resource_version.as_deref() == Some(resource_version) =>
+                {
+                    let metadata = lease.metadata.clone();
+                    self.observe(lease);
+                    metadata
+                }
+                Some(lease) => {
+                    self.observe(lease);
+                    return Err(LockError::Conflict);
+                }
+                // Deleted: the PUT creates it, as kube-apiserver's Lease strategy allows.
+                None => ObjectMeta {
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    resource_version: Some(resource_version.to_string()),
+                    ..ObjectMeta::default()
+                },
+            },
+        };
+        put_back(&mut metadata.labels, &self.metadata.labels);
+        put_back(&mut metadata.annotations, &self.metadata.annotations);
+        Ok(metadata)
     }
 
     /// Selects the one Lease by name, for list and watch.
@@ -113,14 +164,76 @@ impl KubeLeaseLock {
     }
 }
 
-/// Reads `lease` and keeps its metadata in `last` for the next update.
-fn remember(last: &Mutex<Option<ObjectMeta>>, lease: Lease) -> ObservedLease {
-    let observed = ObservedLease {
-        record: LeaderElectionRecord::from_lease_spec(lease.spec.as_ref()),
-        resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
-    };
-    *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease.metadata);
-    observed
+/// Adds to `map` the entries of `own` whose keys it lacks; a key it has keeps its value.
+fn put_back(map: &mut Option<BTreeMap<String, String>>, own: &BTreeMap<String, String>) {
+    if own.is_empty() {
+        return;
+    }
+    let map = map.get_or_insert_with(BTreeMap::new);
+    for (key, value) in own {
+        map.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+}
+
+/// How resourceVersion `a` is ordered after `b`: `Some` when equal, or when both are decimal integers
+/// (`u64`); `None` otherwise (unordered).
+///
+/// kube-apiserver documents resourceVersions as opaque strings that clients must compare for equality
+/// only (the API conventions' "Concurrency Control and Consistency", and "Resource versions" in the API
+/// concepts), but its etcd3 storage writes etcd's revision, one counter that increases with every write
+/// to the cluster, as a decimal integer (`k8s.io/apiserver/pkg/storage/etcd3`, `APIObjectVersioner`),
+/// and so does the fake API server. Versions compare as integers only when both parse: what cannot be
+/// ordered is never taken as older.
+pub(crate) fn version_order(a: &str, b: &str) -> Option<Ordering> {
+    if a == b {
+        return Some(Ordering::Equal);
+    }
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(a), Ok(b)) => Some(a.cmp(&b)),
+        _ => None,
+    }
+}
+
+// === impl Remembered ===
+
+impl Remembered {
+    /// Reads `lease`, and keeps its metadata unless a newer version is kept (versions that cannot be
+    /// ordered replace it: an update then finds the version it is guarded by missing, and reads first).
+    pub(crate) fn remember(&self, lease: Lease) -> ObservedLease {
+        let resource_version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let observed = ObservedLease {
+            record: LeaderElectionRecord::from_lease_spec(lease.spec.as_ref()),
+            resource_version,
+        };
+        let mut last = self.lock();
+        let older = last
+            .as_ref()
+            .and_then(|kept| kept.resource_version.as_deref())
+            .and_then(|kept| version_order(&observed.resource_version, kept))
+            == Some(Ordering::Less);
+        if !older {
+            *last = Some(lease.metadata);
+        }
+        observed
+    }
+
+    /// Whether a change at `resource_version` is no newer than the version kept: already seen, or
+    /// older (never when the two cannot be ordered).
+    pub(crate) fn has_seen(&self, resource_version: &str) -> bool {
+        self.lock()
+            .as_ref()
+            .and_then(|kept| kept.resource_version.as_deref())
+            .and_then(|kept| version_order(resource_version, kept))
+            .is_some_and(Ordering::is_le)
+    }
+
+    fn metadata(&self) -> Option<ObjectMeta> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ObjectMeta>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl LeaseLock for KubeLeaseLock {
@@ -166,17 +279,9 @@ impl LeaseLock for KubeLeaseLock {
         resource_version: &'a str,
     ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
         async move {
-            // Carry the metadata last read (labels, annotations, ownerReferences, as client-go's LeaseLock
-            // keeps its cached object's) when it is of the version we guard on; a PUT replaces the object.
-            let metadata = self
-                .last_metadata()
-                .filter(|meta| meta.resource_version.as_deref() == Some(resource_version))
-                .unwrap_or_else(|| ObjectMeta {
-                    name: Some(self.name.clone()),
-                    namespace: Some(self.namespace.clone()),
-                    resource_version: Some(resource_version.to_string()),
-                    ..ObjectMeta::default()
-                });
+            // Carry the metadata of the version we guard on (labels, annotations, ownerReferences, as
+            // client-go's LeaseLock keeps its cached object's): a PUT replaces the object.
+            let metadata = self.metadata_for_update(resource_version).await?;
             let lease = Lease {
                 metadata,
                 spec: Some(record.to_lease_spec()),
@@ -221,10 +326,10 @@ impl LeaseLock for KubeLeaseLock {
                 .watch(&params, resource_version)
                 .await
                 .map_err(lock_error)?;
-            let last = Arc::clone(&self.last);
+            let last = self.last.clone();
             let events = stream.map_err(lock_error).map(move |event| match event? {
                 WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
-                    Ok(LeaseEvent::Applied(remember(&last, lease)))
+                    Ok(LeaseEvent::Applied(last.remember(lease)))
                 }
                 WatchEvent::Deleted(lease) => Ok(LeaseEvent::Deleted(
                     lease.metadata.resource_version.unwrap_or_default(),
@@ -301,5 +406,74 @@ fn status_error(code: u16, reason: String, message: String) -> LockError {
             reason,
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(resource_version: &str, labels: &[(&str, &str)]) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("work-0".to_owned()),
+                resource_version: Some(resource_version.to_owned()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+        }
+    }
+
+    #[test]
+    fn resource_versions_order_as_integers_only_when_both_parse() {
+        assert_eq!(
+            version_order("9", "12"),
+            Some(Ordering::Less),
+            "not as strings"
+        );
+        assert_eq!(version_order("12", "9"), Some(Ordering::Greater));
+        assert_eq!(version_order("12", "12"), Some(Ordering::Equal));
+        assert_eq!(version_order("opaque", "opaque"), Some(Ordering::Equal));
+        for (a, b) in [("opaque", "12"), ("12", ""), ("-1", "1"), ("1.5", "2")] {
+            assert_eq!(version_order(a, b), None, "{a:?} and {b:?}");
+        }
+    }
+
+    /// Rule 14: a Lease delivered late (older than the one kept) is read as it is, but its metadata does
+    /// not replace the newer version's; a newer one does; a version that cannot be ordered does too.
+    #[test]
+    fn remembered_metadata_never_goes_backwards() {
+        let remembered = Remembered::default();
+        remembered.remember(lease("12", &[("team", "a")]));
+        let late = remembered.remember(lease("9", &[]));
+        assert_eq!(
+            late.resource_version, "9",
+            "the Lease delivered is read as it is"
+        );
+        let kept = remembered.metadata().unwrap();
+        assert_eq!(kept.resource_version.as_deref(), Some("12"));
+        assert_eq!(
+            kept.labels.unwrap().get("team").map(String::as_str),
+            Some("a")
+        );
+        assert!(remembered.has_seen("9") && remembered.has_seen("12"));
+        assert!(!remembered.has_seen("13") && !remembered.has_seen("opaque"));
+
+        remembered.remember(lease("13", &[]));
+        assert_eq!(
+            remembered.metadata().unwrap().resource_version.as_deref(),
+            Some("13")
+        );
+        remembered.remember(lease("opaque", &[]));
+        assert_eq!(
+            remembered.metadata().unwrap().resource_version.as_deref(),
+            Some("opaque")
+        );
     }
 }

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 pub const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 
 /// Labels and annotations for a Lease created by [`super::KubeLeaseLock`] (e.g. the labels a GitOps tool
-/// needs to keep, rather than prune, a Lease it did not create). Only a create sets them: an update
-/// carries the labels and annotations the Lease has, whoever set them.
+/// needs to keep, rather than prune, a Lease it did not create). A create sets them; an update carries the
+/// labels and annotations the Lease has, whoever set them, and puts back those of these it finds missing (a
+/// key the Lease has keeps its value), so that no write of the lock drops what the lock set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseMetadata {
     /// `metadata.labels`: keys are qualified names, values at most 63 characters.

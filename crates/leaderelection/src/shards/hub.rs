@@ -1,6 +1,7 @@
 //! The one list+watch of a shard set (every Lease with its label), and the [`LeaseLock`] of each of its
 //! Leases, whose watches are served from it instead of one watch request per Lease.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::lock::kube::{WATCH_TIMEOUT_SECONDS, lock_error};
+use crate::lock::kube::{WATCH_TIMEOUT_SECONDS, lock_error, version_order};
 use crate::{
     KubeLeaseLock, LeaderElectionRecord, LeaseEvent, LeaseEventStream, LeaseLock, ListedLease,
     LockError, ObservedLease,
@@ -79,10 +80,12 @@ impl Hub {
         let record = LeaderElectionRecord::from_lease_spec(lease.spec.as_ref());
         let resource_version = lease.metadata.resource_version.clone().unwrap_or_default();
         let mut cache = self.cache();
-        if cache
-            .get(&name)
-            .is_some_and(|c| c.lease.metadata.resource_version == lease.metadata.resource_version)
-        {
+        if cache.get(&name).is_some_and(|c| {
+            is_no_newer(
+                &resource_version,
+                c.lease.metadata.resource_version.as_deref(),
+            )
+        }) {
             return;
         }
         let observed_at = match cache.get(&name) {
@@ -231,14 +234,12 @@ impl Hub {
     }
 }
 
-/// Whether version `a` is newer than `b`. Versions are opaque to clients, but kube-apiserver's (etcd's)
-/// and the fake's are increasing integers; anything else counts as newer, so that a cached Lease is
-/// delivered (a stale delivery only costs a conflict on the next write).
-fn newer(a: &str, b: &str) -> bool {
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(a), Ok(b)) => a > b,
-        _ => a != b,
-    }
+/// Whether a change at `version` is no newer than `than`: the same, or older when both are integers
+/// ([`version_order`]). A version that cannot be ordered counts as newer: delivered, as kube-apiserver's
+/// are, without a guarantee of order.
+fn is_no_newer(version: &str, than: Option<&str>) -> bool {
+    than.and_then(|than| version_order(version, than))
+        .is_some_and(Ordering::is_le)
 }
 
 /// The [`LeaseLock`] of one Lease of a shard set: reads and writes go to the API server through a
@@ -286,42 +287,39 @@ impl LeaseLock for SharedLeaseLock {
         self.lock.list()
     }
 
-    /// Subscribes to the set's list+watch (no request): first the cached Lease if it is newer than
-    /// `resource_version`, then every change of this Lease. Ends when this subscriber falls more than
-    /// [`BUFFER`] changes behind (the elector reopens it and reads the Lease when it has been silent).
+    /// Subscribes to the set's list+watch (no request): first the cached Lease, then every change of this
+    /// Lease, each only if it is newer than `resource_version`, than the last change delivered, and than
+    /// the newest version this lock has read or written (rule 14, a lock never rewinds: the list+watch
+    /// lags behind this lock's own writes, and delivers what they replaced after them). Ends when this
+    /// subscriber falls more than [`BUFFER`] changes behind (the elector reopens it and reads the Lease
+    /// when it has been silent).
     fn watch<'a>(
         &'a self,
         resource_version: &'a str,
     ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>> {
         async move {
             let receiver = self.hub.changes.subscribe();
-            let remember = self.lock.rememberer();
-            let cached = self
-                .hub
-                .cache()
-                .get(&self.name)
-                .filter(|c| {
-                    c.lease
-                        .metadata
-                        .resource_version
-                        .as_deref()
-                        .is_some_and(|rv| newer(rv, resource_version))
-                })
-                .map(|c| c.lease.clone());
+            let remembered = self.lock.remembered();
+            let cached = self.hub.cache().get(&self.name).map(|c| c.lease.clone());
             let name = self.name.clone();
+            let mut delivered = resource_version.to_owned();
             let first = futures::stream::iter(cached.map(Change::from_lease));
             let rest = tokio_stream::wrappers::BroadcastStream::new(receiver)
                 .take_while(|r| futures::future::ready(r.is_ok()))
                 .filter_map(|r| futures::future::ready(r.ok()));
-            let events = first
-                .chain(rest)
-                .filter(move |c| futures::future::ready(c.name == name))
-                .map(move |c| {
+            let events = first.chain(rest).filter_map(move |c| {
+                let stale = c.name != name
+                    || is_no_newer(&c.resource_version, Some(&delivered))
+                    || remembered.has_seen(&c.resource_version);
+                let event = (!stale).then(|| {
+                    delivered.clone_from(&c.resource_version);
                     Ok(match c.lease {
-                        Some(lease) => LeaseEvent::Applied(remember(lease)),
+                        Some(lease) => LeaseEvent::Applied(remembered.remember(lease)),
                         None => LeaseEvent::Deleted(c.resource_version),
                     })
                 });
+                futures::future::ready(event)
+            });
             Ok(events.boxed())
         }
         .boxed()
@@ -350,5 +348,131 @@ impl Change {
             resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
             lease: Some(lease),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fake_apiserver::FakeApiServer;
+    use kube::api::{ObjectMeta, Patch, PatchParams};
+
+    use super::*;
+
+    fn client(server: &FakeApiServer) -> kube::Client {
+        kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap()
+    }
+
+    /// Lease `work-0` at `resource_version`, held by `holder`.
+    fn lease(resource_version: &str, holder: &str) -> Lease {
+        let record = LeaderElectionRecord {
+            holder_identity: holder.to_owned(),
+            lease_duration_seconds: 2,
+            ..LeaderElectionRecord::default()
+        };
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("work-0".to_owned()),
+                namespace: Some("default".to_owned()),
+                resource_version: Some(resource_version.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(record.to_lease_spec()),
+        }
+    }
+
+    /// The next event, within 10 s (the changes are broadcast before the stream is read).
+    async fn next(events: &mut LeaseEventStream) -> LeaseEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .expect("no error")
+    }
+
+    /// Rule 14: a change the list+watch delivers late, older than the version a shard's watch is opened
+    /// from, is not delivered to it (it would overwrite what the lock knows with an older Lease); the
+    /// next newer change, and a deletion after it, are. resourceVersions compare as integers ("9" < "12").
+    #[tokio::test]
+    async fn the_hub_drops_a_change_older_than_the_version_watched_from() {
+        let server = FakeApiServer::start().await.unwrap();
+        let hub = Hub::new();
+        let lock = SharedLeaseLock::new(
+            KubeLeaseLock::new(client(&server), "default", "work-0"),
+            "work-0",
+            hub.clone(),
+        );
+        hub.apply(lease("5", "a"));
+        let mut events = lock.watch("10").await.unwrap();
+        hub.apply(lease("9", "b"));
+        hub.apply(lease("12", "a"));
+        hub.delete("work-0", "13".to_owned());
+        match next(&mut events).await {
+            LeaseEvent::Applied(lease) => {
+                assert_eq!(
+                    (
+                        lease.resource_version.as_str(),
+                        lease.record.holder_identity.as_str()
+                    ),
+                    ("12", "a"),
+                    "the first change delivered is the first newer than 10"
+                );
+            }
+            other => panic!("expected the Lease at 12, got {other:?}"),
+        }
+        assert_eq!(
+            next(&mut events).await,
+            LeaseEvent::Deleted("13".to_owned())
+        );
+        server.shutdown().await;
+    }
+
+    /// Rule 14: a shard's leader watches its Lease from the version it acquired, then renews; the
+    /// list+watch, lagging, delivers that acquire and that renewal after the lock made them. Neither is
+    /// delivered (the lock already wrote them); a newer write by someone else (a label) is.
+    #[tokio::test]
+    async fn the_hub_drops_a_change_the_lock_already_wrote() {
+        let server = FakeApiServer::start().await.unwrap();
+        let api: kube::Api<Lease> = kube::Api::namespaced(client(&server), "default");
+        let hub = Hub::new();
+        let lock = SharedLeaseLock::new(
+            KubeLeaseLock::new(client(&server), "default", "work-0"),
+            "work-0",
+            hub.clone(),
+        );
+        let record = |renew_time| LeaderElectionRecord {
+            holder_identity: "a".to_owned(),
+            lease_duration_seconds: 2,
+            renew_time: Some(jiff::Timestamp::from_second(renew_time).unwrap()),
+            ..LeaderElectionRecord::default()
+        };
+        let acquired = lock.create(&record(1)).await.unwrap();
+        let as_acquired = api.get("work-0").await.unwrap();
+        let mut events = lock.watch(&acquired.resource_version).await.unwrap();
+        lock.update(&record(2), &acquired.resource_version)
+            .await
+            .unwrap();
+        let as_renewed = api.get("work-0").await.unwrap();
+        let labelled = api
+            .patch(
+                "work-0",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {"team": "a"}}})),
+            )
+            .await
+            .unwrap();
+        for lease in [as_acquired, as_renewed, labelled.clone()] {
+            hub.apply(lease);
+        }
+        match next(&mut events).await {
+            LeaseEvent::Applied(lease) => assert_eq!(
+                Some(lease.resource_version),
+                labelled.metadata.resource_version,
+                "the first change delivered is the label, newer than the lock's own renewal"
+            ),
+            other => panic!("expected the labelled Lease, got {other:?}"),
+        }
+        server.shutdown().await;
     }
 }
