@@ -1,7 +1,9 @@
 //! `KubeLeaseLock` over real HTTP against the fake API server: the lock's outcomes (404, 409 AlreadyExists,
 //! 409 Conflict, watch events, 410 Gone, list) are the API server's, two electors hand the Lease over
 //! through a watch, a Lease older than the watch history costs a candidate a few requests, not a loop, and a
-//! plain-text 429 (rate limiting) reads as TooManyRequests, and a missing namespace is not a missing Lease.
+//! plain-text 429 (rate limiting) reads as TooManyRequests, a missing namespace is not a missing Lease, and
+//! the lock never rewinds (rule 14): a late watch event does not replace what it remembers, and no update
+//! drops the labels and annotations it sets or that others set.
 
 use std::time::{Duration, Instant};
 
@@ -72,73 +74,59 @@ fn owned(pairs: &[(&str, &str)]) -> Pairs {
         .collect()
 }
 
-#[tokio::test]
-async fn a_created_lease_carries_the_given_labels_and_annotations() {
-    let server = FakeApiServer::start().await.unwrap();
-    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
-        .with_metadata(metadata(
-            &[("app.kubernetes.io/part-of", "my-app")],
-            &[("argocd.argoproj.io/sync-options", "Prune=false")],
-        ))
-        .unwrap();
-    lock.create(&record("a", 0)).await.unwrap();
-    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
-    let lease = api.get("meta").await.unwrap();
-    assert_eq!(
-        labels_and_annotations(&lease),
-        (
-            owned(&[("app.kubernetes.io/part-of", "my-app")]),
-            owned(&[("argocd.argoproj.io/sync-options", "Prune=false")])
-        )
-    );
-    server.shutdown().await;
+/// A lock on Lease `default/meta` that gives it `labels` and `annotations`.
+fn meta_lock(
+    server: &FakeApiServer,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> KubeLeaseLock {
+    KubeLeaseLock::new(client(&server.url()), "default", "meta")
+        .with_metadata(metadata(labels, annotations))
+        .unwrap()
 }
 
-#[tokio::test]
-async fn an_update_keeps_labels_and_annotations_set_by_others() {
-    let server = FakeApiServer::start().await.unwrap();
-    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
-        .with_metadata(metadata(&[("team", "a")], &[]))
-        .unwrap();
-    lock.create(&record("a", 0)).await.unwrap();
-    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
-    let patch = serde_json::json!({"metadata": {
-        "labels": {"gitops.example.com/tracked": "yes"},
-        "annotations": {"example.com/note": "set by an outsider"},
-    }});
-    api.patch(
-        "meta",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(patch),
-    )
-    .await
-    .unwrap();
+fn leases(server: &FakeApiServer) -> kube::Api<Lease> {
+    kube::Api::namespaced(client(&server.url()), "default")
+}
 
-    // This candidate's renewal, then another candidate's takeover (whose lock has other labels for a
-    // create): both PUTs carry what the Lease has.
-    let read = lock.get().await.unwrap().unwrap();
-    lock.update(&record("a", 0), &read.resource_version)
+/// Merges `metadata` into Lease `meta`'s, as another writer's merge patch would.
+async fn patch_metadata(server: &FakeApiServer, metadata: serde_json::Value) {
+    leases(server)
+        .patch(
+            "meta",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({ "metadata": metadata })),
+        )
         .await
         .unwrap();
-    let other = KubeLeaseLock::new(client(&server.url()), "default", "meta")
-        .with_metadata(metadata(&[("team", "b")], &[]))
-        .unwrap();
-    let read = other.get().await.unwrap().unwrap();
-    let taken = other
-        .update(&record("b", 1), &read.resource_version)
-        .await
-        .unwrap();
-    assert_eq!(taken.record.holder_identity, "b");
+}
 
-    let lease = api.get("meta").await.unwrap();
+/// Sets Lease `meta`'s labels and annotations to these only, as another writer's PUT would.
+async fn replace_metadata(
+    server: &FakeApiServer,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> Lease {
+    let api = leases(server);
+    let mut lease = api.get("meta").await.unwrap();
+    lease.metadata.labels = Some(owned(labels).into_iter().collect());
+    lease.metadata.annotations = Some(owned(annotations).into_iter().collect());
+    api.replace("meta", &kube::api::PostParams::default(), &lease)
+        .await
+        .unwrap()
+}
+
+/// Asserts that Lease `meta` has these labels and annotations, and no others.
+async fn assert_metadata(
+    server: &FakeApiServer,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) {
+    let lease = leases(server).get("meta").await.unwrap();
     assert_eq!(
         labels_and_annotations(&lease),
-        (
-            owned(&[("gitops.example.com/tracked", "yes"), ("team", "a")]),
-            owned(&[("example.com/note", "set by an outsider")])
-        )
+        (owned(labels), owned(annotations))
     );
-    server.shutdown().await;
 }
 
 /// How many requests of `verb` on Leases the server has answered or seen.
@@ -151,18 +139,51 @@ fn requests(server: &FakeApiServer, verb: &str) -> u64 {
         .sum()
 }
 
-/// Sets the Lease's labels and annotations to these only, as another writer's PUT would.
-async fn replace_metadata(
-    api: &kube::Api<Lease>,
-    labels: &[(&str, &str)],
-    annotations: &[(&str, &str)],
-) -> Lease {
-    let mut lease = api.get("meta").await.unwrap();
-    lease.metadata.labels = Some(owned(labels).into_iter().collect());
-    lease.metadata.annotations = Some(owned(annotations).into_iter().collect());
-    api.replace("meta", &kube::api::PostParams::default(), &lease)
+#[tokio::test]
+async fn a_created_lease_carries_the_given_labels_and_annotations() {
+    let server = FakeApiServer::start().await.unwrap();
+    let labels = [("app.kubernetes.io/part-of", "my-app")];
+    let annotations = [("argocd.argoproj.io/sync-options", "Prune=false")];
+    let lock = meta_lock(&server, &labels, &annotations);
+    lock.create(&record("a", 0)).await.unwrap();
+    assert_metadata(&server, &labels, &annotations).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_update_keeps_labels_and_annotations_set_by_others() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lock = meta_lock(&server, &[("team", "a")], &[]);
+    lock.create(&record("a", 0)).await.unwrap();
+    patch_metadata(
+        &server,
+        serde_json::json!({
+            "labels": {"gitops.example.com/tracked": "yes"},
+            "annotations": {"example.com/note": "set by an outsider"},
+        }),
+    )
+    .await;
+
+    // This candidate's renewal, then another candidate's takeover (whose lock has another value for the
+    // label "team"): both PUTs carry what the Lease has.
+    let read = lock.get().await.unwrap().unwrap();
+    lock.update(&record("a", 0), &read.resource_version)
         .await
-        .unwrap()
+        .unwrap();
+    let other = meta_lock(&server, &[("team", "b")], &[]);
+    let read = other.get().await.unwrap().unwrap();
+    let taken = other
+        .update(&record("b", 1), &read.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(taken.record.holder_identity, "b");
+    assert_metadata(
+        &server,
+        &[("gitops.example.com/tracked", "yes"), ("team", "a")],
+        &[("example.com/note", "set by an outsider")],
+    )
+    .await;
+    server.shutdown().await;
 }
 
 /// Rule 14: the lock's own labels and annotations are put back by an update that finds them gone (another
@@ -170,27 +191,24 @@ async fn replace_metadata(
 #[tokio::test]
 async fn an_update_puts_back_the_locks_labels_when_the_lease_lost_them() {
     let server = FakeApiServer::start().await.unwrap();
-    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
-        .with_metadata(metadata(
-            &[("team", "a"), ("tier", "x")],
-            &[("example.com/owner", "a")],
-        ))
-        .unwrap();
+    let lock = meta_lock(
+        &server,
+        &[("team", "a"), ("tier", "x")],
+        &[("example.com/owner", "a")],
+    );
     lock.create(&record("a", 0)).await.unwrap();
-    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
-    replace_metadata(&api, &[("tier", "y")], &[]).await;
+    replace_metadata(&server, &[("tier", "y")], &[]).await;
 
     let read = lock.get().await.unwrap().unwrap();
     lock.update(&record("a", 0), &read.resource_version)
         .await
         .unwrap();
-    assert_eq!(
-        labels_and_annotations(&api.get("meta").await.unwrap()),
-        (
-            owned(&[("team", "a"), ("tier", "y")]),
-            owned(&[("example.com/owner", "a")])
-        )
-    );
+    assert_metadata(
+        &server,
+        &[("team", "a"), ("tier", "y")],
+        &[("example.com/owner", "a")],
+    )
+    .await;
     server.shutdown().await;
 }
 
@@ -200,20 +218,14 @@ async fn an_update_puts_back_the_locks_labels_when_the_lease_lost_them() {
 #[tokio::test]
 async fn a_late_watch_event_does_not_rewind_the_locks_metadata() {
     let server = FakeApiServer::start().await.unwrap();
-    let lock = KubeLeaseLock::new(client(&server.url()), "default", "meta")
-        .with_metadata(metadata(&[("team", "a")], &[]))
-        .unwrap();
+    let lock = meta_lock(&server, &[("team", "a")], &[]);
     let created = lock.create(&record("a", 0)).await.unwrap();
     let mut events = lock.watch(&created.resource_version).await.unwrap();
-    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
-    let patch = serde_json::json!({"metadata": {"labels": {"gitops.example.com/tracked": "yes"}}});
-    api.patch(
-        "meta",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(patch),
+    patch_metadata(
+        &server,
+        serde_json::json!({"labels": {"gitops.example.com/tracked": "yes"}}),
     )
-    .await
-    .unwrap();
+    .await;
     let read = lock.get().await.unwrap().unwrap();
     let renewed = lock
         .update(&record("a", 0), &read.resource_version)
@@ -234,10 +246,12 @@ async fn a_late_watch_event_does_not_rewind_the_locks_metadata() {
         gets,
         "the update read nothing first"
     );
-    assert_eq!(
-        labels_and_annotations(&api.get("meta").await.unwrap()).0,
-        owned(&[("gitops.example.com/tracked", "yes"), ("team", "a")])
-    );
+    assert_metadata(
+        &server,
+        &[("gitops.example.com/tracked", "yes"), ("team", "a")],
+        &[],
+    )
+    .await;
     server.shutdown().await;
 }
 
@@ -247,27 +261,26 @@ async fn a_late_watch_event_does_not_rewind_the_locks_metadata() {
 #[tokio::test]
 async fn an_update_guarded_by_a_version_the_lock_has_not_seen_reads_the_lease_first() {
     let server = FakeApiServer::start().await.unwrap();
-    let api: kube::Api<Lease> = kube::Api::namespaced(client(&server.url()), "default");
     let reader = KubeLeaseLock::new(client(&server.url()), "default", "meta");
     reader.create(&record("a", 0)).await.unwrap();
-    let labelled = replace_metadata(&api, &[("gitops.example.com/tracked", "yes")], &[]).await;
+    let labelled = replace_metadata(&server, &[("gitops.example.com/tracked", "yes")], &[]).await;
     let stale = reader.get().await.unwrap().unwrap();
     assert_eq!(
         Some(&stale.resource_version),
         labelled.metadata.resource_version.as_ref()
     );
 
-    let writer = KubeLeaseLock::new(client(&server.url()), "default", "meta")
-        .with_metadata(metadata(&[("team", "b")], &[]))
-        .unwrap();
+    let writer = meta_lock(&server, &[("team", "b")], &[]);
     let taken = writer
         .update(&record("b", 1), &stale.resource_version)
         .await
         .unwrap();
-    assert_eq!(
-        labels_and_annotations(&api.get("meta").await.unwrap()).0,
-        owned(&[("gitops.example.com/tracked", "yes"), ("team", "b")])
-    );
+    assert_metadata(
+        &server,
+        &[("gitops.example.com/tracked", "yes"), ("team", "b")],
+        &[],
+    )
+    .await;
 
     let updates = requests(&server, "update");
     let other = KubeLeaseLock::new(client(&server.url()), "default", "meta");
@@ -281,7 +294,12 @@ async fn an_update_guarded_by_a_version_the_lock_has_not_seen_reads_the_lease_fi
         "a read that shows another version writes nothing"
     );
     assert_eq!(
-        api.get("meta").await.unwrap().metadata.resource_version,
+        leases(&server)
+            .get("meta")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
         Some(taken.resource_version)
     );
     server.shutdown().await;
