@@ -73,6 +73,7 @@ impl Hub {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Caches and broadcasts `lease`, unless the cache holds that version or a newer one.
     fn apply(&self, lease: Lease) {
         let Some(name) = lease.metadata.name.clone() else {
             return;
