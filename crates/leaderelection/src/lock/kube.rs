@@ -175,7 +175,7 @@ fn put_back(map: &mut Option<BTreeMap<String, String>>, own: &BTreeMap<String, S
     }
 }
 
-/// How resourceVersion `a` is ordered after `b`: `Some` when equal, or when both are decimal integers
+/// How resourceVersion `a` compares with `b`: `Some` when they are equal, or when both are decimal integers
 /// (`u64`); `None` otherwise (unordered).
 ///
 /// kube-apiserver documents resourceVersions as opaque strings that clients must compare for equality
@@ -192,6 +192,13 @@ pub(crate) fn version_order(a: &str, b: &str) -> Option<Ordering> {
         (Ok(a), Ok(b)) => Some(a.cmp(&b)),
         _ => None,
     }
+}
+
+/// Whether a change at `version` is no newer than `than`: the same, or older ([`version_order`]). A
+/// version that cannot be ordered counts as newer.
+pub(crate) fn is_no_newer(version: &str, than: Option<&str>) -> bool {
+    than.and_then(|than| version_order(version, than))
+        .is_some_and(Ordering::is_le)
 }
 
 // === impl Remembered ===
@@ -220,11 +227,12 @@ impl Remembered {
     /// Whether a change at `resource_version` is no newer than the version kept: already seen, or
     /// older (never when the two cannot be ordered).
     pub(crate) fn has_seen(&self, resource_version: &str) -> bool {
-        self.lock()
-            .as_ref()
-            .and_then(|kept| kept.resource_version.as_deref())
-            .and_then(|kept| version_order(resource_version, kept))
-            .is_some_and(Ordering::is_le)
+        let last = self.lock();
+        is_no_newer(
+            resource_version,
+            last.as_ref()
+                .and_then(|kept| kept.resource_version.as_deref()),
+        )
     }
 
     fn metadata(&self) -> Option<ObjectMeta> {

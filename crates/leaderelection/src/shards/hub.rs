@@ -1,7 +1,6 @@
 //! The one list+watch of a shard set (every Lease with its label), and the [`LeaseLock`] of each of its
 //! Leases, whose watches are served from it instead of one watch request per Lease.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::lock::kube::{WATCH_TIMEOUT_SECONDS, lock_error, version_order};
+use crate::lock::kube::{WATCH_TIMEOUT_SECONDS, is_no_newer, lock_error};
 use crate::{
     KubeLeaseLock, LeaderElectionRecord, LeaseEvent, LeaseEventStream, LeaseLock, ListedLease,
     LockError, ObservedLease,
@@ -233,14 +232,6 @@ impl Hub {
             }
         }
     }
-}
-
-/// Whether a change at `version` is no newer than `than`: the same, or older when both are integers
-/// ([`version_order`]). A version that cannot be ordered counts as newer: delivered, as kube-apiserver's
-/// are, without a guarantee of order.
-fn is_no_newer(version: &str, than: Option<&str>) -> bool {
-    than.and_then(|than| version_order(version, than))
-        .is_some_and(Ordering::is_le)
 }
 
 /// The [`LeaseLock`] of one Lease of a shard set: reads and writes go to the API server through a
