@@ -12,6 +12,11 @@
 //! or that is closed changes none of that; a variable that is not UTF-8 and a binary replaced on disk
 //! still start the child.
 //!
+//! Outside what can be frozen (rule 13): SIGSTOP of leader-elect alone, or Ctrl-Z, for 3 x lease duration
+//! while a follower takes over: the guardian kills the child at its work deadline, no two children work
+//! at once, and the continued leader-elect follows; Ctrl-Z stops the child with leader-elect and SIGCONT
+//! before the deadline continues both; the guardian binary kills at a deadline while its input is open.
+//!
 //! Startup: disabled mode starts the child without any kubeconfig; an API server that is unreachable or
 //! answers 503 / 429 is waited out (one WARN, not ready meanwhile, SIGTERM ends the wait with exit 0) and
 //! the candidate leads once it answers; a 401 or 403 after the outage exits 1 naming the verb and resource.

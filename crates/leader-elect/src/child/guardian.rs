@@ -112,8 +112,12 @@ fn watch(armed: &mut Armed, timer: &TimerFd) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => return,
         }
+        if fds[1].any().unwrap_or(false) {
+            // Cleared by the next `set` too; read so that it cannot stay readable.
+            let _ = nix::unistd::read(timer, &mut [0_u8; 8]);
+        }
         if !fds[0].any().unwrap_or(false) {
-            continue; // the timer: the deadlines are checked at the top
+            continue; // the deadlines are checked at the top
         }
         // Readable or hung up: this read does not block.
         match nix::unistd::read(&stdin, &mut buf) {
