@@ -331,9 +331,9 @@ fn has_members(pgid: Pid) -> bool {
 }
 
 /// The deadline thread: SIGKILLs the group when its deadline ([`State::enforced`]) passes, and again
-/// every [`KILL_AGAIN`] until the group is empty. It wakes on every change of the deadline and on its timer, so a process
-/// frozen past the deadline kills as soon as it runs again. It does no I/O: no log line, no allocation
-/// on the kill path.
+/// every [`KILL_AGAIN`] until the group is empty. It wakes on every change of the deadline and on its
+/// timer, so a process frozen past the deadline kills as soon as it runs again. It does no I/O: no log
+/// line, no allocation on the kill path.
 fn enforce_deadline(shared: &Shared) {
     let mut state = shared.lock();
     while state.members {
