@@ -68,7 +68,7 @@ enum Command {
     /// (internal) The child of a `chaos` candidate: appends fenced heartbeats to a work log.
     #[command(hide = true)]
     ChaosWorker(chaos::WorkerArgs),
-    /// (internal) Kill the armed process groups when leader-elect dies (end of stdin).
+    /// (internal) Kill each armed process group at its deadline, and all when leader-elect dies (end of stdin).
     #[command(hide = true)]
     Guardian,
 }

@@ -16,7 +16,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
-use crate::child::{ChildSpec, Guardian, Reaper, run_for_term};
+use crate::child::{ChildSpec, Groups, Guardian, Reaper, run_for_term, stop_children_on_sigtstp};
 use crate::client::{DisabledLock, ServerArgs, await_api_server, generated_identity};
 
 /// The `reportingController` of the Events recorded with `--events`.
@@ -212,7 +212,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let reaper = Arc::new(reaper);
     let skip_grace = CancellationToken::new();
-    if let Some(guardian) = guardian {
+    let groups = guardian.is_some().then(|| Arc::new(Groups::default()));
+    if let (Some(guardian), Some(groups)) = (guardian, &groups) {
         let spec = ChildSpec {
             command: Arc::new(args.command.clone()),
             identity,
@@ -222,15 +223,16 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             skip_grace: skip_grace.clone(),
             guardian,
             reaper: reaper.clone(),
+            groups: groups.clone(),
         };
         runtime.leader_only("child", move |term, token| {
             run_for_term(spec.clone(), term, token)
         });
     }
 
-    // Every task is awaited here: the runtime's, the reaper and the signal handler.
+    // Every task is awaited here: the runtime's, the reaper and the signal handlers.
     let aux_stop = CancellationToken::new();
-    let (result, (), ()) = tokio::join!(
+    let (result, (), (), ()) = tokio::join!(
         async {
             let result = runtime.run(shutdown.clone()).await;
             aux_stop.cancel();
@@ -238,6 +240,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         },
         reaper.clone().run(aux_stop.clone()),
         stop_on_signals(signals, shutdown.clone(), skip_grace, aux_stop.clone()),
+        async {
+            if let Some(groups) = groups {
+                stop_children_on_sigtstp(groups, aux_stop.clone()).await;
+            }
+        },
     );
     match result {
         Ok(()) => Ok(()),

@@ -12,6 +12,11 @@
 //! or that is closed changes none of that; a variable that is not UTF-8 and a binary replaced on disk
 //! still start the child.
 //!
+//! Outside what can be frozen (rule 13): SIGSTOP of leader-elect alone, or Ctrl-Z, for 3 x lease duration
+//! while a follower takes over: the guardian kills the child at its work deadline, no two children work
+//! at once, and the continued leader-elect follows; Ctrl-Z stops the child with leader-elect and SIGCONT
+//! before the deadline continues both; the guardian binary kills at a deadline while its input is open.
+//!
 //! Startup: disabled mode starts the child without any kubeconfig; an API server that is unreachable or
 //! answers 503 / 429 is waited out (one WARN, not ready meanwhile, SIGTERM ends the wait with exit 0) and
 //! the candidate leads once it answers; a 401 or 403 after the outage exits 1 naming the verb and resource.
@@ -871,6 +876,209 @@ async fn a_deleted_lease_kills_the_leaders_child_and_comes_back_with_a_higher_te
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     })
     .await;
+}
+
+/// The pid recorded by the fenced child of candidate `identity` (its first term's).
+fn fenced_child(dir: &Path, identity: &str) -> Option<i32> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!("{identity}-")) && name.ends_with(".child")
+        })
+        .find_map(|e| pid_in(&e.path()))
+}
+
+/// Candidate `a` on `url` with fenced heartbeats in `d`, once it leads and its child wrote a beat: its
+/// leader-elect and its child's pid.
+async fn fenced_leader_a(url: &str, t: &Timings, d: &Path) -> (tokio::process::Child, i32) {
+    let a = candidate(url, "a", t, d, FENCED_SCRIPT).spawn().unwrap();
+    let child = wait_for(Duration::from_secs(20), || {
+        terms(d).first()?;
+        fenced_child(d, "a")
+    })
+    .await
+    .expect("a leads");
+    (a, child)
+}
+
+/// Whether `pid` is stopped (state `T`) within a generous bound. Only for leader-elect: a member of the
+/// child's group may be in `D` instead while stopped (a shell whose `vfork`ed child was stopped before
+/// its `exec` waits uninterruptibly for it), so the children's stop is judged from their beats.
+async fn stopped(pid: Pid) -> bool {
+    wait_for(Duration::from_secs(20), || {
+        stat(pid.as_raw()).is_some_and(|s| s.0 == 'T').then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// Rule 13, as the "done when" puts it: candidate `a` leads with fenced heartbeats (FAST timings,
+/// on the default listener), `b` follows (on its own). `a`'s leader-elect alone, not its child's group
+/// nor the guardian's, gets `signal` and stays stopped for 3 x lease duration; `once_stopped(a's child)`
+/// runs once it is. While `a` is stopped, `b`'s child starts and `a`'s child is gone: nothing in `a` can
+/// have killed it. No beat of `a`'s child comes after the first of `b`'s. Continued, `a` neither exits
+/// nor takes the Lease back. Returns the gap between the two children, in ms.
+async fn frozen_leader_elect_lets_no_two_children_work_at_once(
+    signal: Signal,
+    once_stopped: impl AsyncFnOnce(i32),
+) -> f64 {
+    let server = FakeApiServer::start().await.unwrap();
+    let spare = server.add_listener().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut a, a_child) = fenced_leader_a(&server.url(), &FAST, d).await;
+    let b = candidate(&spare.url(), "b", &FAST, d, FENCED_SCRIPT)
+        .spawn()
+        .unwrap();
+    let a_pid = pid(&a);
+    kill(a_pid, signal).unwrap();
+    let since = Instant::now();
+    assert!(stopped(a_pid).await, "a's leader-elect stops");
+    once_stopped(a_child).await;
+    wait_for(Duration::from_secs(20), || fenced_child(d, "b"))
+        .await
+        .expect("b takes over while a is stopped");
+    assert!(
+        gone(&[a_child], Duration::from_secs(20)).await,
+        "a's child still runs while a's leader-elect is stopped"
+    );
+    assert_eq!(
+        stat(a_pid.as_raw()).map(|s| s.0),
+        Some('T'),
+        "a's leader-elect stayed stopped"
+    );
+    tokio::time::sleep((3 * FAST.lease).saturating_sub(since.elapsed())).await;
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    let all = wait_for(Duration::from_secs(20), || {
+        let all = terms(d);
+        (all.len() >= 2).then_some(all)
+    })
+    .await
+    .expect("b's child beats");
+    assert_eq!(all.len(), 2, "{all:?}");
+    let gap = assert_before(
+        all[0].2,
+        all[1].1,
+        "a's child's last beat",
+        "b's child's first",
+    );
+    // Continued past its deadline, a follows: it neither exits nor claims while b renews.
+    tokio::time::sleep(2 * FAST.lease).await;
+    assert!(a.try_wait().unwrap().is_none(), "a exited after SIGCONT");
+    assert_eq!(terms(d).len(), 2, "a started another child");
+    assert_eq!(holder(&server.url()).await, "b");
+    stop_all(&mut [a, b]).await;
+    server.shutdown().await;
+    gap
+}
+
+/// Item (rule 13): SIGSTOP of leader-elect alone (a debugger's attach, `kill -STOP PID`) freezes its
+/// renewals and its own kill thread, not its child: the guardian kills the child at its work deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_13_sigstop_of_leader_elect_alone_lets_no_two_children_work_at_once() {
+    frozen_leader_elect_lets_no_two_children_work_at_once(Signal::SIGSTOP, async |_| {}).await;
+}
+
+/// Item (rule 13): Ctrl-Z (SIGTSTP to leader-elect, which alone is in the terminal's foreground group)
+/// stops the child's process group with leader-elect; the guardian kills it at its work deadline, and a
+/// leader-elect continued past that deadline never lets it run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_13_ctrl_z_stops_the_child_with_leader_elect_and_past_the_deadline_it_never_resumes() {
+    frozen_leader_elect_lets_no_two_children_work_at_once(Signal::SIGTSTP, async |child| {
+        // Stopped (`T`, or `D` behind a stopped `vfork` child), then killed by the guardian: a zombie
+        // its stopped parent cannot reap. Never working on.
+        let stopped_or_killed = wait_for(Duration::from_secs(20), || {
+            stat(child).is_none_or(|s| s.0 == 'Z').then_some(())
+        });
+        assert!(
+            stopped_or_killed.await.is_some(),
+            "Ctrl-Z stops the child with leader-elect"
+        );
+    })
+    .await;
+}
+
+/// Item (rule 13): Ctrl-Z, then SIGCONT (`fg`) before the work deadline: the child stops with
+/// leader-elect and goes on working when it is continued; the term goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_z_then_sigcont_before_the_deadline_continues_the_child_and_the_term() {
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut a, child) = fenced_leader_a(&server.url(), &SLOW, d).await;
+    let a_pid = pid(&a);
+    kill(a_pid, Signal::SIGTSTP).unwrap();
+    assert!(stopped(a_pid).await, "Ctrl-Z stops leader-elect");
+    // Its child was stopped first: no beat while leader-elect is stopped.
+    let last = terms(d)[0].2;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        terms(d)[0].2,
+        last,
+        "the child works while leader-elect is stopped"
+    );
+    assert!(running(child));
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    let continued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    wait_for(Duration::from_secs(20), || {
+        terms(d)
+            .first()
+            .is_some_and(|t| t.2 > continued)
+            .then_some(())
+    })
+    .await
+    .expect("the child works again once leader-elect is continued");
+    assert_eq!(terms(d).len(), 1, "the term went on");
+    assert_eq!(holder(&server.url()).await, "a");
+    stop_all(std::slice::from_mut(&mut a)).await;
+    server.shutdown().await;
+}
+
+/// Item (rule 13): the guardian process itself kills an armed group at its deadline, on
+/// `CLOCK_BOOTTIME`, while its input stays open (leader-elect alive, but frozen or stalled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_13_the_guardian_kills_an_armed_group_at_its_deadline_while_leader_elect_lives() {
+    let mut guardian = tokio::process::Command::new(BIN)
+        .arg("guardian")
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut work = tokio::process::Command::new("sleep")
+        .arg("3600")
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+    let at = Duration::from(boot) + Duration::from_millis(500);
+    let line = format!("arm {} {}\n", pid(&work), at.as_nanos());
+    let mut input = guardian.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut input, line.as_bytes())
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), work.wait())
+        .await
+        .expect("the guardian kills the group at its deadline")
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(
+        guardian.try_wait().unwrap().is_none(),
+        "the guardian goes on"
+    );
+    drop(input);
+    assert_eq!(
+        exit_code(&mut guardian, Duration::from_secs(20)).await,
+        Some(0)
+    );
 }
 
 /// A loopback address nothing listens on (bound, then closed: the port is free until someone takes it).

@@ -4,11 +4,14 @@
 //! When the term ends the group gets SIGTERM, then SIGKILL at the earlier of the end of the grace period
 //! and the term's work deadline (`LeaderState::work_deadline`: `sent_at + lease_duration - margin` of the
 //! last successful renewal, the earliest instant a follower may take over, less a margin; *now* once
-//! the Lease is known to be someone else's). The deadline holds while the term lasts too: a leader-elect
-//! whose elector is stalled still kills its child in time, because the SIGKILL comes from a thread of
-//! its own that does no I/O ([`group`]). The term's task returns only once the group is empty, so the
-//! Lease is released only then. If leader-elect dies, the guardian process kills the group
-//! ([`guardian`]); orphans are reaped ([`reaper`]).
+//! the Lease is known to be someone else's). The deadline holds while the term lasts too, twice over:
+//! the guardian process is sent every new deadline and kills by its own clock, so a leader-elect that is
+//! frozen (SIGSTOP, a debugger) cannot extend its child's work ([`guardian`], architecture rule 13); and
+//! a leader-elect whose elector is stalled still kills its child in time, because the SIGKILL comes from
+//! a thread of its own that does no I/O ([`group`]). The term's task returns only once the group is
+//! empty, so the Lease is released only then. If leader-elect dies, the guardian kills the group too;
+//! orphans are reaped ([`reaper`]); Ctrl-Z stops the group with leader-elect
+//! ([`stop_children_on_sigtstp`]).
 
 mod group;
 mod guardian;
@@ -24,12 +27,13 @@ use std::time::Duration;
 
 use leaderelection::{LeaderState, Term};
 use leaderelection_controller::BoxError;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, raise};
 use nix::sys::wait::WaitStatus;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use group::Groups;
 pub(crate) use guardian::{Guardian, guard};
 pub(crate) use reaper::Reaper;
 pub(crate) use shim::{ExecChildArgs, exec_child};
@@ -60,6 +64,8 @@ pub(crate) struct ChildSpec {
     pub(crate) skip_grace: CancellationToken,
     pub(crate) guardian: Arc<Guardian>,
     pub(crate) reaper: Arc<Reaper>,
+    /// Every child group of this process, for Ctrl-Z.
+    pub(crate) groups: Arc<Groups>,
 }
 
 /// Why the group is being stopped, and when its grace period ends.
@@ -92,8 +98,10 @@ pub(crate) async fn run_for_term(
     let mut sigchld = signal(SignalKind::child())?;
     let group = Group::spawn(
         command(&spec, &term),
+        work_deadline.map(tokio::time::Instant::into_std),
         spec.guardian.clone(),
         spec.reaper.clone(),
+        &spec.groups,
     )
     .map_err(|e| format!("starting {:?}: {e}", spec.command[0]))?;
     let pid = group.pgid().as_raw();
@@ -113,7 +121,19 @@ pub(crate) async fn run_for_term(
         for status in reaped.exited {
             if status.pid() == Some(group.pgid()) {
                 leader_status = Some(status);
-                if stopping.is_none() {
+                let past_deadline =
+                    work_deadline.is_some_and(|at| at <= tokio::time::Instant::now());
+                if stopping.is_none() && past_deadline {
+                    // Killed at its deadline (by the guardian, or by our own thread) while this
+                    // process was frozen or stalled: the term is over, the elector ends it next.
+                    tracing::warn!(pid, status = %describe(status), term = term.transitions,
+                        "the child's work deadline passed before the term ended here \
+                         (leader-elect was frozen or stalled): its process group is killed");
+                    stopping = Some(Stopping {
+                        grace_until: std::time::Instant::now(),
+                        on_its_own: None,
+                    });
+                } else if stopping.is_none() {
                     tracing::warn!(pid, status = %describe(status), term = term.transitions,
                         "the child exited on its own while leading");
                     stopping = Some(Stopping {
@@ -168,7 +188,46 @@ pub(crate) async fn run_for_term(
     );
     match stopping.and_then(|s| s.on_its_own) {
         Some(_) => Err(format!("the child exited on its own while leading ({status})").into()),
-        None => Ok(()),
+        None => {
+            // Cancelled already, unless the deadline came first: returning early would count as a
+            // failure of the term's work.
+            token.cancelled().await;
+            Ok(())
+        }
+    }
+}
+
+/// Job control: on each SIGTSTP (Ctrl-Z in a terminal, which reaches only leader-elect's own process
+/// group), SIGSTOPs every child group, then stops leader-elect itself (SIGSTOP: a stop it cannot catch
+/// again); once continued (SIGCONT, `fg`, `bg`), SIGKILLs each child group whose work deadline passed
+/// meanwhile and SIGCONTs the others ([`Groups::stopped_with`]). Meanwhile the guardian still kills at
+/// the deadline. Returns when `stop` is cancelled; without a SIGTSTP handler (it cannot be installed),
+/// Ctrl-Z stops leader-elect alone, as before, and the guardian alone keeps the deadline.
+///
+/// # Cancel safety
+///
+/// Cancel-safe: a stop is done whole between two awaits.
+pub(crate) async fn stop_children_on_sigtstp(groups: Arc<Groups>, stop: CancellationToken) {
+    let mut sigtstp = match signal(SignalKind::from_raw(Signal::SIGTSTP as i32)) {
+        Ok(sigtstp) => sigtstp,
+        Err(err) => {
+            tracing::warn!(%err, "cannot handle SIGTSTP: Ctrl-Z stops leader-elect but not its child");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            received = sigtstp.recv() => if received.is_none() { return },
+        }
+        tracing::info!(
+            "SIGTSTP: stopping the child's process group, then leader-elect; SIGCONT continues both, \
+             unless the child's work deadline passed meanwhile (then it is killed)"
+        );
+        groups.stopped_with(|| {
+            let _ = raise(Signal::SIGSTOP);
+        });
+        tracing::info!("continued after SIGTSTP");
     }
 }
 
