@@ -24,7 +24,8 @@ pub struct Faults {
     /// 403 (an RBAC denial, as a `Status`), 429 (plain text with `Retry-After: 1`, as kube-apiserver's rate
     /// limiting answers), 500 or 503 (a `Status`).
     pub error_code: u16,
-    /// Accept requests and never answer them; open watches stop delivering events.
+    /// Accept requests and never answer them; open watches stop delivering events until it is lifted.
+    /// Shutdown and the client closing its connection still end them.
     pub black_hole: bool,
     /// Apply writes (POST, PUT, PATCH, DELETE), then close the connection without answering.
     pub commit_then_drop: bool,

@@ -145,6 +145,13 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// Live events some watch has not taken yet: a test waits for 0 to know that a watch it cannot read
+    /// (black-holed, delayed) has taken an event.
+    #[cfg(test)]
+    pub(crate) fn untaken_events(&self) -> usize {
+        self.events.len()
+    }
+
     fn commit(&mut self, t: &Target<'_>, kind: EventType, object: Value) -> Arc<Value> {
         let object = Arc::new(object);
         let key = (t.resource, t.namespace.to_owned(), t.name.to_owned());
