@@ -83,7 +83,8 @@ impl Faults {
     /// Whether the faults strike requests of `verb` on `resource`, a plural name (see [`Faults::verbs`]
     /// and [`Faults::resources`]).
     pub fn applies_to(&self, verb: &str, resource: &str) -> bool {
-        let listed = |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
+        let listed =
+            |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
         listed(&self.verbs, verb) && listed(&self.resources, resource)
     }
 

@@ -1181,7 +1181,7 @@ async fn a_coordinated_candidate_denied_leasecandidates_exits_1_naming_the_grant
     let (code, line) = failure(&out);
     assert_eq!(code, 1);
     assert!(
-        line.contains("RBAC denies get of leasecandidate default/pod-a")
+        line.contains("RBAC denies reading leasecandidate default/pod-a")
             && line.contains("(verb get, resource leasecandidates.coordination.k8s.io)")
             && line.contains("grant get, create, update, delete, list, watch on coordination.k8s.io leasecandidates"),
         "{line}"
@@ -1239,7 +1239,10 @@ async fn a_coordinated_candidate_without_an_election_controller_says_so_and_keep
     );
     assert!(le.try_wait().unwrap().is_none(), "it keeps waiting");
     let leases: kube::Api<Lease> = kube::Api::namespaced(client(&url), "default");
-    assert!(leases.get_opt("x").await.unwrap().is_none(), "no Lease taken");
+    assert!(
+        leases.get_opt("x").await.unwrap().is_none(),
+        "no Lease taken"
+    );
     kill(Pid::from_raw(le.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), le.wait())
         .await
@@ -1255,7 +1258,7 @@ async fn a_coordinated_candidate_without_an_election_controller_says_so_and_keep
 async fn status_of_a_lease_expiring_past_year_9999_exits_0() {
     let server = FakeApiServer::start().await.unwrap();
     let url = server.url();
-    let far: jiff::Timestamp = "9999-12-31T23:00:00Z".parse().unwrap();
+    let far: jiff::Timestamp = "9999-12-30T00:00:00Z".parse().unwrap();
     KubeLeaseLock::new(client(&url), "default", "far")
         .create(&LeaderElectionRecord {
             holder_identity: "pod-far".into(),
@@ -1272,7 +1275,16 @@ async fn status_of_a_lease_expiring_past_year_9999_exits_0() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Holder:    pod-far"), "{text}");
     assert!(text.contains("Expired:   no"), "{text}");
-    let out = leader_elect(&["status", "--lease-name", "far", "--server", &url, "-o", "json"]).await;
+    let out = leader_elect(&[
+        "status",
+        "--lease-name",
+        "far",
+        "--server",
+        &url,
+        "-o",
+        "json",
+    ])
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
     assert_eq!(json["expired"], false);

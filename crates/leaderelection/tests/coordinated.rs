@@ -103,7 +103,7 @@ async fn a_candidate_registers_renews_answers_pings_and_withdraws() {
     })
     .await;
     shutdown.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert_eq!(coordination.status(), CandidateStatus::Withdrawn);
     assert!(
         api.get_opt("pod-a").await.unwrap().is_none(),
@@ -140,7 +140,7 @@ async fn a_candidate_registers_renews_answers_pings_and_withdraws() {
         "pingTime kept"
     );
     shutdown.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert!(api.get_opt("pod-b").await.unwrap().is_none());
 }
 
@@ -198,7 +198,7 @@ async fn without_lease_candidates_the_election_is_ordinary_and_says_so_once() {
     // Renew a few times, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     shutdown.cancel();
-    registration.await.unwrap();
+    registration.await.unwrap().unwrap();
     election.await.unwrap().unwrap();
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let warnings: Vec<&str> = logs
@@ -265,7 +265,10 @@ impl Running {
             .with_coordination(coordination.clone());
         let shutdown = CancellationToken::new();
         let tasks = vec![
-            tokio::spawn(candidate.run(shutdown.clone())),
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move { candidate.run(shutdown).await.unwrap() }
+            }),
             tokio::spawn({
                 let (elector, shutdown) = (elector.clone(), shutdown.clone());
                 async move { elector.run(shutdown).await.unwrap() }
