@@ -289,8 +289,8 @@ pub struct Candidate {
     retry_period: Duration,
     status: watch::Sender<CandidateStatus>,
     coordination: Coordination,
-    /// When the election controller last pinged us (or when we registered).
-    pinged_at: watch::Sender<Instant>,
+    /// Notified whenever the election controller pings us.
+    pinged: watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Candidate {
@@ -334,7 +334,6 @@ impl RequestError {
     fn code(&self) -> Option<u16> {
         match self {
             Self::Kube(kube::Error::Api(status)) => Some(status.code),
-            Self::Denied(_) => Some(403),
             _ => None,
         }
     }
@@ -389,7 +388,7 @@ impl Candidate {
             retry_period: election.retry_period,
             status,
             coordination,
-            pinged_at: watch::Sender::new(Instant::now()),
+            pinged: watch::Sender::new(()),
         })
     }
 
@@ -489,7 +488,7 @@ impl Candidate {
             return std::future::pending().await;
         };
         let mut status = self.status.subscribe();
-        let mut pings = self.pinged_at.subscribe();
+        let mut pings = self.pinged.subscribe();
         // Since when we have been registered, unpinged and without a leader; and whether we said so.
         let mut silent_since: Option<Instant> = None;
         let mut warned = false;
@@ -605,7 +604,7 @@ impl Candidate {
                         };
                         match &candidate {
                             Some(candidate) if pinged(candidate) => {
-                                self.pinged_at.send_replace(Instant::now());
+                                self.pinged.send_replace(());
                                 next_renew = Instant::now();
                             }
                             Some(_) => {}
@@ -638,7 +637,7 @@ impl Candidate {
                 Some(Ok(WatchEvent::Added(candidate) | WatchEvent::Modified(candidate))) => {
                     if pinged(&candidate) {
                         debug!(identity = %self.name, "pinged by the election controller; renewing");
-                        self.pinged_at.send_replace(Instant::now());
+                        self.pinged.send_replace(());
                         next_renew = Instant::now();
                     }
                     known = Some(candidate);
