@@ -271,6 +271,22 @@ async fn lease(url: &str, name: &str) -> LeaderElectionRecord {
         .record
 }
 
+/// `leader-elect status -o json` of Lease `default/name` on `url`, which must succeed.
+async fn status_json(url: &str, name: &str) -> serde_json::Value {
+    let out = leader_elect(&[
+        "status",
+        "--lease-name",
+        name,
+        "--server",
+        url,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A candidate elected through the library in this process; it renews every retry period until aborted.
 struct Candidate {
     task: tokio::task::JoinHandle<()>,
@@ -329,18 +345,7 @@ async fn status_and_release_of_a_held_lease() {
         .with_renew_deadline(Duration::from_secs(1))
         .with_retry_period(Duration::from_millis(250));
     let candidate = Candidate::leading(&url, "held", "pod-a", fast).await;
-    let out = leader_elect(&[
-        "status",
-        "--lease-name",
-        "held",
-        "--server",
-        &url,
-        "-o",
-        "json",
-    ])
-    .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    let json = status_json(&url, "held").await;
     candidate.crash().await;
     assert_eq!(json["holder"], "pod-a");
     assert_eq!(json["term"], 0);
@@ -1087,11 +1092,19 @@ async fn a_sigterm_during_start_up_is_a_clean_exit() {
 /// wait that never ends is what they check.
 const STARTUP: Duration = Duration::from_secs(30);
 
+/// The error line of `leader-elect ARGS`, which must exit with `code` within [`STARTUP`].
+async fn fails_at_startup(args: &[&str], code: i32) -> String {
+    let out = leader_elect_within(args, STARTUP).await;
+    let (got, line) = failure(&out);
+    assert_eq!(got, code, "{line}");
+    line
+}
+
 /// A retry period below 100 ms is refused, naming the field, the value and the bound: each candidate
 /// makes about one request per retry period.
 #[tokio::test]
 async fn a_retry_period_below_the_bound_is_a_usage_error_naming_the_bound() {
-    let out = leader_elect_within(
+    let line = fails_at_startup(
         &[
             "run",
             "--lease-name",
@@ -1103,15 +1116,27 @@ async fn a_retry_period_below_the_bound_is_a_usage_error_naming_the_bound() {
             "--retry-period",
             "1ms",
         ],
-        STARTUP,
+        2,
     )
     .await;
-    let (code, line) = failure(&out);
-    assert_eq!(code, 2);
     assert!(
         line.contains("invalid retry_period \"1ms\": retryPeriod must be at least 100ms"),
         "{line}"
     );
+}
+
+/// The arguments of `run --coordinated` for candidate `identity` of Lease `default/x` on `url`.
+fn coordinated_run<'a>(identity: &'a str, url: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--coordinated",
+        "--lease-name",
+        "x",
+        "--identity",
+        identity,
+        "--server",
+        url,
+    ]
 }
 
 /// Under `--coordinated` the identity names the LeaseCandidate; one that is not a DNS-1123 subdomain would
@@ -1120,22 +1145,7 @@ async fn a_retry_period_below_the_bound_is_a_usage_error_naming_the_bound() {
 async fn a_coordinated_identity_that_cannot_name_a_lease_candidate_is_a_usage_error() {
     let server = FakeApiServer::start().await.unwrap();
     let url = server.url();
-    let out = leader_elect_within(
-        &[
-            "run",
-            "--coordinated",
-            "--lease-name",
-            "x",
-            "--identity",
-            "Pod_A",
-            "--server",
-            &url,
-        ],
-        STARTUP,
-    )
-    .await;
-    let (code, line) = failure(&out);
-    assert_eq!(code, 2);
+    let line = fails_at_startup(&coordinated_run("Pod_A", &url), 2).await;
     assert!(
         line.contains("invalid identity \"Pod_A\"")
             && line.contains("names the LeaseCandidate")
@@ -1158,28 +1168,16 @@ async fn a_coordinated_candidate_denied_leasecandidates_exits_1_naming_the_grant
         ..Faults::default()
     });
     let url = server.url();
-    let out = leader_elect_within(
-        &[
-            "run",
-            "--coordinated",
-            "--lease-name",
-            "x",
-            "--identity",
-            "pod-a",
-            "--server",
-            &url,
-            "--lease-duration",
-            "2s",
-            "--renew-deadline",
-            "1s",
-            "--retry-period",
-            "250ms",
-        ],
-        STARTUP,
-    )
-    .await;
-    let (code, line) = failure(&out);
-    assert_eq!(code, 1);
+    let mut args = coordinated_run("pod-a", &url);
+    args.extend([
+        "--lease-duration",
+        "2s",
+        "--renew-deadline",
+        "1s",
+        "--retry-period",
+        "250ms",
+    ]);
+    let line = fails_at_startup(&args, 1).await;
     assert!(
         line.contains("RBAC denies reading leasecandidate default/pod-a")
             && line.contains("(verb get, resource leasecandidates.coordination.k8s.io)")
@@ -1209,19 +1207,10 @@ async fn a_coordinated_candidate_without_an_election_controller_says_so_and_keep
 
     let server = FakeApiServer::start().await.unwrap();
     let url = server.url();
-    let mut le = command(&[
-        "run",
-        "--coordinated",
-        "--lease-name",
-        "x",
-        "--identity",
-        "pod-a",
-        "--server",
-        &url,
-    ])
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut le = command(&coordinated_run("pod-a", &url))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = tokio::io::BufReader::new(le.stderr.take().unwrap()).lines();
     let warning = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -1275,18 +1264,7 @@ async fn status_of_a_lease_expiring_past_year_9999_exits_0() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Holder:    pod-far"), "{text}");
     assert!(text.contains("Expired:   no"), "{text}");
-    let out = leader_elect(&[
-        "status",
-        "--lease-name",
-        "far",
-        "--server",
-        &url,
-        "-o",
-        "json",
-    ])
-    .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    let json = status_json(&url, "far").await;
     assert_eq!(json["expired"], false);
     assert_eq!(json["lease_duration_seconds"], i32::MAX);
     server.shutdown().await;
