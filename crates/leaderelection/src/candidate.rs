@@ -372,7 +372,7 @@ impl Candidate {
                 election.identity.clone(),
                 format!(
                     "under coordinated leader election the identity names the LeaseCandidate, so it \
-                     must be a valid object name, a DNS-1123 subdomain: {DNS_SUBDOMAIN_RULE}"
+                     {DNS_SUBDOMAIN_RULE} (a DNS-1123 subdomain, the rule of object names)"
                 ),
             ));
         }
