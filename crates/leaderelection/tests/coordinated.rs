@@ -445,3 +445,43 @@ async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
     }
     assert_eq!(assignments, ["old-a", "old-b", "new-a"]);
 }
+
+/// With an election controller, no candidate warns that none answered: `pod-a` is pinged and assigned
+/// the Lease, then leads unpinged for longer than the election window (5 s) while `pod-b` joins and
+/// follows. (Without a controller the WARN comes: `a_coordinated_candidate_without_an_election_controller_says_so_and_keeps_waiting`
+/// in `crates/leader-elect/tests/cli.rs`.)
+#[tokio::test(flavor = "current_thread")]
+async fn with_an_election_controller_no_candidate_warns_that_none_answered() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap();
+    let client = client(&server.url());
+    let log = WorkLog::default();
+    let a = Running::start(&client, "pod-a", "1.33.0", &log).await;
+    eventually("pod-a leading", || async {
+        a.elector.is_leader().then_some(())
+    })
+    .await;
+    let b = Running::start(&client, "pod-b", "1.34.0", &log).await;
+    settled(&client, "pod-b", "pod-a").await;
+    // Past one election window after both registered: the WARN would be out by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(a.elector.is_leader());
+    b.stop().await;
+    a.stop().await;
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("registered as a LeaseCandidate"), "{logs}");
+    assert!(!logs.contains("no election controller answered"), "{logs}");
+}
