@@ -448,8 +448,8 @@ async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
 
 /// With an election controller, no candidate warns that none answered: `pod-a` is pinged and assigned
 /// the Lease, then leads unpinged for longer than the election window (5 s) while `pod-b` joins and
-/// follows. (Without a controller the WARN comes: `a_coordinated_candidate_without_an_election_controller_says_so_and_keeps_waiting`
-/// in `crates/leader-elect/tests/cli.rs`.)
+/// follows. Without a controller the WARN comes (`crates/leader-elect/tests/cli.rs`,
+/// `a_coordinated_candidate_without_an_election_controller_says_so_and_keeps_waiting`).
 #[tokio::test(flavor = "current_thread")]
 async fn with_an_election_controller_no_candidate_warns_that_none_answered() {
     let logs = Logs::default();
