@@ -223,8 +223,8 @@ impl Config {
     /// client-go (`NewLeaderElector`): lease_duration > renew_deadline; renew_deadline >
     /// retry_period x 1.2; each > 0. Ours: retry_period at least [`MIN_RETRY_PERIOD`]; lease_duration whole
     /// seconds (client-go truncates 1.5 s to 1 s and 0.5 s to an invalid 0); identity non-empty; lease
-    /// name a DNS subdomain; namespace a DNS label; request and stop timeouts > 0. Disabled configs are validated the same way, so that enabling one
-    /// later cannot fail.
+    /// name a DNS subdomain; namespace a DNS label; request and stop timeouts > 0. Disabled configs are
+    /// validated the same way, so that enabling one later cannot fail.
     ///
     /// # Errors
     ///
