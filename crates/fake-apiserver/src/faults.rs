@@ -42,9 +42,11 @@ pub struct Faults {
     /// The verbs the other faults strike (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
     /// `discovery`); empty: every verb. `refuse` closes connections, whatever their verbs.
     pub verbs: Vec<String>,
-    /// The resources the other faults strike, by plural name (`leases`, `leasecandidates`, `events`, a
-    /// custom resource's plural); empty: every resource. A Role that grants nothing on one resource is a
-    /// 403 with `resources` naming it. Discovery requests name no resource: a non-empty list spares them.
+    /// The resources whose requests the other faults strike, by plural name (`leases`, `leasecandidates`,
+    /// `events`, a custom resource's plural); empty: every resource. A Role that grants nothing on one
+    /// resource is a 403 with `resources` naming it. Discovery requests name no resource: a non-empty list
+    /// spares them. It limits the answers to requests, not what open watches deliver (`watch_delay`, a
+    /// black hole's stalled watches follow `verbs` only).
     pub resources: Vec<String>,
 }
 
@@ -80,12 +82,16 @@ impl Faults {
         }
     }
 
-    /// Whether the faults strike requests of `verb` on `resource`, a plural name (see [`Faults::verbs`]
+    /// Whether the faults strike requests of `verb` (see [`Faults::verbs`]).
+    pub fn applies_to(&self, verb: &str) -> bool {
+        self.verbs.is_empty() || self.verbs.iter().any(|v| v == verb)
+    }
+
+    /// Whether the faults strike a request of `verb` on `resource`, a plural name (see [`Faults::verbs`]
     /// and [`Faults::resources`]).
-    pub fn applies_to(&self, verb: &str, resource: &str) -> bool {
-        let listed =
-            |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
-        listed(&self.verbs, verb) && listed(&self.resources, resource)
+    pub fn applies_to_request(&self, verb: &str, resource: &str) -> bool {
+        self.applies_to(verb)
+            && (self.resources.is_empty() || self.resources.iter().any(|r| r == resource))
     }
 
     /// Checks the ranges.

@@ -93,7 +93,6 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
     drop(store);
     let kind = shared.resources[params.resource].kind.clone();
     let api_version = shared.resources[params.resource].api_version();
-    let plural = shared.resources[params.resource].plural.clone();
     let shutdown = shared.shutdown.clone();
     let bookmark_interval = shared.bookmark_interval;
     let mut faults = listener.subscribe();
@@ -128,7 +127,7 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                         // Measured from the commit, so delays of successive events do not add up.
                         let delay = {
                             let f = faults.borrow();
-                            if f.applies_to("watch", &plural) { f.watch_delay } else { Duration::ZERO }
+                            if f.applies_to("watch") { f.watch_delay } else { Duration::ZERO }
                         };
                         tokio::time::sleep_until(e.at + delay).await;
                         params.event(e.kind.as_str(), &e.object)
@@ -138,7 +137,7 @@ pub(crate) fn start(shared: &Arc<Shared>, listener: &Listener, params: Params) -
                 },
             };
             // A black-holed listener delivers nothing until the fault is lifted.
-            let stalled = |f: &crate::Faults| f.black_hole && f.applies_to("watch", &plural);
+            let stalled = |f: &crate::Faults| f.black_hole && f.applies_to("watch");
             if faults.wait_for(|f| !stalled(f)).await.is_err() || tx.send(bytes).await.is_err() {
                 return;
             }
