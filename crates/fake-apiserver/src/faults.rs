@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// As JSON (admin route): `{"latency_ms": 50, "jitter_ms": 10, "error_rate": 0.1, "error_code": 503,
 /// "black_hole": false, "commit_then_drop": false, "commit_delay_ms": 0, "watch_delay_ms": 0, "refuse": false,
-/// "verbs": ["watch"]}`;
+/// "verbs": ["watch"], "resources": ["leasecandidates"]}`;
 /// missing fields take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,6 +43,12 @@ pub struct Faults {
     /// The verbs the other faults strike (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
     /// `discovery`); empty: every verb. `refuse` closes connections, whatever their verbs.
     pub verbs: Vec<String>,
+    /// The resources whose requests the other faults strike, by plural name (`leases`, `leasecandidates`,
+    /// `events`, a custom resource's plural); empty: every resource. A Role that grants nothing on one
+    /// resource is a 403 with `resources` naming it. Discovery requests name no resource: a non-empty list
+    /// spares them. It limits the answers to requests, not what open watches deliver (`watch_delay`, a
+    /// black hole's stalled watches follow `verbs` only).
+    pub resources: Vec<String>,
 }
 
 impl Default for Faults {
@@ -58,6 +64,7 @@ impl Default for Faults {
             watch_delay: Duration::ZERO,
             refuse: false,
             verbs: Vec::new(),
+            resources: Vec::new(),
         }
     }
 }
@@ -79,6 +86,13 @@ impl Faults {
     /// Whether the faults strike requests of `verb` (see [`Faults::verbs`]).
     pub fn applies_to(&self, verb: &str) -> bool {
         self.verbs.is_empty() || self.verbs.iter().any(|v| v == verb)
+    }
+
+    /// Whether the faults strike a request of `verb` on `resource`, a plural name (see [`Faults::verbs`]
+    /// and [`Faults::resources`]).
+    pub fn applies_to_request(&self, verb: &str, resource: &str) -> bool {
+        self.applies_to(verb)
+            && (self.resources.is_empty() || self.resources.iter().any(|r| r == resource))
     }
 
     /// Checks the ranges.

@@ -117,7 +117,7 @@ async fn handle(
         }),
     };
     let faults = Some(listener.faults())
-        .filter(|f| f.applies_to(&info.verb))
+        .filter(|f| f.applies_to_request(&info.verb, &info.resource))
         .unwrap_or_default();
     if faults.black_hole {
         pending.finish(None);

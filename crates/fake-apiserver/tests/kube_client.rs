@@ -1091,6 +1091,39 @@ async fn faults_can_strike_one_verb_only() {
     server.shutdown().await;
 }
 
+/// A Role that grants nothing on one resource: its requests answer 403, the other resources' and discovery
+/// are served.
+#[tokio::test]
+async fn faults_can_strike_one_resource_only() {
+    use k8s_openapi::api::coordination::v1beta1::LeaseCandidate;
+
+    let server = FakeApiServer::start().await.unwrap();
+    server.default_listener().set_faults(Faults {
+        error_rate: 1.0,
+        error_code: 403,
+        resources: vec!["leasecandidates".into()],
+        ..Faults::default()
+    });
+    let client = client(&server.url());
+    let candidates: Api<LeaseCandidate> = Api::namespaced(client.clone(), "default");
+    let denied = candidates.get_opt("pod-a").await;
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403),
+        "{denied:?}"
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    leases
+        .create(&PostParams::default(), &lease("r", "a"))
+        .await
+        .unwrap();
+    let served = client
+        .list_api_group_resources("coordination.k8s.io/v1beta1")
+        .await
+        .unwrap();
+    assert!(served.resources.iter().any(|r| r.name == "leasecandidates"));
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_request_the_client_gave_up_on_is_logged_and_counted() {
     let server = FakeApiServer::start().await.unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::future::BoxFuture;
 use leaderelection::{
-    Config, KubeLeaseLock, LeaderElectionRecord, LeaseEventStream, LeaseLock, ListedLease,
+    Config, Denied, KubeLeaseLock, LeaderElectionRecord, LeaseEventStream, LeaseLock, ListedLease,
     LockError, ObservedLease,
 };
 use leaderelection_controller::settings::Environment;
@@ -51,17 +51,58 @@ pub(crate) fn namespace(flag: Option<&str>, env: &Environment) -> String {
     "default".to_owned()
 }
 
-/// The identity when nothing names one: the hostname plus a random suffix (unique per process).
+/// The identity when nothing names one: the hostname plus a random suffix (unique per process), made a
+/// valid object name ([`identity_for_host`]).
 pub(crate) fn generated_identity() -> String {
     let host = nix::unistd::gethostname()
         .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "leader-elect".into());
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let suffix: String = (0..5)
         .map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)]))
         .collect();
-    format!("{host}-{suffix}")
+    identity_for_host(&host, &suffix)
+}
+
+/// `<host>-<suffix>` as a DNS-1123 subdomain, the rule of object names: under `--coordinated` the identity
+/// names the LeaseCandidate, and a hostname with capitals or `_` (allowed on many hosts) would make every
+/// create fail. Each dot-separated label of `host` is lowercased, every character outside `[a-z0-9-]`
+/// becomes `-`, and `-` is trimmed from both ends; empty labels are dropped; labels are cut to 63 bytes, the
+/// last one to leave room for `-<suffix>`, and the whole to 253 bytes. A hostname already valid is kept
+/// as it is; one with nothing left becomes `leader-elect`. `suffix` is lowercase alphanumeric.
+fn identity_for_host(host: &str, suffix: &str) -> String {
+    const LABEL_MAX: usize = 63;
+    const NAME_MAX: usize = 253;
+    let clean = |label: &str, max: usize| -> String {
+        let mapped: String = label
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '-',
+            })
+            .collect();
+        let trimmed = mapped.trim_matches('-');
+        trimmed[..trimmed.len().min(max)]
+            .trim_end_matches('-')
+            .to_owned()
+    };
+    let mut labels: Vec<String> = host
+        .split('.')
+        .map(|label| clean(label, LABEL_MAX))
+        .filter(|label| !label.is_empty())
+        .collect();
+    let room = LABEL_MAX - 1 - suffix.len();
+    match labels.last_mut() {
+        Some(last) => *last = clean(last, room),
+        None => labels.push("leader-elect".to_owned()),
+    }
+    // Leading labels go first when the whole is too long (a hostname is at most 64 bytes on Linux).
+    while labels.len() > 1
+        && labels.iter().map(|l| l.len() + 1).sum::<usize>() + suffix.len() > NAME_MAX
+    {
+        labels.remove(0);
+    }
+    format!("{}-{suffix}", labels.join("."))
 }
 
 /// Reads the Lease once, turning the failures a user can act on into one clear line (`status`, `release`).
@@ -164,10 +205,16 @@ async fn read_lease(lock: &KubeLeaseLock, server: &ServerArgs, timeout: Duration
     let refused = |text: String| Read::Refused(Failure::Runtime(anyhow::anyhow!(text)));
     match tokio::time::timeout(timeout, lock.get()).await {
         Ok(Ok(_)) => Read::Answered,
-        Ok(Err(LockError::Forbidden(message))) => refused(format!(
-            "RBAC denies reading lease {lease} (verb get, resource leases.coordination.k8s.io): \
-             {message} (grant get, create, update, list, watch on coordination.k8s.io leases)"
-        )),
+        Ok(Err(LockError::Forbidden(message))) => refused(
+            Denied {
+                verb: "get",
+                resource: "leases.coordination.k8s.io",
+                object: format!("lease {lease}"),
+                message,
+                grant: "get, create, update, list, watch on coordination.k8s.io leases",
+            }
+            .to_string(),
+        ),
         Ok(Err(LockError::Api {
             code: 401,
             reason,
@@ -280,5 +327,54 @@ impl LeaseLock for DisabledLock {
 
     fn describe(&self) -> String {
         self.lease.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `identity` may name a LeaseCandidate, as the library checks it before registering one.
+    #[tokio::test]
+    async fn a_generated_identity_names_a_lease_candidate_whatever_the_hostname() {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
+                .unwrap();
+        let long_label = "H".repeat(64);
+        let many_labels = ["a"; 200].join(".");
+        for (host, expected) in [
+            ("pod-a", "pod-a-bcdfg"),
+            ("node1.example.com", "node1.example.com-bcdfg"),
+            ("My_Host", "my-host-bcdfg"),
+            ("WORKSTATION.Corp_Net.", "workstation.corp-net-bcdfg"),
+            ("-_-", "leader-elect-bcdfg"),
+            ("", "leader-elect-bcdfg"),
+            ("a..b", "a.b-bcdfg"),
+            ("héte", "h-te-bcdfg"),
+            (&long_label, &format!("{}-bcdfg", "h".repeat(57))),
+        ] {
+            assert_eq!(identity_for_host(host, "bcdfg"), expected, "{host:?}");
+        }
+        for host in [&long_label, &many_labels, "My_Host", "-_-", "x-.-y"] {
+            let identity = identity_for_host(host, "bcdfg");
+            let config = leaderelection::Config::new(identity.clone(), "l", "default");
+            let candidate = leaderelection::Candidate::new(
+                client.clone(),
+                &config,
+                leaderelection::CandidateConfig::new("1.0.0"),
+            );
+            assert!(candidate.is_ok(), "{host:?} -> {identity:?}: {candidate:?}");
+        }
+        let identity = generated_identity();
+        let config = leaderelection::Config::new(identity.clone(), "l", "default");
+        assert!(
+            leaderelection::Candidate::new(
+                client,
+                &config,
+                leaderelection::CandidateConfig::new("1.0.0")
+            )
+            .is_ok(),
+            "{identity:?}"
+        );
     }
 }

@@ -151,50 +151,98 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| anyhow::anyhow!("reading lease {}: {e}", lock.describe()))?
         .ok_or_else(|| anyhow::anyhow!("lease {} not found", lock.describe()))?;
-    let r = &observed.record;
-    let now = jiff::Timestamp::now();
-    let expires = r
-        .renew_time
-        .map(|t| t + jiff::SignedDuration::from_secs(i64::from(r.lease_duration_seconds)));
-    // A released Lease (no holder) is free now, whatever its timings say.
-    let expired = !r.is_held() || expires.is_none_or(|e| e <= now);
     let candidates = candidates(&client, &ns, &args.lease_name).await;
+    let now = jiff::Timestamp::now();
+    println!(
+        "{}",
+        render(&lock.describe(), &observed, &candidates, now, args.output)
+    );
+    Ok(())
+}
+
+/// When a held Lease expires, by this machine's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// Nobody holds it (`holderIdentity` empty): free now, whatever its timings say.
+    Released,
+    /// No renewTime, or a negative leaseDurationSeconds: it cannot be valid.
+    Invalid,
+    /// renewTime + leaseDurationSeconds.
+    At(jiff::Timestamp),
+    /// renewTime + leaseDurationSeconds is after the latest time there is (year 9999): it never expires
+    /// by any clock.
+    Never,
+}
+
+fn expiry(r: &LeaderElectionRecord) -> Expiry {
+    if !r.is_held() {
+        return Expiry::Released;
+    }
+    match r.renew_time {
+        Some(_) if r.lease_duration_seconds < 0 => Expiry::Invalid,
+        None => Expiry::Invalid,
+        Some(renewed) => renewed
+            .checked_add(jiff::SignedDuration::from_secs(i64::from(
+                r.lease_duration_seconds,
+            )))
+            .map_or(Expiry::Never, Expiry::At),
+    }
+}
+
+/// What `status` prints for `observed` (Lease `lease`) and its `candidates` at `now`, in `output`.
+/// Whatever a Lease holds (times at either end of the range, any duration, missing fields) renders.
+fn render(
+    lease: &str,
+    observed: &ObservedLease,
+    candidates: &Candidates,
+    now: jiff::Timestamp,
+    output: Output,
+) -> String {
+    let r = &observed.record;
+    let expiry = expiry(r);
+    let expired = match expiry {
+        Expiry::Released | Expiry::Invalid => true,
+        Expiry::At(at) => at <= now,
+        Expiry::Never => false,
+    };
     let spec_of = |c: &LeaseCandidate| c.spec.clone().unwrap_or_default();
-    match args.output {
-        Output::Json => println!(
-            "{}",
-            json!({
-                "lease": lock.describe(),
-                "holder": r.holder_identity,
-                "held": r.is_held(),
-                "term": r.lease_transitions,
-                "acquire_time": r.acquire_time.map(|t| t.to_string()),
-                "renew_time": r.renew_time.map(|t| t.to_string()),
-                "lease_duration_seconds": r.lease_duration_seconds,
-                "expired": expired,
-                "resource_version": observed.resource_version,
-                "strategy": r.strategy,
-                "preferred_holder": r.preferred_holder,
-                // null where LeaseCandidates are not served or could not be listed.
-                "candidates": match &candidates {
-                    Candidates::Listed(list) => json!(list.iter().map(|c| {
-                        let spec = spec_of(c);
-                        json!({
-                            "name": c.metadata.name,
-                            "binary_version": spec.binary_version,
-                            "emulation_version": spec.emulation_version,
-                            "strategy": spec.strategy,
-                            "renew_time": spec.renew_time.map(|t| t.0.to_string()),
-                            "ping_time": spec.ping_time.map(|t| t.0.to_string()),
-                        })
-                    }).collect::<Vec<_>>()),
-                    Candidates::NotServed | Candidates::Failed(_) => serde_json::Value::Null,
-                },
-            })
-        ),
+    match output {
+        Output::Json => json!({
+            "lease": lease,
+            "holder": r.holder_identity,
+            "held": r.is_held(),
+            "term": r.lease_transitions,
+            "acquire_time": r.acquire_time.map(|t| t.to_string()),
+            "renew_time": r.renew_time.map(|t| t.to_string()),
+            "lease_duration_seconds": r.lease_duration_seconds,
+            "expired": expired,
+            "resource_version": observed.resource_version,
+            "strategy": r.strategy,
+            "preferred_holder": r.preferred_holder,
+            // null where LeaseCandidates are not served or could not be listed.
+            "candidates": match candidates {
+                Candidates::Listed(list) => json!(list.iter().map(|c| {
+                    let spec = spec_of(c);
+                    json!({
+                        "name": c.metadata.name,
+                        "binary_version": spec.binary_version,
+                        "emulation_version": spec.emulation_version,
+                        "strategy": spec.strategy,
+                        "renew_time": spec.renew_time.map(|t| t.0.to_string()),
+                        "ping_time": spec.ping_time.map(|t| t.0.to_string()),
+                    })
+                }).collect::<Vec<_>>()),
+                Candidates::NotServed | Candidates::Failed(_) => serde_json::Value::Null,
+            },
+        })
+        .to_string(),
         Output::Text => {
-            let ago = |t: Option<jiff::Timestamp>| match t {
-                Some(t) => format!("{t} ({} ago)", human(now.duration_since(t))),
+            let when = |t: Option<jiff::Timestamp>| match t {
+                Some(t) if t <= now => format!("{t} ({} ago)", human(now.duration_since(t))),
+                Some(t) => format!(
+                    "{t} (in {}: ahead of this machine's clock)",
+                    human(t.duration_since(now))
+                ),
                 None => "-".into(),
             };
             let holder = if r.is_held() {
@@ -202,53 +250,67 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), Failure> {
             } else {
                 "<none> (released)"
             };
-            println!("Lease:     {}", lock.describe());
-            println!("Holder:    {holder}");
-            println!("Term:      {} (leaseTransitions)", r.lease_transitions);
-            println!("Acquired:  {}", ago(r.acquire_time));
-            println!("Renewed:   {}", ago(r.renew_time));
-            println!("Duration:  {}s", r.lease_duration_seconds);
-            match expires {
-                Some(e) if !expired => println!(
-                    "Expired:   no (expires in {}, by this machine's clock)",
-                    human(e.duration_since(now))
+            let mut lines = vec![
+                format!("Lease:     {lease}"),
+                format!("Holder:    {holder}"),
+                format!("Term:      {} (leaseTransitions)", r.lease_transitions),
+                format!("Acquired:  {}", when(r.acquire_time)),
+                format!("Renewed:   {}", when(r.renew_time)),
+                format!("Duration:  {}s", r.lease_duration_seconds),
+                match expiry {
+                    Expiry::At(at) if !expired => format!(
+                        "Expired:   no (expires in {}, by this machine's clock)",
+                        human(at.duration_since(now))
+                    ),
+                    Expiry::Never => {
+                        "Expired:   no (renewTime + leaseDurationSeconds is past year \
+                                      9999: never)"
+                            .to_owned()
+                    }
+                    Expiry::Released => "Expired:   yes (released)".to_owned(),
+                    Expiry::Invalid => {
+                        "Expired:   yes (no renewTime, or a negative leaseDurationSeconds)"
+                            .to_owned()
+                    }
+                    Expiry::At(_) => "Expired:   yes (by this machine's clock)".to_owned(),
+                },
+                format!(
+                    "Strategy:  {}",
+                    r.strategy.as_deref().unwrap_or("<none> (not coordinated)")
                 ),
-                _ if !r.is_held() => println!("Expired:   yes (released)"),
-                _ => println!("Expired:   yes (by this machine's clock)"),
-            }
-            println!(
-                "Strategy:  {}",
-                r.strategy.as_deref().unwrap_or("<none> (not coordinated)")
-            );
-            println!(
-                "Preferred: {}",
-                r.preferred_holder.as_deref().unwrap_or("<none>")
-            );
-            match &candidates {
-                Candidates::Listed(list) if list.is_empty() => println!("Candidates: <none>"),
+                format!(
+                    "Preferred: {}",
+                    r.preferred_holder.as_deref().unwrap_or("<none>")
+                ),
+            ];
+            match candidates {
+                Candidates::Listed(list) if list.is_empty() => {
+                    lines.push("Candidates: <none>".to_owned());
+                }
                 Candidates::Listed(list) => {
-                    println!("Candidates:");
+                    lines.push("Candidates:".to_owned());
                     for c in list {
                         let spec = spec_of(c);
-                        println!(
+                        lines.push(format!(
                             "  {}  binary {}, emulation {}, renewed {}",
                             c.metadata.name.as_deref().unwrap_or(""),
                             spec.binary_version,
                             spec.emulation_version.as_deref().unwrap_or("-"),
-                            ago(spec.renew_time.map(|t| t.0)),
-                        );
+                            when(spec.renew_time.map(|t| t.0)),
+                        ));
                     }
                 }
-                Candidates::NotServed => {
-                    println!(
-                        "Candidates: <not served> (coordination.k8s.io/v1beta1 leasecandidates)"
-                    );
+                Candidates::NotServed => lines.push(
+                    "Candidates: <not served> (coordination.k8s.io/v1beta1 leasecandidates)"
+                        .to_owned(),
+                ),
+                Candidates::Failed(reason) => {
+                    lines.push(format!("Candidates: <unknown> ({reason})"));
                 }
-                Candidates::Failed(reason) => println!("Candidates: <unknown> ({reason})"),
             }
+            lines.join("\n")
         }
     }
-    Ok(())
 }
 
 fn human(d: jiff::SignedDuration) -> String {
@@ -516,6 +578,7 @@ pub(crate) async fn read(lock: &dyn LeaseLock) -> Result<Option<ObservedLease>, 
 mod tests {
     use super::*;
     use leaderelection::{LockFault, MemoryLeaseStore};
+    use proptest::prelude::*;
 
     const WINDOW: Duration = Duration::from_secs(15);
 
@@ -676,5 +739,146 @@ mod tests {
         let released = store.lease().unwrap().record;
         assert!(!released.is_held());
         assert_eq!(released.lease_transitions, 4);
+    }
+
+    fn arbitrary_time() -> impl Strategy<Value = Option<jiff::Timestamp>> {
+        let (min, max) = (
+            jiff::Timestamp::MIN.as_second(),
+            jiff::Timestamp::MAX.as_second(),
+        );
+        prop_oneof![
+            Just(None),
+            prop_oneof![Just(min), Just(max), min..=max, -1_000_000i64..1_000_000]
+                .prop_map(|s| jiff::Timestamp::from_second(s).ok()),
+        ]
+    }
+
+    /// Whatever another writer may leave in a Lease: any holder (none, empty, the releasing identity),
+    /// times at either end of the range or missing, any leaseDurationSeconds (`i32::MIN`, negative, 0,
+    /// `i32::MAX`), any leaseTransitions, with or without strategy and preferredHolder.
+    fn arbitrary_record() -> impl Strategy<Value = LeaderElectionRecord> {
+        let holder = prop_oneof![
+            Just(String::new()),
+            Just("pod-a".to_owned()),
+            "[a-z0-9.-]{1,12}",
+        ];
+        let duration = prop_oneof![
+            Just(i32::MIN),
+            Just(-1),
+            Just(0),
+            Just(1),
+            Just(i32::MAX),
+            any::<i32>(),
+        ];
+        let transitions = prop_oneof![Just(i32::MAX), Just(i32::MIN), any::<i32>()];
+        let optional = |value: &'static str| prop_oneof![Just(None), Just(Some(value.to_owned()))];
+        (
+            holder,
+            duration,
+            arbitrary_time(),
+            arbitrary_time(),
+            transitions,
+            optional("OldestEmulationVersion"),
+            optional("pod-b"),
+        )
+            .prop_map(
+                |(holder, duration, acquire, renew, transitions, strategy, preferred)| {
+                    LeaderElectionRecord {
+                        holder_identity: holder,
+                        lease_duration_seconds: duration,
+                        acquire_time: acquire,
+                        renew_time: renew,
+                        lease_transitions: transitions,
+                        strategy,
+                        preferred_holder: preferred,
+                    }
+                },
+            )
+    }
+
+    /// A runtime on tokio's paused clock: `release` watches one lease duration (up to `i32::MAX` s) in
+    /// no real time.
+    fn paused() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// `status` renders any Lease at any time, in both formats, without a panic; a held Lease is shown
+        /// expired exactly when renewTime + leaseDurationSeconds (when there is such a time) is not after
+        /// now.
+        #[test]
+        fn status_renders_any_lease(
+            record in arbitrary_record(),
+            now in arbitrary_time(),
+            candidate_renewed in arbitrary_time(),
+        ) {
+            let now = now.unwrap_or_else(jiff::Timestamp::now);
+            let observed = ObservedLease { record: record.clone(), resource_version: "7".into() };
+            let candidates = Candidates::Listed(vec![LeaseCandidate {
+                metadata: kube::api::ObjectMeta { name: Some("pod-b".into()), ..Default::default() },
+                spec: Some(k8s_openapi::api::coordination::v1beta1::LeaseCandidateSpec {
+                    renew_time: candidate_renewed.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime),
+                    ..Default::default()
+                }),
+            }]);
+            let json = render("default/x", &observed, &candidates, now, Output::Json);
+            let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let expected = match (record.is_held(), record.renew_time) {
+                (true, Some(renewed)) if record.lease_duration_seconds >= 0 => renewed
+                    .checked_add(jiff::SignedDuration::from_secs(record.lease_duration_seconds.into()))
+                    .is_ok_and(|at| at <= now),
+                _ => true,
+            };
+            prop_assert_eq!(&json["expired"], &serde_json::Value::Bool(expected));
+            let text = render("default/x", &observed, &candidates, now, Output::Text);
+            prop_assert!(text.contains(if expected { "Expired:   yes" } else { "Expired:   no" }), "{}", text);
+        }
+
+        /// `release` of any Lease ends without a panic: a released one is left as it is, one held by
+        /// another identity is refused, and one held by "pod-a" that nobody renews is released after one
+        /// lease duration, its term kept.
+        #[test]
+        fn release_handles_any_lease(record in arbitrary_record(), force in any::<bool>()) {
+            let store = MemoryLeaseStore::new();
+            store.put(record.clone());
+            let released = paused().block_on(release_lease(&store.lock("release"), "pod-a", force));
+            let after = store.lease().unwrap().record;
+            if !record.is_held() {
+                prop_assert!(released.is_ok());
+                prop_assert_eq!(after, record);
+            } else if record.holder_identity != "pod-a" {
+                prop_assert!(released.is_err());
+                prop_assert_eq!(after, record);
+            } else {
+                prop_assert!(released.is_ok());
+                prop_assert!(!after.is_held());
+                prop_assert_eq!(after.lease_transitions, record.lease_transitions);
+            }
+        }
+
+        /// `yield` over any Lease ends without a panic: nothing written when "pod-b" already holds it,
+        /// otherwise preferredHolder "pod-b" with a strategy.
+        #[test]
+        fn yield_handles_any_lease(record in arbitrary_record()) {
+            let store = MemoryLeaseStore::new();
+            store.put(record.clone());
+            let asked = paused().block_on(crate::preferred::ask(&store.lock("yield"), "pod-b"));
+            let after = store.lease().unwrap().record;
+            if record.holder_identity == "pod-b" {
+                prop_assert_eq!(asked.ok(), Some(crate::preferred::Asked::AlreadyHeld));
+                prop_assert_eq!(after, record);
+            } else {
+                let set = matches!(asked, Ok(crate::preferred::Asked::Set { .. }));
+                prop_assert!(set, "not set: {:?}", asked);
+                prop_assert_eq!(after.preferred_holder.as_deref(), Some("pod-b"));
+                prop_assert!(after.strategy.is_some());
+            }
+        }
     }
 }

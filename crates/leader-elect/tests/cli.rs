@@ -14,14 +14,28 @@ use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leader-elect");
 
-async fn leader_elect(args: &[&str]) -> Output {
-    tokio::process::Command::new(BIN)
+/// `leader-elect ARGS` without POD_NAME, POD_NAMESPACE or a kubeconfig.
+fn command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
         .args(args)
         .env_remove("POD_NAME")
         .env_remove("POD_NAMESPACE")
         .env("KUBECONFIG", "/nonexistent")
-        .output()
+        .kill_on_drop(true);
+    command
+}
+
+async fn leader_elect(args: &[&str]) -> Output {
+    command(args).output().await.unwrap()
+}
+
+/// As [`leader_elect`], for a command that must end on its own: killed, and the test failed, if it is still
+/// running after `bound` (a generous liveness bound: what it checks is a wait that never ends).
+async fn leader_elect_within(args: &[&str], bound: Duration) -> Output {
+    tokio::time::timeout(bound, command(args).output())
         .await
+        .unwrap_or_else(|_| panic!("leader-elect {args:?} still running after {bound:?}"))
         .unwrap()
 }
 
@@ -257,6 +271,22 @@ async fn lease(url: &str, name: &str) -> LeaderElectionRecord {
         .record
 }
 
+/// `leader-elect status -o json` of Lease `default/name` on `url`, which must succeed.
+async fn status_json(url: &str, name: &str) -> serde_json::Value {
+    let out = leader_elect(&[
+        "status",
+        "--lease-name",
+        name,
+        "--server",
+        url,
+        "-o",
+        "json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A candidate elected through the library in this process; it renews every retry period until aborted.
 struct Candidate {
     task: tokio::task::JoinHandle<()>,
@@ -315,18 +345,7 @@ async fn status_and_release_of_a_held_lease() {
         .with_renew_deadline(Duration::from_secs(1))
         .with_retry_period(Duration::from_millis(250));
     let candidate = Candidate::leading(&url, "held", "pod-a", fast).await;
-    let out = leader_elect(&[
-        "status",
-        "--lease-name",
-        "held",
-        "--server",
-        &url,
-        "-o",
-        "json",
-    ])
-    .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    let json = status_json(&url, "held").await;
     candidate.crash().await;
     assert_eq!(json["holder"], "pod-a");
     assert_eq!(json["term"], 0);
@@ -1066,5 +1085,187 @@ async fn a_sigterm_during_start_up_is_a_clean_exit() {
         holder.as_deref().unwrap_or_default().is_empty(),
         "no Lease held: {holder:?}"
     );
+    server.shutdown().await;
+}
+
+/// The liveness bound of the start-up failures below: they come before or at the first request, and a
+/// wait that never ends is what they check.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// The error line of `leader-elect ARGS`, which must exit with `code` within [`STARTUP`].
+async fn fails_at_startup(args: &[&str], code: i32) -> String {
+    let out = leader_elect_within(args, STARTUP).await;
+    let (got, line) = failure(&out);
+    assert_eq!(got, code, "{line}");
+    line
+}
+
+/// A retry period below 100 ms is refused, naming the field, the value and the bound: each candidate
+/// makes about one request per retry period.
+#[tokio::test]
+async fn a_retry_period_below_the_bound_is_a_usage_error_naming_the_bound() {
+    let line = fails_at_startup(
+        &[
+            "run",
+            "--lease-name",
+            "x",
+            "--identity",
+            "a",
+            "--server",
+            "http://127.0.0.1:9",
+            "--retry-period",
+            "1ms",
+        ],
+        2,
+    )
+    .await;
+    assert!(
+        line.contains("invalid retry_period \"1ms\": retryPeriod must be at least 100ms"),
+        "{line}"
+    );
+}
+
+/// The arguments of `run --coordinated` for candidate `identity` of Lease `default/x` on `url`.
+fn coordinated_run<'a>(identity: &'a str, url: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--coordinated",
+        "--lease-name",
+        "x",
+        "--identity",
+        identity,
+        "--server",
+        url,
+    ]
+}
+
+/// Under `--coordinated` the identity names the LeaseCandidate; one that is not a DNS-1123 subdomain would
+/// be refused by kube-apiserver (422) on every try: a usage error at start-up instead, naming the rule.
+#[tokio::test]
+async fn a_coordinated_identity_that_cannot_name_a_lease_candidate_is_a_usage_error() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let line = fails_at_startup(&coordinated_run("Pod_A", &url), 2).await;
+    assert!(
+        line.contains("invalid identity \"Pod_A\"")
+            && line.contains("names the LeaseCandidate")
+            && line.contains("DNS-1123 subdomain"),
+        "{line}"
+    );
+    server.shutdown().await;
+}
+
+/// A Role without `leasecandidates` (the chart's default Role without `coordinated.enabled`) under
+/// `--coordinated`: exit 1 naming the verb, the resource and the grant, after one refused request; not a
+/// retry every retry period.
+#[tokio::test]
+async fn a_coordinated_candidate_denied_leasecandidates_exits_1_naming_the_grant() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.default_listener().set_faults(Faults {
+        error_rate: 1.0,
+        error_code: 403,
+        resources: vec!["leasecandidates".into()],
+        ..Faults::default()
+    });
+    let url = server.url();
+    let mut args = coordinated_run("pod-a", &url);
+    args.extend([
+        "--lease-duration",
+        "2s",
+        "--renew-deadline",
+        "1s",
+        "--retry-period",
+        "250ms",
+    ]);
+    let line = fails_at_startup(&args, 1).await;
+    assert!(
+        line.contains("RBAC denies reading leasecandidate default/pod-a")
+            && line.contains("(verb get, resource leasecandidates.coordination.k8s.io)")
+            && line.contains("grant get, create, update, delete, list, watch on coordination.k8s.io leasecandidates"),
+        "{line}"
+    );
+    let refused: u64 = server
+        .answer_counts()
+        .iter()
+        .filter(|a| a.resource == "leasecandidates" && a.code == 403)
+        .map(|a| a.count)
+        .sum();
+    assert_eq!(refused, 1, "one refused request, no retry");
+    server.shutdown().await;
+}
+
+/// LeaseCandidates served but no election controller running: once the candidate has been registered for
+/// one election window (5 s, kube-apiserver's electionDuration) without a ping and with no leader, a WARN
+/// says that no election controller answered; the candidate keeps waiting (it never takes a coordinated
+/// Lease on its own), and says so.
+#[tokio::test]
+async fn a_coordinated_candidate_without_an_election_controller_says_so_and_keeps_waiting() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::io::AsyncBufReadExt;
+
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let mut le = command(&coordinated_run("pod-a", &url))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(le.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("stderr open");
+            if line.contains("no election controller answered") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the WARN within 60 s");
+    assert!(
+        warning.contains("WARN") && warning.contains("still waiting"),
+        "{warning}"
+    );
+    assert!(le.try_wait().unwrap().is_none(), "it keeps waiting");
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client(&url), "default");
+    assert!(
+        leases.get_opt("x").await.unwrap().is_none(),
+        "no Lease taken"
+    );
+    kill(Pid::from_raw(le.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), le.wait())
+        .await
+        .expect("leader-elect exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success());
+    server.shutdown().await;
+}
+
+/// A Lease whose renewTime + leaseDurationSeconds passes year 9999 (any writer may leave one): `status`
+/// shows it as not expired, exit 0, in both formats.
+#[tokio::test]
+async fn status_of_a_lease_expiring_past_year_9999_exits_0() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let far: jiff::Timestamp = "9999-12-30T00:00:00Z".parse().unwrap();
+    KubeLeaseLock::new(client(&url), "default", "far")
+        .create(&LeaderElectionRecord {
+            holder_identity: "pod-far".into(),
+            lease_duration_seconds: i32::MAX,
+            acquire_time: Some(far),
+            renew_time: Some(far),
+            lease_transitions: i32::MAX,
+            ..LeaderElectionRecord::default()
+        })
+        .await
+        .unwrap();
+    let out = leader_elect(&["status", "--lease-name", "far", "--server", &url]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Holder:    pod-far"), "{text}");
+    assert!(text.contains("Expired:   no"), "{text}");
+    let json = status_json(&url, "far").await;
+    assert_eq!(json["expired"], false);
+    assert_eq!(json["lease_duration_seconds"], i32::MAX);
     server.shutdown().await;
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use leaderelection::{
-    Callbacks, Candidate, CandidateConfig, Config, ConfigError, KubeLeaseLock, LeaseLock, ShardSet,
-    Term,
+    Callbacks, Candidate, CandidateConfig, CandidateError, Config, ConfigError, KubeLeaseLock,
+    LeaseLock, ShardSet, Term,
 };
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -125,6 +125,10 @@ pub enum RuntimeError {
     /// The check given to [`Builder::preflight`] failed; the election never started.
     #[error(transparent)]
     Preflight(BoxError),
+    /// The LeaseCandidate of [`Builder::coordinated`] can never be registered (RBAC refuses it); the
+    /// election was stopped.
+    #[error(transparent)]
+    Candidate(#[from] CandidateError),
     /// The election or a component failed (see [`SupervisorError`]).
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
@@ -175,7 +179,8 @@ impl Runtime {
     ///
     /// [`RuntimeError::AdminBind`] before anything starts; [`RuntimeError::Supervisor`] when a component
     /// fails under [`Policy::FailProcess`] or the election was already running; [`RuntimeError::AdminStopped`]
-    /// and [`RuntimeError::TaskEnded`] when a part ended early.
+    /// and [`RuntimeError::TaskEnded`] when a part ended early; [`RuntimeError::Candidate`] when RBAC refuses
+    /// the LeaseCandidate of [`Builder::coordinated`] (the election is stopped: it could never lead).
     ///
     /// # Cancel safety
     ///
@@ -242,18 +247,25 @@ impl Runtime {
             // has its LeaseCandidate deleted before it releases the Lease; and whatever ends the election
             // ends the candidate.
             let candidate_stop = election_stop.child_token();
-            let (result, ()) = tokio::join!(
+            let (result, candidacy) = tokio::join!(
                 async {
                     let result = supervisor.run(&election, election_stop.clone()).await;
                     candidate_stop.cancel();
                     result
                 },
                 async {
-                    if let Some(candidate) = candidate {
-                        candidate.run(candidate_stop.clone()).await;
+                    let Some(candidate) = candidate else {
+                        return Ok(());
+                    };
+                    let candidacy = candidate.run(candidate_stop.clone()).await;
+                    // A candidate that can never register stops the election with it.
+                    if candidacy.is_err() {
+                        election_stop.cancel();
                     }
+                    candidacy
                 },
             );
+            candidacy?;
             result.map_err(RuntimeError::from)
         };
         tokio::pin!(

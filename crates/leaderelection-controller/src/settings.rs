@@ -776,6 +776,17 @@ controller:
         }
     }
 
+    // 11b
+    #[test]
+    fn a_retry_period_below_100ms_is_rejected_from_the_file() {
+        let got = rejected(&le("lease_name: x, retry_period: 50ms"));
+        assert_eq!((got.0, got.1.as_str()), ("retry_period", "50ms"));
+        assert!(
+            config(&le("lease_name: x, retry_period: 100ms")).is_ok(),
+            "100ms is on the bound"
+        );
+    }
+
     // 12
     #[test]
     fn negative_durations_do_not_parse() {

@@ -10,6 +10,7 @@
 //! registers itself, answers the pings, and never takes a coordinated Lease on its own (client-go
 //! `tools/leaderelection/leasecandidate.go` and `tryCoordinatedRenew` in `leaderelection.go`).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -24,9 +25,9 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::JITTER_FACTOR;
+use crate::config::{DNS_SUBDOMAIN_RULE, JITTER_FACTOR, is_dns_subdomain};
 use crate::record::truncate_to_micros;
-use crate::{Config, ConfigError};
+use crate::{Config, ConfigError, Denied, LeaderState};
 
 /// The strategy this candidate asks for: kube-apiserver's only built-in one.
 pub const OLDEST_EMULATION_VERSION: &str = "OldestEmulationVersion";
@@ -37,6 +38,18 @@ pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The group version LeaseCandidates are served at (Kubernetes 1.33 to 1.37 serve v1alpha2 and v1beta1).
 const GROUP_VERSION: &str = "coordination.k8s.io/v1beta1";
+
+/// How long the election controller takes to elect once it pings the candidates: kube-apiserver's
+/// `electionDuration` (5 s). Registered this long without a ping and with no leader, a candidate says that
+/// no election controller answered.
+const ELECTION_WINDOW: Duration = Duration::from_secs(5);
+
+/// The resource our requests are about, as RBAC names it.
+const RESOURCE: &str = "leasecandidates.coordination.k8s.io";
+
+/// What a ServiceAccount needs for [`Candidate::run`].
+const GRANT: &str =
+    "get, create, update, delete, list, watch on coordination.k8s.io leasecandidates";
 
 /// How long a watch of our LeaseCandidate stays open before the server ends it and we resume, in seconds
 /// (under kube's default 295 s read timeout).
@@ -166,6 +179,9 @@ pub struct Coordination {
     status: watch::Receiver<CandidateStatus>,
     /// Cancelled by the elector when it stops: the [`Candidate`] deletes its LeaseCandidate then.
     withdraw: CancellationToken,
+    /// The state of the elector given this handle: whether the Lease has a leader, for the [`Candidate`]'s
+    /// warning that no election controller answered.
+    leader: Arc<OnceLock<watch::Receiver<LeaderState>>>,
 }
 
 // === impl Coordination ===
@@ -175,7 +191,20 @@ impl Coordination {
     pub(crate) fn channel() -> (watch::Sender<CandidateStatus>, Self) {
         let (tx, status) = watch::channel(CandidateStatus::Pending);
         let withdraw = CancellationToken::new();
-        (tx, Self { status, withdraw })
+        let leader = Arc::default();
+        (
+            tx,
+            Self {
+                status,
+                withdraw,
+                leader,
+            },
+        )
+    }
+
+    /// Gives the [`Candidate`] the state of the elector this handle was given to (the first one only).
+    pub(crate) fn observe(&self, state: watch::Receiver<LeaderState>) {
+        let _ = self.leader.set(state);
     }
 
     /// Asks the [`Candidate`] to delete its LeaseCandidate and stop (the elector, when it stops), and waits
@@ -229,8 +258,15 @@ impl Coordination {
 /// let elector = Elector::new(config, lock, Callbacks::new())?
 ///     .with_coordination(candidate.coordination());
 /// let shutdown = CancellationToken::new();
-/// let ((), election) =
-///     tokio::join!(candidate.run(shutdown.clone()), elector.run(shutdown.clone()));
+/// // A candidate that RBAC refuses stops at once: stop the elector with it.
+/// let stop_on_refusal = shutdown.clone();
+/// let candidacy = async move {
+///     let candidacy = candidate.run(stop_on_refusal.clone()).await;
+///     stop_on_refusal.cancel();
+///     candidacy
+/// };
+/// let (candidacy, election) = tokio::join!(candidacy, elector.run(shutdown.clone()));
+/// candidacy?;
 /// election?;
 /// # Ok(()) }
 /// ```
@@ -245,6 +281,7 @@ impl Coordination {
 pub struct Candidate {
     api: Api<LeaseCandidate>,
     client: kube::Client,
+    namespace: String,
     name: String,
     lease_name: String,
     config: CandidateConfig,
@@ -252,6 +289,8 @@ pub struct Candidate {
     retry_period: Duration,
     status: watch::Sender<CandidateStatus>,
     coordination: Coordination,
+    /// Notified whenever the election controller pings us.
+    pinged: watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Candidate {
@@ -286,6 +325,9 @@ enum RequestError {
     Timeout,
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    /// RBAC refused it: retrying cannot help.
+    #[error(transparent)]
+    Denied(Denied),
 }
 
 impl RequestError {
@@ -297,6 +339,14 @@ impl RequestError {
     }
 }
 
+/// Why [`Candidate::run`] stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum CandidateError {
+    /// RBAC refuses a request on our LeaseCandidate (403 Forbidden): the candidate can never register.
+    #[error(transparent)]
+    Denied(Denied),
+}
+
 // === impl Candidate ===
 
 impl Candidate {
@@ -306,8 +356,9 @@ impl Candidate {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `config` breaks a rule of [`CandidateConfig::validate`], or `election` one of
-    /// [`Config::validate`].
+    /// [`ConfigError`] when `config` breaks a rule of [`CandidateConfig::validate`], `election` one of
+    /// [`Config::validate`], or `election.identity`, which names the LeaseCandidate, is not a DNS-1123
+    /// subdomain (kube-apiserver would refuse every create with 422 Unprocessable Entity).
     pub fn new(
         client: kube::Client,
         election: &Config,
@@ -315,10 +366,21 @@ impl Candidate {
     ) -> Result<Self, ConfigError> {
         election.validate()?;
         config.validate()?;
+        if !is_dns_subdomain(&election.identity) {
+            return Err(ConfigError::new(
+                "identity",
+                election.identity.clone(),
+                format!(
+                    "under coordinated leader election the identity names the LeaseCandidate, so it \
+                     {DNS_SUBDOMAIN_RULE} (a DNS-1123 subdomain, the rule of object names)"
+                ),
+            ));
+        }
         let (status, coordination) = Coordination::channel();
         Ok(Self {
             api: Api::namespaced(client.clone(), &election.lease_namespace),
             client,
+            namespace: election.lease_namespace.clone(),
             name: election.identity.clone(),
             lease_name: election.lease_name.clone(),
             config,
@@ -326,6 +388,7 @@ impl Candidate {
             retry_period: election.retry_period,
             status,
             coordination,
+            pinged: watch::Sender::new(()),
         })
     }
 
@@ -347,11 +410,21 @@ impl Candidate {
     /// logged and retried forever. On shutdown it deletes the LeaseCandidate (bounded by the request
     /// timeout) and publishes [`CandidateStatus::Withdrawn`].
     ///
+    /// Registered for one election window (5 s, kube-apiserver's `electionDuration`) without a ping while
+    /// the elector given [`Candidate::coordination`] sees no leader, it logs one WARN that no election
+    /// controller answered, and keeps waiting: a coordinated Lease is assigned only by the controller.
+    ///
+    /// # Errors
+    ///
+    /// [`CandidateError::Denied`] when RBAC refuses reading, creating or updating our LeaseCandidate
+    /// (403): it can never register, so it stops at once (and publishes [`CandidateStatus::Withdrawn`])
+    /// rather than retry. A refused watch is not an error: the LeaseCandidate is read instead.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future leaves the LeaseCandidate registered (until the controller's garbage collection,
     /// 30 minutes after its last renewal) and the elector waiting: cancel `shutdown` and await instead.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CandidateError> {
         // Stopped by `shutdown`, or by the elector through the handle (so that it can release the Lease
         // once we are withdrawn, whatever stopped it).
         let stop = self.coordination.withdraw.clone();
@@ -361,10 +434,17 @@ impl Candidate {
                 () = stop.cancelled() => {}
             }
         };
-        tokio::join!(link, self.serve(&stop));
+        let serve = async {
+            let served = self.serve(&stop).await;
+            // Ends the link when serving ended on its own (refused by RBAC).
+            stop.cancel();
+            served
+        };
+        let ((), served) = tokio::join!(link, serve);
+        served
     }
 
-    async fn serve(&self, shutdown: &CancellationToken) {
+    async fn serve(&self, shutdown: &CancellationToken) -> Result<(), CandidateError> {
         match self.discover(shutdown).await {
             Some(true) => {}
             Some(false) => {
@@ -377,15 +457,67 @@ impl Candidate {
                 );
                 self.status.send_replace(CandidateStatus::Unsupported);
                 shutdown.cancelled().await;
-                return;
+                return Ok(());
             }
             None => {
                 self.status.send_replace(CandidateStatus::Withdrawn);
-                return;
+                return Ok(());
             }
         }
-        self.register_until(shutdown).await;
-        self.withdraw().await;
+        let registered = tokio::select! {
+            registered = self.register_until(shutdown) => registered,
+            () = self.warn_without_controller() => Ok(()),
+        };
+        match registered {
+            Ok(()) => {
+                self.withdraw().await;
+                Ok(())
+            }
+            Err(denied) => {
+                self.status.send_replace(CandidateStatus::Withdrawn);
+                Err(CandidateError::Denied(denied))
+            }
+        }
+    }
+
+    /// Logs one WARN per silence when no election controller seems to run: registered for
+    /// [`ELECTION_WINDOW`] without a ping while the elector sees no leader. A silence ends with a ping, a
+    /// leader, or a new registration. Never returns; without an elector to ask, waits.
+    async fn warn_without_controller(&self) {
+        let Some(mut leader) = self.coordination.leader.get().cloned() else {
+            return std::future::pending().await;
+        };
+        let mut status = self.status.subscribe();
+        let mut pings = self.pinged.subscribe();
+        // Since when we have been registered, unpinged and without a leader; and whether we said so.
+        let mut silent_since: Option<Instant> = None;
+        let mut warned = false;
+        loop {
+            let silent = *status.borrow_and_update() == CandidateStatus::Registered
+                && leader.borrow_and_update().leader.is_none();
+            if !silent {
+                (silent_since, warned) = (None, false);
+            }
+            let since = *silent_since.get_or_insert_with(Instant::now);
+            tokio::select! {
+                Ok(()) = status.changed() => {}
+                Ok(()) = leader.changed() => {}
+                Ok(()) = pings.changed() => (silent_since, warned) = (None, false),
+                () = sleep_until(since + ELECTION_WINDOW), if silent && !warned => {
+                    warn!(
+                        identity = %self.name,
+                        lease = %self.lease_name,
+                        "no election controller answered: registered as a LeaseCandidate for {} without \
+                         a ping while the Lease has no leader. Coordinated Leases are assigned only by \
+                         kube-apiserver's election controller (feature gate CoordinatedLeaderElection), \
+                         which does not seem to run; still waiting (a coordinated candidate never takes \
+                         the Lease on its own)",
+                        humantime::format_duration(ELECTION_WINDOW)
+                    );
+                    warned = true;
+                }
+            }
+        }
     }
 
     /// Whether LeaseCandidates are served; retried until known. `None` on shutdown.
@@ -411,12 +543,13 @@ impl Candidate {
         }
     }
 
-    /// Keeps the LeaseCandidate registered and answers pings until `shutdown`.
+    /// Keeps the LeaseCandidate registered and answers pings until `shutdown`, or until RBAC refuses a
+    /// request (the [`Denied`] returned).
     ///
     /// Pings are seen through a watch of our LeaseCandidate. Where the watch cannot be opened (RBAC without
     /// `watch`, a failing server), the LeaseCandidate is read instead every jittered retry period, with
     /// another try at the watch.
-    async fn register_until(&self, shutdown: &CancellationToken) {
+    async fn register_until(&self, shutdown: &CancellationToken) -> Result<(), Denied> {
         // The LeaseCandidate as last written or read (its resourceVersion guards the next renewal and is
         // where the watch resumes).
         let mut known: Option<LeaseCandidate> = None;
@@ -428,7 +561,7 @@ impl Candidate {
             if Instant::now() >= next_renew {
                 let renewed = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return Ok(()),
                     renewed = self.renew(known.take()) => renewed,
                 };
                 next_renew = match renewed {
@@ -442,6 +575,7 @@ impl Candidate {
                         known = Some(renewed);
                         Instant::now() + self.config.renew_interval
                     }
+                    Err(RequestError::Denied(denied)) => return Err(denied),
                     // Someone wrote since (a ping): read it and renew again at once.
                     Err(err) if err.code() == Some(409) => Instant::now(),
                     Err(err) => {
@@ -454,8 +588,8 @@ impl Candidate {
             if events.is_none() && Instant::now() >= next_look {
                 let looked = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return,
-                    looked = self.look(known.as_ref()) => looked,
+                    () = shutdown.cancelled() => return Ok(()),
+                    looked = self.look(known.as_ref()) => looked?,
                 };
                 match looked {
                     Look::Watching(stream) => events = Some(stream),
@@ -469,7 +603,10 @@ impl Candidate {
                             _ => Instant::now() + self.jittered_retry_period(),
                         };
                         match &candidate {
-                            Some(candidate) if pinged(candidate) => next_renew = Instant::now(),
+                            Some(candidate) if pinged(candidate) => {
+                                self.pinged.send_replace(());
+                                next_renew = Instant::now();
+                            }
                             Some(_) => {}
                             // Deleted: registered again within a retry period.
                             None => {
@@ -486,13 +623,13 @@ impl Candidate {
             let event = match events.as_mut() {
                 Some(stream) => tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return Ok(()),
                     () = sleep_until(next_renew) => continue,
                     event = stream.next() => event,
                 },
                 None => tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return Ok(()),
                     () = sleep_until(next_renew.min(next_look)) => continue,
                 },
             };
@@ -500,6 +637,7 @@ impl Candidate {
                 Some(Ok(WatchEvent::Added(candidate) | WatchEvent::Modified(candidate))) => {
                     if pinged(&candidate) {
                         debug!(identity = %self.name, "pinged by the election controller; renewing");
+                        self.pinged.send_replace(());
                         next_renew = Instant::now();
                     }
                     known = Some(candidate);
@@ -525,12 +663,12 @@ impl Candidate {
     }
 
     /// Opens the watch of our LeaseCandidate from `known`'s version; without one, or when the watch cannot
-    /// be opened, reads the LeaseCandidate instead.
-    async fn look(&self, known: Option<&LeaseCandidate>) -> Look {
+    /// be opened, reads the LeaseCandidate instead. [`Denied`] when RBAC refuses the read.
+    async fn look(&self, known: Option<&LeaseCandidate>) -> Result<Look, Denied> {
         let mut watch_failed = false;
         if let Some(rv) = known.and_then(|c| c.metadata.resource_version.as_deref()) {
             match self.request(self.api.watch(&self.watch_params(), rv)).await {
-                Ok(stream) => return Look::Watching(stream.boxed()),
+                Ok(stream) => return Ok(Look::Watching(stream.boxed())),
                 Err(err) => {
                     debug!(identity = %self.name, error = %err,
                         "could not watch our LeaseCandidate; reading it instead");
@@ -538,14 +676,15 @@ impl Candidate {
                 }
             }
         }
-        match self.request(self.api.get_opt(&self.name)).await {
-            Ok(candidate) => Look::Read {
+        match self.request_as("get", self.api.get_opt(&self.name)).await {
+            Ok(candidate) => Ok(Look::Read {
                 candidate: candidate.map(Box::new),
                 watch_failed,
-            },
+            }),
+            Err(RequestError::Denied(denied)) => Err(denied),
             Err(err) => {
                 self.log_transient("reading the LeaseCandidate", &err);
-                Look::Failed
+                Ok(Look::Failed)
             }
         }
     }
@@ -556,13 +695,13 @@ impl Candidate {
     async fn renew(&self, known: Option<LeaseCandidate>) -> Result<LeaseCandidate, RequestError> {
         let current = match known {
             Some(known) => Some(known),
-            None => self.request(self.api.get_opt(&self.name)).await?,
+            None => self.request_as("get", self.api.get_opt(&self.name)).await?,
         };
         let pp = PostParams::default();
         match current {
             Some(current) if spec_lease_name(&current) == self.lease_name => {
                 let desired = self.desired(current.metadata, current.spec);
-                self.request(self.api.replace(&self.name, &pp, &desired))
+                self.request_as("update", self.api.replace(&self.name, &pp, &desired))
                     .await
             }
             current => {
@@ -575,8 +714,11 @@ impl Candidate {
                     name: Some(self.name.clone()),
                     ..ObjectMeta::default()
                 };
-                self.request(self.api.create(&pp, &self.desired(metadata, None)))
-                    .await
+                self.request_as(
+                    "create",
+                    self.api.create(&pp, &self.desired(metadata, None)),
+                )
+                .await
             }
         }
     }
@@ -618,7 +760,10 @@ impl Candidate {
 
     async fn delete(&self) -> Result<(), RequestError> {
         match self
-            .request(self.api.delete(&self.name, &DeleteParams::default()))
+            .request_as(
+                "delete",
+                self.api.delete(&self.name, &DeleteParams::default()),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -641,6 +786,27 @@ impl Candidate {
         match timeout(self.request_timeout, call).await {
             Ok(result) => result.map_err(RequestError::from),
             Err(_) => Err(RequestError::Timeout),
+        }
+    }
+
+    /// A request of `verb` on our LeaseCandidate, as [`Candidate::request`]; a 403 is
+    /// [`RequestError::Denied`].
+    async fn request_as<T>(
+        &self,
+        verb: &'static str,
+        call: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T, RequestError> {
+        match self.request(call).await {
+            Err(RequestError::Kube(kube::Error::Api(status))) if status.code == 403 => {
+                Err(RequestError::Denied(Denied {
+                    verb,
+                    resource: RESOURCE,
+                    object: format!("leasecandidate {}/{}", self.namespace, self.name),
+                    message: status.message,
+                    grant: GRANT,
+                }))
+            }
+            other => other,
         }
     }
 

@@ -6,6 +6,17 @@ use std::time::Duration;
 /// `renew_deadline` must exceed `retry_period x JITTER_FACTOR` (client-go `leaderelection.go`).
 pub const JITTER_FACTOR: f64 = 1.2;
 
+/// The shortest retry period [`Config::validate`] accepts: 100 ms.
+///
+/// Every candidate makes about one API request per retry period (the leader's renewal, a polling follower's
+/// read, each retry), so a shorter period has one candidate alone send more than 10 requests a second:
+/// above client-go's default client rate limit (5 per second, burst 10; `rest.Config` `QPS` and `Burst`),
+/// which kube-apiserver's API Priority and Fairness is sized for, and close to the round trip of a request
+/// under load (tens of milliseconds), so that a renewal is still in flight when the next is due. client-go
+/// has no lower bound; this project's shortest timings (the chaos soak: lease 1 s, renew deadline 500 ms)
+/// use exactly 100 ms.
+pub const MIN_RETRY_PERIOD: Duration = Duration::from_millis(100);
+
 /// Longest DNS subdomain (a Lease name), in bytes (RFC 1123, as kube-apiserver validates it).
 const DNS_SUBDOMAIN_MAX: usize = 253;
 /// Longest DNS label (a namespace), in bytes (RFC 1123).
@@ -51,7 +62,7 @@ pub struct Config {
     pub lease_duration: Duration,
     /// How long a leader retries renewing before it gives leadership up; < `lease_duration`.
     pub renew_deadline: Duration,
-    /// Time between renewals, and base of the jittered retry interval.
+    /// Time between renewals, and base of the jittered retry interval; at least [`MIN_RETRY_PERIOD`].
     pub retry_period: Duration,
     /// Release the Lease (holder `""`) when `run` is shut down or leadership ends, so that a follower
     /// takes over at once instead of after `lease_duration`.
@@ -210,10 +221,10 @@ impl Config {
     /// Checks every rule, in client-go's order first (so an all-zero config fails the same way), then ours.
     ///
     /// client-go (`NewLeaderElector`): lease_duration > renew_deadline; renew_deadline >
-    /// retry_period x 1.2; each > 0. Ours: lease_duration whole seconds (client-go truncates 1.5 s to 1 s and
-    /// 0.5 s to an invalid 0); identity non-empty; lease name a DNS subdomain; namespace a DNS label;
-    /// request and stop timeouts > 0. Disabled configs are validated the same way, so that enabling one
-    /// later cannot fail.
+    /// retry_period x 1.2; each > 0. Ours: retry_period at least [`MIN_RETRY_PERIOD`]; lease_duration whole
+    /// seconds (client-go truncates 1.5 s to 1 s and 0.5 s to an invalid 0); identity non-empty; lease
+    /// name a DNS subdomain; namespace a DNS label; request and stop timeouts > 0. Disabled configs are
+    /// validated the same way, so that enabling one later cannot fail.
     ///
     /// # Errors
     ///
@@ -252,6 +263,19 @@ impl Config {
                     format!("{name} must be greater than zero"),
                 ));
             }
+        }
+        if self.retry_period < MIN_RETRY_PERIOD {
+            return Err(ConfigError::new(
+                "retry_period",
+                dur(self.retry_period),
+                format!(
+                    "retryPeriod must be at least {}: every candidate makes about one API request per \
+                     retry period, so a shorter one sends kube-apiserver more than 10 requests a second \
+                     per candidate (client-go's default client rate limit is 5) and leaves a renewal no \
+                     time to finish before the next",
+                    dur(MIN_RETRY_PERIOD)
+                ),
+            ));
         }
         if self.lease_duration.subsec_nanos() != 0
             || self.lease_duration.as_secs() > i32::MAX as u64
@@ -341,12 +365,24 @@ fn humanize(d: Duration) -> String {
 
 /// Checks `value` is an RFC 1123 DNS subdomain, as kube-apiserver checks object names.
 pub(crate) fn check_dns_subdomain(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    let rule = "must be a lowercase RFC 1123 subdomain: at most 253 characters of [a-z0-9-.], \
-                starting and ending with an alphanumeric character";
-    if value.is_empty() || value.len() > DNS_SUBDOMAIN_MAX || !value.split('.').all(is_dns_label) {
-        return Err(ConfigError::new(field, value.to_string(), rule));
+    if !is_dns_subdomain(value) {
+        return Err(ConfigError::new(
+            field,
+            value.to_string(),
+            DNS_SUBDOMAIN_RULE,
+        ));
     }
     Ok(())
+}
+
+/// The rule of [`is_dns_subdomain`], in kube-apiserver's terms.
+pub(crate) const DNS_SUBDOMAIN_RULE: &str = "must be a lowercase RFC 1123 subdomain: at most 253 \
+    characters of [a-z0-9-.], starting and ending with an alphanumeric character";
+
+/// Whether `value` is an RFC 1123 DNS subdomain, the rule of most object names (apimachinery
+/// `IsDNS1123Subdomain`).
+pub(crate) fn is_dns_subdomain(value: &str) -> bool {
+    !value.is_empty() && value.len() <= DNS_SUBDOMAIN_MAX && value.split('.').all(is_dns_label)
 }
 
 /// Checks `value` is an RFC 1123 DNS label, as kube-apiserver checks namespace names.
@@ -458,6 +494,16 @@ mod tests {
                 "retryPeriod must be greater than zero",
             ),
             (
+                valid().with_retry_period(Duration::from_millis(1)),
+                "retry_period",
+                "retryPeriod must be at least 100ms",
+            ),
+            (
+                valid().with_retry_period(Duration::from_millis(99)),
+                "retry_period",
+                "retryPeriod must be at least 100ms",
+            ),
+            (
                 valid()
                     .with_lease_duration(secs(1.5))
                     .with_renew_deadline(secs(1.0))
@@ -545,6 +591,16 @@ mod tests {
             err.to_string(),
             "invalid lease_duration \"15s\": leaseDuration must be greater than renewDeadline (20s)"
         );
+    }
+
+    /// The shortest timings in use (the chaos soak's 1 s / 500 ms / 100 ms) are at the bound, and valid.
+    #[test]
+    fn the_retry_period_bound_admits_the_shortest_timings_in_use() {
+        let shortest = valid()
+            .with_lease_duration(secs(1.0))
+            .with_renew_deadline(secs(0.5))
+            .with_retry_period(MIN_RETRY_PERIOD);
+        assert_eq!(shortest.validate(), Ok(()));
     }
 
     #[test]

@@ -157,7 +157,11 @@ impl Elector {
     #[must_use]
     pub fn with_coordination(mut self, coordination: Coordination) -> Self {
         match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.coordination = Some(coordination),
+            Some(inner) => {
+                // The candidate tells from our state whether the Lease has a leader.
+                coordination.observe(inner.state.subscribe());
+                inner.coordination = Some(coordination);
+            }
             None => warn!("Elector::with_coordination called on a shared elector; ignored"),
         }
         self

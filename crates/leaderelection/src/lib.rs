@@ -74,16 +74,17 @@ mod config;
 mod elector;
 mod healthz;
 mod lock;
+mod rbac;
 mod record;
 mod shards;
 mod state;
 
 pub use crate::callbacks::{Callbacks, NoopObserver, Observer, Phase, Request};
 pub use crate::candidate::{
-    Candidate, CandidateConfig, CandidateStatus, Coordination, DEFAULT_RENEW_INTERVAL,
-    OLDEST_EMULATION_VERSION,
+    Candidate, CandidateConfig, CandidateError, CandidateStatus, Coordination,
+    DEFAULT_RENEW_INTERVAL, OLDEST_EMULATION_VERSION,
 };
-pub use crate::config::{Config, ConfigError, JITTER_FACTOR};
+pub use crate::config::{Config, ConfigError, JITTER_FACTOR, MIN_RETRY_PERIOD};
 pub use crate::elector::{Elector, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
 pub use crate::lock::metadata;
@@ -91,6 +92,7 @@ pub use crate::lock::{
     KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockCall,
     LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, MetadataError, ObservedLease,
 };
+pub use crate::rbac::Denied;
 pub use crate::record::LeaderElectionRecord;
 pub use crate::shards::{
     MAX_SHARDS, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState,

@@ -103,7 +103,7 @@ async fn a_candidate_registers_renews_answers_pings_and_withdraws() {
     })
     .await;
     shutdown.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert_eq!(coordination.status(), CandidateStatus::Withdrawn);
     assert!(
         api.get_opt("pod-a").await.unwrap().is_none(),
@@ -140,7 +140,7 @@ async fn a_candidate_registers_renews_answers_pings_and_withdraws() {
         "pingTime kept"
     );
     shutdown.cancel();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
     assert!(api.get_opt("pod-b").await.unwrap().is_none());
 }
 
@@ -198,7 +198,7 @@ async fn without_lease_candidates_the_election_is_ordinary_and_says_so_once() {
     // Renew a few times, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     shutdown.cancel();
-    registration.await.unwrap();
+    registration.await.unwrap().unwrap();
     election.await.unwrap().unwrap();
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let warnings: Vec<&str> = logs
@@ -265,7 +265,10 @@ impl Running {
             .with_coordination(coordination.clone());
         let shutdown = CancellationToken::new();
         let tasks = vec![
-            tokio::spawn(candidate.run(shutdown.clone())),
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move { candidate.run(shutdown).await.unwrap() }
+            }),
             tokio::spawn({
                 let (elector, shutdown) = (elector.clone(), shutdown.clone());
                 async move { elector.run(shutdown).await.unwrap() }
@@ -441,4 +444,44 @@ async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
         previous = now;
     }
     assert_eq!(assignments, ["old-a", "old-b", "new-a"]);
+}
+
+/// With an election controller, no candidate warns that none answered: `pod-a` is pinged and assigned
+/// the Lease, then leads unpinged for longer than the election window (5 s) while `pod-b` joins and
+/// follows. Without a controller the WARN comes (`crates/leader-elect/tests/cli.rs`,
+/// `a_coordinated_candidate_without_an_election_controller_says_so_and_keeps_waiting`).
+#[tokio::test(flavor = "current_thread")]
+async fn with_an_election_controller_no_candidate_warns_that_none_answered() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap();
+    let client = client(&server.url());
+    let log = WorkLog::default();
+    let a = Running::start(&client, "pod-a", "1.33.0", &log).await;
+    eventually("pod-a leading", || async {
+        a.elector.is_leader().then_some(())
+    })
+    .await;
+    let b = Running::start(&client, "pod-b", "1.34.0", &log).await;
+    settled(&client, "pod-b", "pod-a").await;
+    // Past one election window after both registered: the WARN would be out by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(a.elector.is_leader());
+    b.stop().await;
+    a.stop().await;
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("registered as a LeaseCandidate"), "{logs}");
+    assert!(!logs.contains("no election controller answered"), "{logs}");
 }

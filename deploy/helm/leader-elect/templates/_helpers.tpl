@@ -70,9 +70,9 @@ h, m, s, ms) in milliseconds. "ms" is tried before "m" and "s".
 
 {{/*
 The timings, checked as leader-elect checks them (client-go's rules, then ours), as JSON (milliseconds):
-leaseDuration > renewDeadline > 1.2 x retryPeriod, each > 0, leaseDuration whole seconds, gracePeriod within
-the stop window leaseDuration - renewDeadline - margin (margin = min(1s, (leaseDuration - renewDeadline) / 5),
-rounded up here so that the chart never accepts a grace period leader-elect refuses).
+leaseDuration > renewDeadline > 1.2 x retryPeriod, each > 0, retryPeriod >= 100ms, leaseDuration whole seconds,
+gracePeriod within the stop window leaseDuration - renewDeadline - margin (margin = min(1s, (leaseDuration -
+renewDeadline) / 5), rounded up here so that the chart never accepts a grace period leader-elect refuses).
 terminationGracePeriodSeconds: the grace period + the release (one request, bounded by max(renewDeadline / 2,
 1s)) + 2s, rounded up.
 */}}
@@ -89,6 +89,9 @@ terminationGracePeriodSeconds: the grace period + the release (one request, boun
 {{- end }}
 {{- if le (mul $renew 10) (mul $retry 12) }}
 {{- fail (printf "leaderElection.renewDeadline (%s) must be greater than 1.2 x leaderElection.retryPeriod (%s)" $le.renewDeadline $le.retryPeriod) }}
+{{- end }}
+{{- if lt $retry 100 }}
+{{- fail (printf "leaderElection.retryPeriod (%s) must be at least 100ms: every replica makes about one API request per retry period" $le.retryPeriod) }}
 {{- end }}
 {{- if ne (mod $lease 1000) 0 }}
 {{- fail (printf "leaderElection.leaseDuration (%s) must be a whole number of seconds (it is written to the Lease as leaseDurationSeconds)" $le.leaseDuration) }}
