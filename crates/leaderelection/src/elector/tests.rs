@@ -296,22 +296,24 @@ async fn leader_renews_with_one_update_per_retry_period() {
 }
 
 /// `TestFastPathLeaderElection` with a conflict: update(409), get, update — the slow path — and
-/// leadership continues when the Lease still names us.
+/// leadership continues when the Lease still holds our own write.
 #[tokio::test(start_paused = true)]
 async fn renew_conflict_takes_the_slow_path_and_keeps_leading_if_still_ours() {
     let store = MemoryLeaseStore::new();
     let a = spawn(&store, "a");
+    // Not watching: a watch would hand over the new version before the renewal could conflict.
+    a.lock.set_fault(no_watch());
     until_leader(&a).await;
-    let mut ours = store.lease().unwrap().record;
-    ours.renew_time = None;
-    store.put(ours); // someone else wrote (e.g. a label edit): new resourceVersion, still ours
+    let ours = store.lease().unwrap().record;
+    // Someone else wrote metadata only (a label edit): a new resourceVersion, the same election record.
+    store.put(ours);
     tokio::time::sleep(RETRY + Duration::from_millis(1)).await;
     assert_eq!(
         store.calls_of("a"),
         [
             "get:not_found",
             "create",
-            "watch",
+            "watch:forbidden",
             "update:conflict",
             "get",
             "update"
