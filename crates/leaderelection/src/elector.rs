@@ -796,8 +796,7 @@ impl<'a> Runner<'a> {
         record: &LeaderElectionRecord,
         observed_at: Instant,
     ) -> Option<Instant> {
-        (record.is_held() && !self.own.wrote(record))
-            .then(|| observed_at + lease_duration(record))
+        (record.is_held() && !self.own.wrote(record)).then(|| observed_at + lease_duration(record))
     }
 
     fn decide(&self, now: Instant) -> Decision {
