@@ -781,7 +781,7 @@ impl<'a> Runner<'a> {
 
     /// Whether `record` is an election controller's assignment of the Lease to us (coordinated election:
     /// `strategy` set, naming us, no `acquireTime`, which every elector writes when its term starts and
-    /// the controller never does; `docs/design.md`, "Coordinated election").
+    /// the controller never does; `docs/design.md`, "An identity is not an incarnation").
     fn assigned_to_us(&self, record: &LeaderElectionRecord) -> bool {
         self.coordinated()
             && record.strategy.is_some()
@@ -1133,14 +1133,15 @@ impl<'a> Runner<'a> {
                 Ok((lease, sent_at))
             }
             Err(LockError::NotFound) if guard.is_none() => {
-                // A create answered 404: the Lease's namespace does not exist (kube-apiserver's
-                // NamespaceLifecycle admission). No race was lost: reading and creating again at once
-                // would loop without a pause, so retry after a retry period, as for a transient error.
+                // A POST to the collection cannot miss the object it creates: the namespace or the
+                // resource is missing (`KubeLeaseLock` reports kube-apiserver's NamespaceLifecycle 404 as
+                // an API error already; another lock, or a proxy, may not). No race was lost: reading and
+                // creating again at once would loop without a pause, so retry after a retry period.
                 warn!(
                     identity = %self.identity(),
                     lease = %self.inner.lock.describe(),
-                    "creating the lease answered 404 Not Found: its namespace does not exist; retrying \
-                     after a retry period"
+                    "creating the lease answered 404 Not Found (its namespace does not exist, or leases \
+                     are not served there); retrying after a retry period"
                 );
                 self.stale = true;
                 Err(Retry::Later)
