@@ -774,7 +774,10 @@ impl<'a> Runner<'a> {
             identity = %self.identity(),
             lease = %self.inner.lock.describe(),
             term = record.lease_transitions,
-            "another process holds the lease under this candidate's identity {}: two processes share              one identity (a pod recreated with the same name while the old one may still run, or a              copied --identity); not taking it until it expires by our clock; give every process its              own identity (logged at most once per lease duration)",
+            "another process holds the lease under this candidate's identity {}: two processes share \
+             one identity (a pod recreated with the same name while the old one may still run, or a \
+             copied --identity); not taking it until it expires by our clock; give every process its \
+             own identity (logged at most once per lease duration)",
             self.identity()
         );
     }
