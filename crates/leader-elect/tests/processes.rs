@@ -470,21 +470,30 @@ async fn b_takes_over_from_a_cut_off(
     wait_for(Duration::from_secs(20), || pid_in(&d.join("b.pid")))
         .await
         .expect("b takes over");
+    assert_gone_before_the_next_worked(d, a_child, "a", "b").await;
+}
+
+/// Asserts that the child `old_child`, heartbeating into `$DIR/<old>.stamps`, is gone, and that its last
+/// heartbeat came before the first one in `$DIR/<new>.stamps`.
+async fn assert_gone_before_the_next_worked(d: &Path, old_child: i32, old: &str, new: &str) {
     assert!(
-        gone(&[a_child], Duration::from_secs(20)).await,
-        "a's child is still running"
+        gone(&[old_child], Duration::from_secs(20)).await,
+        "{old}'s child is still running"
     );
-    let a_last = stamps(&d.join("a.stamps")).into_iter().max().unwrap();
-    let b_first = wait_for(Duration::from_secs(5), || {
-        stamps(&d.join("b.stamps")).into_iter().min()
+    let old_last = stamps(&d.join(format!("{old}.stamps")))
+        .into_iter()
+        .max()
+        .unwrap();
+    let new_first = wait_for(Duration::from_secs(5), || {
+        stamps(&d.join(format!("{new}.stamps"))).into_iter().min()
     })
     .await
     .unwrap();
     assert_before(
-        a_last,
-        b_first,
-        "a's child's last write",
-        "b's child's first",
+        old_last,
+        new_first,
+        &format!("{old}'s child's last write"),
+        &format!("{new}'s child's first"),
     );
 }
 
@@ -533,22 +542,7 @@ async fn a_reused_identity_waits_for_the_cut_off_incarnation(t: &Timings) {
         "the new incarnation led {:?} after the cut",
         cut_off.elapsed()
     );
-    assert!(
-        gone(&[old_child], Duration::from_secs(20)).await,
-        "the old incarnation's child is still running"
-    );
-    let old_last = stamps(&d.join("old.stamps")).into_iter().max().unwrap();
-    let new_first = wait_for(Duration::from_secs(5), || {
-        stamps(&d.join("new.stamps")).into_iter().min()
-    })
-    .await
-    .unwrap();
-    assert_before(
-        old_last,
-        new_first,
-        "the old incarnation's child's last heartbeat",
-        "the new incarnation's child's first",
-    );
+    assert_gone_before_the_next_worked(d, old_child, "old", "new").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

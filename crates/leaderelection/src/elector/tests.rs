@@ -1900,6 +1900,37 @@ async fn rule_12_two_live_processes_with_one_identity_one_leads_and_the_other_wa
     second.stop().await;
 }
 
+/// Another process with `a`'s identity takes the Lease over from leader `a`: returns when it wrote, and
+/// when `a`'s term ended. Asserts the rest of rule 12 for that term: it ended as `identity_in_use`, its
+/// work aborted at once (never getting to log its own stop); the Lease was not released, and not taken back
+/// before it expired by `a`'s clock, then in a new term.
+async fn taken_over_under_our_identity(
+    a: &Candidate,
+    store: &MemoryLeaseStore,
+) -> (Instant, Instant) {
+    let theirs = taken_under_our_identity(&store.lease().unwrap().record);
+    let written = Instant::now();
+    store.put(theirs.clone());
+    let ended = until(a, |s| s.term.is_none()).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        a.log.entries(),
+        ["new_leader:a", "started:0", "stopped:identity_in_use"]
+    );
+    assert_eq!(store.lease().unwrap().record, theirs, "not released");
+    let retaken = until_leader(a).await;
+    assert!(
+        retaken >= ended + LEASE,
+        "taken back {:?} after the term ended",
+        retaken - ended
+    );
+    assert_eq!(
+        store.lease().unwrap().record.lease_transitions,
+        theirs.lease_transitions + 1
+    );
+    (written, ended)
+}
+
 /// Rule 12 through the leader's own watch: a write naming us that this run did not make (another process
 /// under our identity took the Lease) ends the term at once as `identity_in_use`, with its work; the
 /// Lease is not released, and not taken back before it expires by our clock (then in a new term).
@@ -1908,28 +1939,8 @@ async fn rule_12_the_leaders_watch_ends_the_term_on_a_write_naming_us_that_it_di
     let store = MemoryLeaseStore::new();
     let a = spawn(&store, "a");
     until_leader(&a).await;
-    let theirs = taken_under_our_identity(&store.lease().unwrap().record);
-    let written = Instant::now();
-    store.put(theirs.clone());
-    let ended = until(&a, |s| s.term.is_none()).await;
+    let (written, ended) = taken_over_under_our_identity(&a, &store).await;
     assert_eq!(ended, written, "the term ends at once");
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    // The work was aborted at once: it never got to log its own stop.
-    assert_eq!(
-        a.log.entries(),
-        ["new_leader:a", "started:0", "stopped:identity_in_use"]
-    );
-    assert_eq!(store.lease().unwrap().record, theirs, "not released");
-    let retaken = until_leader(&a).await;
-    assert!(
-        retaken >= written + LEASE,
-        "taken back {:?} after another process wrote it",
-        retaken - written
-    );
-    assert_eq!(
-        store.lease().unwrap().record.lease_transitions,
-        theirs.lease_transitions + 1
-    );
     a.stop().await;
 }
 
@@ -1942,25 +1953,13 @@ async fn rule_12_after_a_renew_conflict_only_our_own_record_is_adopted() {
     let a = spawn(&store, "a");
     a.lock.set_fault(no_watch());
     until_leader(&a).await;
-    let theirs = taken_under_our_identity(&store.lease().unwrap().record);
-    let written = Instant::now();
-    store.put(theirs.clone());
-    let ended = until(&a, |s| s.term.is_none()).await;
+    let (written, ended) = taken_over_under_our_identity(&a, &store).await;
     assert!(ended - written <= RETRY, "at the next renewal");
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    // The work was aborted at once: it never got to log its own stop.
-    assert_eq!(
-        a.log.entries(),
-        ["new_leader:a", "started:0", "stopped:identity_in_use"]
-    );
     let calls = store.calls_of("a");
     assert!(
         calls.windows(2).any(|w| w == ["update:conflict", "get"]),
         "{calls:?}"
     );
-    assert_eq!(store.lease().unwrap().record, theirs, "not released");
-    let retaken = until_leader(&a).await;
-    assert!(retaken >= ended + LEASE, "{:?}", retaken - ended);
     a.stop().await;
 }
 
