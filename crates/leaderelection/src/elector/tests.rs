@@ -1863,6 +1863,10 @@ async fn rule_12_two_live_processes_with_one_identity_one_leads_and_the_other_wa
     let term = store.lease().unwrap().record.lease_transitions;
     // A budget of calls: a Lease fought over in a loop stops the clock (the runtime is never idle), so
     // the loop must end for the test to fail rather than hang.
+    // tracing caches whether a callsite interests any subscriber; another test's thread that first hits
+    // the ERROR's callsite while this test's subscriber is being set can leave it cached as uninteresting.
+    // Rebuilt now, before the ERROR can come, the cache includes this subscriber.
+    tracing::callsite::rebuild_interest_cache();
     let second = {
         let lock = store.lock("a#2");
         let log = Recorder::default();
