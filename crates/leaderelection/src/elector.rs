@@ -620,7 +620,10 @@ struct Runner<'a> {
     holdoff: Option<Holdoff>,
     /// The election records this run wrote: a Lease naming us is ours only if it holds one of them.
     own: OwnWrites,
-    /// When we last said at ERROR that another process holds the Lease under our identity.
+    /// The first record naming us that another process wrote, as this run saw it: said at WARN (it may be
+    /// an earlier run of this candidate, gone).
+    foreign_seen: Option<LeaderElectionRecord>,
+    /// When we last said at ERROR that another process writes the Lease under our identity.
     identity_alarm: Option<Instant>,
 }
 
@@ -659,6 +662,7 @@ impl<'a> Runner<'a> {
             contention: Contention { estimate: 1 },
             holdoff: None,
             own: OwnWrites::default(),
+            foreign_seen: None,
             identity_alarm: None,
         }
     }
@@ -749,8 +753,10 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Says at ERROR, at most once per lease duration, that the Lease we wait for names our identity but
-    /// holds a record this run did not write: another process uses our identity.
+    /// Says that the Lease we wait for names our identity but holds a record this run did not write: at
+    /// WARN for the first such record (an earlier run of this candidate may have written it and be gone,
+    /// as after a restart), at ERROR once such records keep coming (another live process writes under our
+    /// identity), at most once per lease duration.
     fn report_identity_in_use(&mut self) {
         let Seen::Present { lease, .. } = &self.seen else {
             return;
@@ -760,6 +766,21 @@ impl<'a> Runner<'a> {
             || self.own.wrote(record)
             || self.assigned_to_us(record)
         {
+            return;
+        }
+        let Some(first) = &self.foreign_seen else {
+            warn!(
+                identity = %self.identity(),
+                lease = %self.inner.lock.describe(),
+                term = record.lease_transitions,
+                "the lease names this candidate's identity but another process wrote it (an earlier run \
+                 of this candidate, or another process with the same identity); not taking it until it \
+                 expires by our clock"
+            );
+            self.foreign_seen = Some(record.clone());
+            return;
+        };
+        if same_write(first, record) {
             return;
         }
         let now = Instant::now();
@@ -774,12 +795,13 @@ impl<'a> Runner<'a> {
             identity = %self.identity(),
             lease = %self.inner.lock.describe(),
             term = record.lease_transitions,
-            "another process holds the lease under this candidate's identity {}: two processes share \
-             one identity (a pod recreated with the same name while the old one may still run, or a \
-             copied --identity); not taking it until it expires by our clock; give every process its \
-             own identity (logged at most once per lease duration)",
+            "another process holds the lease under this candidate's identity {} and renews it: two \
+             processes share one identity (a pod recreated with the same name while the old one still \
+             runs, or a copied --identity); not taking it until it expires by our clock; give every \
+             process its own identity (logged at most once per lease duration)",
             self.identity()
         );
+        self.inner.observer.on_identity_in_use();
     }
 
     /// Whether `record` is an election controller's assignment of the Lease to us (coordinated election:
