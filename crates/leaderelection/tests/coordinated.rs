@@ -312,6 +312,17 @@ async fn settled(client: &kube::Client, identity: &str, holder: &str) {
     .await;
 }
 
+/// A fake API server running the election controller, with a 300 ms election window.
+async fn with_election_controller() -> FakeApiServer {
+    FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Coordinated election under rule 12 (`docs/design.md`, "An identity is not an incarnation"): the
 /// election controller judges a holder's expiry by its renewTime against the server's clock, so a holder
 /// whose clock runs 10 s behind (its renewTime 10 s in the past) is replaced 5 s into its 15 s Lease, while
@@ -319,13 +330,7 @@ async fn settled(client: &kube::Client, identity: &str, holder: &str) {
 /// as the candidate first saw it, has expired by its own clock: 15 s after it started, not 5 s.
 #[tokio::test]
 async fn an_assignment_waits_for_the_replaced_holders_lease_to_expire_by_the_candidates_clock() {
-    let server = FakeApiServer::builder()
-        .coordinated_election(
-            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = with_election_controller().await;
     let client = client(&server.url());
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let behind = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(10);
@@ -365,13 +370,7 @@ async fn an_assignment_waits_for_the_replaced_holders_lease_to_expire_by_the_can
 /// which writes no acquireTime).
 #[tokio::test]
 async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
-    let server = FakeApiServer::builder()
-        .coordinated_election(
-            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = with_election_controller().await;
     let client = client(&server.url());
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     // Every version of the Lease, from before the first candidate.

@@ -1110,13 +1110,35 @@ fn rule_5_a_request_timeout_at_or_above_the_renew_deadline_is_refused() {
 
 // --- when leader work fails ---
 
-/// Counts work failures reported to the observer.
+/// Counts what the elector reports to its observer: work failures, and that another live process writes
+/// the Lease under our identity (each with an ERROR line, itself checked with real processes in
+/// `crates/leader-elect/tests/processes.rs`).
 #[derive(Default)]
-struct FailureCount(std::sync::atomic::AtomicUsize);
+struct Reports {
+    work_failures: std::sync::atomic::AtomicUsize,
+    identity_alarms: std::sync::atomic::AtomicUsize,
+}
 
-impl crate::Observer for FailureCount {
+impl Reports {
+    fn work_failures(&self) -> usize {
+        self.work_failures.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn identity_alarms(&self) -> usize {
+        self.identity_alarms
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl crate::Observer for Reports {
     fn on_work_failure(&self) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.work_failures
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn on_identity_in_use(&self) {
+        self.identity_alarms
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -1127,7 +1149,7 @@ impl crate::Observer for FailureCount {
 async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_later() {
     let store = MemoryLeaseStore::new();
     let panics = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let failures = Arc::new(FailureCount::default());
+    let failures = Arc::new(Reports::default());
     let log = Recorder::default();
     let stopped = log.clone();
     let callbacks = Callbacks::new()
@@ -1157,7 +1179,7 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
         Duration::from_secs(1),
         "b took the released Lease at once"
     );
-    assert_eq!(failures.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(failures.work_failures(), 1);
     assert!(
         log.entries()[0].starts_with("stopped:work_failed"),
         "{:?}",
@@ -1772,23 +1794,6 @@ fn taken_under_our_identity(ours: &LeaderElectionRecord) -> LeaderElectionRecord
     }
 }
 
-/// Counts the reports that another live process writes the Lease under our identity (each comes with an
-/// ERROR line; the line itself is checked with real processes, `crates/leader-elect/tests/processes.rs`).
-#[derive(Default)]
-struct IdentityAlarms(std::sync::atomic::AtomicUsize);
-
-impl IdentityAlarms {
-    fn count(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl crate::Observer for IdentityAlarms {
-    fn on_identity_in_use(&self) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// Rule 12, a StatefulSet pod force-deleted on an unreachable node: its replacement has the same identity
 /// and finds the Lease naming it, but holding a record it did not write. It waits for that Lease to expire
 /// by its own clock, as any holder's (with a WARN, not an ERROR: nothing shows that the old one still
@@ -1805,7 +1810,7 @@ async fn rule_12_a_reused_identity_waits_for_the_old_incarnations_lease_to_expir
         ..LockFault::default()
     });
     let cut_off = Instant::now();
-    let alarms = Arc::new(IdentityAlarms::default());
+    let alarms = Arc::new(Reports::default());
     let new = {
         let lock = store.lock("a#2");
         let elector = Elector::new(config("a"), lock.clone(), Callbacks::new())
@@ -1830,7 +1835,7 @@ async fn rule_12_a_reused_identity_waits_for_the_old_incarnations_lease_to_expir
     );
     assert_eq!(store.lease().unwrap().record.lease_transitions, term + 1);
     assert_eq!(writes(&store, "a#2"), ["update"], "one take, no storm");
-    assert_eq!(alarms.count(), 0, "no ERROR");
+    assert_eq!(alarms.identity_alarms(), 0, "no ERROR");
 }
 
 /// Rule 12, two live processes with one identity (a copied `--identity`): one leads, the other waits on
@@ -1839,7 +1844,7 @@ async fn rule_12_a_reused_identity_waits_for_the_old_incarnations_lease_to_expir
 /// which might have been an earlier run's).
 #[tokio::test(start_paused = true)]
 async fn rule_12_two_live_processes_with_one_identity_one_leads_and_the_other_waits() {
-    let alarms = Arc::new(IdentityAlarms::default());
+    let alarms = Arc::new(Reports::default());
     let store = MemoryLeaseStore::new();
     let first = spawn_process(&store, "a", "a#1");
     until_leader(&first).await;
@@ -1869,9 +1874,9 @@ async fn rule_12_two_live_processes_with_one_identity_one_leads_and_the_other_wa
     // The first record at WARN (it might have been an earlier run's), then one ERROR per lease duration
     // as the first process's renewals keep coming: at 2 s, 18 s, 34 s and 50 s.
     assert!(
-        (4..=5).contains(&alarms.count()),
+        (4..=5).contains(&alarms.identity_alarms()),
         "{} ERRORs in four lease durations",
-        alarms.count()
+        alarms.identity_alarms()
     );
     first.stop().await;
     second.stop().await;
