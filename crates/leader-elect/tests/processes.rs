@@ -203,8 +203,8 @@ async fn exit_code(child: &mut tokio::process::Child, within: Duration) -> Optio
     status.code()
 }
 
-/// The Lease's holder as `leader-elect status` reads it ("" once released).
-async fn holder(url: &str) -> String {
+/// The Lease as `leader-elect status -o json` prints it.
+async fn status(url: &str) -> serde_json::Value {
     let out = tokio::process::Command::new(BIN)
         .args([
             "status",
@@ -220,8 +220,12 @@ async fn holder(url: &str) -> String {
         .output()
         .await
         .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["holder"].as_str().unwrap().to_owned()
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The Lease's holder as `leader-elect status` reads it ("" once released).
+async fn holder(url: &str) -> String {
+    status(url).await["holder"].as_str().unwrap().to_owned()
 }
 
 /// (candidate index, term, pid) of every child that ever started.
@@ -471,22 +475,174 @@ async fn b_takes_over_from_a_cut_off(
     wait_for(Duration::from_secs(20), || pid_in(&d.join("b.pid")))
         .await
         .expect("b takes over");
+    assert_gone_before_the_next_worked(d, a_child, "a", "b").await;
+}
+
+/// Asserts that the child `old_child`, heartbeating into `$DIR/<old>.stamps`, is gone, and that its last
+/// heartbeat came before the first one in `$DIR/<new>.stamps`.
+async fn assert_gone_before_the_next_worked(d: &Path, old_child: i32, old: &str, new: &str) {
     assert!(
-        gone(&[a_child], Duration::from_secs(20)).await,
-        "a's child is still running"
+        gone(&[old_child], Duration::from_secs(20)).await,
+        "{old}'s child is still running"
     );
-    let a_last = stamps(&d.join("a.stamps")).into_iter().max().unwrap();
-    let b_first = wait_for(Duration::from_secs(5), || {
-        stamps(&d.join("b.stamps")).into_iter().min()
+    let old_last = stamps(&d.join(format!("{old}.stamps")))
+        .into_iter()
+        .max()
+        .unwrap();
+    let new_first = wait_for(Duration::from_secs(5), || {
+        stamps(&d.join(format!("{new}.stamps"))).into_iter().min()
     })
     .await
     .unwrap();
     assert_before(
-        a_last,
-        b_first,
-        "a's child's last write",
-        "b's child's first",
+        old_last,
+        new_first,
+        &format!("{old}'s child's last write"),
+        &format!("{new}'s child's first"),
     );
+}
+
+/// client-go's default timings (15 s / 10 s / 2 s).
+const DEFAULT: Timings = Timings {
+    lease: Duration::from_secs(15),
+    renew: Duration::from_secs(10),
+    retry: Duration::from_secs(2),
+};
+
+/// Ignores SIGTERM (and so do the processes it starts), records its pid in `$DIR/$INCARNATION.pid`, and
+/// appends a timestamp (ns, `date +%s%N`) to `$DIR/$INCARNATION.stamps` every 10 ms: one file per process,
+/// whatever the identity.
+const INCARNATION_SCRIPT: &str = r#"trap '' TERM; echo $$ > "$DIR/$INCARNATION.pid"
+while :; do date +%s%N >> "$DIR/$INCARNATION.stamps"; sleep 0.01; done"#;
+
+/// Process `incarnation` of candidate `x` on `url`, running [`INCARNATION_SCRIPT`] while it leads.
+fn incarnation(url: &str, t: &Timings, dir: &Path, incarnation: &str) -> tokio::process::Command {
+    let mut command = candidate(url, "x", t, dir, INCARNATION_SCRIPT);
+    command.env("INCARNATION", incarnation).env("NO_COLOR", "1");
+    command
+}
+
+/// Rule 12, the force-deleted StatefulSet pod: leader `x` is cut off from the API (its node unreachable,
+/// its listener black-holed) and a second process starts with the same identity, as the recreated pod
+/// does. The new one waits for the Lease to expire by its own clock: from the children's own records
+/// (both ignore SIGTERM), the old child's last heartbeat comes before the new child's first.
+async fn a_reused_identity_waits_for_the_cut_off_incarnation(t: &Timings) {
+    let server = FakeApiServer::start().await.unwrap();
+    let spare = server.add_listener().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _old = incarnation(&server.url(), t, d, "old").spawn().unwrap();
+    let old_child = wait_for(Duration::from_secs(20), || pid_in(&d.join("old.pid")))
+        .await
+        .expect("the old incarnation leads");
+    server.default_listener().set_faults(Faults::partition());
+    let cut_off = Instant::now();
+    let _new = incarnation(&spare.url(), t, d, "new").spawn().unwrap();
+    wait_for(3 * t.lease + Duration::from_secs(20), || {
+        pid_in(&d.join("new.pid"))
+    })
+    .await
+    .expect("the new incarnation leads once the old one's Lease expired");
+    println!(
+        "the new incarnation led {:?} after the cut",
+        cut_off.elapsed()
+    );
+    assert_gone_before_the_next_worked(d, old_child, "old", "new").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_12_a_reused_identity_waits_for_the_cut_off_incarnation_at_short_timings() {
+    a_reused_identity_waits_for_the_cut_off_incarnation(&FAST).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_12_a_reused_identity_waits_for_the_cut_off_incarnation_at_default_timings() {
+    a_reused_identity_waits_for_the_cut_off_incarnation(&DEFAULT).await;
+}
+
+/// The Lease's term (`leaseTransitions`) as `leader-elect status` reads it.
+async fn term(url: &str) -> i64 {
+    status(url).await["term"].as_i64().unwrap()
+}
+
+/// Rule 12, two live processes with one identity `x` (a copied `--identity`) for 30 s, each on its own
+/// listener: one leads, the other waits and writes nothing; each sends at most one Lease request per
+/// retry period (after a few to start), the term changes at most once, and the waiting one logs an
+/// ERROR naming the identity, at most once per lease duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_12_two_live_processes_with_one_identity_neither_storm_nor_fight() {
+    const RUN: Duration = Duration::from_secs(30);
+    let t = &FAST;
+    let server = FakeApiServer::start().await.unwrap();
+    let spare = server.add_listener().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut first = incarnation(&server.url(), t, d, "first").spawn().unwrap();
+    wait_for(Duration::from_secs(20), || pid_in(&d.join("first.pid")))
+        .await
+        .expect("the first process leads");
+    let term_before = term(&server.url()).await;
+    server.reset_counts();
+    let second = incarnation(&spare.url(), t, d, "second")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(RUN).await;
+    let counts = server.counts();
+    let term_after = term(&server.url()).await;
+    let lease_requests = |listener: usize| -> u64 {
+        counts
+            .iter()
+            .filter(|c| c.listener == listener && c.resource == "leases")
+            .map(|c| c.count)
+            .sum()
+    };
+    let bound = u64::try_from(RUN.as_millis() / t.retry.as_millis()).unwrap() + 5;
+    for (who, listener) in [("first", 0), ("second", spare.id())] {
+        let requests = lease_requests(listener);
+        println!("{who}: {requests} Lease requests in {RUN:?}");
+        assert!(
+            requests <= bound,
+            "{who} sent {requests} Lease requests in {RUN:?} (at most {bound}): {counts:?}"
+        );
+    }
+    assert!(
+        term_after - term_before <= 1,
+        "the term went from {term_before} to {term_after}"
+    );
+    kill(pid(&second), Signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), second.wait_with_output())
+        .await
+        .expect("the second process exits on SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR")
+                && l.contains("another process holds the lease under this candidate's identity x")
+        })
+        .collect();
+    println!("{} ERROR lines: {errors:#?}", errors.len());
+    let most = usize::try_from(RUN.as_secs() / t.lease.as_secs()).unwrap() + 2;
+    assert!(
+        (1..=most).contains(&errors.len()),
+        "{} ERROR lines naming the identity (1 to {most} expected):\n{stderr}",
+        errors.len()
+    );
+    // Before the ERRORs, one WARN for the first record: it might have been an earlier run's.
+    let warned = stderr
+        .lines()
+        .filter(|l| {
+            l.contains("WARN")
+                && l.contains(
+                    "the lease names this candidate's identity but another process wrote it",
+                )
+        })
+        .count();
+    assert_eq!(warned, 1, "{stderr}");
+    stop_all(std::slice::from_mut(&mut first)).await;
+    server.shutdown().await;
 }
 
 /// A fake API server and candidate `a` leading with `GRANDCHILDREN_SCRIPT`: the server, the directory

@@ -12,6 +12,7 @@
 //! | `leader_election_api_errors_total{verb,reason}` | counter | failed Lease requests |
 //! | `leader_election_lease_transitions` | gauge | the Lease's current term (`leaseTransitions`) |
 //! | `leader_election_work_failures_total` | counter | terms ended because their leader-only work failed |
+//! | `leader_election_identity_in_use_total` | counter | times another live process was seen writing the Lease under this replica's identity |
 //! | `leader_election_component_failures_total{component}` | counter | failures of a supervised component (error, panic or early return) |
 //! | `leader_election_component_budget_exhausted_total{component}` | counter | failures the [`crate::Supervisor`] no longer restarted: the component stepped down or failed the process |
 
@@ -120,6 +121,7 @@ struct Inner {
     api_errors: Family<ErrorLabels, Counter>,
     lease_transitions: Gauge,
     work_failures: Counter,
+    identity_in_use: Counter,
     component_failures: Family<ComponentLabel, Counter>,
     component_budget_exhausted: Family<ComponentLabel, Counter>,
     components: Mutex<BTreeMap<String, ComponentFailures>>,
@@ -140,6 +142,7 @@ impl Metrics {
             api_errors: Family::default(),
             lease_transitions: Gauge::default(),
             work_failures: Counter::default(),
+            identity_in_use: Counter::default(),
             component_failures: Family::default(),
             component_budget_exhausted: Family::default(),
             components: Mutex::default(),
@@ -184,6 +187,12 @@ impl Metrics {
             "leader_election_work_failures",
             "Terms ended because their leader-only work panicked.",
             inner.work_failures.clone(),
+        );
+        registry.register(
+            "leader_election_identity_in_use",
+            "Times another live process was seen writing the lease under this replica's identity (at most \
+             once per lease duration).",
+            inner.identity_in_use.clone(),
         );
         registry.register(
             "leader_election_component_failures",
@@ -376,5 +385,9 @@ impl Observer for Metrics {
 
     fn on_work_failure(&self) {
         self.inner.work_failures.inc();
+    }
+
+    fn on_identity_in_use(&self) {
+        self.inner.identity_in_use.inc();
     }
 }

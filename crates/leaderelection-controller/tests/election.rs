@@ -266,3 +266,19 @@ async fn transitions_and_time_as_leader_are_tracked_while_leading() {
         "{text}"
     );
 }
+
+/// `leader_election_identity_in_use_total` counts what the elector reports when another live process
+/// writes the Lease under this replica's identity (`docs/design.md`, "An identity is not an incarnation").
+#[test]
+fn identity_in_use_is_counted() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry, "lease");
+    leaderelection::Observer::on_identity_in_use(&metrics);
+    leaderelection::Observer::on_identity_in_use(&metrics);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("leader_election_identity_in_use_total 2\n"),
+        "{text}"
+    );
+}

@@ -180,6 +180,11 @@ pub trait Observer: Send + Sync + 'static {
     /// The term's leader-only work (the `on_started_leading` task) panicked; the term ends at once
     /// (`leader_election_work_failures_total`).
     fn on_work_failure(&self) {}
+
+    /// Another live process keeps writing the Lease under this candidate's identity (two processes share
+    /// it, `docs/design.md`, "An identity is not an incarnation"): reported with each ERROR that says so,
+    /// at most once per lease duration.
+    fn on_identity_in_use(&self) {}
 }
 
 /// The [`Observer`] that ignores everything.

@@ -1,6 +1,7 @@
 //! `Elector`: client-go's leader-election algorithm over a [`LeaseLock`], with a watch, a monotonic
 //! validity deadline, and work stopped before the Lease is released.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -36,6 +37,10 @@ const STAGGER_STEP: Duration = Duration::from_millis(2);
 /// The highest estimate of contenders ([`Contention`]): bounds the takeover delay to
 /// `STAGGER_STEP x (MAX_CONTENDERS - 1)`, about two seconds, and never more than a retry period.
 const MAX_CONTENDERS: u32 = 1024;
+
+/// The most election records a run remembers as its own writes ([`OwnWrites`]): reached only by a run
+/// whose writes keep losing their answers (each may have landed), and then the newest are kept.
+const MAX_OWN_WRITES: usize = 64;
 
 /// One candidate in the election of one Lease.
 ///
@@ -396,17 +401,21 @@ enum Seen {
     Unknown,
     /// The Lease does not exist.
     Missing,
-    /// The Lease as observed, and when we first saw this `resourceVersion` (our monotonic clock).
+    /// The Lease as observed, and when we first saw its election record (our monotonic clock).
     Present {
         lease: ObservedLease,
         observed_at: Instant,
+        /// When the holder seen before this record is gone by our clock: `None` when nobody else held it
+        /// (free, missing, or written by this run). An election controller's assignment naming us is
+        /// taken only then ([`Runner::decide`]).
+        prior_expiry: Option<Instant>,
     },
 }
 
 /// What a follower should do now.
 enum Decision {
     Create,
-    /// Take the Lease over (free, expired, or already naming us), guarded by this version.
+    /// Take the Lease over (free, expired, or holding our own last write), guarded by this version.
     Take(ObservedLease),
     /// Someone else holds it until this instant, by our clock.
     Wait(Instant),
@@ -471,6 +480,101 @@ impl Contention {
     }
 }
 
+/// The election records this run wrote (`docs/design.md`, "An identity is not an incarnation").
+///
+/// A Lease naming our identity is ours only if its election record is one of these: another process with
+/// the same identity (a recreated pod with the same `POD_NAME`, a copied `--identity`) writes records with
+/// its own `renewTime` (microseconds), which ours never equal. A record is remembered from the moment its
+/// write is sent, since a write whose answer is lost (a timeout, commit-then-drop) may have landed; it is
+/// forgotten when refused (409, 404), or once it is older than the horizon (a lease duration) and a later
+/// write of ours was answered: it can then only come back through a watch lagging by more than that.
+#[derive(Debug, Default)]
+struct OwnWrites {
+    /// Oldest first.
+    writes: VecDeque<OwnWrite>,
+}
+
+#[derive(Debug)]
+struct OwnWrite {
+    record: LeaderElectionRecord,
+    sent_at: Instant,
+    /// The API server answered that it stored this record.
+    answered: bool,
+}
+
+// === impl OwnWrites ===
+
+impl OwnWrites {
+    /// A write of `record` is about to be sent: from now on it may be in the Lease.
+    fn sending(&mut self, record: &LeaderElectionRecord, horizon: Duration) {
+        let now = Instant::now();
+        self.prune(now, horizon);
+        self.writes.push_back(OwnWrite {
+            record: record.clone(),
+            sent_at: now,
+            answered: false,
+        });
+    }
+
+    /// The write of `sent` was answered with `stored` (the record as the API server stored it).
+    fn stored(&mut self, sent: &LeaderElectionRecord, stored: &LeaderElectionRecord) {
+        if let Some(write) = self.find(sent) {
+            write.record = stored.clone();
+            write.answered = true;
+        }
+    }
+
+    /// The write of `sent` was refused (409 Conflict or AlreadyExists, 404): it never landed.
+    fn refused(&mut self, sent: &LeaderElectionRecord) {
+        if let Some(index) = self
+            .writes
+            .iter()
+            .rposition(|w| same_write(&w.record, sent))
+        {
+            self.writes.remove(index);
+        }
+    }
+
+    /// Whether this run wrote `record` (metadata and `preferredHolder` or `strategy` written over it by
+    /// others aside).
+    fn wrote(&self, record: &LeaderElectionRecord) -> bool {
+        self.writes.iter().any(|w| same_write(&w.record, record))
+    }
+
+    fn find(&mut self, sent: &LeaderElectionRecord) -> Option<&mut OwnWrite> {
+        self.writes
+            .iter_mut()
+            .rev()
+            .find(|w| same_write(&w.record, sent))
+    }
+
+    /// Forgets what no read can return any more: writes sent before the last answered one (the Lease moved
+    /// past them) and older than `horizon`; then all but the newest [`MAX_OWN_WRITES`].
+    fn prune(&mut self, now: Instant, horizon: Duration) {
+        let last_answered = self.writes.iter().rposition(|w| w.answered).unwrap_or(0);
+        let mut index = 0;
+        self.writes.retain(|w| {
+            let keep = index >= last_answered || now < w.sent_at + horizon;
+            index += 1;
+            keep
+        });
+        let excess = self.writes.len().saturating_sub(MAX_OWN_WRITES);
+        self.writes.drain(..excess);
+    }
+}
+
+/// Whether `a` and `b` are the same write of an election record: holder, renewTime, acquireTime,
+/// leaseTransitions and leaseDurationSeconds equal. `preferredHolder` and `strategy` are left out: others
+/// write them over a holder's record (`leader-elect yield`, the election controller) without making it
+/// theirs.
+fn same_write(a: &LeaderElectionRecord, b: &LeaderElectionRecord) -> bool {
+    a.holder_identity == b.holder_identity
+        && a.renew_time == b.renew_time
+        && a.acquire_time == b.acquire_time
+        && a.lease_transitions == b.lease_transitions
+        && a.lease_duration_seconds == b.lease_duration_seconds
+}
+
 /// A takeable Lease (free, expired, missing) that a watching follower holds back from, by version.
 #[derive(Debug)]
 struct Holdoff {
@@ -518,6 +622,13 @@ struct Runner<'a> {
     contention: Contention,
     /// A takeable Lease we hold back from (staggered takeover, or a race lost on it).
     holdoff: Option<Holdoff>,
+    /// The election records this run wrote: a Lease naming us is ours only if it holds one of them.
+    own: OwnWrites,
+    /// The first record naming us that another process wrote, as this run saw it: said at WARN (it may be
+    /// an earlier run of this candidate, gone).
+    foreign_seen: Option<LeaderElectionRecord>,
+    /// When we last said at ERROR that another process writes the Lease under our identity.
+    identity_alarm: Option<Instant>,
 }
 
 // === impl Watching ===
@@ -554,6 +665,9 @@ impl<'a> Runner<'a> {
             gone_logged: false,
             contention: Contention { estimate: 1 },
             holdoff: None,
+            own: OwnWrites::default(),
+            foreign_seen: None,
+            identity_alarm: None,
         }
     }
 
@@ -588,6 +702,7 @@ impl<'a> Runner<'a> {
                 StopReason::WorkFailed { .. } => self.pause().await?,
                 // A candidate that yielded follows: it leaves the released Lease to the preferred holder.
                 StopReason::LeaseLost { .. }
+                | StopReason::IdentityInUse
                 | StopReason::RenewDeadlineExceeded
                 | StopReason::Released
                 | StopReason::Yielded { .. } => {}
@@ -634,9 +749,83 @@ impl<'a> Runner<'a> {
                     Err(Retry::Now) => {}
                     Err(Retry::Later) => self.pause().await?,
                 },
-                Decision::Wait(until) => self.wait(until).await?,
+                Decision::Wait(until) => {
+                    self.report_identity_in_use();
+                    self.wait(until).await?;
+                }
             }
         }
+    }
+
+    /// Says that the Lease we wait for names our identity but holds a record this run did not write: at
+    /// WARN for the first such record (an earlier run of this candidate may have written it and be gone,
+    /// as after a restart), at ERROR once such records keep coming (another live process writes under our
+    /// identity), at most once per lease duration.
+    fn report_identity_in_use(&mut self) {
+        let Seen::Present { lease, .. } = &self.seen else {
+            return;
+        };
+        let record = &lease.record;
+        if record.holder_identity != self.identity()
+            || self.own.wrote(record)
+            || self.assigned_to_us(record)
+        {
+            return;
+        }
+        let Some(first) = &self.foreign_seen else {
+            warn!(
+                identity = %self.identity(),
+                lease = %self.inner.lock.describe(),
+                term = record.lease_transitions,
+                "the lease names this candidate's identity but another process wrote it (an earlier run \
+                 of this candidate, or another process with the same identity); not taking it until it \
+                 expires by our clock"
+            );
+            self.foreign_seen = Some(record.clone());
+            return;
+        };
+        if same_write(first, record) {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .identity_alarm
+            .is_some_and(|at| now < at + self.config().lease_duration)
+        {
+            return;
+        }
+        self.identity_alarm = Some(now);
+        error!(
+            identity = %self.identity(),
+            lease = %self.inner.lock.describe(),
+            term = record.lease_transitions,
+            "another process holds the lease under this candidate's identity {} and renews it: two \
+             processes share one identity (a pod recreated with the same name while the old one still \
+             runs, or a copied --identity); not taking it until it expires by our clock; give every \
+             process its own identity (logged at most once per lease duration)",
+            self.identity()
+        );
+        self.inner.observer.on_identity_in_use();
+    }
+
+    /// Whether `record` is an election controller's assignment of the Lease to us (coordinated election:
+    /// `strategy` set, naming us, no `acquireTime`, which every elector writes when its term starts and
+    /// the controller never does; `docs/design.md`, "An identity is not an incarnation").
+    fn assigned_to_us(&self, record: &LeaderElectionRecord) -> bool {
+        self.coordinated()
+            && record.strategy.is_some()
+            && record.acquire_time.is_none()
+            && record.holder_identity == self.identity()
+    }
+
+    /// When the holder of `record`, first seen at `observed_at`, is gone by our clock; `None` when nobody
+    /// else holds it (free, or a record this run wrote).
+    fn foreign_expiry(
+        &self,
+        record: &LeaderElectionRecord,
+        observed_at: Instant,
+    ) -> Option<Instant> {
+        (record.is_held() && !self.own.wrote(record)).then(|| observed_at + lease_duration(record))
     }
 
     fn decide(&self, now: Instant) -> Decision {
@@ -655,7 +844,11 @@ impl<'a> Runner<'a> {
                 // Taken only once the election controller names us (client-go `tryCoordinatedRenew`).
                 Decision::Wait(now + self.config().lease_duration)
             }
-            Seen::Present { lease, observed_at } => {
+            Seen::Present {
+                lease,
+                observed_at,
+                prior_expiry,
+            } => {
                 let record = &lease.record;
                 if !record.is_held() && record.preferred_other_than(self.identity()).is_some() {
                     // Released for a preferred holder: it takes the Lease first; if it does not within
@@ -667,10 +860,17 @@ impl<'a> Runner<'a> {
                         Decision::Wait(deferred_until)
                     };
                 }
-                if !record.is_held() || record.holder_identity == self.identity() {
+                if !record.is_held() || self.own.wrote(record) {
                     return Decision::Take(lease.clone());
                 }
-                let expires_at = *observed_at + lease_duration(record);
+                // Held by another process, possibly under our identity: taken once it expired by our
+                // clock. An election controller's assignment to us, once the holder before it has (the
+                // controller judged that one's expiry by the server's clock).
+                let expires_at = if self.assigned_to_us(record) {
+                    prior_expiry.unwrap_or(now)
+                } else {
+                    *observed_at + lease_duration(record)
+                };
                 if now >= expires_at {
                     Decision::Take(lease.clone())
                 } else {
@@ -681,15 +881,17 @@ impl<'a> Runner<'a> {
     }
 
     /// Whether a watching follower writes `decision` now. A free or expired Lease is taken after a
-    /// staggered delay ([`Contention`]), unless it names us or prefers us (then at once); a version we
-    /// lost a race on is left alone until the watch shows the winner's write.
+    /// staggered delay ([`Contention`]), unless it holds our own last write, is assigned to us or prefers
+    /// us (then at once); a version we lost a race on is left alone until the watch shows the winner's
+    /// write.
     fn hold_back(&mut self, decision: &Decision) -> Hold {
         let (version, record) = match decision {
             Decision::Wait(_) => return Hold::Act,
             Decision::Create => (None, None),
             Decision::Take(lease) => {
                 let record = &lease.record;
-                if record.holder_identity == self.identity()
+                if self.own.wrote(record)
+                    || self.assigned_to_us(record)
                     || record.preferred_holder.as_deref() == Some(self.identity())
                 {
                     return Hold::Act;
@@ -804,17 +1006,39 @@ impl<'a> Runner<'a> {
     /// `resourceVersion` is always kept, to guard the next write.
     fn observe(&mut self, lease: ObservedLease) {
         let now = Instant::now();
-        let observed_at = match &self.seen {
-            Seen::Present {
-                lease: previous,
-                observed_at,
-            } if previous.record == lease.record => *observed_at,
-            _ => self
-                .inner
+        let first_seen = || {
+            self.inner
                 .lock
                 .first_seen(&lease)
                 .filter(|seen| *seen <= now)
-                .unwrap_or(now),
+                .unwrap_or(now)
+        };
+        let (observed_at, prior_expiry) = match &self.seen {
+            Seen::Present {
+                lease: previous,
+                observed_at,
+                prior_expiry,
+            } if previous.record == lease.record => (*observed_at, *prior_expiry),
+            Seen::Present {
+                lease: previous,
+                observed_at,
+                prior_expiry,
+            } => {
+                let previous_expiry = self.foreign_expiry(&previous.record, *observed_at);
+                // An assignment replacing an assignment keeps the wait for the holder before both.
+                let inherited = (previous.record.holder_identity == self.identity()
+                    && !self.own.wrote(&previous.record))
+                .then_some(*prior_expiry)
+                .flatten();
+                (first_seen(), previous_expiry.max(inherited))
+            }
+            Seen::Missing => (first_seen(), None),
+            // The first record of this run: who held the Lease before it is unknown, so a record assigned
+            // to us waits out its own duration.
+            Seen::Unknown => {
+                let observed_at = first_seen();
+                (observed_at, self.foreign_expiry(&lease.record, observed_at))
+            }
         };
         self.highest_term = self.highest_term.max(Some(lease.record.lease_transitions));
         let same_version = matches!(&self.seen, Seen::Present { lease: previous, .. }
@@ -824,7 +1048,11 @@ impl<'a> Runner<'a> {
             // bookmark's): the Lease's own version may be older than the watch history.
             self.resume_from = Some(lease.resource_version.clone());
         }
-        self.seen = Seen::Present { lease, observed_at };
+        self.seen = Seen::Present {
+            lease,
+            observed_at,
+            prior_expiry,
+        };
         self.publish_observed();
     }
 
@@ -872,9 +1100,9 @@ impl<'a> Runner<'a> {
         self.acquire(None).await
     }
 
-    /// Takes over `lease` (free, expired, or naming us) with a PUT guarded by its `resourceVersion`; a new
-    /// term number (above any seen) and a new `acquireTime`, even when it already names us: the work
-    /// restarts, so the fencing token must change.
+    /// Takes over `lease` (free, expired, assigned to us, or holding our own last write) with a PUT guarded
+    /// by its `resourceVersion`; a new term number (above any seen) and a new `acquireTime`, even when it
+    /// already names us: the work restarts, so the fencing token must change.
     async fn take(&mut self, lease: ObservedLease) -> Result<(ObservedLease, Instant), Retry> {
         self.acquire(Some(&lease)).await
     }
@@ -897,6 +1125,7 @@ impl<'a> Runner<'a> {
         };
         let sent_at = Instant::now();
         let valid_until = sent_at + self.config().renew_deadline;
+        self.own.sending(&desired, self.config().lease_duration);
         let (verb, call) = match guard {
             None => ("create", self.inner.lock.create(&desired)),
             Some(lease) => (
@@ -907,6 +1136,13 @@ impl<'a> Runner<'a> {
         let result = self
             .request_by(verb, Phase::Acquire, valid_until, call)
             .await;
+        match &result {
+            Ok(stored) => self.own.stored(&desired, &stored.record),
+            Err(LockError::AlreadyExists | LockError::Conflict | LockError::NotFound) => {
+                self.own.refused(&desired);
+            }
+            Err(_) => {}
+        }
         if Instant::now() >= valid_until
             && let Ok(late) = &result
         {
@@ -924,6 +1160,20 @@ impl<'a> Runner<'a> {
             Ok(lease) => {
                 self.contention.won();
                 Ok((lease, sent_at))
+            }
+            Err(LockError::NotFound) if guard.is_none() => {
+                // A POST to the collection cannot miss the object it creates: the namespace or the
+                // resource is missing (`KubeLeaseLock` reports kube-apiserver's NamespaceLifecycle 404 as
+                // an API error already; another lock, or a proxy, may not). No race was lost: reading and
+                // creating again at once would loop without a pause, so retry after a retry period.
+                warn!(
+                    identity = %self.identity(),
+                    lease = %self.inner.lock.describe(),
+                    "creating the lease answered 404 Not Found (its namespace does not exist, or leases \
+                     are not served there); retrying after a retry period"
+                );
+                self.stale = true;
+                Err(Retry::Later)
             }
             Err(LockError::AlreadyExists | LockError::Conflict | LockError::NotFound) => {
                 if matches!(self.watching, Watching::Open { .. }) {
@@ -1228,7 +1478,10 @@ impl<'a> Runner<'a> {
         // Stop believing first (state and is_leader), then stop the work, then release. When the Lease is
         // someone else's, its new holder may already run: the work must go at once.
         let now = Instant::now();
-        let kill_now = matches!(reason, StopReason::LeaseLost { .. } | StopReason::Released);
+        let kill_now = matches!(
+            reason,
+            StopReason::LeaseLost { .. } | StopReason::IdentityInUse | StopReason::Released
+        );
         self.inner.state.send_modify(|state| {
             state.term = None;
             state.valid_until = None;
@@ -1313,7 +1566,7 @@ impl<'a> Runner<'a> {
                 let by_timeout = Instant::now() + self.config().effective_stop_timeout();
                 by_timeout.min(tenure.work_deadline(self.config()))
             }
-            StopReason::LeaseLost { .. } | StopReason::Released => {
+            StopReason::LeaseLost { .. } | StopReason::IdentityInUse | StopReason::Released => {
                 let now = Instant::now();
                 self.inner.state.send_if_modified(|state| {
                     let later = state.work_deadline.is_none_or(|d| d > now);
@@ -1385,6 +1638,7 @@ impl<'a> Runner<'a> {
                     tenure.lease.record.lease_transitions,
                 )
             };
+            self.own.sending(&desired, self.config().lease_duration);
             let renewed = tokio::select! {
                 biased;
                 output = &mut until => return Ok(output),
@@ -1395,6 +1649,11 @@ impl<'a> Runner<'a> {
                     self.inner.lock.update(&desired, &tenure.lease.resource_version),
                 ) => renewed,
             };
+            match &renewed {
+                Ok(stored) => self.own.stored(&desired, &stored.record),
+                Err(LockError::Conflict | LockError::NotFound) => self.own.refused(&desired),
+                Err(_) => {}
+            }
             match renewed {
                 Ok(renewed) => {
                     tenure.lease = renewed.clone();
@@ -1467,7 +1726,8 @@ impl<'a> Runner<'a> {
     }
 
     /// What the leader's watch of its own Lease says: the term ends at once when the Lease was taken,
-    /// released or deleted by someone else.
+    /// released or deleted by someone else, also by another process under our identity (a write naming
+    /// us that this run did not make).
     fn on_own_watch_event(
         &mut self,
         event: Option<Result<LeaseEvent, LockError>>,
@@ -1475,25 +1735,19 @@ impl<'a> Runner<'a> {
     ) -> Result<(), StopReason> {
         match event {
             Some(Ok(LeaseEvent::Applied(lease))) => {
-                let record = &lease.record;
-                if record.holder_identity != self.identity()
-                    || record.lease_transitions != tenure.lease.record.lease_transitions
-                {
-                    let holder = record.holder_identity.clone();
-                    self.observe(lease);
-                    return Err(if holder.is_empty() {
-                        StopReason::Released
-                    } else {
-                        StopReason::LeaseLost { new_holder: holder }
-                    });
-                }
-                if *record == tenure.lease.record || record.preferred_holder.is_some() {
-                    // Our own last write, a metadata-only write over it, or a request to yield: guard the
-                    // next renewal with the newest version instead of running into a conflict.
+                if same_write(&lease.record, &tenure.lease.record) {
+                    // Our own last write, or a write over it of metadata or of a request to yield: guard
+                    // the next renewal with the newest version instead of running into a conflict.
                     tenure.lease = lease.clone();
                     self.observe(lease);
                     tenure.check_preference(self.identity())?;
+                } else if !self.own.wrote(&lease.record) {
+                    let reason = self.lost_to(&lease.record);
+                    self.observe(lease);
+                    return Err(reason);
                 }
+                // Else an earlier write of ours delivered late, or one whose answer was lost: the next
+                // renewal (or its conflict) settles which version is current.
             }
             Some(Ok(LeaseEvent::Deleted(rv))) => {
                 self.seen = Seen::Missing;
@@ -1515,23 +1769,32 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// client-go's slow path: after a renew conflict, GET and see whether the Lease still names us:
-    /// `Ok(Some)` ours, `Ok(None)` the read failed (retry), `Err` the term ended.
+    /// Why the term ends when the Lease holds `record`, a record this run did not write.
+    fn lost_to(&self, record: &LeaderElectionRecord) -> StopReason {
+        if record.holder_identity.is_empty() {
+            StopReason::Released
+        } else if record.holder_identity == self.identity() {
+            StopReason::IdentityInUse
+        } else {
+            StopReason::LeaseLost {
+                new_holder: record.holder_identity.clone(),
+            }
+        }
+    }
+
+    /// client-go's slow path: after a renew conflict, GET and see whether the Lease still holds our own
+    /// write (client-go only checks that it names us): `Ok(Some)` ours, `Ok(None)` the read failed
+    /// (retry), `Err` the term ended.
     async fn reread(&mut self, valid_until: Instant) -> Result<Option<ObservedLease>, StopReason> {
         let read = self
             .request_until("get", Phase::SlowPath, valid_until, self.inner.lock.get())
             .await;
         match read {
             Ok(Some(fresh)) => {
-                let holder = fresh.record.holder_identity.clone();
+                let ours = self.own.wrote(&fresh.record);
+                let reason = self.lost_to(&fresh.record);
                 self.observe(fresh.clone());
-                if holder == self.identity() {
-                    Ok(Some(fresh))
-                } else if holder.is_empty() {
-                    Err(StopReason::Released)
-                } else {
-                    Err(StopReason::LeaseLost { new_holder: holder })
-                }
+                if ours { Ok(Some(fresh)) } else { Err(reason) }
             }
             Ok(None) => {
                 self.seen = Seen::Missing;
@@ -1545,9 +1808,10 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Releases the Lease if it still names us: fresh GET, then a PUT guarded by what was read, with
-    /// holder `""`, `leaseDurationSeconds: 1` and the transitions kept; retried on conflict until
-    /// `renew_deadline` has passed (client-go's `release`, fixed to check the fresh holder).
+    /// Releases the Lease if it still holds our own write: fresh GET, then a PUT guarded by what was read,
+    /// with holder `""`, `leaseDurationSeconds: 1` and the transitions kept; retried on conflict until
+    /// `renew_deadline` has passed (client-go's `release`, fixed to check the fresh record). A Lease naming
+    /// us that another process wrote (a new incarnation) is not ours to release.
     async fn release(&mut self) -> bool {
         let deadline = Instant::now() + self.config().renew_deadline;
         while Instant::now() < deadline {
@@ -1555,10 +1819,10 @@ impl<'a> Runner<'a> {
                 .request_until("get", Phase::Release, deadline, self.inner.lock.get())
                 .await;
             let fresh = match read {
-                Ok(Some(fresh)) if fresh.record.holder_identity == self.identity() => fresh,
+                Ok(Some(fresh)) if self.own.wrote(&fresh.record) => fresh,
                 Ok(Some(other)) => {
                     debug!(identity = %self.identity(), holder = %other.record.holder_identity,
-                        "not releasing: the lease is no longer ours");
+                        "not releasing: the lease no longer holds our write");
                     self.observe(other);
                     return false;
                 }

@@ -74,12 +74,19 @@ impl LeaderState {
 
 /// Why a term ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// Another candidate holds the Lease (seen on a renew conflict).
     LeaseLost {
         /// The holder now.
         new_holder: String,
     },
+    /// Another process wrote the Lease under this candidate's identity (a recreated pod with the same
+    /// name, a copied `--identity`): a write naming us that this run did not make, seen by the leader's
+    /// watch or after a renew conflict. The Lease is someone else's (`docs/design.md`, "An identity is not
+    /// an incarnation"): the work stops at once, and the Lease is neither released nor taken back before it
+    /// expires by our clock.
+    IdentityInUse,
     /// No renew succeeded within `renew_deadline` (API unreachable, slow or failing; or this process was
     /// frozen past its deadline).
     RenewDeadlineExceeded,
@@ -108,6 +115,7 @@ impl StopReason {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::LeaseLost { .. } => "lease_lost",
+            Self::IdentityInUse => "identity_in_use",
             Self::RenewDeadlineExceeded => "renew_deadline_exceeded",
             Self::Released => "released",
             Self::Shutdown => "shutdown",

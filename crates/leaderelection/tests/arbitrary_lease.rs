@@ -2,8 +2,8 @@
 //! huge holder, a negative or huge `leaseDurationSeconds`, `leaseTransitions` at `i32::MAX`, times far in
 //! the past or future, missing fields), read as [`LeaderElectionRecord::from_lease_spec`] reads it, an
 //! `Elector` run for a minute of virtual time does not panic and keeps its documented rules
-//! (`docs/design.md`): it takes a Lease another candidate holds only once the Lease has expired by its own
-//! clock, counted from when it first saw the record; its first term is `leaseTransitions` plus one (staying
+//! (`docs/design.md`): it takes a Lease another candidate holds (or another process under its identity) only once the
+//! Lease has expired by its own clock, counted from when it first saw the record; its first term is `leaseTransitions` plus one (staying
 //! `i32::MAX` at the top); the term never decreases.
 
 use std::time::Duration;
@@ -23,7 +23,7 @@ fn holder() -> impl Strategy<Value = Option<String>> {
     prop_oneof![
         Just(None),
         Just(Some(String::new())),
-        // The candidate itself, as after a restart.
+        // The candidate's own identity, written by another process (an earlier run): another holder's.
         Just(Some("a".to_owned())),
         "[a-z0-9.-]{1,20}".prop_map(Some),
         Just(Some("h".repeat(100_000))),
@@ -137,26 +137,25 @@ proptest! {
             .unwrap();
         let (led_after, terms, store) = runtime.block_on(elect(record.clone()));
 
-        let own = record.holder_identity == "a";
         let duration = Duration::from_secs(u64::try_from(record.lease_duration_seconds).unwrap_or(0));
-        // Someone else holds it, or it was released for another preferred holder: wait for its expiry.
-        let waits = !own
-            && (record.is_held()
-                || record.preferred_holder.as_deref().is_some_and(|p| p != "a"));
+        // Someone else holds it (also under our identity: this run did not write it), or it was released
+        // for another preferred holder: wait for its expiry.
+        let waits = record.is_held()
+            || record.preferred_holder.as_deref().is_some_and(|p| p != "a");
         if waits && let Some(led_after) = led_after {
             prop_assert!(
                 led_after >= duration,
                 "led after {led_after:?}, before the Lease's {duration:?} expired"
             );
         }
-        // Free, ours, or expired with time to spare (a retry period and the follower's staggered delay):
+        // Free, or expired with time to spare (a retry period and the follower's staggered delay):
         // the elector leads within the run.
         if !waits || duration + Duration::from_secs(10) <= RUN {
             prop_assert!(led_after.is_some(), "never led within {RUN:?}");
         }
         if let Some(&first) = terms.first() {
             // Every acquisition from the follower state starts a new term, also of a Lease naming us
-            // (`docs/design.md`, "taking a Lease that already names us").
+            // (`docs/design.md`, "An identity is not an incarnation").
             prop_assert_eq!(first, record.lease_transitions.saturating_add(1), "the first term");
             prop_assert!(terms.windows(2).all(|w| w[0] <= w[1]), "terms went back: {:?}", terms);
             prop_assert_eq!(

@@ -315,6 +315,57 @@ async fn settled(client: &kube::Client, identity: &str, holder: &str) {
     .await;
 }
 
+/// A fake API server running the election controller, with a 300 ms election window.
+async fn with_election_controller() -> FakeApiServer {
+    FakeApiServer::builder()
+        .coordinated_election(
+            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Coordinated election under rule 12 (`docs/design.md`, "An identity is not an incarnation"): the
+/// election controller judges a holder's expiry by its renewTime against the server's clock, so a holder
+/// whose clock runs 10 s behind (its renewTime 10 s in the past) is replaced 5 s into its 15 s Lease, while
+/// it may still work. The candidate the controller assigns takes the Lease only once that holder's record,
+/// as the candidate first saw it, has expired by its own clock: 15 s after it started, not 5 s.
+#[tokio::test]
+async fn an_assignment_waits_for_the_replaced_holders_lease_to_expire_by_the_candidates_clock() {
+    let server = with_election_controller().await;
+    let client = client(&server.url());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let behind = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(10);
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "l1", "namespace": NS},
+        "spec": {
+            "holderIdentity": "ghost",
+            "leaseDurationSeconds": 15,
+            "acquireTime": MicroTime(behind),
+            "renewTime": MicroTime(behind),
+            "strategy": "OldestEmulationVersion",
+        },
+    }))
+    .unwrap();
+    leases.create(&Default::default(), &lease).await.unwrap();
+    let started = Instant::now();
+    let log = WorkLog::default();
+    let a = Running::start(&client, "pod-a", "1.33.0", &log).await;
+    let deadline = started + Duration::from_secs(40);
+    while !a.elector.is_leader() {
+        assert!(Instant::now() < deadline, "pod-a never led");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let led = started.elapsed();
+    println!("pod-a led {led:?} after it started");
+    assert!(
+        led >= Duration::from_secs(15),
+        "pod-a led {led:?} after it started, before ghost's 15 s Lease expired by its clock"
+    );
+    a.stop().await;
+}
+
 /// The "Done when" of coordinated election: a rolling upgrade under the fake's election controller. Two
 /// candidates of emulation version 1.33.0, then two of 1.34.0 replacing them one by one: the leader is an
 /// old one while one exists, then the oldest new one; no leader's work overlaps the next one's; and no
@@ -322,13 +373,7 @@ async fn settled(client: &kube::Client, identity: &str, holder: &str) {
 /// which writes no acquireTime).
 #[tokio::test]
 async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
-    let server = FakeApiServer::builder()
-        .coordinated_election(
-            fake_apiserver::ElectionTimings::default().election_window(Duration::from_millis(300)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let server = with_election_controller().await;
     let client = client(&server.url());
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     // Every version of the Lease, from before the first candidate.

@@ -6,6 +6,9 @@
 //! - **crashes**: a candidate's `run` task is aborted (no release), and the process comes back after a
 //!   random downtime, under the same identity (a StatefulSet pod) or a new one (a Deployment pod);
 //! - **graceful restarts**: `shutdown` cancelled (work stopped, Lease released), then restarted;
+//! - **identity reuse while cut off** (a StatefulSet pod force-deleted on an unreachable node): the process
+//!   is black-holed but keeps running, and a new process with the same identity takes its place after a
+//!   random delay; once faults stop, both run: two live processes with one identity;
 //! - **frozen processes**: the candidate's `run` future is not polled at all for a while (GC pause,
 //!   SIGSTOP, paused VM): its timers, requests and watch stand still while the others' clocks run;
 //! - **API faults** ([`LockFault`]): hangs (black hole), request delays (some beyond the request
@@ -326,7 +329,7 @@ struct Candidate {
 
 impl Candidate {
     fn start(store: &MemoryLeaseStore, identity: String, process: String, log: &Log) -> Self {
-        let lock = store.lock(&identity);
+        let lock = store.lock(&process);
         let freezer = Arc::new(Freezer::default());
         let open_work: OpenWork = Arc::default();
         let killed = CancellationToken::new();
@@ -567,6 +570,9 @@ struct Sim {
     slots: Vec<Option<Candidate>>,
     /// Candidates shut down gracefully and still stopping (awaited before their identity is reused).
     stopping: Vec<Candidate>,
+    /// Processes cut off from the API whose slot (and identity) a new process took: still running, and
+    /// live again once faults stop.
+    cut_off: Vec<Candidate>,
     restarts: Vec<Restart>,
     /// Frozen slots and when they thaw.
     thaws: Vec<(Instant, usize)>,
@@ -585,6 +591,7 @@ impl Sim {
             origin: Instant::now(),
             slots: Vec::new(),
             stopping: Vec::new(),
+            cut_off: Vec::new(),
             restarts: Vec::new(),
             thaws: Vec::new(),
             processes: 0,
@@ -604,7 +611,7 @@ impl Sim {
     }
 
     fn live(&self) -> impl Iterator<Item = &Candidate> {
-        self.slots.iter().flatten()
+        self.slots.iter().flatten().chain(&self.cut_off)
     }
 
     /// Starts the restarts that are due (all of them when `all`), once a gracefully stopped process with
@@ -694,6 +701,23 @@ impl Sim {
             6..=13 => {
                 candidate.polls |= fault.forbid_watch;
                 candidate.lock.set_fault(fault);
+            }
+            // Cut off, and replaced by a new process with the same identity (rule 12); the old one runs on.
+            14 => {
+                candidate.lock.set_fault(LockFault {
+                    hang: true,
+                    ..LockFault::default()
+                });
+                // Its thaw is keyed by the slot it leaves.
+                candidate.freezer.thaw();
+                self.thaws.retain(|&(_, s)| s != slot);
+                self.restarts.push(Restart {
+                    at: now + Duration::from_millis(millis),
+                    slot,
+                    identity: candidate.identity.clone(),
+                });
+                self.cut_off.push(candidate);
+                return;
             }
             _ => candidate.lock.set_fault(LockFault::default()),
         }
