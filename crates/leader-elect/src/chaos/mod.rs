@@ -915,19 +915,8 @@ impl Run<'_> {
         let fault = self.plan.faults[n].clone();
         match fault.kind {
             FaultKind::KillLeaderElect | FaultKind::Sigterm => {
-                self.check_exits();
-                if self.cluster.is_running(i) {
-                    let stuck = self.signalled_at[i]
-                        .is_some_and(|at| at.elapsed() > Duration::from_secs(15));
-                    if !stuck {
-                        return false;
-                    }
-                    self.cluster.signal_group(i, Signal::SIGKILL);
-                    let _ = self.cluster.wait_exit(i, Duration::from_secs(5)).await;
-                    self.violations.push(Violation::UnexpectedExit {
-                        candidate: self.identities[i].clone(),
-                        status: format!("still running 15 s after {}", fault.kind),
-                    });
+                if !self.gone(i, fault.kind.name()).await {
+                    return false;
                 }
                 self.restart(i, fault.new_identity);
             }
@@ -962,24 +951,17 @@ impl Run<'_> {
             return true;
         };
         self.check_exits();
-        if self.cluster.is_running(x) {
-            match self.signalled_at[x] {
-                None => {
-                    self.expect[x] = Some(Expect::Terminated);
-                    self.signalled_at[x] = Some(tokio::time::Instant::now());
-                    self.cluster.signal(x, Signal::SIGTERM);
-                    return false;
-                }
-                Some(at) if at.elapsed() <= Duration::from_secs(15) => return false,
-                Some(_) => {
-                    self.cluster.signal_group(x, Signal::SIGKILL);
-                    let _ = self.cluster.wait_exit(x, Duration::from_secs(5)).await;
-                    self.violations.push(Violation::UnexpectedExit {
-                        candidate: self.identities[x].clone(),
-                        status: "second process still running 15 s after SIGTERM".into(),
-                    });
-                }
-            }
+        if self.cluster.is_running(x) && self.signalled_at[x].is_none() {
+            self.expect[x] = Some(Expect::Terminated);
+            self.signalled_at[x] = Some(tokio::time::Instant::now());
+            self.cluster.signal(x, Signal::SIGTERM);
+            return false;
+        }
+        if !self
+            .gone(x, "SIGTERM (the second process under its identity)")
+            .await
+        {
+            return false;
         }
         self.extra = None;
         if self.plan.faults[n].kind == FaultKind::DuplicateIdentity {
@@ -1003,6 +985,26 @@ impl Run<'_> {
                 requests: self.requests(x).saturating_sub(extra.requests),
             });
         }
+        true
+    }
+
+    /// Whether slot `i`, signalled to stop by `what`, has exited: false while it may still be stopping;
+    /// 15 s after the signal its group is killed and that is a violation.
+    async fn gone(&mut self, i: usize, what: &str) -> bool {
+        self.check_exits();
+        if !self.cluster.is_running(i) {
+            return true;
+        }
+        let stuck = self.signalled_at[i].is_some_and(|at| at.elapsed() > Duration::from_secs(15));
+        if !stuck {
+            return false;
+        }
+        self.cluster.signal_group(i, Signal::SIGKILL);
+        let _ = self.cluster.wait_exit(i, Duration::from_secs(5)).await;
+        self.violations.push(Violation::UnexpectedExit {
+            candidate: self.identities[i].clone(),
+            status: format!("still running 15 s after {what}"),
+        });
         true
     }
 
