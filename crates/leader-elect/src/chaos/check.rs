@@ -288,6 +288,9 @@ pub(crate) struct Report {
     pub(crate) recovery: Option<Duration>,
     /// How long each frozen child whose term ended lived after leader-elect's SIGCONT.
     pub(crate) thawed_lives: Vec<Duration>,
+    /// Per second process under one identity (`duplicate-identity`): the terms started while it ran, and
+    /// its requests per retry period of its life.
+    pub(crate) duplicated: Vec<(usize, f64)>,
 }
 
 /// Parses the work log: the heartbeats in file order, and a violation for each malformed line.
@@ -400,7 +403,7 @@ pub(crate) fn check(log: &[Heartbeat], observed: &Observed) -> Report {
     }
     terms_increase(log, &writers, observed, &mut report.violations);
     thaws(&writers, observed, &mut report);
-    duplicates(observed, &mut report.violations);
+    duplicates(observed, &mut report);
     recovery(log, observed, &mut report);
     report
 }
@@ -487,13 +490,18 @@ fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
 
 /// While a second process ran under one identity, terms started at most [`Duplicate::term_bound`] times
 /// and it made at most [`Duplicate::request_bound`] requests.
-fn duplicates(observed: &Observed, violations: &mut Vec<Violation>) {
+fn duplicates(observed: &Observed, report: &mut Report) {
+    let violations = &mut report.violations;
     for d in &observed.duplicates {
         let terms = observed
             .terms_started
             .iter()
             .filter(|&&at| d.from <= at && at <= d.to)
             .count();
+        let periods = d.life().as_secs_f64() / observed.retry_period.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // a count of requests is far below 2^52
+        let rate = d.requests as f64 / periods.max(1.0);
+        report.duplicated.push((terms, rate));
         if terms > d.term_bound() {
             violations.push(Violation::TermInflation {
                 identity: d.identity.clone(),
@@ -782,7 +790,9 @@ mod tests {
         // Before and after the window: not counted.
         seen.terms_started = [-1, 0, 400, 1000, 1001].into_iter().map(at).collect();
         let log = work(1, "b", 10, 0, 3000);
-        assert_eq!(check(&log, &seen).violations, vec![]);
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.duplicated, vec![(3, 0.0)], "the figures of the summary");
         seen.terms_started.push(at(500));
         assert!(
             matches!(
@@ -806,7 +816,9 @@ mod tests {
         // 1 s at a 100 ms retry period: 2 x 10 + 10.
         seen.duplicates = vec![duplicate(0, 1000, 0, 30)];
         assert_eq!(seen.duplicates[0].request_bound(seen.retry_period), 30);
-        assert_eq!(check(&log, &seen).violations, vec![]);
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.duplicated, vec![(0, 3.0)], "30 requests in 10 retry periods");
         seen.duplicates = vec![duplicate(0, 1000, 0, 31)];
         assert!(
             matches!(

@@ -233,6 +233,7 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
     let mut recoveries = Vec::new();
     let mut forced = Vec::new();
     let mut thawed = Vec::new();
+    let mut duplicated = Vec::new();
     let (mut terms, mut violations) = (0, 0);
     for o in outcomes {
         for (kind, count) in &o.faults {
@@ -241,6 +242,7 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
         recoveries.extend(o.report.recovery);
         forced.extend(o.report.forced_overlaps.iter().copied());
         thawed.extend(o.report.thawed_lives.iter().copied());
+        duplicated.extend(o.report.duplicated.iter().copied());
         terms += o.report.terms;
         violations += o.report.violations.len();
     }
@@ -277,6 +279,14 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
     println!(
         "frozen children whose term ended, alive after SIGCONT: {}",
         stats(thawed)
+    );
+    let worst_terms = duplicated.iter().map(|(t, _)| *t).max();
+    let worst_rate = duplicated.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+    println!(
+        "second processes under one identity: {}; terms started while one ran: at most {}; its \
+         requests per retry period: at most {worst_rate:.2}",
+        duplicated.len(),
+        worst_terms.map_or_else(|| "-".to_owned(), |t| t.to_string())
     );
     violations
 }
