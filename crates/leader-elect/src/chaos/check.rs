@@ -792,7 +792,11 @@ mod tests {
         let log = work(1, "b", 10, 0, 3000);
         let report = check(&log, &seen);
         assert_eq!(report.violations, vec![]);
-        assert_eq!(report.duplicated, vec![(3, 0.0)], "the figures of the summary");
+        assert_eq!(
+            report.duplicated,
+            vec![(3, 0.0)],
+            "the figures of the summary"
+        );
         seen.terms_started.push(at(500));
         assert!(
             matches!(
@@ -818,7 +822,11 @@ mod tests {
         assert_eq!(seen.duplicates[0].request_bound(seen.retry_period), 30);
         let report = check(&log, &seen);
         assert_eq!(report.violations, vec![]);
-        assert_eq!(report.duplicated, vec![(0, 3.0)], "30 requests in 10 retry periods");
+        assert_eq!(
+            report.duplicated,
+            vec![(0, 3.0)],
+            "30 requests in 10 retry periods"
+        );
         seen.duplicates = vec![duplicate(0, 1000, 0, 31)];
         assert!(
             matches!(
