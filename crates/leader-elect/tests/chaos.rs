@@ -63,6 +63,33 @@ fn the_ci_profile_finds_no_violation() {
     assert_eq!(summary(&text, "violations: "), 0, "seed {seed}: {text}");
 }
 
+/// Issue 18's adversarial faults alone, each of which found two holders at once (or a request storm)
+/// before the fixes: a second process under a cut-off candidate's identity, two live processes under one
+/// identity, SIGSTOP of leader-elect alone, Ctrl-Z.
+#[test]
+fn the_identity_and_stopped_elector_faults_find_no_violation() {
+    let kinds = [
+        "identity-reuse",
+        "duplicate-identity",
+        "stop-elector",
+        "tstp-elector",
+    ];
+    let args: Vec<&str> = kinds.iter().flat_map(|k| ["--kind", k]).collect();
+    let (ok, text) = chaos(4, 18, &args);
+    assert!(ok, "seeds 18..21:\n{text}");
+    assert_eq!(summary(&text, "violations: "), 0, "{text}");
+    let injected = text
+        .lines()
+        .find(|l| l.starts_with("faults injected: "))
+        .unwrap_or_else(|| panic!("no faults line in:\n{text}"));
+    for kind in kinds {
+        assert!(
+            injected.contains(&format!("{kind} ")),
+            "{kind} never injected: {text}"
+        );
+    }
+}
+
 /// A child that starts a copy of itself outside its process group keeps working after its term: the
 /// checks must see the overlap and the orphan, and print how to replay the run.
 #[test]

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-/// One line of the work log, `TERM IDENTITY UNIX_NANOS PID`: a child of `identity` working in `term`
-/// (its `LEADER_ELECT_TERM`) at `at` (its own wall clock; every process is on this machine).
+/// One line of the work log, `TERM IDENTITY UNIX_NANOS PID INCARNATION`: a child of the leader-elect
+/// process `incarnation`, running as `identity`, working in `term` (its `LEADER_ELECT_TERM`) at `at` (its
+/// own wall clock; every process is on this machine).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Heartbeat {
     pub(crate) term: i64,
@@ -16,27 +17,32 @@ pub(crate) struct Heartbeat {
     pub(crate) at: Timestamp,
     /// The process that wrote it (a grandchild when the child is a shell).
     pub(crate) pid: i32,
+    /// The harness's number for the leader-elect process whose child wrote it, unique in the run: two
+    /// processes under one identity are two holders, and a term is one process's.
+    pub(crate) incarnation: u64,
 }
 
 impl Heartbeat {
     /// The line as the worker writes it (with its newline).
     pub(crate) fn line(&self) -> String {
         format!(
-            "{} {} {} {}\n",
+            "{} {} {} {} {}\n",
             self.term,
             self.identity,
             self.at.as_nanosecond(),
-            self.pid
+            self.pid,
+            self.incarnation
         )
     }
 
-    /// Parses one line; `None` when it is not four well-formed fields (a torn or interleaved write).
+    /// Parses one line; `None` when it is not five well-formed fields (a torn or interleaved write).
     pub(crate) fn parse(line: &str) -> Option<Self> {
         let mut fields = line.split(' ');
         let term = fields.next()?.parse().ok()?;
         let identity = fields.next()?.to_owned();
         let at = Timestamp::from_nanosecond(fields.next()?.parse().ok()?).ok()?;
         let pid = fields.next()?.parse().ok()?;
+        let incarnation = fields.next()?.parse().ok()?;
         if identity.is_empty() || fields.next().is_some() {
             return None;
         }
@@ -45,6 +51,7 @@ impl Heartbeat {
             identity,
             at,
             pid,
+            incarnation,
         })
     }
 }
@@ -54,6 +61,7 @@ impl Heartbeat {
 pub(crate) struct Writer {
     pub(crate) term: i64,
     pub(crate) identity: String,
+    pub(crate) incarnation: u64,
     pub(crate) pid: i32,
     pub(crate) first: Timestamp,
     pub(crate) last: Timestamp,
@@ -61,8 +69,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// One term of one leader-elect process: a child it restarted in the term has another pid, but a
+    /// second process under the same identity, even with the same term number, is another holder.
     fn same_term(&self, other: &Self) -> bool {
-        self.term == other.term && self.identity == other.identity
+        self.term == other.term
+            && self.identity == other.identity
+            && self.incarnation == other.incarnation
     }
 
     /// Closed intervals: a shared instant is an overlap (both wrote at that nanosecond).
@@ -75,8 +87,8 @@ impl fmt::Display for Writer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "term {} {} (pid {}) {} .. {}",
-            self.term, self.identity, self.pid, self.first, self.last
+            "term {} {} (incarnation {}, pid {}) {} .. {}",
+            self.term, self.identity, self.incarnation, self.pid, self.first, self.last
         )
     }
 }
@@ -85,12 +97,55 @@ impl fmt::Display for Writer {
 /// leader-elect at `thawed_at`, its children's groups at `child_thawed_at`.
 #[derive(Clone, Debug)]
 pub(crate) struct Freeze {
-    pub(crate) identity: String,
+    /// The frozen leader-elect process (see [`Heartbeat::incarnation`]).
+    pub(crate) incarnation: u64,
     pub(crate) frozen_at: Timestamp,
     pub(crate) thawed_at: Timestamp,
     pub(crate) child_thawed_at: Timestamp,
     /// When leader-elect logged the frozen child's exit, if it did.
     pub(crate) child_exited_at: Option<Timestamp>,
+}
+
+/// A second live leader-elect process under a candidate's identity (`duplicate-identity`), from its start
+/// to its exit.
+#[derive(Clone, Debug)]
+pub(crate) struct Duplicate {
+    pub(crate) identity: String,
+    pub(crate) from: Timestamp,
+    pub(crate) to: Timestamp,
+    /// The other faults that struck from a lease duration before `from` until `to`: each may end a term
+    /// and start another.
+    pub(crate) other_faults: usize,
+    /// Its API requests from start to exit (the count of its own listener).
+    pub(crate) requests: u64,
+}
+
+impl Duplicate {
+    /// At most one term starts for the duplicate's sake, and at most two for each other fault near it
+    /// (one holder cut off, then the next taking over after a forced fault): two live processes under one
+    /// identity must not take the Lease from each other (issue 18 measured ~180 new terms/s).
+    pub(crate) fn term_bound(&self) -> usize {
+        1 + 2 * self.other_faults
+    }
+
+    /// Two requests per retry period of its life, plus 10 for starting (read, create, list, watch) and
+    /// stopping (release): the issue asks for at most one per retry period, a leader renews once per
+    /// retry period and a follower with a watch makes next to none; issue 18 measured ~255 requests/s
+    /// per process while two live ones took the Lease from each other.
+    pub(crate) fn request_bound(&self, retry_period: Duration) -> u64 {
+        let periods = self
+            .life()
+            .as_nanos()
+            .div_ceil(retry_period.as_nanos().max(1));
+        u64::try_from(periods)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(2)
+            .saturating_add(10)
+    }
+
+    fn life(&self) -> Duration {
+        self.to.duration_since(self.from).unsigned_abs()
+    }
 }
 
 /// What the harness knows about one run besides the work log.
@@ -102,6 +157,13 @@ pub(crate) struct Observed {
     /// Lease deletions (a candidate that never saw the Lease creates it with term 0).
     pub(crate) deletions: Vec<Timestamp>,
     pub(crate) freezes: Vec<Freeze>,
+    /// When any candidate process logged "became leader" (every process's log, second processes under
+    /// one identity included).
+    pub(crate) terms_started: Vec<Timestamp>,
+    /// The `duplicate-identity` faults.
+    pub(crate) duplicates: Vec<Duplicate>,
+    /// RetryPeriod: a second process under one identity makes about one request per retry period.
+    pub(crate) retry_period: Duration,
     /// When the last fault was lifted (every candidate running again, every listener healthy).
     pub(crate) last_fault_end: Timestamp,
     /// When the harness stopped looking (before stopping the candidates).
@@ -117,7 +179,7 @@ pub(crate) struct Observed {
 /// A broken rule.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Violation {
-    /// A line that is not `TERM IDENTITY UNIX_NANOS PID`.
+    /// A line that is not `TERM IDENTITY UNIX_NANOS PID INCARNATION`.
     Malformed { line: String },
     /// Two children of different terms wrote in overlapping intervals.
     Overlap { a: Writer, b: Writer },
@@ -130,6 +192,20 @@ pub(crate) enum Violation {
         identity: String,
         term: i64,
         at: Timestamp,
+    },
+    /// More terms started while a second process ran under `identity` than [`Duplicate::term_bound`].
+    TermInflation {
+        identity: String,
+        terms: usize,
+        bound: usize,
+        over: Duration,
+    },
+    /// The second process under `identity` made more requests than [`Duplicate::request_bound`].
+    RequestStorm {
+        identity: String,
+        requests: u64,
+        bound: u64,
+        over: Duration,
     },
     /// No child was working continuously until the end.
     NoRecovery,
@@ -162,6 +238,28 @@ impl fmt::Display for Violation {
                  leader-elect's SIGCONT",
                 waited.as_secs_f64()
             ),
+            Self::TermInflation {
+                identity,
+                terms,
+                bound,
+                over,
+            } => write!(
+                f,
+                "term inflation: {terms} terms started in {:.3}s while a second process ran as \
+                 {identity} (bound {bound}: 1, and 2 per other fault near it)",
+                over.as_secs_f64()
+            ),
+            Self::RequestStorm {
+                identity,
+                requests,
+                bound,
+                over,
+            } => write!(
+                f,
+                "request storm: the second process running as {identity} made {requests} requests in \
+                 {:.3}s (bound {bound}: 2 per retry period + 10)",
+                over.as_secs_f64()
+            ),
             Self::NoRecovery => f.write_str("no leader's child was working at the end of the run"),
             Self::SlowRecovery { after, bound } => write!(
                 f,
@@ -184,12 +282,15 @@ pub(crate) struct Report {
     /// Overlaps after `release --force` or a deletion, within a lease duration of it: the old holder
     /// working until it learned of it. Not violations; reported with how long they lasted.
     pub(crate) forced_overlaps: Vec<Duration>,
-    /// Distinct (term, identity) pairs that worked.
+    /// Distinct (term, identity, incarnation) triples that worked.
     pub(crate) terms: usize,
     /// From the last fault to a leader's child working continuously until the end.
     pub(crate) recovery: Option<Duration>,
     /// How long each frozen child whose term ended lived after leader-elect's SIGCONT.
     pub(crate) thawed_lives: Vec<Duration>,
+    /// Per second process under one identity (`duplicate-identity`): the terms started while it ran, and
+    /// its requests per retry period of its life.
+    pub(crate) duplicated: Vec<(usize, f64)>,
 }
 
 /// Parses the work log: the heartbeats in file order, and a violation for each malformed line.
@@ -209,10 +310,10 @@ pub(crate) fn parse_log(text: &str) -> (Vec<Heartbeat>, Vec<Violation>) {
 
 /// Each process's heartbeats per term, ordered by first heartbeat.
 pub(crate) fn writers(log: &[Heartbeat]) -> Vec<Writer> {
-    let mut by_key: BTreeMap<(i64, &str, i32), Writer> = BTreeMap::new();
+    let mut by_key: BTreeMap<(i64, &str, u64, i32), Writer> = BTreeMap::new();
     for h in log {
         by_key
-            .entry((h.term, &h.identity, h.pid))
+            .entry((h.term, &h.identity, h.incarnation, h.pid))
             .and_modify(|w| {
                 w.first = w.first.min(h.at);
                 w.last = w.last.max(h.at);
@@ -221,6 +322,7 @@ pub(crate) fn writers(log: &[Heartbeat]) -> Vec<Writer> {
             .or_insert_with(|| Writer {
                 term: h.term,
                 identity: h.identity.clone(),
+                incarnation: h.incarnation,
                 pid: h.pid,
                 first: h.at,
                 last: h.at,
@@ -281,9 +383,9 @@ fn excused(a: &Writer, b: &Writer, writers: &[Writer], observed: &Observed) -> b
 pub(crate) fn check(log: &[Heartbeat], observed: &Observed) -> Report {
     let mut report = Report::default();
     let writers = writers(log);
-    let mut terms: Vec<(i64, &str)> = writers
+    let mut terms: Vec<(i64, &str, u64)> = writers
         .iter()
-        .map(|w| (w.term, w.identity.as_str()))
+        .map(|w| (w.term, w.identity.as_str(), w.incarnation))
         .collect();
     terms.sort_unstable();
     terms.dedup();
@@ -301,6 +403,7 @@ pub(crate) fn check(log: &[Heartbeat], observed: &Observed) -> Report {
     }
     terms_increase(log, &writers, observed, &mut report.violations);
     thaws(&writers, observed, &mut report);
+    duplicates(observed, &mut report);
     recovery(log, observed, &mut report);
     report
 }
@@ -314,9 +417,12 @@ fn terms_increase(
     violations: &mut Vec<Violation>,
 ) {
     let writer_of = |h: &Heartbeat| {
-        writers
-            .iter()
-            .find(|w| w.term == h.term && w.identity == h.identity && w.pid == h.pid)
+        writers.iter().find(|w| {
+            w.term == h.term
+                && w.identity == h.identity
+                && w.incarnation == h.incarnation
+                && w.pid == h.pid
+        })
     };
     let mut highest: Option<(&Heartbeat, &Writer)> = None;
     // One violation per writer, at its first line out of order.
@@ -354,7 +460,7 @@ fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
     for freeze in &observed.freezes {
         let frozen: Vec<&Writer> = writers
             .iter()
-            .filter(|w| w.identity == freeze.identity && w.first < freeze.frozen_at)
+            .filter(|w| w.incarnation == freeze.incarnation && w.first < freeze.frozen_at)
             .collect();
         for w in frozen {
             let ended = writers.iter().any(|other| {
@@ -382,6 +488,40 @@ fn thaws(writers: &[Writer], observed: &Observed, report: &mut Report) {
     }
 }
 
+/// While a second process ran under one identity, terms started at most [`Duplicate::term_bound`] times
+/// and it made at most [`Duplicate::request_bound`] requests.
+fn duplicates(observed: &Observed, report: &mut Report) {
+    let violations = &mut report.violations;
+    for d in &observed.duplicates {
+        let terms = observed
+            .terms_started
+            .iter()
+            .filter(|&&at| d.from <= at && at <= d.to)
+            .count();
+        let periods = d.life().as_secs_f64() / observed.retry_period.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // a count of requests is far below 2^52
+        let rate = d.requests as f64 / periods.max(1.0);
+        report.duplicated.push((terms, rate));
+        if terms > d.term_bound() {
+            violations.push(Violation::TermInflation {
+                identity: d.identity.clone(),
+                terms,
+                bound: d.term_bound(),
+                over: d.life(),
+            });
+        }
+        let bound = d.request_bound(observed.retry_period);
+        if d.requests > bound {
+            violations.push(Violation::RequestStorm {
+                identity: d.identity.clone(),
+                requests: d.requests,
+                bound,
+                over: d.life(),
+            });
+        }
+    }
+}
+
 /// The final stretch of work: the heartbeats of the term that wrote last, back to the last silence
 /// longer than `max_gap`. `(since, last)`.
 pub(crate) fn final_stretch(
@@ -392,7 +532,9 @@ pub(crate) fn final_stretch(
     let last = log.iter().max_by_key(|h| h.at)?;
     let mut times: Vec<Timestamp> = log
         .iter()
-        .filter(|h| h.term == last.term && h.identity == last.identity)
+        .filter(|h| {
+            h.term == last.term && h.identity == last.identity && h.incarnation == last.incarnation
+        })
         .map(|h| h.at)
         .collect();
     times.sort_unstable();
@@ -463,8 +605,25 @@ mod tests {
                 identity: identity.into(),
                 at: at(ms),
                 pid,
+                incarnation: 0,
             })
             .collect()
+    }
+
+    /// [`work`] of leader-elect process `incarnation`.
+    fn work_of(
+        incarnation: u64,
+        term: i64,
+        identity: &str,
+        pid: i32,
+        from: i64,
+        to: i64,
+    ) -> Vec<Heartbeat> {
+        let mut log = work(term, identity, pid, from, to);
+        for h in &mut log {
+            h.incarnation = incarnation;
+        }
+        log
     }
 
     fn observed(until: i64) -> Observed {
@@ -472,6 +631,9 @@ mod tests {
             forced: vec![],
             deletions: vec![],
             freezes: vec![],
+            terms_started: vec![],
+            duplicates: vec![],
+            retry_period: Duration::from_millis(100),
             last_fault_end: at(0),
             observed_until: at(until),
             lease_duration: Duration::from_secs(1),
@@ -492,9 +654,12 @@ mod tests {
             identity: "candidate-1".into(),
             at: at(5),
             pid: 42,
+            incarnation: 7,
         };
         assert_eq!(Heartbeat::parse(h.line().trim_end()), Some(h.clone()));
         let text = format!("{}3 candidate-2 17000{}", h.line(), h.line());
+        let four_fields = "3 candidate-1 1700000000005000000 42";
+        assert_eq!(Heartbeat::parse(four_fields), None, "no incarnation");
         let (parsed, malformed) = parse_log(&text);
         assert_eq!(parsed.len(), 1);
         assert_eq!(malformed.len(), 1, "{malformed:?}");
@@ -520,6 +685,7 @@ mod tests {
                 identity: identity.into(),
                 at: at(ms),
                 pid: 1,
+                incarnation: 0,
             };
             let log = sorted(vec![
                 point(1, "a", a.0),
@@ -538,6 +704,147 @@ mod tests {
         assert!(overlaps(&writers(&restarted)).is_empty());
         let two = sorted([work(4, "a", 1, 0, 100), work(4, "b", 2, 50, 200)].concat());
         assert_eq!(overlaps(&writers(&two)).len(), 1);
+    }
+
+    /// Issue 18: a second process started under a cut-off holder's identity took its Lease at once,
+    /// keeping its term number, while the first one's child still worked.
+    #[test]
+    fn two_processes_under_one_identity_working_at_once_overlap_even_in_one_term_number() {
+        let reused = sorted(
+            [
+                work_of(1, 4, "a", 10, 0, 1000),
+                work_of(2, 4, "a", 20, 900, 3000),
+            ]
+            .concat(),
+        );
+        let report = check(&reused, &observed(3000));
+        assert!(
+            matches!(
+                report.violations.as_slice(),
+                [Violation::Overlap { a, b }] if a.incarnation == 1 && b.incarnation == 2
+            ),
+            "{:?}",
+            report.violations
+        );
+        assert_eq!(report.terms, 2, "one term each");
+        let after = sorted(
+            [
+                work_of(1, 4, "a", 10, 0, 800),
+                work_of(2, 5, "a", 20, 900, 3000),
+            ]
+            .concat(),
+        );
+        assert_eq!(check(&after, &observed(3000)).violations, vec![]);
+    }
+
+    /// A frozen process's term ends when another process under its identity works, even in the same
+    /// term number (it took the Lease naming them both while the first one was frozen).
+    #[test]
+    fn a_term_taken_by_another_process_under_the_frozen_identity_ends_the_frozen_term() {
+        let log = sorted(
+            [
+                work_of(1, 1, "a", 10, 0, 100),
+                work_of(2, 1, "a", 20, 1200, 1500),
+                work_of(3, 2, "b", 30, 1600, 3000),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(3000);
+        seen.freezes = vec![Freeze {
+            incarnation: 1,
+            frozen_at: at(101),
+            thawed_at: at(1970),
+            child_thawed_at: at(2000),
+            child_exited_at: Some(at(2010)),
+        }];
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.thawed_lives, vec![Duration::from_millis(40)]);
+        let wrote = sorted([log, work_of(1, 1, "a", 10, 2001, 2001)].concat());
+        assert!(
+            check(&wrote, &seen)
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::WroteAfterThaw { term: 1, .. })),
+            "{:?}",
+            check(&wrote, &seen).violations
+        );
+    }
+
+    fn duplicate(from: i64, to: i64, other_faults: usize, requests: u64) -> Duplicate {
+        Duplicate {
+            identity: "a".into(),
+            from: at(from),
+            to: at(to),
+            other_faults,
+            requests,
+        }
+    }
+
+    /// Issue 18: two live processes under one identity took the Lease from each other, ~180 new terms/s.
+    #[test]
+    fn terms_start_at_most_once_plus_twice_per_other_fault_while_an_identity_is_duplicated() {
+        let mut seen = observed(3000);
+        seen.duplicates = vec![duplicate(0, 1000, 1, 0)];
+        assert_eq!(seen.duplicates[0].term_bound(), 3);
+        // Before and after the window: not counted.
+        seen.terms_started = [-1, 0, 400, 1000, 1001].into_iter().map(at).collect();
+        let log = work(1, "b", 10, 0, 3000);
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(
+            report.duplicated,
+            vec![(3, 0.0)],
+            "the figures of the summary"
+        );
+        seen.terms_started.push(at(500));
+        assert!(
+            matches!(
+                check(&log, &seen).violations.as_slice(),
+                [Violation::TermInflation {
+                    terms: 4,
+                    bound: 3,
+                    ..
+                }]
+            ),
+            "{:?}",
+            check(&log, &seen).violations
+        );
+    }
+
+    /// Issue 18: ~255 requests/s per process while two live ones took the Lease from each other.
+    #[test]
+    fn a_second_process_under_one_identity_makes_at_most_two_requests_per_retry_period_and_ten() {
+        let mut seen = observed(3000);
+        let log = work(1, "b", 10, 0, 3000);
+        // 1 s at a 100 ms retry period: 2 x 10 + 10.
+        seen.duplicates = vec![duplicate(0, 1000, 0, 30)];
+        assert_eq!(seen.duplicates[0].request_bound(seen.retry_period), 30);
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(
+            report.duplicated,
+            vec![(0, 3.0)],
+            "30 requests in 10 retry periods"
+        );
+        seen.duplicates = vec![duplicate(0, 1000, 0, 31)];
+        assert!(
+            matches!(
+                check(&log, &seen).violations.as_slice(),
+                [Violation::RequestStorm {
+                    requests: 31,
+                    bound: 30,
+                    ..
+                }]
+            ),
+            "{:?}",
+            check(&log, &seen).violations
+        );
+        // A part of a period counts whole.
+        assert_eq!(
+            duplicate(0, 1001, 0, 0).request_bound(seen.retry_period),
+            32
+        );
     }
 
     #[test]
@@ -645,6 +952,7 @@ mod tests {
                 identity: "a".into(),
                 at: at(90),
                 pid: 10,
+                incarnation: 0,
             },
         );
         let report = check(&log, &observed(3000));
@@ -667,7 +975,7 @@ mod tests {
         let quiet = sorted([work(1, "a", 10, 0, 100), work(2, "b", 11, 1200, 3000)].concat());
         let mut seen = observed(3000);
         seen.freezes = vec![Freeze {
-            identity: "a".into(),
+            incarnation: 0,
             frozen_at: at(101),
             thawed_at: at(1970),
             child_thawed_at: at(2000),
@@ -756,7 +1064,7 @@ mod tests {
         );
         let mut seen = observed(3000);
         seen.freezes = vec![Freeze {
-            identity: "a".into(),
+            incarnation: 0,
             frozen_at: at(101),
             thawed_at: at(570),
             child_thawed_at: at(599),

@@ -4,12 +4,14 @@
 //! Each run starts the fake API server in-process with one listener per candidate (so network faults
 //! strike one candidate), and 3-5 candidates whose children append fenced heartbeats to a shared work log
 //! ([`mod@worker`]). Faults ([`plan::FaultKind`]) are injected at random times; killed or stopped candidates
-//! come back with the same or a new identity. Then the faults stop, and the run ends once a leader's
-//! child has worked continuously for a while (or the recovery bound has passed). The checks
-//! ([`check`]): no two terms' children wrote in overlapping intervals; terms only increase; a frozen
-//! child writes nothing after SIGCONT once its term has ended; a leader's child works again within
-//! lease + request timeout + 2.2 x retry period of the last fault; no candidate exited that the harness
-//! did not stop; no process of the run is left.
+//! come back with the same or a new identity, and a second process may run for a while under a
+//! candidate's identity (on a listener of its own, the extra slot). Then the faults stop, and the run ends
+//! once a leader's child has worked continuously for a while (or the recovery bound has passed). The checks
+//! ([`check`]): no two terms' children wrote in overlapping intervals (a term is one leader-elect
+//! process's, whatever its identity); terms only increase; a frozen child writes nothing after SIGCONT
+//! once its term has ended; while two processes share an identity, terms start and requests are made at a
+//! bounded rate; a leader's child works again within lease + request timeout + 2.2 x retry period of the
+//! last fault; no candidate exited that the harness did not stop; no process of the run is left.
 
 mod check;
 mod plan;
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fake_apiserver::Faults;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -32,7 +34,7 @@ use nix::unistd::Pid;
 
 pub(crate) use worker::{WorkerArgs, run as worker};
 
-use self::check::{Freeze, Heartbeat, Observed, Report, Violation};
+use self::check::{Duplicate, Freeze, Heartbeat, Observed, Report, Violation};
 use self::plan::{ChildKind, FaultKind, Plan, Target};
 use self::worker::OnSigterm;
 use crate::Failure;
@@ -231,6 +233,7 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
     let mut recoveries = Vec::new();
     let mut forced = Vec::new();
     let mut thawed = Vec::new();
+    let mut duplicated = Vec::new();
     let (mut terms, mut violations) = (0, 0);
     for o in outcomes {
         for (kind, count) in &o.faults {
@@ -239,6 +242,7 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
         recoveries.extend(o.report.recovery);
         forced.extend(o.report.forced_overlaps.iter().copied());
         thawed.extend(o.report.thawed_lives.iter().copied());
+        duplicated.extend(o.report.duplicated.iter().copied());
         terms += o.report.terms;
         violations += o.report.violations.len();
     }
@@ -276,6 +280,14 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
         "frozen children whose term ended, alive after SIGCONT: {}",
         stats(thawed)
     );
+    let worst_terms = duplicated.iter().map(|(t, _)| *t).max();
+    let worst_rate = duplicated.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+    println!(
+        "second processes under one identity: {}; terms started while one ran: at most {}; its \
+         requests per retry period: at most {worst_rate:.2}",
+        duplicated.len(),
+        worst_terms.map_or_else(|| "-".to_owned(), |t| t.to_string())
+    );
     violations
 }
 
@@ -293,14 +305,42 @@ enum Expect {
     Terminated,
 }
 
-/// A frozen candidate.
+/// A stopped candidate.
 #[derive(Clone, Debug)]
 struct Frozen {
+    /// The fault that stopped it (only its end resumes it).
+    fault: usize,
     at: Timestamp,
-    /// The process groups of leader-elect's children (its child's, the guardian's).
-    groups: Vec<i32>,
-    /// Its child's process group, as its log told.
-    child: Option<i32>,
+    how: Stopped,
+}
+
+/// What a stop stopped.
+#[derive(Clone, Debug)]
+enum Stopped {
+    /// `sigstop`: leader-elect's process group and its children's.
+    Candidate {
+        /// The process groups of leader-elect's children (its child's, the guardian's).
+        groups: Vec<i32>,
+        /// Its child's process group, as its log told.
+        child: Option<i32>,
+    },
+    /// `stop-elector`: SIGSTOP of leader-elect alone; SIGCONT to it alone.
+    Elector,
+    /// `tstp-elector`: SIGTSTP to leader-elect's process group; SIGCONT to that group, as a shell's `fg`.
+    Terminal,
+}
+
+/// The second process under a candidate's identity (`identity-reuse`, `duplicate-identity`), in the
+/// extra slot.
+#[derive(Clone, Debug)]
+struct Extra {
+    /// The fault that started it (only its end stops it).
+    fault: usize,
+    from: Timestamp,
+    /// Its listener's request count when it started.
+    requests: u64,
+    /// Its fault's entry in `marks` (not one of the other faults near it).
+    mark: usize,
 }
 
 /// One run in progress.
@@ -311,7 +351,13 @@ struct Run<'a> {
     plan: Plan,
     exe: PathBuf,
     log_path: PathBuf,
+    /// Per slot: the candidates', then the extra slot's (see [`Extra`]).
     identities: Vec<String>,
+    /// Per slot: the current leader-elect process's number (see [`Heartbeat::incarnation`]).
+    incarnations: Vec<u64>,
+    next_incarnation: u64,
+    extra: Option<Extra>,
+    duplicates: Vec<Duplicate>,
     generations: Vec<usize>,
     /// Index into `cluster.seen` from which candidate `i`'s current process is observed.
     since: Vec<usize>,
@@ -340,8 +386,9 @@ async fn run_once(
 ) -> Result<Outcome, Failure> {
     let log_path = work_dir.join(format!("work-{seed}.log"));
     let _ = std::fs::remove_file(&log_path);
+    // One slot per candidate and the extra slot, for a second process under a candidate's identity.
     let mut cluster = Cluster::new(
-        args.candidates,
+        args.candidates + 1,
         timings.clone(),
         vec!["--on-child-exit".into(), "restart".into()],
     )
@@ -366,19 +413,24 @@ async fn run_once(
         &args.kinds,
     );
     let n = args.candidates;
+    let slots = n + 1;
     let mut run = Run {
         args,
         cluster,
         api,
         exe: std::env::current_exe().context("locating leader-elect")?,
         log_path: log_path.clone(),
-        identities: (0..n).map(|i| format!("candidate-{i}")).collect(),
+        identities: (0..slots).map(|i| format!("candidate-{i}")).collect(),
+        incarnations: vec![0; slots],
+        next_incarnation: 0,
+        extra: None,
+        duplicates: Vec::new(),
         generations: vec![0; n],
-        since: vec![0; n],
-        expect: vec![None; n],
-        signalled_at: vec![None; n],
-        frozen: vec![None; n],
-        listener_faults: vec![Vec::new(); n],
+        since: vec![0; slots],
+        expect: vec![None; slots],
+        signalled_at: vec![None; slots],
+        frozen: vec![None; slots],
+        listener_faults: vec![Vec::new(); slots],
         struck: vec![None; plan.faults.len()],
         plan,
         forced: Vec::new(),
@@ -444,10 +496,20 @@ async fn run_once(
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     let (log, malformed) = check::parse_log(&text);
     let freezes = run.freezes_with_exits();
+    let terms_started = run
+        .cluster
+        .seen
+        .iter()
+        .filter(|s| matches!(s.what, What::BecameLeader { .. }))
+        .map(|s| s.at)
+        .collect();
     let observed = Observed {
         forced: run.forced.clone(),
         deletions: run.deletions.clone(),
         freezes,
+        terms_started,
+        duplicates: run.duplicates.clone(),
+        retry_period: args.timings.retry_period,
         last_fault_end,
         observed_until,
         lease_duration: args.timings.lease_duration,
@@ -489,8 +551,8 @@ fn max_gap(args: &ChaosArgs) -> Duration {
 // === impl Run ===
 
 impl Run<'_> {
-    /// The child command of a (re)started candidate.
-    fn command(&mut self) -> Vec<OsString> {
+    /// The child command of a (re)started candidate, leader-elect process `incarnation`.
+    fn command(&mut self, incarnation: u64) -> Vec<OsString> {
         let ChildKind {
             grandchild,
             on_sigterm,
@@ -508,6 +570,8 @@ impl Run<'_> {
             "chaos-worker".into(),
             "--log".into(),
             self.log_path.clone().into(),
+            "--incarnation".into(),
+            incarnation.to_string().into(),
             "--period".into(),
             fmt(self.args.heartbeat).into(),
             "--on-sigterm".into(),
@@ -534,7 +598,10 @@ impl Run<'_> {
     }
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let command = self.command();
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        self.incarnations[i] = incarnation;
+        let command = self.command(incarnation);
         self.cluster.pump();
         self.since[i] = self.cluster.seen.len();
         self.expect[i] = None;
@@ -582,8 +649,9 @@ impl Run<'_> {
         }
     }
 
+    /// Checks every slot's exit, the extra slot's included.
     fn check_exits(&mut self) {
-        for i in 0..self.args.candidates {
+        for i in 0..self.expect.len() {
             let Some(status) = self.cluster.try_exit(i) else {
                 continue;
             };
@@ -690,9 +758,60 @@ impl Run<'_> {
                     let _ = killpg(Pid::from_raw(group), Signal::SIGSTOP);
                 }
                 self.frozen[i] = Some(Frozen {
+                    fault: n,
                     at: Timestamp::now(),
-                    groups,
-                    child: self.child(i),
+                    how: Stopped::Candidate {
+                        groups,
+                        child: self.child(i),
+                    },
+                });
+                self.struck[n] = Some(i);
+                self.count(n, Some(i), fault.kind);
+            }
+            FaultKind::StopElector | FaultKind::TstpElector => {
+                let (Some(pid), true, true) = (process(self), running, self.frozen[i].is_none())
+                else {
+                    return;
+                };
+                // Its child and guardian, each in a process group of its own, run on.
+                let how = if fault.kind == FaultKind::StopElector {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+                    Stopped::Elector
+                } else {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGTSTP);
+                    Stopped::Terminal
+                };
+                self.frozen[i] = Some(Frozen {
+                    fault: n,
+                    at: Timestamp::now(),
+                    how,
+                });
+                self.struck[n] = Some(i);
+                self.count(n, Some(i), fault.kind);
+            }
+            FaultKind::IdentityReuse | FaultKind::DuplicateIdentity => {
+                let x = self.args.candidates;
+                if !running || self.extra.is_some() || self.cluster.is_running(x) {
+                    return;
+                }
+                if fault.kind == FaultKind::IdentityReuse {
+                    // Cut off first: the node is unreachable when its pod is force-deleted.
+                    self.listener_faults[i].push((n, Faults::partition()));
+                    self.set_listener_faults(i);
+                }
+                self.identities[x] = self.identities[i].clone();
+                let requests = self.requests(x);
+                if let Err(err) = self.spawn(x) {
+                    self.violations.push(Violation::UnexpectedExit {
+                        candidate: self.identities[x].clone(),
+                        status: format!("could not be started as a second process: {err:#}"),
+                    });
+                }
+                self.extra = Some(Extra {
+                    fault: n,
+                    from: Timestamp::now(),
+                    requests,
+                    mark: self.marks.len(),
                 });
                 self.struck[n] = Some(i);
                 self.count(n, Some(i), fault.kind);
@@ -806,23 +925,23 @@ impl Run<'_> {
         let fault = self.plan.faults[n].clone();
         match fault.kind {
             FaultKind::KillLeaderElect | FaultKind::Sigterm => {
-                self.check_exits();
-                if self.cluster.is_running(i) {
-                    let stuck = self.signalled_at[i]
-                        .is_some_and(|at| at.elapsed() > Duration::from_secs(15));
-                    if !stuck {
-                        return false;
-                    }
-                    self.cluster.signal_group(i, Signal::SIGKILL);
-                    let _ = self.cluster.wait_exit(i, Duration::from_secs(5)).await;
-                    self.violations.push(Violation::UnexpectedExit {
-                        candidate: self.identities[i].clone(),
-                        status: format!("still running 15 s after {}", fault.kind),
-                    });
+                if !self.gone(i, fault.kind.name()).await {
+                    return false;
                 }
                 self.restart(i, fault.new_identity);
             }
-            FaultKind::Freeze => self.thaw(i).await,
+            FaultKind::Freeze | FaultKind::StopElector | FaultKind::TstpElector => {
+                self.thaw(i, n).await;
+            }
+            FaultKind::IdentityReuse | FaultKind::DuplicateIdentity => {
+                if !self.retire_extra(n).await {
+                    return false;
+                }
+                // The old process reconnects only once the second one is gone (its pod's container is
+                // killed when the node comes back).
+                self.listener_faults[i].retain(|(m, _)| *m != n);
+                self.set_listener_faults(i);
+            }
             FaultKind::PauseStderr => self.cluster.pause_stderr(i, false),
             _ => {
                 self.listener_faults[i].retain(|(m, _)| *m != n);
@@ -831,6 +950,84 @@ impl Run<'_> {
         }
         self.struck[n] = None;
         true
+    }
+
+    /// Stops the second process that fault `n` started: SIGTERM, then true once it has exited (false
+    /// while it is stopping; SIGKILL and a violation after 15 s). Records a `duplicate-identity`'s
+    /// window for the checks.
+    async fn retire_extra(&mut self, n: usize) -> bool {
+        let x = self.args.candidates;
+        let Some(extra) = self.extra.clone().filter(|e| e.fault == n) else {
+            return true;
+        };
+        self.check_exits();
+        if self.cluster.is_running(x) && self.signalled_at[x].is_none() {
+            self.expect[x] = Some(Expect::Terminated);
+            self.signalled_at[x] = Some(tokio::time::Instant::now());
+            self.cluster.signal(x, Signal::SIGTERM);
+            return false;
+        }
+        if !self
+            .gone(x, "SIGTERM (the second process under its identity)")
+            .await
+        {
+            return false;
+        }
+        self.extra = None;
+        if self.plan.faults[n].kind == FaultKind::DuplicateIdentity {
+            let to = Timestamp::now();
+            let lease = SignedDuration::try_from(self.args.timings.lease_duration)
+                .unwrap_or(SignedDuration::MAX);
+            let near = extra.from.saturating_sub(lease).unwrap_or(extra.from);
+            let other_faults = self
+                .marks
+                .iter()
+                .enumerate()
+                .filter(|(m, (_, from, until, _))| {
+                    *m != extra.mark && *from <= to && until.unwrap_or(*from) >= near
+                })
+                .count();
+            self.duplicates.push(Duplicate {
+                identity: self.identities[x].clone(),
+                from: extra.from,
+                to,
+                other_faults,
+                requests: self.requests(x).saturating_sub(extra.requests),
+            });
+        }
+        true
+    }
+
+    /// Whether slot `i`, signalled to stop by `what`, has exited: false while it may still be stopping;
+    /// 15 s after the signal its group is killed and that is a violation.
+    async fn gone(&mut self, i: usize, what: &str) -> bool {
+        self.check_exits();
+        if !self.cluster.is_running(i) {
+            return true;
+        }
+        let stuck = self.signalled_at[i].is_some_and(|at| at.elapsed() > Duration::from_secs(15));
+        if !stuck {
+            return false;
+        }
+        self.cluster.signal_group(i, Signal::SIGKILL);
+        let _ = self.cluster.wait_exit(i, Duration::from_secs(5)).await;
+        self.violations.push(Violation::UnexpectedExit {
+            candidate: self.identities[i].clone(),
+            status: format!("still running 15 s after {what}"),
+        });
+        true
+    }
+
+    /// The requests slot `i`'s listener has received so far.
+    fn requests(&self, i: usize) -> u64 {
+        let listener = self.cluster.listeners[i].id();
+        self.cluster
+            .server
+            .counts()
+            .iter()
+            .filter(|c| c.listener == listener)
+            .map(|c| c.count)
+            .sum()
     }
 
     fn restart(&mut self, i: usize, new_identity: bool) {
@@ -846,20 +1043,32 @@ impl Run<'_> {
         }
     }
 
-    /// SIGCONT to leader-elect's group first, so that it can kill a child whose term has ended before the
-    /// child runs again; the child's group a moment later.
-    async fn thaw(&mut self, i: usize) {
+    /// Resumes candidate `i` if fault `n` stopped it. After a `sigstop`: SIGCONT to leader-elect's group
+    /// first, so that it can kill a child whose term has ended before the child runs again; the child's
+    /// group a moment later.
+    async fn thaw(&mut self, i: usize, n: usize) {
         let Some(Frozen {
-            at: frozen_at,
-            groups,
-            child,
-        }) = self.frozen[i].take()
+            at: frozen_at, how, ..
+        }) = self.frozen[i].take_if(|f| f.fault == n)
         else {
             return;
         };
+        let pid = self.cluster.pid(i).map(Pid::from_raw);
+        let (groups, child) = match (how, pid) {
+            (Stopped::Elector, Some(pid)) => {
+                let _ = kill(pid, Signal::SIGCONT);
+                return;
+            }
+            (Stopped::Terminal, Some(pid)) => {
+                let _ = killpg(pid, Signal::SIGCONT);
+                return;
+            }
+            (Stopped::Elector | Stopped::Terminal, None) => return,
+            (Stopped::Candidate { groups, child }, _) => (groups, child),
+        };
         let thawed_at = Timestamp::now();
-        if let Some(pid) = self.cluster.pid(i) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGCONT);
+        if let Some(pid) = pid {
+            let _ = killpg(pid, Signal::SIGCONT);
         }
         // Once another term started while it was frozen, leader-elect must kill its child before the
         // child runs again (SIGKILL reaches a stopped process): wait for that, bounded, however slowly a
@@ -890,7 +1099,7 @@ impl Run<'_> {
         }
         self.freezes.push((
             Freeze {
-                identity: self.identities[i].clone(),
+                incarnation: self.incarnations[i],
                 frozen_at,
                 thawed_at,
                 child_thawed_at: Timestamp::now(),
@@ -905,17 +1114,17 @@ impl Run<'_> {
     fn term_ended_while_frozen(&self, i: usize, frozen_at: Timestamp) -> bool {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let (log, _) = check::parse_log(&text);
-        let identity = &self.identities[i];
+        let incarnation = self.incarnations[i];
         let Some(term) = log
             .iter()
-            .filter(|h| &h.identity == identity && h.at < frozen_at)
+            .filter(|h| h.incarnation == incarnation && h.at < frozen_at)
             .max_by_key(|h| h.at)
             .map(|h| h.term)
         else {
             return false;
         };
         log.iter()
-            .any(|h| h.at > frozen_at && (h.term != term || &h.identity != identity))
+            .any(|h| h.at > frozen_at && (h.term != term || h.incarnation != incarnation))
     }
 
     /// Lifts whatever is still in force and starts every candidate that is down.
@@ -958,21 +1167,21 @@ impl Run<'_> {
         }
     }
 
-    /// SIGTERM to every candidate; each must exit 0 (SIGKILL after 15 s counts as a violation).
+    /// SIGTERM to every slot's process; each must exit 0 (SIGKILL after 15 s counts as a violation).
     async fn stop_all(&mut self) {
         self.check_exits();
-        for i in 0..self.args.candidates {
+        for i in 0..self.expect.len() {
             self.cluster.signal(i, Signal::SIGTERM);
             self.expect[i] = Some(Expect::Terminated);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while (0..self.args.candidates).any(|i| self.cluster.is_running(i))
+        while (0..self.expect.len()).any(|i| self.cluster.is_running(i))
             && tokio::time::Instant::now() < deadline
         {
             self.check_exits();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for i in 0..self.args.candidates {
+        for i in 0..self.expect.len() {
             if self.cluster.is_running(i) {
                 self.cluster.signal_group(i, Signal::SIGKILL);
                 self.violations.push(Violation::UnexpectedExit {
@@ -1046,17 +1255,17 @@ impl Run<'_> {
         for i in 0..self.args.candidates {
             timeline.row(&format!("candidate-{i}"));
         }
-        let mut terms: BTreeMap<(i64, String), (Timestamp, Timestamp)> = BTreeMap::new();
+        let mut terms: BTreeMap<(i64, String, u64), (Timestamp, Timestamp)> = BTreeMap::new();
         for w in check::writers(log) {
             terms
-                .entry((w.term, w.identity.clone()))
+                .entry((w.term, w.identity.clone(), w.incarnation))
                 .and_modify(|(a, b)| {
                     *a = (*a).min(w.first);
                     *b = (*b).max(w.last);
                 })
                 .or_insert((w.first, w.last));
         }
-        for ((term, identity), (from, to)) in terms {
+        for ((term, identity, _), (from, to)) in terms {
             let row = timeline.row(&identity);
             timeline.bars.push(Bar {
                 row,

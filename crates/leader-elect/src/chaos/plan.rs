@@ -65,10 +65,26 @@ pub(crate) enum FaultKind {
     /// A label is merge-patched onto the Lease (not a renewal).
     #[value(name = "metadata-patch")]
     MetadataPatch,
+    /// The candidate is cut off (a black hole on its listener) and a second process starts under its
+    /// identity: a force-deleted StatefulSet pod coming back while the old one still runs. The second
+    /// process is stopped after `duration`, then the black hole lifts.
+    #[value(name = "identity-reuse")]
+    IdentityReuse,
+    /// A second live process under the candidate's identity (a copy-pasted `--identity`) for `duration`.
+    #[value(name = "duplicate-identity")]
+    DuplicateIdentity,
+    /// SIGSTOP of leader-elect alone (not its child's or the guardian's group, as a debugger attaching)
+    /// for `duration`, then SIGCONT.
+    #[value(name = "stop-elector")]
+    StopElector,
+    /// SIGTSTP to leader-elect's process group (Ctrl-Z in its terminal), SIGCONT to it after `duration`
+    /// (`fg`).
+    #[value(name = "tstp-elector")]
+    TstpElector,
 }
 
 impl FaultKind {
-    pub(crate) const ALL: [Self; 17] = [
+    pub(crate) const ALL: [Self; 21] = [
         Self::KillLeaderElect,
         Self::KillChild,
         Self::Sigterm,
@@ -86,6 +102,10 @@ impl FaultKind {
         Self::ForceRelease,
         Self::DeleteLease,
         Self::MetadataPatch,
+        Self::IdentityReuse,
+        Self::DuplicateIdentity,
+        Self::StopElector,
+        Self::TstpElector,
     ];
 
     /// The name printed in summaries and on the timeline.
@@ -108,6 +128,10 @@ impl FaultKind {
             Self::ForceRelease => "release-force",
             Self::DeleteLease => "delete-lease",
             Self::MetadataPatch => "metadata-patch",
+            Self::IdentityReuse => "identity-reuse",
+            Self::DuplicateIdentity => "duplicate-identity",
+            Self::StopElector => "stop-elector",
+            Self::TstpElector => "tstp-elector",
         }
     }
 
@@ -187,6 +211,14 @@ impl Plan {
                 let kind = kinds[rng.random_range(0..kinds.len())];
                 let factor = match kind {
                     FaultKind::Freeze => rng.random_range(0.1..2.0),
+                    // Up to 3 x lease: beyond the lease's expiry, a follower's takeover and the old
+                    // holder's work deadline, wherever in its term the stop strikes.
+                    FaultKind::StopElector | FaultKind::TstpElector => rng.random_range(0.5..3.0),
+                    // At least a lease: long enough for the second process to take an expired Lease
+                    // by its own clock.
+                    FaultKind::IdentityReuse | FaultKind::DuplicateIdentity => {
+                        rng.random_range(1.0..3.0)
+                    }
                     _ => rng.random_range(0.2..1.5),
                 };
                 Fault {
@@ -250,6 +282,39 @@ mod tests {
         let only = [FaultKind::DeleteLease, FaultKind::Freeze];
         let chosen = Plan::new(7, 3, window, 50, lease, &only);
         assert!(chosen.faults.iter().all(|f| only.contains(&f.kind)));
+    }
+
+    /// A stop of leader-elect alone lasts up to 3 x lease (the scenario), and a second process
+    /// under a candidate's identity lives at least a lease (long enough to take an expired Lease).
+    #[test]
+    fn the_adversarial_kinds_last_their_planned_multiples_of_the_lease() {
+        let lease = Duration::from_secs(2);
+        let kinds = [
+            FaultKind::IdentityReuse,
+            FaultKind::DuplicateIdentity,
+            FaultKind::StopElector,
+            FaultKind::TstpElector,
+        ];
+        let faults: Vec<Fault> = (0..10u64)
+            .flat_map(|seed| Plan::new(seed, 3, Duration::from_secs(8), 20, lease, &kinds).faults)
+            .collect();
+        for kind in kinds {
+            let drawn: Vec<Duration> = faults
+                .iter()
+                .filter(|f| f.kind == kind)
+                .map(|f| f.duration)
+                .collect();
+            assert!(drawn.len() > 10, "{kind}: drawn {} times", drawn.len());
+            let (low, high) = match kind {
+                FaultKind::StopElector | FaultKind::TstpElector => (lease / 2, lease * 3),
+                _ => (lease, lease * 3),
+            };
+            assert!(
+                drawn.iter().all(|d| (low..high).contains(d)),
+                "{kind}: {drawn:?} not within {low:?}..{high:?}"
+            );
+            assert!(kind.lasts(), "{kind} is lifted after its duration");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `leader-elect chaos-worker` (internal): the leader-only child of a chaos candidate. It appends a fenced
-//! heartbeat, `TERM IDENTITY UNIX_NANOS PID`, to the work log every period, one `write` on a file opened
+//! heartbeat, `TERM IDENTITY UNIX_NANOS PID INCARNATION`, to the work log every period, one `write` on a file opened
 //! with `O_APPEND` (atomic for a line this short on a local file), until SIGTERM, which it obeys, ignores
 //! or answers by draining (writing on for a while), as real commands do.
 
@@ -32,6 +32,10 @@ pub(crate) struct WorkerArgs {
     /// The work log.
     #[arg(long)]
     pub(crate) log: PathBuf,
+    /// The harness's number for the leader-elect process that started this worker, unique in the run:
+    /// two processes may run under one identity, and only this tells their work apart.
+    #[arg(long)]
+    pub(crate) incarnation: u64,
     /// Time between heartbeats.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5ms")]
     pub(crate) period: Duration,
@@ -64,6 +68,8 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), Failure> {
         copy.arg("chaos-worker")
             .arg("--log")
             .arg(&args.log)
+            .arg("--incarnation")
+            .arg(args.incarnation.to_string())
             .arg("--period")
             .arg(humantime::format_duration(args.period).to_string())
             .args(["--on-sigterm", "ignore"])
@@ -99,6 +105,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), Failure> {
             identity: identity.clone(),
             at: Timestamp::now(),
             pid,
+            incarnation: args.incarnation,
         }
         .line();
         // One write per line: O_APPEND makes it land whole at the end of the file.
