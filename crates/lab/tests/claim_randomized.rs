@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use claim_coordinator::resources::HostClaimSpec;
-use claim_coordinator::sim::{ClaimRequest, Cluster, HostPlan, Monitor, Replica};
 use claim_coordinator::{Mode, Settings};
 use fake_apiserver::Faults;
 use kube::ResourceExt;
 use kube::api::DeleteParams;
+use leaderelection_lab::claim_sim::{ClaimRequest, Cluster, HostPlan, Monitor, Replica};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
