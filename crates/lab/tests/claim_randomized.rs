@@ -6,7 +6,7 @@
 //! the end: no host with two consumers, no claim with two hosts; and every claim still wanted is bound within
 //! lease duration + 2 x processing interval after the faults stop.
 //!
-//! A failing seed is printed; run it alone with `SEED=<n> cargo test -p claim-coordinator --test randomized`.
+//! A failing seed is printed; run it alone with `SEED=<n> cargo test -p leaderelection-lab --test claim_randomized`.
 
 use std::sync::Arc;
 use std::time::Duration;
