@@ -33,7 +33,6 @@ pub mod priority;
 pub mod resources;
 pub mod selection;
 pub mod settings;
-pub mod sim;
 pub mod steps;
 
 pub use crate::binder::Binder;

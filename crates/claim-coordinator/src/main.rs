@@ -1,7 +1,6 @@
-//! `claim-coordinator`: run a replica, write the CustomResourceDefinitions, run the demo or the benchmark.
-
-mod bench;
-mod demo;
+//! `claim-coordinator`: run a replica, or write the CustomResourceDefinitions.
+//!
+//! The demo and the benchmark live in the lab (`leader-elect-lab claim-demo`, `claim-bench`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,11 +31,6 @@ enum Command {
         #[arg(long, default_value = "deploy/crds")]
         dir: PathBuf,
     },
-    /// Three replicas, 50 hosts, 40 claims and a leader killed mid-batch on the embedded fake API server.
-    Demo,
-    /// The four arms: optimistic as Beskar7, optimistic with intent first, leader-batched, and the leader
-    /// killed; conflicts, writes, time to claim and the invariants of each.
-    Bench(bench::BenchArgs),
 }
 
 /// `run`'s flags (Beskar7's names), each overriding the YAML settings file.
@@ -85,14 +79,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             init_logs("info");
             rt.block_on(run(*args))
-        }
-        Command::Demo => {
-            init_logs("error");
-            rt.block_on(demo::run())
-        }
-        Command::Bench(args) => {
-            init_logs("error");
-            rt.block_on(bench::run(args))
         }
     }
 }

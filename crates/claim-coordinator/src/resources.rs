@@ -298,17 +298,3 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_norway::Error> {
         ),
     ])
 }
-
-/// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`).
-#[must_use]
-pub fn fake_resource_types() -> [fake_apiserver::ResourceType; 2] {
-    let custom = |kind: &str, plural: &str, short: &str| {
-        let mut rt = fake_apiserver::ResourceType::custom(GROUP, VERSION, kind, plural, true);
-        rt.short_names = vec![short.to_owned()];
-        rt
-    };
-    [
-        custom("PhysicalHost", "physicalhosts", "ph"),
-        custom("HostClaim", "hostclaims", "hc"),
-    ]
-}

@@ -12,12 +12,12 @@ use leaderelection::{
 use leaderelection_controller::settings::Environment;
 use tokio_util::sync::CancellationToken;
 
-use crate::Failure;
+use crate::failure::Failure;
 
 /// Where the API server is: `--server URL`, else the kubeconfig or the in-cluster service account.
 #[derive(Clone, Debug, clap::Args)]
 pub(crate) struct ServerArgs {
-    /// API server URL (e.g. http://127.0.0.1:6443, as `leader-elect apiserver` prints). Default: the
+    /// API server URL (e.g. http://127.0.0.1:6443, as `fake-apiserver` prints). Default: the
     /// kubeconfig ($KUBECONFIG, ~/.kube/config), then the in-cluster service account.
     #[arg(long, env = "LEADER_ELECT_SERVER")]
     pub(crate) server: Option<String>,

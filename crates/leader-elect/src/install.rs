@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::Failure;
 use crate::child::SELF_EXE;
+use crate::failure::Failure;
 
 /// `leader-elect install`.
 #[derive(Debug, clap::Args)]

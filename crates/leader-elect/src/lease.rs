@@ -12,8 +12,8 @@ use leaderelection_controller::settings::Environment;
 use serde_json::json;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::Failure;
 use crate::client::{ServerArgs, namespace, preflight};
+use crate::failure::Failure;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Output {

@@ -5,7 +5,14 @@ use std::io::Write;
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
-use crate::LogFormat;
+/// Log format on stderr (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (what the lab reads from the candidates it runs).
+    Json,
+}
 
 /// `info`, without kube-client's own ERROR line for every failed request (`kube_client::client::builder`):
 /// the elector and the startup wait report each failure with its context and retry, once per streak, so

@@ -1,26 +1,26 @@
-//! `leader-elect`: run any process as a Kubernetes singleton, inspect and release Leases, run the fake API
-//! server, and demonstrate failover end to end.
+//! `leader-elect`: run any process as a Kubernetes singleton, inspect, release and hand over Leases.
 //!
-//! Exit codes: 0 success; 1 a runtime failure (unreachable server, RBAC denial, a refused release, a failed
-//! demo); 2 a usage or configuration error (unknown flag, invalid duration or name).
+//! Exit codes: 0 success; 1 a runtime failure (unreachable server, RBAC denial, a refused release);
+//! 2 a usage or configuration error (unknown flag, invalid duration or name).
+//!
+//! The demo, the benchmarks and the chaos runs live in the lab (`leader-elect-lab`), which runs this
+//! binary as a user would.
 
-mod apiserver;
-mod bench;
-mod chaos;
 mod child;
 mod client;
-mod demo;
-mod harness;
+mod failure;
 mod install;
 mod lease;
 mod logging;
 mod preferred;
 mod run;
-mod timeline;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use crate::failure::Failure;
+use crate::logging::LogFormat;
 
 /// Kubernetes leader election for any process.
 #[derive(Debug, Parser)]
@@ -31,14 +31,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (what `demo` reads from its candidates).
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,40 +44,14 @@ enum Command {
     /// Ask the Lease's holder to hand it to another candidate (sets spec.preferredHolder).
     #[command(name = "yield")]
     Yield(preferred::YieldArgs),
-    /// Run the fake Kubernetes API server.
-    Apiserver(apiserver::ApiserverArgs),
-    /// Run a whole election on the embedded fake API server, with crashes, handovers and a partition.
-    Demo(demo::DemoArgs),
-    /// Measure handover, crash failover, API load and footprint over many runs (build with --release).
-    Bench(bench::BenchArgs),
-    /// Real candidates under random faults from a seed, checked from the outside on every run.
-    Chaos(chaos::ChaosArgs),
     /// Copy this binary into a directory (the Helm chart's wrap mode: an initContainer fills an emptyDir).
     Install(install::InstallArgs),
     /// (internal) Arm the parent-death signal, then exec the command.
     #[command(hide = true)]
     ExecChild(child::ExecChildArgs),
-    /// (internal) The child of a `chaos` candidate: appends fenced heartbeats to a work log.
-    #[command(hide = true)]
-    ChaosWorker(chaos::WorkerArgs),
     /// (internal) Kill each armed process group at its deadline, and all when leader-elect dies (end of stdin).
     #[command(hide = true)]
     Guardian,
-}
-
-/// A failure and its exit code.
-#[derive(Debug)]
-enum Failure {
-    /// Usage or configuration error: exit 2.
-    Usage(anyhow::Error),
-    /// Runtime failure: exit 1.
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(err: anyhow::Error) -> Self {
-        Self::Runtime(err)
-    }
 }
 
 fn main() -> ExitCode {
@@ -101,23 +67,12 @@ fn main() -> ExitCode {
         _ => {}
     }
     let logging = logging::Logging::init(cli.log_format);
-    let runtime = match cli.command {
-        // One thread: the child is spawned from the main thread, which lives as long as the process, so
-        // the parent-death signal fires exactly when leader-elect dies. Nothing on it blocks: logs are
-        // queued (`logging`), and the child's SIGKILL deadline has a thread of its own.
-        Command::Run(_)
-        | Command::Status(_)
-        | Command::Release(_)
-        | Command::Yield(_)
-        | Command::Install(_)
-        | Command::ChaosWorker(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
-    };
+    // One thread: the child is spawned from the main thread, which lives as long as the process, so the
+    // parent-death signal fires exactly when leader-elect dies. Nothing on it blocks: logs are queued
+    // (`logging`), and the child's SIGKILL deadline has a thread of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -131,11 +86,6 @@ fn main() -> ExitCode {
             Command::Status(args) => lease::status(args).await,
             Command::Release(args) => lease::release(args).await,
             Command::Yield(args) => preferred::yield_lease(args).await,
-            Command::Apiserver(args) => apiserver::run(args).await,
-            Command::Demo(args) => demo::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::Chaos(args) => chaos::run(args).await,
-            Command::ChaosWorker(args) => chaos::worker(args).await,
             Command::Install(args) => install::install(&args),
             Command::ExecChild(_) | Command::Guardian => Ok(()),
         }

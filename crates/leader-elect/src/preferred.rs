@@ -4,8 +4,8 @@
 use leaderelection::{LeaderElectionRecord, LeaseLock, LockError, OLDEST_EMULATION_VERSION};
 use tokio::time::timeout;
 
-use crate::Failure;
 use crate::client::ServerArgs;
+use crate::failure::Failure;
 use crate::lease::{REQUEST_TIMEOUT, WRITE_ATTEMPTS, open, read};
 
 const YIELD_HELP: &str = "\

@@ -15,9 +15,9 @@ use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, Super
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::Failure;
 use crate::child::{ChildSpec, Groups, Guardian, Reaper, run_for_term, stop_children_on_sigtstp};
 use crate::client::{DisabledLock, ServerArgs, await_api_server, generated_identity};
+use crate::failure::Failure;
 
 /// The `reportingController` of the Events recorded with `--events`.
 const REPORTING_CONTROLLER: &str = "leader-elect";

@@ -145,8 +145,8 @@ impl Runtime {
         Builder::new(config, lock)
     }
 
-    /// A builder over any [`LeaseLock`] (e.g. [`leaderelection::MemoryLeaseLock`] in tests). The lock must
-    /// be for the Lease that `config` names.
+    /// A builder over any [`LeaseLock`] (e.g. `leaderelection::MemoryLeaseLock` in tests, feature
+    /// `test-util`). The lock must be for the Lease that `config` names.
     #[must_use]
     pub fn builder_with_lock<L: LeaseLock>(lock: L, config: Config) -> Builder<L> {
         Builder::new(config, lock)

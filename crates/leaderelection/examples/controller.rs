@@ -1,6 +1,6 @@
 //! A kube-rs controller that does its reconciling only while it leads.
 //!
-//! Run it against a cluster (or `leader-elect apiserver`) with `POD_NAME` set:
+//! Run it against a cluster (or `fake-apiserver`) with `POD_NAME` set:
 //! `POD_NAME=pod-a cargo run -p leaderelection --example controller`.
 
 use std::time::Duration;

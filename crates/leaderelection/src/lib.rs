@@ -48,6 +48,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Features
+//!
+//! - `test-util` (off by default): the test doubles `MemoryLeaseStore` and `MemoryLeaseLock`, an in-memory
+//!   Lease with kube-apiserver's outcomes (global resourceVersion, 409 Conflict, watches, 410 Gone), and
+//!   the faults and call log they inject and record (`LockFault`, `LockCall`). For tests and simulations:
+//!   enable it in `[dev-dependencies]`.
+//!
 //! # RBAC
 //!
 //! The ServiceAccount needs, on `coordination.k8s.io` `leases`: `get`, `create`, `update` (required), and
@@ -89,10 +96,12 @@ pub use crate::elector::{Elector, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
 pub use crate::lock::metadata;
 pub use crate::lock::{
-    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockCall,
-    LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, MetadataError, ObservedLease,
+    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockError,
+    MetadataError, ObservedLease,
 };
 pub use crate::rbac::Denied;
+#[cfg(any(test, feature = "test-util"))]
+pub use crate::lock::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
 pub use crate::record::LeaderElectionRecord;
 pub use crate::shards::{
     MAX_SHARDS, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState,

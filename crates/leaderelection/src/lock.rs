@@ -1,13 +1,15 @@
 //! `LeaseLock`: the operations the elector needs from a Lease store, and their outcomes.
 //!
 //! Two implementations share these semantics: [`KubeLeaseLock`] over the Kubernetes API, and
-//! [`MemoryLeaseLock`], in memory, for tests and simulation.
+//! `MemoryLeaseLock`, in memory, for tests and simulation (feature `test-util`).
 
 pub(crate) mod kube;
+#[cfg(any(test, feature = "test-util"))]
 mod memory;
 pub mod metadata;
 
 pub use self::kube::KubeLeaseLock;
+#[cfg(any(test, feature = "test-util"))]
 pub use self::memory::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
 pub use self::metadata::{LeaseMetadata, MetadataError};
 
@@ -137,7 +139,7 @@ pub trait LeaseLock: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>>;
 
     /// Names the Lease this lock reaches, for logs and error messages: `namespace/name` for a
-    /// [`KubeLeaseLock`], `memory/<client>` for a [`MemoryLeaseLock`].
+    /// [`KubeLeaseLock`], `memory/<client>` for a `MemoryLeaseLock`.
     fn describe(&self) -> String;
 
     /// When this process first saw `lease`'s election record as it is now (monotonic clock), if it saw it

@@ -1,4 +1,4 @@
-//! `claim-coordinator demo`: three replicas on the embedded fake API server, 50 hosts, 40 claims arriving
+//! `leader-elect-lab claim-demo`: three replicas on the embedded fake API server, 50 hosts, 40 claims arriving
 //! over time through the replicas' consumers, the leader killed in the middle of a batch; prints the
 //! timeline and a summary with the two invariants. Exits non-zero when a claim is not bound or an invariant
 //! is broken.
@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use claim_coordinator::sim::{
-    self, Cluster, Monitor, NAMESPACE, Replica, ReplicaEvent, claim_plans, host_plans, quantile,
-};
 use fake_apiserver::Faults;
 use kube::api::{Api, DeleteParams};
+use leaderelection_lab::claim_sim::{
+    self as sim, Cluster, Monitor, NAMESPACE, Replica, ReplicaEvent, claim_plans, host_plans,
+    quantile,
+};
 use rand::SeedableRng;
 
 const HOSTS: usize = 50;
@@ -22,7 +23,7 @@ const BURST: usize = 12;
 pub(crate) async fn run() -> anyhow::Result<()> {
     let settings = sim::fast_settings();
     println!(
-        "claim-coordinator demo: {HOSTS} hosts, {CLAIMS} claims, 3 replicas (lease {}, renew deadline {}, \
+        "leader-elect-lab claim-demo: {HOSTS} hosts, {CLAIMS} claims, 3 replicas (lease {}, renew deadline {}, \
          retry period {}, processing interval {}, mode {})",
         humantime::format_duration(settings.lease_duration),
         humantime::format_duration(settings.renew_deadline),

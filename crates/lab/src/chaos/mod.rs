@@ -1,4 +1,4 @@
-//! `leader-elect chaos`: real `leader-elect run` candidates under random, overlapping faults drawn from a
+//! `leader-elect-lab chaos`: real `leader-elect run` candidates under random, overlapping faults drawn from a
 //! seed, checked from the outside on every run.
 //!
 //! Each run starts the fake API server in-process with one listener per candidate (so network faults
@@ -37,14 +37,14 @@ pub(crate) use worker::{WorkerArgs, run as worker};
 use self::check::{Duplicate, Freeze, Heartbeat, Observed, Report, Violation};
 use self::plan::{ChildKind, FaultKind, Plan, Target};
 use self::worker::OnSigterm;
-use crate::Failure;
+use crate::failure::Failure;
 use crate::harness::{Cluster, Timings, What};
 use crate::timeline::{Bar, Gap, Mark, Timeline};
 
 /// The environment variable that marks every process of a run (the orphan check looks for it).
 const MARKER: &str = "LEADER_ELECT_CHAOS_RUN";
 
-/// `leader-elect chaos`.
+/// `leader-elect-lab chaos`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ChaosArgs {
     /// Number of runs.
@@ -96,7 +96,7 @@ struct Outcome {
     log_path: PathBuf,
 }
 
-/// `leader-elect chaos`.
+/// `leader-elect-lab chaos`.
 pub(crate) async fn run(args: ChaosArgs) -> Result<(), Failure> {
     if !(3..=5).contains(&args.candidates) {
         return Err(Failure::Usage(anyhow::anyhow!(
@@ -119,7 +119,7 @@ pub(crate) async fn run(args: ChaosArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     println!(
-        "leader-elect chaos: {} runs from seed {seed}, {} candidates, lease {} / renew deadline {} / retry \
+        "leader-elect-lab chaos: {} runs from seed {seed}, {} candidates, lease {} / renew deadline {} / retry \
          period {}, {} faults over {} per run, heartbeats every {}; work logs in {}",
         args.runs,
         args.candidates,
@@ -174,7 +174,7 @@ fn fmt(d: Duration) -> String {
 /// The command that replays one run.
 fn replay(args: &ChaosArgs, seed: u64) -> String {
     let mut cmd = format!(
-        "leader-elect chaos --runs 1 --seed {seed} --candidates {} --lease-duration {} --renew-deadline {} \
+        "leader-elect-lab chaos --runs 1 --seed {seed} --candidates {} --lease-duration {} --renew-deadline {} \
          --retry-period {} --fault-window {} --faults {} --heartbeat {} --timeline chaos-{seed}.svg",
         args.candidates,
         fmt(args.timings.lease_duration),
@@ -349,6 +349,7 @@ struct Run<'a> {
     cluster: Cluster,
     api: Api<Lease>,
     plan: Plan,
+    /// This binary: each candidate's child is its `chaos-worker`.
     exe: PathBuf,
     log_path: PathBuf,
     /// Per slot: the candidates', then the extra slot's (see [`Extra`]).
@@ -418,7 +419,7 @@ async fn run_once(
         args,
         cluster,
         api,
-        exe: std::env::current_exe().context("locating leader-elect")?,
+        exe: std::env::current_exe().context("locating leader-elect-lab")?,
         log_path: log_path.clone(),
         identities: (0..slots).map(|i| format!("candidate-{i}")).collect(),
         incarnations: vec![0; slots],
@@ -877,7 +878,7 @@ impl Run<'_> {
                     return;
                 };
                 self.forced.push(Timestamp::now());
-                let released = tokio::process::Command::new(&self.exe)
+                let released = tokio::process::Command::new(self.cluster.leader_elect())
                     .args(["release", "--lease-name", "demo", "--namespace", "default"])
                     .args(["--identity", &holder, "--force"])
                     .args(["--server", &self.cluster.server.url()])
@@ -1244,7 +1245,7 @@ impl Run<'_> {
     ) -> Timeline {
         let end = Timestamp::now();
         let mut title = format!(
-            "leader-elect chaos, seed {seed}: {} candidates, lease {} / renew deadline {} / retry period {}",
+            "leader-elect-lab chaos, seed {seed}: {} candidates, lease {} / renew deadline {} / retry period {}",
             self.args.candidates,
             fmt(self.args.timings.lease_duration),
             fmt(self.args.timings.renew_deadline),

@@ -1,4 +1,4 @@
-//! `claim-coordinator bench`: one workload, four arms, each on a fresh embedded fake API server with three
+//! `leader-elect-lab claim-bench`: one workload, four arms, each on a fresh embedded fake API server with three
 //! replicas, each replica on its own listener with the same latency:
 //!
 //! - (a) every replica claims optimistically as Beskar7 did: for each pending claim (10 concurrent
@@ -18,14 +18,14 @@ use anyhow::Context;
 use claim_coordinator::metrics::Metrics;
 use claim_coordinator::resources::HostClaim;
 use claim_coordinator::selection::{Candidate, spread};
-use claim_coordinator::sim::{
-    self, Cluster, Monitor, NAMESPACE, Replica, claim_plans, host_plans, quantile,
-};
 use claim_coordinator::steps::{Fence, Pool};
 use claim_coordinator::{Claimer, Settings};
 use fake_apiserver::Faults;
 use kube::ResourceExt;
 use kube::api::ListParams;
+use leaderelection_lab::claim_sim::{
+    self as sim, Cluster, Monitor, NAMESPACE, Replica, claim_plans, host_plans, quantile,
+};
 use prometheus_client::registry::Registry;
 use rand::SeedableRng;
 use tokio::time::Instant;
@@ -94,7 +94,7 @@ struct Result {
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
-        "claim-coordinator bench: {} hosts, {} claims over {}, 3 replicas, {} ms latency per request, seed {}",
+        "leader-elect-lab claim-bench: {} hosts, {} claims over {}, 3 replicas, {} ms latency per request, seed {}",
         args.hosts,
         args.claims,
         humantime::format_duration(args.arrival),

@@ -1,4 +1,4 @@
-//! `leader-elect demo`: a whole election on the embedded fake API server. Real `leader-elect run` processes
+//! `leader-elect-lab demo`: a whole election on the embedded fake API server. Real `leader-elect run` processes
 //! (one listener each, so one can be cut off alone), each running a leader-only `sleep`; then a crash
 //! (SIGKILL), a graceful handover (SIGTERM) and a partition, each measured from the candidates' own logs.
 
@@ -10,11 +10,11 @@ use jiff::Timestamp;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::Failure;
+use crate::failure::Failure;
 use crate::harness::{Cluster, Timings, What, is_child_start, secs};
 use crate::timeline::{Bar, Mark, Timeline};
 
-/// `leader-elect demo`.
+/// `leader-elect-lab demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
     /// Number of candidate processes (at least 2).
@@ -66,7 +66,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let fmt = |d: Duration| humantime::format_duration(d).to_string();
     let mut cluster = Cluster::new(args.candidates, timings.clone(), Vec::new()).await?;
     println!(
-        "leader-elect demo: {} candidates on the embedded fake API server {} (lease {}, renew deadline {}, \
+        "leader-elect-lab demo: {} candidates on the embedded fake API server {} (lease {}, renew deadline {}, \
          retry period {}); each runs `sleep 3600` only while it leads\n",
         args.candidates,
         cluster.server.url(),
@@ -266,7 +266,10 @@ fn draw(
     marks: &[(usize, Timestamp, Option<Timestamp>, &str)],
 ) -> Timeline {
     let mut timeline = Timeline::new(
-        format!("leader-elect demo: {} candidates", cluster.listeners.len()),
+        format!(
+            "leader-elect-lab demo: {} candidates",
+            cluster.listeners.len()
+        ),
         cluster.started,
         Timestamp::now(),
     );

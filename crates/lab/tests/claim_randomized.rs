@@ -6,17 +6,17 @@
 //! the end: no host with two consumers, no claim with two hosts; and every claim still wanted is bound within
 //! lease duration + 2 x processing interval after the faults stop.
 //!
-//! A failing seed is printed; run it alone with `SEED=<n> cargo test -p claim-coordinator --test randomized`.
+//! A failing seed is printed; run it alone with `SEED=<n> cargo test -p leaderelection-lab --test claim_randomized`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use claim_coordinator::resources::HostClaimSpec;
-use claim_coordinator::sim::{ClaimRequest, Cluster, HostPlan, Monitor, Replica};
 use claim_coordinator::{Mode, Settings};
 use fake_apiserver::Faults;
 use kube::ResourceExt;
 use kube::api::DeleteParams;
+use leaderelection_lab::claim_sim::{ClaimRequest, Cluster, HostPlan, Monitor, Replica};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use claim_coordinator::resources::{
     ConsumerRef, HostClaimSpec, HostState, RELEASE_FINALIZER, TERM_ANNOTATION,
 };
-use claim_coordinator::sim::{Cluster, HostPlan, NAMESPACE, ReplicaEvent};
 use claim_coordinator::{
     Binder, ClaimPhase, Claimer, Fence, Metrics, Mode, Pool, Settings, StepError,
 };
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
 use leaderelection::{LeaderState, Term};
+use leaderelection_lab::claim_sim::{Cluster, HostPlan, NAMESPACE, ReplicaEvent};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -375,13 +375,13 @@ async fn delegated_claims_are_bound_by_the_elected_leader() {
     let mut replicas = Vec::new();
     for id in ["replica-a", "replica-b"] {
         replicas.push(
-            claim_coordinator::sim::Replica::start(&cluster, id, &settings, events.clone())
+            leaderelection_lab::claim_sim::Replica::start(&cluster, id, &settings, events.clone())
                 .await
                 .unwrap(),
         );
     }
     for i in 0..4 {
-        replicas[i % 2].request(claim_coordinator::sim::ClaimRequest {
+        replicas[i % 2].request(leaderelection_lab::claim_sim::ClaimRequest {
             name: format!("c-{i}"),
             spec: simple(),
         });
@@ -497,7 +497,7 @@ async fn optimistic_claimers_racing_for_the_same_claims_agree_on_one_host_each()
     for id in ["consumer-a", "consumer-b", "consumer-c"] {
         let listener = cluster.server.add_listener().await.unwrap();
         claimers.push(Claimer::new(
-            claim_coordinator::sim::client(&listener.url()).unwrap(),
+            leaderelection_lab::claim_sim::client(&listener.url()).unwrap(),
             NAMESPACE,
             id,
             &settings,

@@ -1,21 +1,27 @@
-//! `leader-elect bench`: the failover scenarios of the demo, many times, on the embedded fake API server;
+//! `leader-elect-lab bench`: the failover scenarios of the demo, many times, on the embedded fake API server;
 //! prints median and p99 of graceful handover and crash failover, median and p90 of a yield to a preferred
 //! holder, the steady-state API load of leader and followers (watching, and polling as client-go does), and
 //! the idle footprint of one process.
 
+use std::process::Stdio;
 use std::time::Duration;
 
+use anyhow::Context;
 use fake_apiserver::Faults;
+use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, WatchEvent, WatchParams};
+use leaderelection::KubeLeaseLock;
 use nix::sys::signal::Signal;
 
-use crate::Failure;
+use crate::failure::Failure;
 use crate::harness::{Cluster, Timings, is_child_start, secs};
 
 mod candidates;
 mod shards;
 
-/// `leader-elect bench`.
+/// `leader-elect-lab bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
     /// Graceful handovers to measure (default timings 15s / 10s / 2s).
@@ -27,8 +33,9 @@ pub(crate) struct BenchArgs {
     /// How long to count steady-state requests, per mode (watch, poll).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     load_window: Duration,
-    /// Yields to a preferred holder to measure (`spec.preferredHolder` written, as `leader-elect yield`
-    /// writes it -> the preferred candidate's child started; default timings 15s / 10s / 2s).
+    /// Yields to a preferred holder to measure (`leader-elect yield --to` run as a process; from the
+    /// instant the lab's watch on the Lease sees spec.preferredHolder written -> the preferred candidate's
+    /// child started; default timings 15s / 10s / 2s).
     #[arg(long, default_value_t = 20)]
     yield_runs: usize,
     /// Instead of the process scenarios: graceful handovers among N in-process candidates on one Lease,
@@ -70,6 +77,17 @@ impl BenchArgs {
             ..Faults::none()
         }
     }
+}
+
+/// A client for the in-process candidates, made as `leader-elect run --server URL` makes its own
+/// ([`KubeLeaseLock::client_config`]).
+fn client(url: &str) -> anyhow::Result<kube::Client> {
+    let uri = url
+        .parse()
+        .with_context(|| format!("invalid server URL {url}"))?;
+    Ok(kube::Client::try_from(KubeLeaseLock::client_config(
+        kube::Config::new(uri),
+    ))?)
 }
 
 fn defaults() -> Timings {
@@ -163,30 +181,26 @@ async fn failovers(
     Ok(samples)
 }
 
-/// Repeats: write `preferredHolder` naming the next candidate (as `leader-elect yield` does), measure until
-/// that candidate's child starts. Returns the samples in milliseconds, from just before the write was sent,
-/// and the number of child intervals of different candidates that overlapped.
+/// Repeats: `leader-elect yield --to` the next candidate, as a user would, and measure from the instant the
+/// lab's watch on the Lease sees `preferredHolder` written until that candidate's child starts. Returns the
+/// samples in milliseconds, and the number of child intervals of different candidates that overlapped.
 async fn yields(runs: usize, network: &Faults) -> anyhow::Result<(Vec<f64>, usize)> {
     let (mut cluster, mut leader) = leading(defaults(), Vec::new(), network).await?;
     let timeout = Duration::from_secs(60);
     let mut config = kube::Config::new(cluster.server.url().parse()?);
     config.default_retry = false;
-    let lock =
-        leaderelection::KubeLeaseLock::new(kube::Client::try_from(config)?, "default", "demo");
+    let leases: Api<Lease> = Api::namespaced(kube::Client::try_from(config)?, "default");
     // Let the followers open their watches.
     cluster.drain(Duration::from_millis(500)).await;
     let mut samples = Vec::new();
     for _ in 0..runs {
         let to = (leader + 1) % 3;
-        let t0 = Timestamp::now();
-        crate::preferred::ask(&lock, &format!("candidate-{to}"))
-            .await
-            .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err)?;
+        let seen = ask_to_yield(&cluster, &leases, &format!("candidate-{to}"), timeout).await?;
         let next = cluster
             .next(timeout, |s| is_child_start(s) && s.candidate == to)
             .await
             .ok_or_else(|| anyhow::anyhow!("candidate-{to} did not lead within {timeout:?}"))?;
-        samples.push(ms(next.at.duration_since(t0)));
+        samples.push(ms(next.at.duration_since(seen)));
         // Let the candidate that yielded settle as a follower.
         cluster.drain(Duration::from_millis(300)).await;
         leader = to;
@@ -195,6 +209,67 @@ async fn yields(runs: usize, network: &Faults) -> anyhow::Result<(Vec<f64>, usiz
     cluster.stop_all().await;
     cluster.server.shutdown().await;
     Ok((samples, overlaps))
+}
+
+/// Runs `leader-elect yield --to identity` and returns the instant the lab's watch on the Lease (on the
+/// server's default listener, which has no faults) saw the `preferredHolder` it wrote: the write's commit,
+/// give or take the watch's delivery, and not the process's start-up or its read before the write. The
+/// watch is opened first, so the write cannot be missed.
+async fn ask_to_yield(
+    cluster: &Cluster,
+    leases: &Api<Lease>,
+    identity: &str,
+    timeout: Duration,
+) -> anyhow::Result<Timestamp> {
+    let version = leases
+        .get("demo")
+        .await?
+        .metadata
+        .resource_version
+        .context("the Lease has no resourceVersion")?;
+    let params = WatchParams::default().fields("metadata.name=demo");
+    let mut events = leases.watch(&params, &version).await?.boxed();
+    let mut yielding = tokio::process::Command::new(cluster.leader_elect())
+        .args(["yield", "--lease-name", "demo", "--namespace", "default"])
+        .args(["--to", identity, "--server", &cluster.server.url()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting leader-elect yield")?;
+    let watched = async {
+        let mut exited = false;
+        loop {
+            tokio::select! {
+                event = events.try_next() => match event? {
+                    Some(WatchEvent::Modified(lease))
+                        if lease.spec.as_ref().and_then(|s| s.preferred_holder.as_deref()) == Some(identity) =>
+                    {
+                        return Ok(Timestamp::now());
+                    }
+                    Some(_) => {}
+                    None => anyhow::bail!("the watch on the Lease ended"),
+                },
+                status = yielding.wait(), if !exited => {
+                    let status = status.context("waiting for leader-elect yield")?;
+                    anyhow::ensure!(status.success(), "leader-elect yield --to {identity}: {status}");
+                    exited = true;
+                }
+            }
+        }
+    };
+    let seen = tokio::time::timeout(timeout, watched)
+        .await
+        .map_err(|_| anyhow::anyhow!("preferredHolder {identity} not seen within {timeout:?}"))??;
+    let status = yielding
+        .wait()
+        .await
+        .context("waiting for leader-elect yield")?;
+    anyhow::ensure!(
+        status.success(),
+        "leader-elect yield --to {identity}: {status}"
+    );
+    Ok(seen)
 }
 
 /// Requests per minute of the leader and of each follower, and the footprint of each process.
@@ -304,7 +379,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     let network = args.network();
     println!(
-        "leader-elect bench: 3 candidate processes per scenario on the embedded fake API server"
+        "leader-elect-lab bench: 3 candidate processes per scenario on the embedded fake API server"
     );
     if network != Faults::none() {
         println!(
@@ -328,7 +403,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let (mut yielded, overlaps) = yields(args.yield_runs, &network).await?;
     yielded.sort_by(f64::total_cmp);
     println!(
-        "yield to a preferred holder (preferredHolder written -> its child started), 15s/10s/2s, {} runs: \
+        "yield to a preferred holder (leader-elect yield; preferredHolder seen written -> its child started), 15s/10s/2s, {} runs: \
          median {:.1} ms, p90 {:.1} ms, overlapping children {overlaps} (target median <= 10 ms; client-go \
          stops renewing and waits for expiry: one lease duration, {} s here)",
         yielded.len(),

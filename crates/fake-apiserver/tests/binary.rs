@@ -1,4 +1,4 @@
-//! `leader-elect apiserver` as a process: SIGTERM ends it while a watch is stalled by a black hole (it once
+//! The `fake-apiserver` binary as a process: SIGTERM ends it while a watch is stalled by a black hole (it once
 //! waited forever on that watch: the watch task waited for the fault to be lifted and for nothing else).
 //!
 //! The server is driven over plain HTTP/1.1 from the test, as the curl reproduction does: a watch on a
@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_leader-elect");
+const BIN: &str = env!("CARGO_BIN_EXE_fake-apiserver");
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
 
 /// A liveness bound, not a figure: the exit takes milliseconds; a loaded machine must not fail the test.
 const LIVENESS: Duration = Duration::from_secs(10);
 
-/// `leader-elect apiserver` on an ephemeral port, killed when dropped.
+/// The `fake-apiserver` binary on an ephemeral port, killed when dropped.
 struct Apiserver {
     child: Child,
     /// `127.0.0.1:PORT` of the default listener.
@@ -32,7 +32,7 @@ struct Apiserver {
 impl Apiserver {
     fn start() -> Self {
         let mut child = Command::new(BIN)
-            .args(["apiserver", "--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

@@ -1,16 +1,20 @@
-//! `leader-elect apiserver`: the fake Kubernetes API server, until SIGINT or SIGTERM.
+//! `fake-apiserver`: the fake Kubernetes API server, until SIGINT or SIGTERM.
+//!
+//! Exit codes: 0 after SIGINT or SIGTERM; 1 when it cannot listen; 2 on a usage error (clap's).
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::Parser;
 use fake_apiserver::{ElectionTimings, FakeApiServer};
 use tokio_util::sync::CancellationToken;
 
-use crate::Failure;
-
-/// `leader-elect apiserver`.
-#[derive(Debug, clap::Args)]
-pub(crate) struct ApiserverArgs {
+/// An in-memory Kubernetes API server (Leases, custom resources, discovery, watches) with fault injection
+/// under `/fake/`. Plain HTTP, no authentication: keep it on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "fake-apiserver", version, about)]
+struct ApiserverArgs {
     /// Address to listen on (plain HTTP; keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
@@ -21,7 +25,24 @@ pub(crate) struct ApiserverArgs {
     coordinated_election: bool,
 }
 
-pub(crate) async fn run(args: ApiserverArgs) -> Result<(), Failure> {
+fn main() -> ExitCode {
+    let args = ApiserverArgs::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fake-apiserver: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
     let mut builder = FakeApiServer::builder().listen(args.listen);
     if args.coordinated_election {
         builder = builder.coordinated_election(ElectionTimings::default());

@@ -13,14 +13,14 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::claimer::Claimer;
-use crate::coordinator;
-use crate::metrics::Metrics;
-use crate::resources::{
-    Hardware, HostClaim, HostClaimSpec, HostState, PhysicalHost, PhysicalHostSpec,
-    PhysicalHostStatus, fake_resource_types,
+use claim_coordinator::claimer::Claimer;
+use claim_coordinator::coordinator;
+use claim_coordinator::metrics::Metrics;
+use claim_coordinator::resources::{
+    GROUP, Hardware, HostClaim, HostClaimSpec, HostState, PhysicalHost, PhysicalHostSpec,
+    PhysicalHostStatus, VERSION,
 };
-use crate::settings::Settings;
+use claim_coordinator::settings::Settings;
 use leaderelection_controller::BoxError;
 
 /// The namespace of the simulated pool and Lease.
@@ -40,6 +40,20 @@ pub fn client(url: &str) -> Result<Client, kube::Error> {
     config.read_timeout = None;
     config.connect_timeout = Some(Duration::from_secs(2));
     Client::try_from(config)
+}
+
+/// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`).
+#[must_use]
+pub fn fake_resource_types() -> [fake_apiserver::ResourceType; 2] {
+    let custom = |kind: &str, plural: &str, short: &str| {
+        let mut rt = fake_apiserver::ResourceType::custom(GROUP, VERSION, kind, plural, true);
+        rt.short_names = vec![short.to_owned()];
+        rt
+    };
+    [
+        custom("PhysicalHost", "physicalhosts", "ph"),
+        custom("HostClaim", "hostclaims", "hc"),
+    ]
 }
 
 /// The timings of the demo and the benchmark: lease 2 s, renew deadline 1.5 s, retry period 250 ms,

@@ -1,4 +1,4 @@
-//! `leader-elect bench --shards K --replicas R`: K shard Leases split among R in-process replicas
+//! `leader-elect-lab bench --shards K --replicas R`: K shard Leases split among R in-process replicas
 //! (`leaderelection::ShardSet`, each with its own kube client and listener): balance, rebalancing time
 //! after a replica joins, leaves, or is cut off, overlap of any shard's work, and API requests per minute.
 
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::ServerArgs;
+use super::client;
 
 /// (shard, replica, start, end) of every term's work.
 type Intervals = Arc<Mutex<Vec<(u32, usize, Instant, Option<Instant>)>>>;
@@ -43,12 +43,8 @@ async fn replica(
     log: &Intervals,
 ) -> anyhow::Result<Replica> {
     let listener = server.add_listener().await.context("opening a listener")?;
-    let client = ServerArgs {
-        server: Some(listener.url()),
-    }
-    .client()
-    .await
-    .map_err(|_| anyhow::anyhow!("building the kube client of replica-{i}"))?;
+    let client = client(&listener.url())
+        .with_context(|| format!("building the kube client of replica-{i}"))?;
     let log = log.clone();
     let config = ShardConfig::new(
         Config::new(format!("replica-{i}"), "shard", "default"),

@@ -1,4 +1,4 @@
-//! `leader-elect chaos-worker` (internal): the leader-only child of a chaos candidate. It appends a fenced
+//! `leader-elect-lab chaos-worker` (internal): the leader-only child of a chaos candidate. It appends a fenced
 //! heartbeat, `TERM IDENTITY UNIX_NANOS PID INCARNATION`, to the work log every period, one `write` on a file opened
 //! with `O_APPEND` (atomic for a line this short on a local file), until SIGTERM, which it obeys, ignores
 //! or answers by draining (writing on for a while), as real commands do.
@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::check::Heartbeat;
-use crate::Failure;
+use crate::failure::Failure;
 
 /// What the worker does on SIGTERM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,7 +26,7 @@ pub(crate) enum OnSigterm {
     Drain,
 }
 
-/// `leader-elect chaos-worker`.
+/// `leader-elect-lab chaos-worker`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct WorkerArgs {
     /// The work log.
@@ -64,7 +64,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), Failure> {
     let identity = env("LEADER_ELECT_IDENTITY")?;
     let mut escaped = None;
     if args.escape {
-        let mut copy = tokio::process::Command::new(crate::child::SELF_EXE);
+        let mut copy = tokio::process::Command::new("/proc/self/exe");
         copy.arg("chaos-worker")
             .arg("--log")
             .arg(&args.log)

@@ -1,4 +1,4 @@
-//! `leader-elect bench --candidates N` and `--followers N`: many candidates on one Lease, run in this
+//! `leader-elect-lab bench --candidates N` and `--followers N`: many candidates on one Lease, run in this
 //! process (each with its own kube client and its own listener of the embedded fake API server, so every
 //! request is counted per candidate by the server's request log).
 
@@ -12,8 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::percentiles;
-use crate::client::ServerArgs;
+use super::{client, percentiles};
 
 const LEASE: &str = "bench";
 const NAMESPACE: &str = "default";
@@ -73,12 +72,8 @@ impl Pool {
 
     /// Starts candidate `i` afresh (a new process would: new client, new elector).
     async fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let client = ServerArgs {
-            server: Some(self.urls[i].clone()),
-        }
-        .client()
-        .await
-        .map_err(|_| anyhow::anyhow!("building the kube client of candidate-{i}"))?;
+        let client = client(&self.urls[i])
+            .with_context(|| format!("building the kube client of candidate-{i}"))?;
         let lock = KubeLeaseLock::new(client, NAMESPACE, LEASE);
         let tx = self.started_tx.clone();
         let callbacks = Callbacks::new().on_started_leading(move |_term, token| {

@@ -1,10 +1,10 @@
-//! `leader-elect chaos` as CI runs it: a short profile (fixed seeds, then one random seed that it prints)
+//! `leader-elect-lab chaos` as CI runs it: a short profile (fixed seeds, then one random seed that it prints)
 //! that must find no violation, a deliberately broken candidate that it must catch, and the demo's
 //! timeline.
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_leader-elect");
+const BIN: &str = env!("CARGO_BIN_EXE_leader-elect-lab");
 
 /// The short profile: lease 1s / renew deadline 500ms / retry period 100ms, 6 faults over 2 s per run.
 fn chaos(runs: u64, seed: u64, extra: &[&str]) -> (bool, String) {
@@ -57,7 +57,7 @@ fn the_ci_profile_finds_no_violation() {
     assert!(summary(&text, "faults injected: ") >= 16 * 3, "{text}");
 
     let seed: u64 = rand::random::<u32>().into();
-    println!("random seed: {seed} (replay: leader-elect chaos --runs 4 --seed {seed} ...)");
+    println!("random seed: {seed} (replay: leader-elect-lab chaos --runs 4 --seed {seed} ...)");
     let (ok, text) = chaos(4, seed, &[]);
     assert!(ok, "random seed {seed}:\n{text}");
     assert_eq!(summary(&text, "violations: "), 0, "seed {seed}: {text}");
@@ -100,7 +100,7 @@ fn a_broken_candidate_is_caught() {
     assert!(text.contains("VIOLATION: overlap: term"), "{text}");
     assert!(text.contains("VIOLATION: orphan process"), "{text}");
     assert!(
-        text.contains("replay: leader-elect chaos --runs 1 --seed 5 "),
+        text.contains("replay: leader-elect-lab chaos --runs 1 --seed 5 "),
         "{text}"
     );
     assert!(text.contains("timeline: "), "{text}");

@@ -2,8 +2,9 @@
 //! candidate, real `leader-elect run` processes on it, and what they report, read from their JSON logs.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,7 +15,11 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::Failure;
+use crate::failure::Failure;
+
+/// The `leader-elect` binary the candidates run: located by `main` before a command starts
+/// ([`leaderelection_lab::products::locate`]).
+pub(crate) static LEADER_ELECT: OnceLock<PathBuf> = OnceLock::new();
 
 /// What a candidate reported (from its JSON log) or what happened to it.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,7 +102,10 @@ impl Cluster {
             server,
             listeners,
             processes: (0..candidates).map(|_| None).collect(),
-            exe: std::env::current_exe().context("locating leader-elect")?,
+            exe: LEADER_ELECT
+                .get()
+                .cloned()
+                .context("leader-elect was not located")?,
             timings,
             extra_args,
             env: Vec::new(),
@@ -123,6 +131,11 @@ impl Cluster {
             .ok_or_else(|| anyhow::anyhow!("lease without renewTime"))?
             .0;
         Ok(renew + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0))))
+    }
+
+    /// The `leader-elect` binary the candidates run.
+    pub(crate) fn leader_elect(&self) -> &Path {
+        &self.exe
     }
 
     /// Starts (or restarts) candidate `i`: a `leader-elect run` process on its own listener.
