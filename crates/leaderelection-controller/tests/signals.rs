@@ -11,6 +11,12 @@ const LIVENESS: Duration = Duration::from_secs(60);
 /// One test at a time: a signal raised by one would reach the handlers of another.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Waits for this test's turn, then installs the handlers.
+async fn take_turn() -> (tokio::sync::MutexGuard<'static, ()>, Signals) {
+    let turn = TURN.lock().await;
+    (turn, Signals::install().unwrap())
+}
+
 /// Sends `signal` (`"TERM"`, `"INT"`) to this process, as the kubelet or a terminal would.
 fn raise(signal: &str) {
     let status = std::process::Command::new("kill")
@@ -23,8 +29,7 @@ fn raise(signal: &str) {
 
 #[tokio::test]
 async fn the_first_signal_shuts_down_and_the_second_skips_the_grace() {
-    let _turn = TURN.lock().await;
-    let signals = Signals::install().unwrap();
+    let (_turn, signals) = take_turn().await;
     let (shutdown, skip_grace) = (signals.shutdown(), signals.skip_grace());
     let work = async {
         assert!(!shutdown.is_cancelled(), "shutdown before any signal");
@@ -46,8 +51,7 @@ async fn the_first_signal_shuts_down_and_the_second_skips_the_grace() {
 
 #[tokio::test]
 async fn a_signal_before_run_is_kept_and_shuts_down() {
-    let _turn = TURN.lock().await;
-    let signals = Signals::install().unwrap();
+    let (_turn, signals) = take_turn().await;
     let shutdown = signals.shutdown();
     // As during start-up: the signal comes after `install`, before anything drives `run`.
     raise("TERM");
@@ -58,8 +62,7 @@ async fn a_signal_before_run_is_kept_and_shuts_down() {
 
 #[tokio::test]
 async fn run_or_abandon_stops_waiting_for_the_work_at_the_second_signal() {
-    let _turn = TURN.lock().await;
-    let signals = Signals::install().unwrap();
+    let (_turn, signals) = take_turn().await;
     let shutdown = signals.shutdown();
     // Work whose graceful stop never ends (a release that hangs, say).
     let work = async {
@@ -79,8 +82,7 @@ async fn run_or_abandon_stops_waiting_for_the_work_at_the_second_signal() {
 
 #[tokio::test]
 async fn run_or_abandon_returns_the_output_of_work_that_stops_in_its_grace() {
-    let _turn = TURN.lock().await;
-    let signals = Signals::install().unwrap();
+    let (_turn, signals) = take_turn().await;
     let shutdown = signals.shutdown();
     let work = async {
         raise("TERM");
