@@ -1,5 +1,8 @@
 //! `claim-coordinator`: run a replica, or write the CustomResourceDefinitions.
 //!
+//! `run` stops on SIGTERM (pod deletion) or SIGINT: the binder stops, the Lease is released, exit 0. A
+//! second one exits 1 at once, without waiting for that (`leaderelection_controller::signals`).
+//!
 //! The demo and the benchmark live in the lab (`leader-elect-lab claim-demo`, `claim-bench`).
 
 use std::net::SocketAddr;
@@ -9,8 +12,8 @@ use anyhow::Context;
 use claim_coordinator::Settings;
 use claim_coordinator::settings::{Mode, Overrides};
 use clap::{Args, Parser, Subcommand};
+use leaderelection_controller::signals::Signals;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 /// Leader-batched claims of pooled hosts by priority.
 #[derive(Debug, Parser)]
@@ -103,6 +106,8 @@ fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before any await: a SIGTERM during start-up (the kubeconfig, a credential plugin) is a clean stop.
+    let signals = Signals::install()?;
     let flags = Overrides {
         leader_election: args.enable_claim_coordinator_leader_election,
         lease_duration: args.claim_coordinator_lease_duration,
@@ -134,15 +139,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Registry::default(),
         args.admin,
     )?;
-    let shutdown = CancellationToken::new();
-    let signals = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-        }
-    });
-    let result = runtime.run(shutdown).await;
-    signals.abort();
-    result.map_err(Into::into)
+    // SIGTERM (pod deletion) or SIGINT: the binder stops, then the Lease is released, so another replica
+    // binds at once. A second one: exit without waiting (the Lease then expires).
+    let shutdown = signals.shutdown();
+    signals.run_or_abandon(runtime.run(shutdown)).await??;
+    Ok(())
 }

@@ -1,18 +1,105 @@
-//! The `claim-coordinator` binary: `run` as a real process against the fake API server binds claims and
-//! serves the seed's metrics.
+//! The `claim-coordinator` binary: `run` as a real process against the fake API server binds claims,
+//! serves the seed's metrics, and on SIGTERM or SIGINT stops its binder and releases the Lease.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use claim_coordinator::resources::HostClaimSpec;
-use leaderelection_lab::claim_sim::{Cluster, HostPlan};
+use claim_coordinator::settings::DEFAULT_LEASE_NAME;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use leaderelection_lab::claim_sim::{Cluster, HostPlan, NAMESPACE};
 use leaderelection_lab::products::{Product, locate};
+
+/// A liveness bound only, generous for a loaded machine.
+const LIVENESS: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_binds_claims_as_leader_and_serves_the_metrics() {
-    // First: under cargo this builds the binary, blocking the test's thread a while.
-    let bin = locate(Product::ClaimCoordinator, None).unwrap();
     let cluster = Cluster::start().await.unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    drop(admin);
+    let child = start_leading(
+        &cluster,
+        &[
+            "--claim-coordinator-lease-duration=2s",
+            "--claim-coordinator-renew-deadline=1s",
+            "--claim-coordinator-retry-period=200ms",
+            "--admin",
+            &admin_addr.to_string(),
+        ],
+    )
+    .await;
+    let metrics = get(&format!("http://{admin_addr}/metrics")).await;
+    for line in [
+        "claim_coordinator_leader_election_total{event_type=\"started_leading\"} 1",
+        "claim_coordinator_results_total{result_type=\"success\"} 1",
+        "host_claim_attempts_total{outcome=\"success\",conflict_reason=\"none\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    // SIGINT, as Ctrl-C: the replica stops its binder, releases the Lease and exits 0.
+    kill(&child, "INT");
+    let output = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{logs}");
+    for line in [
+        "New leader elected for claim coordination",
+        "Became leader for claim coordination",
+        "Processing claim as leader",
+        "Lost leadership for claim coordination",
+    ] {
+        assert!(logs.contains(line), "missing {line:?} in\n{logs}");
+    }
+    cluster.server.shutdown().await;
+}
+
+/// SIGTERM, as the kubelet sends a pod it deletes (not SIGINT, which Ctrl-C sends and `run` used to be
+/// the only one to catch: SIGTERM killed it, holding the Lease until it expired): the replica stops its
+/// binder, releases the Lease and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_sigterm_stops_its_binder_and_releases_the_lease() {
+    let cluster = Cluster::start().await.unwrap();
+    // A lease duration far longer than the test waits: only a release can clear the holder.
+    let child = start_leading(&cluster, &["--claim-coordinator-lease-duration=60s"]).await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let holder = |lease: Lease| lease.spec.and_then(|spec| spec.holder_identity);
+    let before = leases.get(DEFAULT_LEASE_NAME).await.unwrap();
+    assert_eq!(holder(before).as_deref(), Some("pod-a"), "pod-a leads");
+
+    kill(&child, "TERM");
+    let output = tokio::time::timeout(LIVENESS, child.wait_with_output())
+        .await
+        .expect("claim-coordinator exits after SIGTERM")
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "exit 0, not death by the signal ({:?})\n{logs}",
+        output.status
+    );
+    let after = leases.get(DEFAULT_LEASE_NAME).await.unwrap();
+    assert_eq!(
+        holder(after).unwrap_or_default(),
+        "",
+        "the Lease is released (empty holderIdentity) at exit\n{logs}"
+    );
+    // The binder logs this line when its term's token is cancelled and it has stopped.
+    let stopped = logs.find("Lost leadership for claim coordination");
+    assert!(
+        stopped.is_some_and(|at| logs[..at].contains("Became leader for claim coordination")),
+        "the binder started, then stopped\n{logs}"
+    );
+    cluster.server.shutdown().await;
+}
+
+/// Starts `claim-coordinator run` as `pod-a` with `extra` flags on a cluster with one host, and returns
+/// it once its binder has bound a claim to that host: it leads, and its binder runs.
+async fn start_leading(cluster: &Cluster, extra: &[&str]) -> tokio::process::Child {
+    // Under cargo this builds the binary first, blocking the test's thread a while.
+    let bin = locate(Product::ClaimCoordinator, None).unwrap();
     cluster
         .add_host(&HostPlan {
             name: "host-1".into(),
@@ -22,9 +109,6 @@ async fn run_binds_claims_as_leader_and_serves_the_metrics() {
         })
         .await
         .unwrap();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    drop(admin);
     let child = tokio::process::Command::new(bin)
         .args([
             "run",
@@ -33,15 +117,11 @@ async fn run_binds_claims_as_leader_and_serves_the_metrics() {
             "--identity",
             "pod-a",
             "--namespace",
-            "default",
+            NAMESPACE,
             "--enable-claim-coordinator-leader-election=true",
-            "--claim-coordinator-lease-duration=2s",
-            "--claim-coordinator-renew-deadline=1s",
-            "--claim-coordinator-retry-period=200ms",
             "--claim-coordinator-processing-interval=100ms",
-            "--admin",
-            &admin_addr.to_string(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -57,7 +137,7 @@ async fn run_binds_claims_as_leader_and_serves_the_metrics() {
         )
         .await
         .unwrap();
-    let bound = tokio::time::timeout(Duration::from_secs(20), async {
+    let bound = tokio::time::timeout(LIVENESS, async {
         loop {
             let claim = cluster.claims().get("claim-1").await.unwrap();
             if let Some(host) = claim.host_ref() {
@@ -67,36 +147,17 @@ async fn run_binds_claims_as_leader_and_serves_the_metrics() {
         }
     })
     .await
-    .expect("bound within 20 s");
+    .expect("bound within the liveness bound");
     assert_eq!(bound, "host-1");
-    let metrics = get(&format!("http://{admin_addr}/metrics")).await;
-    for line in [
-        "claim_coordinator_leader_election_total{event_type=\"started_leading\"} 1",
-        "claim_coordinator_results_total{result_type=\"success\"} 1",
-        "host_claim_attempts_total{outcome=\"success\",conflict_reason=\"none\"} 1",
-    ] {
-        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
-    }
-    nix_kill(&child);
-    let output = child.wait_with_output().await.unwrap();
-    let logs = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{logs}");
-    for line in [
-        "New leader elected for claim coordination",
-        "Became leader for claim coordination",
-        "Processing claim as leader",
-        "Lost leadership for claim coordination",
-    ] {
-        assert!(logs.contains(line), "missing {line:?} in\n{logs}");
-    }
-    cluster.server.shutdown().await;
+    child
 }
 
-/// SIGINT, as Ctrl-C: the replica stops its binder, releases the Lease and exits 0.
-fn nix_kill(child: &tokio::process::Child) {
+/// Sends `signal` (`"TERM"`, `"INT"`) to `child`.
+fn kill(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("running");
     let status = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
         .status()
         .unwrap();
     assert!(status.success());

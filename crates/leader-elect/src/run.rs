@@ -11,8 +11,8 @@ use clap::ValueEnum;
 use leaderelection::{CandidateConfig, KubeLeaseLock, LeaseLock};
 use leaderelection_controller::runtime::Builder;
 use leaderelection_controller::settings::{Environment, Overrides, Settings, SettingsError};
+use leaderelection_controller::signals::Signals;
 use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{ChildSpec, Groups, Guardian, Reaper, run_for_term, stop_children_on_sigtstp};
@@ -112,8 +112,17 @@ pub(crate) struct RunArgs {
 
 pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     // Caught from here on, before any await: a signal during start-up (kubeconfig, a credential plugin,
-    // the guardian) is then a clean stop, not death by the signal.
-    let signals = Signals::install();
+    // the guardian) is then a clean stop, not death by the signal. The first SIGTERM or SIGINT cancels
+    // `shutdown`, the second `skip_grace` (SIGKILL to the child's group without the rest of its grace).
+    let signals = Signals::install()
+        .inspect_err(|err| {
+            tracing::error!(%err, "cannot install signal handlers; stop with SIGKILL only");
+        })
+        .ok();
+    let (shutdown, skip_grace) = match &signals {
+        Some(signals) => (signals.shutdown(), signals.skip_grace()),
+        None => (CancellationToken::new(), CancellationToken::new()),
+    };
     let settings = match &args.config {
         Some(path) => Settings::from_path(path).map_err(|e| Failure::Usage(e.into()))?,
         None => Settings::default(),
@@ -175,7 +184,6 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let identity = config.identity.clone();
     let lease = format!("{}/{}", config.lease_namespace, config.lease_name);
 
-    let shutdown = CancellationToken::new();
     let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
     let runtime = match client {
         Some(client) => {
@@ -211,7 +219,6 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         }
     };
     let reaper = Arc::new(reaper);
-    let skip_grace = CancellationToken::new();
     let groups = guardian.is_some().then(|| Arc::new(Groups::default()));
     if let (Some(guardian), Some(groups)) = (guardian, &groups) {
         let spec = ChildSpec {
@@ -230,22 +237,29 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         });
     }
 
-    // Every task is awaited here: the runtime's, the reaper and the signal handlers.
+    // Every task is awaited here: the runtime's, the reaper and the SIGTSTP handler, with the signal
+    // handlers listening until they are done.
     let aux_stop = CancellationToken::new();
-    let (result, (), (), ()) = tokio::join!(
-        async {
-            let result = runtime.run(shutdown.clone()).await;
-            aux_stop.cancel();
-            result
-        },
-        reaper.clone().run(aux_stop.clone()),
-        stop_on_signals(signals, shutdown.clone(), skip_grace, aux_stop.clone()),
-        async {
-            if let Some(groups) = groups {
-                stop_children_on_sigtstp(groups, aux_stop.clone()).await;
-            }
-        },
-    );
+    let tasks = async {
+        let (result, (), ()) = tokio::join!(
+            async {
+                let result = runtime.run(shutdown.clone()).await;
+                aux_stop.cancel();
+                result
+            },
+            reaper.clone().run(aux_stop.clone()),
+            async {
+                if let Some(groups) = groups {
+                    stop_children_on_sigtstp(groups, aux_stop.clone()).await;
+                }
+            },
+        );
+        result
+    };
+    let result = match signals {
+        Some(signals) => signals.run(tasks).await,
+        None => tasks.await,
+    };
     match result {
         Ok(()) => Ok(()),
         Err(RuntimeError::Supervisor(SupervisorError::Failed(failure))) => Err(Failure::Runtime(
@@ -326,55 +340,4 @@ fn build<L: LeaseLock>(
         builder = builder.admin(addr);
     }
     builder.build().map_err(|e| Failure::Usage(e.into()))
-}
-
-/// SIGTERM and SIGINT, caught from when this is made on; `None` when the handlers could not be
-/// installed.
-struct Signals(Option<(Signal, Signal)>);
-
-impl Signals {
-    fn install() -> Self {
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(term), Ok(int)) => Self(Some((term, int))),
-            _ => {
-                tracing::error!("cannot install signal handlers; stop with SIGKILL only");
-                Self(None)
-            }
-        }
-    }
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT (received since `signals` was made), and
-/// `skip_grace` on the second; returns then, or when `stop` is cancelled.
-async fn stop_on_signals(
-    signals: Signals,
-    shutdown: CancellationToken,
-    skip_grace: CancellationToken,
-    stop: CancellationToken,
-) {
-    let Signals(Some((mut term, mut int))) = signals else {
-        return;
-    };
-    let mut next = async || {
-        tokio::select! {
-            _ = term.recv() => Some("SIGTERM"),
-            _ = int.recv() => Some("SIGINT"),
-            () = stop.cancelled() => None,
-        }
-    };
-    let Some(signal) = next().await else { return };
-    tracing::info!(
-        signal,
-        "shutting down: stopping the child, then releasing the lease"
-    );
-    shutdown.cancel();
-    let Some(signal) = next().await else { return };
-    tracing::warn!(
-        signal,
-        "second signal: SIGKILL to the child's process group, without the rest of its grace period"
-    );
-    skip_grace.cancel();
 }

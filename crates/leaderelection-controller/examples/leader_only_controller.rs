@@ -14,8 +14,9 @@
 //! kubectl get greeting world -o jsonpath='{.status}'   # reply, observedGeneration, observedTerm, reconciledBy
 //! ```
 //!
-//! Stop the leader (Ctrl-C): its controller stops, the Lease is released, and the other replica's
-//! controller rewrites the status with the next term. Install the CRD first: kube-runtime holds
+//! Stop the leader (Ctrl-C, or SIGTERM as the kubelet sends): its controller stops, the Lease is released,
+//! and the other replica's controller rewrites the status with the next term; a second Ctrl-C exits at
+//! once, leaving the Lease to expire. Install the CRD first: kube-runtime holds
 //! reconciliations until its first list of Greetings succeeds, and a controller whose list keeps failing
 //! (404 without the CRD) does not finish a graceful shutdown; the elector then aborts it at its stop
 //! deadline ([`leaderelection::Config::stop_timeout`]) before releasing the Lease. `tests/leader_only_controller.rs` runs this file's
@@ -33,10 +34,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
 use leaderelection::{Config, Term};
+use leaderelection_controller::signals::Signals;
 use leaderelection_controller::{BoxError, Runtime};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 /// A `Greeting` asks the controller for a reply to `spec.name`.
@@ -74,34 +75,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     tracing_subscriber::fmt::init();
+    let signals = Signals::install()?;
     let identity = std::env::var("POD_NAME")?;
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
     let admin = std::env::var("ADMIN_ADDR").unwrap_or_else(|_| "0.0.0.0:8080".into());
     let client = Client::try_default().await?;
     let config = Config::new(identity, "greeting-controller", namespace);
 
-    let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    Runtime::builder(client.clone(), config)
+    let runtime = Runtime::builder(client.clone(), config)
         .leader_only("greeting-controller", move |term, token| {
             controller(client.clone(), term, token)
         })
         .admin(admin.parse()?)
-        .build()?
-        .run(shutdown) // returns once the controller has stopped and the Lease is released
-        .await?;
-    signals.abort();
-    Ok(())
-}
-
-/// Cancels `shutdown` on SIGTERM (what the kubelet sends a pod it stops) or Ctrl-C.
-async fn cancel_on_signal(shutdown: CancellationToken) -> std::io::Result<()> {
-    let mut sigterm = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        result = tokio::signal::ctrl_c() => result?,
-    }
-    shutdown.cancel();
+        .build()?;
+    // Returns once the controller has stopped and the Lease is released (or at a second signal).
+    let shutdown = signals.shutdown();
+    signals.run_or_abandon(runtime.run(shutdown)).await??;
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 //! - the [`recorder`]: Kubernetes Events on the Lease (`<identity> became leader`), opt-in with
 //!   [`runtime::Builder::events`], fed from the bus;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/vars`;
-//! - [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`).
+//! - [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`);
+//! - [`signals`]: the first SIGTERM or SIGINT shuts down, the second skips the grace.
 //!
 //! # Examples
 //!
@@ -32,7 +33,7 @@
 //!     })
 //!     .admin("0.0.0.0:8080".parse()?)
 //!     .build()?
-//!     .run(CancellationToken::new()) // cancel on SIGTERM: the work stops, then the Lease is released
+//!     .run(CancellationToken::new()) // signals::Signals cancels it on SIGTERM: work stops, Lease released
 //!     .await?;
 //! # Ok(()) }
 //! ```
@@ -52,6 +53,7 @@ mod metrics;
 pub mod recorder;
 pub mod runtime;
 pub mod settings;
+pub mod signals;
 mod supervisor;
 
 pub use crate::admin::Admin;

@@ -165,6 +165,8 @@ pub(crate) async fn run_for_term(
             }
             () = spec.skip_grace.cancelled(), if stopping.is_some() && !grace_skipped => {
                 grace_skipped = true;
+                tracing::warn!(pid, term = term.transitions, "second signal: SIGKILL to the child's \
+                    process group, without the rest of its grace period");
                 if let Some(stopping) = stopping.as_mut() {
                     stopping.grace_until = std::time::Instant::now();
                 }
