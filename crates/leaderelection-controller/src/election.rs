@@ -79,8 +79,9 @@ impl Election {
                     });
                     let work = user.started_leading(term, token);
                     async move {
-                        if let Some(work) = work {
-                            work.await;
+                        match work {
+                            Some(work) => work.await,
+                            None => Ok(()),
                         }
                     }
                 }

@@ -59,4 +59,4 @@ pub use crate::election::Election;
 pub use crate::events::{Event, EventBus, Received, Subscription};
 pub use crate::metrics::Metrics;
 pub use crate::runtime::{Runtime, RuntimeError};
-pub use crate::supervisor::{BoxError, Failure, Policy, Supervisor, SupervisorError};
+pub use crate::supervisor::{BoxError, BudgetSpent, Failure, Policy, Supervisor, SupervisorError};

@@ -8,11 +8,10 @@
 //! |---|---|---|---|
 //! | a leader-only component | restarted after a backoff, same term | the term's other work is stopped and awaited (the Lease is still renewed; aborted after the elector's stop timeout), then the term ends as [`StopReason::WorkFailed`]: the Lease is released, this replica contends again after a retry period | everything stops, the Lease is released, [`Supervisor::run`] returns the failure |
 //! | an all-replica component | restarted after a backoff | as [`Policy::FailProcess`] (stepping down would not stop it) | as for a leader-only one |
-//! | the user's `on_started_leading` work | a panic ends the term as with the raw elector ([`Callbacks`]); a return keeps leadership | | |
+//! | the user's `on_started_leading` work | an `Err` or a panic ends the term as with the raw elector ([`Callbacks`]); `Ok(())` keeps leadership | | |
 //!
 //! [`StopReason::WorkFailed`]: leaderelection::StopReason::WorkFailed
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -22,7 +21,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use leaderelection::{Callbacks, Term};
+use leaderelection::{Callbacks, Term, WorkError};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +30,8 @@ use tokio_util::task::TaskTracker;
 use crate::election::Election;
 use crate::metrics::Metrics;
 
-/// The error a component returns.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error a component returns (the core's [`leaderelection::BoxError`]).
+pub use leaderelection::BoxError;
 
 type AllReplicaFn =
     Arc<dyn Fn(CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
@@ -83,16 +82,39 @@ impl Default for Policy {
     }
 }
 
-/// A component failure that ended a term or the process.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("component {component} failed: {error}")]
+/// A component failure that ended a term or the process: the component's last failure, its cause kept.
+///
+/// Its `Display` is `component {component} failed: {error}`, with ` ({n} failures within {window})` when a
+/// [`Policy::Restart`] budget was spent; its `source()` is `error` (whose own chain follows).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("component {component} failed: {error}{}", .budget.as_ref().map(ToString::to_string).unwrap_or_default())]
 pub struct Failure {
     /// The component's name.
     pub component: String,
-    /// What happened: its error, `"panicked: {message}"` or `"exited unexpectedly"`, and the failure count
-    /// when a [`Policy::Restart`] budget was spent.
-    pub error: String,
+    /// What happened: the error it returned ([`WorkError::Failed`], the error itself), its panic
+    /// ([`WorkError::Panicked`]), or a return before its token was cancelled (`Failed` with an error
+    /// saying `exited unexpectedly`).
+    #[source]
+    pub error: WorkError,
+    /// The failures that spent its [`Policy::Restart`] budget, if that is why it was no longer
+    /// restarted.
+    pub budget: Option<BudgetSpent>,
 }
+
+/// A [`Policy::Restart`] budget spent: `failures` failures within `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(" ({failures} failures within {})", humantime::format_duration(*.window))]
+pub struct BudgetSpent {
+    /// How many failures fell within `window` (at least the policy's `max_failures`).
+    pub failures: usize,
+    /// The policy's window.
+    pub window: Duration,
+}
+
+/// A component that returned before its token was cancelled: a component never ends silently.
+#[derive(Debug, thiserror::Error)]
+#[error("exited unexpectedly")]
+struct ExitedUnexpectedly;
 
 /// Why [`Supervisor::run`] returned an error.
 #[derive(Debug, thiserror::Error)]
@@ -259,9 +281,10 @@ impl Supervisor {
     /// A component whose failures end the term stops the others, awaits them (the elector keeps renewing
     /// the Lease meanwhile, so no one else leads while they run) for at most the elector's stop timeout
     /// ([`leaderelection::Config::effective_stop_timeout`], once [`Supervisor::run`] started; without it
-    /// for as long as they take), aborts what is left, then ends the term's task with a panic whose
-    /// message is the [`Failure`]: the elector reports `StopReason::WorkFailed`, releases the Lease and
-    /// contends again after a retry period. A panic of `user`'s work ends the term the same way.
+    /// for as long as they take), aborts what is left, then returns the [`Failure`] as the term's work
+    /// result: the elector reports `StopReason::WorkFailed` with it, releases the Lease and contends
+    /// again after a retry period. An `Err` or a panic of `user`'s work ends the term the same way, with
+    /// that error or panic.
     pub fn callbacks(&self, user: Callbacks) -> Callbacks {
         let shared = self.shared.clone();
         let user = Arc::new(user);
@@ -355,14 +378,15 @@ impl Shared {
 }
 
 /// One term's work: every leader-only component and the user's work, each in its own task, until `stop`
-/// (a child of the term's token) is cancelled; if a component steps down (or the user's work panics),
-/// stops the rest, awaits it, and panics so that the elector ends the term as `WorkFailed`.
+/// (a child of the term's token) is cancelled; if a component steps down (or the user's work fails),
+/// stops the rest, awaits it, and returns the first failure so that the elector ends the term as
+/// `WorkFailed` with it.
 async fn lead(
     shared: Arc<Shared>,
     term: Term,
     stop: CancellationToken,
-    user_work: Option<BoxFuture<'static, ()>>,
-) {
+    user_work: Option<BoxFuture<'static, Result<(), BoxError>>>,
+) -> Result<(), BoxError> {
     // Dropped (when the elector aborts this task), the set aborts every component's task.
     let mut tasks = JoinSet::new();
     for registered in lock(&shared.leader_only).clone() {
@@ -370,7 +394,7 @@ async fn lead(
         tasks.spawn(async move {
             let start = registered.start.clone();
             match supervise(&shared, &registered, token, |t| start(term.clone(), t)).await {
-                Some((failure, GiveUp::StepDown)) => Some(failure),
+                Some((failure, GiveUp::StepDown)) => Some(WorkError::Failed(Arc::new(failure))),
                 Some((failure, GiveUp::FailProcess)) => {
                     shared.fail_process(failure);
                     None
@@ -380,9 +404,9 @@ async fn lead(
         });
     }
     if let Some(work) = user_work {
-        tasks.spawn(work.map(|()| None));
+        tasks.spawn(work.map(|result| result.err().map(WorkError::from)));
     }
-    let mut step_down: Option<Box<dyn Any + Send>> = None;
+    let mut step_down: Option<WorkError> = None;
     let mut stop_by: Option<Instant> = None;
     loop {
         let next = match stop_by {
@@ -401,11 +425,11 @@ async fn lead(
             },
         };
         let Some(joined) = next else { break };
-        let cause: Box<dyn Any + Send> = match joined {
+        let cause = match joined {
             Ok(None) => continue,
-            Ok(Some(failure)) => Box::new(format!("{failure}; stepping down")),
+            Ok(Some(failure)) => failure,
             Err(err) => match err.try_into_panic() {
-                Ok(panic) => panic,
+                Ok(panic) => WorkError::from_panic(&*panic),
                 Err(_) => continue,
             },
         };
@@ -419,10 +443,9 @@ async fn lead(
             step_down = Some(cause);
         }
     }
-    if let Some(cause) = step_down {
-        // The elector's way to end a term for failed work (`StopReason::WorkFailed`); `resume_unwind`
-        // carries the message without running the panic hook again.
-        std::panic::resume_unwind(cause);
+    match step_down {
+        Some(cause) => Err(Box::new(cause)),
+        None => Ok(()),
     }
 }
 
@@ -445,8 +468,8 @@ where
         let attempt = AssertUnwindSafe(async { start(token.clone()).await });
         let outcome = attempt.catch_unwind().await;
         let result = match outcome {
-            Ok(result) => result,
-            Err(panic) => Err(format!("panicked: {}", panic_message(&*panic)).into()),
+            Ok(result) => result.map_err(WorkError::from),
+            Err(panic) => Err(WorkError::from_panic(&*panic)),
         };
         if token.is_cancelled() {
             if let Err(error) = result {
@@ -455,27 +478,28 @@ where
             return None;
         }
         let error = match result {
-            Ok(()) => "exited unexpectedly".to_owned(),
-            Err(error) => error.to_string(),
+            Ok(()) => WorkError::Failed(Arc::new(ExitedUnexpectedly)),
+            Err(error) => error,
         };
         tracing::error!(component = %name, %error, "component failed");
         let metrics = shared.metrics();
         if let Some(metrics) = &metrics {
-            metrics.component_failed(name, &error);
+            metrics.component_failed(name, &error.to_string());
         }
-        let give_up = |error: String, action: GiveUp| {
+        let give_up = |error: WorkError, budget: Option<BudgetSpent>, action: GiveUp| {
             if let Some(metrics) = &metrics {
                 metrics.component_budget_exhausted(name);
             }
             let failure = Failure {
                 component: name.clone(),
                 error,
+                budget,
             };
             Some((failure, action))
         };
         let (initial_backoff, max_backoff) = match &component.policy {
-            Policy::StepDown => return give_up(error, GiveUp::StepDown),
-            Policy::FailProcess => return give_up(error, GiveUp::FailProcess),
+            Policy::StepDown => return give_up(error, None, GiveUp::StepDown),
+            Policy::FailProcess => return give_up(error, None, GiveUp::FailProcess),
             Policy::Restart {
                 initial_backoff,
                 max_backoff,
@@ -491,12 +515,11 @@ where
                     failures.pop_front();
                 }
                 if u32::try_from(failures.len()).unwrap_or(u32::MAX) >= max_failures.get() {
-                    let error = format!(
-                        "{error} ({} failures within {})",
-                        failures.len(),
-                        humantime::format_duration(*window)
-                    );
-                    return give_up(error, GiveUp::StepDown);
+                    let budget = BudgetSpent {
+                        failures: failures.len(),
+                        window: *window,
+                    };
+                    return give_up(error, Some(budget), GiveUp::StepDown);
                 }
                 (*initial_backoff, *max_backoff)
             }
@@ -512,13 +535,4 @@ where
             () = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-/// The message of a panic payload (`panic!` gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

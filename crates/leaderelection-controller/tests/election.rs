@@ -59,7 +59,10 @@ fn logging_callbacks(log: Arc<Mutex<Vec<String>>>, sub: Arc<Mutex<Subscription>>
                     &sub,
                     format!("callback:started_leading({})", term.transitions),
                 );
-                async move { token.cancelled().await }
+                async move {
+                    token.cancelled().await;
+                    Ok(())
+                }
             }
         })
         .on_stopped_leading({

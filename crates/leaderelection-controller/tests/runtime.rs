@@ -101,7 +101,7 @@ async fn a_fail_process_failure_ends_run_with_it() {
     match err {
         RuntimeError::Supervisor(SupervisorError::Failed(failure)) => {
             assert_eq!(failure.component, "reconciler");
-            assert!(failure.error.contains("cannot reach the database"));
+            assert_eq!(failure.error.to_string(), "cannot reach the database");
         }
         other => panic!("unexpected {other}"),
     }

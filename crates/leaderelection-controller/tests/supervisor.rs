@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leaderelection::{Callbacks, Config, MemoryLeaseStore, StopReason, Term};
+use leaderelection::{Callbacks, Config, MemoryLeaseStore, StopReason, Term, WorkError};
 use leaderelection_controller::{
-    Admin, Election, Event, EventBus, Metrics, Policy, Received, Subscription, Supervisor,
-    SupervisorError,
+    Admin, BudgetSpent, Election, Event, EventBus, Failure, Metrics, Policy, Received,
+    Subscription, Supervisor, SupervisorError,
 };
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -167,13 +167,90 @@ async fn a_component_that_spends_its_budget_steps_down_and_another_replica_leads
     );
     assert_eq!(store.lease().unwrap().record.holder_identity, "b");
     match a.stop_reasons().as_slice() {
-        [StopReason::WorkFailed { message }] => assert!(
-            message.starts_with("component broken failed: broken (5 failures within 5m)"),
-            "{message}"
-        ),
+        [StopReason::WorkFailed { error }] => {
+            assert_eq!(
+                error.to_string(),
+                "component broken failed: broken (5 failures within 5m)"
+            );
+            // The failure travels as a value, not as a message: the Failure, then the component's error.
+            let WorkError::Failed(failure) = error else {
+                panic!("{error:?} is not the supervisor's Failure");
+            };
+            let failure = failure.downcast_ref::<Failure>().expect("a Failure");
+            assert_eq!(failure.component, "broken");
+            assert_eq!(
+                failure.budget,
+                Some(BudgetSpent {
+                    failures: 5,
+                    window: Duration::from_secs(300)
+                })
+            );
+            let cause = std::error::Error::source(failure).expect("the component's error is kept");
+            assert_eq!(cause.to_string(), "broken");
+        }
         other => panic!("a's terms ended for {other:?}"),
     }
     b.shut_down().await.unwrap();
+    a.shut_down().await.unwrap();
+}
+
+/// The user's `on_started_leading` work run by the supervisor beside its components: an `Err` it returns
+/// ends the term as `WorkFailed` with that very error (the supervisor passes it on, unwrapped), and the
+/// components of the term are stopped first.
+#[tokio::test(start_paused = true)]
+async fn an_error_from_the_users_work_ends_the_term_as_work_failed_with_that_error() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot reconcile")]
+    struct Reconcile(#[source] std::io::Error);
+
+    let store = MemoryLeaseStore::new();
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let steady = Supervisor::new(Policy::default()).leader_only("steady", {
+        let stopped = stopped.clone();
+        move |_term, token: CancellationToken| {
+            let stopped = stopped.clone();
+            async move {
+                token.cancelled().await;
+                stopped.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    let user = Callbacks::new().on_started_leading(|_term, _token| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Err(Reconcile(std::io::Error::other("the database is unreachable")).into())
+    });
+    let mut a = Replica::start(&store, "a", &steady, user);
+    let reason = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Received::Event(event)) = a.events.recv().await
+                && let Event::LostLeadership { reason, .. } = &*event
+            {
+                return reason.clone();
+            }
+        }
+    })
+    .await
+    .expect("the term never ended");
+    match [reason].as_slice() {
+        [StopReason::WorkFailed { error }] => {
+            let WorkError::Failed(returned) = error else {
+                panic!("{error:?} is not the returned error");
+            };
+            assert!(
+                returned.downcast_ref::<Reconcile>().is_some(),
+                "{returned:?}"
+            );
+            let cause = std::error::Error::source(error).expect("its source is kept");
+            assert_eq!(cause.to_string(), "the database is unreachable");
+        }
+        other => panic!("a's term ended for {other:?}"),
+    }
+    assert_eq!(
+        stopped.load(Ordering::SeqCst),
+        1,
+        "the component was stopped"
+    );
     a.shut_down().await.unwrap();
 }
 
@@ -215,7 +292,10 @@ async fn all_user_callbacks_are_called_once_per_event() {
                 log.lock()
                     .unwrap()
                     .push(format!("started({})", term.transitions));
-                async move { token.cancelled().await }
+                async move {
+                    token.cancelled().await;
+                    Ok(())
+                }
             }
         })
         .on_stopped_leading({
@@ -375,7 +455,16 @@ async fn a_fail_process_failure_ends_run_with_the_failure() {
     match result {
         Err(SupervisorError::Failed(failure)) => {
             assert_eq!(failure.component, "panicky");
-            assert_eq!(failure.error, "panicked: boom");
+            assert_eq!(
+                failure.error,
+                WorkError::Panicked {
+                    message: "boom".into()
+                }
+            );
+            assert_eq!(
+                failure.to_string(),
+                "component panicky failed: panicked: boom"
+            );
         }
         other => panic!("run ended with {other:?}"),
     }

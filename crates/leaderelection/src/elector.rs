@@ -22,8 +22,8 @@ use crate::config::JITTER_FACTOR;
 use crate::lock::{LeaseEvent, LeaseEventStream};
 use crate::record::truncate_to_micros;
 use crate::{
-    Callbacks, Config, ConfigError, LeaderElectionRecord, LeaderState, LeaseLock, ListedLease,
-    LockError, ObservedLease, StopReason, Term,
+    BoxError, Callbacks, Config, ConfigError, LeaderElectionRecord, LeaderState, LeaseLock,
+    ListedLease, LockError, ObservedLease, StopReason, Term, WorkError,
 };
 
 /// A watch that ends sooner than this after it was opened is treated as failing, and reopened only
@@ -59,6 +59,7 @@ const MAX_OWN_WRITES: usize = 64;
 /// let callbacks = Callbacks::new().on_started_leading(|term, token| async move {
 ///     // leader-only work, fenced by term.transitions, until the term ends:
 ///     token.cancelled().await;
+///     Ok(())
 /// });
 /// let elector = Elector::new(config, lock, callbacks)?;
 /// let shutdown = CancellationToken::new();
@@ -288,7 +289,7 @@ async fn run_disabled(inner: &Inner, shutdown: CancellationToken) {
 /// The leader-only work of one term: its task and the token that stops it.
 struct Work {
     token: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), BoxError>>>,
 }
 
 // === impl Work ===
@@ -303,10 +304,11 @@ impl Work {
         Self { token, task }
     }
 
-    /// Completes when the work task ends (`Err` when it panicked); never when there is none.
-    async fn ended(&mut self) -> Result<(), tokio::task::JoinError> {
+    /// Completes when the work task ends: `Err` with how it failed (an error returned, or a panic);
+    /// never when there is none.
+    async fn ended(&mut self) -> Result<(), WorkError> {
         match self.task.as_mut() {
-            Some(task) => task.await,
+            Some(task) => outcome(task.await),
             None => std::future::pending().await,
         }
     }
@@ -320,7 +322,7 @@ impl Work {
             return true;
         };
         if let Ok(joined) = timeout_at(deadline, &mut task).await {
-            report_panic(joined);
+            report_stopped(outcome(joined));
             return true;
         }
         warn!(
@@ -334,24 +336,21 @@ impl Work {
     }
 }
 
-/// The message a task panicked with.
-fn panic_message(err: tokio::task::JoinError) -> String {
-    match err.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_owned()),
-        Err(err) => err.to_string(),
+/// What the work's task came to: its own result, or its panic.
+fn outcome(joined: Result<Result<(), BoxError>, tokio::task::JoinError>) -> Result<(), WorkError> {
+    match joined {
+        Ok(result) => result.map_err(WorkError::from),
+        Err(err) => Err(match err.try_into_panic() {
+            Ok(payload) => WorkError::from_panic(&*payload),
+            Err(err) => WorkError::Failed(Arc::new(err)),
+        }),
     }
 }
 
-/// Logs a panic of the work (its end is what the caller waited for either way).
-fn report_panic(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(err) = joined
-        && err.is_panic()
-    {
-        warn!(error = %err, "leader-only work panicked");
+/// Logs a failure of work that was being stopped (its end is what the caller waited for either way).
+fn report_stopped(outcome: Result<(), WorkError>) {
+    if let Err(error) = outcome {
+        warn!(%error, "leader-only work failed while stopping");
     }
 }
 
@@ -1458,19 +1457,18 @@ impl<'a> Runner<'a> {
                 Ok(None) => break StopReason::Shutdown,
                 // A normal return keeps leadership (client-go): the work may be a one-shot job.
                 Ok(Some(Ok(()))) => work.task = None,
-                Ok(Some(Err(panic))) => {
+                Ok(Some(Err(error))) => {
                     work.task = None;
-                    let message = panic_message(panic);
                     error!(
                         identity = %self.identity(),
                         lease = %self.inner.lock.describe(),
                         term = term.transitions,
-                        failure = %message,
-                        "leader-only work failed (its task panicked, or a supervisor stepped down); \
-                         ending the term so that another candidate can lead"
+                        %error,
+                        "leader-only work failed (it returned an error or panicked); ending the term so \
+                         that another candidate can lead"
                     );
                     self.inner.observer.on_work_failure();
-                    break StopReason::WorkFailed { message };
+                    break StopReason::WorkFailed { error };
                 }
             }
         };
@@ -1537,7 +1535,7 @@ impl<'a> Runner<'a> {
         match self.renew_while(tenure, timeout_at(stop_by, task)).await {
             Ok(Ok(joined)) => {
                 work.task = None;
-                report_panic(joined);
+                report_stopped(outcome(joined));
                 (true, true)
             }
             Ok(Err(_)) => (work.stop_by(Instant::now(), self.config()).await, true),

@@ -39,8 +39,10 @@
 //!     config,
 //!     lock,
 //!     Callbacks::new().on_started_leading(|term, token| async move {
-//!         // reconcile, stamping writes with term.transitions, until the term ends
+//!         // reconcile, stamping writes with term.transitions, until the term ends; an `Err` ends
+//!         // the term as `StopReason::WorkFailed`
 //!         token.cancelled().await;
+//!         Ok(())
 //!     }),
 //! )?;
 //! let shutdown = CancellationToken::new();
@@ -99,11 +101,11 @@ pub use crate::lock::{
     KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockError,
     MetadataError, ObservedLease,
 };
-pub use crate::rbac::Denied;
 #[cfg(any(test, feature = "test-util"))]
 pub use crate::lock::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
+pub use crate::rbac::Denied;
 pub use crate::record::LeaderElectionRecord;
 pub use crate::shards::{
     MAX_SHARDS, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState,
 };
-pub use crate::state::{LeaderState, StopReason, Term};
+pub use crate::state::{BoxError, LeaderState, StopReason, Term, WorkError};

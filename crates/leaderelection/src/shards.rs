@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use self::hub::{Cached, Hub, SharedLeaseLock};
-use crate::{Callbacks, Config, ConfigError, Elector, KubeLeaseLock, LeaseMetadata, Term};
+use crate::{
+    BoxError, Callbacks, Config, ConfigError, Elector, KubeLeaseLock, LeaseMetadata, Term,
+};
 
 /// The label that selects every Lease of a shard set (its value: the set's name).
 pub const SHARD_SET_LABEL: &str = "leaderelection-shard-set";
@@ -29,7 +31,8 @@ pub const ROLE_LABEL: &str = "leaderelection-role";
 /// The most shards a set may have.
 pub const MAX_SHARDS: u32 = 10_000;
 
-type ShardWorkFn = dyn Fn(u32, Term, CancellationToken) -> BoxFuture<'static, ()> + Send + Sync;
+type ShardWorkFn =
+    dyn Fn(u32, Term, CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync;
 
 /// A shard set's configuration: the set's name and size, and this replica's identity, namespace and
 /// timings (those of [`Config`]: its `lease_name` is the set's name).
@@ -137,6 +140,7 @@ pub struct ShardState {
 /// let set = ShardSet::new(config, client, |shard, term, token| async move {
 ///     // shard-only work, fenced by term.transitions, until the shard's term ends:
 ///     token.cancelled().await;
+///     Ok(())
 /// })?;
 /// let shutdown = CancellationToken::new();
 /// tokio::spawn(set.run(shutdown.clone()));
@@ -192,7 +196,8 @@ impl Running {
 
 impl ShardSet {
     /// A replica of the set `config`, reaching the API through `client`, running `work(shard, term,
-    /// token)` for each shard while it leads it (until `token` is cancelled, as `on_started_leading`).
+    /// token)` for each shard while it leads it (until `token` is cancelled, as `on_started_leading`; an
+    /// `Err` ends that shard's term as [`crate::StopReason::WorkFailed`]).
     ///
     /// # Errors
     ///
@@ -205,7 +210,7 @@ impl ShardSet {
     ) -> Result<Self, ConfigError>
     where
         F: Fn(u32, Term, CancellationToken) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         config.validate()?;
         let work: Arc<ShardWorkFn> =

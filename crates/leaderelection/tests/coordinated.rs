@@ -229,6 +229,7 @@ impl WorkLog {
                 log.push(&identity, "started");
                 token.cancelled().await;
                 log.push(&identity, "stopped");
+                Ok(())
             }
         })
     }

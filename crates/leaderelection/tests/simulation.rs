@@ -455,7 +455,7 @@ impl Work {
         &self,
         term: leaderelection::Term,
         token: CancellationToken,
-    ) -> Freezable<impl Future<Output = ()> + use<>> {
+    ) -> Freezable<impl Future<Output = Result<(), leaderelection::BoxError>> + use<>> {
         *self.open.lock().unwrap() =
             Some((term.transitions, Instant::now(), self.freezer.freezes()));
         let (ended, killed) = (WorkEnded(self.clone()), self.killed.clone());
@@ -466,6 +466,7 @@ impl Work {
                     () = token.cancelled() => {}
                     () = killed.cancelled() => {}
                 }
+                Ok(())
             }),
             freezer: self.freezer.clone(),
         }

@@ -72,6 +72,7 @@ fn recording(log: &Recorder, store: &MemoryLeaseStore, work_stop_delay: Duration
                     .map(|l| l.record.holder_identity)
                     .unwrap_or_default();
                 log.push(format!("work_stopped:holder={holder}"));
+                Ok(())
             }
         })
         .on_stopped_leading(move |reason| stopped.push(format!("stopped:{reason}")))
@@ -194,6 +195,7 @@ fn stubborn_on(lock: MemoryLeaseLock, config: Config) -> (Candidate, Arc<Mutex<O
             async move {
                 let _guard = guard;
                 futures::future::pending::<()>().await;
+                Ok(())
             }
         }),
     )
@@ -1152,6 +1154,7 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
     let failures = Arc::new(Reports::default());
     let log = Recorder::default();
     let stopped = log.clone();
+    let reasons = Arc::new(Mutex::new(Vec::new()));
     let callbacks = Callbacks::new()
         .on_started_leading({
             let panics = panics.clone();
@@ -1161,10 +1164,17 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     assert!(!first, "reconciler failed in term {}", term.transitions);
                     token.cancelled().await;
+                    Ok(())
                 }
             }
         })
-        .on_stopped_leading(move |reason| stopped.push(format!("stopped:{reason}")));
+        .on_stopped_leading({
+            let reasons = reasons.clone();
+            move |reason| {
+                stopped.push(format!("stopped:{reason}"));
+                reasons.lock().unwrap().push(reason);
+            }
+        });
     let lock = store.lock("a");
     let elector = Elector::new(config("a"), lock.clone(), callbacks)
         .unwrap()
@@ -1185,6 +1195,15 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
         "{:?}",
         log.entries()
     );
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [StopReason::WorkFailed {
+            error: crate::WorkError::Panicked {
+                message: "reconciler failed in term 0".into()
+            }
+        }],
+        "the panic's message is kept"
+    );
     assert!(!a.elector.is_leader());
     // Alone again, a contends after a jittered retry period and leads a new term.
     b.stop().await;
@@ -1203,6 +1222,64 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
     a.stop().await;
 }
 
+/// The error that leader work below returns, caused by [`Cause`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reconcile")]
+struct Reconcile(#[source] Cause);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the database is unreachable")]
+struct Cause;
+
+/// An `Err` returned by the `on_started_leading` work ends the term at once as a panic does: it is counted,
+/// the Lease is released (a follower takes it at once), and `on_stopped_leading` gets the error itself,
+/// its source chain intact (no message flattened into a string).
+#[tokio::test(start_paused = true)]
+async fn an_error_from_on_started_leading_ends_the_term_as_work_failed_with_its_source() {
+    let store = MemoryLeaseStore::new();
+    let failures = Arc::new(Reports::default());
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let callbacks = Callbacks::new()
+        .on_started_leading(|_term, _token| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err(Reconcile(Cause).into())
+        })
+        .on_stopped_leading({
+            let reasons = reasons.clone();
+            move |reason| reasons.lock().unwrap().push(reason)
+        });
+    let lock = store.lock("a");
+    let elector = Elector::new(config("a"), lock.clone(), callbacks)
+        .unwrap()
+        .with_observer(failures.clone());
+    let a = start(elector, lock, Recorder::default());
+    let first = until_leader(&a).await;
+    let b = spawn(&store, "b");
+    let took = until_leader(&b).await;
+    assert_eq!(
+        took - first,
+        Duration::from_secs(1),
+        "b took the released Lease at once"
+    );
+    assert_eq!(failures.work_failures(), 1);
+    let reason = reasons.lock().unwrap()[0].clone();
+    let StopReason::WorkFailed { error } = &reason else {
+        panic!("the term ended as {reason:?}, not WorkFailed");
+    };
+    assert_eq!(error.to_string(), "cannot reconcile");
+    let crate::WorkError::Failed(returned) = error else {
+        panic!("{error:?} is not the returned error");
+    };
+    assert!(
+        returned.downcast_ref::<Reconcile>().is_some(),
+        "{returned:?}"
+    );
+    let source = std::error::Error::source(error).expect("the error's source is kept");
+    assert!(source.downcast_ref::<Cause>().is_some(), "{source:?}");
+    b.stop().await;
+    a.stop().await;
+}
+
 /// A normal return of the `on_started_leading` task keeps leadership (client-go's semantics: the work may
 /// be a one-shot job); the term goes on renewing.
 #[tokio::test(start_paused = true)]
@@ -1213,7 +1290,7 @@ async fn an_on_started_leading_that_returns_keeps_leadership() {
     let elector = Elector::new(
         config("one-shot"),
         lock,
-        Callbacks::new().on_started_leading(|_, _| async {}),
+        Callbacks::new().on_started_leading(|_, _| async { Ok(()) }),
     )
     .unwrap();
     a.stop().await;
