@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use leaderelection::{CandidateConfig, KubeLeaseLock, LeaseLock};
 use leaderelection_controller::runtime::Builder;
 use leaderelection_controller::settings::{Environment, Overrides, Settings, SettingsError};
-use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
+use leaderelection_controller::{Policy, Runtime, RuntimeError, SupervisorError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -175,6 +175,22 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let identity = config.identity.clone();
     let lease = format!("{}/{}", config.lease_namespace, config.lease_name);
 
+    let reaper = Arc::new(reaper);
+    let skip_grace = CancellationToken::new();
+    let groups = guardian.is_some().then(|| Arc::new(Groups::default()));
+    let child = guardian
+        .zip(groups.clone())
+        .map(|(guardian, groups)| ChildSpec {
+            command: Arc::new(args.command.clone()),
+            identity,
+            lease,
+            grace_period,
+            skip_grace: skip_grace.clone(),
+            guardian,
+            reaper: reaper.clone(),
+            groups,
+        });
+
     let shutdown = CancellationToken::new();
     let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
     let runtime = match client {
@@ -199,7 +215,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
                     .await
                     .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err.into())
             });
-            build(builder, policy, args.admin_listen)?
+            build(builder, policy, args.admin_listen, child)?
         }
         None => {
             let lock = DisabledLock::new(&namespace, &name);
@@ -207,29 +223,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
                 Runtime::builder_with_lock(lock, config),
                 policy,
                 args.admin_listen,
+                child,
             )?
         }
     };
-    let reaper = Arc::new(reaper);
-    let skip_grace = CancellationToken::new();
-    let groups = guardian.is_some().then(|| Arc::new(Groups::default()));
-    if let (Some(guardian), Some(groups)) = (guardian, &groups) {
-        let spec = ChildSpec {
-            command: Arc::new(args.command.clone()),
-            identity,
-            lease,
-            grace_period,
-            state: runtime.election().subscribe(),
-            skip_grace: skip_grace.clone(),
-            guardian,
-            reaper: reaper.clone(),
-            groups: groups.clone(),
-        };
-        runtime.leader_only("child", move |term, token| {
-            run_for_term(spec.clone(), term, token)
-        });
-    }
-
     // Every task is awaited here: the runtime's, the reaper and the signal handlers.
     let aux_stop = CancellationToken::new();
     let (result, (), (), ()) = tokio::join!(
@@ -315,13 +312,18 @@ fn split_key_value(arg: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "expected KEY=VALUE".to_string())
 }
 
-/// The runtime of `builder` with the child-exit `policy` and the admin endpoints on `admin`.
+/// The runtime of `builder` with the child-exit `policy`, the admin endpoints on `admin`, and the
+/// `child` run during each term.
 fn build<L: LeaseLock>(
     builder: Builder<L>,
     policy: Policy,
     admin: Option<SocketAddr>,
+    child: Option<ChildSpec>,
 ) -> Result<Runtime, Failure> {
-    let mut builder = builder.supervisor(Supervisor::new(policy));
+    let mut builder = builder.policy(policy);
+    if let Some(spec) = child {
+        builder = builder.leader_only("child", move |lead| run_for_term(spec.clone(), lead));
+    }
     if let Some(addr) = admin {
         builder = builder.admin(addr);
     }

@@ -33,7 +33,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
 use leaderelection::{Config, Term};
-use leaderelection_controller::{BoxError, Runtime};
+use leaderelection_controller::{BoxError, LeaderContext, Runtime};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
@@ -83,9 +83,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
     Runtime::builder(client.clone(), config)
-        .leader_only("greeting-controller", move |term, token| {
-            controller(client.clone(), term, token)
-        })
+        .leader_only(
+            "greeting-controller",
+            move |LeaderContext { term, token, .. }| controller(client.clone(), term, token),
+        )
         .admin(admin.parse()?)
         .build()?
         .run(shutdown) // returns once the controller has stopped and the Lease is released

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use leaderelection::{Callbacks, Config, MemoryLeaseStore, StopReason, Term, WorkError};
 use leaderelection_controller::{
-    Admin, BudgetSpent, Election, Event, EventBus, Failure, Metrics, Policy, Received,
-    Subscription, Supervisor, SupervisorError,
+    Admin, BudgetSpent, Election, ElectionHandle, Event, EventBus, Failure, LeaderContext, Metrics,
+    Policy, Received, Subscription, Supervisor, SupervisorError,
 };
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -28,23 +28,27 @@ fn config(id: &str) -> Config {
 }
 
 struct Replica {
-    component: Election,
+    component: ElectionHandle,
     events: Subscription,
     stop: CancellationToken,
     run: JoinHandle<Result<(), SupervisorError>>,
 }
 
 impl Replica {
-    fn start(store: &MemoryLeaseStore, id: &str, supervisor: &Supervisor, user: Callbacks) -> Self {
+    fn start(store: &MemoryLeaseStore, id: &str, supervisor: Supervisor, user: Callbacks) -> Self {
         let bus = EventBus::default();
         let events = bus.subscribe();
-        let component =
-            Election::new(config(id), store.lock(id), bus, supervisor.callbacks(user)).unwrap();
+        let (callbacks, supervised) = supervisor.bind(user);
+        let election = Election::builder(config(id), store.lock(id))
+            .bus(bus)
+            .callbacks(callbacks)
+            .build()
+            .unwrap();
+        let component = election.handle();
         let stop = CancellationToken::new();
         let run = tokio::spawn({
-            let (supervisor, component, stop) =
-                (supervisor.clone(), component.clone(), stop.clone());
-            async move { supervisor.run(&component, stop).await }
+            let stop = stop.clone();
+            async move { supervised.run(election, stop).await }
         });
         Self {
             component,
@@ -96,7 +100,7 @@ impl Replica {
 
 /// A leader-only component that fails at once, every time, counting its starts.
 fn broken(starts: Arc<AtomicUsize>) -> Supervisor {
-    Supervisor::new(Policy::default()).leader_only("broken", move |_term, _token| {
+    Supervisor::new(Policy::default()).leader_only("broken", move |_| {
         starts.fetch_add(1, Ordering::SeqCst);
         async { Err("broken".into()) }
     })
@@ -108,7 +112,7 @@ async fn a_panicking_leader_only_component_is_restarted_in_the_same_term() {
     let terms = Arc::new(Mutex::new(Vec::new()));
     let supervisor = Supervisor::new(Policy::default()).leader_only("flaky", {
         let terms = terms.clone();
-        move |term: Term, token: CancellationToken| {
+        move |LeaderContext { term, token, .. }| {
             let first = {
                 let mut terms = terms.lock().unwrap();
                 terms.push(term.transitions);
@@ -121,7 +125,7 @@ async fn a_panicking_leader_only_component_is_restarted_in_the_same_term() {
             }
         }
     });
-    let mut a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let mut a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     tokio::time::timeout(PATIENCE, async {
         while terms.lock().unwrap().len() < 2 {
@@ -141,14 +145,16 @@ async fn a_component_that_spends_its_budget_steps_down_and_another_replica_leads
  {
     let store = MemoryLeaseStore::new();
     let starts = Arc::new(AtomicUsize::new(0));
-    let mut a = Replica::start(&store, "a", &broken(starts.clone()), Callbacks::new());
+    let mut a = Replica::start(&store, "a", broken(starts.clone()), Callbacks::new());
     let started = a.leads().await;
-    let steady =
-        Supervisor::new(Policy::default()).leader_only("steady", |_term, token| async move {
+    let steady = Supervisor::new(Policy::default()).leader_only(
+        "steady",
+        |LeaderContext { token, .. }| async move {
             token.cancelled().await;
             Ok(())
-        });
-    let b = Replica::start(&store, "b", &steady, Callbacks::new());
+        },
+    );
+    let b = Replica::start(&store, "b", steady, Callbacks::new());
     let (a_stopped, b_leads) = tokio::join!(a.stops_leading(), b.leads());
     assert_eq!(
         starts.load(Ordering::SeqCst),
@@ -207,7 +213,7 @@ async fn an_error_from_the_users_work_ends_the_term_as_work_failed_with_that_err
     let stopped = Arc::new(AtomicUsize::new(0));
     let steady = Supervisor::new(Policy::default()).leader_only("steady", {
         let stopped = stopped.clone();
-        move |_term, token: CancellationToken| {
+        move |LeaderContext { token, .. }| {
             let stopped = stopped.clone();
             async move {
                 token.cancelled().await;
@@ -220,7 +226,7 @@ async fn an_error_from_the_users_work_ends_the_term_as_work_failed_with_that_err
         tokio::time::sleep(Duration::from_secs(1)).await;
         Err(Reconcile(std::io::Error::other("the database is unreachable")).into())
     });
-    let mut a = Replica::start(&store, "a", &steady, user);
+    let mut a = Replica::start(&store, "a", steady, user);
     let reason = tokio::time::timeout(PATIENCE, async {
         loop {
             if let Some(Received::Event(event)) = a.events.recv().await
@@ -269,7 +275,7 @@ async fn a_panicking_all_replica_component_is_restarted() {
             }
         }
     });
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     tokio::time::timeout(PATIENCE, async {
         while starts.load(Ordering::SeqCst) < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -306,7 +312,7 @@ async fn all_user_callbacks_are_called_once_per_event() {
             let log = log.clone();
             move |identity| log.lock().unwrap().push(format!("new_leader({identity})"))
         });
-    let a = Replica::start(&store, "a", &Supervisor::new(Policy::default()), user);
+    let a = Replica::start(&store, "a", Supervisor::new(Policy::default()), user);
     a.leads().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     a.shut_down().await.unwrap();
@@ -324,7 +330,7 @@ async fn a_slow_to_stop_component_keeps_the_lease_named_for_its_holder_until_it_
     let log: Arc<Mutex<Vec<(String, Instant, String)>>> = Arc::default();
     let slow = |id: &'static str, supervisor: Supervisor| {
         let (store, log) = (store.clone(), log.clone());
-        supervisor.leader_only("slow", move |_term, token| {
+        supervisor.leader_only("slow", move |LeaderContext { token, .. }| {
             let (store, log) = (store.clone(), log.clone());
             async move {
                 let holder = || store.lease().unwrap().record.holder_identity;
@@ -344,14 +350,14 @@ async fn a_slow_to_stop_component_keeps_the_lease_named_for_its_holder_until_it_
     let a = Replica::start(
         &store,
         "a",
-        &slow("a", broken(Arc::default())),
+        slow("a", broken(Arc::default())),
         Callbacks::new(),
     );
     a.leads().await;
     let b = Replica::start(
         &store,
         "b",
-        &slow("b", Supervisor::new(Policy::default())),
+        slow("b", Supervisor::new(Policy::default())),
         Callbacks::new(),
     );
     b.leads().await;
@@ -385,7 +391,7 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
     let supervisor = Supervisor::new(Policy::default())
         .leader_only("stubborn", {
             let (store, dropped) = (store.clone(), dropped.clone());
-            move |_term, _token| {
+            move |_| {
                 let guard = DropGuard {
                     store: store.clone(),
                     dropped: dropped.clone(),
@@ -399,7 +405,7 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
         })
         .leader_only_with_policy("broken", Policy::StepDown, {
             let failed_at = failed_at.clone();
-            move |_term, _token| {
+            move |_| {
                 let failed_at = failed_at.clone();
                 async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -408,10 +414,10 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
                 }
             }
         });
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     let steady = Supervisor::new(Policy::default());
-    let b = Replica::start(&store, "b", &steady, Callbacks::new());
+    let b = Replica::start(&store, "b", steady, Callbacks::new());
     let b_leads = b.leads().await;
     let failed_at = failed_at.lock().unwrap().expect("broken failed");
     let (dropped_at, holder) = dropped
@@ -443,11 +449,10 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
 #[tokio::test(start_paused = true)]
 async fn a_fail_process_failure_ends_run_with_the_failure() {
     let store = MemoryLeaseStore::new();
-    let supervisor =
-        Supervisor::new(Policy::FailProcess).leader_only("panicky", |_term, _token| async {
-            panic!("boom");
-        });
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let supervisor = Supervisor::new(Policy::FailProcess).leader_only("panicky", |_| async {
+        panic!("boom");
+    });
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     let result = tokio::time::timeout(PATIENCE, a.run)
         .await
         .expect("run did not end")
@@ -481,7 +486,7 @@ async fn a_spent_budget_is_counted_in_metrics_and_debug_vars() {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, "lease");
     let supervisor = broken(Arc::default()).with_metrics(metrics.clone());
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     a.stops_leading().await;
     let mut text = String::new();
@@ -525,12 +530,12 @@ async fn a_zero_window_never_spends_the_budget() {
     };
     let supervisor = Supervisor::new(policy).leader_only("broken", {
         let starts = starts.clone();
-        move |_term, _token| {
+        move |_| {
             starts.fetch_add(1, Ordering::SeqCst);
             async { Err("broken".into()) }
         }
     });
-    let mut a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let mut a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(starts.load(Ordering::SeqCst) >= 50, "restarted every 10 ms");

@@ -18,7 +18,7 @@
 //!
 //! A `preferredHolder` naming another candidate is honoured at once (the term ends as on a graceful stop,
 //! then the Lease is released for that candidate), and coordinated leader election (KEP-4355) is supported
-//! through a [`Candidate`] and [`Elector::with_coordination`].
+//! through a [`Candidate`] and [`ElectorBuilder::coordination`].
 //! Many candidates on one Lease stagger their takeover of a released Lease, so a handover costs a few
 //! requests whatever their number; [`ShardSet`] splits K Leases among replicas with one list+watch each.
 //!
@@ -94,7 +94,7 @@ pub use crate::candidate::{
     DEFAULT_RENEW_INTERVAL, OLDEST_EMULATION_VERSION,
 };
 pub use crate::config::{Config, ConfigError, JITTER_FACTOR, MIN_RETRY_PERIOD};
-pub use crate::elector::{Elector, Error};
+pub use crate::elector::{Elector, ElectorBuilder, ElectorHandle, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
 pub use crate::lock::metadata;
 pub use crate::lock::{

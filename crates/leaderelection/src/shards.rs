@@ -19,7 +19,8 @@ use tracing::info;
 
 use self::hub::{Cached, Hub, SharedLeaseLock};
 use crate::{
-    BoxError, Callbacks, Config, ConfigError, Elector, KubeLeaseLock, LeaseMetadata, Term,
+    BoxError, Callbacks, Config, ConfigError, Elector, ElectorHandle, KubeLeaseLock, LeaseMetadata,
+    Term,
 };
 
 /// The label that selects every Lease of a shard set (its value: the set's name).
@@ -156,16 +157,16 @@ pub struct ShardSet {
     /// The Leases of the set's namespace (for the list+watch).
     api: kube::Api<Lease>,
     hub: Arc<Hub>,
-    /// One elector per shard (run while this replica holds or contends for the shard).
-    shards: Vec<Elector>,
+    /// One elector per shard (run while this replica holds or contends for the shard, once at a time).
+    shards: Vec<Arc<Elector>>,
     /// The heartbeat Lease's elector.
-    member: Elector,
+    member: Arc<Elector>,
     state: watch::Sender<ShardState>,
 }
 
 /// A shard's elector while this replica runs it.
 struct Running {
-    elector: Elector,
+    elector: ElectorHandle,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -174,18 +175,17 @@ struct Running {
 
 impl Running {
     /// Runs `elector` until `parent` is cancelled or [`Balancer::stop`] stops it.
-    fn start(elector: &Elector, parent: &CancellationToken) -> Self {
+    fn start(elector: &Arc<Elector>, parent: &CancellationToken) -> Self {
         let shutdown = parent.child_token();
         let task = tokio::spawn({
-            let elector = elector.clone();
+            let elector = Arc::clone(elector);
             let shutdown = shutdown.clone();
-            async move {
-                // `AlreadyRunning` cannot happen: a shard's elector is run by one task at a time.
-                let _ = elector.run(shutdown).await;
-            }
+            // A shard's elector is run by one task at a time: a stopped one's task is awaited (`stopping`)
+            // before the shard is contended for again.
+            async move { elector.drive(shutdown).await }
         });
         Self {
-            elector: elector.clone(),
+            elector: elector.handle(),
             shutdown,
             task,
         }
@@ -237,6 +237,7 @@ impl ShardSet {
                 SharedLeaseLock::new(lock, &name, hub.clone()),
                 callbacks,
             )
+            .map(Arc::new)
         };
         let shards = (0..config.shards)
             .map(|shard| {
@@ -316,7 +317,7 @@ struct Balancer<'a> {
     set: &'a ShardSet,
     /// The parent of every shard elector's token.
     shutdown: &'a CancellationToken,
-    heartbeat: &'a Elector,
+    heartbeat: &'a ElectorHandle,
     /// Since when our heartbeat has been ours, without a break.
     member_since: Option<Instant>,
     running: BTreeMap<u32, Running>,

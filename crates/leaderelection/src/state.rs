@@ -27,7 +27,7 @@ pub struct Term {
 }
 
 /// What this candidate knows of the election, published on every change through
-/// [`crate::Elector::subscribe`].
+/// [`crate::ElectorHandle::subscribe`].
 ///
 /// Leadership is valid only until [`LeaderState::valid_until`]: consumers must re-check
 /// [`LeaderState::is_leader`] on every pass rather than trust a value they read earlier. The elector also

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::candidate::{CandidateStatus, Coordination};
 use crate::{
-    Callbacks, Config, Elector, Error, LeaderElectionRecord, LeaderState, LockFault,
+    Callbacks, Config, Elector, ElectorHandle, Error, LeaderElectionRecord, LeaderState, LockFault,
     MemoryLeaseLock, MemoryLeaseStore, StopReason,
 };
 
@@ -34,7 +34,7 @@ impl Recorder {
 }
 
 struct Candidate {
-    elector: Elector,
+    elector: ElectorHandle,
     lock: MemoryLeaseLock,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), Error>>,
@@ -109,9 +109,10 @@ fn spawn_on(
 /// Runs `elector` until its candidate is stopped.
 fn start(elector: Elector, lock: MemoryLeaseLock, log: Recorder) -> Candidate {
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
+    let handle = elector.handle();
+    let task = tokio::spawn(elector.run(shutdown.clone()));
     Candidate {
-        elector,
+        elector: handle,
         lock,
         shutdown,
         task,
@@ -869,15 +870,27 @@ async fn disabled_mode_leads_at_once_without_api_calls() {
     );
 }
 
+/// The handle outlives the run: it reads the state `run` published last, and a handle taken before
+/// `run` sees every change `run` makes (the elector runs once; there is no second run to refuse).
 #[tokio::test(start_paused = true)]
-async fn a_second_concurrent_run_is_refused() {
+async fn a_handle_taken_before_run_follows_it_and_outlives_it() {
     let store = MemoryLeaseStore::new();
-    let a = spawn(&store, "a");
-    until_leader(&a).await;
-    let again = a.elector.clone().run(CancellationToken::new()).await;
-    assert!(matches!(again, Err(Error::AlreadyRunning)));
-    assert!(a.elector.is_leader());
-    a.stop().await;
+    let elector = Elector::new(config("a"), store.lock("a"), Callbacks::new()).unwrap();
+    let handle = elector.handle();
+    let other = handle.clone();
+    assert!(!handle.is_leader());
+    assert_eq!(handle.identity(), "a");
+    assert_eq!(handle.config().lease_name, "lease");
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(elector.run(shutdown.clone()));
+    bounded(other.subscribe().wait_for(LeaderState::is_leader))
+        .await
+        .unwrap();
+    assert_eq!(handle.leader().as_deref(), Some("a"));
+    shutdown.cancel();
+    bounded(run).await.unwrap().unwrap();
+    assert!(!handle.is_leader());
+    assert_eq!(handle.state().term, None);
 }
 
 #[test]
@@ -1176,9 +1189,11 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
             }
         });
     let lock = store.lock("a");
-    let elector = Elector::new(config("a"), lock.clone(), callbacks)
-        .unwrap()
-        .with_observer(failures.clone());
+    let elector = Elector::builder(config("a"), lock.clone())
+        .callbacks(callbacks)
+        .observer(failures.clone())
+        .build()
+        .unwrap();
     let a = start(elector, lock, log.clone());
     let first = until_leader(&a).await;
     let b = spawn(&store, "b");
@@ -1249,9 +1264,11 @@ async fn an_error_from_on_started_leading_ends_the_term_as_work_failed_with_its_
             move |reason| reasons.lock().unwrap().push(reason)
         });
     let lock = store.lock("a");
-    let elector = Elector::new(config("a"), lock.clone(), callbacks)
-        .unwrap()
-        .with_observer(failures.clone());
+    let elector = Elector::builder(config("a"), lock.clone())
+        .callbacks(callbacks)
+        .observer(failures.clone())
+        .build()
+        .unwrap();
     let a = start(elector, lock, Recorder::default());
     let first = until_leader(&a).await;
     let b = spawn(&store, "b");
@@ -1295,12 +1312,13 @@ async fn an_on_started_leading_that_returns_keeps_leadership() {
     .unwrap();
     a.stop().await;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    bounded(elector.subscribe().wait_for(LeaderState::is_leader))
+    let handle = elector.handle();
+    let task = tokio::spawn(elector.run(shutdown.clone()));
+    bounded(handle.subscribe().wait_for(LeaderState::is_leader))
         .await
         .unwrap();
     tokio::time::sleep(LEASE * 4).await;
-    assert!(elector.is_leader());
+    assert!(handle.is_leader());
     assert_eq!(holder(&store), "one-shot");
     shutdown.cancel();
     bounded(task).await.unwrap().unwrap();
@@ -1419,13 +1437,11 @@ fn spawn_coordinated(
     let lock = store.lock(identity);
     let (tx, coordination) = Coordination::channel();
     tx.send_replace(status);
-    let elector = Elector::new(
-        config(identity),
-        lock.clone(),
-        recording(&log, store, Duration::ZERO),
-    )
-    .unwrap()
-    .with_coordination(coordination.clone());
+    let elector = Elector::builder(config(identity), lock.clone())
+        .callbacks(recording(&log, store, Duration::ZERO))
+        .coordination(coordination.clone())
+        .build()
+        .unwrap();
     let registration = Registration {
         status: tx,
         coordination,
@@ -1761,8 +1777,8 @@ async fn rule_2_the_expiry_clock_starts_when_the_process_first_saw_the_record() 
     };
     let elector = Elector::new(config("a"), lock, Callbacks::new()).unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    let mut state = elector.subscribe();
+    let mut state = elector.handle().subscribe();
+    let task = tokio::spawn(elector.run(shutdown.clone()));
     tokio::time::timeout(
         Duration::from_secs(60),
         state.wait_for(LeaderState::is_leader),
@@ -1890,9 +1906,10 @@ async fn rule_12_a_reused_identity_waits_for_the_old_incarnations_lease_to_expir
     let alarms = Arc::new(Reports::default());
     let new = {
         let lock = store.lock("a#2");
-        let elector = Elector::new(config("a"), lock.clone(), Callbacks::new())
-            .unwrap()
-            .with_observer(alarms.clone());
+        let elector = Elector::builder(config("a"), lock.clone())
+            .observer(alarms.clone())
+            .build()
+            .unwrap();
         start(elector, lock, Recorder::default())
     };
     let led = until_leader(&new).await;
@@ -1933,9 +1950,11 @@ async fn rule_12_two_live_processes_with_one_identity_one_leads_and_the_other_wa
         let log = Recorder::default();
         let budgeted = Budgeted::new(lock.clone(), 100);
         let callbacks = recording(&log, &store, Duration::ZERO);
-        let elector = Elector::new(config("a"), budgeted, callbacks)
-            .unwrap()
-            .with_observer(alarms.clone());
+        let elector = Elector::builder(config("a"), budgeted)
+            .callbacks(callbacks)
+            .observer(alarms.clone())
+            .build()
+            .unwrap();
         start(elector, lock, log)
     };
     tokio::time::sleep(LEASE * 4).await;
