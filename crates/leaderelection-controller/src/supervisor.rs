@@ -458,13 +458,25 @@ async fn lead(
 ) -> Result<(), BoxError> {
     // Dropped (when the elector aborts this task), the set aborts every component's task.
     let mut tasks = JoinSet::new();
-    let state = shared.election.get().map(|(_, state)| state.clone());
-    for registered in shared.leader_only.iter().cloned() {
+    let components: Vec<_> = match shared.election.get() {
+        Some((_, state)) => shared
+            .leader_only
+            .iter()
+            .map(|registered| (registered.clone(), state.clone()))
+            .collect(),
+        None if shared.leader_only.is_empty() => Vec::new(),
+        // The callbacks were given to an election that `Supervised::run` does not drive: the
+        // components could not have their context. The term ends rather than lead without them.
+        None => {
+            return Err(
+                "the supervisor's callbacks ran outside Supervised::run: its leader-only components \
+                 cannot start"
+                    .into(),
+            );
+        }
+    };
+    for (registered, state) in components {
         let (shared, term, token) = (shared.clone(), term.clone(), stop.clone());
-        let Some(state) = state.clone() else {
-            // Callbacks bound to this supervisor run only under `Supervised::run`, which sets the state.
-            break;
-        };
         tasks.spawn(async move {
             let start = registered.start.clone();
             let context = |token| LeaderContext {

@@ -260,6 +260,60 @@ async fn an_error_from_the_users_work_ends_the_term_as_work_failed_with_that_err
     a.shut_down().await.unwrap();
 }
 
+/// Callbacks of a bound supervisor given to an election that `Supervised::run` does not drive cannot give
+/// its leader-only components their context: the term ends as `WorkFailed` saying so, rather than lead
+/// with the components silently missing.
+#[tokio::test(start_paused = true)]
+async fn leader_only_components_outside_supervised_run_end_the_term_loudly() {
+    let store = MemoryLeaseStore::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let supervisor = Supervisor::new(Policy::default()).leader_only("steady", {
+        let started = started.clone();
+        move |LeaderContext { token, .. }| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async move {
+                token.cancelled().await;
+                Ok(())
+            }
+        }
+    });
+    let (callbacks, _supervised) = supervisor.bind(Callbacks::new());
+    let bus = EventBus::default();
+    let mut events = bus.subscribe();
+    let election = Election::builder(config("a"), store.lock("a"))
+        .bus(bus)
+        .callbacks(callbacks)
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(election.run(stop.clone()));
+    let reason = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Received::Event(event)) = events.recv().await
+                && let Event::LostLeadership { reason, .. } = &*event
+            {
+                return reason.clone();
+            }
+        }
+    })
+    .await
+    .expect("the term never ended");
+    let StopReason::WorkFailed { error } = &reason else {
+        panic!("the term ended for {reason:?}");
+    };
+    assert!(
+        error.to_string().contains("outside Supervised::run"),
+        "{error}"
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 0);
+    stop.cancel();
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_panicking_all_replica_component_is_restarted() {
     let store = MemoryLeaseStore::new();
