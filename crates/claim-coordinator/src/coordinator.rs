@@ -3,7 +3,7 @@
 
 use kube::Client;
 use leaderelection::Callbacks;
-use leaderelection_controller::Runtime;
+use leaderelection_controller::{LeaderContext, Runtime};
 use prometheus_client::registry::Registry;
 
 use crate::binder::Binder;
@@ -57,7 +57,6 @@ pub fn replica(
     if let Some(addr) = admin {
         builder = builder.admin(addr);
     }
-    let runtime = builder.build()?;
     // In optimistic mode every consumer claims directly: a binder beside them would race their binds.
     if settings.leader_election && settings.mode != Mode::Optimistic {
         let binder = Binder::new(
@@ -66,10 +65,10 @@ pub fn replica(
             settings.processing_interval,
             settings.max_wait,
         );
-        let state = runtime.election().subscribe();
-        runtime.leader_only("claim-binder", move |term, token| {
-            binder.clone().run_term(term, state.clone(), token)
+        builder = builder.leader_only("claim-binder", move |lead: LeaderContext| {
+            binder.clone().run_term(lead.term, lead.state, lead.token)
         });
     }
+    let runtime = builder.build()?;
     Ok((runtime, metrics))
 }

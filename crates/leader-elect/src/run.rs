@@ -12,7 +12,7 @@ use leaderelection::{CandidateConfig, KubeLeaseLock, LeaseLock};
 use leaderelection_controller::runtime::Builder;
 use leaderelection_controller::settings::{Environment, Overrides, Settings, SettingsError};
 use leaderelection_controller::signals::Signals;
-use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
+use leaderelection_controller::{Policy, Runtime, RuntimeError, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{ChildSpec, Groups, Guardian, Reaper, run_for_term, stop_children_on_sigtstp};
@@ -184,6 +184,21 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let identity = config.identity.clone();
     let lease = format!("{}/{}", config.lease_namespace, config.lease_name);
 
+    let reaper = Arc::new(reaper);
+    let groups = guardian.is_some().then(|| Arc::new(Groups::default()));
+    let child = guardian
+        .zip(groups.clone())
+        .map(|(guardian, groups)| ChildSpec {
+            command: Arc::new(args.command.clone()),
+            identity,
+            lease,
+            grace_period,
+            skip_grace: skip_grace.clone(),
+            guardian,
+            reaper: reaper.clone(),
+            groups,
+        });
+
     let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
     let runtime = match client {
         Some(client) => {
@@ -207,7 +222,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
                     .await
                     .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err.into())
             });
-            build(builder, policy, args.admin_listen)?
+            build(builder, policy, args.admin_listen, child)?
         }
         None => {
             let lock = DisabledLock::new(&namespace, &name);
@@ -215,28 +230,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
                 Runtime::builder_with_lock(lock, config),
                 policy,
                 args.admin_listen,
+                child,
             )?
         }
     };
-    let reaper = Arc::new(reaper);
-    let groups = guardian.is_some().then(|| Arc::new(Groups::default()));
-    if let (Some(guardian), Some(groups)) = (guardian, &groups) {
-        let spec = ChildSpec {
-            command: Arc::new(args.command.clone()),
-            identity,
-            lease,
-            grace_period,
-            state: runtime.election().subscribe(),
-            skip_grace: skip_grace.clone(),
-            guardian,
-            reaper: reaper.clone(),
-            groups: groups.clone(),
-        };
-        runtime.leader_only("child", move |term, token| {
-            run_for_term(spec.clone(), term, token)
-        });
-    }
-
     // Every task is awaited here: the runtime's, the reaper and the SIGTSTP handler, with the signal
     // handlers listening until they are done.
     let aux_stop = CancellationToken::new();
@@ -329,13 +326,18 @@ fn split_key_value(arg: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "expected KEY=VALUE".to_string())
 }
 
-/// The runtime of `builder` with the child-exit `policy` and the admin endpoints on `admin`.
+/// The runtime of `builder` with the child-exit `policy`, the admin endpoints on `admin`, and the
+/// `child` run during each term.
 fn build<L: LeaseLock>(
     builder: Builder<L>,
     policy: Policy,
     admin: Option<SocketAddr>,
+    child: Option<ChildSpec>,
 ) -> Result<Runtime, Failure> {
-    let mut builder = builder.supervisor(Supervisor::new(policy));
+    let mut builder = builder.policy(policy);
+    if let Some(spec) = child {
+        builder = builder.leader_only("child", move |lead| run_for_term(spec.clone(), lead));
+    }
     if let Some(addr) = admin {
         builder = builder.admin(addr);
     }

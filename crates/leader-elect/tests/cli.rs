@@ -309,7 +309,7 @@ impl Candidate {
         };
         let lock = KubeLeaseLock::new(client(url), "default", name);
         let elector = Elector::new(config, lock, Callbacks::new()).unwrap();
-        let mut state = elector.subscribe();
+        let mut state = elector.handle().subscribe();
         let task = tokio::spawn(async move {
             elector.run(CancellationToken::new()).await.unwrap();
         });
@@ -788,7 +788,7 @@ async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() 
         Callbacks::new(),
     )
     .unwrap();
-    let mut b_state = b.subscribe();
+    let mut b_state = b.handle().subscribe();
     let b_task = tokio::spawn(b.run(CancellationToken::new()));
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -35,7 +35,7 @@ use kube::runtime::watcher;
 use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
 use leaderelection::{Config, Term};
 use leaderelection_controller::signals::Signals;
-use leaderelection_controller::{BoxError, Runtime};
+use leaderelection_controller::{BoxError, LeaderContext, Runtime};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -83,9 +83,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::new(identity, "greeting-controller", namespace);
 
     let runtime = Runtime::builder(client.clone(), config)
-        .leader_only("greeting-controller", move |term, token| {
-            controller(client.clone(), term, token)
-        })
+        .leader_only(
+            "greeting-controller",
+            move |LeaderContext { term, token, .. }| controller(client.clone(), term, token),
+        )
         .admin(admin.parse()?)
         .build()?;
     // Returns once the controller has stopped and the Lease is released (or at a second signal).

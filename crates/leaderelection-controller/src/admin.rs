@@ -13,13 +13,13 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::election::Election;
+use crate::election::ElectionHandle;
 use crate::metrics::Metrics;
 
 /// What the admin routes read. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Admin {
-    election: Election,
+    election: ElectionHandle,
     watchdog: Watchdog,
     registry: Arc<Registry>,
     metrics: Metrics,
@@ -29,7 +29,7 @@ impl Admin {
     /// The admin state of `component`: its watchdog (unhealthy after `lease_duration + tolerance` without a
     /// renew while it believes it leads), the finished `registry`, and `metrics` for `/debug/vars`.
     pub fn new(
-        election: Election,
+        election: ElectionHandle,
         tolerance: Duration,
         registry: Registry,
         metrics: Metrics,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use leaderelection::{
-    Callbacks, Config, ConfigError, Coordination, Elector, KubeLeaseLock, LeaderState, LeaseLock,
-    Observer, Watchdog,
+    Callbacks, Config, ConfigError, Coordination, Elector, ElectorBuilder, ElectorHandle,
+    LeaderState, LeaseLock, Observer, Watchdog,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -14,60 +14,82 @@ use crate::events::{Event, EventBus};
 
 /// A candidate in one election that publishes its events: [`Event::LeaderElectionStarted`] when `run`
 /// starts, then [`Event::BecameLeader`] / [`Event::LostLeadership`] / [`Event::NewLeaderObserved`], each
-/// before the matching user callback. Cheap to clone.
+/// before the matching user callback.
+///
+/// Built once by [`Election::builder`]; [`Election::run`] drives it and consumes it; what others need
+/// (state, configuration, bus) comes from the cloneable [`ElectionHandle`] of [`Election::handle`].
 ///
 /// # RBAC
 ///
 /// As [`Elector`]: `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Election {
     elector: Elector,
     bus: EventBus,
 }
 
-impl Election {
-    /// A component over any [`LeaseLock`], publishing on `bus`, calling `callbacks` after each event.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError`] when `config` breaks a rule of [`Config::validate`].
-    pub fn new(
-        config: Config,
-        lock: impl LeaseLock,
-        bus: EventBus,
-        callbacks: Callbacks,
-    ) -> Result<Self, ConfigError> {
-        Self::with_observer(config, lock, bus, callbacks, None)
+/// A cloneable view of one [`Election`]: its state, configuration and bus, from any task.
+#[derive(Clone, Debug)]
+pub struct ElectionHandle {
+    elector: ElectorHandle,
+    bus: EventBus,
+}
+
+/// What [`Election::builder`] collects; [`ElectionBuilder::build`] makes the [`Election`].
+#[derive(Debug)]
+pub struct ElectionBuilder {
+    elector: ElectorBuilder,
+    identity: String,
+    bus: EventBus,
+    callbacks: Callbacks,
+}
+
+// === impl ElectionBuilder ===
+
+impl ElectionBuilder {
+    /// Publishes on `bus` (a new bus by default).
+    #[must_use]
+    pub fn bus(mut self, bus: EventBus) -> Self {
+        self.bus = bus;
+        self
     }
 
-    /// A component over the Lease `config.lease_namespace/config.lease_name` through `client`.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError`] when `config` breaks a rule of [`Config::validate`].
-    pub fn with_client(
-        config: Config,
-        client: kube::Client,
-        bus: EventBus,
-        callbacks: Callbacks,
-    ) -> Result<Self, ConfigError> {
-        let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
-        Self::new(config, lock, bus, callbacks)
+    /// The user's reactions to leadership changes, each called after its event was published.
+    #[must_use]
+    pub fn callbacks(mut self, callbacks: Callbacks) -> Self {
+        self.callbacks = callbacks;
+        self
     }
 
-    /// As [`Election::new`], also reporting each API request to `observer` (e.g. [`crate::Metrics`]).
+    /// Reports each API request to `observer` (e.g. [`crate::Metrics`]): see
+    /// [`ElectorBuilder::observer`].
+    #[must_use]
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.elector = self.elector.observer(observer);
+        self
+    }
+
+    /// Takes part in coordinated leader election through `coordination`: see
+    /// [`ElectorBuilder::coordination`].
+    #[must_use]
+    pub fn coordination(mut self, coordination: Coordination) -> Self {
+        self.elector = self.elector.coordination(coordination);
+        self
+    }
+
+    /// The election.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `config` breaks a rule of [`Config::validate`].
-    pub fn with_observer(
-        config: Config,
-        lock: impl LeaseLock,
-        bus: EventBus,
-        callbacks: Callbacks,
-        observer: Option<Arc<dyn Observer>>,
-    ) -> Result<Self, ConfigError> {
-        let identity: Arc<str> = config.identity.as_str().into();
+    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`].
+    pub fn build(self) -> Result<Election, ConfigError> {
+        let Self {
+            elector,
+            identity,
+            bus,
+            callbacks,
+        } = self;
+        let identity: Arc<str> = identity.into();
         let user = Arc::new(callbacks);
         let wrapped = Callbacks::new()
             .on_started_leading({
@@ -79,8 +101,9 @@ impl Election {
                     });
                     let work = user.started_leading(term, token);
                     async move {
-                        if let Some(work) = work {
-                            work.await;
+                        match work {
+                            Some(work) => work.await,
+                            None => Ok(()),
                         }
                     }
                 }
@@ -105,19 +128,33 @@ impl Election {
                     user.new_leader(leader);
                 }
             });
-        let mut elector = Elector::new(config, lock, wrapped)?;
-        if let Some(observer) = observer {
-            elector = elector.with_observer(observer);
+        let elector = elector.callbacks(wrapped).build()?;
+        Ok(Election { elector, bus })
+    }
+}
+
+// === impl Election ===
+
+impl Election {
+    /// A builder for the election of the Lease `config` names, read and written through `lock` (e.g.
+    /// `leaderelection::KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name)`).
+    #[must_use]
+    pub fn builder(config: Config, lock: impl LeaseLock) -> ElectionBuilder {
+        ElectionBuilder {
+            identity: config.identity.clone(),
+            elector: Elector::builder(config, lock),
+            bus: EventBus::default(),
+            callbacks: Callbacks::new(),
         }
-        Ok(Self { elector, bus })
     }
 
-    /// Takes part in coordinated leader election through `coordination` (see
-    /// [`Elector::with_coordination`]); call it right after construction, before cloning.
+    /// A cloneable handle on this election's state, configuration and bus.
     #[must_use]
-    pub fn with_coordination(mut self, coordination: Coordination) -> Self {
-        self.elector = self.elector.with_coordination(coordination);
-        self
+    pub fn handle(&self) -> ElectionHandle {
+        ElectionHandle {
+            elector: self.elector.handle(),
+            bus: self.bus.clone(),
+        }
     }
 
     /// Publishes [`Event::LeaderElectionStarted`], then campaigns until `shutdown` is cancelled (see
@@ -125,52 +162,76 @@ impl Election {
     ///
     /// # Errors
     ///
-    /// [`leaderelection::Error::AlreadyRunning`] if this component is already running.
+    /// As [`Elector::run`] (none today).
     ///
     /// # Cancel safety
     ///
     /// As [`Elector::run`]: cancel `shutdown` and await, rather than dropping the future.
-    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), leaderelection::Error> {
-        let config = self.elector.config();
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), leaderelection::Error> {
+        let handle = self.elector.handle();
+        let config = handle.config();
         self.bus.publish(Event::LeaderElectionStarted {
             identity: config.identity.clone(),
             lease_name: config.lease_name.clone(),
             lease_namespace: config.lease_namespace.clone(),
         });
-        self.elector.clone().run(shutdown).await
+        self.elector.run(shutdown).await
     }
+}
 
+// === impl ElectionHandle ===
+
+impl ElectionHandle {
     /// Whether this replica leads now (by its own validity deadline).
+    #[must_use]
     pub fn is_leader(&self) -> bool {
         self.elector.is_leader()
     }
 
     /// The last observed holder, `None` before the Lease was first read (or while it is released).
+    #[must_use]
     pub fn leader(&self) -> Option<String> {
         self.elector.leader()
     }
 
+    /// The state now.
+    #[must_use]
+    pub fn state(&self) -> LeaderState {
+        self.elector.state()
+    }
+
     /// The elector's state channel.
+    #[must_use]
     pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
         self.elector.subscribe()
     }
 
     /// The configuration.
+    #[must_use]
     pub fn config(&self) -> &Config {
         self.elector.config()
     }
 
-    /// The bus this component publishes on.
+    /// This candidate's identity.
+    #[must_use]
+    pub fn identity(&self) -> &str {
+        self.elector.identity()
+    }
+
+    /// The bus the election publishes on.
+    #[must_use]
     pub fn bus(&self) -> &EventBus {
         &self.bus
     }
 
-    /// The wrapped elector.
-    pub fn elector(&self) -> &Elector {
+    /// The elector's handle.
+    #[must_use]
+    pub fn elector(&self) -> &ElectorHandle {
         &self.elector
     }
 
-    /// A healthz watchdog over this component's elector, tolerating `tolerance` past the lease duration.
+    /// A healthz watchdog over this election, tolerating `tolerance` past the lease duration.
+    #[must_use]
     pub fn watchdog(&self, tolerance: std::time::Duration) -> Watchdog {
         Watchdog::new(&self.elector, tolerance)
     }

@@ -26,9 +26,9 @@
 //! # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! let config = Config::new(std::env::var("POD_NAME")?, "my-controller", "default");
 //! Runtime::builder(client, config)
-//!     .leader_only("reconciler", |term, token| async move {
-//!         // reconcile, fencing writes with term.transitions, until the term ends
-//!         token.cancelled().await;
+//!     .leader_only("reconciler", |lead| async move {
+//!         // reconcile, fencing writes with lead.term.transitions, until the term ends
+//!         lead.token.cancelled().await;
 //!         Ok(())
 //!     })
 //!     .admin("0.0.0.0:8080".parse()?)
@@ -57,8 +57,10 @@ pub mod signals;
 mod supervisor;
 
 pub use crate::admin::Admin;
-pub use crate::election::Election;
+pub use crate::election::{Election, ElectionBuilder, ElectionHandle};
 pub use crate::events::{Event, EventBus, Received, Subscription};
 pub use crate::metrics::Metrics;
 pub use crate::runtime::{Runtime, RuntimeError};
-pub use crate::supervisor::{BoxError, Failure, Policy, Supervisor, SupervisorError};
+pub use crate::supervisor::{
+    BoxError, BudgetSpent, Failure, LeaderContext, Policy, Supervised, Supervisor, SupervisorError,
+};

@@ -101,7 +101,7 @@ impl Collector for TimeAsLeader {
     }
 }
 
-/// The election's metrics. Cheap to clone; pass it to [`crate::Election::with_observer`] and run
+/// The election's metrics. Cheap to clone; pass it to [`crate::ElectionBuilder::observer`] and run
 /// [`Metrics::run`] beside the election (the [`crate::Runtime`] does both).
 #[derive(Clone, Debug)]
 pub struct Metrics {

@@ -11,17 +11,16 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use leaderelection::{
     Callbacks, Candidate, CandidateConfig, CandidateError, Config, ConfigError, KubeLeaseLock,
-    LeaseLock, ShardSet, Term,
+    LeaseLock, ShardSet,
 };
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::election::Election;
-use crate::events::EventBus;
+use crate::election::{Election, ElectionHandle};
 use crate::metrics::Metrics;
 use crate::recorder::LeaseEventRecorder;
-use crate::supervisor::{BoxError, Policy, Supervisor, SupervisorError};
+use crate::supervisor::{BoxError, LeaderContext, Policy, Supervised, Supervisor, SupervisorError};
 
 /// How long past the lease duration `/healthz` tolerates a leader that cannot renew.
 const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(5);
@@ -41,9 +40,10 @@ const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(5);
 /// let config = Config::new(std::env::var("POD_NAME")?, "my-controller", "default");
 /// Runtime::builder(client, config)
 ///     .all_replica("informers", |token| async move { token.cancelled().await; Ok(()) })
-///     .leader_only("reconciler", |term, token| async move {
-///         // reconcile, fencing writes with term.transitions, until the term ends
-///         token.cancelled().await;
+///     .leader_only("reconciler", |lead| async move {
+///         // reconcile, fencing writes with lead.term.transitions and re-checking
+///         // lead.state.borrow().is_leader(), until the term ends
+///         lead.token.cancelled().await;
 ///         Ok(())
 ///     })
 ///     .admin("0.0.0.0:8080".parse()?)
@@ -61,8 +61,9 @@ const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Runtime {
     election: Election,
+    handle: ElectionHandle,
     candidate: Option<Candidate>,
-    supervisor: Supervisor,
+    supervised: Supervised,
     metrics: Metrics,
     recorder: Option<LeaseEventRecorder>,
     registry: Registry,
@@ -152,22 +153,11 @@ impl Runtime {
         Builder::new(config, lock)
     }
 
-    /// The election, for its state ([`Election::is_leader`], [`Election::subscribe`]) and bus.
+    /// A handle on the election, for its state ([`ElectionHandle::is_leader`],
+    /// [`ElectionHandle::subscribe`]), configuration and bus, from any task.
     #[must_use]
-    pub fn election(&self) -> &Election {
-        &self.election
-    }
-
-    /// Registers a leader-only component after [`Builder::build`], before [`Runtime::run`]: for one that
-    /// needs the election itself, e.g. its state channel ([`Runtime::election`]). See
-    /// [`Supervisor::leader_only`].
-    pub fn leader_only<F, Fut>(&self, name: &str, start: F)
-    where
-        F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        // The supervisor's clones share their components; it reads them at the start of each term.
-        let _ = self.supervisor.clone().leader_only(name, start);
+    pub fn handle(&self) -> ElectionHandle {
+        self.handle.clone()
     }
 
     /// Runs everything until `shutdown` is cancelled or something fails: the election with its leader-only
@@ -178,7 +168,7 @@ impl Runtime {
     /// # Errors
     ///
     /// [`RuntimeError::AdminBind`] before anything starts; [`RuntimeError::Supervisor`] when a component
-    /// fails under [`Policy::FailProcess`] or the election was already running; [`RuntimeError::AdminStopped`]
+    /// fails under [`Policy::FailProcess`]; [`RuntimeError::AdminStopped`]
     /// and [`RuntimeError::TaskEnded`] when a part ended early; [`RuntimeError::Candidate`] when RBAC refuses
     /// the LeaseCandidate of [`Builder::coordinated`] (the election is stopped: it could never lead).
     ///
@@ -189,8 +179,9 @@ impl Runtime {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
         let Self {
             election,
+            handle,
             candidate,
-            supervisor,
+            supervised,
             metrics,
             recorder,
             registry,
@@ -209,24 +200,19 @@ impl Runtime {
         if let Some(bound) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
             tracing::info!(address = %bound, "admin endpoints: /healthz /readyz /metrics /debug/vars");
         }
-        let admin_state = Admin::new(
-            election.clone(),
-            HEALTHZ_TOLERANCE,
-            registry,
-            metrics.clone(),
-        );
+        let admin_state = Admin::new(handle.clone(), HEALTHZ_TOLERANCE, registry, metrics.clone());
 
         // The feeds stop after the election, so the last events (LostLeadership) are still logged.
         let feeds_stop = CancellationToken::new();
         let election_stop = shutdown.child_token();
-        let commentator = crate::commentator::run(election.bus().subscribe(), feeds_stop.clone());
+        let commentator = crate::commentator::run(handle.bus().subscribe(), feeds_stop.clone());
         let admin_server = serve_admin(listener, admin_state, feeds_stop.clone());
         let metrics_feed = metrics.run(
-            election.bus().subscribe(),
-            election.subscribe(),
+            handle.bus().subscribe(),
+            handle.subscribe(),
             feeds_stop.clone(),
         );
-        let recorder_feed = record_events(recorder, election.bus().subscribe(), feeds_stop.clone());
+        let recorder_feed = record_events(recorder, handle.bus().subscribe(), feeds_stop.clone());
         // The shard set runs beside the election, and stops with it (each shard's work stopped, then its
         // Lease released).
         let shard_set = async {
@@ -249,7 +235,7 @@ impl Runtime {
             let candidate_stop = election_stop.child_token();
             let (result, candidacy) = tokio::join!(
                 async {
-                    let result = supervisor.run(&election, election_stop.clone()).await;
+                    let result = supervised.run(election, election_stop.clone()).await;
                     candidate_stop.cancel();
                     result
                 },
@@ -383,24 +369,46 @@ impl<L: LeaseLock> Builder<L> {
         self
     }
 
-    /// Registers a component that runs only during this replica's terms, with the term (its
-    /// `transitions` fence writes) and a token cancelled when the term ends: see
-    /// [`Supervisor::leader_only`].
+    /// As [`Builder::all_replica`], under `policy`: see [`Supervisor::all_replica_with_policy`].
+    #[must_use]
+    pub fn all_replica_with_policy<F, Fut>(mut self, name: &str, policy: Policy, start: F) -> Self
+    where
+        F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.supervisor = self.supervisor.all_replica_with_policy(name, policy, start);
+        self
+    }
+
+    /// Registers a component that runs only during this replica's terms, with a [`LeaderContext`]: the
+    /// term (its `transitions` fence writes), a token cancelled when the term ends, and the election's
+    /// state. See [`Supervisor::leader_only`].
     #[must_use]
     pub fn leader_only<F, Fut>(mut self, name: &str, start: F) -> Self
     where
-        F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
+        F: Fn(LeaderContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         self.supervisor = self.supervisor.leader_only(name, start);
         self
     }
 
-    /// Uses `supervisor` (with its own [`Policy`] and components) instead of the default one; components
-    /// registered on this builder before are dropped, so call it first.
+    /// As [`Builder::leader_only`], under `policy`: see [`Supervisor::leader_only_with_policy`].
     #[must_use]
-    pub fn supervisor(mut self, supervisor: Supervisor) -> Self {
-        self.supervisor = supervisor;
+    pub fn leader_only_with_policy<F, Fut>(mut self, name: &str, policy: Policy, start: F) -> Self
+    where
+        F: Fn(LeaderContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.supervisor = self.supervisor.leader_only_with_policy(name, policy, start);
+        self
+    }
+
+    /// The [`Policy`] of the components registered without one of their own (default:
+    /// [`Policy::default`]), whether registered before or after this call.
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.supervisor = self.supervisor.policy(policy);
         self
     }
 
@@ -475,7 +483,7 @@ impl<L: LeaseLock> Builder<L> {
     /// Takes part in coordinated leader election (KEP-4355): registers this candidate as a
     /// `coordination.k8s.io/v1beta1` LeaseCandidate with `candidate`'s versions through `client` (see
     /// [`Candidate`]), and leads only when kube-apiserver's election controller assigns it the Lease
-    /// (see [`leaderelection::Elector::with_coordination`]). Where the API server does not serve
+    /// (see [`leaderelection::ElectorBuilder::coordination`]). Where the API server does not serve
     /// LeaseCandidates, it says so once (WARN) and runs an ordinary election. The LeaseCandidate is
     /// deleted on shutdown, before the Lease is released. In disabled mode (`enabled: false`) nothing is
     /// registered.
@@ -530,21 +538,19 @@ impl<L: LeaseLock> Builder<L> {
             .map(|Coordinated(client, candidate)| Candidate::new(client, &config, candidate))
             .transpose()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);
-        let supervisor = supervisor.with_metrics(metrics.clone());
-        let mut election = Election::with_observer(
-            config,
-            lock,
-            EventBus::default(),
-            supervisor.callbacks(callbacks),
-            Some(Arc::new(metrics.clone())),
-        )?;
+        let (callbacks, supervised) = supervisor.with_metrics(metrics.clone()).bind(callbacks);
+        let mut election = Election::builder(config, lock)
+            .callbacks(callbacks)
+            .observer(Arc::new(metrics.clone()));
         if let Some(candidate) = &candidate {
-            election = election.with_coordination(candidate.coordination());
+            election = election.coordination(candidate.coordination());
         }
+        let election = election.build()?;
         Ok(Runtime {
+            handle: election.handle(),
             election,
             candidate,
-            supervisor,
+            supervised,
             metrics,
             recorder,
             registry,

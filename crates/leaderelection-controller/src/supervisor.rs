@@ -6,23 +6,23 @@
 //!
 //! | failure of | [`Policy::Restart`], budget left | budget spent, or [`Policy::StepDown`] | [`Policy::FailProcess`] |
 //! |---|---|---|---|
-//! | a leader-only component | restarted after a backoff, same term | the term's other work is stopped and awaited (the Lease is still renewed; aborted after the elector's stop timeout), then the term ends as [`StopReason::WorkFailed`]: the Lease is released, this replica contends again after a retry period | everything stops, the Lease is released, [`Supervisor::run`] returns the failure |
+//! | a leader-only component | restarted after a backoff, same term | the term's other work is stopped and awaited (the Lease is still renewed; aborted after the elector's stop timeout), then the term ends as [`StopReason::WorkFailed`]: the Lease is released, this replica contends again after a retry period | everything stops, the Lease is released, [`Supervised::run`] returns the failure |
 //! | an all-replica component | restarted after a backoff | as [`Policy::FailProcess`] (stepping down would not stop it) | as for a leader-only one |
-//! | the user's `on_started_leading` work | a panic ends the term as with the raw elector ([`Callbacks`]); a return keeps leadership | | |
+//! | the user's `on_started_leading` work | an `Err` or a panic ends the term as with the raw elector ([`Callbacks`]); `Ok(())` keeps leadership | | |
 //!
 //! [`StopReason::WorkFailed`]: leaderelection::StopReason::WorkFailed
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use leaderelection::{Callbacks, Term};
+use leaderelection::{Callbacks, LeaderState, Term, WorkError};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +31,13 @@ use tokio_util::task::TaskTracker;
 use crate::election::Election;
 use crate::metrics::Metrics;
 
-/// The error a component returns.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error a component returns (the core's [`leaderelection::BoxError`]).
+pub use leaderelection::BoxError;
 
 type AllReplicaFn =
     Arc<dyn Fn(CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 type LeaderOnlyFn =
-    Arc<dyn Fn(Term, CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+    Arc<dyn Fn(LeaderContext) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
 /// What the supervisor does when a component fails: returns an error, panics, or returns before its token
 /// was cancelled (a component never ends silently). See the table in this module's documentation.
@@ -64,7 +64,7 @@ pub enum Policy {
     /// leads, and this one contends again after a retry period. An all-replica component cannot step down:
     /// its failure fails the process.
     StepDown,
-    /// Stop everything (leader-only work, then the Lease is released) and make [`Supervisor::run`] return
+    /// Stop everything (leader-only work, then the Lease is released) and make [`Supervised::run`] return
     /// the failure, so the process exits and its orchestrator restarts it.
     FailProcess,
 }
@@ -83,38 +83,84 @@ impl Default for Policy {
     }
 }
 
-/// A component failure that ended a term or the process.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("component {component} failed: {error}")]
+/// A component failure that ended a term or the process: the component's last failure, its cause kept.
+///
+/// Its `Display` is `component {component} failed: {error}`, with ` ({n} failures within {window})` when a
+/// [`Policy::Restart`] budget was spent; its `source()` is `error` (whose own chain follows).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("component {component} failed: {error}{}", .budget.as_ref().map(ToString::to_string).unwrap_or_default())]
 pub struct Failure {
     /// The component's name.
     pub component: String,
-    /// What happened: its error, `"panicked: {message}"` or `"exited unexpectedly"`, and the failure count
-    /// when a [`Policy::Restart`] budget was spent.
-    pub error: String,
+    /// What happened: the error it returned ([`WorkError::Failed`], the error itself), its panic
+    /// ([`WorkError::Panicked`]), or a return before its token was cancelled (`Failed` with an error
+    /// saying `exited unexpectedly`).
+    #[source]
+    pub error: WorkError,
+    /// The failures that spent its [`Policy::Restart`] budget, if that is why it was no longer
+    /// restarted.
+    pub budget: Option<BudgetSpent>,
 }
 
-/// Why [`Supervisor::run`] returned an error.
+/// A [`Policy::Restart`] budget spent: `failures` failures within `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(" ({failures} failures within {})", humantime::format_duration(*.window))]
+pub struct BudgetSpent {
+    /// How many failures fell within `window` (at least the policy's `max_failures`).
+    pub failures: usize,
+    /// The policy's window.
+    pub window: Duration,
+}
+
+/// A component that returned before its token was cancelled: a component never ends silently.
+#[derive(Debug, thiserror::Error)]
+#[error("exited unexpectedly")]
+struct ExitedUnexpectedly;
+
+/// Why [`Supervised::run`] returned an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     /// A component failed under [`Policy::FailProcess`] (or an all-replica component gave up).
     #[error(transparent)]
     Failed(#[from] Failure),
-    /// The elector refused to run.
+    /// The elector ended with an error ([`leaderelection::Error`]; none today).
     #[error(transparent)]
     Elector(#[from] leaderelection::Error),
 }
 
-/// Registers components, builds the [`Callbacks`] that run the leader-only ones, and runs the rest.
-/// Cheap to clone.
-#[derive(Clone)]
+/// Registers components, then [`Supervisor::bind`] turns them into the elector's [`Callbacks`] and the
+/// [`Supervised`] driver that runs the rest. Built by value: what is registered is fixed when it is bound,
+/// and nothing can be added after (no shared, mutable registry).
 pub struct Supervisor {
+    policy: Policy,
+    all_replica: Vec<Registered<AllReplicaFn>>,
+    leader_only: Vec<Registered<LeaderOnlyFn>>,
+    metrics: Option<Metrics>,
+}
+
+/// The leader-only work of one term, as each leader-only component gets it: everything it may need, so
+/// that every component is registered before the election is built.
+#[derive(Clone, Debug)]
+pub struct LeaderContext {
+    /// The term: its `transitions` fence the component's writes.
+    pub term: Term,
+    /// Cancelled when the term ends (or the component must stop); the component must then return.
+    pub token: CancellationToken,
+    /// The election's state, to re-check [`LeaderState::is_leader`] before each write (leadership also
+    /// ends by the clock, before `token` is cancelled).
+    pub state: watch::Receiver<LeaderState>,
+}
+
+/// The registered components once bound to an election ([`Supervisor::bind`]): runs the all-replica ones
+/// beside the election. Not `Clone`: it runs once.
+pub struct Supervised {
     shared: Arc<Shared>,
 }
 
 struct Registered<F> {
     name: String,
-    policy: Policy,
+    /// `None`: the supervisor's own policy.
+    policy: Option<Policy>,
     start: F,
 }
 
@@ -130,11 +176,11 @@ impl<F: Clone> Clone for Registered<F> {
 
 struct Shared {
     policy: Policy,
-    all_replica: Mutex<Vec<Registered<AllReplicaFn>>>,
-    leader_only: Mutex<Vec<Registered<LeaderOnlyFn>>>,
-    metrics: Mutex<Option<Metrics>>,
-    /// The elector's stop timeout, known once [`Supervisor::run`] started.
-    stop_timeout: Mutex<Option<Duration>>,
+    all_replica: Vec<Registered<AllReplicaFn>>,
+    leader_only: Vec<Registered<LeaderOnlyFn>>,
+    metrics: Option<Metrics>,
+    /// The election's stop timeout and state, known once [`Supervised::run`] started.
+    election: OnceLock<(Duration, watch::Receiver<LeaderState>)>,
     fatal: CancellationToken,
     failure: Mutex<Option<Failure>>,
 }
@@ -146,22 +192,28 @@ enum GiveUp {
     FailProcess,
 }
 
+fn names<F>(registered: &[Registered<F>]) -> Vec<&str> {
+    registered.iter().map(|c| c.name.as_str()).collect()
+}
+
 // === impl Supervisor ===
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let all: Vec<String> = lock(&self.shared.all_replica)
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
-        let leader_only: Vec<String> = lock(&self.shared.leader_only)
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
         f.debug_struct("Supervisor")
+            .field("policy", &self.policy)
+            .field("all_replica", &names(&self.all_replica))
+            .field("leader_only", &names(&self.leader_only))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Supervised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervised")
             .field("policy", &self.shared.policy)
-            .field("all_replica", &all)
-            .field("leader_only", &leader_only)
+            .field("all_replica", &names(&self.shared.all_replica))
+            .field("leader_only", &names(&self.shared.leader_only))
             .finish()
     }
 }
@@ -174,24 +226,27 @@ impl Supervisor {
     /// A supervisor applying `policy` to the components registered without one of their own.
     pub fn new(policy: Policy) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                policy,
-                all_replica: Mutex::default(),
-                leader_only: Mutex::default(),
-                metrics: Mutex::default(),
-                stop_timeout: Mutex::default(),
-                fatal: CancellationToken::new(),
-                failure: Mutex::default(),
-            }),
+            policy,
+            all_replica: Vec::new(),
+            leader_only: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Applies `policy` to the components registered without one of their own, whether registered
+    /// before or after this call.
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Counts component failures and spent budgets in `metrics`
     /// (`leader_election_component_failures_total{component}`,
     /// `leader_election_component_budget_exhausted_total{component}`, and `/debug/vars`).
     #[must_use]
-    pub fn with_metrics(self, metrics: Metrics) -> Self {
-        *lock(&self.shared.metrics) = Some(metrics);
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -203,8 +258,7 @@ impl Supervisor {
         F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        let policy = self.shared.policy.clone();
-        self.all_replica_with_policy(name, policy, start)
+        self.register_all_replica(name, None, start)
     }
 
     /// As [`Supervisor::all_replica`], under `policy` ([`Policy::StepDown`] acts as
@@ -215,7 +269,15 @@ impl Supervisor {
         F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        lock(&self.shared.all_replica).push(Registered {
+        self.register_all_replica(name, Some(policy), start)
+    }
+
+    fn register_all_replica<F, Fut>(mut self, name: &str, policy: Option<Policy>, start: F) -> Self
+    where
+        F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.all_replica.push(Registered {
             name: name.into(),
             policy,
             start: Arc::new(move |t| start(t).boxed()),
@@ -224,50 +286,75 @@ impl Supervisor {
     }
 
     /// Registers a component that runs only while this replica leads, under the supervisor's policy.
-    /// `start(term, token)` is called at the start of each term (and at each restart) and must return when
-    /// `token` is cancelled (the term ended); it is awaited, up to the elector's `stop_timeout`, before the
-    /// Lease is released.
+    /// `start(context)` is called at the start of each term (and at each restart) with the term, its
+    /// token and the election's state ([`LeaderContext`]), and must return when `context.token` is
+    /// cancelled (the term ended); it is awaited, up to the elector's `stop_timeout`, before the Lease is
+    /// released.
     #[must_use]
     pub fn leader_only<F, Fut>(self, name: &str, start: F) -> Self
     where
-        F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
+        F: Fn(LeaderContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        let policy = self.shared.policy.clone();
-        self.leader_only_with_policy(name, policy, start)
+        self.register_leader_only(name, None, start)
     }
 
     /// As [`Supervisor::leader_only`], under `policy`.
     #[must_use]
     pub fn leader_only_with_policy<F, Fut>(self, name: &str, policy: Policy, start: F) -> Self
     where
-        F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
+        F: Fn(LeaderContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        lock(&self.shared.leader_only).push(Registered {
+        self.register_leader_only(name, Some(policy), start)
+    }
+
+    fn register_leader_only<F, Fut>(mut self, name: &str, policy: Option<Policy>, start: F) -> Self
+    where
+        F: Fn(LeaderContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.leader_only.push(Registered {
             name: name.into(),
             policy,
-            start: Arc::new(move |term, t| start(term, t).boxed()),
+            start: Arc::new(move |context| start(context).boxed()),
         });
         self
     }
 
-    /// The elector's callbacks: `on_started_leading` runs each leader-only component in a task of its
-    /// own, and `user`'s `on_started_leading` in another, all with a child of the term's token; `user`'s
+    /// Fixes the registered components and returns the elector's callbacks (to build the [`Election`]
+    /// with) and the driver of the all-replica components (to run with that election).
+    ///
+    /// The callbacks: `on_started_leading` runs each leader-only component in a task of its own, and
+    /// `user`'s `on_started_leading` in another, all with a child of the term's token; `user`'s
     /// `on_stopped_leading` and `on_new_leader` are called as they are, once per event.
     ///
     /// A component whose failures end the term stops the others, awaits them (the elector keeps renewing
     /// the Lease meanwhile, so no one else leads while they run) for at most the elector's stop timeout
-    /// ([`leaderelection::Config::effective_stop_timeout`], once [`Supervisor::run`] started; without it
-    /// for as long as they take), aborts what is left, then ends the term's task with a panic whose
-    /// message is the [`Failure`]: the elector reports `StopReason::WorkFailed`, releases the Lease and
-    /// contends again after a retry period. A panic of `user`'s work ends the term the same way.
-    pub fn callbacks(&self, user: Callbacks) -> Callbacks {
-        let shared = self.shared.clone();
+    /// ([`leaderelection::Config::effective_stop_timeout`]), aborts what is left, then returns the
+    /// [`Failure`] as the term's work result: the elector reports `StopReason::WorkFailed` with it,
+    /// releases the Lease and contends again after a retry period. An `Err` or a panic of `user`'s work
+    /// ends the term the same way, with that error or panic.
+    pub fn bind(self, user: Callbacks) -> (Callbacks, Supervised) {
+        let Self {
+            policy,
+            all_replica,
+            leader_only,
+            metrics,
+        } = self;
+        let shared = Arc::new(Shared {
+            policy,
+            all_replica,
+            leader_only,
+            metrics,
+            election: OnceLock::new(),
+            fatal: CancellationToken::new(),
+            failure: Mutex::default(),
+        });
         let user = Arc::new(user);
-        Callbacks::new()
+        let callbacks = Callbacks::new()
             .on_started_leading({
-                let user = user.clone();
+                let (shared, user) = (shared.clone(), user.clone());
                 move |term: Term, token: CancellationToken| {
                     let stop = token.child_token();
                     let user_work = user.started_leading(term.clone(), stop.clone());
@@ -278,30 +365,39 @@ impl Supervisor {
                 let user = user.clone();
                 move |reason| user.stopped_leading(reason)
             })
-            .on_new_leader(move |identity| user.new_leader(identity))
+            .on_new_leader(move |identity| user.new_leader(identity));
+        (callbacks, Supervised { shared })
     }
+}
 
-    /// Runs the all-replica components and `component` until `shutdown` is cancelled or a component fails
-    /// the process; then stops the election (leader-only work stopped, Lease released) and the
-    /// all-replica components, and waits for them.
+// === impl Supervised ===
+
+impl Supervised {
+    /// Runs the all-replica components and `election` (built with this supervisor's callbacks) until
+    /// `shutdown` is cancelled or a component fails the process; then stops the election (leader-only
+    /// work stopped, Lease released) and the all-replica components, and waits for them.
     ///
     /// # Errors
     ///
     /// [`SupervisorError::Failed`] after a failure under [`Policy::FailProcess`], or an all-replica
-    /// component that spent its budget; [`SupervisorError::Elector`] if `component` is already running.
+    /// component that spent its budget.
     ///
     /// # Cancel safety
     ///
     /// Cancel `shutdown` and await, rather than dropping the future.
     pub async fn run(
-        &self,
-        election: &Election,
+        self,
+        election: Election,
         shutdown: CancellationToken,
     ) -> Result<(), SupervisorError> {
-        *lock(&self.shared.stop_timeout) = Some(election.config().effective_stop_timeout());
+        let handle = election.handle();
+        let _ = self
+            .shared
+            .election
+            .set((handle.config().effective_stop_timeout(), handle.subscribe()));
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        for registered in lock(&self.shared.all_replica).clone() {
+        for registered in self.shared.all_replica.iter().cloned() {
             let shared = self.shared.clone();
             let token = stop.child_token();
             tracker.spawn(async move {
@@ -342,11 +438,7 @@ impl Supervisor {
 // === impl Shared ===
 
 impl Shared {
-    fn metrics(&self) -> Option<Metrics> {
-        lock(&self.metrics).clone()
-    }
-
-    /// Keeps the first failure for [`Supervisor::run`] and stops everything.
+    /// Keeps the first failure for [`Supervised::run`] and stops everything.
     fn fail_process(&self, failure: Failure) {
         tracing::error!(%failure, "stopping: the process fails");
         lock(&self.failure).get_or_insert(failure);
@@ -355,22 +447,45 @@ impl Shared {
 }
 
 /// One term's work: every leader-only component and the user's work, each in its own task, until `stop`
-/// (a child of the term's token) is cancelled; if a component steps down (or the user's work panics),
-/// stops the rest, awaits it, and panics so that the elector ends the term as `WorkFailed`.
+/// (a child of the term's token) is cancelled; if a component steps down (or the user's work fails),
+/// stops the rest, awaits it, and returns the first failure so that the elector ends the term as
+/// `WorkFailed` with it.
 async fn lead(
     shared: Arc<Shared>,
     term: Term,
     stop: CancellationToken,
-    user_work: Option<BoxFuture<'static, ()>>,
-) {
+    user_work: Option<BoxFuture<'static, Result<(), BoxError>>>,
+) -> Result<(), BoxError> {
     // Dropped (when the elector aborts this task), the set aborts every component's task.
     let mut tasks = JoinSet::new();
-    for registered in lock(&shared.leader_only).clone() {
+    let components: Vec<_> = match shared.election.get() {
+        Some((_, state)) => shared
+            .leader_only
+            .iter()
+            .map(|registered| (registered.clone(), state.clone()))
+            .collect(),
+        None if shared.leader_only.is_empty() => Vec::new(),
+        // The callbacks were given to an election that `Supervised::run` does not drive: the
+        // components could not have their context. The term ends rather than lead without them.
+        None => {
+            return Err(
+                "the supervisor's callbacks ran outside Supervised::run: its leader-only components \
+                 cannot start"
+                    .into(),
+            );
+        }
+    };
+    for (registered, state) in components {
         let (shared, term, token) = (shared.clone(), term.clone(), stop.clone());
         tasks.spawn(async move {
             let start = registered.start.clone();
-            match supervise(&shared, &registered, token, |t| start(term.clone(), t)).await {
-                Some((failure, GiveUp::StepDown)) => Some(failure),
+            let context = |token| LeaderContext {
+                term: term.clone(),
+                token,
+                state: state.clone(),
+            };
+            match supervise(&shared, &registered, token, |t| start(context(t))).await {
+                Some((failure, GiveUp::StepDown)) => Some(WorkError::Failed(Arc::new(failure))),
                 Some((failure, GiveUp::FailProcess)) => {
                     shared.fail_process(failure);
                     None
@@ -380,9 +495,9 @@ async fn lead(
         });
     }
     if let Some(work) = user_work {
-        tasks.spawn(work.map(|()| None));
+        tasks.spawn(work.map(|result| result.err().map(WorkError::from)));
     }
-    let mut step_down: Option<Box<dyn Any + Send>> = None;
+    let mut step_down: Option<WorkError> = None;
     let mut stop_by: Option<Instant> = None;
     loop {
         let next = match stop_by {
@@ -401,11 +516,11 @@ async fn lead(
             },
         };
         let Some(joined) = next else { break };
-        let cause: Box<dyn Any + Send> = match joined {
+        let cause = match joined {
             Ok(None) => continue,
-            Ok(Some(failure)) => Box::new(format!("{failure}; stepping down")),
+            Ok(Some(failure)) => failure,
             Err(err) => match err.try_into_panic() {
-                Ok(panic) => panic,
+                Ok(panic) => WorkError::from_panic(&*panic),
                 Err(_) => continue,
             },
         };
@@ -415,14 +530,16 @@ async fn lead(
                 "leader-only work failed; stopping the term's other work before stepping down"
             );
             stop.cancel();
-            stop_by = lock(&shared.stop_timeout).map(|timeout| Instant::now() + timeout);
+            stop_by = shared
+                .election
+                .get()
+                .map(|(timeout, _)| Instant::now() + *timeout);
             step_down = Some(cause);
         }
     }
-    if let Some(cause) = step_down {
-        // The elector's way to end a term for failed work (`StopReason::WorkFailed`); `resume_unwind`
-        // carries the message without running the panic hook again.
-        std::panic::resume_unwind(cause);
+    match step_down {
+        Some(cause) => Err(Box::new(cause)),
+        None => Ok(()),
     }
 }
 
@@ -445,8 +562,8 @@ where
         let attempt = AssertUnwindSafe(async { start(token.clone()).await });
         let outcome = attempt.catch_unwind().await;
         let result = match outcome {
-            Ok(result) => result,
-            Err(panic) => Err(format!("panicked: {}", panic_message(&*panic)).into()),
+            Ok(result) => result.map_err(WorkError::from),
+            Err(panic) => Err(WorkError::from_panic(&*panic)),
         };
         if token.is_cancelled() {
             if let Err(error) = result {
@@ -455,52 +572,53 @@ where
             return None;
         }
         let error = match result {
-            Ok(()) => "exited unexpectedly".to_owned(),
-            Err(error) => error.to_string(),
+            Ok(()) => WorkError::Failed(Arc::new(ExitedUnexpectedly)),
+            Err(error) => error,
         };
         tracing::error!(component = %name, %error, "component failed");
-        let metrics = shared.metrics();
+        let metrics = shared.metrics.as_ref();
         if let Some(metrics) = &metrics {
-            metrics.component_failed(name, &error);
+            metrics.component_failed(name, &error.to_string());
         }
-        let give_up = |error: String, action: GiveUp| {
+        let give_up = |error: WorkError, budget: Option<BudgetSpent>, action: GiveUp| {
             if let Some(metrics) = &metrics {
                 metrics.component_budget_exhausted(name);
             }
             let failure = Failure {
                 component: name.clone(),
                 error,
+                budget,
             };
             Some((failure, action))
         };
-        let (initial_backoff, max_backoff) = match &component.policy {
-            Policy::StepDown => return give_up(error, GiveUp::StepDown),
-            Policy::FailProcess => return give_up(error, GiveUp::FailProcess),
-            Policy::Restart {
-                initial_backoff,
-                max_backoff,
-                max_failures,
-                window,
-            } => {
-                let now = Instant::now();
-                failures.push_back(now);
-                while failures
-                    .front()
-                    .is_some_and(|at| now.duration_since(*at) >= *window)
-                {
-                    failures.pop_front();
+        let (initial_backoff, max_backoff) =
+            match component.policy.as_ref().unwrap_or(&shared.policy) {
+                Policy::StepDown => return give_up(error, None, GiveUp::StepDown),
+                Policy::FailProcess => return give_up(error, None, GiveUp::FailProcess),
+                Policy::Restart {
+                    initial_backoff,
+                    max_backoff,
+                    max_failures,
+                    window,
+                } => {
+                    let now = Instant::now();
+                    failures.push_back(now);
+                    while failures
+                        .front()
+                        .is_some_and(|at| now.duration_since(*at) >= *window)
+                    {
+                        failures.pop_front();
+                    }
+                    if u32::try_from(failures.len()).unwrap_or(u32::MAX) >= max_failures.get() {
+                        let budget = BudgetSpent {
+                            failures: failures.len(),
+                            window: *window,
+                        };
+                        return give_up(error, Some(budget), GiveUp::StepDown);
+                    }
+                    (*initial_backoff, *max_backoff)
                 }
-                if u32::try_from(failures.len()).unwrap_or(u32::MAX) >= max_failures.get() {
-                    let error = format!(
-                        "{error} ({} failures within {})",
-                        failures.len(),
-                        humantime::format_duration(*window)
-                    );
-                    return give_up(error, GiveUp::StepDown);
-                }
-                (*initial_backoff, *max_backoff)
-            }
-        };
+            };
         let delay = match backoff {
             Some(previous) if started.elapsed() < max_backoff => (previous * 2).min(max_backoff),
             _ => initial_backoff.min(max_backoff),
@@ -512,13 +630,4 @@ where
             () = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-/// The message of a panic payload (`panic!` gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leaderelection::{Callbacks, Config, LeaderElectionRecord, MemoryLeaseStore, StopReason, Term};
-use leaderelection_controller::{Election, Event, EventBus, Metrics, Received, Subscription};
+use leaderelection_controller::{
+    Election, ElectionHandle, Event, EventBus, Metrics, Received, Subscription,
+};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +61,10 @@ fn logging_callbacks(log: Arc<Mutex<Vec<String>>>, sub: Arc<Mutex<Subscription>>
                     &sub,
                     format!("callback:started_leading({})", term.transitions),
                 );
-                async move { token.cancelled().await }
+                async move {
+                    token.cancelled().await;
+                    Ok(())
+                }
             }
         })
         .on_stopped_leading({
@@ -71,19 +76,18 @@ fn logging_callbacks(log: Arc<Mutex<Vec<String>>>, sub: Arc<Mutex<Subscription>>
         .on_new_leader(move |id: &str| drain(&log, &sub, format!("callback:new_leader({id})")))
 }
 
-/// Runs `component` until the returned token is cancelled.
+/// Runs `component` until the returned token is cancelled; its handle.
 fn spawn_run(
-    component: &Election,
+    component: Election,
 ) -> (
+    ElectionHandle,
     CancellationToken,
     tokio::task::JoinHandle<Result<(), leaderelection::Error>>,
 ) {
+    let handle = component.handle();
     let stop = CancellationToken::new();
-    let run = tokio::spawn({
-        let (c, stop) = (component.clone(), stop.clone());
-        async move { c.run(stop).await }
-    });
-    (stop, run)
+    let run = tokio::spawn(component.run(stop.clone()));
+    (handle, stop, run)
 }
 
 /// The log of one term of `id`, from start to shutdown: each event just before its callback.
@@ -105,14 +109,12 @@ async fn events_precede_callbacks_in_a_fixed_order() {
     let bus = EventBus::default();
     let log = Arc::new(Mutex::new(Vec::new()));
     let sub = Arc::new(Mutex::new(bus.subscribe()));
-    let component = Election::new(
-        config("a"),
-        store.lock("a"),
-        bus.clone(),
-        logging_callbacks(log.clone(), sub.clone()),
-    )
-    .unwrap();
-    let (stop, run) = spawn_run(&component);
+    let component = Election::builder(config("a"), store.lock("a"))
+        .bus(bus.clone())
+        .callbacks(logging_callbacks(log.clone(), sub.clone()))
+        .build()
+        .unwrap();
+    let (component, stop, run) = spawn_run(component);
     let mut state = component.subscribe();
     bounded(state.wait_for(|s| s.is_leader())).await.unwrap();
     assert!(component.is_leader());
@@ -134,14 +136,12 @@ async fn disabled_mode_publishes_events_without_api_calls() {
     let sub = Arc::new(Mutex::new(bus.subscribe()));
     let mut cfg = config("solo");
     cfg.enabled = false;
-    let component = Election::new(
-        cfg,
-        store.lock("solo"),
-        bus.clone(),
-        logging_callbacks(log.clone(), sub),
-    )
-    .unwrap();
-    let (stop, run) = spawn_run(&component);
+    let component = Election::builder(cfg, store.lock("solo"))
+        .bus(bus.clone())
+        .callbacks(logging_callbacks(log.clone(), sub))
+        .build()
+        .unwrap();
+    let (component, stop, run) = spawn_run(component);
     bounded(component.subscribe().wait_for(|s| s.is_leader()))
         .await
         .unwrap();
@@ -157,9 +157,12 @@ async fn losing_the_lease_to_another_holder_is_published_with_its_reason() {
     let store = MemoryLeaseStore::new();
     let bus = EventBus::default();
     let mut sub = bus.subscribe();
-    let component =
-        Election::new(config("a"), store.lock("a"), bus.clone(), Callbacks::new()).unwrap();
-    let (stop, run) = spawn_run(&component);
+    let component = Election::builder(config("a"), store.lock("a"))
+        .bus(bus.clone())
+        .callbacks(Callbacks::new())
+        .build()
+        .unwrap();
+    let (component, stop, run) = spawn_run(component);
     bounded(component.subscribe().wait_for(|s| s.is_leader()))
         .await
         .unwrap();

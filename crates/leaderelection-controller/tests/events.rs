@@ -119,7 +119,7 @@ async fn a_failure_to_record_never_affects_the_election() {
         .events(self::client(&refused.url()), "my-controller")
         .build()
         .unwrap();
-    let election = runtime.election().clone();
+    let election = runtime.handle();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(runtime.run(shutdown.clone()));
     let mut state = election.subscribe();

@@ -17,7 +17,7 @@ use fake_apiserver::{FakeApiServer, Faults, Listener, ResourceType};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::Resource;
 use leaderelection::{Config, LeaderState};
-use leaderelection_controller::{Runtime, RuntimeError};
+use leaderelection_controller::{LeaderContext, Runtime, RuntimeError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -53,18 +53,21 @@ impl Replica {
         let (running, controller) = watch::channel(false);
         let running = Arc::new(running);
         let runtime = Runtime::builder(client.clone(), config)
-            .leader_only("greeting-controller", move |term, token| {
-                let (client, running) = (client.clone(), running.clone());
-                async move {
-                    running.send_replace(true);
-                    let result = example::controller(client, term, token).await;
-                    running.send_replace(false);
-                    result
-                }
-            })
+            .leader_only(
+                "greeting-controller",
+                move |LeaderContext { term, token, .. }| {
+                    let (client, running) = (client.clone(), running.clone());
+                    async move {
+                        running.send_replace(true);
+                        let result = example::controller(client, term, token).await;
+                        running.send_replace(false);
+                        result
+                    }
+                },
+            )
             .build()
             .unwrap();
-        let state = runtime.election().subscribe();
+        let state = runtime.handle().subscribe();
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(runtime.run(shutdown.clone()));
         Self {

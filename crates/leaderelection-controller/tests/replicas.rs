@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fake_apiserver::{FakeApiServer, Faults, Listener};
 use leaderelection::{Callbacks, Config};
 use leaderelection_controller::{
-    Admin, Election, EventBus, Metrics, Policy, Supervisor, SupervisorError,
+    Admin, Election, ElectionHandle, LeaderContext, Metrics, Policy, Supervisor, SupervisorError,
 };
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +33,7 @@ struct Activity {
 }
 
 struct Replica {
-    component: Election,
+    component: ElectionHandle,
     listener: Listener,
     stop: CancellationToken,
     run: JoinHandle<Result<(), SupervisorError>>,
@@ -60,7 +60,7 @@ async fn start_replica(server: &FakeApiServer, index: usize, activity: Arc<Activ
                 }
             }
         })
-        .leader_only("deployer", move |_term, token| {
+        .leader_only("deployer", move |LeaderContext { token, .. }| {
             let activity = activity.clone();
             async move {
                 let now = activity.active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -87,14 +87,13 @@ async fn start_replica(server: &FakeApiServer, index: usize, activity: Arc<Activ
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, "controller");
     let lock = leaderelection::KubeLeaseLock::new(client, "default", "controller");
-    let component = Election::with_observer(
-        config,
-        lock,
-        EventBus::default(),
-        supervisor.callbacks(Callbacks::new()),
-        Some(Arc::new(metrics.clone())),
-    )
-    .unwrap();
+    let (callbacks, supervised) = supervisor.bind(Callbacks::new());
+    let election = Election::builder(config, lock)
+        .callbacks(callbacks)
+        .observer(Arc::new(metrics.clone()))
+        .build()
+        .unwrap();
+    let component = election.handle();
     tokio::spawn(metrics.clone().run(
         component.bus().subscribe(),
         component.subscribe(),
@@ -109,8 +108,8 @@ async fn start_replica(server: &FakeApiServer, index: usize, activity: Arc<Activ
         stop.clone(),
     ));
     let run = tokio::spawn({
-        let (component, stop) = (component.clone(), stop.clone());
-        async move { supervisor.run(&component, stop).await }
+        let stop = stop.clone();
+        async move { supervised.run(election, stop).await }
     });
     Replica {
         component,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use leaderelection::{Config, MemoryLeaseStore};
-use leaderelection_controller::{Policy, Runtime, RuntimeError, Supervisor, SupervisorError};
+use leaderelection_controller::{LeaderContext, Policy, Runtime, RuntimeError, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
 /// Awaits `f` for at most 10 minutes of (virtual) time, so that a regression fails instead of hanging.
@@ -31,7 +31,7 @@ fn replica(
             token.cancelled().await;
             Ok(())
         })
-        .leader_only("reconciler", move |_term, token| {
+        .leader_only("reconciler", move |LeaderContext { token, .. }| {
             let running = running.clone();
             async move {
                 running.fetch_add(1, Ordering::SeqCst);
@@ -52,11 +52,11 @@ async fn only_the_leader_runs_its_leader_only_component_and_shutdown_hands_over(
     let store = MemoryLeaseStore::new();
     let (a_running, b_running) = (Arc::default(), Arc::default());
     let (a, a_stop) = replica(&store, "a", Arc::clone(&a_running));
-    let mut a_state = a.election().subscribe();
+    let mut a_state = a.handle().subscribe();
     let a_task = tokio::spawn(a.run(a_stop.clone()));
     bounded(a_state.wait_for(|s| s.is_leader())).await.unwrap();
     let (b, b_stop) = replica(&store, "b", Arc::clone(&b_running));
-    let mut b_state = b.election().subscribe();
+    let mut b_state = b.handle().subscribe();
     let b_task = tokio::spawn(b.run(b_stop.clone()));
     bounded(b_state.wait_for(|s| s.leader.as_deref() == Some("a")))
         .await
@@ -85,14 +85,18 @@ async fn only_the_leader_runs_its_leader_only_component_and_shutdown_hands_over(
 /// A component failure under `Policy::FailProcess` stops the election (the Lease is released) and ends
 /// `run` with the failure.
 #[tokio::test(start_paused = true)]
+///
+/// The policy is set after the component was registered: `Builder::policy` applies to every component
+/// registered without its own, before or after it (nothing registered is dropped or left on another
+/// policy).
 async fn a_fail_process_failure_ends_run_with_it() {
     let store = MemoryLeaseStore::new();
-    let supervisor = Supervisor::new(Policy::FailProcess).leader_only("reconciler", |_, _| async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        Err("cannot reach the database".into())
-    });
     let runtime = Runtime::builder_with_lock(store.lock("a"), config("a"))
-        .supervisor(supervisor)
+        .leader_only("reconciler", |_| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err("cannot reach the database".into())
+        })
+        .policy(Policy::FailProcess)
         .build()
         .unwrap();
     let err = bounded(runtime.run(CancellationToken::new()))
@@ -101,7 +105,7 @@ async fn a_fail_process_failure_ends_run_with_it() {
     match err {
         RuntimeError::Supervisor(SupervisorError::Failed(failure)) => {
             assert_eq!(failure.component, "reconciler");
-            assert!(failure.error.contains("cannot reach the database"));
+            assert_eq!(failure.error.to_string(), "cannot reach the database");
         }
         other => panic!("unexpected {other}"),
     }

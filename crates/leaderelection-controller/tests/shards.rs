@@ -37,6 +37,7 @@ async fn the_runtime_runs_per_shard_work_and_releases_the_shards_on_shutdown() {
                     working.lock().unwrap().insert(shard);
                     token.cancelled().await;
                     working.lock().unwrap().remove(&shard);
+                    Ok(())
                 }
             }
         },

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leaderelection::{Callbacks, Config, MemoryLeaseStore, StopReason, Term};
+use leaderelection::{Callbacks, Config, MemoryLeaseStore, StopReason, Term, WorkError};
 use leaderelection_controller::{
-    Admin, Election, Event, EventBus, Metrics, Policy, Received, Subscription, Supervisor,
-    SupervisorError,
+    Admin, BudgetSpent, Election, ElectionHandle, Event, EventBus, Failure, LeaderContext, Metrics,
+    Policy, Received, Subscription, Supervisor, SupervisorError,
 };
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -28,23 +28,27 @@ fn config(id: &str) -> Config {
 }
 
 struct Replica {
-    component: Election,
+    component: ElectionHandle,
     events: Subscription,
     stop: CancellationToken,
     run: JoinHandle<Result<(), SupervisorError>>,
 }
 
 impl Replica {
-    fn start(store: &MemoryLeaseStore, id: &str, supervisor: &Supervisor, user: Callbacks) -> Self {
+    fn start(store: &MemoryLeaseStore, id: &str, supervisor: Supervisor, user: Callbacks) -> Self {
         let bus = EventBus::default();
         let events = bus.subscribe();
-        let component =
-            Election::new(config(id), store.lock(id), bus, supervisor.callbacks(user)).unwrap();
+        let (callbacks, supervised) = supervisor.bind(user);
+        let election = Election::builder(config(id), store.lock(id))
+            .bus(bus)
+            .callbacks(callbacks)
+            .build()
+            .unwrap();
+        let component = election.handle();
         let stop = CancellationToken::new();
         let run = tokio::spawn({
-            let (supervisor, component, stop) =
-                (supervisor.clone(), component.clone(), stop.clone());
-            async move { supervisor.run(&component, stop).await }
+            let stop = stop.clone();
+            async move { supervised.run(election, stop).await }
         });
         Self {
             component,
@@ -96,7 +100,7 @@ impl Replica {
 
 /// A leader-only component that fails at once, every time, counting its starts.
 fn broken(starts: Arc<AtomicUsize>) -> Supervisor {
-    Supervisor::new(Policy::default()).leader_only("broken", move |_term, _token| {
+    Supervisor::new(Policy::default()).leader_only("broken", move |_| {
         starts.fetch_add(1, Ordering::SeqCst);
         async { Err("broken".into()) }
     })
@@ -108,7 +112,7 @@ async fn a_panicking_leader_only_component_is_restarted_in_the_same_term() {
     let terms = Arc::new(Mutex::new(Vec::new()));
     let supervisor = Supervisor::new(Policy::default()).leader_only("flaky", {
         let terms = terms.clone();
-        move |term: Term, token: CancellationToken| {
+        move |LeaderContext { term, token, .. }| {
             let first = {
                 let mut terms = terms.lock().unwrap();
                 terms.push(term.transitions);
@@ -121,7 +125,7 @@ async fn a_panicking_leader_only_component_is_restarted_in_the_same_term() {
             }
         }
     });
-    let mut a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let mut a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     tokio::time::timeout(PATIENCE, async {
         while terms.lock().unwrap().len() < 2 {
@@ -141,14 +145,16 @@ async fn a_component_that_spends_its_budget_steps_down_and_another_replica_leads
  {
     let store = MemoryLeaseStore::new();
     let starts = Arc::new(AtomicUsize::new(0));
-    let mut a = Replica::start(&store, "a", &broken(starts.clone()), Callbacks::new());
+    let mut a = Replica::start(&store, "a", broken(starts.clone()), Callbacks::new());
     let started = a.leads().await;
-    let steady =
-        Supervisor::new(Policy::default()).leader_only("steady", |_term, token| async move {
+    let steady = Supervisor::new(Policy::default()).leader_only(
+        "steady",
+        |LeaderContext { token, .. }| async move {
             token.cancelled().await;
             Ok(())
-        });
-    let b = Replica::start(&store, "b", &steady, Callbacks::new());
+        },
+    );
+    let b = Replica::start(&store, "b", steady, Callbacks::new());
     let (a_stopped, b_leads) = tokio::join!(a.stops_leading(), b.leads());
     assert_eq!(
         starts.load(Ordering::SeqCst),
@@ -167,14 +173,145 @@ async fn a_component_that_spends_its_budget_steps_down_and_another_replica_leads
     );
     assert_eq!(store.lease().unwrap().record.holder_identity, "b");
     match a.stop_reasons().as_slice() {
-        [StopReason::WorkFailed { message }] => assert!(
-            message.starts_with("component broken failed: broken (5 failures within 5m)"),
-            "{message}"
-        ),
+        [StopReason::WorkFailed { error }] => {
+            assert_eq!(
+                error.to_string(),
+                "component broken failed: broken (5 failures within 5m)"
+            );
+            // The failure travels as a value, not as a message: the Failure, then the component's error.
+            let WorkError::Failed(failure) = error else {
+                panic!("{error:?} is not the supervisor's Failure");
+            };
+            let failure = failure.downcast_ref::<Failure>().expect("a Failure");
+            assert_eq!(failure.component, "broken");
+            assert_eq!(
+                failure.budget,
+                Some(BudgetSpent {
+                    failures: 5,
+                    window: Duration::from_secs(300)
+                })
+            );
+            let cause = std::error::Error::source(failure).expect("the component's error is kept");
+            assert_eq!(cause.to_string(), "broken");
+        }
         other => panic!("a's terms ended for {other:?}"),
     }
     b.shut_down().await.unwrap();
     a.shut_down().await.unwrap();
+}
+
+/// The user's `on_started_leading` work run by the supervisor beside its components: an `Err` it returns
+/// ends the term as `WorkFailed` with that very error (the supervisor passes it on, unwrapped), and the
+/// components of the term are stopped first.
+#[tokio::test(start_paused = true)]
+async fn an_error_from_the_users_work_ends_the_term_as_work_failed_with_that_error() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot reconcile")]
+    struct Reconcile(#[source] std::io::Error);
+
+    let store = MemoryLeaseStore::new();
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let steady = Supervisor::new(Policy::default()).leader_only("steady", {
+        let stopped = stopped.clone();
+        move |LeaderContext { token, .. }| {
+            let stopped = stopped.clone();
+            async move {
+                token.cancelled().await;
+                stopped.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    let user = Callbacks::new().on_started_leading(|_term, _token| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Err(Reconcile(std::io::Error::other("the database is unreachable")).into())
+    });
+    let mut a = Replica::start(&store, "a", steady, user);
+    let reason = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Received::Event(event)) = a.events.recv().await
+                && let Event::LostLeadership { reason, .. } = &*event
+            {
+                return reason.clone();
+            }
+        }
+    })
+    .await
+    .expect("the term never ended");
+    match [reason].as_slice() {
+        [StopReason::WorkFailed { error }] => {
+            let WorkError::Failed(returned) = error else {
+                panic!("{error:?} is not the returned error");
+            };
+            assert!(
+                returned.downcast_ref::<Reconcile>().is_some(),
+                "{returned:?}"
+            );
+            let cause = std::error::Error::source(error).expect("its source is kept");
+            assert_eq!(cause.to_string(), "the database is unreachable");
+        }
+        other => panic!("a's term ended for {other:?}"),
+    }
+    assert_eq!(
+        stopped.load(Ordering::SeqCst),
+        1,
+        "the component was stopped"
+    );
+    a.shut_down().await.unwrap();
+}
+
+/// Callbacks of a bound supervisor given to an election that `Supervised::run` does not drive cannot give
+/// its leader-only components their context: the term ends as `WorkFailed` saying so, rather than lead
+/// with the components silently missing.
+#[tokio::test(start_paused = true)]
+async fn leader_only_components_outside_supervised_run_end_the_term_loudly() {
+    let store = MemoryLeaseStore::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let supervisor = Supervisor::new(Policy::default()).leader_only("steady", {
+        let started = started.clone();
+        move |LeaderContext { token, .. }| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async move {
+                token.cancelled().await;
+                Ok(())
+            }
+        }
+    });
+    let (callbacks, _supervised) = supervisor.bind(Callbacks::new());
+    let bus = EventBus::default();
+    let mut events = bus.subscribe();
+    let election = Election::builder(config("a"), store.lock("a"))
+        .bus(bus)
+        .callbacks(callbacks)
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(election.run(stop.clone()));
+    let reason = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Received::Event(event)) = events.recv().await
+                && let Event::LostLeadership { reason, .. } = &*event
+            {
+                return reason.clone();
+            }
+        }
+    })
+    .await
+    .expect("the term never ended");
+    let StopReason::WorkFailed { error } = &reason else {
+        panic!("the term ended for {reason:?}");
+    };
+    assert!(
+        error.to_string().contains("outside Supervised::run"),
+        "{error}"
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 0);
+    stop.cancel();
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -192,7 +329,7 @@ async fn a_panicking_all_replica_component_is_restarted() {
             }
         }
     });
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     tokio::time::timeout(PATIENCE, async {
         while starts.load(Ordering::SeqCst) < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -215,7 +352,10 @@ async fn all_user_callbacks_are_called_once_per_event() {
                 log.lock()
                     .unwrap()
                     .push(format!("started({})", term.transitions));
-                async move { token.cancelled().await }
+                async move {
+                    token.cancelled().await;
+                    Ok(())
+                }
             }
         })
         .on_stopped_leading({
@@ -226,7 +366,7 @@ async fn all_user_callbacks_are_called_once_per_event() {
             let log = log.clone();
             move |identity| log.lock().unwrap().push(format!("new_leader({identity})"))
         });
-    let a = Replica::start(&store, "a", &Supervisor::new(Policy::default()), user);
+    let a = Replica::start(&store, "a", Supervisor::new(Policy::default()), user);
     a.leads().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     a.shut_down().await.unwrap();
@@ -244,7 +384,7 @@ async fn a_slow_to_stop_component_keeps_the_lease_named_for_its_holder_until_it_
     let log: Arc<Mutex<Vec<(String, Instant, String)>>> = Arc::default();
     let slow = |id: &'static str, supervisor: Supervisor| {
         let (store, log) = (store.clone(), log.clone());
-        supervisor.leader_only("slow", move |_term, token| {
+        supervisor.leader_only("slow", move |LeaderContext { token, .. }| {
             let (store, log) = (store.clone(), log.clone());
             async move {
                 let holder = || store.lease().unwrap().record.holder_identity;
@@ -264,14 +404,14 @@ async fn a_slow_to_stop_component_keeps_the_lease_named_for_its_holder_until_it_
     let a = Replica::start(
         &store,
         "a",
-        &slow("a", broken(Arc::default())),
+        slow("a", broken(Arc::default())),
         Callbacks::new(),
     );
     a.leads().await;
     let b = Replica::start(
         &store,
         "b",
-        &slow("b", Supervisor::new(Policy::default())),
+        slow("b", Supervisor::new(Policy::default())),
         Callbacks::new(),
     );
     b.leads().await;
@@ -305,7 +445,7 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
     let supervisor = Supervisor::new(Policy::default())
         .leader_only("stubborn", {
             let (store, dropped) = (store.clone(), dropped.clone());
-            move |_term, _token| {
+            move |_| {
                 let guard = DropGuard {
                     store: store.clone(),
                     dropped: dropped.clone(),
@@ -319,7 +459,7 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
         })
         .leader_only_with_policy("broken", Policy::StepDown, {
             let failed_at = failed_at.clone();
-            move |_term, _token| {
+            move |_| {
                 let failed_at = failed_at.clone();
                 async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -328,10 +468,10 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
                 }
             }
         });
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     let steady = Supervisor::new(Policy::default());
-    let b = Replica::start(&store, "b", &steady, Callbacks::new());
+    let b = Replica::start(&store, "b", steady, Callbacks::new());
     let b_leads = b.leads().await;
     let failed_at = failed_at.lock().unwrap().expect("broken failed");
     let (dropped_at, holder) = dropped
@@ -363,11 +503,10 @@ async fn a_step_down_aborts_work_that_ignores_its_token_after_the_stop_timeout_t
 #[tokio::test(start_paused = true)]
 async fn a_fail_process_failure_ends_run_with_the_failure() {
     let store = MemoryLeaseStore::new();
-    let supervisor =
-        Supervisor::new(Policy::FailProcess).leader_only("panicky", |_term, _token| async {
-            panic!("boom");
-        });
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let supervisor = Supervisor::new(Policy::FailProcess).leader_only("panicky", |_| async {
+        panic!("boom");
+    });
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     let result = tokio::time::timeout(PATIENCE, a.run)
         .await
         .expect("run did not end")
@@ -375,7 +514,16 @@ async fn a_fail_process_failure_ends_run_with_the_failure() {
     match result {
         Err(SupervisorError::Failed(failure)) => {
             assert_eq!(failure.component, "panicky");
-            assert_eq!(failure.error, "panicked: boom");
+            assert_eq!(
+                failure.error,
+                WorkError::Panicked {
+                    message: "boom".into()
+                }
+            );
+            assert_eq!(
+                failure.to_string(),
+                "component panicky failed: panicked: boom"
+            );
         }
         other => panic!("run ended with {other:?}"),
     }
@@ -392,7 +540,7 @@ async fn a_spent_budget_is_counted_in_metrics_and_debug_vars() {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, "lease");
     let supervisor = broken(Arc::default()).with_metrics(metrics.clone());
-    let a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     a.stops_leading().await;
     let mut text = String::new();
@@ -436,12 +584,12 @@ async fn a_zero_window_never_spends_the_budget() {
     };
     let supervisor = Supervisor::new(policy).leader_only("broken", {
         let starts = starts.clone();
-        move |_term, _token| {
+        move |_| {
             starts.fetch_add(1, Ordering::SeqCst);
             async { Err("broken".into()) }
         }
     });
-    let mut a = Replica::start(&store, "a", &supervisor, Callbacks::new());
+    let mut a = Replica::start(&store, "a", supervisor, Callbacks::new());
     a.leads().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(starts.load(Ordering::SeqCst) >= 50, "restarted every 10 ms");

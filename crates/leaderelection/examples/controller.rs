@@ -27,6 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             println!("stopped reconciling");
+            Ok(())
         })
         .on_stopped_leading(|reason| println!("stopped leading: {reason}"))
         .on_new_leader(|identity| println!("{identity} leads"));

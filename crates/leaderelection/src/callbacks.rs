@@ -8,9 +8,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::{LockError, StopReason, Term};
+use crate::{BoxError, LockError, StopReason, Term};
 
-type StartedFn = dyn Fn(Term, CancellationToken) -> BoxFuture<'static, ()> + Send + Sync;
+type StartedFn =
+    dyn Fn(Term, CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync;
 type StoppedFn = dyn Fn(StopReason) + Send + Sync;
 type NewLeaderFn = dyn Fn(&str) + Send + Sync;
 
@@ -21,11 +22,12 @@ type NewLeaderFn = dyn Fn(&str) + Send + Sync;
 ///   term's work deadline ([`crate::LeaderState::work_deadline`]: before any follower may take over,
 ///   bounded by `stop_timeout`), and at once when the Lease is known to be someone else's. On shutdown the
 ///   elector keeps renewing while the task drains. The Lease is released only after the task ended.
-///   If the task **panics**, the term ends at once (ERROR log with the panic message,
-///   [`Observer::on_work_failure`], `on_stopped_leading(WorkFailed)`), the Lease is released so that
-///   another candidate can try, and this one contends again after a jittered retry period: a replica
-///   must not hold the Lease while doing nothing (linkerd2#15506). If it **returns** normally, leadership
-///   continues until the term ends (client-go's semantics: the work may be a one-shot job).
+///   If the task **returns an error** or **panics**, the term ends at once (ERROR log with the error,
+///   [`Observer::on_work_failure`], `on_stopped_leading(WorkFailed { error })` with the error itself, its
+///   source chain kept, as [`crate::WorkError`]), the Lease is released so that another candidate can
+///   try, and this one contends again after a jittered retry period: a replica must not hold the Lease
+///   while doing nothing (linkerd2#15506). If it **returns `Ok(())`**, leadership continues until the
+///   term ends (client-go's semantics: the work may be a one-shot job).
 /// - `on_stopped_leading(reason)`: called once per term, after its work has stopped and the Lease was
 ///   released (when configured). Unlike client-go it is **not** called for a replica that never led.
 /// - `on_new_leader(identity)`: called on every change of holder, including to ourselves; never with an
@@ -42,6 +44,7 @@ type NewLeaderFn = dyn Fn(&str) + Send + Sync;
 ///     .on_started_leading(|term, token| async move {
 ///         println!("leading in term {}", term.transitions);
 ///         token.cancelled().await; // do the leader-only work until the term ends
+///         Ok(())
 ///     })
 ///     .on_new_leader(|identity| println!("{identity} leads"));
 /// ```
@@ -71,12 +74,13 @@ impl Callbacks {
         Self::default()
     }
 
-    /// Sets the leader-only work, run once per term until its token is cancelled.
+    /// Sets the leader-only work, run once per term until its token is cancelled; an `Err` ends the term
+    /// as [`StopReason::WorkFailed`].
     #[must_use]
     pub fn on_started_leading<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(Term, CancellationToken) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         self.started = Some(Arc::new(move |term, token| f(term, token).boxed()));
         self
@@ -102,7 +106,7 @@ impl Callbacks {
         &self,
         term: Term,
         token: CancellationToken,
-    ) -> Option<BoxFuture<'static, ()>> {
+    ) -> Option<BoxFuture<'static, Result<(), BoxError>>> {
         self.started.as_ref().map(|f| f(term, token))
     }
 
@@ -177,8 +181,8 @@ pub trait Observer: Send + Sync + 'static {
     /// `leader_election_slowpath_total`).
     fn on_slow_path(&self) {}
 
-    /// The term's leader-only work (the `on_started_leading` task) panicked; the term ends at once
-    /// (`leader_election_work_failures_total`).
+    /// The term's leader-only work (the `on_started_leading` task) returned an error or panicked; the term
+    /// ends at once (`leader_election_work_failures_total`).
     fn on_work_failure(&self) {}
 
     /// Another live process keeps writing the Lease under this candidate's identity (two processes share

@@ -173,7 +173,7 @@ pub enum CandidateStatus {
     Withdrawn,
 }
 
-/// The elector's view of a [`Candidate`] (see [`crate::Elector::with_coordination`]). Cheap to clone.
+/// The elector's view of a [`Candidate`] (see [`crate::ElectorBuilder::coordination`]). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Coordination {
     status: watch::Receiver<CandidateStatus>,
@@ -248,15 +248,16 @@ impl Coordination {
 /// # Examples
 ///
 /// ```no_run
-/// use leaderelection::{Callbacks, Candidate, CandidateConfig, Config, Elector, KubeLeaseLock};
+/// use leaderelection::{Candidate, CandidateConfig, Config, Elector, KubeLeaseLock};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
 /// let config = Config::new("pod-a", "my-controller", "default");
 /// let candidate = Candidate::new(client.clone(), &config, CandidateConfig::new("1.34.0"))?;
 /// let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
-/// let elector = Elector::new(config, lock, Callbacks::new())?
-///     .with_coordination(candidate.coordination());
+/// let elector = Elector::builder(config, lock)
+///     .coordination(candidate.coordination())
+///     .build()?;
 /// let shutdown = CancellationToken::new();
 /// // A candidate that RBAC refuses stops at once: stop the elector with it.
 /// let stop_on_refusal = shutdown.clone();
@@ -392,7 +393,7 @@ impl Candidate {
         })
     }
 
-    /// The handle to give the elector ([`crate::Elector::with_coordination`]).
+    /// The handle to give the elector ([`crate::ElectorBuilder::coordination`]).
     #[must_use]
     pub fn coordination(&self) -> Coordination {
         self.coordination.clone()

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,8 +21,8 @@ use crate::config::JITTER_FACTOR;
 use crate::lock::{LeaseEvent, LeaseEventStream};
 use crate::record::truncate_to_micros;
 use crate::{
-    Callbacks, Config, ConfigError, LeaderElectionRecord, LeaderState, LeaseLock, ListedLease,
-    LockError, ObservedLease, StopReason, Term,
+    BoxError, Callbacks, Config, ConfigError, LeaderElectionRecord, LeaderState, LeaseLock,
+    ListedLease, LockError, ObservedLease, StopReason, Term, WorkError,
 };
 
 /// A watch that ends sooner than this after it was opened is treated as failing, and reopened only
@@ -42,10 +41,12 @@ const MAX_CONTENDERS: u32 = 1024;
 /// whose writes keep losing their answers (each may have landed), and then the newest are kept.
 const MAX_OWN_WRITES: usize = 64;
 
-/// One candidate in the election of one Lease.
+/// One candidate in the election of one Lease: the driver.
 ///
-/// Cheap to clone (all clones share one candidate). [`Elector::run`] drives the election; the other
-/// methods read its state from any task. `Send + Sync`.
+/// Built once by [`Elector::builder`] (or [`Elector::new`]) with everything it uses: the Lease lock, the
+/// callbacks, the [`Observer`], the coordination. [`Elector::run`] drives the election and consumes the
+/// elector, so it runs once; what other tasks need (`is_leader`, `state`, `subscribe`, `config`) comes
+/// from the cloneable [`ElectorHandle`] of [`Elector::handle`], taken before `run`. `Send + Sync`.
 ///
 /// # Examples
 ///
@@ -59,30 +60,69 @@ const MAX_OWN_WRITES: usize = 64;
 /// let callbacks = Callbacks::new().on_started_leading(|term, token| async move {
 ///     // leader-only work, fenced by term.transitions, until the term ends:
 ///     token.cancelled().await;
+///     Ok(())
 /// });
-/// let elector = Elector::new(config, lock, callbacks)?;
+/// let elector = Elector::builder(config, lock).callbacks(callbacks).build()?;
+/// let handle = elector.handle(); // for readiness checks, metrics, other tasks
 /// let shutdown = CancellationToken::new();
-/// tokio::spawn(elector.clone().run(shutdown.clone()));
+/// let election = tokio::spawn(elector.run(shutdown.clone()));
+/// # let _ = handle.is_leader();
+/// # shutdown.cancel();
+/// # election.await??;
 /// # Ok(()) }
+/// ```
+///
+/// A driver runs once: `Elector` is not `Clone`, so no second `run` and no setter on a copy can exist.
+///
+/// ```compile_fail
+/// fn clone<T: Clone>() {}
+/// clone::<leaderelection::Elector>();
 /// ```
 ///
 /// ## RBAC
 ///
 /// `coordination.k8s.io` `leases`: `get`, `create`, `update` (required), `list`, `watch` (to watch rather
 /// than poll).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Elector {
-    inner: Arc<Inner>,
+    inner: Inner,
 }
 
-struct Inner {
+/// What [`Elector::builder`] collects; [`ElectorBuilder::build`] makes the [`Elector`].
+pub struct ElectorBuilder {
     config: Config,
     lock: Box<dyn LeaseLock>,
     callbacks: Callbacks,
     observer: Arc<dyn Observer>,
+    coordination: Option<Coordination>,
+}
+
+impl std::fmt::Debug for ElectorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectorBuilder")
+            .field("config", &self.config)
+            .field("lock", &self.lock)
+            .field("callbacks", &self.callbacks)
+            .field("coordination", &self.coordination.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cloneable view of one [`Elector`]: its configuration and the state it publishes, from any task,
+/// before, during and after [`Elector::run`].
+#[derive(Clone, Debug)]
+pub struct ElectorHandle {
+    config: Arc<Config>,
     state: watch::Sender<LeaderState>,
-    running: AtomicBool,
-    /// Coordinated leader election (see [`Elector::with_coordination`]).
+}
+
+struct Inner {
+    config: Arc<Config>,
+    lock: Box<dyn LeaseLock>,
+    callbacks: Callbacks,
+    observer: Arc<dyn Observer>,
+    state: watch::Sender<LeaderState>,
+    /// Coordinated leader election (see [`ElectorBuilder::coordination`]).
     coordination: Option<Coordination>,
 }
 
@@ -97,53 +137,34 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// Why [`Elector::run`] returned an error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// `run` was called while another `run` of the same candidate is in progress.
-    #[error("this elector is already running")]
-    AlreadyRunning,
+/// Why [`Elector::run`] returned an error. No error ends it today (it retries every transient failure
+/// forever); the type is there so that one can be added without changing `run`'s signature.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
 }
 
-// === impl Elector ===
+impl std::error::Error for Error {}
 
-impl Elector {
-    /// A candidate with `config`, reading and writing through `lock`, reacting through `callbacks`.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError`] when `config` breaks a rule of [`Config::validate`].
-    pub fn new(
-        config: Config,
-        lock: impl LeaseLock,
-        callbacks: Callbacks,
-    ) -> Result<Self, ConfigError> {
-        config.validate()?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                lock: Box::new(lock),
-                callbacks,
-                observer: Arc::new(NoopObserver),
-                state: watch::Sender::new(LeaderState::default()),
-                running: AtomicBool::new(false),
-                coordination: None,
-            }),
-        })
+// === impl ElectorBuilder ===
+
+impl ElectorBuilder {
+    /// The reactions to leadership changes (none by default).
+    #[must_use]
+    pub fn callbacks(mut self, callbacks: Callbacks) -> Self {
+        self.callbacks = callbacks;
+        self
     }
 
-    /// Reports every request and slow path to `observer` (for metrics).
-    ///
-    /// Takes effect only on an elector that has not been cloned yet: the observer lives in state shared
-    /// by every clone, so once a clone exists (e.g. one handed to a task that calls [`Elector::run`]) the
-    /// `observer` is dropped unused and a WARN line is logged. Call it right after [`Elector::new`].
-    /// It never panics.
+    /// Reports every request, slow path and work failure to `observer` (for metrics; none by default).
     #[must_use]
-    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.observer = observer,
-            None => warn!("Elector::with_observer called on a shared elector; observer ignored"),
-        }
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
         self
     }
 
@@ -157,58 +178,80 @@ impl Elector {
     /// ordinary rules. When `run` is stopped, the elector has the candidate delete its LeaseCandidate and
     /// releases the Lease only after that (or after a request timeout), so the controller does not elect
     /// us again.
-    ///
-    /// Takes effect only on an elector that has not been cloned yet, as [`Elector::with_observer`].
     #[must_use]
-    pub fn with_coordination(mut self, coordination: Coordination) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => {
-                // The candidate tells from our state whether the Lease has a leader.
-                coordination.observe(inner.state.subscribe());
-                inner.coordination = Some(coordination);
-            }
-            None => warn!("Elector::with_coordination called on a shared elector; ignored"),
-        }
+    pub fn coordination(mut self, coordination: Coordination) -> Self {
+        self.coordination = Some(coordination);
         self
     }
 
-    /// The configuration this candidate runs with.
+    /// The elector.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`].
+    pub fn build(self) -> Result<Elector, ConfigError> {
+        let Self {
+            config,
+            lock,
+            callbacks,
+            observer,
+            coordination,
+        } = self;
+        config.validate()?;
+        let state = watch::Sender::new(LeaderState::default());
+        if let Some(coordination) = &coordination {
+            // The candidate tells from our state whether the Lease has a leader.
+            coordination.observe(state.subscribe());
+        }
+        Ok(Elector {
+            inner: Inner {
+                config: Arc::new(config),
+                lock,
+                callbacks,
+                observer,
+                state,
+                coordination,
+            },
+        })
+    }
+}
+
+// === impl Elector ===
+
+impl Elector {
+    /// A builder for a candidate with `config`, reading and writing through `lock`.
     #[must_use]
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    pub fn builder(config: Config, lock: impl LeaseLock) -> ElectorBuilder {
+        ElectorBuilder {
+            config,
+            lock: Box::new(lock),
+            callbacks: Callbacks::new(),
+            observer: Arc::new(NoopObserver),
+            coordination: None,
+        }
     }
 
-    /// This candidate's identity.
-    #[must_use]
-    pub fn identity(&self) -> &str {
-        &self.inner.config.identity
+    /// A candidate with `config`, reading and writing through `lock`, reacting through `callbacks`: the
+    /// same as `Elector::builder(config, lock).callbacks(callbacks).build()`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `config` breaks a rule of [`Config::validate`].
+    pub fn new(
+        config: Config,
+        lock: impl LeaseLock,
+        callbacks: Callbacks,
+    ) -> Result<Self, ConfigError> {
+        Self::builder(config, lock).callbacks(callbacks).build()
     }
 
-    /// Whether this candidate leads now: it holds a term whose deadline has not passed (client-go's
-    /// `LeaderElector.IsLeader` in `tools/leaderelection/leaderelection.go`).
+    /// A cloneable handle on this candidate's configuration and state.
     #[must_use]
-    pub fn is_leader(&self) -> bool {
-        self.inner.state.borrow().is_leader()
-    }
-
-    /// The holder of the Lease as last observed (possibly us), `None` when nobody holds it
-    /// (client-go's `LeaderElector.GetLeader`).
-    #[must_use]
-    pub fn leader(&self) -> Option<String> {
-        self.inner.state.borrow().leader.clone()
-    }
-
-    /// The state now.
-    #[must_use]
-    pub fn state(&self) -> LeaderState {
-        self.inner.state.borrow().clone()
-    }
-
-    /// A receiver of every state change. Re-check [`LeaderState::is_leader`] on each pass: leadership
-    /// also ends by the clock.
-    #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
-        self.inner.state.subscribe()
+    pub fn handle(&self) -> ElectorHandle {
+        ElectorHandle {
+            config: self.inner.config.clone(),
+            state: self.inner.state.clone(),
+        }
     }
 
     /// Runs the election until `shutdown` is cancelled: acquire, renew, stop the work, release, repeat.
@@ -222,18 +265,21 @@ impl Elector {
     ///
     /// # Errors
     ///
-    /// [`Error::AlreadyRunning`] if this candidate is already running.
+    /// None today: [`Error`] has no variant.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future is not a clean stop: the work task is left to its token (cancelled when
     /// `shutdown` is) and the Lease is not released. Cancel `shutdown` and await `run` instead.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        if self.inner.running.swap(true, Ordering::SeqCst) {
-            return Err(Error::AlreadyRunning);
-        }
-        let _running = RunningGuard(&self.inner.running);
-        let inner = &*self.inner;
+        self.drive(shutdown).await;
+        Ok(())
+    }
+
+    /// One run of the election, for [`crate::ShardSet`], which runs a shard's elector again each time it
+    /// contends for the shard: never two at once (each run's task is awaited before the next starts).
+    pub(crate) async fn drive(&self, shutdown: CancellationToken) {
+        let inner = &self.inner;
         info!(
             identity = %inner.config.identity,
             lease = %inner.lock.describe(),
@@ -245,15 +291,49 @@ impl Elector {
         } else {
             run_disabled(inner, shutdown).await;
         }
-        Ok(())
     }
 }
 
-struct RunningGuard<'a>(&'a AtomicBool);
+// === impl ElectorHandle ===
 
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+impl ElectorHandle {
+    /// The configuration the candidate runs with.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The candidate's identity.
+    #[must_use]
+    pub fn identity(&self) -> &str {
+        &self.config.identity
+    }
+
+    /// Whether the candidate leads now: it holds a term whose deadline has not passed (client-go's
+    /// `LeaderElector.IsLeader` in `tools/leaderelection/leaderelection.go`).
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.state.borrow().is_leader()
+    }
+
+    /// The holder of the Lease as last observed (possibly us), `None` when nobody holds it
+    /// (client-go's `LeaderElector.GetLeader`).
+    #[must_use]
+    pub fn leader(&self) -> Option<String> {
+        self.state.borrow().leader.clone()
+    }
+
+    /// The state now.
+    #[must_use]
+    pub fn state(&self) -> LeaderState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of every state change. Re-check [`LeaderState::is_leader`] on each pass: leadership
+    /// also ends by the clock.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<LeaderState> {
+        self.state.subscribe()
     }
 }
 
@@ -288,7 +368,7 @@ async fn run_disabled(inner: &Inner, shutdown: CancellationToken) {
 /// The leader-only work of one term: its task and the token that stops it.
 struct Work {
     token: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), BoxError>>>,
 }
 
 // === impl Work ===
@@ -303,10 +383,11 @@ impl Work {
         Self { token, task }
     }
 
-    /// Completes when the work task ends (`Err` when it panicked); never when there is none.
-    async fn ended(&mut self) -> Result<(), tokio::task::JoinError> {
+    /// Completes when the work task ends: `Err` with how it failed (an error returned, or a panic);
+    /// never when there is none.
+    async fn ended(&mut self) -> Result<(), WorkError> {
         match self.task.as_mut() {
-            Some(task) => task.await,
+            Some(task) => outcome(task.await),
             None => std::future::pending().await,
         }
     }
@@ -320,7 +401,7 @@ impl Work {
             return true;
         };
         if let Ok(joined) = timeout_at(deadline, &mut task).await {
-            report_panic(joined);
+            report_stopped(outcome(joined));
             return true;
         }
         warn!(
@@ -334,24 +415,21 @@ impl Work {
     }
 }
 
-/// The message a task panicked with.
-fn panic_message(err: tokio::task::JoinError) -> String {
-    match err.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_owned()),
-        Err(err) => err.to_string(),
+/// What the work's task came to: its own result, or its panic.
+fn outcome(joined: Result<Result<(), BoxError>, tokio::task::JoinError>) -> Result<(), WorkError> {
+    match joined {
+        Ok(result) => result.map_err(WorkError::from),
+        Err(err) => Err(match err.try_into_panic() {
+            Ok(payload) => WorkError::from_panic(&*payload),
+            Err(err) => WorkError::Failed(Arc::new(err)),
+        }),
     }
 }
 
-/// Logs a panic of the work (its end is what the caller waited for either way).
-fn report_panic(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(err) = joined
-        && err.is_panic()
-    {
-        warn!(error = %err, "leader-only work panicked");
+/// Logs a failure of work that was being stopped (its end is what the caller waited for either way).
+fn report_stopped(outcome: Result<(), WorkError>) {
+    if let Err(error) = outcome {
+        warn!(%error, "leader-only work failed while stopping");
     }
 }
 
@@ -1458,19 +1536,18 @@ impl<'a> Runner<'a> {
                 Ok(None) => break StopReason::Shutdown,
                 // A normal return keeps leadership (client-go): the work may be a one-shot job.
                 Ok(Some(Ok(()))) => work.task = None,
-                Ok(Some(Err(panic))) => {
+                Ok(Some(Err(error))) => {
                     work.task = None;
-                    let message = panic_message(panic);
                     error!(
                         identity = %self.identity(),
                         lease = %self.inner.lock.describe(),
                         term = term.transitions,
-                        failure = %message,
-                        "leader-only work failed (its task panicked, or a supervisor stepped down); \
-                         ending the term so that another candidate can lead"
+                        %error,
+                        "leader-only work failed (it returned an error or panicked); ending the term so \
+                         that another candidate can lead"
                     );
                     self.inner.observer.on_work_failure();
-                    break StopReason::WorkFailed { message };
+                    break StopReason::WorkFailed { error };
                 }
             }
         };
@@ -1537,7 +1614,7 @@ impl<'a> Runner<'a> {
         match self.renew_while(tenure, timeout_at(stop_by, task)).await {
             Ok(Ok(joined)) => {
                 work.task = None;
-                report_panic(joined);
+                report_stopped(outcome(joined));
                 (true, true)
             }
             Ok(Err(_)) => (work.stop_by(Instant::now(), self.config()).await, true),

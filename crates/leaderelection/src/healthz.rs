@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{Elector, LeaderState};
+use crate::{ElectorHandle, LeaderState};
 
 /// Health of the election loop, for `/healthz` (client-go's `HealthzAdaptor`, #70819).
 ///
@@ -42,7 +42,7 @@ pub struct Unhealthy {
 impl Watchdog {
     /// A watchdog on `elector` allowing `tolerance` beyond the lease duration.
     #[must_use]
-    pub fn new(elector: &Elector, tolerance: Duration) -> Self {
+    pub fn new(elector: &ElectorHandle, tolerance: Duration) -> Self {
         let config = elector.config();
         Self {
             state: elector.subscribe(),
@@ -91,7 +91,7 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Callbacks, Config, MemoryLeaseStore, Term};
+    use crate::{Callbacks, Config, Elector, MemoryLeaseStore, Term};
 
     fn watchdog() -> (watch::Sender<LeaderState>, Watchdog) {
         let store = MemoryLeaseStore::new();
@@ -102,7 +102,7 @@ mod tests {
         )
         .unwrap();
         let (tx, rx) = watch::channel(LeaderState::default());
-        let mut dog = Watchdog::new(&elector, Duration::from_secs(20));
+        let mut dog = Watchdog::new(&elector.handle(), Duration::from_secs(20));
         dog.state = rx;
         (tx, dog)
     }

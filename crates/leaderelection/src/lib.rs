@@ -18,7 +18,7 @@
 //!
 //! A `preferredHolder` naming another candidate is honoured at once (the term ends as on a graceful stop,
 //! then the Lease is released for that candidate), and coordinated leader election (KEP-4355) is supported
-//! through a [`Candidate`] and [`Elector::with_coordination`].
+//! through a [`Candidate`] and [`ElectorBuilder::coordination`].
 //! Many candidates on one Lease stagger their takeover of a released Lease, so a handover costs a few
 //! requests whatever their number; [`ShardSet`] splits K Leases among replicas with one list+watch each.
 //!
@@ -39,8 +39,10 @@
 //!     config,
 //!     lock,
 //!     Callbacks::new().on_started_leading(|term, token| async move {
-//!         // reconcile, stamping writes with term.transitions, until the term ends
+//!         // reconcile, stamping writes with term.transitions, until the term ends; an `Err` ends
+//!         // the term as `StopReason::WorkFailed`
 //!         token.cancelled().await;
+//!         Ok(())
 //!     }),
 //! )?;
 //! let shutdown = CancellationToken::new();
@@ -92,7 +94,7 @@ pub use crate::candidate::{
     DEFAULT_RENEW_INTERVAL, OLDEST_EMULATION_VERSION,
 };
 pub use crate::config::{Config, ConfigError, JITTER_FACTOR, MIN_RETRY_PERIOD};
-pub use crate::elector::{Elector, Error};
+pub use crate::elector::{Elector, ElectorBuilder, ElectorHandle, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
 pub use crate::lock::metadata;
 pub use crate::lock::{
@@ -106,4 +108,4 @@ pub use crate::record::LeaderElectionRecord;
 pub use crate::shards::{
     MAX_SHARDS, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState,
 };
-pub use crate::state::{LeaderState, StopReason, Term};
+pub use crate::state::{BoxError, LeaderState, StopReason, Term, WorkError};

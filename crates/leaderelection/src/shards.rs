@@ -18,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use self::hub::{Cached, Hub, SharedLeaseLock};
-use crate::{Callbacks, Config, ConfigError, Elector, KubeLeaseLock, LeaseMetadata, Term};
+use crate::{
+    BoxError, Callbacks, Config, ConfigError, Elector, ElectorHandle, KubeLeaseLock, LeaseMetadata,
+    Term,
+};
 
 /// The label that selects every Lease of a shard set (its value: the set's name).
 pub const SHARD_SET_LABEL: &str = "leaderelection-shard-set";
@@ -29,7 +32,8 @@ pub const ROLE_LABEL: &str = "leaderelection-role";
 /// The most shards a set may have.
 pub const MAX_SHARDS: u32 = 10_000;
 
-type ShardWorkFn = dyn Fn(u32, Term, CancellationToken) -> BoxFuture<'static, ()> + Send + Sync;
+type ShardWorkFn =
+    dyn Fn(u32, Term, CancellationToken) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync;
 
 /// A shard set's configuration: the set's name and size, and this replica's identity, namespace and
 /// timings (those of [`Config`]: its `lease_name` is the set's name).
@@ -137,6 +141,7 @@ pub struct ShardState {
 /// let set = ShardSet::new(config, client, |shard, term, token| async move {
 ///     // shard-only work, fenced by term.transitions, until the shard's term ends:
 ///     token.cancelled().await;
+///     Ok(())
 /// })?;
 /// let shutdown = CancellationToken::new();
 /// tokio::spawn(set.run(shutdown.clone()));
@@ -152,16 +157,16 @@ pub struct ShardSet {
     /// The Leases of the set's namespace (for the list+watch).
     api: kube::Api<Lease>,
     hub: Arc<Hub>,
-    /// One elector per shard (run while this replica holds or contends for the shard).
-    shards: Vec<Elector>,
+    /// One elector per shard (run while this replica holds or contends for the shard, once at a time).
+    shards: Vec<Arc<Elector>>,
     /// The heartbeat Lease's elector.
-    member: Elector,
+    member: Arc<Elector>,
     state: watch::Sender<ShardState>,
 }
 
 /// A shard's elector while this replica runs it.
 struct Running {
-    elector: Elector,
+    elector: ElectorHandle,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -170,18 +175,17 @@ struct Running {
 
 impl Running {
     /// Runs `elector` until `parent` is cancelled or [`Balancer::stop`] stops it.
-    fn start(elector: &Elector, parent: &CancellationToken) -> Self {
+    fn start(elector: &Arc<Elector>, parent: &CancellationToken) -> Self {
         let shutdown = parent.child_token();
         let task = tokio::spawn({
-            let elector = elector.clone();
+            let elector = Arc::clone(elector);
             let shutdown = shutdown.clone();
-            async move {
-                // `AlreadyRunning` cannot happen: a shard's elector is run by one task at a time.
-                let _ = elector.run(shutdown).await;
-            }
+            // A shard's elector is run by one task at a time: a stopped one's task is awaited (`stopping`)
+            // before the shard is contended for again.
+            async move { elector.drive(shutdown).await }
         });
         Self {
-            elector: elector.clone(),
+            elector: elector.handle(),
             shutdown,
             task,
         }
@@ -192,7 +196,8 @@ impl Running {
 
 impl ShardSet {
     /// A replica of the set `config`, reaching the API through `client`, running `work(shard, term,
-    /// token)` for each shard while it leads it (until `token` is cancelled, as `on_started_leading`).
+    /// token)` for each shard while it leads it (until `token` is cancelled, as `on_started_leading`; an
+    /// `Err` ends that shard's term as [`crate::StopReason::WorkFailed`]).
     ///
     /// # Errors
     ///
@@ -205,7 +210,7 @@ impl ShardSet {
     ) -> Result<Self, ConfigError>
     where
         F: Fn(u32, Term, CancellationToken) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         config.validate()?;
         let work: Arc<ShardWorkFn> =
@@ -232,6 +237,7 @@ impl ShardSet {
                 SharedLeaseLock::new(lock, &name, hub.clone()),
                 callbacks,
             )
+            .map(Arc::new)
         };
         let shards = (0..config.shards)
             .map(|shard| {
@@ -311,7 +317,7 @@ struct Balancer<'a> {
     set: &'a ShardSet,
     /// The parent of every shard elector's token.
     shutdown: &'a CancellationToken,
-    heartbeat: &'a Elector,
+    heartbeat: &'a ElectorHandle,
     /// Since when our heartbeat has been ours, without a break.
     member_since: Option<Instant>,
     running: BTreeMap<u32, Running>,

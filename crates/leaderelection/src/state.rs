@@ -1,7 +1,14 @@
-//! `LeaderState`: what the elector publishes, and the `Term` that fences a leader's writes.
+//! `LeaderState`: what the elector publishes, the `Term` that fences a leader's writes, and why a term
+//! ended.
+
+use std::any::Any;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use tokio::time::Instant;
+
+/// The error a term's leader-only work returns (any error, boxed).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One leadership term of this candidate: who, which term number, since when.
 ///
@@ -20,7 +27,7 @@ pub struct Term {
 }
 
 /// What this candidate knows of the election, published on every change through
-/// [`crate::Elector::subscribe`].
+/// [`crate::ElectorHandle::subscribe`].
 ///
 /// Leadership is valid only until [`LeaderState::valid_until`]: consumers must re-check
 /// [`LeaderState::is_leader`] on every pass rather than trust a value they read earlier. The elector also
@@ -100,12 +107,67 @@ pub enum StopReason {
         /// The preferred holder.
         preferred_holder: String,
     },
-    /// The term's leader-only work panicked: the term ended so that another candidate can lead.
+    /// The term's leader-only work returned an error or panicked: the term ended so that another candidate
+    /// can lead.
     WorkFailed {
+        /// What the work failed with.
+        error: WorkError,
+    },
+}
+
+/// How a term's leader-only work failed ([`StopReason::WorkFailed`]). Cheap to clone: the error is shared.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WorkError {
+    /// The work returned this error. Its `Display` and `source()` are the error's own, so its source
+    /// chain is intact; match this variant to downcast it (`error.downcast_ref::<MyError>()`).
+    #[error(transparent)]
+    Failed(Arc<dyn std::error::Error + Send + Sync>),
+    /// The work panicked with this message (`"a panic without a message"` when it had none).
+    #[error("panicked: {message}")]
+    Panicked {
         /// The panic message.
         message: String,
     },
 }
+
+// === impl WorkError ===
+
+impl WorkError {
+    /// The failure of work that panicked with `payload` (what `catch_unwind` or a `JoinError` gives).
+    #[must_use]
+    pub fn from_panic(payload: &(dyn Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        Self::Panicked { message }
+    }
+}
+
+impl From<BoxError> for WorkError {
+    /// The failure of work that returned `error`; a `WorkError` passed on (e.g. by a supervisor that ran
+    /// the work) is kept as it is rather than wrapped again.
+    fn from(error: BoxError) -> Self {
+        match error.downcast::<Self>() {
+            Ok(work) => *work,
+            Err(error) => Self::Failed(Arc::from(error)),
+        }
+    }
+}
+
+impl PartialEq for WorkError {
+    /// The same returned error (the same allocation), or panics with the same message.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Failed(a), Self::Failed(b)) => Arc::ptr_eq(a, b),
+            (Self::Panicked { message: a }, Self::Panicked { message: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for WorkError {}
 
 // === impl StopReason ===
 

@@ -101,7 +101,7 @@ async fn elect(record: LeaderElectionRecord) -> (Option<Duration>, Vec<i32>, Mem
         Callbacks::new(),
     )
     .unwrap();
-    let mut state = a.subscribe();
+    let mut state = a.handle().subscribe();
     let shutdown = CancellationToken::new();
     let start = Instant::now();
     let task = tokio::spawn(a.run(shutdown.clone()));

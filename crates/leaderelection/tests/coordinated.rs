@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams};
 use leaderelection::{
     Callbacks, Candidate, CandidateConfig, CandidateStatus, Config, Coordination, Elector,
-    KubeLeaseLock,
+    ElectorHandle, KubeLeaseLock,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -181,12 +181,14 @@ async fn without_lease_candidates_the_election_is_ordinary_and_says_so_once() {
         Candidate::new(client.clone(), &config, CandidateConfig::new("1.34.0")).unwrap();
     let coordination = candidate.coordination();
     let lock = KubeLeaseLock::new(client.clone(), NS, "l1");
-    let elector = Elector::new(config, lock, Callbacks::new())
-        .unwrap()
-        .with_coordination(coordination.clone());
+    let driver = Elector::builder(config, lock)
+        .coordination(coordination.clone())
+        .build()
+        .unwrap();
+    let elector = driver.handle();
     let shutdown = CancellationToken::new();
     let registration = tokio::spawn(candidate.run(shutdown.clone()));
-    let election = tokio::spawn(elector.clone().run(shutdown.clone()));
+    let election = tokio::spawn(driver.run(shutdown.clone()));
     eventually("leadership", || async { elector.is_leader().then_some(()) }).await;
     assert_eq!(coordination.status(), CandidateStatus::Unsupported);
     let leases: Api<Lease> = Api::namespaced(client, NS);
@@ -229,6 +231,7 @@ impl WorkLog {
                 log.push(&identity, "started");
                 token.cancelled().await;
                 log.push(&identity, "stopped");
+                Ok(())
             }
         })
     }
@@ -247,7 +250,7 @@ impl WorkLog {
 
 /// A coordinated candidate (LeaseCandidate registration and elector) running in this process.
 struct Running {
-    elector: Elector,
+    elector: ElectorHandle,
     coordination: Coordination,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -260,9 +263,12 @@ impl Running {
             Candidate::new(client.clone(), &config, CandidateConfig::new(version)).unwrap();
         let coordination = candidate.coordination();
         let lock = KubeLeaseLock::new(client.clone(), NS, "l1");
-        let elector = Elector::new(config, lock, log.callbacks(identity))
-            .unwrap()
-            .with_coordination(coordination.clone());
+        let driver = Elector::builder(config, lock)
+            .callbacks(log.callbacks(identity))
+            .coordination(coordination.clone())
+            .build()
+            .unwrap();
+        let elector = driver.handle();
         let shutdown = CancellationToken::new();
         let tasks = vec![
             tokio::spawn({
@@ -270,8 +276,8 @@ impl Running {
                 async move { candidate.run(shutdown).await.unwrap() }
             }),
             tokio::spawn({
-                let (elector, shutdown) = (elector.clone(), shutdown.clone());
-                async move { elector.run(shutdown).await.unwrap() }
+                let shutdown = shutdown.clone();
+                async move { driver.run(shutdown).await.unwrap() }
             }),
         ];
         status_becomes(&coordination, CandidateStatus::Registered).await;

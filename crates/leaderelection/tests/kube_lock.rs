@@ -394,13 +394,15 @@ async fn released_lease_is_taken_over_through_the_watch() {
     };
     let first = candidate("first");
     let first_stop = CancellationToken::new();
-    let first_run = tokio::spawn(first.clone().run(first_stop.clone()));
+    let (first, first_driver) = (first.handle(), first);
+    let first_run = tokio::spawn(first_driver.run(first_stop.clone()));
     let mut state = first.subscribe();
     bounded(state.wait_for(|s| s.is_leader())).await.unwrap();
 
     let second = candidate("second");
     let second_stop = CancellationToken::new();
-    let second_run = tokio::spawn(second.clone().run(second_stop.clone()));
+    let (second, second_driver) = (second.handle(), second);
+    let second_run = tokio::spawn(second_driver.run(second_stop.clone()));
     let mut second_state = second.subscribe();
     bounded(second_state.wait_for(|s| s.leader.as_deref() == Some("first")))
         .await
@@ -464,7 +466,8 @@ async fn a_lease_older_than_the_watch_history_costs_a_few_requests_per_retry_per
     let elector = Elector::new(config, lock("stale"), Callbacks::new()).unwrap();
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let run = tokio::spawn(elector.clone().run(stop.clone()));
+    let (elector, elector_driver) = (elector.handle(), elector);
+    let run = tokio::spawn(elector_driver.run(stop.clone()));
     let mut state = elector.subscribe();
     tokio::time::timeout(Duration::from_secs(30), state.wait_for(|s| s.is_leader()))
         .await
@@ -551,9 +554,10 @@ async fn two_leases_in_one_namespace_do_not_mix() {
         candidate("x", "elected"),
         candidate("y", "elected"),
     );
-    let tasks: Vec<_> = [&z, &x]
+    let (x, z, tasks) = (x.handle(), z.handle(), [z, x]);
+    let tasks: Vec<_> = tasks
         .into_iter()
-        .map(|e| tokio::spawn(e.clone().run(stop.clone())))
+        .map(|e| tokio::spawn(e.run(stop.clone())))
         .collect();
     let (mut x_state, mut z_state) = (x.subscribe(), z.subscribe());
     tokio::time::timeout(Duration::from_secs(20), z_state.wait_for(|s| s.is_leader()))
@@ -564,7 +568,8 @@ async fn two_leases_in_one_namespace_do_not_mix() {
         .await
         .expect("x did not lead within 20 s")
         .unwrap();
-    let y_task = tokio::spawn(y.clone().run(stop.clone()));
+    let (y, y_driver) = (y.handle(), y);
+    let y_task = tokio::spawn(y_driver.run(stop.clone()));
     // Every leader y reports for 3 s (z renews 6 times meanwhile).
     let mut y_state = y.subscribe();
     let mut seen = Vec::new();
@@ -657,7 +662,8 @@ async fn a_missing_namespace_is_retried_every_retry_period_not_in_a_loop() {
     let lock = KubeLeaseLock::new(client(&server.url()), "missing", "l");
     let elector = Elector::new(config, lock, Callbacks::new()).unwrap();
     let stop = CancellationToken::new();
-    let run = tokio::spawn(elector.clone().run(stop.clone()));
+    let (elector, elector_driver) = (elector.handle(), elector);
+    let run = tokio::spawn(elector_driver.run(stop.clone()));
     // Sleeping is the measurement window here: the requests sent during it are counted.
     let window = Duration::from_secs(2);
     tokio::time::sleep(window).await;

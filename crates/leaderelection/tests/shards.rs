@@ -130,6 +130,7 @@ async fn replica_with(
             async move {
                 let _end = EndOnDrop { log, index };
                 token.cancelled().await;
+                Ok(())
             }
         },
     )

@@ -50,9 +50,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use leaderelection::{
-    Callbacks, Config, Elector, JITTER_FACTOR, LeaderElectionRecord, LeaseEventStream, LeaseLock,
-    ListedLease, LockError, LockFault, MemoryLeaseLock, MemoryLeaseStore, ObservedLease, Observer,
-    Request,
+    Callbacks, Config, Elector, ElectorHandle, JITTER_FACTOR, LeaderElectionRecord,
+    LeaseEventStream, LeaseLock, ListedLease, LockError, LockFault, MemoryLeaseLock,
+    MemoryLeaseStore, ObservedLease, Observer, Request,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -173,7 +173,7 @@ const SAMPLE: Duration = Duration::from_millis(50);
 /// A live process's elector, as the sampler reads it.
 struct Sampled {
     process: String,
-    elector: Elector,
+    elector: ElectorHandle,
     /// Cleared when the process dies: a dead process runs no code that could read `is_leader()`.
     alive: Arc<AtomicBool>,
 }
@@ -312,7 +312,7 @@ impl Log {
 struct Candidate {
     identity: String,
     process: String,
-    elector: Elector,
+    elector: ElectorHandle,
     lock: MemoryLeaseLock,
     shutdown: CancellationToken,
     freezer: Arc<Freezer>,
@@ -342,12 +342,15 @@ impl Candidate {
         };
         let callbacks =
             Callbacks::new().on_started_leading(move |term, token| work.run(term, token));
-        let elector = Elector::new(config(&identity), lock.clone(), callbacks)
-            .unwrap()
-            .with_observer(Arc::new(Tracer {
+        let driver = Elector::builder(config(&identity), lock.clone())
+            .callbacks(callbacks)
+            .observer(Arc::new(Tracer {
                 process: process.clone(),
                 log: log.clone(),
-            }));
+            }))
+            .build()
+            .unwrap();
+        let elector = driver.handle();
         let alive = Arc::new(AtomicBool::new(true));
         log.electors.lock().unwrap().push(Sampled {
             process: process.clone(),
@@ -357,9 +360,9 @@ impl Candidate {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(Freezable {
             inner: Box::pin({
-                let (elector, shutdown) = (elector.clone(), shutdown.clone());
+                let shutdown = shutdown.clone();
                 async move {
-                    elector.run(shutdown).await.unwrap();
+                    driver.run(shutdown).await.unwrap();
                 }
             }),
             freezer: freezer.clone(),
@@ -455,7 +458,7 @@ impl Work {
         &self,
         term: leaderelection::Term,
         token: CancellationToken,
-    ) -> Freezable<impl Future<Output = ()> + use<>> {
+    ) -> Freezable<impl Future<Output = Result<(), leaderelection::BoxError>> + use<>> {
         *self.open.lock().unwrap() =
             Some((term.transitions, Instant::now(), self.freezer.freezes()));
         let (ended, killed) = (WorkEnded(self.clone()), self.killed.clone());
@@ -466,6 +469,7 @@ impl Work {
                     () = token.cancelled() => {}
                     () = killed.cancelled() => {}
                 }
+                Ok(())
             }),
             freezer: self.freezer.clone(),
         }
@@ -1116,7 +1120,8 @@ fn a_polling_follower_takes_over_from_a_crashed_leader() {
                 Callbacks::new(),
             )
             .unwrap();
-            let task = tokio::spawn(elector.clone().run(CancellationToken::new()));
+            let (elector, elector_driver) = (elector.handle(), elector);
+            let task = tokio::spawn(elector_driver.run(CancellationToken::new()));
             (elector, task)
         };
         let (a, a_task) = start("a");
@@ -1150,12 +1155,14 @@ fn a_follower_with_a_dead_watch_takes_over_from_a_crashed_leader() {
         let start = Instant::now();
         let store = MemoryLeaseStore::new();
         let a = Elector::new(config("a"), store.lock("a"), Callbacks::new()).unwrap();
-        let a_task = tokio::spawn(a.clone().run(CancellationToken::new()));
+        let (a, a_driver) = (a.handle(), a);
+        let a_task = tokio::spawn(a_driver.run(CancellationToken::new()));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(a.is_leader());
         let b_lock = store.lock("b");
         let b = Elector::new(config("b"), b_lock.clone(), Callbacks::new()).unwrap();
-        let _b_task = tokio::spawn(b.clone().run(CancellationToken::new()));
+        let (b, b_driver) = (b.handle(), b);
+        let _b_task = tokio::spawn(b_driver.run(CancellationToken::new()));
         tokio::time::sleep(Duration::from_millis(100)).await;
         // b's API hangs across one of a's renews (at 0.5 s), then recovers.
         b_lock.set_fault(LockFault {
@@ -1407,7 +1414,8 @@ fn a_renewal_committed_at_once_and_answered_late_counts_from_its_send_time() {
             Callbacks::new().on_started_leading(move |term, token| a_work.run(term, token)),
         )
         .unwrap();
-        let _a_task = tokio::spawn(a.clone().run(CancellationToken::new()));
+        let (a, a_driver) = (a.handle(), a);
+        let _a_task = tokio::spawn(a_driver.run(CancellationToken::new()));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(a.is_leader());
         let b = Elector::new(
@@ -1416,7 +1424,8 @@ fn a_renewal_committed_at_once_and_answered_late_counts_from_its_send_time() {
             Callbacks::new().on_started_leading(move |term, token| b_work.run(term, token)),
         )
         .unwrap();
-        let _b_task = tokio::spawn(b.clone().run(CancellationToken::new()));
+        let (b, b_driver) = (b.handle(), b);
+        let _b_task = tokio::spawn(b_driver.run(CancellationToken::new()));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(b.leader().as_deref() == Some("a") && !b.is_leader());
 

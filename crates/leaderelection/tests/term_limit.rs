@@ -20,8 +20,8 @@ async fn next_term(transitions: i32) -> i32 {
         .with_retry_period(Duration::from_millis(250));
     let a = Elector::new(config, store.lock("a"), Callbacks::new()).unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(a.clone().run(shutdown.clone()));
-    let mut state = a.subscribe();
+    let mut state = a.handle().subscribe();
+    let task = tokio::spawn(a.run(shutdown.clone()));
     let term = tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.is_leader()))
         .await
         .expect("a leads within 10 s")

@@ -79,7 +79,10 @@ impl Pool {
         let callbacks = Callbacks::new().on_started_leading(move |_term, token| {
             // Sent when the term's work is started, not when its task first runs.
             let _ = tx.send((i, Instant::now()));
-            async move { token.cancelled().await }
+            async move {
+                token.cancelled().await;
+                Ok(())
+            }
         });
         let config = Config {
             identity: format!("candidate-{i}"),

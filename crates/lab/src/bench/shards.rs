@@ -59,6 +59,7 @@ async fn replica(
         async move {
             let _end = EndOnDrop(log, index);
             token.cancelled().await;
+            Ok(())
         }
     })?;
     let state = set.subscribe();

@@ -25,12 +25,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leaderelection::{LeaderState, Term};
-use leaderelection_controller::BoxError;
+use leaderelection::Term;
+use leaderelection_controller::{BoxError, LeaderContext};
 use nix::sys::signal::{Signal, raise};
 use nix::sys::wait::WaitStatus;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use group::Groups;
@@ -58,8 +57,6 @@ pub(crate) struct ChildSpec {
     pub(crate) lease: String,
     /// Time between SIGTERM and SIGKILL when the term ends; fits in the elector's stop window.
     pub(crate) grace_period: Duration,
-    /// The elector's state: the term's work deadline.
-    pub(crate) state: watch::Receiver<LeaderState>,
     /// Cancelled on a second SIGTERM or SIGINT: SIGKILL now, without the rest of the grace period.
     pub(crate) skip_grace: CancellationToken,
     pub(crate) guardian: Arc<Guardian>,
@@ -76,15 +73,16 @@ struct Stopping {
     on_its_own: Option<WaitStatus>,
 }
 
-/// Runs the child for one term: returns `Ok` after its whole process group is gone once `token` is
-/// cancelled, or `Err` after that when the child exited on its own while we led (the rest of its group
-/// stopped the same way). Never starts the child for a term that has already ended.
-pub(crate) async fn run_for_term(
-    spec: ChildSpec,
-    term: Term,
-    token: CancellationToken,
-) -> Result<(), BoxError> {
-    let mut state = spec.state.clone();
+/// Runs the child for one term (`lead`: the term, its token, and the elector's state, whose work deadline
+/// bounds the child): returns `Ok` after its whole process group is gone once the token is cancelled, or
+/// `Err` after that when the child exited on its own while we led (the rest of its group stopped the same
+/// way). Never starts the child for a term that has already ended.
+pub(crate) async fn run_for_term(spec: ChildSpec, lead: LeaderContext) -> Result<(), BoxError> {
+    let LeaderContext {
+        term,
+        token,
+        mut state,
+    } = lead;
     let mut work_deadline = state.borrow_and_update().work_deadline;
     if token.is_cancelled() || work_deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
         tracing::warn!(

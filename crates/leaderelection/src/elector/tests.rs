@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::candidate::{CandidateStatus, Coordination};
 use crate::{
-    Callbacks, Config, Elector, Error, LeaderElectionRecord, LeaderState, LockFault,
+    Callbacks, Config, Elector, ElectorHandle, Error, LeaderElectionRecord, LeaderState, LockFault,
     MemoryLeaseLock, MemoryLeaseStore, StopReason,
 };
 
@@ -34,7 +34,7 @@ impl Recorder {
 }
 
 struct Candidate {
-    elector: Elector,
+    elector: ElectorHandle,
     lock: MemoryLeaseLock,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), Error>>,
@@ -72,6 +72,7 @@ fn recording(log: &Recorder, store: &MemoryLeaseStore, work_stop_delay: Duration
                     .map(|l| l.record.holder_identity)
                     .unwrap_or_default();
                 log.push(format!("work_stopped:holder={holder}"));
+                Ok(())
             }
         })
         .on_stopped_leading(move |reason| stopped.push(format!("stopped:{reason}")))
@@ -108,9 +109,10 @@ fn spawn_on(
 /// Runs `elector` until its candidate is stopped.
 fn start(elector: Elector, lock: MemoryLeaseLock, log: Recorder) -> Candidate {
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
+    let handle = elector.handle();
+    let task = tokio::spawn(elector.run(shutdown.clone()));
     Candidate {
-        elector,
+        elector: handle,
         lock,
         shutdown,
         task,
@@ -194,6 +196,7 @@ fn stubborn_on(lock: MemoryLeaseLock, config: Config) -> (Candidate, Arc<Mutex<O
             async move {
                 let _guard = guard;
                 futures::future::pending::<()>().await;
+                Ok(())
             }
         }),
     )
@@ -867,15 +870,27 @@ async fn disabled_mode_leads_at_once_without_api_calls() {
     );
 }
 
+/// The handle outlives the run: it reads the state `run` published last, and a handle taken before
+/// `run` sees every change `run` makes (the elector runs once; there is no second run to refuse).
 #[tokio::test(start_paused = true)]
-async fn a_second_concurrent_run_is_refused() {
+async fn a_handle_taken_before_run_follows_it_and_outlives_it() {
     let store = MemoryLeaseStore::new();
-    let a = spawn(&store, "a");
-    until_leader(&a).await;
-    let again = a.elector.clone().run(CancellationToken::new()).await;
-    assert!(matches!(again, Err(Error::AlreadyRunning)));
-    assert!(a.elector.is_leader());
-    a.stop().await;
+    let elector = Elector::new(config("a"), store.lock("a"), Callbacks::new()).unwrap();
+    let handle = elector.handle();
+    let other = handle.clone();
+    assert!(!handle.is_leader());
+    assert_eq!(handle.identity(), "a");
+    assert_eq!(handle.config().lease_name, "lease");
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(elector.run(shutdown.clone()));
+    bounded(other.subscribe().wait_for(LeaderState::is_leader))
+        .await
+        .unwrap();
+    assert_eq!(handle.leader().as_deref(), Some("a"));
+    shutdown.cancel();
+    bounded(run).await.unwrap().unwrap();
+    assert!(!handle.is_leader());
+    assert_eq!(handle.state().term, None);
 }
 
 #[test]
@@ -1152,6 +1167,7 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
     let failures = Arc::new(Reports::default());
     let log = Recorder::default();
     let stopped = log.clone();
+    let reasons = Arc::new(Mutex::new(Vec::new()));
     let callbacks = Callbacks::new()
         .on_started_leading({
             let panics = panics.clone();
@@ -1161,14 +1177,23 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     assert!(!first, "reconciler failed in term {}", term.transitions);
                     token.cancelled().await;
+                    Ok(())
                 }
             }
         })
-        .on_stopped_leading(move |reason| stopped.push(format!("stopped:{reason}")));
+        .on_stopped_leading({
+            let reasons = reasons.clone();
+            move |reason| {
+                stopped.push(format!("stopped:{reason}"));
+                reasons.lock().unwrap().push(reason);
+            }
+        });
     let lock = store.lock("a");
-    let elector = Elector::new(config("a"), lock.clone(), callbacks)
-        .unwrap()
-        .with_observer(failures.clone());
+    let elector = Elector::builder(config("a"), lock.clone())
+        .callbacks(callbacks)
+        .observer(failures.clone())
+        .build()
+        .unwrap();
     let a = start(elector, lock, log.clone());
     let first = until_leader(&a).await;
     let b = spawn(&store, "b");
@@ -1184,6 +1209,15 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
         log.entries()[0].starts_with("stopped:work_failed"),
         "{:?}",
         log.entries()
+    );
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [StopReason::WorkFailed {
+            error: crate::WorkError::Panicked {
+                message: "reconciler failed in term 0".into()
+            }
+        }],
+        "the panic's message is kept"
     );
     assert!(!a.elector.is_leader());
     // Alone again, a contends after a jittered retry period and leads a new term.
@@ -1203,6 +1237,66 @@ async fn a_panicking_on_started_leading_ends_the_term_releases_and_leads_again_l
     a.stop().await;
 }
 
+/// The error that leader work below returns, caused by [`Cause`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reconcile")]
+struct Reconcile(#[source] Cause);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the database is unreachable")]
+struct Cause;
+
+/// An `Err` returned by the `on_started_leading` work ends the term at once as a panic does: it is counted,
+/// the Lease is released (a follower takes it at once), and `on_stopped_leading` gets the error itself,
+/// its source chain intact (no message flattened into a string).
+#[tokio::test(start_paused = true)]
+async fn an_error_from_on_started_leading_ends_the_term_as_work_failed_with_its_source() {
+    let store = MemoryLeaseStore::new();
+    let failures = Arc::new(Reports::default());
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let callbacks = Callbacks::new()
+        .on_started_leading(|_term, _token| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err(Reconcile(Cause).into())
+        })
+        .on_stopped_leading({
+            let reasons = reasons.clone();
+            move |reason| reasons.lock().unwrap().push(reason)
+        });
+    let lock = store.lock("a");
+    let elector = Elector::builder(config("a"), lock.clone())
+        .callbacks(callbacks)
+        .observer(failures.clone())
+        .build()
+        .unwrap();
+    let a = start(elector, lock, Recorder::default());
+    let first = until_leader(&a).await;
+    let b = spawn(&store, "b");
+    let took = until_leader(&b).await;
+    assert_eq!(
+        took - first,
+        Duration::from_secs(1),
+        "b took the released Lease at once"
+    );
+    assert_eq!(failures.work_failures(), 1);
+    let reason = reasons.lock().unwrap()[0].clone();
+    let StopReason::WorkFailed { error } = &reason else {
+        panic!("the term ended as {reason:?}, not WorkFailed");
+    };
+    assert_eq!(error.to_string(), "cannot reconcile");
+    let crate::WorkError::Failed(returned) = error else {
+        panic!("{error:?} is not the returned error");
+    };
+    assert!(
+        returned.downcast_ref::<Reconcile>().is_some(),
+        "{returned:?}"
+    );
+    let source = std::error::Error::source(error).expect("the error's source is kept");
+    assert!(source.downcast_ref::<Cause>().is_some(), "{source:?}");
+    b.stop().await;
+    a.stop().await;
+}
+
 /// A normal return of the `on_started_leading` task keeps leadership (client-go's semantics: the work may
 /// be a one-shot job); the term goes on renewing.
 #[tokio::test(start_paused = true)]
@@ -1213,17 +1307,18 @@ async fn an_on_started_leading_that_returns_keeps_leadership() {
     let elector = Elector::new(
         config("one-shot"),
         lock,
-        Callbacks::new().on_started_leading(|_, _| async {}),
+        Callbacks::new().on_started_leading(|_, _| async { Ok(()) }),
     )
     .unwrap();
     a.stop().await;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    bounded(elector.subscribe().wait_for(LeaderState::is_leader))
+    let handle = elector.handle();
+    let task = tokio::spawn(elector.run(shutdown.clone()));
+    bounded(handle.subscribe().wait_for(LeaderState::is_leader))
         .await
         .unwrap();
     tokio::time::sleep(LEASE * 4).await;
-    assert!(elector.is_leader());
+    assert!(handle.is_leader());
     assert_eq!(holder(&store), "one-shot");
     shutdown.cancel();
     bounded(task).await.unwrap().unwrap();
@@ -1342,13 +1437,11 @@ fn spawn_coordinated(
     let lock = store.lock(identity);
     let (tx, coordination) = Coordination::channel();
     tx.send_replace(status);
-    let elector = Elector::new(
-        config(identity),
-        lock.clone(),
-        recording(&log, store, Duration::ZERO),
-    )
-    .unwrap()
-    .with_coordination(coordination.clone());
+    let elector = Elector::builder(config(identity), lock.clone())
+        .callbacks(recording(&log, store, Duration::ZERO))
+        .coordination(coordination.clone())
+        .build()
+        .unwrap();
     let registration = Registration {
         status: tx,
         coordination,
@@ -1684,8 +1777,8 @@ async fn rule_2_the_expiry_clock_starts_when_the_process_first_saw_the_record() 
     };
     let elector = Elector::new(config("a"), lock, Callbacks::new()).unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(elector.clone().run(shutdown.clone()));
-    let mut state = elector.subscribe();
+    let mut state = elector.handle().subscribe();
+    let task = tokio::spawn(elector.run(shutdown.clone()));
     tokio::time::timeout(
         Duration::from_secs(60),
         state.wait_for(LeaderState::is_leader),
@@ -1813,9 +1906,10 @@ async fn rule_12_a_reused_identity_waits_for_the_old_incarnations_lease_to_expir
     let alarms = Arc::new(Reports::default());
     let new = {
         let lock = store.lock("a#2");
-        let elector = Elector::new(config("a"), lock.clone(), Callbacks::new())
-            .unwrap()
-            .with_observer(alarms.clone());
+        let elector = Elector::builder(config("a"), lock.clone())
+            .observer(alarms.clone())
+            .build()
+            .unwrap();
         start(elector, lock, Recorder::default())
     };
     let led = until_leader(&new).await;
@@ -1856,9 +1950,11 @@ async fn rule_12_two_live_processes_with_one_identity_one_leads_and_the_other_wa
         let log = Recorder::default();
         let budgeted = Budgeted::new(lock.clone(), 100);
         let callbacks = recording(&log, &store, Duration::ZERO);
-        let elector = Elector::new(config("a"), budgeted, callbacks)
-            .unwrap()
-            .with_observer(alarms.clone());
+        let elector = Elector::builder(config("a"), budgeted)
+            .callbacks(callbacks)
+            .observer(alarms.clone())
+            .build()
+            .unwrap();
         start(elector, lock, log)
     };
     tokio::time::sleep(LEASE * 4).await;
