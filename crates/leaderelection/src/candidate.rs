@@ -872,9 +872,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_renewal_answers_a_ping_from_a_clock_ahead_of_ours() {
-        let client =
-            kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
-                .unwrap();
+        let client = crate::KubeLeaseLock::client_for_url("http://127.0.0.1:1").unwrap();
         let candidate = Candidate::new(
             client,
             &Config::new("a", "l", "ns"),

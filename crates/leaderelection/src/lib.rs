@@ -96,12 +96,12 @@ pub use crate::elector::{Elector, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
 pub use crate::lock::metadata;
 pub use crate::lock::{
-    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockError,
-    MetadataError, ObservedLease,
+    ClientError, KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata,
+    ListedLease, LockError, MetadataError, ObservedLease,
 };
-pub use crate::rbac::Denied;
 #[cfg(any(test, feature = "test-util"))]
 pub use crate::lock::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
+pub use crate::rbac::Denied;
 pub use crate::record::LeaderElectionRecord;
 pub use crate::shards::{
     MAX_SHARDS, ROLE_LABEL, SHARD_SET_LABEL, ShardConfig, ShardSet, ShardState,

@@ -8,7 +8,7 @@ pub(crate) mod kube;
 mod memory;
 pub mod metadata;
 
-pub use self::kube::KubeLeaseLock;
+pub use self::kube::{ClientError, KubeLeaseLock};
 #[cfg(any(test, feature = "test-util"))]
 pub use self::memory::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
 pub use self::metadata::{LeaseMetadata, MetadataError};
