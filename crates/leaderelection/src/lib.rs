@@ -32,7 +32,7 @@
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = kube::Client::try_default().await?;
+//! let client = KubeLeaseLock::client(kube::Config::infer().await?)?;
 //! let config = Config::new(std::env::var("POD_NAME")?, "my-controller", "default");
 //! let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
 //! let elector = Elector::new(
