@@ -161,8 +161,12 @@ pub struct Environment {
     pub service_account_namespace: Option<String>,
 }
 
+/// The result of reading settings and turning them into an elector [`Config`].
+pub type Result<T, E = SettingsError> = std::result::Result<T, E>;
+
 /// Why the settings could not be loaded or turned into an elector [`Config`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SettingsError {
     /// The file could not be read.
     #[error("reading {path}: {source}", path = path.display())]
@@ -241,7 +245,7 @@ impl Settings {
     ///
     /// [`SettingsError::Yaml`] for malformed YAML, an unknown key or a wrong type, naming the key and its
     /// location; [`SettingsError::Invalid`] for a duration that does not parse, naming the key and the value.
-    pub fn from_yaml_str(yaml: &str) -> Result<Self, SettingsError> {
+    pub fn from_yaml_str(yaml: &str) -> Result<Self> {
         let settings = serde_norway::from_str::<Option<Self>>(yaml)
             .map_err(|source| SettingsError::Yaml {
                 location: source.location().map(|l| (l.line(), l.column())),
@@ -258,7 +262,7 @@ impl Settings {
     /// # Errors
     ///
     /// [`SettingsError::Io`] naming the path, or the errors of [`Settings::from_yaml_str`].
-    pub fn from_path(path: &Path) -> Result<Self, SettingsError> {
+    pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Io {
             path: path.to_owned(),
             source,
@@ -287,11 +291,7 @@ impl Settings {
     /// [`SettingsError::Invalid`] for a duration that does not parse (only for settings not made by
     /// [`Settings::from_yaml_str`]); [`SettingsError::Config`] for a broken rule of [`Config::validate`],
     /// naming the field and the value.
-    pub fn to_elector_config(
-        &self,
-        env: &Environment,
-        overrides: &Overrides,
-    ) -> Result<Config, SettingsError> {
+    pub fn to_elector_config(&self, env: &Environment, overrides: &Overrides) -> Result<Config> {
         let le = self.leader_election();
         let enabled = le.enabled();
         let identity = first([
@@ -368,7 +368,7 @@ impl LeaderElectionSettings {
     ///
     /// [`SettingsError::Invalid`] naming the key (`controller.leader_election.lease_labels` or
     /// `lease_annotations`), the `key=value` and the Kubernetes rule it breaks.
-    pub fn lease_metadata(&self) -> Result<LeaseMetadata, SettingsError> {
+    pub fn lease_metadata(&self) -> Result<LeaseMetadata> {
         let metadata = LeaseMetadata {
             labels: self.lease_labels.clone().unwrap_or_default(),
             annotations: self.lease_annotations.clone().unwrap_or_default(),
@@ -418,7 +418,7 @@ impl LeaderElectionSettings {
     pub fn candidate_config(
         &self,
         default_binary_version: &str,
-    ) -> Result<Option<CandidateConfig>, SettingsError> {
+    ) -> Result<Option<CandidateConfig>> {
         if !self.coordinated() {
             return Ok(None);
         }
@@ -441,7 +441,7 @@ impl LeaderElectionSettings {
     /// # Errors
     ///
     /// [`SettingsError::Invalid`] when the value is not a humantime duration.
-    pub fn lease_duration(&self) -> Result<Duration, SettingsError> {
+    pub fn lease_duration(&self) -> Result<Duration> {
         duration(
             "lease_duration",
             self.lease_duration.as_deref(),
@@ -454,7 +454,7 @@ impl LeaderElectionSettings {
     /// # Errors
     ///
     /// [`SettingsError::Invalid`] when the value is not a humantime duration.
-    pub fn renew_deadline(&self) -> Result<Duration, SettingsError> {
+    pub fn renew_deadline(&self) -> Result<Duration> {
         duration(
             "renew_deadline",
             self.renew_deadline.as_deref(),
@@ -467,7 +467,7 @@ impl LeaderElectionSettings {
     /// # Errors
     ///
     /// [`SettingsError::Invalid`] when the value is not a humantime duration.
-    pub fn retry_period(&self) -> Result<Duration, SettingsError> {
+    pub fn retry_period(&self) -> Result<Duration> {
         duration(
             "retry_period",
             self.retry_period.as_deref(),
@@ -475,7 +475,7 @@ impl LeaderElectionSettings {
         )
     }
 
-    fn durations(&self) -> Result<(Duration, Duration, Duration), SettingsError> {
+    fn durations(&self) -> Result<(Duration, Duration, Duration)> {
         Ok((
             self.lease_duration()?,
             self.renew_deadline()?,
@@ -539,11 +539,7 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-fn duration(
-    field: &str,
-    value: Option<&str>,
-    default: Duration,
-) -> Result<Duration, SettingsError> {
+fn duration(field: &str, value: Option<&str>, default: Duration) -> Result<Duration> {
     match value {
         None => Ok(default),
         Some(text) => humantime::parse_duration(text.trim()).map_err(|e| SettingsError::Invalid {
@@ -569,7 +565,7 @@ mod tests {
     }
 
     /// The elector configuration for `yaml` in a pod named `pod-a` with no namespace in the environment.
-    fn config(yaml: &str) -> Result<Config, SettingsError> {
+    fn config(yaml: &str) -> Result<Config> {
         Settings::from_yaml_str(yaml)?
             .to_elector_config(&env(Some("pod-a"), None, None), &Overrides::default())
     }

@@ -160,6 +160,7 @@ fn parse_version(field: &'static str, value: &str) -> Result<[u64; 3], ConfigErr
 
 /// Where this candidate's registration stands, published through [`Coordination`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CandidateStatus {
     /// Not known yet whether the API server serves LeaseCandidates, or not registered yet.
     #[default]
@@ -341,6 +342,7 @@ impl RequestError {
 
 /// Why [`Candidate::run`] stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CandidateError {
     /// RBAC refuses a request on our LeaseCandidate (403 Forbidden): the candidate can never register.
     #[error(transparent)]
