@@ -22,8 +22,12 @@ use crate::steps::{Fence, Pool, StepError};
 /// Retries of the optimistic path before it waits a retry period (as Beskar7: 5, backoff attempt x 100 ms).
 const OPTIMISTIC_RETRIES: u32 = 5;
 
+/// The result of a claim.
+pub type Result<T, E = ClaimError> = std::result::Result<T, E>;
+
 /// Why a claim failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClaimError {
     /// Creating, reading or deleting the claim failed.
     #[error("claim {name}: {source}")]
@@ -128,7 +132,7 @@ impl Claimer {
         name: &str,
         spec: HostClaimSpec,
         shutdown: &CancellationToken,
-    ) -> Result<String, ClaimError> {
+    ) -> Result<String> {
         let api_error = |source| ClaimError::Api {
             name: name.to_owned(),
             source,
@@ -182,7 +186,7 @@ impl Claimer {
     /// # Errors
     ///
     /// [`ClaimError::Api`] when the delete fails (a missing claim is not an error).
-    pub async fn release(&self, name: &str) -> Result<(), ClaimError> {
+    pub async fn release(&self, name: &str) -> Result<()> {
         match self
             .pool
             .claims
@@ -258,7 +262,7 @@ impl Claimer {
         name: &str,
         leader: &mut LeaderWatch,
         shutdown: &CancellationToken,
-    ) -> Result<Option<String>, ClaimError> {
+    ) -> Result<Option<String>> {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let stream = watcher(self.pool.claims.clone(), config)
             .default_backoff()
@@ -298,7 +302,7 @@ impl Claimer {
         &self,
         name: &str,
         shutdown: &CancellationToken,
-    ) -> Result<Option<String>, ClaimError> {
+    ) -> Result<Option<String>> {
         for attempt in 1..=OPTIMISTIC_RETRIES {
             if shutdown.is_cancelled() {
                 return Err(ClaimError::Cancelled(name.to_owned()));

@@ -12,6 +12,7 @@ use anyhow::Context;
 use claim_coordinator::Settings;
 use claim_coordinator::settings::{Mode, Overrides};
 use clap::{Args, Parser, Subcommand};
+use leaderelection::KubeLeaseLock;
 use leaderelection_controller::signals::Signals;
 use prometheus_client::registry::Registry;
 
@@ -121,16 +122,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Settings::from_path(path, &flags)?,
         None => Settings::resolve(None, &flags)?,
     };
-    let config = match &args.server {
-        Some(url) => kube::Config::new(
-            url.parse()
-                .with_context(|| format!("invalid --server {url}"))?,
-        ),
-        None => kube::Config::infer()
-            .await
-            .context("no --server, no usable kubeconfig and not in a cluster")?,
+    let client = match &args.server {
+        Some(url) => KubeLeaseLock::client_for_url(url).context("--server")?,
+        None => KubeLeaseLock::client(
+            kube::Config::infer()
+                .await
+                .context("no --server, no usable kubeconfig and not in a cluster")?,
+        )?,
     };
-    let client = kube::Client::try_from(leaderelection::KubeLeaseLock::client_config(config))?;
     let (runtime, _metrics) = claim_coordinator::coordinator::replica(
         client,
         &settings,

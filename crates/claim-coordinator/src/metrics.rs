@@ -37,6 +37,7 @@ struct Attempt {
 
 /// How one bind attempt ended, for `host_claim_attempts_total` and `claim_coordinator_results_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The claim is bound.
     Success,

@@ -57,6 +57,7 @@ pub struct ConsumerRef {
 
 /// A host's lifecycle state, as Beskar7's `PhysicalHost` states.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[non_exhaustive]
 pub enum HostState {
     /// Being discovered; not claimable.
     #[default]
@@ -133,6 +134,7 @@ pub struct HostClaimSpec {
 
 /// A claim's phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[non_exhaustive]
 pub enum ClaimPhase {
     /// Waiting for a host (also a claim without a status).
     #[default]

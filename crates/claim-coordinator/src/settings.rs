@@ -15,6 +15,7 @@ pub const DEFAULT_LEASE_NAME: &str = "claim-coordinator-leader";
 /// How a consumer gets its host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Mode {
     /// Always delegate to the leader: write the claim and wait until it is bound.
     Leader,
@@ -76,8 +77,12 @@ impl Default for Settings {
     }
 }
 
+/// The result of loading and checking settings.
+pub type Result<T, E = SettingsError> = std::result::Result<T, E>;
+
 /// An invalid setting, or an unreadable file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SettingsError {
     /// A value breaks a rule.
     #[error("invalid {field} {value:?}: {rule}")]
@@ -141,7 +146,7 @@ impl Settings {
     /// # Errors
     ///
     /// [`SettingsError`] naming the key and value that cannot be read or break a rule.
-    pub fn resolve(file: Option<&str>, flags: &Overrides) -> Result<Self, SettingsError> {
+    pub fn resolve(file: Option<&str>, flags: &Overrides) -> Result<Self> {
         let mut settings = Self::default();
         if let Some(yaml) = file {
             let file: File = if yaml.trim().is_empty() {
@@ -161,7 +166,7 @@ impl Settings {
     /// # Errors
     ///
     /// [`SettingsError::Read`] when the file cannot be read, else as [`Settings::resolve`].
-    pub fn from_path(path: &Path, flags: &Overrides) -> Result<Self, SettingsError> {
+    pub fn from_path(path: &Path, flags: &Overrides) -> Result<Self> {
         let yaml = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
             path: path.display().to_string(),
             source,
@@ -169,7 +174,7 @@ impl Settings {
         Self::resolve(Some(&yaml), flags)
     }
 
-    fn apply(&mut self, o: &Overrides) -> Result<(), SettingsError> {
+    fn apply(&mut self, o: &Overrides) -> Result<()> {
         if let Some(v) = o.leader_election {
             self.leader_election = v;
         }
@@ -207,7 +212,7 @@ impl Settings {
     /// # Errors
     ///
     /// [`SettingsError::Invalid`] naming the first rule broken.
-    pub fn validate(&self) -> Result<(), SettingsError> {
+    pub fn validate(&self) -> Result<()> {
         for (field, value) in [
             ("processingInterval", self.processing_interval),
             ("maxWait", self.max_wait),

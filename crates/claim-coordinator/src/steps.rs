@@ -20,8 +20,12 @@ use crate::resources::{
 /// Bound on one request when no term deadline is nearer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The result of a step.
+pub type Result<T, E = StepError> = std::result::Result<T, E>;
+
 /// Why a step did not happen.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StepError {
     /// The term ended (or its deadline passed): nothing was sent.
     #[error("the term ended")]
@@ -90,7 +94,7 @@ pub enum Fence {
 
 impl Fence {
     /// The deadline for a request sent now, or [`StepError::Fenced`] when the term is over.
-    fn deadline(&self) -> Result<Instant, StepError> {
+    fn deadline(&self) -> Result<Instant> {
         let now = Instant::now();
         let bound = now + REQUEST_TIMEOUT;
         match self {
@@ -147,10 +151,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError`] of the failed list.
-    pub async fn list(
-        &self,
-        fence: &Fence,
-    ) -> Result<(Vec<PhysicalHost>, Vec<HostClaim>), StepError> {
+    pub async fn list(&self, fence: &Fence) -> Result<(Vec<PhysicalHost>, Vec<HostClaim>)> {
         let hosts = Self::write(fence, self.hosts.list(&ListParams::default())).await?;
         let claims = Self::write(fence, self.claims.list(&ListParams::default())).await?;
         Ok((hosts.items, claims.items))
@@ -160,7 +161,7 @@ impl Pool {
     async fn write<T>(
         fence: &Fence,
         write: impl Future<Output = Result<T, kube::Error>>,
-    ) -> Result<T, StepError> {
+    ) -> Result<T> {
         let deadline = fence.deadline()?;
         tokio::time::timeout_at(deadline, write)
             .await
@@ -180,7 +181,7 @@ impl Pool {
         fence: &Fence,
         host: &PhysicalHost,
         claim: &HostClaim,
-    ) -> Result<PhysicalHost, StepError> {
+    ) -> Result<PhysicalHost> {
         if host.is_consumed_by(claim) {
             return Ok(host.clone());
         }
@@ -218,11 +219,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the host changed since it was read.
-    pub async fn mark_claimed(
-        &self,
-        fence: &Fence,
-        host: &PhysicalHost,
-    ) -> Result<PhysicalHost, StepError> {
+    pub async fn mark_claimed(&self, fence: &Fence, host: &PhysicalHost) -> Result<PhysicalHost> {
         self.set_host_state(fence, host, HostState::Claimed).await
     }
 
@@ -231,7 +228,7 @@ impl Pool {
         fence: &Fence,
         host: &PhysicalHost,
         state: HostState,
-    ) -> Result<PhysicalHost, StepError> {
+    ) -> Result<PhysicalHost> {
         if host.status.as_ref().is_some_and(|s| s.state == state) {
             return Ok(host.clone());
         }
@@ -255,7 +252,7 @@ impl Pool {
         fence: &Fence,
         claim: &HostClaim,
         host: &str,
-    ) -> Result<HostClaim, StepError> {
+    ) -> Result<HostClaim> {
         if claim.host_ref() == Some(host) {
             return Ok(claim.clone());
         }
@@ -288,7 +285,7 @@ impl Pool {
         fence: &Fence,
         claim: &HostClaim,
         host: Option<&str>,
-    ) -> Result<HostClaim, StepError> {
+    ) -> Result<HostClaim> {
         if claim
             .status
             .as_ref()
@@ -314,7 +311,7 @@ impl Pool {
         reason: &str,
         message: &str,
         phase: ClaimPhase,
-    ) -> Result<HostClaim, StepError> {
+    ) -> Result<HostClaim> {
         let mut updated = claim.clone();
         let status = updated.status.get_or_insert_default();
         status.phase = phase;
@@ -333,11 +330,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the claim changed since it was read.
-    pub async fn count_attempt(
-        &self,
-        fence: &Fence,
-        claim: &HostClaim,
-    ) -> Result<HostClaim, StepError> {
+    pub async fn count_attempt(&self, fence: &Fence, claim: &HostClaim) -> Result<HostClaim> {
         let mut updated = claim.clone();
         updated.status.get_or_insert_default().attempts += 1;
         self.write_claim_status(fence, claim, &updated).await
@@ -348,7 +341,7 @@ impl Pool {
         fence: &Fence,
         claim: &HostClaim,
         updated: &HostClaim,
-    ) -> Result<HostClaim, StepError> {
+    ) -> Result<HostClaim> {
         Self::write(
             fence,
             self.claims
@@ -363,11 +356,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the host changed since it was read.
-    pub async fn release_host(
-        &self,
-        fence: &Fence,
-        host: &PhysicalHost,
-    ) -> Result<PhysicalHost, StepError> {
+    pub async fn release_host(&self, fence: &Fence, host: &PhysicalHost) -> Result<PhysicalHost> {
         let mut host = host.clone();
         if host.spec.consumer_ref.is_some() {
             let mut updated = host.clone();
@@ -400,11 +389,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the claim changed since it was read.
-    pub async fn remove_finalizer(
-        &self,
-        fence: &Fence,
-        claim: &HostClaim,
-    ) -> Result<(), StepError> {
+    pub async fn remove_finalizer(&self, fence: &Fence, claim: &HostClaim) -> Result<()> {
         if !claim.finalizers().iter().any(|f| f == RELEASE_FINALIZER) {
             return Ok(());
         }
@@ -430,7 +415,7 @@ impl Pool {
         fence: &Fence,
         hosts: &[PhysicalHost],
         claims: &[HostClaim],
-    ) -> Result<usize, StepError> {
+    ) -> Result<usize> {
         let by_uid: BTreeMap<&str, &HostClaim> = claims
             .iter()
             .filter_map(|c| c.metadata.uid.as_deref().map(|u| (u, c)))

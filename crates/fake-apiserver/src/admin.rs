@@ -5,10 +5,10 @@ use std::sync::Arc;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::Shared;
 use crate::body::{Body, error_response, json_response, read_json};
 use crate::faults::Faults;
 use crate::listener::Listener;
+use crate::shared::Shared;
 use crate::status::ApiError;
 
 /// The `/fake/` admin routes (never faulted).

@@ -12,10 +12,11 @@ use crate::listener::Listener;
 use crate::resource::ResourceType;
 use crate::route::{RequestInfo, Route, parse_query};
 use crate::selector::Selector;
+use crate::shared::Shared;
 use crate::status::ApiError;
 use crate::store::{Deletion, Part, Target};
 use crate::table::TableRequest;
-use crate::{Shared, watch};
+use crate::watch;
 
 /// Serves an API request. Returns the response and whether it committed a write.
 pub(crate) async fn api<B>(

@@ -4,10 +4,10 @@
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::Shared;
 use crate::body::{Body, error_response, json_response};
 use crate::listener::Listener;
 use crate::openapi;
+use crate::shared::Shared;
 use crate::status::ApiError;
 
 /// Discovery documents, as kubectl reads them (legacy, unaggregated discovery).

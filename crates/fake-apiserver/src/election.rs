@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
+use crate::shared::Shared;
 use crate::store::{EventType, Part, Store, Target};
 
 /// The only strategy kube-apiserver's controller elects by.

@@ -48,18 +48,17 @@ mod resource;
 mod route;
 mod selector;
 mod serve;
+mod shared;
 mod status;
 mod store;
 mod table;
 mod watch;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,6 +68,7 @@ pub use crate::listener::Listener;
 pub use crate::resource::ResourceType;
 pub use crate::status::ApiError;
 
+use crate::shared::{Shared, Stats};
 use crate::store::Store;
 
 /// Default number of events kept for watches that resume from a resourceVersion.
@@ -365,121 +365,4 @@ pub struct RequestRecord {
     pub code: Option<u16>,
     /// Time from arrival to answer (or to the start of a watch stream), in milliseconds.
     pub latency_ms: f64,
-}
-
-#[derive(Debug, Default)]
-struct Stats {
-    counts: BTreeMap<(usize, String, String), u64>,
-    answers: BTreeMap<(String, String, u16), u64>,
-    log: VecDeque<RequestRecord>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    store: Mutex<Store>,
-    resources: Vec<ResourceType>,
-    listeners: Mutex<Vec<Listener>>,
-    stats: Mutex<Stats>,
-    log_limit: usize,
-    bookmark_interval: Duration,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    /// `Some`: only these namespaces exist.
-    namespaces: Option<Vec<String>>,
-}
-
-impl Shared {
-    /// Whether namespace `name` exists (every name does unless [`Builder::existing_namespaces`]).
-    fn namespace_exists(&self, name: &str) -> bool {
-        self.namespaces
-            .as_ref()
-            .is_none_or(|names| names.iter().any(|n| n == name))
-    }
-
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
-        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn listeners(&self) -> std::sync::MutexGuard<'_, Vec<Listener>> {
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn listener(&self, id: usize) -> Option<Listener> {
-        self.listeners().get(id).cloned()
-    }
-
-    /// Binds synchronously (a std listener made non-blocking), so that the admin route can open listeners.
-    fn add_listener(shared: &Arc<Self>, addr: SocketAddr) -> std::io::Result<Listener> {
-        let socket = std::net::TcpListener::bind(addr)?;
-        socket.set_nonblocking(true)?;
-        let socket = TcpListener::from_std(socket)?;
-        let mut listeners = shared.listeners();
-        let listener = Listener::new(listeners.len(), socket.local_addr()?);
-        listeners.push(listener.clone());
-        drop(listeners);
-        shared
-            .tasks
-            .spawn(serve::serve(shared.clone(), listener.clone(), socket));
-        Ok(listener)
-    }
-
-    fn reset_stats(&self) {
-        *self.stats() = Stats::default();
-    }
-
-    fn counts(&self) -> Vec<Count> {
-        self.stats()
-            .counts
-            .iter()
-            .map(|((listener, verb, resource), count)| Count {
-                listener: *listener,
-                verb: verb.clone(),
-                resource: resource.clone(),
-                count: *count,
-            })
-            .collect()
-    }
-
-    fn answer_counts(&self) -> Vec<AnswerCount> {
-        self.stats()
-            .answers
-            .iter()
-            .map(|((resource, verb, code), count)| AnswerCount {
-                resource: resource.clone(),
-                verb: verb.clone(),
-                code: *code,
-                count: *count,
-            })
-            .collect()
-    }
-
-    fn record(&self, record: RequestRecord) {
-        let mut stats = self.stats();
-        if let Some(code) = record.code {
-            *stats
-                .answers
-                .entry((record.resource.clone(), record.verb.clone(), code))
-                .or_default() += 1;
-        }
-        *stats
-            .counts
-            .entry((
-                record.listener,
-                record.verb.clone(),
-                record.resource.clone(),
-            ))
-            .or_default() += 1;
-        if stats.log.len() >= self.log_limit {
-            stats.log.pop_front();
-        }
-        if self.log_limit > 0 {
-            stats.log.push_back(record);
-        }
-    }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use hyper::{Method, Request};
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Where a request goes.
 #[derive(Debug, Clone)]

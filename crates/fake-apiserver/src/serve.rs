@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{Body, error_response};
 use crate::listener::Listener;
 use crate::route::RequestInfo;
+use crate::shared::Shared;
 use crate::status::ApiError;
-use crate::{RequestRecord, Shared, admin, api};
+use crate::{RequestRecord, admin, api};
 
 /// The error that makes hyper close a connection without answering (commit-then-drop).
 #[derive(Debug)]

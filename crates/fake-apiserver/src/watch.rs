@@ -12,11 +12,11 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::Shared;
 use crate::body::Body;
 use crate::listener::Listener;
 use crate::resource::ResourceType;
 use crate::selector::Selector;
+use crate::shared::Shared;
 use crate::status::ApiError;
 use crate::store::Event;
 use crate::table::TableRequest;

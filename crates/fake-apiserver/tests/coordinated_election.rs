@@ -17,9 +17,7 @@ use tokio_util::sync::CancellationToken;
 const NS: &str = "ns1";
 
 fn client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.read_timeout = Some(Duration::from_secs(2));
-    kube::Client::try_from(config).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 async fn server(window: Duration) -> FakeApiServer {

@@ -1,8 +1,6 @@
 //! Custom resources through the real kube 5 client: deletion with finalizers (deletionTimestamp, removal
 //! when the last finalizer goes) and the answer counters per resource, verb and status code.
 
-use std::time::Duration;
-
 use fake_apiserver::{AnswerCount, FakeApiServer, ResourceType};
 use futures::StreamExt;
 use kube::api::{
@@ -12,10 +10,7 @@ use kube::api::{
 use serde_json::json;
 
 fn client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.read_timeout = Some(Duration::from_secs(5));
-    config.default_retry = false;
-    kube::Client::try_from(config).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 async fn claims() -> (FakeApiServer, Api<DynamicObject>) {

@@ -12,23 +12,21 @@ use kube::api::{
     PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::core::ObjectMeta;
+use leaderelection::KubeLeaseLock;
 use serde_json::json;
 
-/// A client with short timeouts and without kube's own retries of 429/503 (so each fault is seen as sent).
+/// The elector's client ([`KubeLeaseLock::client_config`]: without kube's own retries of 429/503, so each
+/// fault is seen as sent) with short read and connect timeouts, so a delayed or dropped answer fails fast.
 fn client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
+    let mut config = KubeLeaseLock::client_config(kube::Config::new(url.parse().unwrap()));
     config.read_timeout = Some(Duration::from_millis(500));
     config.connect_timeout = Some(Duration::from_millis(500));
-    config.default_retry = false;
     kube::Client::try_from(config).unwrap()
 }
 
-/// A client without a read timeout, for watches that stay quiet.
+/// The elector's client as it is (no read timeout), for watches that stay quiet.
 fn watch_client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.read_timeout = None;
-    config.default_retry = false;
-    kube::Client::try_from(config).unwrap()
+    KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 fn lease(name: &str, holder: &str) -> Lease {

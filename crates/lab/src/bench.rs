@@ -80,14 +80,9 @@ impl BenchArgs {
 }
 
 /// A client for the in-process candidates, made as `leader-elect run --server URL` makes its own
-/// ([`KubeLeaseLock::client_config`]).
+/// ([`KubeLeaseLock::client_for_url`]).
 fn client(url: &str) -> anyhow::Result<kube::Client> {
-    let uri = url
-        .parse()
-        .with_context(|| format!("invalid server URL {url}"))?;
-    Ok(kube::Client::try_from(KubeLeaseLock::client_config(
-        kube::Config::new(uri),
-    ))?)
+    Ok(KubeLeaseLock::client_for_url(url)?)
 }
 
 fn defaults() -> Timings {
@@ -187,9 +182,7 @@ async fn failovers(
 async fn yields(runs: usize, network: &Faults) -> anyhow::Result<(Vec<f64>, usize)> {
     let (mut cluster, mut leader) = leading(defaults(), Vec::new(), network).await?;
     let timeout = Duration::from_secs(60);
-    let mut config = kube::Config::new(cluster.server.url().parse()?);
-    config.default_retry = false;
-    let leases: Api<Lease> = Api::namespaced(kube::Client::try_from(config)?, "default");
+    let leases: Api<Lease> = Api::namespaced(client(&cluster.server.url())?, "default");
     // Let the followers open their watches.
     cluster.drain(Duration::from_millis(500)).await;
     let mut samples = Vec::new();

@@ -195,7 +195,7 @@ async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
             Arm::Original | Arm::Intent => {
                 let listener = cluster.server.add_listener().await?;
                 listener.set_faults(faults.clone());
-                let client = sim::client(&listener.url())?;
+                let client = leaderelection::KubeLeaseLock::client_for_url(&listener.url())?;
                 reconcilers.spawn(reconciler(
                     arm,
                     client,

@@ -21,26 +21,11 @@ use claim_coordinator::resources::{
     PhysicalHostStatus, VERSION,
 };
 use claim_coordinator::settings::Settings;
+use leaderelection::KubeLeaseLock;
 use leaderelection_controller::BoxError;
 
 /// The namespace of the simulated pool and Lease.
 pub const NAMESPACE: &str = "default";
-
-/// A kube client for `url` without kube's own retries (every conflict and fault is seen as sent).
-///
-/// # Errors
-///
-/// The client cannot be built (an invalid URL).
-pub fn client(url: &str) -> Result<Client, kube::Error> {
-    let uri = url
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| kube::Error::Service(Box::new(e)))?;
-    let mut config = kube::Config::new(uri);
-    config.default_retry = false;
-    config.read_timeout = None;
-    config.connect_timeout = Some(Duration::from_secs(2));
-    Client::try_from(config)
-}
 
 /// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`).
 #[must_use]
@@ -112,7 +97,7 @@ impl Cluster {
             builder = builder.custom_resource(rt);
         }
         let server = builder.start().await?;
-        let client = client(&server.url())?;
+        let client = KubeLeaseLock::client_for_url(&server.url())?;
         Ok(Self { server, client })
     }
 
@@ -371,7 +356,9 @@ impl Replica {
                         return;
                     };
                     rt.block_on(async move {
-                        let Ok(client) = client(&url) else { return };
+                        let Ok(client) = KubeLeaseLock::client_for_url(&url) else {
+                            return;
+                        };
                         let claimer_metrics = Metrics::new(&mut Registry::default());
                         let Ok((runtime, _)) = coordinator::replica(
                             client.clone(),

@@ -121,10 +121,10 @@ impl Cluster {
     /// The Lease's expiry as last written: renewTime + leaseDurationSeconds (the candidates' wall clock is
     /// this machine's, so it compares with the times they log).
     pub(crate) async fn lease_expiry(&self) -> anyhow::Result<Timestamp> {
-        let mut config = kube::Config::new(self.server.url().parse()?);
-        config.default_retry = false;
-        let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-            kube::Api::namespaced(kube::Client::try_from(config)?, "default");
+        let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(
+            leaderelection::KubeLeaseLock::client_for_url(&self.server.url())?,
+            "default",
+        );
         let spec = api.get("demo").await?.spec.unwrap_or_default();
         let renew = spec
             .renew_time

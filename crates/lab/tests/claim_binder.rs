@@ -497,7 +497,7 @@ async fn optimistic_claimers_racing_for_the_same_claims_agree_on_one_host_each()
     for id in ["consumer-a", "consumer-b", "consumer-c"] {
         let listener = cluster.server.add_listener().await.unwrap();
         claimers.push(Claimer::new(
-            leaderelection_lab::claim_sim::client(&listener.url()).unwrap(),
+            leaderelection::KubeLeaseLock::client_for_url(&listener.url()).unwrap(),
             NAMESPACE,
             id,
             &settings,

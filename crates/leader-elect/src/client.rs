@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::future::BoxFuture;
 use leaderelection::{
-    Config, Denied, KubeLeaseLock, LeaderElectionRecord, LeaseEventStream, LeaseLock, ListedLease,
-    LockError, ObservedLease,
+    ClientError, Config, Denied, KubeLeaseLock, LeaderElectionRecord, LeaseEventStream, LeaseLock,
+    ListedLease, LockError, ObservedLease,
 };
 use leaderelection_controller::settings::Environment;
 use tokio_util::sync::CancellationToken;
@@ -24,21 +24,23 @@ pub(crate) struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// A client made fit for the elector ([`KubeLeaseLock::client_config`]).
+    /// A client made fit for the elector ([`KubeLeaseLock::client`]).
     pub(crate) async fn client(&self) -> Result<kube::Client, Failure> {
-        let config = match &self.server {
-            Some(url) => {
-                let uri = url.parse().map_err(|e| {
-                    Failure::Usage(anyhow::anyhow!("invalid --server \"{url}\": {e}"))
-                })?;
-                kube::Config::new(uri)
-            }
-            None => kube::Config::infer()
-                .await
-                .context("no --server, no usable kubeconfig and not in a cluster")?,
+        let client = match &self.server {
+            Some(url) => KubeLeaseLock::client_for_url(url).map_err(|e| match e {
+                ClientError::InvalidUrl { .. } => {
+                    Failure::Usage(anyhow::anyhow!("invalid --server: {e}"))
+                }
+                e => Failure::from(anyhow::Error::from(e)),
+            })?,
+            None => KubeLeaseLock::client(
+                kube::Config::infer()
+                    .await
+                    .context("no --server, no usable kubeconfig and not in a cluster")?,
+            )
+            .context("building the Kubernetes client")?,
         };
-        Ok(kube::Client::try_from(KubeLeaseLock::client_config(config))
-            .context("building the Kubernetes client")?)
+        Ok(client)
     }
 }
 
@@ -337,9 +339,7 @@ mod tests {
     /// Whether `identity` may name a LeaseCandidate, as the library checks it before registering one.
     #[tokio::test]
     async fn a_generated_identity_names_a_lease_candidate_whatever_the_hostname() {
-        let client =
-            kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
-                .unwrap();
+        let client = KubeLeaseLock::client_for_url("http://127.0.0.1:1").unwrap();
         let long_label = "H".repeat(64);
         let many_labels = ["a"; 200].join(".");
         for (host, expected) in [

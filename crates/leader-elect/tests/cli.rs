@@ -258,7 +258,7 @@ async fn rbac_denial_is_a_runtime_error_naming_the_verbs() {
 
 /// A client of the fake API server, as `--server URL` makes one.
 fn client(url: &str) -> kube::Client {
-    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 /// The election record of Lease `default/name`.

@@ -1537,7 +1537,7 @@ async fn sigterm_while_waiting_for_the_api_server_exits_0() {
 /// The notes of the `events.k8s.io/v1` Events regarding Lease `default/proc`, reported by leader-elect.
 async fn lease_event_notes(url: &str) -> Vec<String> {
     use k8s_openapi::api::events::v1::Event;
-    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let client = leaderelection::KubeLeaseLock::client_for_url(url).unwrap();
     let events: kube::Api<Event> = kube::Api::namespaced(client, "default");
     events
         .list(&Default::default())
@@ -1619,7 +1619,7 @@ async fn run_gives_the_lease_it_creates_the_labels_and_annotations_of_its_flags(
     })
     .await
     .expect("the candidate leads");
-    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let client = leaderelection::KubeLeaseLock::client_for_url(&server.url()).unwrap();
     let lease = kube::Api::<Lease>::namespaced(client, "default")
         .get("proc")
         .await

@@ -33,7 +33,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
-use leaderelection::{Config, Term};
+use leaderelection::{Config, KubeLeaseLock, Term};
 use leaderelection_controller::signals::Signals;
 use leaderelection_controller::{BoxError, LeaderContext, Runtime};
 use schemars::JsonSchema;
@@ -79,7 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let identity = std::env::var("POD_NAME")?;
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
     let admin = std::env::var("ADMIN_ADDR").unwrap_or_else(|_| "0.0.0.0:8080".into());
-    let client = Client::try_default().await?;
+    // The kubeconfig or the in-cluster service account, with kube's own retries off (the elector's).
+    let client = KubeLeaseLock::client(kube::Config::infer().await?)?;
     let config = Config::new(identity, "greeting-controller", namespace);
 
     let runtime = Runtime::builder(client.clone(), config)

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A leader-election event.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The component started campaigning (published once, when `run` starts).
     LeaderElectionStarted {

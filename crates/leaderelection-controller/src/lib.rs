@@ -38,28 +38,51 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## RBAC
+//! # Features
+//!
+//! Each optional module is behind a feature of its name (as kubert gates its modules); the defaults build
+//! them all.
+//!
+//! | feature | default | what it builds | what it pulls in |
+//! | --- | --- | --- | --- |
+//! | `runtime` | yes | [`Runtime`] and [`runtime::Builder`], the composition root, and the [`recorder`] of Kubernetes Events on the Lease it runs ([`runtime::Builder::events`]) | the feature `admin`, whose server it runs; kube's `runtime` feature (kube-runtime's event recorder) |
+//! | `admin` | via `runtime` | the [`admin`] server (`/healthz`, `/readyz`, `/metrics`, `/debug/vars`) and [`Admin`] | `axum` (HTTP/1 only), `serde_json` |
+//! | `settings` | yes | [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`) | `serde`, `serde_norway` |
+//!
+//! Always built: [`Election`], [`Supervisor`], the [`EventBus`], the [`commentator`] and [`Metrics`]
+//! (prometheus-client): the supervisor counts its restarts into [`Metrics`], so metrics have no feature
+//! of their own. The Events recorder has none either: only the [`Runtime`] runs it. `--no-default-features`
+//! leaves the election, the supervisor, the event bus, metrics and logs, for a program that serves its own
+//! HTTP and reads its own configuration.
+//!
+//! # RBAC
 //!
 //! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`. With
 //! [`runtime::Builder::events`], also `events.k8s.io` `events`: `create`, `patch`. With
 //! [`runtime::Builder::coordinated`], also `coordination.k8s.io` `leasecandidates`: `get`, `create`,
 //! `update`, `delete`, `list`, `watch`.
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod commentator;
 mod election;
 mod events;
 mod metrics;
+#[cfg(feature = "runtime")]
 pub mod recorder;
+#[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "settings")]
 pub mod settings;
 pub mod signals;
 mod supervisor;
 
+#[cfg(feature = "admin")]
 pub use crate::admin::Admin;
 pub use crate::election::{Election, ElectionBuilder, ElectionHandle};
 pub use crate::events::{Event, EventBus, Received, Subscription};
 pub use crate::metrics::Metrics;
+#[cfg(feature = "runtime")]
 pub use crate::runtime::{Runtime, RuntimeError};
 pub use crate::supervisor::{
     BoxError, BudgetSpent, Failure, LeaderContext, Policy, Supervised, Supervisor, SupervisorError,

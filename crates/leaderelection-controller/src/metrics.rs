@@ -336,7 +336,8 @@ impl Metrics {
             .budget_exhausted += 1;
     }
 
-    /// The failures of each supervised component that failed at least once, by name.
+    /// The failures of each supervised component that failed at least once, by name (`/debug/vars`).
+    #[cfg(feature = "admin")]
     pub(crate) fn component_failures(&self) -> BTreeMap<String, ComponentFailures> {
         self.inner
             .components

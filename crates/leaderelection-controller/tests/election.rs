@@ -37,6 +37,8 @@ fn name(event: &Event) -> String {
         } => {
             format!("event:new_leader({new_leader_identity},{is_self})")
         }
+        // `Event` is `#[non_exhaustive]`: a later event is logged as it prints.
+        other => format!("event:{other:?}"),
     }
 }
 

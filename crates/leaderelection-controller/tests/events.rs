@@ -19,9 +19,7 @@ const NAMESPACE: &str = "ns1";
 const LEASE: &str = "events-test";
 
 fn client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.default_retry = false;
-    kube::Client::try_from(config).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 fn config(identity: &str) -> Config {

@@ -27,9 +27,7 @@ const BOUND: Duration = Duration::from_secs(30);
 const NAMESPACE: &str = "default";
 
 fn client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.default_retry = false;
-    kube::Client::try_from(config).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 /// One replica: a runtime whose only component is the example's controller.

@@ -43,9 +43,7 @@ struct Replica {
 
 async fn start_replica(server: &FakeApiServer, index: usize, activity: Arc<Activity>) -> Replica {
     let listener = server.add_listener().await.unwrap();
-    let mut kube_config = kube::Config::new(listener.url().parse().unwrap());
-    kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config).unwrap();
+    let client = leaderelection::KubeLeaseLock::client_for_url(&listener.url()).unwrap();
     let all_replica_running = Arc::new(AtomicBool::new(false));
     let supervisor = Supervisor::new(Policy::default())
         .all_replica("watcher", {

@@ -17,9 +17,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runtime_runs_per_shard_work_and_releases_the_shards_on_shutdown() {
     let server = FakeApiServer::start().await.unwrap();
-    let mut kube_config = kube::Config::new(server.url().parse().unwrap());
-    kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config).unwrap();
+    let client = leaderelection::KubeLeaseLock::client_for_url(&server.url()).unwrap();
     let timings = |c: Config| {
         c.with_lease_duration(Duration::from_secs(2))
             .with_renew_deadline(Duration::from_secs(1))
@@ -61,7 +59,14 @@ async fn the_runtime_runs_per_shard_work_and_releases_the_shards_on_shutdown() {
     .await
     .expect("the replica holds the 4 shards within 10 s")
     .unwrap();
-    assert_eq!(*working.lock().unwrap(), BTreeSet::from([0, 1, 2, 3]));
+    // A shard's work starts in its own task after its term is published: wait for the four.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *working.lock().unwrap() != BTreeSet::from([0, 1, 2, 3]) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every shard's work runs within 10 s");
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

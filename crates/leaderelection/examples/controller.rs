@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let identity = std::env::var("POD_NAME")?;
-    let client = kube::Client::try_default().await?;
+    // The kubeconfig or the in-cluster service account, with kube's own retries off (the elector's).
+    let client = KubeLeaseLock::client(kube::Config::infer().await?)?;
     let config = Config::new(identity, "example-controller", "default");
     let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
 

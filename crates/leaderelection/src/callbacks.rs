@@ -127,6 +127,7 @@ impl Callbacks {
 
 /// What a request to the Lease store was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Phase {
     /// A follower reading or taking the Lease.
     Acquire,

@@ -160,6 +160,7 @@ fn parse_version(field: &'static str, value: &str) -> Result<[u64; 3], ConfigErr
 
 /// Where this candidate's registration stands, published through [`Coordination`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CandidateStatus {
     /// Not known yet whether the API server serves LeaseCandidates, or not registered yet.
     #[default]
@@ -342,6 +343,7 @@ impl RequestError {
 
 /// Why [`Candidate::run`] stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CandidateError {
     /// RBAC refuses a request on our LeaseCandidate (403 Forbidden): the candidate can never register.
     #[error(transparent)]
@@ -873,9 +875,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_renewal_answers_a_ping_from_a_clock_ahead_of_ours() {
-        let client =
-            kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
-                .unwrap();
+        let client = crate::KubeLeaseLock::client_for_url("http://127.0.0.1:1").unwrap();
         let candidate = Candidate::new(
             client,
             &Config::new("a", "l", "ns"),

@@ -32,7 +32,7 @@
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = kube::Client::try_default().await?;
+//! let client = KubeLeaseLock::client(kube::Config::infer().await?)?;
 //! let config = Config::new(std::env::var("POD_NAME")?, "my-controller", "default");
 //! let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
 //! let elector = Elector::new(
@@ -98,8 +98,8 @@ pub use crate::elector::{Elector, ElectorBuilder, ElectorHandle, Error};
 pub use crate::healthz::{Unhealthy, Watchdog};
 pub use crate::lock::metadata;
 pub use crate::lock::{
-    KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata, ListedLease, LockError,
-    MetadataError, ObservedLease,
+    ClientError, KubeLeaseLock, LeaseEvent, LeaseEventStream, LeaseLock, LeaseMetadata,
+    ListedLease, LockError, MetadataError, ObservedLease,
 };
 #[cfg(any(test, feature = "test-util"))]
 pub use crate::lock::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};

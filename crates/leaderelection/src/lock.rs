@@ -8,7 +8,7 @@ pub(crate) mod kube;
 mod memory;
 pub mod metadata;
 
-pub use self::kube::KubeLeaseLock;
+pub use self::kube::{ClientError, KubeLeaseLock};
 #[cfg(any(test, feature = "test-util"))]
 pub use self::memory::{LockCall, LockFault, MemoryLeaseLock, MemoryLeaseStore};
 pub use self::metadata::{LeaseMetadata, MetadataError};
@@ -60,6 +60,7 @@ pub type LeaseEventStream = BoxStream<'static, Result<LeaseEvent, LockError>>;
 /// normal outcomes of the protocol, [`LockError::Forbidden`] on watch as "fall back to polling", and
 /// everything else as transient: it retries forever.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     /// The Lease does not exist (HTTP 404 NotFound).
     #[error("lease not found")]

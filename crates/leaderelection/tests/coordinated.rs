@@ -20,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 const NS: &str = "default";
 
 fn client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.default_retry = false;
-    kube::Client::try_from(config).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 /// Short timings: 2 s Lease, 1 s renew deadline, 200 ms retry period.

@@ -24,9 +24,7 @@ async fn bounded<F: Future>(f: F) -> F::Output {
 }
 
 fn client(url: &str) -> kube::Client {
-    let mut config = kube::Config::new(url.parse().unwrap());
-    config.default_retry = false;
-    kube::Client::try_from(config).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 fn record(holder: &str, transitions: i32) -> LeaderElectionRecord {
@@ -307,8 +305,7 @@ async fn an_update_guarded_by_a_version_the_lock_has_not_seen_reads_the_lease_fi
 
 #[tokio::test]
 async fn a_bad_label_is_refused_before_any_request() {
-    let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
+    let client = client("http://127.0.0.1:1");
     let refused = KubeLeaseLock::new(client, "default", "meta")
         .with_metadata(metadata(&[("team", "not ok")], &[]))
         .unwrap_err();

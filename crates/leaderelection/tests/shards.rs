@@ -86,10 +86,7 @@ impl Replica {
 }
 
 fn client(url: &str) -> kube::Client {
-    let mut kube_config = kube::Config::new(url.parse().unwrap());
-    kube_config.default_retry = false;
-    kube_config.read_timeout = None;
-    kube::Client::try_from(kube_config).unwrap()
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
 }
 
 /// The timings of most tests: 2 s / 1 s / 250 ms.

@@ -29,6 +29,7 @@ use fake_apiserver::Faults;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use leaderelection::KubeLeaseLock;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
@@ -397,14 +398,10 @@ async fn run_once(
     cluster.verbose = args.verbose;
     let token = format!("{}-{seed}", std::process::id());
     cluster.env.push((MARKER.into(), token.clone()));
-    let api = {
-        let mut config = kube::Config::new(cluster.server.url().parse().context("server url")?);
-        config.default_retry = false;
-        Api::namespaced(
-            kube::Client::try_from(config).context("building a client")?,
-            "default",
-        )
-    };
+    let api = Api::namespaced(
+        KubeLeaseLock::client_for_url(&cluster.server.url()).context("building a client")?,
+        "default",
+    );
     let plan = Plan::new(
         seed,
         args.candidates,

@@ -20,6 +20,24 @@ use crate::LeaderElectionRecord;
 /// Under kube's default 295 s read timeout, as client-go's reflector keeps its watches.
 pub(crate) const WATCH_TIMEOUT_SECONDS: u32 = 290;
 
+/// Why [`KubeLeaseLock::client`] or [`KubeLeaseLock::client_for_url`] made no client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The API server's URL is not a URI.
+    #[error("invalid API server URL {url:?}: {source}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it does not parse.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// kube could not build a client from the configuration (its TLS or proxy settings).
+    #[error("building the Kubernetes client: {0}")]
+    Build(#[source] kube::Error),
+}
+
 /// A [`LeaseLock`] on one Lease, through a kube [`Client`].
 ///
 /// Writes are a POST (create) and a PUT carrying the `resourceVersion` read (update): never a patch, never
@@ -79,6 +97,30 @@ impl KubeLeaseLock {
         config.read_timeout = None;
         config.connect_timeout = Some(std::time::Duration::from_secs(5));
         config
+    }
+
+    /// A kube [`Client`] built from `config` made fit for an elector ([`KubeLeaseLock::client_config`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Build`] when kube cannot build a client from `config` (its TLS or proxy settings).
+    pub fn client(config: kube::Config) -> Result<Client, ClientError> {
+        Client::try_from(Self::client_config(config)).map_err(ClientError::Build)
+    }
+
+    /// A kube [`Client`] to the API server at `url` (e.g. `http://127.0.0.1:6443`, as `fake-apiserver`
+    /// prints), without credentials, made fit for an elector ([`KubeLeaseLock::client`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::InvalidUrl`] when `url` is not a URI; [`ClientError::Build`] as
+    /// [`KubeLeaseLock::client`].
+    pub fn client_for_url(url: &str) -> Result<Client, ClientError> {
+        let uri = url.parse().map_err(|source| ClientError::InvalidUrl {
+            url: url.to_owned(),
+            source,
+        })?;
+        Self::client(kube::Config::new(uri))
     }
 
     /// A lock on Lease `namespace/name`.

@@ -353,7 +353,7 @@ mod tests {
     use super::*;
 
     fn client(server: &FakeApiServer) -> kube::Client {
-        kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap()
+        KubeLeaseLock::client_for_url(&server.url()).unwrap()
     }
 
     /// Lease `work-0` at `resource_version`, held by `holder`.
