@@ -347,14 +347,15 @@ pub(crate) fn overlaps(writers: &[Writer]) -> Vec<(Writer, Writer)> {
     found
 }
 
-/// When `w`'s term started: the first heartbeat of any process in it (a child restarted in the term
-/// writes under another pid), not counting those before a Lease deletion that came before `w` started (a
-/// candidate restarted under the same identity may create the Lease again with the same term number).
-fn term_start(writers: &[Writer], w: &Writer, deletions: &[Timestamp]) -> Timestamp {
+/// When `w`'s term started: the first heartbeat of any child of the same leader-elect process in it (a
+/// child restarted in the term writes under another pid, also after a Lease deletion its leader-elect has
+/// not seen yet). A candidate restarted under the same identity that creates the Lease again with the same
+/// term number is another process (incarnation), hence another term; one process never reuses a term
+/// number (rule 11).
+fn term_start(writers: &[Writer], w: &Writer) -> Timestamp {
     writers
         .iter()
         .filter(|other| other.same_term(w))
-        .filter(|other| !deletions.iter().any(|&d| other.first < d && d <= w.first))
         .map(|other| other.first)
         .min()
         .unwrap_or(w.first)
@@ -367,7 +368,7 @@ fn term_start(writers: &[Writer], w: &Writer, deletions: &[Timestamp]) -> Timest
 /// leader-elect logs it.)
 fn excused(a: &Writer, b: &Writer, writers: &[Writer], observed: &Observed) -> bool {
     let lease = SignedDuration::try_from(observed.lease_duration).unwrap_or(SignedDuration::MAX);
-    let start = |w| term_start(writers, w, &observed.deletions);
+    let start = |w| term_start(writers, w);
     let (start_a, start_b) = (start(a), start(b));
     let (older, newer_start) = match start_a.cmp(&start_b) {
         std::cmp::Ordering::Less => (a, start_b),
@@ -1034,9 +1035,9 @@ mod tests {
     fn a_term_number_reused_after_a_deletion_starts_anew() {
         let log = sorted(
             [
-                work(0, "c", 10, 0, 1000),
-                work(1, "a", 11, 2000, 2600),
-                work(0, "c", 12, 2550, 4000),
+                work_of(0, 0, "c", 10, 0, 1000),
+                work_of(1, 1, "a", 11, 2000, 2600),
+                work_of(2, 0, "c", 12, 2550, 4000),
             ]
             .concat(),
         );
@@ -1047,6 +1048,36 @@ mod tests {
         let report = check(&log, &seen);
         assert_eq!(report.violations, vec![]);
         assert_eq!(report.forced_overlaps, vec![Duration::from_millis(50)]);
+    }
+
+    /// Soak regression (seed 31000234): a holder restarted its killed child in its term just after the
+    /// Lease was deleted, before its leader-elect learned of the deletion, while another candidate had
+    /// already created the Lease with the next term: the restarted child belongs to the overridden term
+    /// (same leader-elect process), which started before the deletion.
+    #[test]
+    fn a_child_restarted_in_its_term_after_a_deletion_is_the_overridden_holder() {
+        let log = sorted(
+            [
+                work_of(0, 1, "a", 10, 0, 500),
+                work_of(0, 1, "a", 12, 1100, 1200),
+                work_of(1, 2, "b", 11, 1090, 3000),
+            ]
+            .concat(),
+        );
+        let mut seen = observed(3000);
+        seen.last_fault_end = at(1080);
+        let unexcused = check(&log, &seen).violations;
+        assert!(
+            unexcused
+                .iter()
+                .any(|v| matches!(v, Violation::Overlap { .. })),
+            "{unexcused:?}"
+        );
+        seen.forced = vec![at(1080)];
+        seen.deletions = vec![at(1080)];
+        let report = check(&log, &seen);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.forced_overlaps, vec![Duration::from_millis(100)]);
     }
 
     /// Soak regression: the Lease was deleted while its holder was frozen; the next term started at once,
