@@ -63,7 +63,7 @@ fn the_ci_profile_finds_no_violation() {
     assert_eq!(summary(&text, "violations: "), 0, "seed {seed}: {text}");
 }
 
-/// Issue 18's adversarial faults alone, each of which found two holders at once (or a request storm)
+/// The identity and frozen-elector faults alone, each of which found two holders at once (or a request storm)
 /// before the fixes: a second process under a cut-off candidate's identity, two live processes under one
 /// identity, SIGSTOP of leader-elect alone, Ctrl-Z.
 #[test]

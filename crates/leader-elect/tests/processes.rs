@@ -1070,7 +1070,7 @@ async fn stopped(pid: Pid) -> bool {
     .is_some()
 }
 
-/// Rule 13, as the "done when" puts it: candidate `a` leads with fenced heartbeats (FAST timings,
+/// Rule 13: candidate `a` leads with fenced heartbeats (FAST timings,
 /// on the default listener), `b` follows (on its own). `a`'s leader-elect alone, not its child's group
 /// nor the guardian's, gets `signal` and stays stopped for 3 x lease duration; `once_stopped(a's child)`
 /// runs once it is. While `a` is stopped, `b`'s child starts and `a`'s child is gone: nothing in `a` can

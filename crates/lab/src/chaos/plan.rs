@@ -284,7 +284,7 @@ mod tests {
         assert!(chosen.faults.iter().all(|f| only.contains(&f.kind)));
     }
 
-    /// A stop of leader-elect alone lasts up to 3 x lease (the scenario), and a second process
+    /// A stop of leader-elect alone lasts up to 3 x lease (the scenario of `rule_13_sigstop_of_leader_elect_alone_lets_no_two_children_work_at_once`), and a second process
     /// under a candidate's identity lives at least a lease (long enough to take an expired Lease).
     #[test]
     fn the_adversarial_kinds_last_their_planned_multiples_of_the_lease() {
