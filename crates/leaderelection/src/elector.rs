@@ -91,7 +91,8 @@ pub struct Elector {
 /// What [`Elector::builder`] collects; [`ElectorBuilder::build`] makes the [`Elector`].
 pub struct ElectorBuilder {
     config: Config,
-    lock: Box<dyn LeaseLock>,
+    /// `None`: standalone ([`Elector::standalone`]).
+    lock: Option<Box<dyn LeaseLock>>,
     callbacks: Callbacks,
     observer: Arc<dyn Observer>,
     coordination: Option<Coordination>,
@@ -113,12 +114,14 @@ impl std::fmt::Debug for ElectorBuilder {
 #[derive(Clone, Debug)]
 pub struct ElectorHandle {
     config: Arc<Config>,
+    standalone: bool,
     state: watch::Sender<LeaderState>,
 }
 
 struct Inner {
     config: Arc<Config>,
-    lock: Box<dyn LeaseLock>,
+    /// `None`: standalone ([`Elector::standalone`]): leads at once, no API call.
+    lock: Option<Box<dyn LeaseLock>>,
     callbacks: Callbacks,
     observer: Arc<dyn Observer>,
     state: watch::Sender<LeaderState>,
@@ -188,7 +191,9 @@ impl ElectorBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`].
+    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`], or (field
+    /// `coordination`) when a standalone elector ([`Elector::standalone`]) is given a coordination: it
+    /// makes no API call, so it can register no LeaseCandidate.
     pub fn build(self) -> Result<Elector, ConfigError> {
         let Self {
             config,
@@ -198,6 +203,14 @@ impl ElectorBuilder {
             coordination,
         } = self;
         config.validate()?;
+        if lock.is_none() && coordination.is_some() {
+            return Err(ConfigError::new(
+                "coordination",
+                "set".to_string(),
+                "a standalone elector makes no API call, so it cannot take part in coordinated \
+                 leader election: build it with Elector::builder",
+            ));
+        }
         let state = watch::Sender::new(LeaderState::default());
         if let Some(coordination) = &coordination {
             // The candidate tells from our state whether the Lease has a leader.
@@ -224,7 +237,27 @@ impl Elector {
     pub fn builder(config: Config, lock: impl LeaseLock) -> ElectorBuilder {
         ElectorBuilder {
             config,
-            lock: Box::new(lock),
+            lock: Some(Box::new(lock)),
+            callbacks: Callbacks::new(),
+            observer: Arc::new(NoopObserver),
+            coordination: None,
+        }
+    }
+
+    /// A builder for a candidate that runs alone (single-replica installs, or election switched off in
+    /// the settings): [`Elector::run`] makes it leader at once, with term 0 and no deadline, makes no
+    /// API call, takes no Lock, and still publishes its state and runs the callbacks; on shutdown it stops
+    /// the work within [`Config::effective_stop_timeout`] and reports
+    /// [`StopReason::Shutdown`].
+    ///
+    /// `config` is validated as for an election (so that switching election on later cannot fail), and
+    /// its identity, Lease name and namespace still name the candidate in logs, metrics and state. It
+    /// cannot be given a coordination ([`ElectorBuilder::build`] rejects one).
+    #[must_use]
+    pub fn standalone(config: Config) -> ElectorBuilder {
+        ElectorBuilder {
+            config,
+            lock: None,
             callbacks: Callbacks::new(),
             observer: Arc::new(NoopObserver),
             coordination: None,
@@ -250,6 +283,7 @@ impl Elector {
     pub fn handle(&self) -> ElectorHandle {
         ElectorHandle {
             config: self.inner.config.clone(),
+            standalone: self.inner.lock.is_none(),
             state: self.inner.state.clone(),
         }
     }
@@ -280,16 +314,22 @@ impl Elector {
     /// contends for the shard: never two at once (each run's task is awaited before the next starts).
     pub(crate) async fn drive(&self, shutdown: CancellationToken) {
         let inner = &self.inner;
+        let config = &inner.config;
+        let lease = match &inner.lock {
+            Some(lock) => lock.describe(),
+            None => format!("{}/{}", config.lease_namespace, config.lease_name),
+        };
         info!(
-            identity = %inner.config.identity,
-            lease = %inner.lock.describe(),
-            enabled = inner.config.enabled,
+            identity = %config.identity,
+            lease = %lease,
+            standalone = inner.lock.is_none(),
             "leader election started"
         );
-        if inner.config.enabled {
-            Runner::new(inner, shutdown).run().await;
-        } else {
-            run_disabled(inner, shutdown).await;
+        match &inner.lock {
+            Some(lock) => {
+                Runner::new(inner, lock.as_ref(), shutdown).run().await;
+            }
+            None => run_standalone(inner, shutdown).await,
         }
     }
 }
@@ -307,6 +347,12 @@ impl ElectorHandle {
     #[must_use]
     pub fn identity(&self) -> &str {
         &self.config.identity
+    }
+
+    /// Whether the candidate was built by [`Elector::standalone`] (leads alone, no election).
+    #[must_use]
+    pub fn is_standalone(&self) -> bool {
+        self.standalone
     }
 
     /// Whether the candidate leads now: it holds a term whose deadline has not passed (client-go's
@@ -337,8 +383,9 @@ impl ElectorHandle {
     }
 }
 
-/// Disabled mode: lead at once, make no API call, still publish the state and run the callbacks.
-async fn run_disabled(inner: &Inner, shutdown: CancellationToken) {
+/// A standalone elector's run ([`Elector::standalone`]): lead at once, make no API call, still publish
+/// the state and run the callbacks.
+async fn run_standalone(inner: &Inner, shutdown: CancellationToken) {
     let identity = inner.config.identity.clone();
     let term = Term {
         holder: identity.clone(),
@@ -681,6 +728,8 @@ enum Hold {
 /// The state of one `run`.
 struct Runner<'a> {
     inner: &'a Inner,
+    /// The Lease lock of an elected [`Inner`] (a standalone one has none and never runs a `Runner`).
+    lock: &'a dyn LeaseLock,
     shutdown: CancellationToken,
     seen: Seen,
     /// `seen` must be read again before deciding. What was seen is kept, so that a re-read finding the
@@ -725,7 +774,7 @@ impl Watching {
 // === impl Runner ===
 
 impl<'a> Runner<'a> {
-    fn new(inner: &'a Inner, shutdown: CancellationToken) -> Self {
+    fn new(inner: &'a Inner, lock: &'a dyn LeaseLock, shutdown: CancellationToken) -> Self {
         let watching = if inner.config.watch {
             Watching::Idle
         } else {
@@ -733,6 +782,7 @@ impl<'a> Runner<'a> {
         };
         Self {
             inner,
+            lock,
             shutdown,
             seen: Seen::Unknown,
             stale: true,
@@ -853,7 +903,7 @@ impl<'a> Runner<'a> {
         let Some(first) = &self.foreign_seen else {
             warn!(
                 identity = %self.identity(),
-                lease = %self.inner.lock.describe(),
+                lease = %self.lock.describe(),
                 term = record.lease_transitions,
                 "the lease names this candidate's identity but another process wrote it (an earlier run \
                  of this candidate, or another process with the same identity); not taking it until it \
@@ -875,7 +925,7 @@ impl<'a> Runner<'a> {
         self.identity_alarm = Some(now);
         error!(
             identity = %self.identity(),
-            lease = %self.inner.lock.describe(),
+            lease = %self.lock.describe(),
             term = record.lease_transitions,
             "another process holds the lease under this candidate's identity {} and renews it: two \
              processes share one identity (a pod recreated with the same name while the old one still \
@@ -1040,10 +1090,7 @@ impl<'a> Runner<'a> {
 
     /// GETs the Lease. `false` on a transient error (already logged).
     async fn read(&mut self) -> bool {
-        match self
-            .request("get", Phase::Acquire, self.inner.lock.get())
-            .await
-        {
+        match self.request("get", Phase::Acquire, self.lock.get()).await {
             Ok(Some(lease)) => {
                 self.drop_watch_if_it_missed(Some(&lease.resource_version));
                 self.observe(lease);
@@ -1085,8 +1132,7 @@ impl<'a> Runner<'a> {
     fn observe(&mut self, lease: ObservedLease) {
         let now = Instant::now();
         let first_seen = || {
-            self.inner
-                .lock
+            self.lock
                 .first_seen(&lease)
                 .filter(|seen| *seen <= now)
                 .unwrap_or(now)
@@ -1205,10 +1251,10 @@ impl<'a> Runner<'a> {
         let valid_until = sent_at + self.config().renew_deadline;
         self.own.sending(&desired, self.config().lease_duration);
         let (verb, call) = match guard {
-            None => ("create", self.inner.lock.create(&desired)),
+            None => ("create", self.lock.create(&desired)),
             Some(lease) => (
                 "update",
-                self.inner.lock.update(&desired, &lease.resource_version),
+                self.lock.update(&desired, &lease.resource_version),
             ),
         };
         let result = self
@@ -1226,7 +1272,7 @@ impl<'a> Runner<'a> {
         {
             warn!(
                 identity = %self.identity(),
-                lease = %self.inner.lock.describe(),
+                lease = %self.lock.describe(),
                 term = late.record.lease_transitions,
                 "the acquire was answered after its renew deadline (a slow API server or a frozen \
                  process); not starting that term"
@@ -1246,7 +1292,7 @@ impl<'a> Runner<'a> {
                 // creating again at once would loop without a pause, so retry after a retry period.
                 warn!(
                     identity = %self.identity(),
-                    lease = %self.inner.lock.describe(),
+                    lease = %self.lock.describe(),
                     "creating the lease answered 404 Not Found (its namespace does not exist, or leases \
                      are not served there); retrying after a retry period"
                 );
@@ -1333,10 +1379,7 @@ impl<'a> Runner<'a> {
             // Under coordination a missing Lease is created by the election controller: watch for it from
             // the collection's version (a forbidden list is a forbidden watch, below).
             None if self.coordinated() => {
-                match self
-                    .request("list", Phase::Watch, self.inner.lock.list())
-                    .await
-                {
+                match self.request("list", Phase::Watch, self.lock.list()).await {
                     Ok(ListedLease {
                         lease: Some(lease), ..
                     }) => {
@@ -1351,7 +1394,7 @@ impl<'a> Runner<'a> {
         };
         let opened = match from {
             Ok(from) => {
-                self.request("watch", Phase::Watch, self.inner.lock.watch(&from))
+                self.request("watch", Phase::Watch, self.lock.watch(&from))
                     .await
             }
             Err(err) => Err(err),
@@ -1363,7 +1406,7 @@ impl<'a> Runner<'a> {
             Err(LockError::Forbidden(message)) => {
                 warn!(
                     identity = %self.identity(),
-                    lease = %self.inner.lock.describe(),
+                    lease = %self.lock.describe(),
                     %message,
                     "watching the lease is forbidden; polling every jittered retry period instead \
                      (grant list and watch on leases for instant takeover)"
@@ -1430,16 +1473,13 @@ impl<'a> Runner<'a> {
             self.gone_logged = true;
             warn!(
                 identity = %self.identity(),
-                lease = %self.inner.lock.describe(),
+                lease = %self.lock.describe(),
                 "the lease's resourceVersion is too old to watch from (410 Gone: the API server keeps a \
                  short watch history, or restarted); resuming from a list's, after a retry period (logged \
                  once)"
             );
         }
-        match self
-            .request("list", Phase::Watch, self.inner.lock.list())
-            .await
-        {
+        match self.request("list", Phase::Watch, self.lock.list()).await {
             Ok(listed) => {
                 match listed.lease {
                     Some(lease) => self.observe(lease),
@@ -1504,7 +1544,7 @@ impl<'a> Runner<'a> {
         };
         info!(
             identity = %self.identity(),
-            lease = %self.inner.lock.describe(),
+            lease = %self.lock.describe(),
             term = term.transitions,
             "became leader"
         );
@@ -1540,7 +1580,7 @@ impl<'a> Runner<'a> {
                     work.task = None;
                     error!(
                         identity = %self.identity(),
-                        lease = %self.inner.lock.describe(),
+                        lease = %self.lock.describe(),
                         term = term.transitions,
                         %error,
                         "leader-only work failed (it returned an error or panicked); ending the term so \
@@ -1568,7 +1608,7 @@ impl<'a> Runner<'a> {
         });
         warn!(
             identity = %self.identity(),
-            lease = %self.inner.lock.describe(),
+            lease = %self.lock.describe(),
             term = term.transitions,
             %reason,
             "stopped leading"
@@ -1723,7 +1763,7 @@ impl<'a> Runner<'a> {
                     "update",
                     Phase::Renew,
                     tenure.valid_until,
-                    self.inner.lock.update(&desired, &tenure.lease.resource_version),
+                    self.lock.update(&desired, &tenure.lease.resource_version),
                 ) => renewed,
             };
             match &renewed {
@@ -1777,12 +1817,7 @@ impl<'a> Runner<'a> {
     /// again in this run.
     async fn open_own_watch(&mut self, resume_from: &str, by: Instant) -> bool {
         match self
-            .request_until(
-                "watch",
-                Phase::Watch,
-                by,
-                self.inner.lock.watch(resume_from),
-            )
+            .request_until("watch", Phase::Watch, by, self.lock.watch(resume_from))
             .await
         {
             Ok(events) => {
@@ -1864,7 +1899,7 @@ impl<'a> Runner<'a> {
     /// (retry), `Err` the term ended.
     async fn reread(&mut self, valid_until: Instant) -> Result<Option<ObservedLease>, StopReason> {
         let read = self
-            .request_until("get", Phase::SlowPath, valid_until, self.inner.lock.get())
+            .request_until("get", Phase::SlowPath, valid_until, self.lock.get())
             .await;
         match read {
             Ok(Some(fresh)) => {
@@ -1893,7 +1928,7 @@ impl<'a> Runner<'a> {
         let deadline = Instant::now() + self.config().renew_deadline;
         while Instant::now() < deadline {
             let read = self
-                .request_until("get", Phase::Release, deadline, self.inner.lock.get())
+                .request_until("get", Phase::Release, deadline, self.lock.get())
                 .await;
             let fresh = match read {
                 Ok(Some(fresh)) if self.own.wrote(&fresh.record) => fresh,
@@ -1917,12 +1952,12 @@ impl<'a> Runner<'a> {
                     "update",
                     Phase::Release,
                     deadline,
-                    self.inner.lock.update(&released, &fresh.resource_version),
+                    self.lock.update(&released, &fresh.resource_version),
                 )
                 .await
             {
                 Ok(lease) => {
-                    info!(identity = %self.identity(), lease = %self.inner.lock.describe(), "released the lease");
+                    info!(identity = %self.identity(), lease = %self.lock.describe(), "released the lease");
                     self.observe(lease);
                     return true;
                 }
@@ -2014,7 +2049,7 @@ impl<'a> Runner<'a> {
         }
         warn!(
             identity = %self.identity(),
-            lease = %self.inner.lock.describe(),
+            lease = %self.lock.describe(),
             error = %err,
             "error {what}; retrying"
         );
