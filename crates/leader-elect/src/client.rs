@@ -1,5 +1,4 @@
-//! The Kubernetes client, the first reads of the Lease, the lock of disabled mode, and identity /
-//! namespace defaults.
+//! The Kubernetes client, the first reads of the Lease, and identity / namespace defaults.
 
 use std::time::Duration;
 

@@ -306,9 +306,9 @@ impl Settings {
     /// file, else `env`, else its default; then [`Config::validate`].
     ///
     /// Identity: override, file, `POD_NAME`. Lease namespace: override, file, `POD_NAMESPACE`, the
-    /// service-account namespace, `"default"` (with a warning). A disabled configuration needs neither
-    /// identity nor Lease name (both become `"standalone"` if missing) but is validated all the same, so
-    /// that enabling it later cannot fail. The other fields of [`Config`] (`request_timeout`,
+    /// service-account namespace, `"default"` (with a warning). A standalone configuration
+    /// (`enabled: false`, [`ElectionMode::Standalone`]) needs neither identity nor Lease name (both become
+    /// `"standalone"` if missing) but is validated all the same, so that enabling it later cannot fail. The other fields of [`Config`] (`request_timeout`,
     /// `stop_timeout`, `watch`) keep their defaults.
     ///
     /// # Errors

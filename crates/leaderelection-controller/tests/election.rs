@@ -1,5 +1,5 @@
 //! The event adapter and the metrics on the in-memory lock under tokio's paused clock: events are published
-//! before each callback in a fixed order (also in disabled mode), `is_leader` is accurate, transitions
+//! before each callback in a fixed order (also for a standalone election), `is_leader` is accurate, transitions
 //! are counted, and time as leader grows while leading.
 
 use std::sync::{Arc, Mutex};
