@@ -37,9 +37,7 @@ pub fn replica(
     admin: Option<std::net::SocketAddr>,
 ) -> Result<(Runtime, Metrics), leaderelection::ConfigError> {
     let metrics = Metrics::new(&mut registry);
-    let config = settings
-        .elector_config(identity, namespace)
-        .with_enabled(settings.leader_election);
+    let config = settings.elector_config(identity, namespace);
     let callbacks = Callbacks::new().on_new_leader({
         let (metrics, identity) = (metrics.clone(), identity.to_owned());
         move |leader| {
@@ -51,9 +49,13 @@ pub fn replica(
             );
         }
     });
-    let mut builder = Runtime::builder(client.clone(), config)
-        .registry(registry)
-        .callbacks(callbacks);
+    // Without leader election the replica runs alone: it leads at once and makes no Lease call.
+    let builder = if settings.leader_election {
+        Runtime::builder(client.clone(), config)
+    } else {
+        Runtime::standalone(config)
+    };
+    let mut builder = builder.registry(registry).callbacks(callbacks);
     if let Some(addr) = admin {
         builder = builder.admin(addr);
     }

@@ -1,14 +1,9 @@
-//! The Kubernetes client, the first reads of the Lease, the lock of disabled mode, and identity /
-//! namespace defaults.
+//! The Kubernetes client, the first reads of the Lease, and identity / namespace defaults.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::future::BoxFuture;
-use leaderelection::{
-    ClientError, Config, Denied, KubeLeaseLock, LeaderElectionRecord, LeaseEventStream, LeaseLock,
-    ListedLease, LockError, ObservedLease,
-};
+use leaderelection::{ClientError, Config, Denied, KubeLeaseLock, LeaseLock, LockError};
 use leaderelection_controller::settings::Environment;
 use tokio_util::sync::CancellationToken;
 
@@ -267,69 +262,6 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
-}
-
-/// The lock of disabled mode (`controller.leader_election.enabled: false`), where the elector leads at
-/// once and makes no API call: no client is built, so no kubeconfig is needed. Every call fails; none is
-/// made.
-#[derive(Debug)]
-pub(crate) struct DisabledLock {
-    lease: String,
-}
-
-// === impl DisabledLock ===
-
-impl DisabledLock {
-    /// The disabled lock of Lease `namespace/name` (named in logs only).
-    pub(crate) fn new(namespace: &str, name: &str) -> Self {
-        Self {
-            lease: format!("{namespace}/{name}"),
-        }
-    }
-
-    fn refuse<T: Send + 'static>() -> BoxFuture<'static, Result<T, LockError>> {
-        Box::pin(async {
-            Err(LockError::Transport(
-                "leader election is disabled: no API client".into(),
-            ))
-        })
-    }
-}
-
-impl LeaseLock for DisabledLock {
-    fn get(&self) -> BoxFuture<'_, Result<Option<ObservedLease>, LockError>> {
-        Self::refuse()
-    }
-
-    fn create<'a>(
-        &'a self,
-        _record: &'a LeaderElectionRecord,
-    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
-        Self::refuse()
-    }
-
-    fn update<'a>(
-        &'a self,
-        _record: &'a LeaderElectionRecord,
-        _resource_version: &'a str,
-    ) -> BoxFuture<'a, Result<ObservedLease, LockError>> {
-        Self::refuse()
-    }
-
-    fn list(&self) -> BoxFuture<'_, Result<ListedLease, LockError>> {
-        Self::refuse()
-    }
-
-    fn watch<'a>(
-        &'a self,
-        _resource_version: &'a str,
-    ) -> BoxFuture<'a, Result<LeaseEventStream, LockError>> {
-        Self::refuse()
-    }
-
-    fn describe(&self) -> String {
-        self.lease.clone()
-    }
 }
 
 #[cfg(test)]

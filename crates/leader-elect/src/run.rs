@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use leaderelection::{CandidateConfig, KubeLeaseLock, LeaseLock};
+use leaderelection::{CandidateConfig, KubeLeaseLock};
 use leaderelection_controller::runtime::Builder;
-use leaderelection_controller::settings::{Environment, Overrides, Settings, SettingsError};
+use leaderelection_controller::settings::{
+    ElectionMode, Environment, Overrides, Settings, SettingsError,
+};
 use leaderelection_controller::signals::Signals;
 use leaderelection_controller::{Policy, Runtime, RuntimeError, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{ChildSpec, Groups, Guardian, Reaper, run_for_term, stop_children_on_sigtstp};
-use crate::client::{DisabledLock, ServerArgs, await_api_server, generated_identity};
+use crate::client::{ServerArgs, await_api_server, generated_identity};
 use crate::failure::Failure;
 
 /// The `reportingController` of the Events recorded with `--events`.
@@ -148,10 +150,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         renew_deadline: args.renew_deadline,
         retry_period: args.retry_period,
     };
-    let mut config = settings
-        .to_elector_config(&env, &overrides)
+    let mut mode = settings
+        .to_election_mode(&env, &overrides)
         .map_err(|e| Failure::Usage(e.into()))?;
-    config.watch = !args.no_watch;
+    mode.config_mut().watch = !args.no_watch;
+    let config = mode.config();
     // The elector's stop timeout stays the whole stop window (`None`): its abort of the term's task
     // never comes before the child's SIGKILL, which the grace period and the work deadline bound.
     let grace_period = match args.grace_period {
@@ -162,12 +165,6 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             grace_period
         }
         None => config.stop_window(),
-    };
-
-    // Disabled mode makes no API call: it builds no client and needs no kubeconfig.
-    let client = match config.enabled {
-        true => Some(args.server.client().await?),
-        false => None,
     };
 
     let policy = match args.on_child_exit {
@@ -199,9 +196,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             groups,
         });
 
-    let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
-    let runtime = match client {
-        Some(client) => {
+    let builder = match mode {
+        ElectionMode::Elected(config) => {
+            let client = args.server.client().await?;
+            let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
             // Wait until the API server answers (admin endpoints up, /readyz not ready), and exit 1 on a
             // refusal (401, 403) rather than retry it forever.
             let check_lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
@@ -217,23 +215,16 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             if events {
                 builder = builder.events(client, REPORTING_CONTROLLER);
             }
-            let builder = builder.preflight(async move {
+            builder.preflight(async move {
                 await_api_server(&check_lock, &server, &check_config, &stop)
                     .await
                     .map_err(|(Failure::Usage(err) | Failure::Runtime(err))| err.into())
-            });
-            build(builder, policy, args.admin_listen, child)?
+            })
         }
-        None => {
-            let lock = DisabledLock::new(&namespace, &name);
-            build(
-                Runtime::builder_with_lock(lock, config),
-                policy,
-                args.admin_listen,
-                child,
-            )?
-        }
+        // Standalone makes no API call: it builds no client and needs no kubeconfig.
+        ElectionMode::Standalone(config) => Runtime::standalone(config),
     };
+    let runtime = build(builder, policy, args.admin_listen, child)?;
     // Every task is awaited here: the runtime's, the reaper and the SIGTSTP handler, with the signal
     // handlers listening until they are done.
     let aux_stop = CancellationToken::new();
@@ -328,8 +319,8 @@ fn split_key_value(arg: &str) -> Result<(String, String), String> {
 
 /// The runtime of `builder` with the child-exit `policy`, the admin endpoints on `admin`, and the
 /// `child` run during each term.
-fn build<L: LeaseLock>(
-    builder: Builder<L>,
+fn build(
+    builder: Builder,
     policy: Policy,
     admin: Option<SocketAddr>,
     child: Option<ChildSpec>,

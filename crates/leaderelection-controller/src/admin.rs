@@ -79,7 +79,7 @@ impl Admin {
             .collect();
         json!({
             "leader_election": {
-                "enabled": config.enabled,
+                "enabled": !self.election.is_standalone(),
                 "is_leader": self.election.is_leader(),
                 "identity": config.identity,
                 "lease_holder": self.election.leader().unwrap_or_default(),
@@ -115,9 +115,9 @@ async fn healthz(State(admin): State<Admin>) -> Response {
     }
 }
 
-/// Ready once the election has an answer: disabled, leading, or a holder observed.
+/// Ready once the election has an answer: standalone, leading, or a holder observed.
 async fn readyz(State(admin): State<Admin>) -> Response {
-    if !admin.election.config().enabled
+    if admin.election.is_standalone()
         || admin.election.is_leader()
         || admin.election.leader().is_some()
     {

@@ -81,7 +81,8 @@ impl ElectionBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`].
+    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`], or a standalone
+    /// election was given a coordination (see [`ElectorBuilder::build`]).
     pub fn build(self) -> Result<Election, ConfigError> {
         let Self {
             elector,
@@ -143,6 +144,19 @@ impl Election {
         ElectionBuilder {
             identity: config.identity.clone(),
             elector: Elector::builder(config, lock),
+            bus: EventBus::default(),
+            callbacks: Callbacks::new(),
+        }
+    }
+
+    /// A builder for a replica that runs alone: it leads at once and makes no API call (see
+    /// [`Elector::standalone`]); the events are published as for an election. `config` gives the
+    /// identity, the Lease name and namespace that name it in events and metrics, and the stop timeout.
+    #[must_use]
+    pub fn standalone(config: Config) -> ElectionBuilder {
+        ElectionBuilder {
+            identity: config.identity.clone(),
+            elector: Elector::standalone(config),
             bus: EventBus::default(),
             callbacks: Callbacks::new(),
         }
@@ -216,6 +230,12 @@ impl ElectionHandle {
     #[must_use]
     pub fn identity(&self) -> &str {
         self.elector.identity()
+    }
+
+    /// Whether the election was built by [`Election::standalone`] (leads alone, no API call).
+    #[must_use]
+    pub fn is_standalone(&self) -> bool {
+        self.elector.is_standalone()
     }
 
     /// The bus the election publishes on.

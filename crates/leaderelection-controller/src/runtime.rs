@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::election::{Election, ElectionHandle};
+use crate::election::{Election, ElectionBuilder, ElectionHandle};
 use crate::metrics::Metrics;
 use crate::recorder::LeaseEventRecorder;
 use crate::supervisor::{BoxError, LeaderContext, Policy, Supervised, Supervisor, SupervisorError};
@@ -81,11 +81,13 @@ impl std::fmt::Debug for Preflight {
     }
 }
 
-/// Collects what a [`Runtime`] runs. From [`Runtime::builder`] or [`Runtime::builder_with_lock`].
+/// Collects what a [`Runtime`] runs. From [`Runtime::builder`], [`Runtime::builder_with_lock`] or
+/// [`Runtime::standalone`].
 #[derive(Debug)]
-pub struct Builder<L> {
+pub struct Builder {
     config: Config,
-    lock: L,
+    /// The election, its lock (or none, standalone) chosen by the constructor.
+    election: ElectionBuilder,
     supervisor: Supervisor,
     callbacks: Callbacks,
     registry: Registry,
@@ -141,7 +143,7 @@ impl Runtime {
     /// A builder for the election of the Lease `config.lease_namespace/config.lease_name` through `client`:
     /// the Lease is named once, by `config`, and everything that reports it reads it from there.
     #[must_use]
-    pub fn builder(client: kube::Client, config: Config) -> Builder<KubeLeaseLock> {
+    pub fn builder(client: kube::Client, config: Config) -> Builder {
         let lock = KubeLeaseLock::new(client, &config.lease_namespace, &config.lease_name);
         Builder::new(config, lock)
     }
@@ -149,8 +151,20 @@ impl Runtime {
     /// A builder over any [`LeaseLock`] (e.g. `leaderelection::MemoryLeaseLock` in tests, feature
     /// `test-util`). The lock must be for the Lease that `config` names.
     #[must_use]
-    pub fn builder_with_lock<L: LeaseLock>(lock: L, config: Config) -> Builder<L> {
+    pub fn builder_with_lock(lock: impl LeaseLock, config: Config) -> Builder {
         Builder::new(config, lock)
+    }
+
+    /// A builder for a replica that runs alone (election switched off in its settings, e.g.
+    /// `enabled: false`): it leads at once for as long as it runs, makes no API call and needs no
+    /// client (see [`leaderelection::Elector::standalone`]). `config` still gives the identity and the
+    /// Lease name and namespace its metrics and state are labelled with, and the stop timeout its
+    /// leader-only components get on shutdown. [`Builder::coordinated`] is refused by [`Builder::build`];
+    /// do not give it [`Builder::events`] or [`Builder::preflight`], which make API calls of their own.
+    #[must_use]
+    pub fn standalone(config: Config) -> Builder {
+        let election = Election::standalone(config.clone());
+        Builder::with_election(config, election)
     }
 
     /// A handle on the election, for its state ([`ElectionHandle::is_leader`],
@@ -341,11 +355,16 @@ async fn serve_admin(
 
 // === impl Builder ===
 
-impl<L: LeaseLock> Builder<L> {
-    fn new(config: Config, lock: L) -> Self {
+impl Builder {
+    fn new(config: Config, lock: impl LeaseLock) -> Self {
+        let election = Election::builder(config.clone(), lock);
+        Self::with_election(config, election)
+    }
+
+    fn with_election(config: Config, election: ElectionBuilder) -> Self {
         Self {
             config,
-            lock,
+            election,
             supervisor: Supervisor::new(Policy::default()),
             callbacks: Callbacks::new(),
             registry: Registry::default(),
@@ -485,8 +504,8 @@ impl<L: LeaseLock> Builder<L> {
     /// [`Candidate`]), and leads only when kube-apiserver's election controller assigns it the Lease
     /// (see [`leaderelection::ElectorBuilder::coordination`]). Where the API server does not serve
     /// LeaseCandidates, it says so once (WARN) and runs an ordinary election. The LeaseCandidate is
-    /// deleted on shutdown, before the Lease is released. In disabled mode (`enabled: false`) nothing is
-    /// registered.
+    /// deleted on shutdown, before the Lease is released. A standalone runtime ([`Runtime::standalone`])
+    /// refuses it: [`Builder::build`] fails.
     ///
     /// Off by default.
     ///
@@ -517,11 +536,12 @@ impl<L: LeaseLock> Builder<L> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`].
+    /// [`ConfigError`] when the configuration breaks a rule of [`Config::validate`], or (field
+    /// `coordination`) when a standalone runtime was given [`Builder::coordinated`].
     pub fn build(self) -> Result<Runtime, ConfigError> {
         let Self {
             config,
-            lock,
+            election,
             supervisor,
             callbacks,
             mut registry,
@@ -532,14 +552,12 @@ impl<L: LeaseLock> Builder<L> {
             shards,
         } = self;
         config.validate()?;
-        // Disabled mode makes no API call: no LeaseCandidate either.
         let candidate = candidate
-            .filter(|_| config.enabled)
             .map(|Coordinated(client, candidate)| Candidate::new(client, &config, candidate))
             .transpose()?;
         let metrics = Metrics::new(&mut registry, &config.lease_name);
         let (callbacks, supervised) = supervisor.with_metrics(metrics.clone()).bind(callbacks);
-        let mut election = Election::builder(config, lock)
+        let mut election = election
             .callbacks(callbacks)
             .observer(Arc::new(metrics.clone()));
         if let Some(candidate) = &candidate {

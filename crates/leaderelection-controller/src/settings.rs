@@ -1,6 +1,7 @@
 //! The YAML configuration (the `controller.leader_election` section) and its merge with the
-//! environment (`POD_NAME`, `POD_NAMESPACE`, the service-account namespace) into a validated
-//! [`leaderelection::Config`].
+//! environment (`POD_NAME`, `POD_NAMESPACE`, the service-account namespace) into an [`ElectionMode`]: a
+//! validated [`leaderelection::Config`], for an election or for a replica that runs alone. `enabled` lives
+//! only here: it chooses the constructor (`Runtime::builder` or `Runtime::standalone`).
 //!
 //! ```yaml
 //! controller:
@@ -42,11 +43,13 @@
 //! # Examples
 //!
 //! ```
-//! use leaderelection_controller::settings::{Environment, Overrides, Settings};
+//! use leaderelection_controller::settings::{ElectionMode, Environment, Overrides, Settings};
 //!
 //! let settings = Settings::from_yaml_str("controller: {leader_election: {lease_name: my-app-leader}}")?;
 //! let env = Environment { pod_name: Some("pod-a".into()), ..Environment::default() };
-//! let config = settings.to_elector_config(&env, &Overrides::default())?;
+//! let mode = settings.to_election_mode(&env, &Overrides::default())?;
+//! assert!(matches!(mode, ElectionMode::Elected(_)));
+//! let config = mode.into_config();
 //! assert_eq!((config.identity.as_str(), config.lease_namespace.as_str()), ("pod-a", "default"));
 //! assert_eq!(config.lease_duration, std::time::Duration::from_secs(15));
 //! # Ok::<(), leaderelection_controller::settings::SettingsError>(())
@@ -76,9 +79,32 @@ pub const DEFAULT_RELEASE_ON_CANCEL: bool = true;
 /// The Lease namespace when neither the file, `POD_NAMESPACE` nor the service account gives one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// The identity and Lease name a disabled configuration gets when none is given; never written anywhere,
-/// since a disabled elector makes no API call.
+/// The identity and Lease name a standalone configuration gets when none is given: they only label its
+/// logs, metrics and state, since a standalone elector makes no API call.
 const STANDALONE: &str = "standalone";
+
+/// What the settings choose: an election, or a replica that runs alone (`enabled: false`). Match it once,
+/// where the runtime is built:
+///
+/// ```no_run
+/// # fn example(mode: leaderelection_controller::settings::ElectionMode, client: kube::Client) {
+/// use leaderelection_controller::{Runtime, settings::ElectionMode};
+///
+/// let builder = match mode {
+///     ElectionMode::Elected(config) => Runtime::builder(client, config),
+///     ElectionMode::Standalone(config) => Runtime::standalone(config),
+/// };
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ElectionMode {
+    /// `enabled: true`: elect through the Lease `config` names.
+    Elected(Config),
+    /// `enabled: false`: lead at once, make no API call. The configuration is validated all the same,
+    /// so that enabling election later cannot fail; its identity and Lease name (`"standalone"` when not
+    /// given) label logs, metrics and state, and its timings give the stop timeout.
+    Standalone(Config),
+}
 
 /// The YAML path of the section, for error messages.
 const KEY: &str = "controller.leader_election";
@@ -238,7 +264,7 @@ impl Settings {
     /// Parses a YAML document; an empty one (or one of comments only) is all defaults.
     ///
     /// Checks the schema and that every duration parses; the rules between values (lease duration above
-    /// renew deadline, ...) are checked by [`Settings::to_elector_config`], once flags and environment are
+    /// renew deadline, ...) are checked by [`Settings::to_election_mode`], once flags and environment are
     /// merged in.
     ///
     /// # Errors
@@ -276,13 +302,13 @@ impl Settings {
         &self.controller.leader_election
     }
 
-    /// The elector configuration: each value from `overrides`, else the file, else `env`, else its
-    /// default; then [`Config::validate`].
+    /// The election mode (`enabled`) and the elector configuration: each value from `overrides`, else the
+    /// file, else `env`, else its default; then [`Config::validate`].
     ///
     /// Identity: override, file, `POD_NAME`. Lease namespace: override, file, `POD_NAMESPACE`, the
-    /// service-account namespace, `"default"` (with a warning). A disabled configuration needs neither
-    /// identity nor Lease name (both become `"standalone"` if missing) but is validated all the same, so
-    /// that enabling it later cannot fail. The other fields of [`Config`] (`request_timeout`,
+    /// service-account namespace, `"default"` (with a warning). A standalone configuration
+    /// (`enabled: false`, [`ElectionMode::Standalone`]) needs neither identity nor Lease name (both become
+    /// `"standalone"` if missing) but is validated all the same, so that enabling it later cannot fail. The other fields of [`Config`] (`request_timeout`,
     /// `stop_timeout`, `watch`) keep their defaults.
     ///
     /// # Errors
@@ -291,7 +317,11 @@ impl Settings {
     /// [`SettingsError::Invalid`] for a duration that does not parse (only for settings not made by
     /// [`Settings::from_yaml_str`]); [`SettingsError::Config`] for a broken rule of [`Config::validate`],
     /// naming the field and the value.
-    pub fn to_elector_config(&self, env: &Environment, overrides: &Overrides) -> Result<Config> {
+    pub fn to_election_mode(
+        &self,
+        env: &Environment,
+        overrides: &Overrides,
+    ) -> Result<ElectionMode> {
         let le = self.leader_election();
         let enabled = le.enabled();
         let identity = first([
@@ -325,13 +355,43 @@ impl Settings {
         });
         let (lease_duration, renew_deadline, retry_period) = le.durations()?;
         let config = Config::new(identity, lease_name, namespace)
-            .with_enabled(enabled)
             .with_lease_duration(overrides.lease_duration.unwrap_or(lease_duration))
             .with_renew_deadline(overrides.renew_deadline.unwrap_or(renew_deadline))
             .with_retry_period(overrides.retry_period.unwrap_or(retry_period))
             .with_release_on_cancel(le.release_on_cancel());
         config.validate()?;
-        Ok(config)
+        Ok(if enabled {
+            ElectionMode::Elected(config)
+        } else {
+            ElectionMode::Standalone(config)
+        })
+    }
+}
+
+// === impl ElectionMode ===
+
+impl ElectionMode {
+    /// The configuration, either way.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        match self {
+            Self::Elected(config) | Self::Standalone(config) => config,
+        }
+    }
+
+    /// The configuration, either way, to adjust what the settings do not set (e.g. [`Config::watch`]).
+    pub fn config_mut(&mut self) -> &mut Config {
+        match self {
+            Self::Elected(config) | Self::Standalone(config) => config,
+        }
+    }
+
+    /// The configuration, either way.
+    #[must_use]
+    pub fn into_config(self) -> Config {
+        match self {
+            Self::Elected(config) | Self::Standalone(config) => config,
+        }
     }
 }
 

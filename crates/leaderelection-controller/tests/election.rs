@@ -1,5 +1,5 @@
 //! The event adapter and the metrics on the in-memory lock under tokio's paused clock: events are published
-//! before each callback in a fixed order (also in disabled mode), `is_leader` is accurate, transitions
+//! before each callback in a fixed order (also for a standalone election), `is_leader` is accurate, transitions
 //! are counted, and time as leader grows while leading.
 
 use std::sync::{Arc, Mutex};
@@ -131,14 +131,11 @@ async fn events_precede_callbacks_in_a_fixed_order() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn disabled_mode_publishes_events_without_api_calls() {
-    let store = MemoryLeaseStore::new();
+async fn a_standalone_election_publishes_the_events_of_one_term() {
     let bus = EventBus::default();
     let log = Arc::new(Mutex::new(Vec::new()));
     let sub = Arc::new(Mutex::new(bus.subscribe()));
-    let mut cfg = config("solo");
-    cfg.enabled = false;
-    let component = Election::builder(cfg, store.lock("solo"))
+    let component = Election::standalone(config("solo"))
         .bus(bus.clone())
         .callbacks(logging_callbacks(log.clone(), sub))
         .build()
@@ -147,9 +144,9 @@ async fn disabled_mode_publishes_events_without_api_calls() {
     bounded(component.subscribe().wait_for(|s| s.is_leader()))
         .await
         .unwrap();
+    assert!(component.is_standalone());
     stop.cancel();
     bounded(run).await.unwrap().unwrap();
-    assert!(store.calls().is_empty(), "no API call: {:?}", store.calls());
     let log = log.lock().unwrap().clone();
     assert_eq!(log, one_term_until_shutdown("solo"));
 }

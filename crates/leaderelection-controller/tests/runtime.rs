@@ -143,3 +143,54 @@ fn build_validates_the_config() {
     .unwrap_err();
     assert_eq!(err.field, "lease_duration");
 }
+
+/// A standalone runtime leads at once, with no lock and no client: its leader-only component starts
+/// without any election, and stops on shutdown.
+#[tokio::test(start_paused = true)]
+async fn a_standalone_runtime_runs_its_leader_only_components_at_once() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let runtime = Runtime::standalone(config("solo"))
+        .leader_only("reconciler", {
+            let running = running.clone();
+            move |LeaderContext { token, .. }| {
+                let running = running.clone();
+                async move {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    token.cancelled().await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = runtime.handle();
+    assert!(handle.is_standalone());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(runtime.run(stop.clone()));
+    bounded(handle.subscribe().wait_for(|s| s.is_leader()))
+        .await
+        .unwrap();
+    bounded(async {
+        while running.load(Ordering::SeqCst) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    stop.cancel();
+    bounded(run).await.unwrap().unwrap();
+    assert_eq!(running.load(Ordering::SeqCst), 0);
+    assert!(!handle.is_leader());
+}
+
+/// A standalone runtime makes no API call, so it cannot register a LeaseCandidate: `coordinated` on it
+/// fails `build`, naming the field, instead of being ignored.
+#[tokio::test]
+async fn a_standalone_runtime_refuses_coordination() {
+    let client = leaderelection::KubeLeaseLock::client_for_url("http://127.0.0.1:9").unwrap();
+    let err = Runtime::standalone(config("solo"))
+        .coordinated(client, leaderelection::CandidateConfig::new("1.34.0"))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field, "coordination", "{err}");
+}

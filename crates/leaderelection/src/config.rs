@@ -48,9 +48,6 @@ const DNS_LABEL_MAX: usize = 63;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Whether to elect at all. `false` (single-replica installs): the replica leads at once, makes no
-    /// API call, and still publishes its state.
-    pub enabled: bool,
     /// This candidate's identity, written as `holderIdentity` (usually the pod name). Must be unique
     /// among candidates and non-empty.
     pub identity: String,
@@ -88,7 +85,6 @@ impl Default for Config {
     /// Identity, name and namespace are empty and must be set.
     fn default() -> Self {
         Self {
-            enabled: true,
             identity: String::new(),
             lease_name: String::new(),
             lease_namespace: String::new(),
@@ -117,13 +113,6 @@ impl Config {
             lease_namespace: lease_namespace.into(),
             ..Self::default()
         }
-    }
-
-    /// Sets [`Config::enabled`].
-    #[must_use]
-    pub fn with_enabled(mut self, enabled: bool) -> Self {
-        self.enabled = enabled;
-        self
     }
 
     /// Sets [`Config::lease_duration`].
@@ -223,8 +212,9 @@ impl Config {
     /// client-go (`NewLeaderElector`): lease_duration > renew_deadline; renew_deadline >
     /// retry_period x 1.2; each > 0. Ours: retry_period at least [`MIN_RETRY_PERIOD`]; lease_duration whole
     /// seconds (client-go truncates 1.5 s to 1 s and 0.5 s to an invalid 0); identity non-empty; lease
-    /// name a DNS subdomain; namespace a DNS label; request and stop timeouts > 0. Disabled configs are
-    /// validated the same way, so that enabling one later cannot fail.
+    /// name a DNS subdomain; namespace a DNS label; request and stop timeouts > 0. The configuration of a
+    /// standalone elector ([`crate::Elector::standalone`]) is validated the same way, so that switching
+    /// election on later cannot fail.
     ///
     /// # Errors
     ///
@@ -455,7 +445,7 @@ mod tests {
         assert_eq!(c.renew_deadline, secs(10.0));
         assert_eq!(c.retry_period, secs(2.0));
         assert_eq!(c.effective_request_timeout(), secs(5.0));
-        assert!(c.enabled && c.release_on_cancel && c.watch);
+        assert!(c.release_on_cancel && c.watch);
         assert_eq!(valid().validate(), Ok(()));
     }
 

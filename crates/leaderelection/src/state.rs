@@ -53,7 +53,7 @@ pub struct LeaderState {
     /// after a graceful stop (the elector keeps renewing then). It becomes *now* when the Lease is known
     /// to be someone else's (taken, released or deleted by another): kill at once. `Some` from the start
     /// of a term until its work has stopped (which may be after `term` became `None`); `None` otherwise
-    /// and in disabled mode.
+    /// and for a standalone elector ([`crate::Elector::standalone`]).
     pub work_deadline: Option<Instant>,
 }
 

@@ -14,8 +14,13 @@ fn env(pod: Option<&str>, ns: Option<&str>, sa: Option<&str>) -> Environment {
 
 /// The elector configuration for `yaml` in a pod named `pod-a` with no namespace in the environment.
 fn config(yaml: &str) -> Result<Config> {
+    mode(yaml).map(ElectionMode::into_config)
+}
+
+/// The election mode for `yaml` in a pod named `pod-a` with no namespace in the environment.
+fn mode(yaml: &str) -> Result<ElectionMode> {
     Settings::from_yaml_str(yaml)?
-        .to_elector_config(&env(Some("pod-a"), None, None), &Overrides::default())
+        .to_election_mode(&env(Some("pod-a"), None, None), &Overrides::default())
 }
 
 /// The `(field, value)` of the `ConfigError` that `yaml` must produce.
@@ -60,7 +65,7 @@ fn the_full_example_is_valid() {
         (c.lease_duration, c.renew_deadline, c.retry_period),
         (60 * SECOND, 15 * SECOND, 5 * SECOND)
     );
-    assert!(c.enabled);
+    assert!(matches!(mode(FULL_EXAMPLE), Ok(ElectionMode::Elected(_))));
     assert!(c.release_on_cancel);
     assert_eq!(c.lease_duration_seconds(), 60);
 }
@@ -103,16 +108,17 @@ fn defaults_are_the_elector_defaults() {
         ),
         (d.lease_duration, d.renew_deadline, d.retry_period)
     );
-    assert_eq!(
-        (DEFAULT_ENABLED, DEFAULT_RELEASE_ON_CANCEL),
-        (d.enabled, d.release_on_cancel)
-    );
+    assert_eq!(DEFAULT_RELEASE_ON_CANCEL, d.release_on_cancel);
     let c = config(&le("lease_name: x")).unwrap();
     assert_eq!(
         (c.lease_duration, c.renew_deadline, c.retry_period),
         (15 * SECOND, 10 * SECOND, 2 * SECOND)
     );
-    assert!(c.enabled && c.release_on_cancel);
+    assert!(c.release_on_cancel);
+    assert!(matches!(
+        mode(&le("lease_name: x")),
+        Ok(ElectionMode::Elected(_))
+    ));
     assert_eq!(
         (c.request_timeout, c.stop_timeout, c.watch),
         (d.request_timeout, d.stop_timeout, d.watch)
@@ -134,12 +140,14 @@ fn durations_accept_humantime_compounds() {
 
 // 5
 #[test]
-fn disabled_needs_neither_identity_nor_lease_name() {
+fn disabled_is_standalone_and_needs_neither_identity_nor_lease_name() {
     let settings = Settings::from_yaml_str(&le("enabled: false")).unwrap();
-    let c = settings
-        .to_elector_config(&Environment::default(), &Overrides::default())
-        .unwrap();
-    assert!(!c.enabled);
+    let ElectionMode::Standalone(c) = settings
+        .to_election_mode(&Environment::default(), &Overrides::default())
+        .unwrap()
+    else {
+        panic!("enabled: false must choose the standalone mode");
+    };
     assert_eq!(
         (
             c.identity.as_str(),
@@ -170,7 +178,7 @@ fn missing_lease_name_is_an_error_when_enabled() {
 fn missing_identity_is_an_error_when_enabled() {
     let settings = Settings::from_yaml_str(FULL_EXAMPLE).unwrap();
     let err = settings
-        .to_elector_config(&env(None, Some("ns"), None), &Overrides::default())
+        .to_election_mode(&env(None, Some("ns"), None), &Overrides::default())
         .unwrap_err();
     assert!(matches!(err, SettingsError::MissingIdentity), "{err:?}");
     assert!(err.to_string().contains("POD_NAME"), "{err}");
@@ -270,7 +278,7 @@ fn invalid_names_are_rejected() {
     assert_eq!((field, value.as_str()), ("lease_namespace", "team.a"));
     let err = Settings::from_yaml_str(&le("lease_name: x"))
         .unwrap()
-        .to_elector_config(
+        .to_election_mode(
             &env(Some("pod-a"), Some("Bad_NS"), None),
             &Overrides::default(),
         )
@@ -358,28 +366,39 @@ fn identity_comes_from_overrides_then_the_file_then_pod_name() {
     let from_env = Settings::from_yaml_str(&le("lease_name: x")).unwrap();
     let pod_b = env(Some("pod-b"), None, None);
     let c = from_env
-        .to_elector_config(&pod_b, &Overrides::default())
-        .unwrap();
+        .to_election_mode(&pod_b, &Overrides::default())
+        .unwrap()
+        .into_config();
     assert_eq!(c.identity, "pod-b");
     let from_file = Settings::from_yaml_str(&le("lease_name: x, identity: file-id")).unwrap();
     let c = from_file
-        .to_elector_config(&pod_b, &Overrides::default())
-        .unwrap();
+        .to_election_mode(&pod_b, &Overrides::default())
+        .unwrap()
+        .into_config();
     assert_eq!(c.identity, "file-id");
     let flag = Overrides {
         identity: Some("flag-id".into()),
         ..Overrides::default()
     };
-    let c = from_file.to_elector_config(&pod_b, &flag).unwrap();
+    let c = from_file
+        .to_election_mode(&pod_b, &flag)
+        .unwrap()
+        .into_config();
     assert_eq!(c.identity, "flag-id");
     let fallback = Overrides {
         fallback_identity: Some("generated".into()),
         ..Overrides::default()
     };
-    let c = from_env.to_elector_config(&pod_b, &fallback).unwrap();
+    let c = from_env
+        .to_election_mode(&pod_b, &fallback)
+        .unwrap()
+        .into_config();
     assert_eq!(c.identity, "pod-b", "the fallback comes last");
     let nobody = env(None, Some("ns"), None);
-    let c = from_env.to_elector_config(&nobody, &fallback).unwrap();
+    let c = from_env
+        .to_election_mode(&nobody, &fallback)
+        .unwrap()
+        .into_config();
     assert_eq!(c.identity, "generated");
 }
 
@@ -402,7 +421,10 @@ fn namespace_comes_from_overrides_file_pod_namespace_service_account_then_defaul
         (&plain, &env(Some("p"), None, None), &none, "default"),
     ];
     for (settings, env, overrides, want) in cases {
-        let c = settings.to_elector_config(env, overrides).unwrap();
+        let c = settings
+            .to_election_mode(env, overrides)
+            .unwrap()
+            .into_config();
         assert_eq!(c.lease_namespace, want);
     }
 }
@@ -419,8 +441,9 @@ fn overrides_win_for_lease_name_and_durations() {
         ..Overrides::default()
     };
     let c = settings
-        .to_elector_config(&env(Some("p"), None, None), &flags)
-        .unwrap();
+        .to_election_mode(&env(Some("p"), None, None), &flags)
+        .unwrap()
+        .into_config();
     assert_eq!(c.lease_name, "flag-lease");
     assert_eq!(
         (c.lease_duration, c.renew_deadline, c.retry_period),

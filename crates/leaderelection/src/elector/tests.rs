@@ -843,11 +843,17 @@ async fn invariant_8_a_leader_resuming_after_its_deadline_does_not_renew() {
     assert!(a_writes_after_b.is_empty(), "{a_writes_after_b:?}");
 }
 
-/// Disabled mode: leads at once, makes no API call, publishes its state, and stops on shutdown.
+/// A standalone elector leads at once, makes no API call, publishes its state, and stops on shutdown.
 #[tokio::test(start_paused = true)]
-async fn disabled_mode_leads_at_once_without_api_calls() {
+async fn a_standalone_elector_leads_at_once_without_api_calls() {
     let store = MemoryLeaseStore::new();
-    let a = spawn_with(&store, config("a").with_enabled(false), Duration::ZERO);
+    let log = Recorder::default();
+    let elector = Elector::standalone(config("a"))
+        .callbacks(recording(&log, &store, Duration::ZERO))
+        .build()
+        .unwrap();
+    assert!(elector.handle().is_standalone());
+    let a = start(elector, store.lock("a"), log);
     until_leader(&a).await;
     let state = a.elector.state();
     assert_eq!(state.valid_until, None);
@@ -1420,6 +1426,18 @@ async fn a_missing_preferred_holder_delays_the_takeover_by_one_lease_duration_at
 }
 
 // --- coordinated leader election (KEP-4355) ---
+
+/// A standalone elector makes no API call, so it cannot register a LeaseCandidate: a coordination given
+/// to one is a configuration error naming the field, not a silently ignored setting.
+#[test]
+fn a_standalone_elector_rejects_coordination() {
+    let (_tx, coordination) = Coordination::channel();
+    let err = Elector::standalone(config("a"))
+        .coordination(coordination)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field, "coordination");
+}
 
 /// The registration side of a coordinated candidate, played by a test.
 struct Registration {
