@@ -109,6 +109,7 @@ impl std::fmt::Debug for Coordinated {
 
 /// Why [`Runtime::run`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// The admin address could not be bound.
     #[error("binding the admin server to {addr}: {source}")]

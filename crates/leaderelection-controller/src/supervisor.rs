@@ -42,6 +42,7 @@ type LeaderOnlyFn =
 /// What the supervisor does when a component fails: returns an error, panics, or returns before its token
 /// was cancelled (a component never ends silently). See the table in this module's documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Policy {
     /// Restart it after a delay that doubles from `initial_backoff` up to `max_backoff` (and starts again
     /// from `initial_backoff` after the component ran longer than `max_backoff`), until its failure budget
@@ -119,6 +120,7 @@ struct ExitedUnexpectedly;
 
 /// Why [`Supervised::run`] returned an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SupervisorError {
     /// A component failed under [`Policy::FailProcess`] (or an all-replica component gave up).
     #[error(transparent)]
