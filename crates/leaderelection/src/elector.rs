@@ -671,6 +671,12 @@ impl OwnWrites {
         self.writes.iter().any(|w| same_write(&w.record, record))
     }
 
+    /// Whether a write of ours was sent and never answered (a timeout, a lost answer, a shutdown while it
+    /// was on the wire): it may be in the Lease.
+    fn unanswered(&self) -> bool {
+        self.writes.iter().any(|w| !w.answered)
+    }
+
     fn find(&mut self, sent: &LeaderElectionRecord) -> Option<&mut OwnWrite> {
         self.writes
             .iter_mut()
@@ -828,7 +834,10 @@ impl<'a> Runner<'a> {
             }
         }
         loop {
-            let (lease, sent_at) = self.follow().await?;
+            let Some((lease, sent_at)) = self.follow().await else {
+                self.release_abandoned().await;
+                return None;
+            };
             match self.lead(lease, sent_at).await {
                 StopReason::Shutdown => return None,
                 // Give the others a turn: they take the released Lease at once.
@@ -843,6 +852,20 @@ impl<'a> Runner<'a> {
             // A term ended: read afresh before anything else (a frozen process learns here that
             // someone else took over, and never writes on the strength of what it saw before).
             self.stale = true;
+        }
+    }
+}
+
+// === impl Runner (shutdown while following) ===
+
+impl Runner<'_> {
+    /// Shut down while following, after a take or create whose answer never came: it may have landed and
+    /// left the Lease ours with no work started. Release it if it holds our write (rule 5), so that another
+    /// candidate need not wait for it to expire.
+    async fn release_abandoned(&mut self) {
+        if self.config().release_on_cancel && self.own.unanswered() {
+            self.await_withdrawn().await;
+            self.release().await;
         }
     }
 }

@@ -404,7 +404,7 @@ impl Runner<'_> {
     /// with holder `""`, `leaseDurationSeconds: 1` and the transitions kept; retried on conflict until
     /// `renew_deadline` has passed (client-go's `release`, fixed to check the fresh record). A Lease naming
     /// us that another process wrote (a new incarnation) is not ours to release.
-    async fn release(&mut self) -> bool {
+    pub(super) async fn release(&mut self) -> bool {
         let deadline = Instant::now() + self.config().renew_deadline;
         while Instant::now() < deadline {
             let read = self
@@ -455,7 +455,7 @@ impl Runner<'_> {
 
     /// On shutdown under coordinated election: has our LeaseCandidate deleted, waiting for it at most a
     /// request timeout, so that the controller does not assign the released Lease to us again.
-    async fn await_withdrawn(&self) {
+    pub(super) async fn await_withdrawn(&self) {
         if let Some(coordination) = &self.inner.coordination
             && self.shutdown.is_cancelled()
         {

@@ -2291,3 +2291,35 @@ async fn a_coordinated_assignment_waits_for_the_replaced_holders_lease_to_expire
     assert_eq!(store.lease().unwrap().record.lease_transitions, 4);
     a.stop().await;
 }
+
+/// Rule 5 on shutdown: a follower shut down after a create whose answer was lost (it landed) releases the
+/// Lease that holds its write, instead of leaving it held, with no work, until it expires.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_after_a_write_whose_answer_was_lost_releases_it() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    a.lock.set_fault(LockFault {
+        commit_then_fail: true,
+        ..no_watch()
+    });
+    bounded(async {
+        while store.lease().is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        holder(&store),
+        "a",
+        "the create landed; its answer was lost"
+    );
+    a.lock.set_fault(no_watch());
+    let log = a.log.clone();
+    a.stop().await;
+    assert_eq!(holder(&store), "", "released on shutdown");
+    assert!(
+        !log.entries().iter().any(|e| e.starts_with("started")),
+        "{:?}",
+        log.entries()
+    );
+}
