@@ -81,6 +81,7 @@ mod callbacks;
 mod candidate;
 mod config;
 mod elector;
+pub mod fencing;
 mod healthz;
 mod lock;
 mod rbac;
