@@ -543,7 +543,7 @@ impl Admission {
         match program.execute(context) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
-                "expression '{expression}' resulted in error: no such overload: {other:?} is not a bool"
+                "expression '{expression}' resulted in error: {other:?} is not a bool"
             )),
             Err(err) => Err(format!(
                 "expression '{expression}' resulted in error: {err}"
