@@ -388,9 +388,10 @@ impl Admission {
 
     /// The params a binding names (`paramRef`), read live from the store: by name, or every object of the
     /// kind its `selector` matches, in `paramRef.namespace` (default: the request's, for a namespaced
-    /// kind). `Err` is a configuration error: no `paramRef`, or nothing found with `parameterNotFoundAction:
-    /// Deny` (kube-apiserver's `CollectParams`, `staging/src/k8s.io/apiserver/pkg/admission/plugin/policy/
-    /// generic/policy_dispatcher.go`).
+    /// kind); one null param when the binding has no `paramRef`. `Err` is a configuration error: nothing
+    /// found with `parameterNotFoundAction: Deny`, a namespace for a cluster-scoped kind, both or neither of
+    /// `name` and `selector` (kube-apiserver's `CollectParams`,
+    /// `staging/src/k8s.io/apiserver/pkg/admission/plugin/policy/generic/policy_dispatcher.go`).
     fn params(
         &self,
         store: &Store,
@@ -398,13 +399,22 @@ impl Admission {
         binding: &Value,
         req: &AdmissionRequest<'_>,
     ) -> Result<Vec<Value>, String> {
+        // A binding without `paramRef` evaluates the policy once, with null params.
         let Some(param_ref) = binding.pointer("/spec/paramRef").filter(|p| !p.is_null()) else {
-            return Err(format!(
-                "paramKind kind `{}` is set but paramRef is nil",
-                self.resources[kind].kind
-            ));
+            return Ok(vec![Value::Null]);
         };
+        let name = param_ref
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let selector = param_ref.get("selector").filter(|s| !s.is_null());
         let namespace = match param_ref.get("namespace").and_then(Value::as_str) {
+            Some(ns) if !ns.is_empty() && !self.resources[kind].namespaced => {
+                return Err(
+                    "paramRef.namespace must not be provided for a cluster-scoped `paramKind`"
+                        .into(),
+                );
+            }
             _ if !self.resources[kind].namespaced => "",
             Some(ns) if !ns.is_empty() => ns,
             _ if req.namespace.is_empty() => {
@@ -415,20 +425,21 @@ impl Admission {
             }
             _ => req.namespace,
         };
-        let params: Vec<Value> = match param_ref.get("name").and_then(Value::as_str) {
-            Some(name) if !name.is_empty() => store
+        let params: Vec<Value> = match (name, selector) {
+            (Some(_), Some(_)) => {
+                return Err("paramRef.name and paramRef.selector are mutually exclusive".into());
+            }
+            (Some(name), None) => store
                 .get(kind, namespace, name)
                 .map(|o| (*o).clone())
                 .into_iter()
                 .collect(),
-            _ => {
-                let selector = param_ref.get("selector");
-                store
-                    .list(kind, Some(namespace))
-                    .filter(|o| selector_matches(selector, labels(Some(o))))
-                    .map(|o| (**o).clone())
-                    .collect()
-            }
+            (None, Some(_)) => store
+                .list(kind, Some(namespace))
+                .filter(|o| selector_matches(selector, labels(Some(o))))
+                .map(|o| (**o).clone())
+                .collect(),
+            (None, None) => return Err("one of name or selector must be provided".into()),
         };
         if params.is_empty()
             && param_ref

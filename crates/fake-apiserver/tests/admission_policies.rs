@@ -393,3 +393,21 @@ async fn a_policy_whose_expression_does_not_compile_is_invalid() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_binding_without_param_ref_evaluates_with_null_params() {
+    let (_server, client, api) = widgets().await;
+    install(
+        &client,
+        "needs-params",
+        json!({
+            "paramKind": {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"},
+            "validations": [{"expression": "params != null", "message": "no params"}],
+        }),
+        json!({}),
+    )
+    .await;
+    let (code, _, message) = refusal(api.create(&PostParams::default(), &widget("w", 1)).await);
+    assert_eq!(code, 422);
+    assert!(message.ends_with("denied request: no params"), "{message}");
+}
