@@ -11,7 +11,7 @@
 
 mod policy;
 
-pub use self::policy::{FencingPolicy, GuardedResource, Mode, validations};
+pub use self::policy::{FencingPolicy, GuardedResource, Mode, policy, validations};
 
 /// The annotation carrying the writer's term: the decimal `spec.leaseTransitions` of the Lease it led when
 /// it wrote (for example `"7"`).

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use leaderelection::fencing::{FencingPolicy, LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
+use leaderelection::fencing::{LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
 use leaderelection::{Callbacks, Config, Elector, KubeLeaseLock};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -54,11 +54,9 @@ async fn fenced(mode: Mode, lease: bool) -> (FakeApiServer, Api<DynamicObject>) 
             .await
             .unwrap();
     }
-    let (policy, binding) = FencingPolicy::new("jobs", "my-controller")
-        .resource("example.com/v1/widgets".parse().unwrap())
-        .mode(mode)
-        .build()
-        .unwrap();
+    let widgets = "example.com/v1/widgets".parse().unwrap();
+    let (policy, binding) =
+        leaderelection::fencing::policy("jobs", "my-controller", &[widgets], mode).unwrap();
     Api::<ValidatingAdmissionPolicy>::all(client.clone())
         .create(&PostParams::default(), &policy)
         .await

@@ -354,6 +354,26 @@ impl FencingPolicy {
     }
 }
 
+/// The policy and its binding for the Lease `lease_namespace/lease_name` guarding `resources` in every
+/// namespace: [`FencingPolicy::build`] in one call.
+///
+/// # Errors
+///
+/// As [`FencingPolicy::validate`].
+pub fn policy(
+    lease_namespace: &str,
+    lease_name: &str,
+    resources: &[GuardedResource],
+    mode: Mode,
+) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding), ConfigError> {
+    FencingPolicy {
+        resources: resources.to_vec(),
+        mode,
+        ..FencingPolicy::new(lease_namespace, lease_name)
+    }
+    .build()
+}
+
 /// The policy's CEL validations for `mode`, in the order kube-apiserver reports the first that fails: the
 /// stamp present (strict only), the Lease named, the term well-formed, the term current. They read the
 /// Lease's name from `params`, so they are the same for every Lease (the Helm chart ships them as
