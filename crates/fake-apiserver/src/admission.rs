@@ -233,6 +233,7 @@ impl Admission {
         for (list, fields) in [
             ("validations", &["expression", "messageExpression"][..]),
             ("matchConditions", &["expression"][..]),
+            ("variables", &["expression"][..]),
         ] {
             let items = policy
                 .pointer(&format!("/spec/{list}"))
@@ -251,15 +252,6 @@ impl Admission {
                     }
                 }
             }
-        }
-        if policy
-            .pointer("/spec/variables")
-            .and_then(Value::as_array)
-            .is_some_and(|v| !v.is_empty())
-        {
-            causes.push(
-                "spec.variables: Unsupported value: the fake API server does not evaluate variables".into(),
-            );
         }
         if causes.is_empty() {
             Ok(())
@@ -510,6 +502,29 @@ impl Admission {
                 }
             }
         }
+        // `spec.variables` in order, each seeing those before it (matchConditions see none, as in
+        // kube-apiserver). One that fails to evaluate is left out, so an expression that uses it fails:
+        // kube-apiserver evaluates variables lazily, when used.
+        let mut variables = HashMap::new();
+        for variable in spec
+            .get("variables")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            context.add_variable_from_value(
+                "variables",
+                cel::Value::Map(Map::from(variables.clone())),
+            );
+            let name = variable.get("name").and_then(Value::as_str);
+            let expression = variable.get("expression").and_then(Value::as_str);
+            if let (Some(name), Some(expression)) = (name, expression)
+                && let Ok(value) = self.value(&context, expression)
+            {
+                variables.insert(Key::from(name.to_owned()), value);
+            }
+        }
+        context.add_variable_from_value("variables", cel::Value::Map(Map::from(variables)));
         let validations = spec
             .get("validations")
             .and_then(Value::as_array)
@@ -548,18 +563,22 @@ impl Admission {
 
     /// Evaluates a boolean expression; `Err` carries kube-apiserver's message for an evaluation error.
     fn evaluate(&self, context: &Context<'_, '_>, expression: &str) -> Result<bool, String> {
+        match self.value(context, expression)? {
+            cel::Value::Bool(b) => Ok(b),
+            other => Err(format!(
+                "expression '{expression}' resulted in error: {other:?} is not a bool"
+            )),
+        }
+    }
+
+    /// Evaluates an expression; `Err` carries kube-apiserver's message for an evaluation error.
+    fn value(&self, context: &Context<'_, '_>, expression: &str) -> Result<cel::Value, String> {
         let program = self
             .program(expression)
             .map_err(|err| format!("compilation failed: {err}"))?;
-        match program.execute(context) {
-            Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
-                "expression '{expression}' resulted in error: {other:?} is not a bool"
-            )),
-            Err(err) => Err(format!(
-                "expression '{expression}' resulted in error: {err}"
-            )),
-        }
+        program
+            .execute(context)
+            .map_err(|err| format!("expression '{expression}' resulted in error: {err}"))
     }
 
     /// A failed validation's message: its `messageExpression` when that gives a non-empty single-line
