@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use leaderelection::fencing::{LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
+use leaderelection::fencing::{FencingPolicy, LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
 use leaderelection::{Callbacks, Config, Elector, KubeLeaseLock};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -27,10 +27,22 @@ fn widget_resource() -> ApiResource {
     )
 }
 
-/// A fake API server serving widgets, with the generated policy (guarding `example.com/v1/widgets`) and
-/// its binding installed; the Lease `jobs/my-controller` at `leaseTransitions` [`TERM`] unless `lease` is
-/// false. Returns the server and the widgets of namespace `jobs`.
+/// The policy of the Lease `jobs/my-controller` guarding `example.com/v1/widgets`.
+fn widgets_policy(mode: Mode) -> FencingPolicy {
+    FencingPolicy::new("jobs", "my-controller")
+        .resource("example.com/v1/widgets".parse().unwrap())
+        .mode(mode)
+}
+
+/// A fake API server serving widgets, with [`widgets_policy`] and its binding installed; the Lease
+/// `jobs/my-controller` at `leaseTransitions` [`TERM`] unless `lease` is false. Returns the server and the
+/// widgets of namespace `jobs`.
 async fn fenced(mode: Mode, lease: bool) -> (FakeApiServer, Api<DynamicObject>) {
+    fenced_by(widgets_policy(mode), lease).await
+}
+
+/// As [`fenced`], with `policy` installed.
+async fn fenced_by(policy: FencingPolicy, lease: bool) -> (FakeApiServer, Api<DynamicObject>) {
     let server = FakeApiServer::builder()
         .custom_resource(ResourceType::custom(
             "example.com",
@@ -54,9 +66,7 @@ async fn fenced(mode: Mode, lease: bool) -> (FakeApiServer, Api<DynamicObject>) 
             .await
             .unwrap();
     }
-    let widgets = "example.com/v1/widgets".parse().unwrap();
-    let (policy, binding) =
-        leaderelection::fencing::policy("jobs", "my-controller", &[widgets], mode).unwrap();
+    let (policy, binding) = policy.build().unwrap();
     Api::<ValidatingAdmissionPolicy>::all(client.clone())
         .create(&PostParams::default(), &policy)
         .await
@@ -272,6 +282,22 @@ async fn without_the_lease_strict_mode_refuses_and_lenient_mode_admits() {
     let (_server, lenient) = fenced(Mode::Lenient, false).await;
     lenient
         .create(&PostParams::default(), &widget("w", Some("0"), Some(LEASE)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn only_the_listed_namespaces_are_guarded() {
+    let (server, jobs) = fenced_by(widgets_policy(Mode::Strict).namespaces(["jobs"]), true).await;
+    let (code, _, _) = refusal(
+        jobs.create(&PostParams::default(), &widget("w", None, None))
+            .await,
+    );
+    assert_eq!(code, 422);
+    let client = KubeLeaseLock::client_for_url(&server.url()).unwrap();
+    let elsewhere = Api::<DynamicObject>::namespaced_with(client, "other", &widget_resource());
+    elsewhere
+        .create(&PostParams::default(), &widget("w", None, None))
         .await
         .unwrap();
 }

@@ -534,6 +534,24 @@ mod tests {
     }
 
     #[test]
+    fn policy_builds_in_one_call() {
+        let configmaps: GuardedResource = "v1/configmaps".parse().unwrap();
+        assert_eq!(
+            policy("jobs", "my-controller", &[configmaps.clone()], Mode::Strict),
+            FencingPolicy::new("jobs", "my-controller")
+                .resource(configmaps)
+                .mode(Mode::Strict)
+                .build()
+        );
+        assert_eq!(
+            policy("jobs", "my-controller", &[], Mode::Lenient)
+                .unwrap_err()
+                .field,
+            "resources"
+        );
+    }
+
+    #[test]
     fn strict_mode_denies_without_the_lease_and_namespaces_scope_the_binding() {
         let base =
             FencingPolicy::new("jobs", "my-controller").resource("v1/configmaps".parse().unwrap());
