@@ -537,7 +537,12 @@ mod tests {
     fn policy_builds_in_one_call() {
         let configmaps: GuardedResource = "v1/configmaps".parse().unwrap();
         assert_eq!(
-            policy("jobs", "my-controller", &[configmaps.clone()], Mode::Strict),
+            policy(
+                "jobs",
+                "my-controller",
+                std::slice::from_ref(&configmaps),
+                Mode::Strict
+            ),
             FencingPolicy::new("jobs", "my-controller")
                 .resource(configmaps)
                 .mode(Mode::Strict)
