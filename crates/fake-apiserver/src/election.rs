@@ -475,6 +475,22 @@ mod tests {
             ),
             Ordering::Greater
         );
+        // As the elector's validation parses them (the `semver` crate): a leading "v" is no version, and a
+        // pre-release comes before its release.
+        assert_eq!(
+            order(
+                &candidate("a", "v1.0.0", "v1.0.0", t0),
+                &candidate("b", "1.40.0", "1.40.0", t1)
+            ),
+            Ordering::Greater
+        );
+        assert_eq!(
+            order(
+                &candidate("a", "1.34.0-rc.1", "1.34.0-rc.1", t1),
+                &candidate("b", "1.34.0", "1.34.0", t0)
+            ),
+            Ordering::Less
+        );
     }
 
     #[test]

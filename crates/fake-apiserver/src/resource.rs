@@ -388,5 +388,14 @@ mod tests {
             &json!({"a": {"b": null, "e": 3}, "d": [3], "$patch": "x"}),
         );
         assert_eq!(target, json!({"a": {"c": 2, "e": 3}, "d": [3]}));
+        // Directives are dropped at every depth of objects; inside a replaced array, values are kept whole.
+        merge_patch(
+            &mut target,
+            &json!({"a": {"$retainKeys": ["c"], "f": {"$patch": "replace", "g": 1}}, "d": [{"$k": 1}]}),
+        );
+        assert_eq!(
+            target,
+            json!({"a": {"c": 2, "e": 3, "f": {"g": 1}}, "d": [{"$k": 1}]})
+        );
     }
 }
