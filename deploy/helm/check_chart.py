@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
 """Chart tests for deploy/helm/leader-elect: render value sets with `helm template`, validate every manifest
-with `kubernetes-validate --strict`, assert on the rendered objects, and check that bad values fail with
-their message.
+with `kubernetes-validate --strict`, assert on the rendered objects, check that bad values fail with
+their message, and unit-test the alert rules of docs/metrics.md with promtool at the chart's scrape interval.
 
-    check_chart.py HELM KUBERNETES_VALIDATE
+    check_chart.py HELM KUBERNETES_VALIDATE PROMTOOL
 
 Needs PyYAML (kubernetes-validate's virtualenv has it; test.sh runs this with that interpreter).
 """
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 
 import yaml
 
-HELM, KV = sys.argv[1], sys.argv[2]
-CHART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "leader-elect")
+HELM, KV, PROMTOOL = sys.argv[1], sys.argv[2], sys.argv[3]
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHART = os.path.join(HERE, "leader-elect")
+METRICS_DOC = os.path.join(HERE, "..", "..", "docs", "metrics.md")
+RULES_TEST = os.path.join(HERE, "alert-rules.test.yaml")
 KUBE_VERSION = "1.33"
 RELEASE, NAMESPACE = "job", "jobs"
 FULLNAME = "job-leader-elect"
@@ -408,8 +413,43 @@ def test_notes():
     for line in [
         f"kubectl -n {NAMESPACE} get lease {FULLNAME} -o jsonpath='{{.spec.holderIdentity}}",
         f"leader-elect status --namespace {NAMESPACE} --lease-name {FULLNAME}",
+        f"kubectl -n {NAMESPACE} delete lease {FULLNAME}",
+        f"kubectl -n {NAMESPACE} scale deploy/{FULLNAME} --replicas=0",
     ]:
         check(r.returncode == 0 and line in notes, f"NOTES.txt: says {line!r}: {r.stdout[-2000:]}{r.stderr}")
+
+
+def test_alert_rules():
+    """The alert rules of docs/metrics.md hold at the ServiceMonitor's default scrape interval: promtool runs
+    alert-rules.test.yaml (written for that interval) over them."""
+    print("case alert rules: promtool test rules at the ServiceMonitor's interval")
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        interval = yaml.safe_load(f)["serviceMonitor"]["interval"]
+    with open(RULES_TEST) as f:
+        tests = yaml.safe_load(f)
+    check(
+        {t["interval"] for t in tests["tests"]} == {interval} and tests["evaluation_interval"] == interval,
+        f"alert rules: {RULES_TEST} is written for serviceMonitor.interval {interval}: check the rules' windows "
+        "at the new interval and update the tests",
+    )
+    with open(METRICS_DOC) as f:
+        section = f.read().split("## Alert rules", 1)[-1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    check(block is not None, "alert rules: no ```yaml block under '## Alert rules' in docs/metrics.md")
+    if block is None:
+        return
+    rules = yaml.safe_load(block.group(1))
+    # When an alert fires is under test, not its text.
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "rules.yaml"), "w") as f:
+            yaml.safe_dump(rules, f)
+        shutil.copy(RULES_TEST, d)
+        for args in (["check", "rules", "rules.yaml"], ["test", "rules", os.path.basename(RULES_TEST)]):
+            r = subprocess.run([PROMTOOL, *args], cwd=d, capture_output=True, text=True)
+            check(r.returncode == 0, f"alert rules: promtool {' '.join(args)}: {r.stdout}{r.stderr}")
 
 
 def test_negative():
@@ -470,6 +510,7 @@ def main():
     test_custom()
     test_fencing()
     test_notes()
+    test_alert_rules()
     test_negative()
     if failures:
         print(f"chart tests: {len(failures)} failure(s)")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Chart tests for deploy/helm/leader-elect, offline: helm lint --strict, helm template with several value sets,
 # kubernetes-validate --strict on every rendered manifest, assertions on the rendered objects and failing value
-# sets (deploy/helm/check_chart.py).
+# sets (deploy/helm/check_chart.py), and promtool unit tests of docs/metrics.md's alert rules at the chart's
+# scrape interval (deploy/helm/alert-rules.test.yaml).
 #
-# Tools: $HELM and $KUBERNETES_VALIDATE when set (.ci/run sets them), else helm 4 and kubernetes-validate
-# from PATH.
+# Tools: $HELM, $KUBERNETES_VALIDATE and $PROMTOOL when set (.ci/run sets the first two), else helm 4,
+# kubernetes-validate and promtool (Debian's package prometheus) from PATH.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -25,6 +26,10 @@ if [ -z "${KUBERNETES_VALIDATE:-}" ]; then
     KUBERNETES_VALIDATE=$(command -v kubernetes-validate) || missing kubernetes-validate KUBERNETES_VALIDATE
 fi
 
+if [ -z "${PROMTOOL:-}" ]; then
+    PROMTOOL=$(command -v promtool) || missing promtool PROMTOOL
+fi
+
 # PyYAML: kubernetes-validate's own interpreter has it (a dependency); else the system python3.
 python=
 for candidate in "$(dirname "$KUBERNETES_VALIDATE")/python" python3; do
@@ -35,5 +40,5 @@ if [ -z "$python" ]; then
     exit 1
 fi
 
-echo "chart tests: $("$HELM" version --short), $("$KUBERNETES_VALIDATE" --version)"
-exec "$python" "$here/check_chart.py" "$HELM" "$KUBERNETES_VALIDATE"
+echo "chart tests: $("$HELM" version --short), $("$KUBERNETES_VALIDATE" --version), $("$PROMTOOL" --version 2>&1 | head -n 1)"
+exec "$python" "$here/check_chart.py" "$HELM" "$KUBERNETES_VALIDATE" "$PROMTOOL"

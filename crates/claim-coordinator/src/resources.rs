@@ -288,15 +288,15 @@ impl HostClaim {
 /// # Errors
 ///
 /// A YAML serialization error (none is expected for these types).
-pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_norway::Error> {
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_saphyr::SerializeError> {
     Ok(vec![
         (
             "physicalhosts.yaml",
-            serde_norway::to_string(&PhysicalHost::crd())?,
+            serde_saphyr::to_string(&PhysicalHost::crd())?,
         ),
         (
             "hostclaims.yaml",
-            serde_norway::to_string(&HostClaim::crd())?,
+            serde_saphyr::to_string(&HostClaim::crd())?,
         ),
     ])
 }

@@ -96,7 +96,7 @@ pub enum SettingsError {
     },
     /// The YAML does not parse or has unknown keys.
     #[error("settings YAML: {0}")]
-    Yaml(#[from] serde_norway::Error),
+    Yaml(#[from] leaderelection_controller::settings::YamlError),
     /// The file cannot be read.
     #[error("reading {path}: {source}")]
     Read {
@@ -152,7 +152,7 @@ impl Settings {
             let file: File = if yaml.trim().is_empty() {
                 File::default()
             } else {
-                serde_norway::from_str(yaml)?
+                leaderelection_controller::settings::from_yaml_str(yaml)?
             };
             settings.apply(&file.claim_coordinator)?;
         }

@@ -21,7 +21,7 @@ fn checked_in_crds_are_current() {
 #[test]
 fn crds_have_the_status_subresource_and_the_schema() {
     for (file, yaml) in claim_coordinator::resources::crd_files().unwrap() {
-        let crd: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+        let crd: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         let version = &crd["spec"]["versions"][0];
         assert_eq!(version["name"], "v1alpha1", "{file}");
         assert!(version["subresources"]["status"].is_object(), "{file}");

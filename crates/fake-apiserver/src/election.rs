@@ -415,19 +415,11 @@ fn compare_oldest_emulation_version(a: &Value, b: &Value) -> Ordering {
         .then_with(|| str_at(a, "/metadata/name").cmp(str_at(b, "/metadata/name")))
 }
 
-/// A version's numeric parts (`1.33.0` -> `[1, 33, 0]`, build and pre-release ignored); an unparsable one
-/// sorts after every valid one.
-fn semver(version: &str) -> (bool, Vec<u64>) {
-    let core = version
-        .trim_start_matches('v')
-        .split(['-', '+'])
-        .next()
-        .unwrap_or("");
-    let parts: Option<Vec<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
-    match parts {
-        Some(parts) if !core.is_empty() => (false, parts),
-        _ => (true, Vec::new()),
-    }
+/// A version as the `semver` crate parses it (the parser and order `leaderelection` checks candidates'
+/// versions with); an unparsable one (`None`) sorts after every valid one.
+fn semver(version: &str) -> (bool, Option<semver::Version>) {
+    let parsed = semver::Version::parse(version).ok();
+    (parsed.is_none(), parsed)
 }
 
 /// Now as a MicroTime (six fractional digits).
@@ -482,6 +474,22 @@ mod tests {
                 &candidate("b", "1.40.0", "1.40.0", t1)
             ),
             Ordering::Greater
+        );
+        // As the elector's validation parses them (the `semver` crate): a leading "v" is no version, and a
+        // pre-release comes before its release.
+        assert_eq!(
+            order(
+                &candidate("a", "v1.0.0", "v1.0.0", t0),
+                &candidate("b", "1.40.0", "1.40.0", t1)
+            ),
+            Ordering::Greater
+        );
+        assert_eq!(
+            order(
+                &candidate("a", "1.34.0-rc.1", "1.34.0-rc.1", t1),
+                &candidate("b", "1.34.0", "1.34.0", t0)
+            ),
+            Ordering::Less
         );
     }
 

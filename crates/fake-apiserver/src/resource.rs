@@ -308,26 +308,24 @@ fn validate_lease_spec(spec: Option<&Value>, causes: &mut Vec<String>) {
     }
 }
 
-/// RFC 7386 JSON merge patch; keys starting with `$` (strategic-merge directives) are ignored, which is what
-/// a strategic merge patch means for types without merge keys (Lease, custom resources).
+/// RFC 7386 JSON merge patch (`json_patch::merge`); keys starting with `$` (strategic-merge directives) are
+/// ignored, which is what a strategic merge patch means for types without merge keys (Lease, custom
+/// resources).
 pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(serde_json::Map::new());
-    }
-    let Value::Object(map) = target else { return };
-    for (key, value) in patch {
-        if key.starts_with('$') {
-            continue;
-        }
-        if value.is_null() {
-            map.remove(key);
-        } else {
-            merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
-        }
+    json_patch::merge(target, &without_directives(patch));
+}
+
+/// `patch` without its object keys that start with `$`, at every depth of nested objects (values inside
+/// arrays replace whole arrays in a merge patch, and are kept as they are).
+fn without_directives(patch: &Value) -> Value {
+    match patch {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(key, _)| !key.starts_with('$'))
+                .map(|(key, value)| (key.clone(), without_directives(value)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -390,5 +388,14 @@ mod tests {
             &json!({"a": {"b": null, "e": 3}, "d": [3], "$patch": "x"}),
         );
         assert_eq!(target, json!({"a": {"c": 2, "e": 3}, "d": [3]}));
+        // Directives are dropped at every depth of objects; inside a replaced array, values are kept whole.
+        merge_patch(
+            &mut target,
+            &json!({"a": {"$retainKeys": ["c"], "f": {"$patch": "replace", "g": 1}}, "d": [{"$k": 1}]}),
+        );
+        assert_eq!(
+            target,
+            json!({"a": {"c": 2, "e": 3, "f": {"g": 1}}, "d": [{"$k": 1}]})
+        );
     }
 }

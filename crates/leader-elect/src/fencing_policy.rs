@@ -75,8 +75,8 @@ pub(crate) fn fencing_policy(args: &FencingPolicyArgs) -> Result<(), Failure> {
         namespaces: args.guard_namespaces.clone(),
     };
     let (policy, binding) = policy.build().map_err(usage)?;
-    let yaml = serde_norway::to_string(&policy)
-        .and_then(|p| Ok(format!("{p}---\n{}", serde_norway::to_string(&binding)?)))
+    let yaml = serde_saphyr::to_string(&policy)
+        .and_then(|p| Ok(format!("{p}---\n{}", serde_saphyr::to_string(&binding)?)))
         .context("writing the policy as YAML")?;
     print!("{yaml}");
     Ok(())

@@ -9,7 +9,6 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::serde::Deserialize;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use leaderelection::fencing::{LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
 use serde_json::json;
@@ -36,10 +35,10 @@ async fn fencing_policy_prints_yaml_whose_policy_refuses_a_stale_term() {
     ]);
     assert!(out.status.success(), "{out:?}");
     let yaml = String::from_utf8(out.stdout).unwrap();
-    let mut documents = serde_norway::Deserializer::from_str(&yaml);
-    let policy = ValidatingAdmissionPolicy::deserialize(documents.next().unwrap()).unwrap();
-    let binding = ValidatingAdmissionPolicyBinding::deserialize(documents.next().unwrap()).unwrap();
-    assert!(documents.next().is_none(), "two documents: {yaml}");
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let [policy, binding] = <[_; 2]>::try_from(documents).expect("two documents");
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(policy).unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(binding).unwrap();
 
     let server = FakeApiServer::builder()
         .custom_resource(ResourceType::custom(
@@ -168,7 +167,7 @@ fn the_charts_fencing_validations_are_current() {
         ("strict", leaderelection::fencing::validations(Mode::Strict)),
     ]
     .into();
-    let generated = format!("{HEADER}{}", serde_norway::to_string(&modes).unwrap());
+    let generated = format!("{HEADER}{}", serde_saphyr::to_string(&modes).unwrap());
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../deploy/helm/leader-elect/files/fencing-validations.yaml");
     if std::env::var_os("LEADER_ELECT_WRITE_CHART_FILES").is_some() {

@@ -71,7 +71,7 @@ pub struct GreetingStatus {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::args().nth(1).as_deref() == Some("crd") {
-        print!("{}", serde_norway::to_string(&Greeting::crd())?);
+        print!("{}", serde_saphyr::to_string(&Greeting::crd())?);
         return Ok(());
     }
     tracing_subscriber::fmt::init();

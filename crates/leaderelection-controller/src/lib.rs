@@ -47,7 +47,9 @@
 //! | --- | --- | --- | --- |
 //! | `runtime` | yes | [`Runtime`] and [`runtime::Builder`], the composition root, and the [`recorder`] of Kubernetes Events on the Lease it runs ([`runtime::Builder::events`]) | the feature `admin`, whose server it runs; kube's `runtime` feature (kube-runtime's event recorder) |
 //! | `admin` | via `runtime` | the [`admin`] server (`/healthz`, `/readyz`, `/metrics`, `/debug/vars`) and [`Admin`] | `axum` (HTTP/1 only), `serde_json` |
-//! | `settings` | yes | [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`) | `serde`, `serde_norway` |
+//! | `settings` | yes | [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`) | `serde`, `serde-saphyr` (kube's YAML library) |
+//! | `rustls-tls`, `ring` | yes | nothing of its own: the kube client's TLS stack, passed through to `leaderelection`'s features of the same names (kube's defaults) | kube's `rustls-tls` and `ring` |
+//! | `openssl-tls`, `aws-lc-rs` | no | likewise, for an application that turns the defaults off to choose its TLS stack | kube's `openssl-tls`, `aws-lc-rs` |
 //!
 //! Always built: [`Election`], [`Supervisor`], the [`EventBus`], the [`commentator`] and [`Metrics`]
 //! (prometheus-client): the supervisor counts its restarts into [`Metrics`], so metrics have no feature

@@ -204,14 +204,14 @@ pub enum SettingsError {
         source: std::io::Error,
     },
     /// Not YAML, or not the schema: an unknown key, a wrong type. The message names the key's path
-    /// (`controller.leader_election: unknown field ...`) and its line and column.
+    /// (`controller.leader_election.lease_durration: unknown field ...`) and its line and column.
     #[error("invalid configuration: {source}")]
     Yaml {
         /// Where, as one-based `(line, column)`, when the parser knows.
         location: Option<(usize, usize)>,
-        /// The parser's error.
+        /// The parser's error, with the key's path.
         #[source]
-        source: serde_norway::Error,
+        source: YamlError,
     },
     /// A value breaks a rule of the file's syntax (e.g. a duration that does not parse).
     #[error("invalid {key} {value:?}: {rule}")]
@@ -235,6 +235,81 @@ pub enum SettingsError {
     /// (as in [`Config`] and this schema), the value and the rule.
     #[error(transparent)]
     Config(#[from] ConfigError),
+}
+
+/// A YAML document that does not parse into its schema: malformed YAML, an unknown key, a wrong type. One
+/// line: the key's path (dotted, from the document's root), the parser's message and its line and column,
+/// e.g. ``controller.leader_election.lease_durration: unknown field `lease_durration`, expected one of ...
+/// at line 4, column 5``.
+#[derive(Debug)]
+pub struct YamlError {
+    /// The path of the key being read (`serde_path_to_error`'s, an unknown key included), `.` at the root.
+    path: String,
+    /// Boxed: serde-saphyr's error is large, and every `Result` of the settings carries this one.
+    source: Box<serde_saphyr::Error>,
+}
+
+impl YamlError {
+    /// The dotted path of the key where parsing stopped (`controller.leader_election.lease_durration` for
+    /// an unknown key), `.` at the root.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Where parsing stopped, as one-based `(line, column)`, when the parser knows.
+    #[must_use]
+    pub fn location(&self) -> Option<(usize, usize)> {
+        let at = self.source.location()?;
+        Some((
+            usize::try_from(at.line()).ok()?,
+            usize::try_from(at.column()).ok()?,
+        ))
+    }
+}
+
+impl std::fmt::Display for YamlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // serde-saphyr's own Display draws the document around the error on several lines; a log line and
+        // an exit message want one.
+        let mut options = serde_saphyr::RenderOptions::default();
+        options.snippets = serde_saphyr::SnippetMode::Off;
+        let message = self.source.render_with_options(options);
+        if self.path == "." {
+            f.write_str(&message)
+        } else {
+            write!(f, "{}: {message}", self.path)
+        }
+    }
+}
+
+impl std::error::Error for YamlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Parses one YAML document into `T` with kube's YAML library (serde-saphyr), strictly as `T`'s serde
+/// attributes say (`deny_unknown_fields` makes an unknown key an error), keeping the path of the key where
+/// it failed.
+///
+/// # Errors
+///
+/// [`YamlError`] naming the key's path, the rule broken, and the line and column.
+pub fn from_yaml_str<T: serde::de::DeserializeOwned>(
+    yaml: &str,
+) -> std::result::Result<T, YamlError> {
+    let mut path = String::from(".");
+    serde_saphyr::with_deserializer_from_str(yaml, |de| {
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            path = err.path().to_string();
+            err.into_inner()
+        })
+    })
+    .map_err(|source| YamlError {
+        path,
+        source: Box::new(source),
+    })
 }
 
 /// Values that win over the file and the environment (e.g. command-line flags); `None` leaves a value to
@@ -272,9 +347,9 @@ impl Settings {
     /// [`SettingsError::Yaml`] for malformed YAML, an unknown key or a wrong type, naming the key and its
     /// location; [`SettingsError::Invalid`] for a duration that does not parse, naming the key and the value.
     pub fn from_yaml_str(yaml: &str) -> Result<Self> {
-        let settings = serde_norway::from_str::<Option<Self>>(yaml)
+        let settings = from_yaml_str::<Option<Self>>(yaml)
             .map_err(|source| SettingsError::Yaml {
-                location: source.location().map(|l| (l.line(), l.column())),
+                location: source.location(),
                 source,
             })?
             .unwrap_or_default();

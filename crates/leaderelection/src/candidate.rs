@@ -105,9 +105,9 @@ impl CandidateConfig {
         self
     }
 
-    /// Checks the versions as kube-apiserver validates a LeaseCandidate: both `MAJOR.MINOR.PATCH` (an
-    /// optional `-pre-release` or `+build` suffix allowed, no leading `v`), and emulationVersion at most
-    /// binaryVersion; the renew interval above zero.
+    /// Checks the versions as kube-apiserver validates a LeaseCandidate: both semantic versions
+    /// `MAJOR.MINOR.PATCH` (an optional `-pre-release` or `+build` suffix allowed, no leading `v`), and
+    /// emulationVersion at most binaryVersion in semver's order; the renew interval above zero.
     ///
     /// # Errors
     ///
@@ -137,25 +137,20 @@ impl CandidateConfig {
     }
 }
 
-/// `MAJOR.MINOR.PATCH` as numbers, the pre-release or build suffix ignored.
-fn parse_version(field: &'static str, value: &str) -> Result<[u64; 3], ConfigError> {
-    let core = value.split(['-', '+']).next().unwrap_or_default();
-    let parts: Option<Vec<u64>> = core
-        .split('.')
-        .map(|p| {
-            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| p.parse().ok())
-                .flatten()
-        })
-        .collect();
-    match parts.as_deref() {
-        Some(&[major, minor, patch]) => Ok([major, minor, patch]),
-        _ => Err(ConfigError::new(
+/// The version as the `semver` crate parses it: strict semantic versioning (`MAJOR.MINOR.PATCH`, an
+/// optional `-pre-release` and `+build`, no leading `v`, no leading zeros), ordered as semver orders
+/// (a pre-release before its release, build metadata ignored), as kube-apiserver's validation of
+/// LeaseCandidates parses and compares them.
+fn parse_version(field: &'static str, value: &str) -> Result<semver::Version, ConfigError> {
+    semver::Version::parse(value).map_err(|err| {
+        ConfigError::new(
             field,
             value.to_string(),
-            "must be a semantic version MAJOR.MINOR.PATCH without a leading \"v\" (e.g. 1.33.0)",
-        )),
-    }
+            format!(
+                "must be a semantic version MAJOR.MINOR.PATCH without a leading \"v\" (e.g. 1.33.0): {err}"
+            ),
+        )
+    })
 }
 
 /// Where this candidate's registration stands, published through [`Coordination`].
@@ -856,7 +851,7 @@ mod tests {
                 .validate(),
             Ok(())
         );
-        for bad in ["v1.34.0", "1.34", "1.34.x", "", "1..0"] {
+        for bad in ["v1.34.0", "1.34", "1.34.x", "", "1..0", "01.34.0"] {
             let err = CandidateConfig::new(bad).validate().unwrap_err();
             assert_eq!((err.field, err.value.as_str()), ("binary_version", bad));
         }
@@ -866,6 +861,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field, "emulation_version");
         assert!(err.rule.contains("at most binaryVersion"), "{err}");
+        // Semver's order: a pre-release comes before its release.
+        let err = CandidateConfig::new("1.34.0-rc.1")
+            .with_emulation_version("1.34.0")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "emulation_version");
         let err = CandidateConfig::new("1.33.0")
             .with_renew_interval(Duration::ZERO)
             .validate()

@@ -53,6 +53,10 @@
 //!
 //! # Features
 //!
+//! - `rustls-tls` and `ring` (on by default, as in kube): the kube client's TLS stack, passed through to
+//!   kube's features of the same names; `openssl-tls` and `aws-lc-rs` (off) likewise. This crate chooses no
+//!   TLS stack and no crypto provider of its own: with `default-features = false` the choice is the
+//!   application's (kube's `openssl-tls`, or `rustls-tls` with `aws-lc-rs` or a provider it installs).
 //! - `test-util` (off by default): the test doubles `MemoryLeaseStore` and `MemoryLeaseLock`, an in-memory
 //!   Lease with kube-apiserver's outcomes (global resourceVersion, 409 Conflict, watches, 410 Gone), and
 //!   the faults and call log they inject and record (`LockFault`, `LockCall`). For tests and simulations:

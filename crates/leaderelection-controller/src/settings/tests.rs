@@ -327,7 +327,9 @@ fn unknown_keys_are_named_with_their_location() {
     let err = Settings::from_yaml_str(yaml).unwrap_err();
     let message = err.to_string();
     assert!(
-        message.contains("controller.leader_election: unknown field `lease_durration`"),
+        message.contains(
+            "controller.leader_election.lease_durration: unknown field `lease_durration`"
+        ),
         "{message}"
     );
     match err {
