@@ -13,3 +13,7 @@ pub const TERM_ANNOTATION: &str = "leaderelection.dev/term";
 /// The annotation naming the Lease whose term [`TERM_ANNOTATION`] counts, as `<namespace>/<name>` (for
 /// example `"jobs/my-controller"`).
 pub const LEASE_ANNOTATION: &str = "leaderelection.dev/lease";
+
+mod gate;
+
+pub use gate::{Fence, FenceLayer, FenceReason, FenceService, Fenced};
