@@ -82,6 +82,7 @@ pub(crate) async fn run_for_term(spec: ChildSpec, lead: LeaderContext) -> Result
         term,
         token,
         mut state,
+        ..
     } = lead;
     let mut work_deadline = state.borrow_and_update().work_deadline;
     if token.is_cancelled() || work_deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
