@@ -13,6 +13,7 @@ mod install;
 mod lease;
 mod logging;
 mod preferred;
+mod proxy;
 mod run;
 
 use std::process::ExitCode;
