@@ -1,13 +1,16 @@
 //! `run --fence`: the loopback Kubernetes API proxy that the child talks to, forwarding with leader-elect's
 //! own client through the write gate of the child's term (`leaderelection::fencing::Fence`).
 //!
-//! Each term's child gets a kubeconfig of its own (`KUBECONFIG`): this proxy's `http://127.0.0.1:<port>`
-//! and a random bearer token of that term, nothing of leader-elect's credentials. A request is forwarded
+//! Each term's child gets a kubeconfig of its own (`KUBECONFIG`): a server URL of this proxy with a random
+//! token of that term as its path prefix, `http://127.0.0.1:<port>/term/<token>`, and nothing of
+//! leader-elect's credentials. The token is in the path, not a bearer token, because client-go (kubectl,
+//! Go clients) sends no credentials to a plain-HTTP server; clients take a server URL with a path prefix
+//! as API servers behind proxies have it. A request is forwarded
 //! through the gate of the term its token was given for: reads always pass; a mutating request outside
 //! that term is answered 403 `Forbidden` (a Kubernetes `Status` naming the term) without reaching the API
 //! server, and one in flight when the term ends is cancelled; the objects of JSON writes are stamped
 //! with the term and the Lease. The tokens of ended terms stay known, so that a child that outlived its
-//! term (frozen, or escaped from its process group) is told why; any other token is answered 401.
+//! term (frozen, or escaped from its process group) is told why; any other path is answered 401.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -18,10 +21,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::Context;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::http::{HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use leaderelection::fencing::{Fence, Fenced};
 use tokio_util::sync::CancellationToken;
+
+/// The path prefix of a term's token: `/term/<token>/`.
+const TERM_PREFIX: &str = "/term/";
 
 /// The largest request body forwarded, in bytes: kube-apiserver's own limit (`MaxRequestBodyBytes`, 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -130,14 +136,15 @@ impl FenceProxy {
         Ok(path)
     }
 
-    fn gated(&self, headers: &HeaderMap) -> Option<Gated> {
-        let token = headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?;
+    /// The term of a request's path, `/term/<token>/<API path>`, and the API path with its query.
+    fn gated(&self, uri: &Uri) -> Option<(Gated, String)> {
+        let (token, path) = uri.path().strip_prefix(TERM_PREFIX)?.split_once('/')?;
         let terms = self.terms.lock().unwrap_or_else(PoisonError::into_inner);
-        terms.get(token.trim()).cloned()
+        let gated = terms.get(token)?.clone();
+        let query = uri
+            .query()
+            .map_or(String::new(), |query| format!("?{query}"));
+        Some((gated, format!("/{path}{query}")))
     }
 }
 
@@ -160,11 +167,12 @@ impl Drop for KubeconfigDir {
 
 /// Forwards one request of a child through its term's gate.
 async fn forward(State(proxy): State<FenceProxy>, request: Request) -> Response {
-    let Some(gated) = proxy.gated(request.headers()) else {
+    let Some((gated, path)) = proxy.gated(request.uri()) else {
         return status(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
-            "leader-elect --fence: not a token this proxy gave (use the KUBECONFIG leader-elect set)",
+            "leader-elect --fence: not a path of a term's token (use the server of the KUBECONFIG \
+             leader-elect set)",
         );
     };
     let (parts, body) = request.into_parts();
@@ -180,7 +188,7 @@ async fn forward(State(proxy): State<FenceProxy>, request: Request) -> Response 
     };
     let mut forwarded = http::Request::builder()
         .method(parts.method.clone())
-        .uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+        .uri(path);
     for (name, value) in &parts.headers {
         if !NOT_FORWARDED.contains(name) {
             forwarded = forwarded.header(name, value);
@@ -236,18 +244,16 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-/// The child's kubeconfig: the proxy's address and the term's token, in `namespace` by default.
+/// The child's kubeconfig: the proxy's URL with the term's token, in `namespace` by default.
 fn kubeconfig(addr: SocketAddr, token: &str, namespace: &str) -> String {
     let namespace = serde_json::Value::from(namespace);
     format!(
         "apiVersion: v1\n\
          kind: Config\n\
          clusters:\n\
-         - name: leader-elect\n  cluster:\n    server: http://{addr}\n\
-         users:\n\
-         - name: leader-elect\n  user:\n    token: {token}\n\
+         - name: leader-elect\n  cluster:\n    server: http://{addr}{TERM_PREFIX}{token}\n\
          contexts:\n\
-         - name: leader-elect\n  context:\n    cluster: leader-elect\n    user: leader-elect\n    namespace: {namespace}\n\
+         - name: leader-elect\n  context:\n    cluster: leader-elect\n    namespace: {namespace}\n\
          current-context: leader-elect\n"
     )
 }

@@ -3,8 +3,10 @@
 //! frozen (SIGSTOP) across a takeover that resumes and writes is refused by the proxy (403), leaving the
 //! next leader's write in place.
 //!
-//! The children are shell scripts with curl, reading the server and token from `$KUBECONFIG`. Every wait
-//! polls a fact (a file, the object) with a generous bound.
+//! The children are shell scripts with curl, reading the server from `$KUBECONFIG`, and kubectl: `$KUBECTL`
+//! (which `.ci/run` sets, installing kubectl where it is missing), else `kubectl` on PATH; without either
+//! the kubectl test is skipped with the reason printed. Every wait polls a fact (a file, the object) with
+//! a generous bound.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -19,13 +21,13 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leader-elect");
 
-/// `curl` of the guarded Lease through the proxy named in `$KUBECONFIG`: `$1` the method, `$2` the merge
+/// `curl` of the guarded Lease through the proxy named in `$KUBECONFIG` (its server URL carries the term's
+/// token): `$1` the method, `$2` the merge
 /// patch; prints the HTTP status code.
 const CURL: &str = r#"
 request() {
     server=$(sed -n 's/^ *server: //p' "$KUBECONFIG")
-    token=$(sed -n 's/^ *token: //p' "$KUBECONFIG")
-    curl -s -o /dev/null -w '%{http_code}' -X "$1" -H "Authorization: Bearer $token" \
+    curl -s -o /dev/null -w '%{http_code}' -X "$1" \
         -H 'Content-Type: application/merge-patch+json' --data "$2" \
         "$server/apis/coordination.k8s.io/v1/namespaces/default/leases/guarded"
 }
@@ -38,7 +40,18 @@ fn client(server: &FakeApiServer) -> kube::Client {
 /// `leader-elect run --fence` as candidate "a" of Lease `default/proc`, running `sh -c script` with `$DIR`;
 /// timings long enough that no term ends by the clock while a test acts.
 fn fenced_candidate(server: &FakeApiServer, dir: &Path, script: &str) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
+    fenced_candidate_command(server, dir, script)
+        .spawn()
+        .unwrap()
+}
+
+fn fenced_candidate_command(
+    server: &FakeApiServer,
+    dir: &Path,
+    script: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
         .args([
             "run",
             "--lease-name",
@@ -63,9 +76,8 @@ fn fenced_candidate(server: &FakeApiServer, dir: &Path, script: &str) -> tokio::
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    command
 }
 
 /// Polls `f` every 50 ms for at most 60 s.
@@ -243,6 +255,53 @@ exec sleep 3600"#;
     assert_eq!(
         annotation(&guarded, "leaderelection.dev/term"),
         Some(next.to_string())
+    );
+
+    leader.start_kill().unwrap();
+    leader.wait().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_annotate_under_fence_goes_through_the_proxy_stamped_with_its_term() {
+    let kubectl = match std::env::var("KUBECTL") {
+        Ok(kubectl) => kubectl,
+        Err(_)
+            if std::process::Command::new("kubectl")
+                .arg("version")
+                .arg("--client")
+                .output()
+                .is_ok() =>
+        {
+            "kubectl".to_owned()
+        }
+        Err(_) => {
+            eprintln!("skipped: no $KUBECTL and no kubectl on PATH (.ci/run installs it)");
+            return;
+        }
+    };
+    let server = FakeApiServer::start().await.unwrap();
+    let leases = create_guarded(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#""$KUBECTL_BIN" --cache-dir "$DIR/cache" annotate lease guarded written-by=kubectl > "$DIR/out" 2>&1
+echo $? > "$DIR/rc.tmp"
+mv "$DIR/rc.tmp" "$DIR/rc"
+exec sleep 3600"#;
+    let mut command = fenced_candidate_command(&server, dir.path(), script);
+    let mut leader = command.env("KUBECTL_BIN", kubectl).spawn().unwrap();
+    let rc = wait_for("kubectl annotate", async || read(&dir.path().join("rc"))).await;
+    let out = read(&dir.path().join("out")).unwrap_or_default();
+    assert_eq!(rc.trim(), "0", "kubectl annotate failed: {out}");
+    let guarded = leases.get("guarded").await.unwrap();
+    assert_eq!(
+        annotation(&guarded, "written-by").as_deref(),
+        Some("kubectl")
+    );
+    let term = term(&leases).await.to_string();
+    assert_eq!(annotation(&guarded, "leaderelection.dev/term"), Some(term));
+    assert_eq!(
+        annotation(&guarded, "leaderelection.dev/lease").as_deref(),
+        Some("default/proc")
     );
 
     leader.start_kill().unwrap();
