@@ -4,8 +4,9 @@
 //! It behaves like kube-apiserver wherever a client can see it: one global increasing resourceVersion,
 //! `Status` errors with kube-apiserver's codes, reasons and messages (404 `NotFound`, 409 `AlreadyExists`,
 //! 409 `Conflict`, 422 `Invalid`, 400 `BadRequest`, 410 `Expired`), optimistic concurrency, watches that
-//! resume from a resourceVersion, Lease validation, and for kubectl discovery, OpenAPI v3 documents and the
-//! `Table` form of get and list. See the repository's `docs/fake-apiserver.md` for the list of behaviours and
+//! resume from a resourceVersion, Lease validation, ValidatingAdmissionPolicies (`admissionregistration.k8s.io/v1`
+//! policies and bindings, with CEL), and for kubectl discovery, OpenAPI v3 documents and the `Table` form of
+//! get and list. See the repository's `docs/fake-apiserver.md` for the list of behaviours and
 //! the known differences.
 //!
 //! With [`Builder::coordinated_election`] it also runs kube-apiserver's coordinated leader election
@@ -37,6 +38,7 @@
 //! `GET /fake/answers` ([`AnswerCount`]s), `GET /fake/requests` ([`RequestRecord`]s, oldest first).
 
 mod admin;
+mod admission;
 mod api;
 mod body;
 mod discovery;
@@ -68,6 +70,7 @@ pub use crate::listener::Listener;
 pub use crate::resource::ResourceType;
 pub use crate::status::ApiError;
 
+use crate::admission::Admission;
 use crate::shared::{Shared, Stats};
 use crate::store::Store;
 
@@ -103,6 +106,8 @@ impl Default for Builder {
                 ResourceType::lease(),
                 ResourceType::event(),
                 ResourceType::lease_candidate(),
+                ResourceType::validating_admission_policy(),
+                ResourceType::validating_admission_policy_binding(),
             ],
             history_limit: DEFAULT_HISTORY_LIMIT,
             history_max_age: DEFAULT_HISTORY_MAX_AGE,
@@ -201,11 +206,10 @@ impl Builder {
     /// The I/O error of binding the address.
     pub async fn start(self) -> std::io::Result<FakeApiServer> {
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(
-                self.history_limit,
-                self.history_max_age,
-                self.watch_buffer,
-            )),
+            store: Mutex::new(
+                Store::new(self.history_limit, self.history_max_age, self.watch_buffer)
+                    .with_admission(Admission::new(&self.resources)),
+            ),
             resources: self.resources,
             listeners: Mutex::new(Vec::new()),
             stats: Mutex::new(Stats::default()),
@@ -241,7 +245,8 @@ impl FakeApiServer {
     }
 
     /// Starts a server serving Leases (and `events.k8s.io/v1` Events, `coordination.k8s.io/v1beta1`
-    /// LeaseCandidates) on an ephemeral loopback port.
+    /// LeaseCandidates, `admissionregistration.k8s.io/v1` ValidatingAdmissionPolicies and their bindings) on
+    /// an ephemeral loopback port.
     ///
     /// # Errors
     ///

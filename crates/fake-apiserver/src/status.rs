@@ -96,6 +96,29 @@ impl ApiError {
         Self::new(422, "Invalid", message).with_details(rt, name)
     }
 
+    /// A write refused by a ValidatingAdmissionPolicy: `admission.NewForbidden`'s
+    /// `<plural>.<group> "<name>" is forbidden: <message>`, with the validation's reason (`Invalid`, 422,
+    /// unless it names another) and the message as the one cause, as kube-apiserver's dispatcher answers
+    /// (`staging/src/k8s.io/apiserver/pkg/admission/plugin/policy/validating/dispatcher.go`).
+    pub(crate) fn denied_by_policy(
+        rt: &ResourceType,
+        name: &str,
+        reason: &'static str,
+        code: u16,
+        message: &str,
+    ) -> Self {
+        let mut err = Self::new(
+            code,
+            reason,
+            format!("{} \"{name}\" is forbidden: {message}", rt.qualified()),
+        )
+        .with_details(rt, name);
+        if let Some(details) = &mut err.details {
+            details["causes"] = json!([{ "message": message }]);
+        }
+        err
+    }
+
     /// 400 `BadRequest`.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::admission::{Admission, AdmissionRequest, Operation};
 use crate::resource::{ResourceType, merge_patch};
 use crate::status::ApiError;
 
@@ -77,6 +78,8 @@ pub(crate) struct Store {
     /// can start from.
     history_floor: u64,
     events: broadcast::Sender<Arc<Event>>,
+    /// The ValidatingAdmissionPolicies every write passes before it is stored.
+    admission: Admission,
 }
 
 impl Store {
@@ -93,7 +96,40 @@ impl Store {
             history_max_age,
             history_floor: 0,
             events: broadcast::channel(watch_buffer.max(1)).0,
+            admission: Admission::default(),
         }
+    }
+
+    /// Evaluates the ValidatingAdmissionPolicies stored here on every write to the `resources` served.
+    pub(crate) fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Admission of one write of `t`, on the object as it would be stored (`None` for a delete) and the
+    /// stored one (`None` for a create): what kube-apiserver's validating admission sees, before anything
+    /// is written.
+    fn admit(
+        &self,
+        t: &Target<'_>,
+        operation: Operation,
+        part: Part,
+        object: Option<&Value>,
+        old_object: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        self.admission.admit(
+            self,
+            &AdmissionRequest {
+                resource: t.resource,
+                subresource: (part == Part::Status).then_some("status"),
+                namespace: t.namespace,
+                name: t.name,
+                operation,
+                object,
+                old_object,
+                dry_run: t.dry_run,
+            },
+        )
     }
 
     pub(crate) fn resource_version(&self) -> u64 {
@@ -206,6 +242,7 @@ impl Store {
         }
         let rv = self.rv + 1;
         stamp_new(&mut object, t, rv);
+        self.admit(t, Operation::Create, Part::Main, Some(&object), None)?;
         if t.dry_run {
             return Ok(Arc::new(object));
         }
@@ -247,6 +284,7 @@ impl Store {
         check_version(t, &current, Some(&given))?;
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
+        self.admit(t, Operation::Update, part, Some(&object), Some(&current))?;
         Ok(self.write_if_changed(t, current, object))
     }
 
@@ -267,6 +305,7 @@ impl Store {
         validate(&object)?;
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
+        self.admit(t, Operation::Update, part, Some(&object), Some(&current))?;
         Ok(self.write_if_changed(t, current, object))
     }
 
@@ -299,6 +338,7 @@ impl Store {
         precondition: Option<&str>,
     ) -> Result<Deletion, ApiError> {
         let current = self.current(t, precondition)?;
+        self.admit(t, Operation::Delete, Part::Main, None, Some(&current))?;
         if !has_finalizers(&current) {
             return Ok(Deletion::Deleted(self.write_version(
                 t,

@@ -60,6 +60,21 @@ spec:
   renewTime: \"2026-05-01T12:00:00.123456Z\"
 ";
 
+/// A server that also serves the custom resource `claims.example.com/v1` `Claim`.
+async fn claims_server() -> FakeApiServer {
+    FakeApiServer::builder()
+        .custom_resource(ResourceType::custom(
+            "claims.example.com",
+            "v1",
+            "Claim",
+            "claims",
+            true,
+        ))
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Whether kubectl can be run here; prints why a test is skipped when not.
 fn kubectl_installed() -> bool {
     let installed = std::process::Command::new("kubectl")
@@ -381,17 +396,7 @@ async fn kubectl_apply_creates_then_updates_a_custom_resource() {
     if !kubectl_installed() {
         return;
     }
-    let server = FakeApiServer::builder()
-        .custom_resource(ResourceType::custom(
-            "claims.example.com",
-            "v1",
-            "Claim",
-            "claims",
-            true,
-        ))
-        .start()
-        .await
-        .unwrap();
+    let server = claims_server().await;
     let url = server.url();
     let claim = "apiVersion: claims.example.com/v1
 kind: Claim
@@ -453,5 +458,71 @@ async fn kubectl_explain_lease_shows_the_lease_schema() {
     ] {
         assert!(stdout.contains(expected), "{expected:?} in {}", text(&out));
     }
+    server.shutdown().await;
+}
+
+/// `kubectl apply` stores a ValidatingAdmissionPolicy and its binding (cluster-scoped kinds found through
+/// discovery), which then refuse a write: kubectl prints kube-apiserver's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_installs_an_admission_policy_that_refuses_a_write() {
+    if !kubectl_installed() {
+        return;
+    }
+    let server = claims_server().await;
+    let url = server.url();
+    let policy = "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: small-shards
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [claims.example.com]
+      apiVersions: [v1]
+      operations: [CREATE, UPDATE]
+      resources: [claims]
+  validations:
+  - expression: object.spec.shard < 10
+    message: shards are numbered below 10
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: small-shards
+spec:
+  policyName: small-shards
+  validationActions: [Deny]
+";
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(policy)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "validatingadmissionpolicy.admissionregistration.k8s.io/small-shards created"
+        ) && stdout.contains(
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/small-shards created"
+        ),
+        "{}",
+        text(&out)
+    );
+    let claim = "apiVersion: claims.example.com/v1
+kind: Claim
+metadata:
+  name: shard-12
+  namespace: team-a
+spec:
+  shard: 12
+";
+    let out = kubectl(&url, &["apply", "-f", "-"], Some(claim)).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "ValidatingAdmissionPolicy 'small-shards' with binding 'small-shards' denied request: shards \
+             are numbered below 10"
+        ),
+        "{}",
+        text(&out)
+    );
     server.shutdown().await;
 }

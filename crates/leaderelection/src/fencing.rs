@@ -5,6 +5,13 @@
 //! requests once its term has ended; an admission policy installed in the cluster refuses any write whose
 //! term is older than the Lease's `spec.leaseTransitions`, so a write that was already on the wire, or a
 //! frozen writer that resumes, cannot land after the next leader's term began.
+//!
+//! [`FencingPolicy`] builds that policy and its binding for one Lease (`leader-elect fencing-policy`
+//! prints them as YAML).
+
+mod policy;
+
+pub use self::policy::{FencingPolicy, GuardedResource, Mode};
 
 /// The annotation carrying the writer's term: the decimal `spec.leaseTransitions` of the Lease it led when
 /// it wrote (for example `"7"`).
