@@ -1,16 +1,29 @@
 //! The write gate (`fencing::Fence`) over real HTTP against the fake API server: a leader's gated client
 //! writes, stamped, while it leads; once another candidate took the Lease, its next write fails with the
-//! typed error and never reaches the server; a write held by the server when the term ends is cancelled.
+//! typed error and never reaches the server; a write held by the server when the term ends is cancelled;
+//! and with the generated admission policy installed, a stamped write of the old term held on the wire
+//! until after the next leader's first write is refused by the server with 422.
 
 use std::time::Duration;
 
-use fake_apiserver::{FakeApiServer, Faults};
+use std::sync::{Arc, Mutex};
+
+use fake_apiserver::{FakeApiServer, Faults, ResourceType};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use leaderelection::fencing::{Fence, FenceReason, Fenced, LEASE_ANNOTATION, TERM_ANNOTATION};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::client::Body;
+use leaderelection::fencing::{
+    Fence, FenceReason, Fenced, FencingPolicy, LEASE_ANNOTATION, TERM_ANNOTATION,
+};
 use leaderelection::{Callbacks, Config, Elector, ElectorHandle, KubeLeaseLock};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
 
 /// Awaits `f` for at most 60 s, so that a regression fails instead of hanging.
 async fn bounded<F: Future>(f: F) -> F::Output {
@@ -195,6 +208,132 @@ async fn a_write_held_by_the_server_when_the_lease_is_taken_over_is_cancelled() 
     let error = bounded(write).await.unwrap().expect_err("cancelled");
     let fenced = Fenced::find(&error).unwrap_or_else(|| panic!("not Fenced: {error:?}"));
     assert!(fenced.in_flight, "{fenced}");
+
+    stop.cancel();
+    bounded(run).await.unwrap().unwrap();
+    server.shutdown().await;
+}
+
+fn widgets_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
+        "widgets",
+    )
+}
+
+/// A client whose one request, once the gate let it out (stamped), is held "on the wire" until `release`
+/// is notified, then sent whether or not the gate still waits for it (bytes already sent cannot be called
+/// back); the server's status code goes to the returned receiver.
+fn held_on_the_wire(
+    fence: &Fence,
+    client: &kube::Client,
+) -> (
+    kube::Client,
+    Arc<tokio::sync::Notify>,
+    tokio::sync::oneshot::Receiver<u16>,
+) {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+    let answer_tx = Arc::new(Mutex::new(Some(answer_tx)));
+    let (wire_client, wire_release) = (client.clone(), release.clone());
+    let wire = tower::service_fn(move |request: http::Request<Body>| {
+        let (client, release, answer_tx) =
+            (wire_client.clone(), wire_release.clone(), answer_tx.clone());
+        tokio::spawn(async move {
+            release.notified().await;
+            let code = match client.send(request).await {
+                Ok(response) => response.status().as_u16(),
+                Err(err) => panic!("the held request was not answered: {err}"),
+            };
+            if let Some(tx) = answer_tx.lock().unwrap().take() {
+                let _ = tx.send(code);
+            }
+        });
+        std::future::pending::<Result<http::Response<Body>, kube::Error>>()
+    });
+    (
+        kube::Client::new(fence.layer().layer(wire), "default"),
+        release,
+        answer_rx,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_policy_a_stale_write_held_on_the_wire_past_the_next_leaders_first_write_is_refused_with_422()
+ {
+    let server = FakeApiServer::builder()
+        .custom_resource(ResourceType::custom(
+            "example.com",
+            "v1",
+            "Widget",
+            "widgets",
+            true,
+        ))
+        .start()
+        .await
+        .unwrap();
+    let plain_client = client(&server.url());
+    let (policy, binding) = FencingPolicy::new("default", "ctl")
+        .resource("example.com/v1/widgets".parse().unwrap())
+        .build()
+        .unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(plain_client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(plain_client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let (elector, run, stop) = leader(&server).await;
+    let fence = fence(&elector);
+    let term = fence.term().transitions;
+    let resource = widgets_resource();
+    let gated: Api<DynamicObject> =
+        Api::namespaced_with(fence.client(&plain_client), "default", &resource);
+    let widget = DynamicObject::new("w", &resource).data(json!({"spec": {"replicas": 1}}));
+    gated.create(&PostParams::default(), &widget).await.unwrap();
+
+    // The leader's write leaves the gate stamped with its term, and is held on the wire.
+    let (held_client, release, answer) = held_on_the_wire(&fence, &plain_client);
+    let held: Api<DynamicObject> = Api::namespaced_with(held_client, "default", &resource);
+    let stale = tokio::spawn(async move {
+        let patch = Patch::Merge(json!({"spec": {"replicas": 2}}));
+        held.patch("w", &PatchParams::default(), &patch).await
+    });
+    // Another candidate takes the Lease: the gate drops the leader's wait for the held write...
+    take_over(&server, &elector).await;
+    let error = bounded(stale)
+        .await
+        .unwrap()
+        .expect_err("cancelled in flight");
+    assert!(
+        Fenced::find(&error).is_some_and(|f| f.in_flight),
+        "{error:?}"
+    );
+    // ...and the next leader writes, stamped with its term.
+    let next = term + 1;
+    let widgets: Api<DynamicObject> = Api::namespaced_with(plain_client, "default", &resource);
+    let next_write = json!({"metadata": {"annotations": {TERM_ANNOTATION: next.to_string(),
+        LEASE_ANNOTATION: "default/ctl"}}, "spec": {"replicas": 3}});
+    widgets
+        .patch("w", &PatchParams::default(), &Patch::Merge(next_write))
+        .await
+        .unwrap();
+
+    release.notify_one();
+    assert_eq!(
+        bounded(answer).await.unwrap(),
+        422,
+        "the server refused the stale write"
+    );
+    let stored = widgets.get("w").await.unwrap();
+    assert_eq!(
+        stored.data["spec"]["replicas"], 3,
+        "unchanged since the next leader's write"
+    );
+    let annotations = stored.metadata.annotations.unwrap();
+    assert_eq!(annotations[TERM_ANNOTATION], next.to_string());
 
     stop.cancel();
     bounded(run).await.unwrap().unwrap();
