@@ -1,11 +1,12 @@
 //! The writing modes of `leader-elect-lab chaos` (`--mode fenced-writer`, `--mode direct-writer`): each
-//! child also writes a guarded object (Lease `default/chaos-guarded`, merge patches of an annotation) in a
-//! loop, and the run counts the writes that were refused and the stale writes that landed.
+//! child also writes a guarded object (widget `default/chaos-guarded`, merge patches of an annotation) in
+//! a loop, and the run counts the writes that were refused and the stale writes that landed.
 //!
 //! A write *landed stale* when the server applied it while the election's Lease no longer named its writer
 //! in its term: another holder, a newer `leaseTransitions`, no holder, or no Lease. The harness judges it
-//! from the server's own order of events: one watch of the namespace's Leases, in resourceVersion order
-//! (the fake API server's resourceVersion is global), from before the first candidate starts.
+//! from the server's own order of events: a watch of the election's Lease and one of the guarded object,
+//! from before the first candidate starts, merged in resourceVersion order (the fake API server's
+//! resourceVersion is global, as etcd's revision is).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,18 +14,38 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
 use leaderelection::KubeLeaseLock;
-use leaderelection::fencing::{LEASE_ANNOTATION, TERM_ANNOTATION};
+use leaderelection::fencing::{FencingPolicy, LEASE_ANNOTATION, TERM_ANNOTATION};
 use tokio_util::sync::CancellationToken;
 
-/// The guarded object's name (a Lease in `default`, beside the election's Lease `demo`).
+/// The guarded object: a widget (a custom resource the lab's fake API server serves), in `default` beside
+/// the election's Lease `demo`.
 pub(crate) const GUARDED: &str = "chaos-guarded";
+const GROUP: &str = "chaos.leaderelection.dev";
+const VERSION: &str = "v1";
+const KIND: &str = "Widget";
+const PLURAL: &str = "widgets";
 /// The annotation each write sets: `IDENTITY TERM INCARNATION SEQ`, unique per write.
 const WRITTEN_BY: &str = "chaos.leaderelection.dev/written-by";
 /// The election's Lease.
 const ELECTION: &str = "demo";
+
+/// The widgets' resource type, for the fake API server.
+pub(crate) fn widgets() -> fake_apiserver::ResourceType {
+    fake_apiserver::ResourceType::custom(GROUP, VERSION, KIND, PLURAL, true)
+}
+
+fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+}
 
 /// What the children do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -84,7 +105,7 @@ enum Seen {
 // === impl Answer ===
 
 impl Answer {
-    fn of(result: &Result<Lease, kube::Error>) -> Self {
+    fn of(result: &Result<DynamicObject, kube::Error>) -> Self {
         match result {
             Ok(_) => Self::Ok,
             Err(kube::Error::Api(status))
@@ -130,7 +151,7 @@ pub(crate) async fn write_loop(
                 .context("reading $KUBECONFIG (--fence's proxy)")?,
         )?,
     };
-    let api: Api<Lease> = Api::namespaced(client, "default");
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource());
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -162,89 +183,81 @@ pub(crate) async fn write_loop(
     Ok(())
 }
 
-/// Creates the guarded object and watches the namespace's Leases until `stop`; returns what it saw.
+/// Installs the generated admission policy of the election's Lease (`--policy`), lenient, guarding the
+/// widgets.
+///
+/// # Errors
+///
+/// The policy or its binding cannot be created.
+pub(crate) async fn install_policy(client: kube::Client) -> anyhow::Result<()> {
+    let (policy, binding) = FencingPolicy::new("default", ELECTION)
+        .resource(format!("{GROUP}/{VERSION}/{PLURAL}").parse()?)
+        .build()?;
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .context("creating the ValidatingAdmissionPolicy")?;
+    Api::<ValidatingAdmissionPolicyBinding>::all(client)
+        .create(&PostParams::default(), &binding)
+        .await
+        .context("creating the ValidatingAdmissionPolicyBinding")?;
+    Ok(())
+}
+
+/// Creates the guarded object, then watches it and the election's Lease until stopped.
 pub(crate) struct Recorder {
-    task: tokio::task::JoinHandle<(Vec<Seen>, bool)>,
+    tasks: [tokio::task::JoinHandle<Watched>; 2],
     stop: CancellationToken,
 }
+
+/// What one watch saw: events with their resourceVersion, and whether it missed some.
+type Watched = (Vec<(u64, Seen)>, bool);
 
 // === impl Recorder ===
 
 impl Recorder {
-    /// Creates Lease `default/chaos-guarded` and starts watching from that version.
+    /// Creates widget `default/chaos-guarded` and starts watching from that version.
     ///
     /// # Errors
     ///
     /// The guarded object cannot be created.
-    pub(crate) async fn start(api: Api<Lease>) -> anyhow::Result<Self> {
-        let guarded: Lease =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": GUARDED}}))?;
-        let created = api
-            .create(&PostParams::default(), &guarded)
+    pub(crate) async fn start(client: kube::Client) -> anyhow::Result<Self> {
+        let widgets: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "default", &resource());
+        let created = widgets
+            .create(
+                &PostParams::default(),
+                &DynamicObject::new(GUARDED, &resource()),
+            )
             .await
             .context("creating the guarded object")?;
-        let mut version = created.metadata.resource_version.unwrap_or_default();
+        let version = created.metadata.resource_version.unwrap_or_default();
+        let leases: Api<Lease> = Api::namespaced(client, "default");
         let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let mut incomplete = false;
-            while !token.is_cancelled() {
-                let stream = match api.watch(&WatchParams::default(), &version).await {
-                    Ok(stream) => stream,
-                    Err(_) => {
-                        incomplete = true;
-                        break;
-                    }
-                };
-                let mut stream = stream.boxed();
-                loop {
-                    let event = tokio::select! {
-                        () = token.cancelled() => break,
-                        event = stream.try_next() => event,
-                    };
-                    let lease = match event {
-                        Ok(Some(WatchEvent::Added(lease) | WatchEvent::Modified(lease))) => {
-                            Some(lease)
-                        }
-                        Ok(Some(WatchEvent::Deleted(lease))) => {
-                            if lease.metadata.name.as_deref() == Some(ELECTION) {
-                                seen.push(Seen::Election(None));
-                            }
-                            version = lease.metadata.resource_version.unwrap_or(version);
-                            None
-                        }
-                        Ok(Some(WatchEvent::Bookmark(bookmark))) => {
-                            version = bookmark.metadata.resource_version;
-                            None
-                        }
-                        // Ended (resumed from `version`), or an error it cannot resume from.
-                        Ok(None) => break,
-                        Ok(Some(WatchEvent::Error(_))) | Err(_) => {
-                            incomplete = true;
-                            token.cancel();
-                            break;
-                        }
-                    };
-                    if let Some(lease) = lease {
-                        version = lease.metadata.resource_version.clone().unwrap_or(version);
-                        seen.extend(Seen::of(&lease));
-                    }
-                }
-            }
-            (seen, incomplete)
-        });
-        Ok(Self { task, stop })
+        let tasks = [
+            tokio::spawn(watch(leases, version.clone(), stop.clone(), Seen::election)),
+            tokio::spawn(watch(widgets, version, stop.clone(), Seen::guarded)),
+        ];
+        Ok(Self { tasks, stop })
     }
 
     /// Stops watching; judges what was seen with the children's `answers` file.
     ///
     /// # Errors
     ///
-    /// The watching task panicked.
+    /// A watching task panicked.
     pub(crate) async fn finish(self, answers: &Path) -> anyhow::Result<Writes> {
         self.stop.cancel();
-        let (seen, incomplete) = self.task.await.context("the guarded object's watch")?;
+        let mut seen = Vec::new();
+        let mut incomplete = false;
+        for task in self.tasks {
+            let (events, missed) = task.await.context("a watch of the guarded run")?;
+            seen.extend(events);
+            incomplete |= missed;
+        }
+        // One global resourceVersion: the order in which the server applied them.
+        seen.sort_by_key(|(version, _)| *version);
+        let seen: Vec<Seen> = seen.into_iter().map(|(_, event)| event).collect();
         let text = std::fs::read_to_string(answers).unwrap_or_default();
         let mut writes = judge(&seen);
         writes.incomplete = incomplete;
@@ -267,27 +280,83 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
+/// Watches `api` from `version` until `stop` (resuming when a watch ends), mapping each object (and
+/// whether it was deleted) to what the judge needs.
+async fn watch<K>(
+    api: Api<K>,
+    mut version: String,
+    stop: CancellationToken,
+    map: fn(&K, bool) -> Option<Seen>,
+) -> Watched
+where
+    K: kube::Resource
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let mut seen = Vec::new();
+    while !stop.is_cancelled() {
+        let Ok(stream) = api.watch(&WatchParams::default(), &version).await else {
+            return (seen, true);
+        };
+        let mut stream = stream.boxed();
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => break,
+                event = stream.try_next() => event,
+            };
+            let (object, deleted) = match event {
+                Ok(Some(WatchEvent::Added(object) | WatchEvent::Modified(object))) => {
+                    (object, false)
+                }
+                Ok(Some(WatchEvent::Deleted(object))) => (object, true),
+                Ok(Some(WatchEvent::Bookmark(bookmark))) => {
+                    version = bookmark.metadata.resource_version;
+                    continue;
+                }
+                // Ended: resumed from `version`.
+                Ok(None) => break,
+                Ok(Some(WatchEvent::Error(_))) | Err(_) => return (seen, true),
+            };
+            if let Some(at) = object.meta().resource_version.clone() {
+                if let (Some(event), Ok(number)) = (map(&object, deleted), at.parse()) {
+                    seen.push((number, event));
+                }
+                version = at;
+            }
+        }
+    }
+    (seen, false)
+}
+
 // === impl Seen ===
 
 impl Seen {
-    fn of(lease: &Lease) -> Option<Self> {
-        match lease.metadata.name.as_deref()? {
-            ELECTION => {
-                let spec = lease.spec.clone().unwrap_or_default();
-                Some(Self::Election(Some((
-                    spec.holder_identity.unwrap_or_default(),
-                    spec.lease_transitions.unwrap_or(0),
-                ))))
-            }
-            GUARDED => {
-                let written_by = lease.metadata.annotations.as_ref()?.get(WRITTEN_BY)?;
-                let mut fields = written_by.split(' ');
-                let identity = fields.next()?.to_owned();
-                let term = fields.next()?.parse().ok()?;
-                Some(Self::Guarded { identity, term })
-            }
-            _ => None,
+    fn election(lease: &Lease, deleted: bool) -> Option<Self> {
+        if lease.metadata.name.as_deref() != Some(ELECTION) {
+            return None;
         }
+        if deleted {
+            return Some(Self::Election(None));
+        }
+        let spec = lease.spec.clone().unwrap_or_default();
+        Some(Self::Election(Some((
+            spec.holder_identity.unwrap_or_default(),
+            spec.lease_transitions.unwrap_or(0),
+        ))))
+    }
+
+    fn guarded(widget: &DynamicObject, deleted: bool) -> Option<Self> {
+        if deleted || widget.metadata.name.as_deref() != Some(GUARDED) {
+            return None;
+        }
+        let written_by = widget.metadata.annotations.as_ref()?.get(WRITTEN_BY)?;
+        let mut fields = written_by.split(' ');
+        let identity = fields.next()?.to_owned();
+        let term = fields.next()?.parse().ok()?;
+        Some(Self::Guarded { identity, term })
     }
 }
 

@@ -36,6 +36,7 @@ use nix::unistd::Pid;
 
 pub(crate) use worker::{WorkerArgs, run as worker};
 
+pub(crate) use self::guarded::widgets;
 use self::guarded::{Mode, Recorder, Writes};
 
 use self::check::{Duplicate, Freeze, Heartbeat, Observed, Report, Violation};
@@ -87,6 +88,11 @@ pub(crate) struct ChaosArgs {
     /// the writes refused and the stale writes that landed.
     #[arg(long, value_enum, default_value_t = Mode::Heartbeat)]
     mode: Mode,
+    /// With a writing `--mode`: install the admission policy that `leader-elect fencing-policy` prints
+    /// (lenient, guarding the widgets), so that the API server also refuses writes stamped with a term
+    /// older than the election Lease's.
+    #[arg(long)]
+    policy: bool,
     /// With a writing `--mode`: the time between a child's writes of the guarded object.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20ms")]
     write_period: Duration,
@@ -113,6 +119,11 @@ struct Outcome {
 
 /// `leader-elect-lab chaos`.
 pub(crate) async fn run(args: ChaosArgs) -> Result<(), Failure> {
+    if args.policy && args.mode == Mode::Heartbeat {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--policy guards the writes of --mode fenced-writer or direct-writer"
+        )));
+    }
     if !(3..=5).contains(&args.candidates) {
         return Err(Failure::Usage(anyhow::anyhow!(
             "invalid --candidates {}: must be 3, 4 or 5",
@@ -212,6 +223,9 @@ fn replay(args: &ChaosArgs, seed: u64) -> String {
             mode_name(args.mode),
             fmt(args.write_period)
         );
+    }
+    if args.policy {
+        cmd.push_str(" --policy");
     }
     cmd
 }
@@ -501,7 +515,13 @@ async fn run_once(
     };
     let recorder = match args.mode {
         Mode::Heartbeat => None,
-        Mode::FencedWriter | Mode::DirectWriter => Some(Recorder::start(run.api.clone()).await?),
+        Mode::FencedWriter | Mode::DirectWriter => {
+            let client = run.api.clone().into_client();
+            if args.policy {
+                guarded::install_policy(client.clone()).await?;
+            }
+            Some(Recorder::start(client).await?)
+        }
     };
     let started = Timestamp::now();
     for i in 0..n {
