@@ -8,22 +8,19 @@ use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
-use fake_apiserver::{FakeApiServer, Faults, ResourceType};
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
+use fake_apiserver::{FakeApiServer, Faults};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::client::Body;
 use leaderelection::fencing::{
-    Fence, FenceReason, Fenced, FencingPolicy, LEASE_ANNOTATION, TERM_ANNOTATION,
+    Fence, FenceReason, Fenced, LEASE_ANNOTATION, Mode, TERM_ANNOTATION,
 };
 use leaderelection::{Callbacks, Config, Elector, ElectorHandle, KubeLeaseLock};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tower::Layer as _;
+
+mod common;
 
 /// Awaits `f` for at most 60 s, so that a regression fails instead of hanging.
 async fn bounded<F: Future>(f: F) -> F::Output {
@@ -214,13 +211,6 @@ async fn a_write_held_by_the_server_when_the_lease_is_taken_over_is_cancelled() 
     server.shutdown().await;
 }
 
-fn widgets_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
-        "widgets",
-    )
-}
-
 /// A client whose one request, once the gate let it out (stamped), is held "on the wire" until `release`
 /// is notified, then sent whether or not the gate still waits for it (bytes already sent cannot be called
 /// back); the server's status code goes to the returned receiver.
@@ -261,34 +251,11 @@ fn held_on_the_wire(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_policy_a_stale_write_held_on_the_wire_past_the_next_leaders_first_write_is_refused_with_422()
  {
-    let server = FakeApiServer::builder()
-        .custom_resource(ResourceType::custom(
-            "example.com",
-            "v1",
-            "Widget",
-            "widgets",
-            true,
-        ))
-        .start()
-        .await
-        .unwrap();
-    let plain_client = client(&server.url());
-    let (policy, binding) = FencingPolicy::new("default", "ctl")
-        .resource("example.com/v1/widgets".parse().unwrap())
-        .build()
-        .unwrap();
-    Api::<ValidatingAdmissionPolicy>::all(plain_client.clone())
-        .create(&PostParams::default(), &policy)
-        .await
-        .unwrap();
-    Api::<ValidatingAdmissionPolicyBinding>::all(plain_client.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    let (server, plain_client) = common::with_policy("default", "ctl", Mode::Lenient).await;
     let (elector, run, stop) = leader(&server).await;
     let fence = fence(&elector);
     let term = fence.term().transitions;
-    let resource = widgets_resource();
+    let resource = common::widget_resource();
     let gated: Api<DynamicObject> =
         Api::namespaced_with(fence.client(&plain_client), "default", &resource);
     let widget = DynamicObject::new("w", &resource).data(json!({"spec": {"replicas": 1}}));

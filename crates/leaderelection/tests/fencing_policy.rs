@@ -2,44 +2,25 @@
 //! enforces ValidatingAdmissionPolicies as kube-apiserver does), refuses stale terms where the writes land.
 //! The Lease is at `leaseTransitions` 3 throughout; writes are stamped as a leader's write gate stamps them.
 
-use fake_apiserver::{FakeApiServer, ResourceType};
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
+use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
-use leaderelection::fencing::{FencingPolicy, LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use leaderelection::fencing::{LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
 use serde_json::json;
 
 /// The Lease's term in every test.
 const TERM: i32 = 3;
 const LEASE: &str = "jobs/my-controller";
 
-fn widget_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
-        "widgets",
-    )
-}
+mod common;
+
+use common::widget_resource;
 
 /// A fake API server serving widgets, with the generated policy (guarding `example.com/v1/widgets`) and
 /// its binding installed; the Lease `jobs/my-controller` at `leaseTransitions` [`TERM`] unless `lease` is
 /// false. Returns the server and the widgets of namespace `jobs`.
 async fn fenced(mode: Mode, lease: bool) -> (FakeApiServer, Api<DynamicObject>) {
-    let server = FakeApiServer::builder()
-        .custom_resource(ResourceType::custom(
-            "example.com",
-            "v1",
-            "Widget",
-            "widgets",
-            true,
-        ))
-        .start()
-        .await
-        .unwrap();
-    let client = leaderelection::KubeLeaseLock::client_for_url(&server.url()).unwrap();
+    let (server, client) = common::with_policy("jobs", "my-controller", mode).await;
     if lease {
         let lease: Lease = serde_json::from_value(json!({
             "metadata": {"name": "my-controller", "namespace": "jobs"},
@@ -51,19 +32,6 @@ async fn fenced(mode: Mode, lease: bool) -> (FakeApiServer, Api<DynamicObject>) 
             .await
             .unwrap();
     }
-    let (policy, binding) = FencingPolicy::new("jobs", "my-controller")
-        .resource("example.com/v1/widgets".parse().unwrap())
-        .mode(mode)
-        .build()
-        .unwrap();
-    Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .create(&PostParams::default(), &policy)
-        .await
-        .unwrap();
-    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
     let widgets = Api::namespaced_with(client, "jobs", &widget_resource());
     (server, widgets)
 }
