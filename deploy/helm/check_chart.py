@@ -327,6 +327,78 @@ def test_custom():
           and sm["spec"]["endpoints"][0]["path"] == "/metrics", "custom: ServiceMonitor on the admin port")
 
 
+FENCING = ["--set", "fencing.enabled=true", "--set", "fencing.resources={apps/v1/deployments,v1/configmaps}"]
+FENCING_NAME = f"{FULLNAME}.{NAMESPACE}.fencing.leaderelection.dev"
+
+
+def fencing_rules(verbs):
+    return [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs},
+    ]
+
+
+def test_fencing():
+    with open(os.path.join(CHART, "files", "fencing-validations.yaml")) as f:
+        generated = yaml.safe_load(f)
+    writes = ["get", "list", "watch", "create", "update", "patch"]
+    objects = render("fencing", FENCING)
+    policy = objects.get(("ValidatingAdmissionPolicy", FENCING_NAME))
+    binding = objects.get(("ValidatingAdmissionPolicyBinding", FENCING_NAME))
+    check(policy is not None and binding is not None, f"fencing: policy and binding {kinds(objects)}")
+    if policy is None or binding is None:
+        return
+    spec = policy["spec"]
+    check(spec["failurePolicy"] == "Fail", "fencing: failurePolicy Fail")
+    check(spec["paramKind"] == {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"}, f"fencing: paramKind {spec['paramKind']}")
+    check(
+        spec["matchConstraints"]["resourceRules"]
+        == [
+            {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]},
+            {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]},
+        ],
+        f"fencing: resourceRules {spec['matchConstraints']}",
+    )
+    check(spec["validations"] == generated["lenient"], "fencing: the generated lenient validations, unchanged by rendering")
+    check(
+        binding["spec"]
+        == {
+            "policyName": FENCING_NAME,
+            "validationActions": ["Deny"],
+            "paramRef": {"name": FULLNAME, "namespace": NAMESPACE, "parameterNotFoundAction": "Allow"},
+        },
+        f"fencing: binding {binding['spec']}",
+    )
+    check(objects[("Role", FULLNAME)]["rules"] == LEASE_RULES + fencing_rules(writes), "fencing: Role grants writes on the guarded resources")
+
+    objects = render("fencing strict, namespaces", FENCING + ["--set", "fencing.strict=true", "--set", "fencing.namespaces={team-a,jobs}"])
+    policy = objects.get(("ValidatingAdmissionPolicy", FENCING_NAME))
+    binding = objects.get(("ValidatingAdmissionPolicyBinding", FENCING_NAME))
+    if policy is None or binding is None:
+        check(False, f"fencing strict: policy and binding {kinds(objects)}")
+        return
+    check(policy["spec"]["validations"] == generated["strict"], "fencing strict: the generated strict validations")
+    check(binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny", "fencing strict: Deny without the Lease")
+    check(
+        binding["spec"]["matchResources"]
+        == {"namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "jobs"]}]}},
+        f"fencing strict: namespaceSelector {binding['spec'].get('matchResources')}",
+    )
+    # The release's own namespace is covered by the main Role; another gets a Role and RoleBinding of its own.
+    role = objects.get(("Role", f"{FULLNAME}-fencing"))
+    check(role is not None and role["metadata"]["namespace"] == "team-a" and role["rules"] == fencing_rules(writes),
+          f"fencing strict: Role in team-a {role}")
+    rb = objects.get(("RoleBinding", f"{FULLNAME}-fencing"))
+    check(rb is not None and rb["metadata"]["namespace"] == "team-a"
+          and rb["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}],
+          f"fencing strict: RoleBinding in team-a {rb}")
+
+    objects = render("fencing without grants", FENCING + ["--set", "fencing.verbs=null"])
+    if objects:
+        check(objects[("Role", FULLNAME)]["rules"] == LEASE_RULES, "fencing without grants: Role unchanged")
+
+
 def test_notes():
     print("case NOTES.txt: helm install --dry-run=client")
     r = subprocess.run(
@@ -367,6 +439,12 @@ def test_negative():
         ("wrap without command", ["--set", "mode=wrap", "--set", "wrap.image.repository=x"], "mode wrap needs command"),
         ("ServiceMonitor without Service", ["--set", "serviceMonitor.enabled=true", "--set", "service.enabled=false"],
          "serviceMonitor.enabled needs service.enabled"),
+        ("fencing without resources", ["--set", "fencing.enabled=true"], "fencing.enabled needs fencing.resources"),
+        ("fencing a subresource", FENCING[:2] + ["--set", "fencing.resources={apps/v1/deployments/status}"],
+         "at '/fencing/resources/0'"),
+        ("fencing the Leases", FENCING[:2] + ["--set", "fencing.resources={coordination.k8s.io/v1/leases}"],
+         "Leases cannot be guarded"),
+        ("fencing namespace not a label", FENCING + ["--set", "fencing.namespaces={a.b}"], "at '/fencing/namespaces/0'"),
     ]
     for case, args, message in cases:
         must_fail(case, args, message)
@@ -390,6 +468,7 @@ def main():
     test_single_replica()
     test_external_rbac()
     test_custom()
+    test_fencing()
     test_notes()
     test_negative()
     if failures:

@@ -233,6 +233,7 @@ impl Admission {
         for (list, fields) in [
             ("validations", &["expression", "messageExpression"][..]),
             ("matchConditions", &["expression"][..]),
+            ("variables", &["expression"][..]),
         ] {
             let items = policy
                 .pointer(&format!("/spec/{list}"))
@@ -251,15 +252,6 @@ impl Admission {
                     }
                 }
             }
-        }
-        if policy
-            .pointer("/spec/variables")
-            .and_then(Value::as_array)
-            .is_some_and(|v| !v.is_empty())
-        {
-            causes.push(
-                "spec.variables: Unsupported value: the fake API server does not evaluate variables".into(),
-            );
         }
         if causes.is_empty() {
             Ok(())
@@ -388,9 +380,10 @@ impl Admission {
 
     /// The params a binding names (`paramRef`), read live from the store: by name, or every object of the
     /// kind its `selector` matches, in `paramRef.namespace` (default: the request's, for a namespaced
-    /// kind). `Err` is a configuration error: no `paramRef`, or nothing found with `parameterNotFoundAction:
-    /// Deny` (kube-apiserver's `CollectParams`, `staging/src/k8s.io/apiserver/pkg/admission/plugin/policy/
-    /// generic/policy_dispatcher.go`).
+    /// kind); one null param when the binding has no `paramRef`. `Err` is a configuration error: nothing
+    /// found with `parameterNotFoundAction: Deny`, a namespace for a cluster-scoped kind, both or neither of
+    /// `name` and `selector` (kube-apiserver's `CollectParams`,
+    /// `staging/src/k8s.io/apiserver/pkg/admission/plugin/policy/generic/policy_dispatcher.go`).
     fn params(
         &self,
         store: &Store,
@@ -398,13 +391,22 @@ impl Admission {
         binding: &Value,
         req: &AdmissionRequest<'_>,
     ) -> Result<Vec<Value>, String> {
+        // A binding without `paramRef` evaluates the policy once, with null params.
         let Some(param_ref) = binding.pointer("/spec/paramRef").filter(|p| !p.is_null()) else {
-            return Err(format!(
-                "paramKind kind `{}` is set but paramRef is nil",
-                self.resources[kind].kind
-            ));
+            return Ok(vec![Value::Null]);
         };
+        let name = param_ref
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let selector = param_ref.get("selector").filter(|s| !s.is_null());
         let namespace = match param_ref.get("namespace").and_then(Value::as_str) {
+            Some(ns) if !ns.is_empty() && !self.resources[kind].namespaced => {
+                return Err(
+                    "paramRef.namespace must not be provided for a cluster-scoped `paramKind`"
+                        .into(),
+                );
+            }
             _ if !self.resources[kind].namespaced => "",
             Some(ns) if !ns.is_empty() => ns,
             _ if req.namespace.is_empty() => {
@@ -415,20 +417,21 @@ impl Admission {
             }
             _ => req.namespace,
         };
-        let params: Vec<Value> = match param_ref.get("name").and_then(Value::as_str) {
-            Some(name) if !name.is_empty() => store
+        let params: Vec<Value> = match (name, selector) {
+            (Some(_), Some(_)) => {
+                return Err("paramRef.name and paramRef.selector are mutually exclusive".into());
+            }
+            (Some(name), None) => store
                 .get(kind, namespace, name)
                 .map(|o| (*o).clone())
                 .into_iter()
                 .collect(),
-            _ => {
-                let selector = param_ref.get("selector");
-                store
-                    .list(kind, Some(namespace))
-                    .filter(|o| selector_matches(selector, labels(Some(o))))
-                    .map(|o| (**o).clone())
-                    .collect()
-            }
+            (None, Some(_)) => store
+                .list(kind, Some(namespace))
+                .filter(|o| selector_matches(selector, labels(Some(o))))
+                .map(|o| (**o).clone())
+                .collect(),
+            (None, None) => return Err("one of name or selector must be provided".into()),
         };
         if params.is_empty()
             && param_ref
@@ -499,6 +502,29 @@ impl Admission {
                 }
             }
         }
+        // `spec.variables` in order, each seeing those before it (matchConditions see none, as in
+        // kube-apiserver). One that fails to evaluate is left out, so an expression that uses it fails:
+        // kube-apiserver evaluates variables lazily, when used.
+        let mut variables = HashMap::new();
+        for variable in spec
+            .get("variables")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            context.add_variable_from_value(
+                "variables",
+                cel::Value::Map(Map::from(variables.clone())),
+            );
+            let name = variable.get("name").and_then(Value::as_str);
+            let expression = variable.get("expression").and_then(Value::as_str);
+            if let (Some(name), Some(expression)) = (name, expression)
+                && let Ok(value) = self.value(&context, expression)
+            {
+                variables.insert(Key::from(name.to_owned()), value);
+            }
+        }
+        context.add_variable_from_value("variables", cel::Value::Map(Map::from(variables)));
         let validations = spec
             .get("validations")
             .and_then(Value::as_array)
@@ -537,18 +563,22 @@ impl Admission {
 
     /// Evaluates a boolean expression; `Err` carries kube-apiserver's message for an evaluation error.
     fn evaluate(&self, context: &Context<'_, '_>, expression: &str) -> Result<bool, String> {
+        match self.value(context, expression)? {
+            cel::Value::Bool(b) => Ok(b),
+            other => Err(format!(
+                "expression '{expression}' resulted in error: {other:?} is not a bool"
+            )),
+        }
+    }
+
+    /// Evaluates an expression; `Err` carries kube-apiserver's message for an evaluation error.
+    fn value(&self, context: &Context<'_, '_>, expression: &str) -> Result<cel::Value, String> {
         let program = self
             .program(expression)
             .map_err(|err| format!("compilation failed: {err}"))?;
-        match program.execute(context) {
-            Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
-                "expression '{expression}' resulted in error: no such overload: {other:?} is not a bool"
-            )),
-            Err(err) => Err(format!(
-                "expression '{expression}' resulted in error: {err}"
-            )),
-        }
+        program
+            .execute(context)
+            .map_err(|err| format!("expression '{expression}' resulted in error: {err}"))
     }
 
     /// A failed validation's message: its `messageExpression` when that gives a non-empty single-line

@@ -148,9 +148,13 @@ impl Store {
         resource: usize,
         namespace: Option<&'a str>,
     ) -> impl Iterator<Item = &'a Arc<Value>> + 'a {
+        // A range, not a scan: admission lists the policies on every write.
         self.objects
-            .iter()
-            .filter(move |((r, ns, _), _)| *r == resource && namespace.is_none_or(|n| n == ns))
+            .range(
+                (resource, String::new(), String::new())
+                    ..(resource + 1, String::new(), String::new()),
+            )
+            .filter(move |((_, ns, _), _)| namespace.is_none_or(|n| n == ns))
             .map(|(_, v)| v)
     }
 

@@ -393,3 +393,59 @@ async fn a_policy_whose_expression_does_not_compile_is_invalid() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_binding_without_param_ref_evaluates_with_null_params() {
+    let (_server, client, api) = widgets().await;
+    install(
+        &client,
+        "needs-params",
+        json!({
+            "paramKind": {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"},
+            "validations": [{"expression": "params != null", "message": "no params"}],
+        }),
+        json!({}),
+    )
+    .await;
+    let (code, _, message) = refusal(api.create(&PostParams::default(), &widget("w", 1)).await);
+    assert_eq!(code, 422);
+    assert!(message.ends_with("denied request: no params"), "{message}");
+}
+
+#[tokio::test]
+async fn variables_compose_in_order_and_a_failing_one_fails_where_it_is_used() {
+    let (_server, client, api) = widgets().await;
+    install(
+        &client,
+        "composed",
+        json!({
+            "failurePolicy": "Fail",
+            "variables": [
+                {"name": "size", "expression": "object.spec.size"},
+                {"name": "double", "expression": "variables.size * 2"},
+                {"name": "color", "expression": "object.spec.color"},
+            ],
+            "validations": [
+                {"expression": "variables.double <= 10", "messageExpression": "'double is ' + string(variables.double)"},
+                {"expression": "!has(object.spec.paint) || variables.color == 'red'"},
+            ],
+        }),
+        json!({}),
+    )
+    .await;
+    api.create(&PostParams::default(), &widget("w", 5))
+        .await
+        .unwrap();
+    let (code, _, message) = refusal(api.create(&PostParams::default(), &widget("x", 6)).await);
+    assert_eq!(code, 422);
+    assert!(
+        message.ends_with("denied request: double is 12"),
+        "{message}"
+    );
+    // `variables.color` failed (no spec.color): only the validation that uses it fails.
+    let mut painted = widget("y", 1);
+    painted.data["spec"]["paint"] = json!(true);
+    let (code, _, message) = refusal(api.create(&PostParams::default(), &painted).await);
+    assert_eq!(code, 422);
+    assert!(message.contains("resulted in error"), "{message}");
+}

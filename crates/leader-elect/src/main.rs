@@ -9,6 +9,7 @@
 mod child;
 mod client;
 mod failure;
+mod fencing_policy;
 mod install;
 mod lease;
 mod logging;
@@ -45,6 +46,8 @@ enum Command {
     /// Ask the Lease's holder to hand it to another candidate (sets spec.preferredHolder).
     #[command(name = "yield")]
     Yield(preferred::YieldArgs),
+    /// Print the admission policy that makes the API server refuse writes of a stale term (YAML).
+    FencingPolicy(fencing_policy::FencingPolicyArgs),
     /// Copy this binary into a directory (the Helm chart's wrap mode: an initContainer fills an emptyDir).
     Install(install::InstallArgs),
     /// (internal) Arm the parent-death signal, then exec the command.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Release(args) => lease::release(args).await,
             Command::Yield(args) => preferred::yield_lease(args).await,
             Command::Install(args) => install::install(&args),
+            Command::FencingPolicy(args) => fencing_policy::fencing_policy(&args),
             Command::ExecChild(_) | Command::Guardian => Ok(()),
         }
     });

@@ -20,7 +20,15 @@ fn the_help_lists_only_the_products_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "status", "release", "yield", "install", "help"],
+        [
+            "run",
+            "status",
+            "release",
+            "yield",
+            "fencing-policy",
+            "install",
+            "help"
+        ],
         "{help}"
     );
 }

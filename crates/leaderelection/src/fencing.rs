@@ -15,7 +15,7 @@ mod gate;
 mod policy;
 
 pub use self::gate::{Fence, FenceLayer, FenceReason, FenceService, Fenced};
-pub use self::policy::{FencingPolicy, GuardedResource, Mode};
+pub use self::policy::{FencingPolicy, GuardedResource, Mode, policy, validations};
 
 /// The annotation carrying the writer's term: the decimal `spec.leaseTransitions` of the Lease it led when
 /// it wrote (for example `"7"`).

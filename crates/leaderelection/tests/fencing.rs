@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::client::Body;
 use leaderelection::fencing::{
-    Fence, FenceReason, Fenced, LEASE_ANNOTATION, Mode, TERM_ANNOTATION,
+    Fence, FenceReason, Fenced, FencingPolicy, LEASE_ANNOTATION, TERM_ANNOTATION,
 };
 use leaderelection::{Callbacks, Config, Elector, ElectorHandle, KubeLeaseLock};
 use serde_json::json;
@@ -251,7 +251,9 @@ fn held_on_the_wire(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_policy_a_stale_write_held_on_the_wire_past_the_next_leaders_first_write_is_refused_with_422()
  {
-    let (server, plain_client) = common::with_policy("default", "ctl", Mode::Lenient).await;
+    let policy =
+        FencingPolicy::new("default", "ctl").resource("example.com/v1/widgets".parse().unwrap());
+    let (server, plain_client) = common::with_policy(policy).await;
     let (elector, run, stop) = leader(&server).await;
     let fence = fence(&elector);
     let term = fence.term().transitions;

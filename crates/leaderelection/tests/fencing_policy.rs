@@ -1,12 +1,15 @@
 //! Server-side fencing: the `FencingPolicy` this crate generates, installed in the fake API server (which
 //! enforces ValidatingAdmissionPolicies as kube-apiserver does), refuses stale terms where the writes land.
-//! The Lease is at `leaseTransitions` 3 throughout; writes are stamped as a leader's write gate stamps them.
+//! The Lease is at `leaseTransitions` 3 unless electors run on it; writes are stamped as a leader's write
+//! gate stamps them.
 
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use leaderelection::fencing::{LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
+use leaderelection::fencing::{FencingPolicy, LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
+use leaderelection::{Callbacks, Config, Elector, KubeLeaseLock};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 /// The Lease's term in every test.
 const TERM: i32 = 3;
@@ -16,11 +19,23 @@ mod common;
 
 use common::widget_resource;
 
-/// A fake API server serving widgets, with the generated policy (guarding `example.com/v1/widgets`) and
-/// its binding installed; the Lease `jobs/my-controller` at `leaseTransitions` [`TERM`] unless `lease` is
-/// false. Returns the server and the widgets of namespace `jobs`.
+/// The policy of the Lease `jobs/my-controller` guarding `example.com/v1/widgets`.
+fn widgets_policy(mode: Mode) -> FencingPolicy {
+    FencingPolicy::new("jobs", "my-controller")
+        .resource("example.com/v1/widgets".parse().unwrap())
+        .mode(mode)
+}
+
+/// A fake API server serving widgets, with [`widgets_policy`] and its binding installed; the Lease
+/// `jobs/my-controller` at `leaseTransitions` [`TERM`] unless `lease` is false. Returns the server and the
+/// widgets of namespace `jobs`.
 async fn fenced(mode: Mode, lease: bool) -> (FakeApiServer, Api<DynamicObject>) {
-    let (server, client) = common::with_policy("jobs", "my-controller", mode).await;
+    fenced_by(widgets_policy(mode), lease).await
+}
+
+/// As [`fenced`], with `policy` installed.
+async fn fenced_by(policy: FencingPolicy, lease: bool) -> (FakeApiServer, Api<DynamicObject>) {
+    let (server, client) = common::with_policy(policy).await;
     if lease {
         let lease: Lease = serde_json::from_value(json!({
             "metadata": {"name": "my-controller", "namespace": "jobs"},
@@ -243,6 +258,22 @@ async fn without_the_lease_strict_mode_refuses_and_lenient_mode_admits() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn only_the_listed_namespaces_are_guarded() {
+    let (server, jobs) = fenced_by(widgets_policy(Mode::Strict).namespaces(["jobs"]), true).await;
+    let (code, _, _) = refusal(
+        jobs.create(&PostParams::default(), &widget("w", None, None))
+            .await,
+    );
+    assert_eq!(code, 422);
+    let client = KubeLeaseLock::client_for_url(&server.url()).unwrap();
+    let elsewhere = Api::<DynamicObject>::namespaced_with(client, "other", &widget_resource());
+    elsewhere
+        .create(&PostParams::default(), &widget("w", None, None))
+        .await
+        .unwrap();
+}
+
 /// Deletes are not guarded: a delete carries no stamp, and the stored object's is its last writer's.
 #[tokio::test]
 async fn a_delete_is_not_guarded() {
@@ -253,4 +284,92 @@ async fn a_delete_is_not_guarded() {
         .unwrap();
     widgets.delete("w", &DeleteParams::default()).await.unwrap();
     assert!(widgets.get_opt("w").await.unwrap().is_none());
+}
+
+/// Awaits `f` for at most 60 s, so that a regression fails instead of hanging.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(60), f)
+        .await
+        .expect("not within 60 s: a wait that never ends")
+}
+
+/// With electors on the Lease: after a handover, a write stamped with the first leader's term (a frozen
+/// writer resuming, or a request that was on the wire) is refused; the second leader's term passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_handover_the_old_leaders_term_is_refused_and_the_new_one_passes() {
+    let (server, widgets) = fenced(Mode::Strict, false).await;
+    let candidate = |id: &str| {
+        let config = Config::new(id, "my-controller", "jobs")
+            .with_lease_duration(std::time::Duration::from_secs(300))
+            .with_renew_deadline(std::time::Duration::from_secs(200))
+            .with_retry_period(std::time::Duration::from_secs(100));
+        let client = KubeLeaseLock::client_for_url(&server.url()).unwrap();
+        let lock = KubeLeaseLock::new(client, "jobs", "my-controller");
+        Elector::new(config, lock, Callbacks::new()).unwrap()
+    };
+    let first = candidate("first");
+    let first_stop = CancellationToken::new();
+    let (first, first_driver) = (first.handle(), first);
+    let first_run = tokio::spawn(first_driver.run(first_stop.clone()));
+    let mut first_state = first.subscribe();
+    bounded(first_state.wait_for(|s| s.is_leader()))
+        .await
+        .unwrap();
+    let old = first_state
+        .borrow()
+        .current_term()
+        .unwrap()
+        .transitions
+        .to_string();
+    let written = widgets
+        .create(
+            &PostParams::default(),
+            &widget("w", Some(&old), Some(LEASE)),
+        )
+        .await
+        .unwrap();
+
+    let second = candidate("second");
+    let second_stop = CancellationToken::new();
+    let (second, second_driver) = (second.handle(), second);
+    let second_run = tokio::spawn(second_driver.run(second_stop.clone()));
+    let mut second_state = second.subscribe();
+    bounded(second_state.wait_for(|s| s.leader.as_deref() == Some("first")))
+        .await
+        .unwrap();
+    first_stop.cancel();
+    bounded(first_run).await.unwrap().unwrap();
+    bounded(second_state.wait_for(|s| s.is_leader()))
+        .await
+        .unwrap();
+    let new = second_state
+        .borrow()
+        .current_term()
+        .unwrap()
+        .transitions
+        .to_string();
+    assert_ne!(new, old);
+
+    let (code, _, message) = refusal(
+        widgets
+            .patch("w", &PatchParams::default(), &stamped_patch(9, Some(&old)))
+            .await,
+    );
+    assert_eq!(code, 422);
+    assert!(
+        message.contains(&format!("stale term {old}: ")),
+        "{message}"
+    );
+    assert_eq!(
+        widgets.get("w").await.unwrap().metadata.resource_version,
+        written.metadata.resource_version
+    );
+    let patched = widgets
+        .patch("w", &PatchParams::default(), &stamped_patch(9, Some(&new)))
+        .await
+        .unwrap();
+    assert_eq!(patched.data["spec"]["replicas"], 9);
+    second_stop.cancel();
+    bounded(second_run).await.unwrap().unwrap();
+    server.shutdown().await;
 }

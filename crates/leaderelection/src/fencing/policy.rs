@@ -315,7 +315,7 @@ impl FencingPolicy {
                     resource_rules: Some(rules),
                     ..MatchResources::default()
                 }),
-                validations: Some(self.validations()),
+                validations: Some(validations(self.mode)),
                 ..ValidatingAdmissionPolicySpec::default()
             }),
             status: None,
@@ -352,54 +352,76 @@ impl FencingPolicy {
         };
         Ok((policy, binding))
     }
+}
 
-    /// The CEL validations, in the order kube-apiserver reports the first that fails: the stamp present
-    /// (strict only), the Lease named, the term well-formed, the term current.
-    fn validations(&self) -> Vec<Validation> {
-        let lease = format!("{}/{}", self.lease_namespace, self.lease_name);
-        let annotations = "object.metadata.annotations";
-        let has = |key: &str| format!("(has({annotations}) && '{key}' in {annotations})");
-        let (has_term, has_lease) = (has(TERM_ANNOTATION), has(LEASE_ANNOTATION));
-        let term = format!("{annotations}['{TERM_ANNOTATION}']");
-        // At most 18 digits: every such number fits CEL's int, so `int()` cannot fail.
-        let well_formed = format!("{term}.matches('^[0-9]{{1,18}}$')");
-        let transitions = "params.spec.leaseTransitions";
-        let current = format!("(has(params.spec) && has({transitions}) ? {transitions} : 0)");
-        let mut validations = Vec::new();
-        if self.mode == Mode::Strict {
-            validations.push(Validation {
-                expression: format!("{has_term} && {has_lease}"),
-                message: Some(format!(
-                    "unfenced write: strict fencing by Lease {lease} needs the {TERM_ANNOTATION} and \
-                     {LEASE_ANNOTATION} annotations"
-                )),
-                ..Validation::default()
-            });
-        }
-        validations.push(Validation {
-            expression: format!("!{has_lease} || {annotations}['{LEASE_ANNOTATION}'] == '{lease}'"),
-            message_expression: Some(format!(
-                "'write stamped for Lease ' + {annotations}['{LEASE_ANNOTATION}'] + ', this object is fenced by \
-                 Lease {lease}'"
-            )),
-            ..Validation::default()
-        });
-        validations.push(Validation {
-            expression: format!("!{has_term} || {well_formed}"),
-            message_expression: Some(format!(
-                "'{TERM_ANNOTATION} ' + {term} + ' is not a term: a decimal leaseTransitions of Lease {lease}'"
-            )),
-            ..Validation::default()
-        });
-        validations.push(Validation {
-            expression: format!("!{has_term} || !{well_formed} || int({term}) >= {current}"),
-            message_expression: Some(format!(
-                "'stale term ' + {term} + ': Lease {lease} is at leaseTransitions ' + string({current})"
-            )),
-            ..Validation::default()
-        });
-        validations
+/// The policy and its binding for the Lease `lease_namespace/lease_name` guarding `resources` in every
+/// namespace: [`FencingPolicy::build`] in one call.
+///
+/// # Errors
+///
+/// As [`FencingPolicy::validate`].
+pub fn policy(
+    lease_namespace: &str,
+    lease_name: &str,
+    resources: &[GuardedResource],
+    mode: Mode,
+) -> Result<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding), ConfigError> {
+    FencingPolicy {
+        resources: resources.to_vec(),
+        mode,
+        ..FencingPolicy::new(lease_namespace, lease_name)
     }
+    .build()
+}
+
+/// The policy's CEL validations for `mode`, in the order kube-apiserver reports the first that fails: the
+/// stamp present (strict only), the Lease named, the term well-formed, the term current. They read the
+/// Lease's name from `params`, so they are the same for every Lease (the Helm chart ships them as
+/// `deploy/helm/leader-elect/files/fencing-validations.yaml`).
+pub fn validations(mode: Mode) -> Vec<Validation> {
+    let lease = "params.metadata.namespace + '/' + params.metadata.name";
+    let annotations = "object.metadata.annotations";
+    let has = |key: &str| format!("(has({annotations}) && '{key}' in {annotations})");
+    let (has_term, has_lease) = (has(TERM_ANNOTATION), has(LEASE_ANNOTATION));
+    let term = format!("{annotations}['{TERM_ANNOTATION}']");
+    // At most 18 digits: every such number fits CEL's int, so `int()` cannot fail.
+    let well_formed = format!("{term}.matches('^[0-9]{{1,18}}$')");
+    let transitions = "params.spec.leaseTransitions";
+    let current = format!("(has(params.spec) && has({transitions}) ? {transitions} : 0)");
+    let mut validations = Vec::new();
+    if mode == Mode::Strict {
+        validations.push(Validation {
+            expression: format!("{has_term} && {has_lease}"),
+            message_expression: Some(format!(
+                "'unfenced write: strict fencing by Lease ' + {lease} + ' needs the {TERM_ANNOTATION} and \
+                 {LEASE_ANNOTATION} annotations'"
+            )),
+            ..Validation::default()
+        });
+    }
+    validations.push(Validation {
+        expression: format!("!{has_lease} || {annotations}['{LEASE_ANNOTATION}'] == {lease}"),
+        message_expression: Some(format!(
+            "'write stamped for Lease ' + {annotations}['{LEASE_ANNOTATION}'] + ', this object is fenced by \
+             Lease ' + {lease}"
+        )),
+        ..Validation::default()
+    });
+    validations.push(Validation {
+        expression: format!("!{has_term} || {well_formed}"),
+        message_expression: Some(format!(
+            "'{TERM_ANNOTATION} ' + {term} + ' is not a term: a decimal leaseTransitions of Lease ' + {lease}"
+        )),
+        ..Validation::default()
+    });
+    validations.push(Validation {
+        expression: format!("!{has_term} || !{well_formed} || int({term}) >= {current}"),
+        message_expression: Some(format!(
+            "'stale term ' + {term} + ': Lease ' + {lease} + ' is at leaseTransitions ' + string({current})"
+        )),
+        ..Validation::default()
+    });
+    validations
 }
 
 // The binding's spec: `policyName` and `validationActions` are required fields, and `spec` too, from
@@ -509,6 +531,29 @@ mod tests {
             "lease_namespace"
         );
         assert_eq!(field(ok.clone().namespaces(["Team"])), "namespaces");
+    }
+
+    #[test]
+    fn policy_builds_in_one_call() {
+        let configmaps: GuardedResource = "v1/configmaps".parse().unwrap();
+        assert_eq!(
+            policy(
+                "jobs",
+                "my-controller",
+                std::slice::from_ref(&configmaps),
+                Mode::Strict
+            ),
+            FencingPolicy::new("jobs", "my-controller")
+                .resource(configmaps)
+                .mode(Mode::Strict)
+                .build()
+        );
+        assert_eq!(
+            policy("jobs", "my-controller", &[], Mode::Lenient)
+                .unwrap_err()
+                .field,
+            "resources"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use kube::api::{Api, ApiResource, GroupVersionKind, PostParams};
-use leaderelection::fencing::{FencingPolicy, Mode};
+use leaderelection::fencing::FencingPolicy;
 
 pub(crate) fn widget_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -15,13 +15,8 @@ pub(crate) fn widget_resource() -> ApiResource {
     )
 }
 
-/// The server, with `FencingPolicy` (`mode`) of Lease `lease_namespace/lease_name` guarding the widgets
-/// installed, and a client of it.
-pub(crate) async fn with_policy(
-    lease_namespace: &str,
-    lease_name: &str,
-    mode: Mode,
-) -> (FakeApiServer, kube::Client) {
+/// The server, with `policy` (its ValidatingAdmissionPolicy and binding) installed, and a client of it.
+pub(crate) async fn with_policy(policy: FencingPolicy) -> (FakeApiServer, kube::Client) {
     let server = FakeApiServer::builder()
         .custom_resource(ResourceType::custom(
             "example.com",
@@ -34,11 +29,7 @@ pub(crate) async fn with_policy(
         .await
         .unwrap();
     let client = leaderelection::KubeLeaseLock::client_for_url(&server.url()).unwrap();
-    let (policy, binding) = FencingPolicy::new(lease_namespace, lease_name)
-        .resource("example.com/v1/widgets".parse().unwrap())
-        .mode(mode)
-        .build()
-        .unwrap();
+    let (policy, binding) = policy.build().unwrap();
     Api::<ValidatingAdmissionPolicy>::all(client.clone())
         .create(&PostParams::default(), &policy)
         .await

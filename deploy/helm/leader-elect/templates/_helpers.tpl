@@ -141,3 +141,21 @@ terminationGracePeriodSeconds: the grace period + the release (one request, boun
 {{- printf "%s:%d" .Values.admin.bindAddress (int .Values.admin.port) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Role rules on the guarded resources (fencing.resources, group/version/resource) with fencing.verbs: what
+the leader needs to write them. Nothing when fencing is off or fencing.verbs is empty.
+*/}}
+{{- define "leader-elect.fencingRules" -}}
+{{- if and .Values.fencing.enabled .Values.fencing.verbs }}
+{{- range .Values.fencing.resources }}
+{{- $parts := splitList "/" . }}
+{{- if eq (len $parts) 2 }}
+{{- $parts = prepend $parts "" }}
+{{- end }}
+  - apiGroups: [{{ index $parts 0 | quote }}]
+    resources: [{{ index $parts 2 | quote }}]
+    verbs: {{ toJson $.Values.fencing.verbs }}
+{{- end }}
+{{- end }}
+{{- end }}
