@@ -90,7 +90,11 @@ impl Cluster {
         timings: Timings,
         extra_args: Vec<String>,
     ) -> anyhow::Result<Self> {
-        let server = FakeApiServer::start()
+        // The object `chaos --mode fenced-writer` guards is a widget: Leases cannot be guarded (the
+        // election's own is written unstamped).
+        let server = FakeApiServer::builder()
+            .custom_resource(crate::chaos::widgets())
+            .start()
             .await
             .context("starting the fake API server")?;
         let mut listeners = Vec::new();

@@ -144,3 +144,38 @@ fn the_demo_draws_its_timeline() {
         .collect();
     assert_eq!(faults, ["SIGKILL", "SIGTERM", "partition"]);
 }
+
+/// The count before `what` on the summary's "guarded writes:" line.
+fn guarded_writes(text: &str, what: &str) -> u64 {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("guarded writes: "))
+        .unwrap_or_else(|| panic!("no guarded writes line in:\n{text}"));
+    line.split([',', ';'])
+        .find_map(|part| part.trim().strip_suffix(what))
+        .and_then(|n| n.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"))
+}
+
+/// `--mode fenced-writer`: the children write a guarded object through `leader-elect run --fence`; frozen
+/// children (SIGSTOP of a candidate's groups) and children still draining after their term write outside
+/// it, and the write gate refuses those writes: the summary counts them.
+#[test]
+fn the_fenced_writer_mode_counts_the_writes_the_gate_refused() {
+    let (ok, text) = chaos(
+        4,
+        1,
+        &[
+            "--mode",
+            "fenced-writer",
+            "--kind",
+            "sigstop",
+            "--kind",
+            "sigterm",
+        ],
+    );
+    assert!(ok, "seeds 1..4:\n{text}");
+    assert_eq!(summary(&text, "violations: "), 0, "{text}");
+    assert!(guarded_writes(&text, "landed") > 0, "{text}");
+    assert!(guarded_writes(&text, "refused by the gate") > 0, "{text}");
+}

@@ -14,6 +14,7 @@ mod install;
 mod lease;
 mod logging;
 mod preferred;
+mod proxy;
 mod run;
 
 use std::process::ExitCode;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::child::{ChildSpec, Groups, Guardian, Reaper, run_for_term, stop_children_on_sigtstp};
 use crate::client::{ServerArgs, await_api_server, generated_identity};
 use crate::failure::Failure;
+use crate::proxy::FenceProxy;
 
 /// The `reportingController` of the Events recorded with `--events`.
 const REPORTING_CONTROLLER: &str = "leader-elect";
@@ -104,6 +105,14 @@ pub(crate) struct RunArgs {
     /// oldest candidate.
     #[arg(long, value_name = "VERSION")]
     emulation_version: Option<String>,
+    /// Serve the child a loopback Kubernetes API proxy (KUBECONFIG in its environment: 127.0.0.1, a random
+    /// port, a token of its term; none of leader-elect's credentials) that forwards with leader-elect's
+    /// client through the write gate of the child's term: reads pass; writes (create, update, patch,
+    /// delete) outside the term are answered 403 Forbidden without reaching the API server; the objects of
+    /// JSON writes get the annotations leaderelection.dev/term and leaderelection.dev/lease. Needs a
+    /// command and an election (not the disabled mode).
+    #[arg(long)]
+    fence: bool,
     #[command(flatten)]
     server: ServerArgs,
     /// The command to run while leading, in a process group of its own; gets LEADER_ELECT_TERM,
@@ -183,7 +192,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
 
     let reaper = Arc::new(reaper);
     let groups = guardian.is_some().then(|| Arc::new(Groups::default()));
-    let child = guardian
+    let mut child = guardian
         .zip(groups.clone())
         .map(|(guardian, groups)| ChildSpec {
             command: Arc::new(args.command.clone()),
@@ -194,11 +203,24 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             guardian,
             reaper: reaper.clone(),
             groups,
+            proxy: None,
         });
+    if args.fence && child.is_none() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--fence gates a child's API requests: give a command after --"
+        )));
+    }
+    let proxy_stop = CancellationToken::new();
+    let mut proxy_serve = None;
 
     let builder = match mode {
         ElectionMode::Elected(config) => {
             let client = args.server.client().await?;
+            if let Some(spec) = child.as_mut().filter(|_| args.fence) {
+                let (proxy, serve) = FenceProxy::bind(client.clone(), proxy_stop.clone()).await?;
+                spec.proxy = Some(proxy);
+                proxy_serve = Some(serve);
+            }
             let (namespace, name) = (config.lease_namespace.clone(), config.lease_name.clone());
             // Wait until the API server answers (admin endpoints up, /readyz not ready), and exit 1 on a
             // refusal (401, 403) rather than retry it forever.
@@ -222,6 +244,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             })
         }
         // Standalone makes no API call: it builds no client and needs no kubeconfig.
+        ElectionMode::Standalone(_) if args.fence => {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--fence needs an election: the disabled mode has no term to fence and no API client"
+            )));
+        }
         ElectionMode::Standalone(config) => Runtime::standalone(config),
     };
     let runtime = build(builder, policy, args.admin_listen, child)?;
@@ -229,11 +256,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     // handlers listening until they are done.
     let aux_stop = CancellationToken::new();
     let tasks = async {
-        let (result, (), ()) = tokio::join!(
+        let (result, (), (), ()) = tokio::join!(
             async {
                 let result = runtime.run(shutdown.clone()).await;
                 aux_stop.cancel();
+                proxy_stop.cancel();
                 result
+            },
+            async {
+                if let Some(serve) = proxy_serve {
+                    serve.await;
+                }
             },
             reaper.clone().run(aux_stop.clone()),
             async {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use leaderelection::fencing::Fence;
 use leaderelection::{Callbacks, LeaderState, Term, WorkError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -151,6 +152,34 @@ pub struct LeaderContext {
     /// The election's state, to re-check [`LeaderState::is_leader`] before each write (leadership also
     /// ends by the clock, before `token` is cancelled).
     pub state: watch::Receiver<LeaderState>,
+    /// The term's write gate: [`LeaderContext::fenced_client`] gives a client gated by it.
+    pub fence: Fence,
+}
+
+// === impl LeaderContext ===
+
+impl LeaderContext {
+    /// `client` gated by this term's [`Fence`]: reads pass; writes (create, update, patch, delete, with
+    /// subresources) go through only while the term is valid, are cancelled if still in flight when it
+    /// ends, and stamp the objects they write with the term and the Lease (`leaderelection::fencing`).
+    /// A refused write is a `kube::Error::Service` holding a [`leaderelection::fencing::Fenced`]
+    /// (`Fenced::find`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use leaderelection_controller::LeaderContext;
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # async fn work(lead: LeaderContext, client: kube::Client) -> Result<(), kube::Error> {
+    /// let configmaps: kube::Api<ConfigMap> = kube::Api::default_namespaced(lead.fenced_client(&client));
+    /// let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "state"}})).unwrap();
+    /// configmaps.create(&Default::default(), &cm).await?; // stamped with the term; refused once it ended
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn fenced_client(&self, client: &kube::Client) -> kube::Client {
+        self.fence.client(client)
+    }
 }
 
 /// The registered components once bound to an election ([`Supervisor::bind`]): runs the all-replica ones
@@ -181,10 +210,19 @@ struct Shared {
     all_replica: Vec<Registered<AllReplicaFn>>,
     leader_only: Vec<Registered<LeaderOnlyFn>>,
     metrics: Option<Metrics>,
-    /// The election's stop timeout and state, known once [`Supervised::run`] started.
-    election: OnceLock<(Duration, watch::Receiver<LeaderState>)>,
+    /// What the term's work needs of the election, known once [`Supervised::run`] started.
+    election: OnceLock<Bound>,
     fatal: CancellationToken,
     failure: Mutex<Option<Failure>>,
+}
+
+/// What the term's work needs of the election it is bound to.
+struct Bound {
+    /// The elector's stop timeout.
+    stop_timeout: Duration,
+    state: watch::Receiver<LeaderState>,
+    lease_namespace: String,
+    lease_name: String,
 }
 
 /// What a supervised component's failures came to once they were no longer restarted.
@@ -393,10 +431,13 @@ impl Supervised {
         shutdown: CancellationToken,
     ) -> Result<(), SupervisorError> {
         let handle = election.handle();
-        let _ = self
-            .shared
-            .election
-            .set((handle.config().effective_stop_timeout(), handle.subscribe()));
+        let config = handle.config();
+        let _ = self.shared.election.set(Bound {
+            stop_timeout: config.effective_stop_timeout(),
+            state: handle.subscribe(),
+            lease_namespace: config.lease_namespace.clone(),
+            lease_name: config.lease_name.clone(),
+        });
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         for registered in self.shared.all_replica.iter().cloned() {
@@ -461,10 +502,18 @@ async fn lead(
     // Dropped (when the elector aborts this task), the set aborts every component's task.
     let mut tasks = JoinSet::new();
     let components: Vec<_> = match shared.election.get() {
-        Some((_, state)) => shared
+        Some(bound) => shared
             .leader_only
             .iter()
-            .map(|registered| (registered.clone(), state.clone()))
+            .map(|registered| {
+                let fence = Fence::new(
+                    term.clone(),
+                    &bound.lease_namespace,
+                    &bound.lease_name,
+                    bound.state.clone(),
+                );
+                (registered.clone(), bound.state.clone(), fence)
+            })
             .collect(),
         None if shared.leader_only.is_empty() => Vec::new(),
         // The callbacks were given to an election that `Supervised::run` does not drive: the
@@ -477,7 +526,7 @@ async fn lead(
             );
         }
     };
-    for (registered, state) in components {
+    for (registered, state, fence) in components {
         let (shared, term, token) = (shared.clone(), term.clone(), stop.clone());
         tasks.spawn(async move {
             let start = registered.start.clone();
@@ -485,6 +534,7 @@ async fn lead(
                 term: term.clone(),
                 token,
                 state: state.clone(),
+                fence: fence.clone(),
             };
             match supervise(&shared, &registered, token, |t| start(context(t))).await {
                 Some((failure, GiveUp::StepDown)) => Some(WorkError::Failed(Arc::new(failure))),
@@ -535,7 +585,7 @@ async fn lead(
             stop_by = shared
                 .election
                 .get()
-                .map(|(timeout, _)| Instant::now() + *timeout);
+                .map(|bound| Instant::now() + bound.stop_timeout);
             step_down = Some(cause);
         }
     }

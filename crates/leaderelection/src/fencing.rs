@@ -6,11 +6,15 @@
 //! term is older than the Lease's `spec.leaseTransitions`, so a write that was already on the wire, or a
 //! frozen writer that resumes, cannot land after the next leader's term began.
 //!
-//! [`FencingPolicy`] builds that policy and its binding for one Lease (`leader-elect fencing-policy`
-//! prints them as YAML).
+//! [`Fence`] is the write gate: a `tower` layer on a `kube::Client` bound to one term, which also stamps
+//! the objects written. [`FencingPolicy`] builds that policy and its binding for one Lease
+//! (`leader-elect fencing-policy` prints them as YAML). Where each is checked, and what stays open:
+//! `docs/design.md`, "Fencing".
 
+mod gate;
 mod policy;
 
+pub use self::gate::{Fence, FenceLayer, FenceReason, FenceService, Fenced};
 pub use self::policy::{FencingPolicy, GuardedResource, Mode, policy, validations};
 
 /// The annotation carrying the writer's term: the decimal `spec.leaseTransitions` of the Lease it led when

@@ -12,8 +12,9 @@
 //! 6. **Never die of a transient error**: retries forever with jittered backoff.
 //! 7. **Followers watch** the one Lease, so a release is taken over at once; they poll only where watching is
 //!    forbidden.
-//! 8. **Fencing**: the term number (`leaseTransitions`) is published with our leadership, and
-//!    [`fencing::FencingPolicy`] makes the API server refuse writes stamped with an older one.
+//! 8. **Fencing**: the term number (`leaseTransitions`) is published with our leadership;
+//!    [`fencing::Fence`] gates a `kube::Client` to one term (writes outside it refused, objects stamped),
+//!    and [`fencing::FencingPolicy`] makes the API server refuse writes stamped with an older one.
 //! 9. **Faithful wire format**: Leases written are readable by client-go and kubectl, and any Lease they write
 //!    is read.
 //!

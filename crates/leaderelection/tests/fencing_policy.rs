@@ -3,14 +3,9 @@
 //! The Lease is at `leaseTransitions` 3 unless electors run on it; writes are stamped as a leader's write
 //! gate stamps them.
 
-use fake_apiserver::{FakeApiServer, ResourceType};
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
+use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use leaderelection::fencing::{FencingPolicy, LEASE_ANNOTATION, Mode, TERM_ANNOTATION};
 use leaderelection::{Callbacks, Config, Elector, KubeLeaseLock};
 use serde_json::json;
@@ -20,12 +15,9 @@ use tokio_util::sync::CancellationToken;
 const TERM: i32 = 3;
 const LEASE: &str = "jobs/my-controller";
 
-fn widget_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
-        "widgets",
-    )
-}
+mod common;
+
+use common::widget_resource;
 
 /// The policy of the Lease `jobs/my-controller` guarding `example.com/v1/widgets`.
 fn widgets_policy(mode: Mode) -> FencingPolicy {
@@ -43,18 +35,7 @@ async fn fenced(mode: Mode, lease: bool) -> (FakeApiServer, Api<DynamicObject>) 
 
 /// As [`fenced`], with `policy` installed.
 async fn fenced_by(policy: FencingPolicy, lease: bool) -> (FakeApiServer, Api<DynamicObject>) {
-    let server = FakeApiServer::builder()
-        .custom_resource(ResourceType::custom(
-            "example.com",
-            "v1",
-            "Widget",
-            "widgets",
-            true,
-        ))
-        .start()
-        .await
-        .unwrap();
-    let client = leaderelection::KubeLeaseLock::client_for_url(&server.url()).unwrap();
+    let (server, client) = common::with_policy(policy).await;
     if lease {
         let lease: Lease = serde_json::from_value(json!({
             "metadata": {"name": "my-controller", "namespace": "jobs"},
@@ -66,15 +47,6 @@ async fn fenced_by(policy: FencingPolicy, lease: bool) -> (FakeApiServer, Api<Dy
             .await
             .unwrap();
     }
-    let (policy, binding) = policy.build().unwrap();
-    Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .create(&PostParams::default(), &policy)
-        .await
-        .unwrap();
-    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
     let widgets = Api::namespaced_with(client, "jobs", &widget_resource());
     (server, widgets)
 }

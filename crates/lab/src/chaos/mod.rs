@@ -14,6 +14,7 @@
 //! last fault; no candidate exited that the harness did not stop; no process of the run is left.
 
 mod check;
+mod guarded;
 mod plan;
 mod worker;
 
@@ -34,6 +35,9 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 pub(crate) use worker::{WorkerArgs, run as worker};
+
+pub(crate) use self::guarded::widgets;
+use self::guarded::{Mode, Recorder, Writes};
 
 use self::check::{Duplicate, Freeze, Heartbeat, Observed, Report, Violation};
 use self::plan::{ChildKind, FaultKind, Plan, Target};
@@ -78,6 +82,20 @@ pub(crate) struct ChaosArgs {
     /// and timeline are kept there when it has a violation.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// What the children do besides their heartbeats: `fenced-writer` also writes a guarded object through
+    /// `leader-elect run --fence` (the write gate of its term); `direct-writer` writes it straight to the
+    /// API server, stamped with its term, as a child without `--fence` (the baseline). Each run then reports
+    /// the writes refused and the stale writes that landed.
+    #[arg(long, value_enum, default_value_t = Mode::Heartbeat)]
+    mode: Mode,
+    /// With a writing `--mode`: install the admission policy that `leader-elect fencing-policy` prints
+    /// (lenient, guarding the widgets), so that the API server also refuses writes stamped with a term
+    /// older than the election Lease's.
+    #[arg(long)]
+    policy: bool,
+    /// With a writing `--mode`: the time between a child's writes of the guarded object.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20ms")]
+    write_period: Duration,
     /// Print every observation and fault as it happens.
     #[arg(long, short)]
     verbose: bool,
@@ -95,10 +113,17 @@ struct Outcome {
     report: Report,
     timeline: Option<Timeline>,
     log_path: PathBuf,
+    /// With a writing `--mode`: its writes.
+    writes: Option<Writes>,
 }
 
 /// `leader-elect-lab chaos`.
 pub(crate) async fn run(args: ChaosArgs) -> Result<(), Failure> {
+    if args.policy && args.mode == Mode::Heartbeat {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--policy guards the writes of --mode fenced-writer or direct-writer"
+        )));
+    }
     if !(3..=5).contains(&args.candidates) {
         return Err(Failure::Usage(anyhow::anyhow!(
             "invalid --candidates {}: must be 3, 4 or 5",
@@ -191,7 +216,41 @@ fn replay(args: &ChaosArgs, seed: u64) -> String {
     if args.broken_child {
         cmd.push_str(" --broken-child");
     }
+    if args.mode != Mode::Heartbeat {
+        let _ = write!(
+            cmd,
+            " --mode {} --write-period {}",
+            mode_name(args.mode),
+            fmt(args.write_period)
+        );
+    }
+    if args.policy {
+        cmd.push_str(" --policy");
+    }
     cmd
+}
+
+fn mode_name(mode: Mode) -> String {
+    clap::ValueEnum::to_possible_value(&mode).map_or_else(String::new, |v| v.get_name().to_owned())
+}
+
+/// One line on the writes of a run (or of all runs).
+fn describe_writes(w: &Writes) -> String {
+    format!(
+        "{} writes: {} refused by the gate, {} refused by the server (422), {} failed; {} landed, {} of them \
+         stale{}",
+        w.attempted,
+        w.refused_by_gate,
+        w.refused_by_server,
+        w.failed,
+        w.landed,
+        w.landed_stale,
+        if w.incomplete {
+            " (watch incomplete: at least)"
+        } else {
+            ""
+        }
+    )
 }
 
 fn print_run(n: u64, outcome: &Outcome) {
@@ -211,6 +270,9 @@ fn print_run(n: u64, outcome: &Outcome) {
         outcome.report.violations.len(),
         faults.join(", ")
     );
+    if let Some(writes) = &outcome.writes {
+        println!("  {}", describe_writes(writes));
+    }
 }
 
 fn print_violation(args: &ChaosArgs, outcome: &Outcome, work_dir: &Path) {
@@ -236,7 +298,18 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
     let mut thawed = Vec::new();
     let mut duplicated = Vec::new();
     let (mut terms, mut violations) = (0, 0);
+    let mut writes: Option<Writes> = None;
     for o in outcomes {
+        if let Some(w) = &o.writes {
+            let sum = writes.get_or_insert_with(Writes::default);
+            sum.attempted += w.attempted;
+            sum.refused_by_gate += w.refused_by_gate;
+            sum.refused_by_server += w.refused_by_server;
+            sum.failed += w.failed;
+            sum.landed += w.landed;
+            sum.landed_stale += w.landed_stale;
+            sum.incomplete |= w.incomplete;
+        }
         for (kind, count) in &o.faults {
             *faults.entry(*kind).or_default() += count;
         }
@@ -272,6 +345,9 @@ fn print_summary(outcomes: &[Outcome]) -> usize {
     );
     println!("terms: {terms}");
     println!("violations: {violations}");
+    if let Some(writes) = &writes {
+        println!("guarded writes: {}", describe_writes(writes));
+    }
     println!("recovery after the last fault: {}", stats(recoveries));
     println!(
         "old holder working on after release --force or deletion (not a violation): {}",
@@ -389,12 +465,11 @@ async fn run_once(
     let log_path = work_dir.join(format!("work-{seed}.log"));
     let _ = std::fs::remove_file(&log_path);
     // One slot per candidate and the extra slot, for a second process under a candidate's identity.
-    let mut cluster = Cluster::new(
-        args.candidates + 1,
-        timings.clone(),
-        vec!["--on-child-exit".into(), "restart".into()],
-    )
-    .await?;
+    let mut extra_args = vec!["--on-child-exit".into(), "restart".into()];
+    if args.mode == Mode::FencedWriter {
+        extra_args.push("--fence".into());
+    }
+    let mut cluster = Cluster::new(args.candidates + 1, timings.clone(), extra_args).await?;
     cluster.verbose = args.verbose;
     let token = format!("{}-{seed}", std::process::id());
     cluster.env.push((MARKER.into(), token.clone()));
@@ -437,6 +512,16 @@ async fn run_once(
         counts: BTreeMap::new(),
         marks: Vec::new(),
         violations: Vec::new(),
+    };
+    let recorder = match args.mode {
+        Mode::Heartbeat => None,
+        Mode::FencedWriter | Mode::DirectWriter => {
+            let client = run.api.clone().into_client();
+            if args.policy {
+                guarded::install_policy(client.clone()).await?;
+            }
+            Some(Recorder::start(client).await?)
+        }
     };
     let started = Timestamp::now();
     for i in 0..n {
@@ -490,6 +575,11 @@ async fn run_once(
     run.stop_all().await;
     run.orphans(&token).await;
     run.cluster.pump();
+    let writes = match recorder {
+        Some(recorder) => Some(recorder.finish(&run.answers_path()).await?),
+        None => None,
+    };
+    let _ = std::fs::remove_file(run.answers_path());
 
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     let (log, malformed) = check::parse_log(&text);
@@ -525,6 +615,7 @@ async fn run_once(
         report,
         timeline: Some(timeline),
         log_path,
+        writes,
     })
 }
 
@@ -549,8 +640,13 @@ fn max_gap(args: &ChaosArgs) -> Duration {
 // === impl Run ===
 
 impl Run<'_> {
-    /// The child command of a (re)started candidate, leader-elect process `incarnation`.
-    fn command(&mut self, incarnation: u64) -> Vec<OsString> {
+    /// Where the children's answers to their guarded writes go (a writing `--mode`).
+    fn answers_path(&self) -> PathBuf {
+        self.log_path.with_extension("answers")
+    }
+
+    /// The child command of a (re)started candidate in slot `i`, leader-elect process `incarnation`.
+    fn command(&mut self, i: usize, incarnation: u64) -> Vec<OsString> {
         let ChildKind {
             grandchild,
             on_sigterm,
@@ -580,6 +676,18 @@ impl Run<'_> {
         if self.args.broken_child {
             worker.push("--escape".into());
         }
+        if self.args.mode != Mode::Heartbeat {
+            worker.extend([
+                "--write-period".into(),
+                fmt(self.args.write_period).into(),
+                "--answers".into(),
+                self.answers_path().into(),
+            ]);
+        }
+        if self.args.mode == Mode::DirectWriter {
+            // Its candidate's own listener: the faults that strike leader-elect strike its writes too.
+            worker.extend(["--direct".into(), self.cluster.listeners[i].url().into()]);
+        }
         if grandchild {
             // Not the last command of the script, so the shell cannot exec it.
             let mut sh: Vec<OsString> = vec![
@@ -599,7 +707,7 @@ impl Run<'_> {
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         self.incarnations[i] = incarnation;
-        let command = self.command(incarnation);
+        let command = self.command(i, incarnation);
         self.cluster.pump();
         self.since[i] = self.cluster.seen.len();
         self.expect[i] = None;

@@ -45,6 +45,17 @@ pub(crate) struct WorkerArgs {
     /// How long to keep writing after SIGTERM with `--on-sigterm drain`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     pub(crate) drain: Duration,
+    /// Also merge-patch the guarded object every this period (`--mode fenced-writer`, `direct-writer`),
+    /// appending each answer as a line to `--answers`.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "answers")]
+    pub(crate) write_period: Option<Duration>,
+    /// Where the answers to the guarded writes go.
+    #[arg(long)]
+    pub(crate) answers: Option<PathBuf>,
+    /// With `--write-period`: write straight to this API server, stamping the term ourselves, instead of
+    /// through `$KUBECONFIG` (`--fence`'s proxy).
+    #[arg(long, value_name = "URL")]
+    pub(crate) direct: Option<String>,
     /// A deliberately broken worker, to show that the checks fail: it also starts a copy of itself in a
     /// process group of its own, which leader-elect cannot stop at the end of the term.
     #[arg(long)]
@@ -77,6 +88,17 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), Failure> {
             .process_group(0);
         escaped = Some(copy.spawn().context("starting the escaping copy")?);
     }
+    let mut writer = match (args.write_period, &args.answers) {
+        (Some(period), Some(answers)) => Some(tokio::spawn(super::guarded::write_loop(
+            args.direct.clone(),
+            identity.clone(),
+            term,
+            args.incarnation,
+            answers.clone(),
+            period,
+        ))),
+        _ => None,
+    };
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -89,6 +111,10 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<(), Failure> {
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
+            ended = async { writer.as_mut().expect("guarded by the condition").await }, if writer.is_some() => {
+                writer = None;
+                ended.context("the writing task")?.context("writing the guarded object")?;
+            }
             Some(()) = sigterm.recv() => match args.on_sigterm {
                 OnSigterm::Exit => break,
                 OnSigterm::Ignore => continue,

@@ -21,6 +21,7 @@ mod shim;
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub(crate) use reaper::Reaper;
 pub(crate) use shim::{ExecChildArgs, exec_child};
 
 use group::Group;
+
+use crate::proxy::FenceProxy;
 
 /// This executable as the kernel knows it: still the binary we run after it was replaced or removed on
 /// disk. `std::env::current_exe()` gives its path instead, which by then names another file or none.
@@ -63,6 +66,8 @@ pub(crate) struct ChildSpec {
     pub(crate) reaper: Arc<Reaper>,
     /// Every child group of this process, for Ctrl-Z.
     pub(crate) groups: Arc<Groups>,
+    /// `--fence`: the API proxy that gives each term's child a kubeconfig of its own.
+    pub(crate) proxy: Option<FenceProxy>,
 }
 
 /// Why the group is being stopped, and when its grace period ends.
@@ -82,6 +87,7 @@ pub(crate) async fn run_for_term(spec: ChildSpec, lead: LeaderContext) -> Result
         term,
         token,
         mut state,
+        fence,
     } = lead;
     let mut work_deadline = state.borrow_and_update().work_deadline;
     if token.is_cancelled() || work_deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
@@ -92,10 +98,18 @@ pub(crate) async fn run_for_term(spec: ChildSpec, lead: LeaderContext) -> Result
         token.cancelled().await;
         return Ok(());
     }
+    let kubeconfig = match &spec.proxy {
+        Some(proxy) => Some(
+            proxy
+                .kubeconfig(&fence)
+                .map_err(|e| format!("--fence: writing the child's kubeconfig: {e}"))?,
+        ),
+        None => None,
+    };
     // Listening before the spawn: a child that exits at once still wakes us.
     let mut sigchld = signal(SignalKind::child())?;
     let group = Group::spawn(
-        command(&spec, &term),
+        command(&spec, &term, kubeconfig.as_deref()),
         work_deadline.map(tokio::time::Instant::into_std),
         spec.guardian.clone(),
         spec.reaper.clone(),
@@ -231,11 +245,12 @@ pub(crate) async fn stop_children_on_sigtstp(groups: Arc<Groups>, stop: Cancella
     }
 }
 
-/// `leader-elect exec-child -- CMD ARGS...` with the term in the environment. Runs `/proc/self/exe`
+/// `leader-elect exec-child -- CMD ARGS...` with the term in the environment (with `--fence`, also
+/// `KUBECONFIG`, and without the in-cluster variables that would lead a client past the proxy). Runs `/proc/self/exe`
 /// under the name we were started with (what `ps` shows until the shim execs the command). A child of
 /// a terminal session gets `/dev/null` as stdin: it runs in a background process group, where reading
 /// the terminal would stop it (SIGTTIN).
-fn command(spec: &ChildSpec, term: &Term) -> std::process::Command {
+fn command(spec: &ChildSpec, term: &Term, kubeconfig: Option<&Path>) -> std::process::Command {
     let mut command = std::process::Command::new(SELF_EXE);
     command
         .arg0(
@@ -250,6 +265,12 @@ fn command(spec: &ChildSpec, term: &Term) -> std::process::Command {
         .env("LEADER_ELECT_IDENTITY", &spec.identity)
         .env("LEADER_ELECT_LEASE", &spec.lease)
         .env(shim::PARENT_PID, std::process::id().to_string());
+    if let Some(kubeconfig) = kubeconfig {
+        command
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT");
+    }
     if std::io::stdin().is_terminal() {
         command.stdin(Stdio::null());
     }
