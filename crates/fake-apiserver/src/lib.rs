@@ -53,6 +53,7 @@ mod status;
 mod store;
 mod table;
 mod watch;
+mod watch_cache;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -71,10 +72,12 @@ pub use crate::status::ApiError;
 use crate::shared::{Shared, Stats};
 use crate::store::Store;
 
-/// Default number of events kept for watches that resume from a resourceVersion.
-pub const DEFAULT_HISTORY_LIMIT: usize = 1000;
-/// Default age after which an event is dropped from the watch history: 75 seconds, as kube-apiserver's watch
-/// cache (`eventFreshDuration` in `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`).
+/// Default upper bound of the watch history, in events: 100 Ki, as kube-apiserver's watch cache
+/// (`defaultUpperBoundCapacity` in `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`).
+pub const DEFAULT_HISTORY_LIMIT: usize = 100 * 1024;
+/// Default fresh duration of the watch history: 75 seconds, as kube-apiserver's watch cache
+/// (`eventFreshDuration` in `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). A full history
+/// whose oldest event is younger doubles rather than drop it.
 pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_secs(75);
 /// Default number of requests kept in the request log.
 pub const DEFAULT_LOG_LIMIT: usize = 10_000;
@@ -137,16 +140,24 @@ impl Builder {
         self
     }
 
-    /// Events kept for watches that resume from a resourceVersion (older ones answer 410 `Expired`).
+    /// The most events kept for watches that resume from a resourceVersion (default
+    /// [`DEFAULT_HISTORY_LIMIT`], 100 Ki, kube-apiserver's upper bound; at least 1). The history starts at 100
+    /// events (or this limit if lower) and grows as kube-apiserver's watch cache (see
+    /// [`Builder::history_max_age`]); a watch from a version whose later events are gone answers 410
+    /// `Expired`.
     pub fn history_limit(mut self, events: usize) -> Self {
         self.history_limit = events;
         self
     }
 
-    /// How long an event is kept for watches that resume from a resourceVersion (default
-    /// [`DEFAULT_HISTORY_MAX_AGE`], 75 s). A watch from a version whose later events have been dropped
-    /// answers 410 `Expired`, even when nothing was written since they were: kube-apiserver's watch cache
-    /// keeps about 75 s of history per resource type, and none from before its last start.
+    /// The fresh duration of the watch history (default [`DEFAULT_HISTORY_MAX_AGE`], 75 s), as
+    /// kube-apiserver's watch cache (`resizeCacheLocked` in
+    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`): events go only when a write finds
+    /// the history full; a full history whose oldest event is younger than this doubles instead (up to
+    /// [`Builder::history_limit`]), one whose newest quarter is older halves (down to 100 events). So an
+    /// event older than this is still served while the history has room (a watch from the version of a
+    /// Lease untouched for minutes streams when little else was written), and at least this much history
+    /// is kept under load, up to the limit.
     pub fn history_max_age(mut self, age: Duration) -> Self {
         self.history_max_age = age;
         self

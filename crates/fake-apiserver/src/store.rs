@@ -1,5 +1,5 @@
 //! The object store: one global resourceVersion counter, optimistic concurrency, and an event history for
-//! watches bounded by count and by age.
+//! watches sized as kube-apiserver's watch cache (see [`crate::watch_cache`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::resource::{ResourceType, merge_patch};
 use crate::status::ApiError;
+use crate::watch_cache::WatchCacheCapacity;
 
 /// Watch event types, as `watch.EventType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,8 @@ impl EventType {
 #[derive(Debug)]
 pub(crate) struct Event {
     pub(crate) rv: u64,
-    /// When it was committed (kept for `history_max_age`, and for `watch_delay`).
+    /// When it was committed (what the watch cache's resizing compares with `history_max_age`, and what
+    /// `watch_delay` counts from).
     pub(crate) at: Instant,
     pub(crate) kind: EventType,
     pub(crate) resource: usize,
@@ -71,8 +73,8 @@ pub(crate) struct Store {
     objects: BTreeMap<Key, Arc<Value>>,
     rv: u64,
     history: VecDeque<Arc<Event>>,
-    history_limit: usize,
-    history_max_age: Duration,
+    /// How many events `history` holds before the oldest goes, grown and shrunk as kube-apiserver's.
+    capacity: WatchCacheCapacity,
     /// Every event with a resourceVersion above this one is still in `history`: the oldest version a watch
     /// can start from.
     history_floor: u64,
@@ -89,8 +91,7 @@ impl Store {
             objects: BTreeMap::new(),
             rv: 0,
             history: VecDeque::new(),
-            history_limit: history_limit.max(1),
-            history_max_age,
+            capacity: WatchCacheCapacity::new(history_limit, history_max_age),
             history_floor: 0,
             events: broadcast::channel(watch_buffer.max(1)).0,
         }
@@ -120,14 +121,13 @@ impl Store {
 
     /// Subscribes to changes and returns the history after `since`, or `Err` with the oldest version a watch
     /// can start from when `since` is older: what kube-apiserver's 410 message names (`oldest-1` in
-    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). Events past `history_max_age` are
-    /// dropped first, so a version expires even while nothing is written. Atomic with respect to writes:
-    /// nothing is missed or repeated.
+    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). Events go only when a write finds
+    /// the history full, never by age alone: a version stays watchable while nothing is written. Atomic with
+    /// respect to writes: nothing is missed or repeated.
     pub(crate) fn watch_from(
         &mut self,
         since: u64,
     ) -> Result<(Vec<Arc<Event>>, Subscription), u64> {
-        self.drop_old_events(Instant::now());
         if since < self.history_floor {
             return Err(self.history_floor);
         }
@@ -168,25 +168,14 @@ impl Store {
             namespace: t.namespace.to_owned(),
             object: object.clone(),
         });
-        self.drop_old_events(now);
-        if self.history.len() == self.history_limit {
+        let keep = self.capacity.before_insert(&self.history, now);
+        while self.history.len() >= keep {
             self.drop_oldest_event();
         }
         self.history.push_back(event.clone());
         // No receivers is fine: nobody watches.
         let _ = self.events.send(event);
         object
-    }
-
-    /// Drops the events older than `history_max_age` (kube-apiserver's watch cache keeps about 75 s).
-    fn drop_old_events(&mut self, now: Instant) {
-        while self
-            .history
-            .front()
-            .is_some_and(|e| now.duration_since(e.at) > self.history_max_age)
-        {
-            self.drop_oldest_event();
-        }
     }
 
     fn drop_oldest_event(&mut self) {

@@ -304,15 +304,14 @@ async fn watch_sees_every_change_in_order_and_resumes() {
     server.shutdown().await;
 }
 
-/// kube-apiserver keeps about 75 s of watch history (`history_max_age` here): once the events after a version
-/// are older than that, a watch from it answers 410 Expired even though nothing was written since, naming the
-/// oldest version a watch can start from; a list names the collection's current version, and a watch from it
-/// follows.
+/// kube-apiserver's watch cache drops events only when it is full (`history_limit` here, once the history
+/// has grown to it), never by age alone: a watch from a version whose later events are gone answers 410
+/// Expired, naming the oldest version a watch can start from; a list names the collection's current version,
+/// and a watch from it follows.
 #[tokio::test]
-async fn watch_history_is_bounded_by_age() {
-    let max_age = Duration::from_millis(300);
+async fn watch_history_expires_when_full() {
     let server = FakeApiServer::builder()
-        .history_max_age(max_age)
+        .history_limit(2)
         .start()
         .await
         .unwrap();
@@ -322,11 +321,22 @@ async fn watch_history_is_bounded_by_age() {
         .await
         .unwrap();
     let stale_rv = stale.metadata.resource_version.clone().unwrap();
+    // Three writes after it in a history of two: the first of them is gone.
     api.create(&PostParams::default(), &lease("other", "x"))
         .await
         .unwrap();
+    for holder in ["y", "z"] {
+        api.patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": holder}})),
+        )
+        .await
+        .unwrap();
+    }
     let current = server.resource_version().to_string();
-    assert_ne!(stale_rv, current);
+    // The history keeps the last two events: a watch can start from the version before them.
+    let oldest = (server.resource_version() - 2).to_string();
 
     let by_name = ListParams::default().fields("metadata.name=stale");
     let listed = api.list(&by_name).await.unwrap();
@@ -336,8 +346,6 @@ async fn watch_history_is_bounded_by_age() {
         Some(current.as_str())
     );
 
-    // Past the age bound (a lower bound on elapsed time, whatever the scheduling), with no write since.
-    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
     let params = WatchParams::default()
         .fields("metadata.name=stale")
         .timeout(10);
@@ -348,7 +356,7 @@ async fn watch_history_is_bounded_by_age() {
             (
                 410,
                 "Expired",
-                format!("too old resource version: {stale_rv} ({current})").as_str()
+                format!("too old resource version: {stale_rv} ({oldest})").as_str()
             )
         ),
         other => panic!("unexpected {other:?}"),
@@ -1317,4 +1325,47 @@ async fn hand_w_to_b(api: &Api<Lease>, created: &Lease) {
     api.replace("w", &PostParams::default(), &update)
         .await
         .unwrap();
+}
+
+/// A watch from the version of a Lease untouched for longer than the watch cache's fresh duration (75 s in
+/// kube-apiserver, `history_max_age` here) streams while the cache still holds the events after it: the
+/// cache drops events when it is full, not by age (`watch_cache.go`, `resizeCacheLocked`). The fake once
+/// answered 410 here, where kube-apiserver streams.
+#[tokio::test]
+async fn a_watch_from_a_version_older_than_the_fresh_duration_streams_while_the_cache_holds_it() {
+    let fresh = Duration::from_millis(300);
+    let server = FakeApiServer::builder()
+        .history_max_age(fresh)
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
+    let stale = api
+        .create(&PostParams::default(), &lease("stale", "dead"))
+        .await
+        .unwrap();
+    let stale_rv = stale.metadata.resource_version.clone().unwrap();
+    api.create(&PostParams::default(), &lease("other", "x"))
+        .await
+        .unwrap();
+    // Past the fresh duration (a lower bound on elapsed time, whatever the scheduling).
+    tokio::time::sleep(fresh + Duration::from_millis(100)).await;
+    let params = WatchParams::default()
+        .fields("metadata.name=stale")
+        .timeout(10);
+    let mut stream = api.watch(&params, &stale_rv).await.unwrap().boxed();
+    let mut renewed = stale;
+    renewed.spec.as_mut().unwrap().holder_identity = Some("new".into());
+    let renewed = api
+        .replace("stale", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+    match stream.try_next().await.unwrap().unwrap() {
+        WatchEvent::Modified(l) => assert_eq!(
+            l.metadata.resource_version,
+            renewed.metadata.resource_version
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    server.shutdown().await;
 }
