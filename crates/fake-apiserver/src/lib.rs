@@ -38,11 +38,13 @@
 
 mod admin;
 mod api;
+mod apply;
 mod body;
 mod discovery;
 mod election;
 mod faults;
 mod listener;
+mod managed_fields;
 mod openapi;
 mod resource;
 mod route;

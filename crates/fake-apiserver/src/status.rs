@@ -126,7 +126,8 @@ impl ApiError {
             "UnsupportedMediaType",
             format!(
                 "the body of the request was in an unknown format ({content_type}) - accepted media types \
-                 include: application/merge-patch+json, application/strategic-merge-patch+json"
+                 include: application/merge-patch+json, application/strategic-merge-patch+json, \
+                 application/apply-patch+yaml"
             ),
         )
     }
@@ -175,6 +176,65 @@ impl ApiError {
             "InternalError",
             format!("Internal error occurred: {message}"),
         )
+    }
+
+    /// 409 `Conflict` of a server-side apply that would change fields other managers own (`force` not
+    /// set), as `NewConflictError` in
+    /// `staging/src/k8s.io/apimachinery/pkg/util/managedfields/internal/conflict.go` words it: one conflict,
+    /// `Apply failed with 1 conflict: conflict with "mgr": .spec.holderIdentity`; more, grouped by manager:
+    /// `Apply failed with 2 conflicts: conflicts with "mgr":\n- .spec.a\n- .spec.b`. `conflicts` are
+    /// (manager as printed, field path) pairs, in path order.
+    pub(crate) fn apply_conflict(conflicts: &[(String, String)]) -> Self {
+        let message = match conflicts {
+            [(manager, path)] => {
+                format!("Apply failed with 1 conflict: conflict with {manager}: {path}")
+            }
+            _ => {
+                let mut managers: Vec<&String> = conflicts.iter().map(|(m, _)| m).collect();
+                managers.sort();
+                managers.dedup();
+                let lines: Vec<String> = managers
+                    .iter()
+                    .flat_map(|manager| {
+                        std::iter::once(format!("conflicts with {manager}:")).chain(
+                            conflicts
+                                .iter()
+                                .filter(|(m, _)| m == *manager)
+                                .map(|(_, path)| format!("- {path}")),
+                        )
+                    })
+                    .collect();
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    conflicts.len(),
+                    lines.join("\n")
+                )
+            }
+        };
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|(manager, path)| {
+                json!({"type": "FieldManagerConflict", "message": format!("conflict with {manager}"),
+                    "field": path})
+            })
+            .collect();
+        let mut err = Self::new(409, "Conflict", message);
+        err.details = Some(json!({ "causes": causes }));
+        err
+    }
+
+    /// 422 `Invalid` of the options of a PATCH (`fieldManager` missing for an apply, `force` on another
+    /// patch), as kube-apiserver's `ValidatePatchOptions`
+    /// (`staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/validation/validation.go`) reports it:
+    /// `PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch`.
+    pub(crate) fn invalid_patch_options(cause: &str) -> Self {
+        let mut err = Self::new(
+            422,
+            "Invalid",
+            format!("PatchOptions.meta.k8s.io \"\" is invalid: {cause}"),
+        );
+        err.details = Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions"}));
+        err
     }
 
     /// The `Status` object.

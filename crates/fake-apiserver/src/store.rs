@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::managed_fields;
 use crate::resource::{ResourceType, merge_patch};
 use crate::status::ApiError;
 use crate::watch_cache::WatchCacheCapacity;
@@ -58,6 +59,9 @@ pub(crate) struct Target<'a> {
     pub(crate) namespace: &'a str,
     pub(crate) name: &'a str,
     pub(crate) dry_run: bool,
+    /// The field manager of a create, update or patch, recorded in `managedFields` as an `Update`; `None`
+    /// when the caller computed the managedFields itself (server-side apply).
+    pub(crate) manager: Option<&'a str>,
 }
 
 /// How an update treats `status` (the main resource keeps the stored status when a `/status` subresource
@@ -194,6 +198,9 @@ impl Store {
             return Err(ApiError::already_exists(t.rt, t.name));
         }
         let rv = self.rv + 1;
+        if let Some(manager) = t.manager {
+            managed_fields::track_update(manager, t.rt, None, &mut object);
+        }
         stamp_new(&mut object, t, rv);
         if t.dry_run {
             return Ok(Arc::new(object));
@@ -269,6 +276,9 @@ impl Store {
         mut object: Value,
     ) -> Arc<Value> {
         object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if let Some(manager) = t.manager {
+            managed_fields::track_update(manager, t.rt, Some(&current), &mut object);
+        }
         if object == *current {
             return current;
         }

@@ -139,8 +139,8 @@ async fn lease_verbs_and_errors_match_kube_apiserver() {
     let (code, reason, _) = api_error(
         api.patch(
             "l1",
-            &PatchParams::apply("test"),
-            &Patch::Apply(json!({"spec": {}})),
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([])).unwrap()),
         )
         .await,
     );
