@@ -52,6 +52,7 @@ mod selector;
 mod serve;
 mod shared;
 mod status;
+mod storage;
 mod store;
 mod table;
 mod watch;

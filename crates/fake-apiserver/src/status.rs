@@ -237,6 +237,25 @@ impl ApiError {
         err
     }
 
+    /// 409 `Conflict` of a storage precondition: `Operation cannot be fulfilled on <plural>.<group> "<name>":
+    /// <storage error>` (`InterpretUpdateError` in `staging/src/k8s.io/apiserver/pkg/storage/errors`).
+    pub(crate) fn storage_conflict(rt: &ResourceType, name: &str, storage_error: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {storage_error}",
+                rt.qualified()
+            ),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 500 with etcd's error for a write over its request limit, passed through without a reason.
+    pub(crate) fn etcd_request_too_large() -> Self {
+        Self::new(500, "", "etcdserver: request is too large")
+    }
+
     /// The `Status` object.
     pub fn to_status(&self) -> Value {
         let mut status = json!({
@@ -248,6 +267,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // An error kube-apiserver got from below (etcd) has no reason, which it omits.
+        if self.reason.is_empty()
+            && let Some(map) = status.as_object_mut()
+        {
+            map.remove("reason");
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::managed_fields;
 use crate::resource::{ResourceType, merge_patch};
 use crate::status::ApiError;
+use crate::storage;
 use crate::watch_cache::WatchCacheCapacity;
 
 /// Watch event types, as `watch.EventType`.
@@ -202,6 +203,7 @@ impl Store {
             managed_fields::track_update(manager, t.rt, None, &mut object);
         }
         stamp_new(&mut object, t, rv);
+        storage::check_size(t, &object)?;
         if t.dry_run {
             return Ok(Arc::new(object));
         }
@@ -224,6 +226,11 @@ impl Store {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
+        storage::check_uid(
+            t,
+            &object,
+            self.get(t.resource, t.namespace, t.name).as_deref(),
+        )?;
         let Some(current) = self.get(t.resource, t.namespace, t.name) else {
             if t.rt.is_lease() && part == Part::Main {
                 return self.create(t, object);
@@ -243,6 +250,7 @@ impl Store {
         check_version(t, &current, Some(&given))?;
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
+        storage::check_size(t, &object)?;
         Ok(self.write_if_changed(t, current, object))
     }
 
@@ -263,6 +271,7 @@ impl Store {
         validate(&object)?;
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
+        storage::check_size(t, &object)?;
         Ok(self.write_if_changed(t, current, object))
     }
 

@@ -1,0 +1,144 @@
+//! What kube-apiserver 1.36 refuses (or warns about) and the fake once accepted silently, each seen on the
+//! real server (`docs/reference/real-apiserver.md` of the shared notes, issue 22): a PUT with the uid of a
+//! deleted object, a write over etcd's request limit, a LeaseCandidate named after a unicode identity.
+
+use fake_apiserver::FakeApiServer;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+use kube::core::ObjectMeta;
+use serde_json::json;
+
+fn client(url: &str) -> kube::Client {
+    leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
+}
+
+fn lease(name: &str, holder: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// The code, reason and message of an API error.
+fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason, status.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// A PUT of a Lease read before it was deleted carries the old uid: kube-apiserver makes it a precondition,
+/// so the write is refused (409) whether the Lease is gone or recreated under the same name, where the fake
+/// created it (201) or replaced the new one.
+#[tokio::test]
+async fn an_update_carrying_the_uid_of_a_deleted_lease_conflicts() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let old = api
+        .create(&PostParams::default(), &lease("l", "a"))
+        .await
+        .unwrap();
+    let old_uid = old.metadata.uid.clone().unwrap();
+    api.delete("l", &DeleteParams::default()).await.unwrap();
+
+    let mut stale = old.clone();
+    stale.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let (code, reason, message) = api_error(api.replace("l", &PostParams::default(), &stale).await);
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        message,
+        format!(
+            "Operation cannot be fulfilled on leases.coordination.k8s.io \"l\": StorageError: invalid \
+             object, Code: 4, Key: /registry/leases/default/l, ResourceVersion: 0, AdditionalErrorMsg: \
+             Precondition failed: UID in precondition: {old_uid}, UID in object meta: "
+        )
+    );
+    assert!(api.get_opt("l").await.unwrap().is_none(), "nothing created");
+
+    let new = api
+        .create(&PostParams::default(), &lease("l", "c"))
+        .await
+        .unwrap();
+    let new_uid = new.metadata.uid.clone().unwrap();
+    stale.metadata.resource_version = new.metadata.resource_version.clone();
+    let (code, _, message) = api_error(api.replace("l", &PostParams::default(), &stale).await);
+    assert_eq!(code, 409);
+    assert!(
+        message.ends_with(&format!(
+            "UID in precondition: {old_uid}, UID in object meta: {new_uid}"
+        )),
+        "{message}"
+    );
+    let kept = api.get("l").await.unwrap();
+    assert_eq!(kept.spec.unwrap().holder_identity.as_deref(), Some("c"));
+    // Without a uid, the Lease strategy's create-on-update still applies.
+    let mut fresh = lease("m", "a");
+    fresh.metadata.resource_version = Some("1".into());
+    api.replace("m", &PostParams::default(), &fresh)
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
+
+/// etcd refuses a request over 1.5 MiB (`--max-request-bytes`), and kube-apiserver passes its error on as a
+/// 500 without a reason; up to 3 MiB the body itself is accepted (413 above that).
+#[tokio::test]
+async fn a_lease_over_etcds_request_limit_is_refused_with_etcds_error() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server.url()), "default");
+    let huge = "x".repeat(2_000_000);
+    let (code, reason, message) = api_error(
+        api.create(&PostParams::default(), &lease("big", &huge))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (500, "", "etcdserver: request is too large")
+    );
+    assert!(api.get_opt("big").await.unwrap().is_none());
+    // Under the limit: stored.
+    let large = "x".repeat(1_000_000);
+    api.create(&PostParams::default(), &lease("large", &large))
+        .await
+        .unwrap();
+    // Over the body limit: 413 as before.
+    let (code, _, _) = api_error(
+        api.create(
+            &PostParams::default(),
+            &lease("huge", &"x".repeat(3_200_000)),
+        )
+        .await,
+    );
+    assert_eq!(code, 413);
+    server.shutdown().await;
+}
+
+/// A LeaseCandidate's name is a DNS-1123 subdomain: one named after a unicode identity is 422 `Invalid`, as
+/// kube-apiserver's `ValidateLeaseCandidate` (`pkg/apis/coordination/validation/validation.go`) refuses it.
+#[tokio::test]
+async fn a_lease_candidate_named_after_a_unicode_identity_is_invalid() {
+    let server = FakeApiServer::start().await.unwrap();
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("coordination.k8s.io", "v1beta1", "LeaseCandidate"),
+        "leasecandidates",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client(&server.url()), "default", &ar);
+    let candidate = DynamicObject::new("pod-ü", &ar).data(json!({"spec": {
+        "leaseName": "l", "binaryVersion": "1.36.0", "strategy": "OldestEmulationVersion"}}));
+    let (code, reason, message) = api_error(api.create(&PostParams::default(), &candidate).await);
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert!(
+        message.starts_with(
+            "LeaseCandidate.coordination.k8s.io \"pod-ü\" is invalid: metadata.name: Invalid value: \"pod-ü\""
+        ),
+        "{message}"
+    );
+    server.shutdown().await;
+}
