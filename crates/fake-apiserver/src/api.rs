@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::apply;
 use crate::body::{Body, error_response, json_response, read_bytes, read_json};
+use crate::deprecation;
 use crate::discovery::discovery;
 use crate::listener::Listener;
 use crate::managed_fields;
@@ -21,8 +22,27 @@ use crate::store::{Deletion, Part, Target};
 use crate::table::TableRequest;
 use crate::watch;
 
-/// Serves an API request. Returns the response and whether it committed a write.
+/// Serves an API request, with the `Warning` header of a deprecated API version. Returns the response and
+/// whether it committed a write.
 pub(crate) async fn api<B>(
+    shared: &Arc<Shared>,
+    listener: &Listener,
+    req: Request<B>,
+    info: &RequestInfo,
+) -> (Response<Body>, bool)
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (mut resp, wrote) = serve_api(shared, listener, req, info).await;
+    if let Route::Resource { index, .. } = &info.route {
+        deprecation::add_warning(&shared.resources[*index], &mut resp);
+    }
+    (resp, wrote)
+}
+
+/// Serves an API request. Returns the response and whether it committed a write.
+async fn serve_api<B>(
     shared: &Arc<Shared>,
     listener: &Listener,
     req: Request<B>,
@@ -189,9 +209,7 @@ where
             if !causes.is_empty() {
                 return Err(ApiError::invalid(rt, &name, &causes).into());
             }
-            if rt.namespaced && !shared.namespace_exists(&namespace) {
-                return Err(ApiError::namespace_not_found(&namespace).into());
-            }
+            shared.admit_create(rt, &namespace, &name)?;
             let target = Target {
                 name: &name,
                 ..target
@@ -218,8 +236,8 @@ where
             }
             let mut store = shared.store();
             let existed = store.get(index, &namespace, &name).is_some();
-            if !existed && rt.namespaced && !shared.namespace_exists(&namespace) {
-                return Err(ApiError::namespace_not_found(&namespace).into());
+            if !existed {
+                shared.admit_create(rt, &namespace, &name)?;
             }
             let updated = store.update(&target, object, part)?;
             let code = if existed {
@@ -272,19 +290,16 @@ where
             };
             if let Some(options) = options {
                 let mut store = shared.store();
-                if !rt.namespaced
-                    || shared.namespace_exists(&namespace)
-                    || store.get(index, &namespace, &name).is_some()
-                {
-                    let target = Target {
-                        manager: None,
-                        ..target
-                    };
-                    let (code, applied) =
-                        apply::apply(&mut store, &target, &patch, options, part, validate)?;
-                    return Ok((code, (*applied).clone(), !target.dry_run));
+                if store.get(index, &namespace, &name).is_none() {
+                    shared.admit_create(rt, &namespace, &name)?;
                 }
-                return Err(ApiError::namespace_not_found(&namespace).into());
+                let target = Target {
+                    manager: None,
+                    ..target
+                };
+                let (code, applied) =
+                    apply::apply(&mut store, &target, &patch, options, part, validate)?;
+                return Ok((code, (*applied).clone(), !target.dry_run));
             }
             let patched = shared.store().patch(&target, &patch, part, validate)?;
             Ok((StatusCode::OK, (*patched).clone(), !target.dry_run))

@@ -40,11 +40,13 @@ mod admin;
 mod api;
 mod apply;
 mod body;
+mod deprecation;
 mod discovery;
 mod election;
 mod faults;
 mod listener;
 mod managed_fields;
+mod namespaces;
 mod openapi;
 mod resource;
 mod route;
@@ -97,6 +99,7 @@ pub struct Builder {
     bookmark_interval: Duration,
     coordinated_election: Option<ElectionTimings>,
     namespaces: Option<Vec<String>>,
+    terminating_namespaces: Vec<String>,
 }
 
 impl Default for Builder {
@@ -117,6 +120,7 @@ impl Default for Builder {
             bookmark_interval: Duration::from_secs(60),
             coordinated_election: None,
             namespaces: None,
+            terminating_namespaces: Vec::new(),
         }
     }
 }
@@ -208,6 +212,19 @@ impl Builder {
         self
     }
 
+    /// These namespaces are being deleted (phase `Terminating`): a create in one of them (also a Lease update
+    /// or an apply that would create) answers 403 `Forbidden` (`leases.coordination.k8s.io "x" is forbidden:
+    /// unable to create new content in namespace <ns> because it is being terminated`), as kube-apiserver's
+    /// `NamespaceLifecycle` admission does until the namespace is gone; reads, updates and deletes of what it
+    /// holds are served. See also [`FakeApiServer::terminate_namespace`].
+    pub fn terminating_namespaces<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.terminating_namespaces = names.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Binds the default listener and starts serving.
     ///
     /// # Errors
@@ -228,6 +245,7 @@ impl Builder {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             namespaces: self.namespaces,
+            terminating_namespaces: Mutex::new(self.terminating_namespaces.into_iter().collect()),
         });
         let default = Shared::add_listener(&shared, self.listen)?;
         if let Some(timings) = self.coordinated_election {
@@ -318,6 +336,13 @@ impl FakeApiServer {
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.store().resource_version()
+    }
+
+    /// Starts deleting namespace `name`, as `kubectl delete namespace` does: its phase turns `Terminating`
+    /// and nothing more can be created in it (see [`Builder::terminating_namespaces`]). The fake's namespace
+    /// controller stops there: what the namespace holds stays, and it never goes.
+    pub fn terminate_namespace(&self, name: &str) {
+        self.shared.terminating_namespaces().insert(name.to_owned());
     }
 
     /// Stops every listener and connection (watches end) and waits for them.

@@ -256,6 +256,29 @@ impl ApiError {
         Self::new(500, "", "etcdserver: request is too large")
     }
 
+    /// 403 `Forbidden` of a create in a namespace being deleted, as `NamespaceLifecycle` words it:
+    /// `leases.coordination.k8s.io "x" is forbidden: unable to create new content in namespace ns because it
+    /// is being terminated`, with a `NamespaceTerminating` cause.
+    pub(crate) fn namespace_terminating(rt: &ResourceType, name: &str, namespace: &str) -> Self {
+        let mut err = Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because \
+                 it is being terminated",
+                rt.qualified()
+            ),
+        );
+        err.details = Some(
+            json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": [{
+                "reason": "NamespaceTerminating",
+                "message": format!("namespace {namespace} is being terminated"),
+                "field": "metadata.namespace",
+            }]}),
+        );
+        err
+    }
+
     /// The `Status` object.
     pub fn to_status(&self) -> Value {
         let mut status = json!({

@@ -1,6 +1,7 @@
 //! What kube-apiserver 1.36 refuses (or warns about) and the fake once accepted silently, each seen on the
-//! real server (`docs/reference/real-apiserver.md` of the shared notes, issue 22): a PUT with the uid of a
-//! deleted object, a write over etcd's request limit, a LeaseCandidate named after a unicode identity.
+//! real server (issue 22): a PUT with the uid of a deleted object, a write over etcd's request limit, a
+//! LeaseCandidate named after a unicode identity, a create in a terminating namespace, a request to the
+//! deprecated LeaseCandidate v1beta1.
 
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -140,5 +141,125 @@ async fn a_lease_candidate_named_after_a_unicode_identity_is_invalid() {
         ),
         "{message}"
     );
+    server.shutdown().await;
+}
+
+/// `NamespaceLifecycle` admission: nothing is created in a namespace being deleted (403, kube-apiserver's
+/// message), whether by a create, a Lease update that would create, or an apply; what it holds is still
+/// served. A namespace that does not exist is 404.
+#[tokio::test]
+async fn a_create_in_a_terminating_namespace_is_forbidden() {
+    let server = FakeApiServer::builder()
+        .existing_namespaces(["default", "doomed"])
+        .start()
+        .await
+        .unwrap();
+    let c = client(&server.url());
+    let doomed: Api<Lease> = Api::namespaced(c.clone(), "doomed");
+    let held = doomed
+        .create(&PostParams::default(), &lease("held", "a"))
+        .await
+        .unwrap();
+    server.terminate_namespace("doomed");
+
+    let forbidden = "leases.coordination.k8s.io \"new\" is forbidden: unable to create new content in \
+                     namespace doomed because it is being terminated";
+    let (code, reason, message) = api_error(
+        doomed
+            .create(&PostParams::default(), &lease("new", "a"))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (403, "Forbidden", forbidden)
+    );
+    let (code, _, message) = api_error(
+        doomed
+            .replace("new", &PostParams::default(), &lease("new", "a"))
+            .await,
+    );
+    assert_eq!((code, message.as_str()), (403, forbidden));
+    let (code, _, message) = api_error(
+        doomed
+            .patch(
+                "new",
+                &kube::api::PatchParams::apply("kubert"),
+                &kube::api::Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease", "spec": {"holderIdentity": "a"}})),
+            )
+            .await,
+    );
+    assert_eq!((code, message.as_str()), (403, forbidden));
+
+    // What it holds is served and can be written.
+    let mut renewed = held.clone();
+    renewed.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    doomed
+        .replace("held", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+    let namespace: serde_json::Value = c
+        .request(
+            http::Request::get("/api/v1/namespaces/doomed")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(namespace["status"]["phase"], "Terminating");
+
+    let missing: Api<Lease> = Api::namespaced(c, "missing");
+    let (code, _, message) = api_error(
+        missing
+            .create(&PostParams::default(), &lease("new", "a"))
+            .await,
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (404, "namespaces \"missing\" not found")
+    );
+    server.shutdown().await;
+}
+
+/// kube-apiserver 1.36 answers every request to `coordination.k8s.io/v1beta1` LeaseCandidates with a
+/// deprecation warning (`Warning: 299 - "..."`); Leases get none.
+#[tokio::test]
+async fn lease_candidates_v1beta1_answer_a_deprecation_warning() {
+    let server = FakeApiServer::start().await.unwrap();
+    let c = client(&server.url());
+    let warnings = |resp: &http::Response<kube::client::Body>| -> Vec<String> {
+        resp.headers()
+            .get_all(http::header::WARNING)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let candidates = c
+        .send(
+            http::Request::get(
+                "/apis/coordination.k8s.io/v1beta1/namespaces/default/leasecandidates",
+            )
+            .body(kube::client::Body::empty())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(candidates.status(), 200);
+    assert_eq!(
+        warnings(&candidates),
+        [
+            "299 - \"coordination.k8s.io/v1beta1 LeaseCandidate is deprecated in v1.36+, unavailable in \
+             v1.39+\""
+        ]
+    );
+    let leases = c
+        .send(
+            http::Request::get("/apis/coordination.k8s.io/v1/namespaces/default/leases")
+                .body(kube::client::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(warnings(&leases).is_empty());
     server.shutdown().await;
 }
