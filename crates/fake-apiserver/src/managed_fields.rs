@@ -12,26 +12,20 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use crate::resource::ResourceType;
+use crate::resource::{OBJECT_META_FIELDS, ResourceType};
 
 /// A field: its path of keys from the object's root (`["spec", "holderIdentity"]`).
 pub(crate) type Path = Vec<String>;
 
-/// The fields the server sets, which nobody owns (`stripMeta` in kube-apiserver's field manager strips
-/// them, and `apiVersion`/`kind`, before it compares or records fields).
-const SERVER_METADATA: &[&str] = &[
-    "name",
-    "namespace",
-    "generateName",
-    "selfLink",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "managedFields",
-];
+/// The fields of `ObjectMeta` a manager can own; the others are the server's, which kube-apiserver's field
+/// manager strips (`stripMeta`), with `apiVersion` and `kind`, before it compares or records fields.
+const OWNED_METADATA: &[&str] = &["labels", "annotations", "ownerReferences", "finalizers"];
+
+/// Whether a manager can own the metadata field `field` (one of [`OWNED_METADATA`], or one `ObjectMeta`
+/// does not have).
+fn ownable_metadata(field: &str) -> bool {
+    OWNED_METADATA.contains(&field) || !OBJECT_META_FIELDS.contains(&field)
+}
 
 /// Every leaf field of `object` that a manager can own, with its value; a `null` is no value.
 pub(crate) fn leaves(object: &Value) -> BTreeMap<Path, &Value> {
@@ -45,7 +39,7 @@ pub(crate) fn leaves(object: &Value) -> BTreeMap<Path, &Value> {
             if key == "metadata" {
                 if let Some(meta) = value.as_object() {
                     for (field, value) in meta {
-                        if !SERVER_METADATA.contains(&field.as_str()) {
+                        if ownable_metadata(field) {
                             path.push(field.clone());
                             collect(value, &mut path, &mut out);
                             path.pop();

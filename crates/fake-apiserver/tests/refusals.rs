@@ -4,35 +4,15 @@
 //! deprecated LeaseCandidate v1beta1.
 
 use fake_apiserver::FakeApiServer;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
-use kube::core::ObjectMeta;
 use serde_json::json;
+use support::{api_error, lease};
+
+mod support;
 
 fn client(url: &str) -> kube::Client {
     leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
-}
-
-fn lease(name: &str, holder: &str) -> Lease {
-    Lease {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(15),
-            ..LeaseSpec::default()
-        }),
-    }
-}
-
-/// The code, reason and message of an API error.
-fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String, String) {
-    match result {
-        Err(kube::Error::Api(status)) => (status.code, status.reason, status.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
 }
 
 /// A PUT of a Lease read before it was deleted carries the old uid: kube-apiserver makes it a precondition,

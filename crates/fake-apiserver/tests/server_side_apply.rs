@@ -7,6 +7,9 @@ use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
+use support::api_error;
+
+mod support;
 
 fn client(url: &str) -> kube::Client {
     leaderelection::KubeLeaseLock::client_for_url(url).unwrap()
@@ -30,12 +33,11 @@ fn claim(holder: &str) -> Value {
     })
 }
 
-/// The code, reason and message of an API error.
-fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String, String) {
-    match result {
-        Err(kube::Error::Api(status)) => (status.code, status.reason, status.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
+/// Applies `config` to Lease "l" as `manager`, forcing conflicts when `force`.
+async fn apply(api: &Api<Lease>, manager: &str, force: bool, config: Value) -> kube::Result<Lease> {
+    let mut params = PatchParams::apply(manager);
+    params.force = force;
+    api.patch("l", &params, &Patch::Apply(config)).await
 }
 
 /// The managedFields entries of `lease` as (manager, operation, fieldsV1).
@@ -62,14 +64,7 @@ fn managed(lease: &Lease) -> Vec<(String, String, Value)> {
 async fn server_side_apply_creates_a_lease_and_records_the_appliers_fields() {
     let server = FakeApiServer::start().await.unwrap();
     let api = leases(&server);
-    let applied = api
-        .patch(
-            "l",
-            &PatchParams::apply("kubert"),
-            &Patch::Apply(claim("a")),
-        )
-        .await
-        .unwrap();
+    let applied = apply(&api, "kubert", false, claim("a")).await.unwrap();
     let spec = applied.spec.as_ref().unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("a"));
     assert_eq!(spec.lease_duration_seconds, Some(15));
@@ -87,14 +82,7 @@ async fn server_side_apply_creates_a_lease_and_records_the_appliers_fields() {
         applied.metadata.managed_fields
     );
     // The same configuration again changes nothing: no new resourceVersion.
-    let again = api
-        .patch(
-            "l",
-            &PatchParams::apply("kubert"),
-            &Patch::Apply(claim("a")),
-        )
-        .await
-        .unwrap();
+    let again = apply(&api, "kubert", false, claim("a")).await.unwrap();
     assert_eq!(
         again.metadata.resource_version,
         applied.metadata.resource_version
@@ -106,23 +94,10 @@ async fn server_side_apply_creates_a_lease_and_records_the_appliers_fields() {
 async fn server_side_apply_conflicts_on_a_field_another_manager_owns_unless_forced() {
     let server = FakeApiServer::start().await.unwrap();
     let api = leases(&server);
-    api.patch(
-        "l",
-        &PatchParams::apply("candidate-a"),
-        &Patch::Apply(claim("a")),
-    )
-    .await
-    .unwrap();
+    apply(&api, "candidate-a", false, claim("a")).await.unwrap();
     // kube-lease-manager applies without force: another holder is a conflict, nothing written.
     let rv = server.resource_version();
-    let (code, reason, message) = api_error(
-        api.patch(
-            "l",
-            &PatchParams::apply("candidate-b"),
-            &Patch::Apply(claim("b")),
-        )
-        .await,
-    );
+    let (code, reason, message) = api_error(apply(&api, "candidate-b", false, claim("b")).await);
     assert_eq!((code, reason.as_str()), (409, "Conflict"));
     assert_eq!(
         message,
@@ -132,19 +107,10 @@ async fn server_side_apply_conflicts_on_a_field_another_manager_owns_unless_forc
     // Applying the values already stored is no conflict: the fields are shared.
     let mut same = claim("a");
     same["spec"] = json!({"holderIdentity": "a"});
-    api.patch("l", &PatchParams::apply("observer"), &Patch::Apply(same))
-        .await
-        .unwrap();
+    apply(&api, "observer", false, same).await.unwrap();
 
     // kubert applies with force: it takes the field from both.
-    let forced = api
-        .patch(
-            "l",
-            &PatchParams::apply("candidate-b").force(),
-            &Patch::Apply(claim("b")),
-        )
-        .await
-        .unwrap();
+    let forced = apply(&api, "candidate-b", true, claim("b")).await.unwrap();
     assert_eq!(
         forced.spec.as_ref().unwrap().holder_identity.as_deref(),
         Some("b")
@@ -178,14 +144,7 @@ async fn server_side_apply_conflicts_with_an_updater_naming_its_api_version() {
     let created = api.create(&params, &lease).await.unwrap();
     assert_eq!(managed(&created)[0].0, "leader-elect");
     assert_eq!(managed(&created)[0].1, "Update");
-    let (code, _, message) = api_error(
-        api.patch(
-            "l",
-            &PatchParams::apply("candidate-b"),
-            &Patch::Apply(claim("b")),
-        )
-        .await,
-    );
+    let (code, _, message) = api_error(apply(&api, "candidate-b", false, claim("b")).await);
     assert_eq!(code, 409);
     // acquireTime and renewTime carry the same values: only holderIdentity conflicts.
     assert_eq!(
@@ -196,10 +155,7 @@ async fn server_side_apply_conflicts_with_an_updater_naming_its_api_version() {
     // Two fields, two conflicts, grouped by manager.
     let mut both = claim("b");
     both["spec"]["leaseDurationSeconds"] = json!(30);
-    let (_, _, message) = api_error(
-        api.patch("l", &PatchParams::apply("candidate-b"), &Patch::Apply(both))
-            .await,
-    );
+    let (_, _, message) = api_error(apply(&api, "candidate-b", false, both).await);
     assert_eq!(
         message,
         "Apply failed with 2 conflicts: conflicts with \"leader-elect\" using coordination.k8s.io/v1:\n\
@@ -221,35 +177,15 @@ async fn server_side_apply_needs_a_field_manager_and_honours_a_resource_version(
         message,
         "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
     );
-    let created = api
-        .patch(
-            "l",
-            &PatchParams::apply("kubert"),
-            &Patch::Apply(claim("a")),
-        )
-        .await
-        .unwrap();
+    let created = apply(&api, "kubert", false, claim("a")).await.unwrap();
     // kubert puts the version it read in the body: a stale one is a 409, as any precondition.
     let mut renewed = claim("a");
     renewed["spec"]["renewTime"] = json!("2026-12-07T05:00:10.000000Z");
     renewed["metadata"] = json!({"resourceVersion": created.metadata.resource_version});
-    api.patch(
-        "l",
-        &PatchParams::apply("kubert").force(),
-        &Patch::Apply(renewed),
-    )
-    .await
-    .unwrap();
+    apply(&api, "kubert", true, renewed).await.unwrap();
     let mut stale = claim("a");
     stale["metadata"] = json!({"resourceVersion": created.metadata.resource_version});
-    let (code, reason, _) = api_error(
-        api.patch(
-            "l",
-            &PatchParams::apply("kubert").force(),
-            &Patch::Apply(stale),
-        )
-        .await,
-    );
+    let (code, reason, _) = api_error(apply(&api, "kubert", true, stale).await);
     assert_eq!((code, reason.as_str()), (409, "Conflict"));
     server.shutdown().await;
 }
@@ -260,15 +196,10 @@ async fn server_side_apply_removes_the_fields_a_manager_stops_applying() {
     let api = leases(&server);
     let mut labelled = claim("a");
     labelled["metadata"] = json!({"labels": {"keep": "1", "drop": "2"}});
-    api.patch("l", &PatchParams::apply("kubert"), &Patch::Apply(labelled))
-        .await
-        .unwrap();
+    apply(&api, "kubert", false, labelled).await.unwrap();
     let mut fewer = claim("a");
     fewer["metadata"] = json!({"labels": {"keep": "1"}});
-    let applied = api
-        .patch("l", &PatchParams::apply("kubert"), &Patch::Apply(fewer))
-        .await
-        .unwrap();
+    let applied = apply(&api, "kubert", false, fewer).await.unwrap();
     let labels = applied.metadata.labels.unwrap();
     assert_eq!(labels.get("keep").map(String::as_str), Some("1"));
     assert!(!labels.contains_key("drop"), "{labels:?}");
@@ -277,14 +208,9 @@ async fn server_side_apply_removes_the_fields_a_manager_stops_applying() {
 
 #[tokio::test]
 async fn server_side_apply_serves_lease_candidates_and_custom_resources() {
+    let claims = ResourceType::custom("claims.example.com", "v1", "Claim", "claims", true);
     let server = FakeApiServer::builder()
-        .custom_resource(ResourceType::custom(
-            "claims.example.com",
-            "v1",
-            "Claim",
-            "claims",
-            true,
-        ))
+        .custom_resource(claims.clone())
         .start()
         .await
         .unwrap();
@@ -295,8 +221,8 @@ async fn server_side_apply_serves_lease_candidates_and_custom_resources() {
             json!({"leaseName": "l", "binaryVersion": "1.36.0", "strategy": "OldestEmulationVersion"}),
         ),
         (
-            GroupVersionKind::gvk("claims.example.com", "v1", "Claim"),
-            "claims",
+            GroupVersionKind::gvk(&claims.group, &claims.version, &claims.kind),
+            claims.plural.as_str(),
             json!({"size": 1}),
         ),
     ] {
