@@ -367,12 +367,16 @@ async fn lock_outcomes_are_the_api_servers() {
         events.next().await.unwrap().unwrap(),
         LeaseEvent::Deleted(_)
     ));
-    // As kube-apiserver (the Lease strategy's AllowCreateOnUpdate): a PUT to a deleted Lease creates it,
-    // whatever resourceVersion it carries.
-    let recreated = lock
-        .update(&record("d", 3), &third.resource_version)
-        .await
-        .unwrap();
+    // As kube-apiserver: the PUT to the deleted Lease carries its uid (the metadata the lock remembers), a
+    // precondition of the update (`rest/update.go`), so it conflicts and creates nothing; a read then finds
+    // no Lease, and a create makes it again. (Without a uid, the Lease strategy's AllowCreateOnUpdate would
+    // create it.)
+    assert!(matches!(
+        lock.update(&record("d", 3), &third.resource_version).await,
+        Err(LockError::Conflict)
+    ));
+    assert!(lock.get().await.unwrap().is_none());
+    let recreated = lock.create(&record("d", 3)).await.unwrap();
     assert_eq!(recreated.record.holder_identity, "d");
     assert_ne!(recreated.resource_version, third.resource_version);
     server.shutdown().await;
