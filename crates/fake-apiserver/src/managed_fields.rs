@@ -232,10 +232,16 @@ pub(crate) fn track_update(
         (Some(Value::Array(_)), _) | (_, None) => ManagedFields::of(object),
         (_, Some(before)) => ManagedFields::of(before),
     };
-    let old = before.map(leaves).unwrap_or_default();
+    // An object emptied by removals (a release nulling every field of `spec`) was not set by the writer.
+    let set_by_writer = |path: &Path, value: &Value| match before.and_then(|b| get(b, path)) {
+        Some(old) => {
+            old != value && !(value.as_object().is_some_and(Map::is_empty) && old.is_object())
+        }
+        None => true,
+    };
     let changed: BTreeSet<Path> = leaves(object)
         .into_iter()
-        .filter(|(path, value)| old.get(path) != Some(value))
+        .filter(|(path, value)| set_by_writer(path, value))
         .map(|(path, _)| path)
         .collect();
     if !changed.is_empty() {

@@ -240,3 +240,62 @@ async fn server_side_apply_serves_lease_candidates_and_custom_resources() {
     }
     server.shutdown().await;
 }
+
+/// kube-lease-manager's cycle (`src/state.rs`): a candidate takes a free Lease by apply without force, renews
+/// and releases it by strategic merge patches under the same field manager; the next candidate's apply,
+/// without force, then finds the fields owned by nobody and takes the Lease. An update that removes fields
+/// removes them from every manager's entry.
+#[tokio::test]
+async fn server_side_apply_takes_a_released_lease_without_force() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api = leases(&server);
+    apply(&api, "a", false, claim("a")).await.unwrap();
+    // `force` belongs to apply only (kube refuses to send it otherwise: a raw request).
+    let forced = http::Request::patch(
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/l?fieldManager=a&force=true",
+    )
+    .header("content-type", "application/merge-patch+json")
+    .body(b"{}".to_vec())
+    .unwrap();
+    let (code, _, message) = api_error(client(&server.url()).request::<Value>(forced).await);
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            422,
+            "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for \
+             non-apply patch"
+        )
+    );
+    let by_a = PatchParams {
+        field_manager: Some("a".into()),
+        ..PatchParams::default()
+    };
+    let renewed = api
+        .patch(
+            "l",
+            &by_a,
+            &Patch::Strategic(json!({"spec": {"renewTime": "2026-12-07T05:00:05.000000Z"}})),
+        )
+        .await
+        .unwrap();
+    let entries = managed(&renewed);
+    let update = entries
+        .iter()
+        .find(|(m, op, _)| m == "a" && op == "Update")
+        .unwrap();
+    assert_eq!(update.2, json!({"f:spec": {"f:renewTime": {}}}));
+    let released = api
+        .patch(
+            "l",
+            &by_a,
+            &Patch::Strategic(json!({"spec": {"holderIdentity": null, "renewTime": null,
+                "acquireTime": null, "leaseDurationSeconds": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(managed(&released).is_empty(), "{:?}", managed(&released));
+
+    let taken = apply(&api, "b", false, claim("b")).await.unwrap();
+    assert_eq!(taken.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    server.shutdown().await;
+}
