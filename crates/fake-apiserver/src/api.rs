@@ -1,14 +1,18 @@
 //! The API's REST verbs on resources: get, list, watch, create, update, patch, delete, and `/status`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::body::{Body, error_response, json_response, read_json};
+use crate::apply;
+use crate::body::{Body, error_response, json_response, read_bytes, read_json};
+use crate::deprecation;
 use crate::discovery::discovery;
 use crate::listener::Listener;
+use crate::managed_fields;
 use crate::resource::ResourceType;
 use crate::route::{RequestInfo, Route, parse_query};
 use crate::selector::Selector;
@@ -18,8 +22,27 @@ use crate::store::{Deletion, Part, Target};
 use crate::table::TableRequest;
 use crate::watch;
 
-/// Serves an API request. Returns the response and whether it committed a write.
+/// Serves an API request, with the `Warning` header of a deprecated API version. Returns the response and
+/// whether it committed a write.
 pub(crate) async fn api<B>(
+    shared: &Arc<Shared>,
+    listener: &Listener,
+    req: Request<B>,
+    info: &RequestInfo,
+) -> (Response<Body>, bool)
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (mut resp, wrote) = serve_api(shared, listener, req, info).await;
+    if let Route::Resource { index, .. } = &info.route {
+        deprecation::add_warning(&shared.resources[*index], &mut resp);
+    }
+    (resp, wrote)
+}
+
+/// Serves an API request. Returns the response and whether it committed a write.
+async fn serve_api<B>(
     shared: &Arc<Shared>,
     listener: &Listener,
     req: Request<B>,
@@ -91,12 +114,14 @@ where
     let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let namespace = info.namespace.clone().unwrap_or_default();
     let name = info.name.clone().unwrap_or_default();
+    let manager = field_manager(&query, req.headers());
     let target = Target {
         resource: index,
         rt,
         namespace: &namespace,
         name: &name,
         dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+        manager: Some(&manager),
     };
     let content_type = req
         .headers()
@@ -184,9 +209,7 @@ where
             if !causes.is_empty() {
                 return Err(ApiError::invalid(rt, &name, &causes).into());
             }
-            if rt.namespaced && !shared.namespace_exists(&namespace) {
-                return Err(ApiError::namespace_not_found(&namespace).into());
-            }
+            shared.admit_create(rt, &namespace, &name)?;
             let target = Target {
                 name: &name,
                 ..target
@@ -213,8 +236,8 @@ where
             }
             let mut store = shared.store();
             let existed = store.get(index, &namespace, &name).is_some();
-            if !existed && rt.namespaced && !shared.namespace_exists(&namespace) {
-                return Err(ApiError::namespace_not_found(&namespace).into());
+            if !existed {
+                shared.admit_create(rt, &namespace, &name)?;
             }
             let updated = store.update(&target, object, part)?;
             let code = if existed {
@@ -225,13 +248,34 @@ where
             Ok((code, (*updated).clone(), !target.dry_run))
         }
         "patch" => {
-            if !matches!(
-                content_type.as_str(),
-                "application/merge-patch+json" | "application/strategic-merge-patch+json"
-            ) {
+            let apply = content_type == apply::CONTENT_TYPE;
+            if !apply
+                && !matches!(
+                    content_type.as_str(),
+                    "application/merge-patch+json" | "application/strategic-merge-patch+json"
+                )
+            {
                 return Err(ApiError::unsupported_patch(&content_type).into());
             }
-            let patch = read_json(req).await?;
+            if !apply && query.contains_key("force") {
+                return Err(ApiError::invalid_patch_options(
+                    "force: Forbidden: may not be specified for non-apply patch",
+                )
+                .into());
+            }
+            let options = if apply {
+                Some(apply::options(
+                    query.get("fieldManager"),
+                    query.get("force"),
+                )?)
+            } else {
+                None
+            };
+            let patch = if apply {
+                apply::decode(&read_bytes(req.into_body()).await?)?
+            } else {
+                read_json(req).await?
+            };
             let validate = |object: &Value| {
                 rt.decode_check(object).map_err(ApiError::bad_request)?;
                 if let Some(err) = rt.strict_decoding_error(object).filter(|_| strict) {
@@ -244,6 +288,19 @@ where
                     Err(ApiError::invalid(rt, &name, &causes))
                 }
             };
+            if let Some(options) = options {
+                let mut store = shared.store();
+                if store.get(index, &namespace, &name).is_none() {
+                    shared.admit_create(rt, &namespace, &name)?;
+                }
+                let target = Target {
+                    manager: None,
+                    ..target
+                };
+                let (code, applied) =
+                    apply::apply(&mut store, &target, &patch, options, part, validate)?;
+                return Ok((code, (*applied).clone(), !target.dry_run));
+            }
             let patched = shared.store().patch(&target, &patch, part, validate)?;
             Ok((StatusCode::OK, (*patched).clone(), !target.dry_run))
         }
@@ -275,6 +332,17 @@ where
         }
         other => Err(ApiError::method_not_allowed(other).into()),
     }
+}
+
+/// The field manager of a write: `?fieldManager=`, else the `User-Agent` up to its first `/`.
+fn field_manager(query: &HashMap<String, String>, headers: &http::HeaderMap) -> String {
+    query.get("fieldManager").cloned().unwrap_or_else(|| {
+        let agent = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        managed_fields::manager_from_user_agent(agent).to_owned()
+    })
 }
 
 fn check_namespace(object: &Value, info: &RequestInfo) -> Result<(), ApiError> {

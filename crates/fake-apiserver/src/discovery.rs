@@ -78,7 +78,7 @@ pub(crate) fn discovery(
             if !shared.namespace_exists(name) {
                 return error_response(&ApiError::namespace_not_found(name));
             }
-            namespace(name)
+            shared.namespace_object(namespace(name))
         }
         ["apis"] => json!({
             "kind": "APIGroupList", "apiVersion": "v1",

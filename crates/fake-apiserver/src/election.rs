@@ -19,6 +19,10 @@ use crate::store::{EventType, Part, Store, Target};
 /// The only strategy kube-apiserver's controller elects by.
 const OLDEST_EMULATION_VERSION: &str = "OldestEmulationVersion";
 
+/// The field manager of the controller's writes: kube-apiserver's loopback client names none, so its
+/// `User-Agent` (`kube-apiserver/v1.x ...`) gives it.
+const CONTROLLER_MANAGER: &str = "kube-apiserver";
+
 /// Timings of the election controller (see [`crate::Builder::coordinated_election`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ElectionTimings {
@@ -288,6 +292,7 @@ impl Controller {
                 namespace,
                 name: str_at(candidate, "/metadata/name"),
                 dry_run: false,
+                manager: Some(CONTROLLER_MANAGER),
             };
             // A candidate deleted meanwhile is simply not pinged.
             let _ = store.patch(
@@ -329,6 +334,7 @@ impl Controller {
             namespace: &pair.0,
             name: &pair.1,
             dry_run: false,
+            manager: Some(CONTROLLER_MANAGER),
         };
         let duration = self.timings.lease_duration_seconds();
         let result = match (lease, electee) {

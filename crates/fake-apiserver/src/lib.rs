@@ -40,11 +40,15 @@
 mod admin;
 mod admission;
 mod api;
+mod apply;
 mod body;
+mod deprecation;
 mod discovery;
 mod election;
 mod faults;
 mod listener;
+mod managed_fields;
+mod namespaces;
 mod openapi;
 mod resource;
 mod route;
@@ -52,9 +56,11 @@ mod selector;
 mod serve;
 mod shared;
 mod status;
+mod storage;
 mod store;
 mod table;
 mod watch;
+mod watch_cache;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -74,10 +80,12 @@ use crate::admission::Admission;
 use crate::shared::{Shared, Stats};
 use crate::store::Store;
 
-/// Default number of events kept for watches that resume from a resourceVersion.
-pub const DEFAULT_HISTORY_LIMIT: usize = 1000;
-/// Default age after which an event is dropped from the watch history: 75 seconds, as kube-apiserver's watch
-/// cache (`eventFreshDuration` in `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`).
+/// Default upper bound of the watch history, in events: 100 Ki, as kube-apiserver's watch cache
+/// (`defaultUpperBoundCapacity` in `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`).
+pub const DEFAULT_HISTORY_LIMIT: usize = 100 * 1024;
+/// Default fresh duration of the watch history: 75 seconds, as kube-apiserver's watch cache
+/// (`eventFreshDuration` in `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). A full history
+/// whose oldest event is younger doubles rather than drop it.
 pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_secs(75);
 /// Default number of requests kept in the request log.
 pub const DEFAULT_LOG_LIMIT: usize = 10_000;
@@ -94,6 +102,7 @@ pub struct Builder {
     bookmark_interval: Duration,
     coordinated_election: Option<ElectionTimings>,
     namespaces: Option<Vec<String>>,
+    terminating_namespaces: Vec<String>,
 }
 
 impl Default for Builder {
@@ -116,6 +125,7 @@ impl Default for Builder {
             bookmark_interval: Duration::from_secs(60),
             coordinated_election: None,
             namespaces: None,
+            terminating_namespaces: Vec::new(),
         }
     }
 }
@@ -142,16 +152,24 @@ impl Builder {
         self
     }
 
-    /// Events kept for watches that resume from a resourceVersion (older ones answer 410 `Expired`).
+    /// The most events kept for watches that resume from a resourceVersion (default
+    /// [`DEFAULT_HISTORY_LIMIT`], 100 Ki, kube-apiserver's upper bound; at least 1). The history starts at 100
+    /// events (or this limit if lower) and grows as kube-apiserver's watch cache (see
+    /// [`Builder::history_max_age`]); a watch from a version whose later events are gone answers 410
+    /// `Expired`.
     pub fn history_limit(mut self, events: usize) -> Self {
         self.history_limit = events;
         self
     }
 
-    /// How long an event is kept for watches that resume from a resourceVersion (default
-    /// [`DEFAULT_HISTORY_MAX_AGE`], 75 s). A watch from a version whose later events have been dropped
-    /// answers 410 `Expired`, even when nothing was written since they were: kube-apiserver's watch cache
-    /// keeps about 75 s of history per resource type, and none from before its last start.
+    /// The fresh duration of the watch history (default [`DEFAULT_HISTORY_MAX_AGE`], 75 s), as
+    /// kube-apiserver's watch cache (`resizeCacheLocked` in
+    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`): events go only when a write finds
+    /// the history full; a full history whose oldest event is younger than this doubles instead (up to
+    /// [`Builder::history_limit`]), one whose newest quarter is older halves (down to 100 events). So an
+    /// event older than this is still served while the history has room (a watch from the version of a
+    /// Lease untouched for minutes streams when little else was written), and at least this much history
+    /// is kept under load, up to the limit.
     pub fn history_max_age(mut self, age: Duration) -> Self {
         self.history_max_age = age;
         self
@@ -199,6 +217,19 @@ impl Builder {
         self
     }
 
+    /// These namespaces are being deleted (phase `Terminating`): a create in one of them (also a Lease update
+    /// or an apply that would create) answers 403 `Forbidden` (`leases.coordination.k8s.io "x" is forbidden:
+    /// unable to create new content in namespace <ns> because it is being terminated`), as kube-apiserver's
+    /// `NamespaceLifecycle` admission does until the namespace is gone; reads, updates and deletes of what it
+    /// holds are served. See also [`FakeApiServer::terminate_namespace`].
+    pub fn terminating_namespaces<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.terminating_namespaces = names.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Binds the default listener and starts serving.
     ///
     /// # Errors
@@ -218,6 +249,7 @@ impl Builder {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             namespaces: self.namespaces,
+            terminating_namespaces: Mutex::new(self.terminating_namespaces.into_iter().collect()),
         });
         let default = Shared::add_listener(&shared, self.listen)?;
         if let Some(timings) = self.coordinated_election {
@@ -309,6 +341,13 @@ impl FakeApiServer {
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.store().resource_version()
+    }
+
+    /// Starts deleting namespace `name`, as `kubectl delete namespace` does: its phase turns `Terminating`
+    /// and nothing more can be created in it (see [`Builder::terminating_namespaces`]). The fake's namespace
+    /// controller stops there: what the namespace holds stays, and it never goes.
+    pub fn terminate_namespace(&self, name: &str) {
+        self.shared.terminating_namespaces().insert(name.to_owned());
     }
 
     /// Stops every listener and connection (watches end) and waits for them.

@@ -120,14 +120,18 @@ fn add_paths(rt: &ResourceType, paths: &mut Map<String, Value>) {
     let object = reference(&schema_name(rt, &rt.kind));
     let list = reference(&schema_name(rt, &format!("{}List", rt.kind)));
     let json_types = ["application/json"];
-    // What the PATCH handler accepts (no JSON patch, no server-side apply).
+    // What the PATCH handler accepts (no JSON patch).
     let patch_types: &[&str] = if rt.is_lease() {
         &[
             "application/merge-patch+json",
             "application/strategic-merge-patch+json",
+            "application/apply-patch+yaml",
         ]
     } else {
-        &["application/merge-patch+json"]
+        &[
+            "application/merge-patch+json",
+            "application/apply-patch+yaml",
+        ]
     };
     let dry_run = query_parameter(
         "dryRun",

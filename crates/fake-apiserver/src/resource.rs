@@ -125,7 +125,7 @@ impl ResourceType {
 }
 
 /// The fields of `ObjectMeta` (`k8s.io/apimachinery/pkg/apis/meta/v1/types.go`).
-const OBJECT_META_FIELDS: &[&str] = &[
+pub(crate) const OBJECT_META_FIELDS: &[&str] = &[
     "name",
     "generateName",
     "namespace",

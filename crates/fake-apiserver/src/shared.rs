@@ -1,7 +1,7 @@
 //! The state one server's listeners, routes and tasks share: the store, the listeners, the request
 //! statistics, the shutdown token and task tracker.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// `Some`: only these namespaces exist.
     pub(crate) namespaces: Option<Vec<String>>,
+    /// Namespaces being deleted: nothing can be created in them (see `namespaces.rs`).
+    pub(crate) terminating_namespaces: Mutex<BTreeSet<String>>,
 }
 
 // === impl Shared ===
@@ -51,6 +53,12 @@ impl Shared {
 
     pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn terminating_namespaces(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.terminating_namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {

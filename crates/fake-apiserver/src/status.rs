@@ -149,7 +149,8 @@ impl ApiError {
             "UnsupportedMediaType",
             format!(
                 "the body of the request was in an unknown format ({content_type}) - accepted media types \
-                 include: application/merge-patch+json, application/strategic-merge-patch+json"
+                 include: application/merge-patch+json, application/strategic-merge-patch+json, \
+                 application/apply-patch+yaml"
             ),
         )
     }
@@ -200,6 +201,107 @@ impl ApiError {
         )
     }
 
+    /// 409 `Conflict` of a server-side apply that would change fields other managers own (`force` not
+    /// set), as `NewConflictError` in
+    /// `staging/src/k8s.io/apimachinery/pkg/util/managedfields/internal/conflict.go` words it: one conflict,
+    /// `Apply failed with 1 conflict: conflict with "mgr": .spec.holderIdentity`; more, grouped by manager:
+    /// `Apply failed with 2 conflicts: conflicts with "mgr":\n- .spec.a\n- .spec.b`. `conflicts` are
+    /// (manager as printed, field path) pairs, in path order.
+    pub(crate) fn apply_conflict(conflicts: &[(String, String)]) -> Self {
+        let message = match conflicts {
+            [(manager, path)] => {
+                format!("Apply failed with 1 conflict: conflict with {manager}: {path}")
+            }
+            _ => {
+                let mut managers: Vec<&String> = conflicts.iter().map(|(m, _)| m).collect();
+                managers.sort();
+                managers.dedup();
+                let lines: Vec<String> = managers
+                    .iter()
+                    .flat_map(|manager| {
+                        std::iter::once(format!("conflicts with {manager}:")).chain(
+                            conflicts
+                                .iter()
+                                .filter(|(m, _)| m == *manager)
+                                .map(|(_, path)| format!("- {path}")),
+                        )
+                    })
+                    .collect();
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    conflicts.len(),
+                    lines.join("\n")
+                )
+            }
+        };
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|(manager, path)| {
+                json!({"type": "FieldManagerConflict", "message": format!("conflict with {manager}"),
+                    "field": path})
+            })
+            .collect();
+        let mut err = Self::new(409, "Conflict", message);
+        err.details = Some(json!({ "causes": causes }));
+        err
+    }
+
+    /// 422 `Invalid` of the options of a PATCH (`fieldManager` missing for an apply, `force` on another
+    /// patch), as kube-apiserver's `ValidatePatchOptions`
+    /// (`staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/validation/validation.go`) reports it:
+    /// `PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch`.
+    pub(crate) fn invalid_patch_options(cause: &str) -> Self {
+        let mut err = Self::new(
+            422,
+            "Invalid",
+            format!("PatchOptions.meta.k8s.io \"\" is invalid: {cause}"),
+        );
+        err.details = Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions"}));
+        err
+    }
+
+    /// 409 `Conflict` of a storage precondition: `Operation cannot be fulfilled on <plural>.<group> "<name>":
+    /// <storage error>` (`InterpretUpdateError` in `staging/src/k8s.io/apiserver/pkg/storage/errors`).
+    pub(crate) fn storage_conflict(rt: &ResourceType, name: &str, storage_error: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {storage_error}",
+                rt.qualified()
+            ),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 500 with etcd's error for a write over its request limit, passed through without a reason.
+    pub(crate) fn etcd_request_too_large() -> Self {
+        Self::new(500, "", "etcdserver: request is too large")
+    }
+
+    /// 403 `Forbidden` of a create in a namespace being deleted, as `NamespaceLifecycle` words it:
+    /// `leases.coordination.k8s.io "x" is forbidden: unable to create new content in namespace ns because it
+    /// is being terminated`, with a `NamespaceTerminating` cause.
+    pub(crate) fn namespace_terminating(rt: &ResourceType, name: &str, namespace: &str) -> Self {
+        let mut err = Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because \
+                 it is being terminated",
+                rt.qualified()
+            ),
+        );
+        err.details = Some(
+            json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": [{
+                "reason": "NamespaceTerminating",
+                "message": format!("namespace {namespace} is being terminated"),
+                "field": "metadata.namespace",
+            }]}),
+        );
+        err
+    }
+
     /// The `Status` object.
     pub fn to_status(&self) -> Value {
         let mut status = json!({
@@ -211,6 +313,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // An error kube-apiserver got from below (etcd) has no reason, which it omits.
+        if self.reason.is_empty()
+            && let Some(map) = status.as_object_mut()
+        {
+            map.remove("reason");
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }

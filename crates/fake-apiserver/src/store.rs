@@ -1,5 +1,5 @@
 //! The object store: one global resourceVersion counter, optimistic concurrency, and an event history for
-//! watches bounded by count and by age.
+//! watches sized as kube-apiserver's watch cache (see [`crate::watch_cache`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -10,8 +10,11 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, AdmissionRequest, Operation};
+use crate::managed_fields;
 use crate::resource::{ResourceType, merge_patch};
 use crate::status::ApiError;
+use crate::storage;
+use crate::watch_cache::WatchCacheCapacity;
 
 /// Watch event types, as `watch.EventType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +38,8 @@ impl EventType {
 #[derive(Debug)]
 pub(crate) struct Event {
     pub(crate) rv: u64,
-    /// When it was committed (kept for `history_max_age`, and for `watch_delay`).
+    /// When it was committed (what the watch cache's resizing compares with `history_max_age`, and what
+    /// `watch_delay` counts from).
     pub(crate) at: Instant,
     pub(crate) kind: EventType,
     pub(crate) resource: usize,
@@ -57,6 +61,9 @@ pub(crate) struct Target<'a> {
     pub(crate) namespace: &'a str,
     pub(crate) name: &'a str,
     pub(crate) dry_run: bool,
+    /// The field manager of a create, update or patch, recorded in `managedFields` as an `Update`; `None`
+    /// when the caller computed the managedFields itself (server-side apply).
+    pub(crate) manager: Option<&'a str>,
 }
 
 /// How an update treats `status` (the main resource keeps the stored status when a `/status` subresource
@@ -72,8 +79,8 @@ pub(crate) struct Store {
     objects: BTreeMap<Key, Arc<Value>>,
     rv: u64,
     history: VecDeque<Arc<Event>>,
-    history_limit: usize,
-    history_max_age: Duration,
+    /// How many events `history` holds before the oldest goes, grown and shrunk as kube-apiserver's.
+    capacity: WatchCacheCapacity,
     /// Every event with a resourceVersion above this one is still in `history`: the oldest version a watch
     /// can start from.
     history_floor: u64,
@@ -92,8 +99,7 @@ impl Store {
             objects: BTreeMap::new(),
             rv: 0,
             history: VecDeque::new(),
-            history_limit: history_limit.max(1),
-            history_max_age,
+            capacity: WatchCacheCapacity::new(history_limit, history_max_age),
             history_floor: 0,
             events: broadcast::channel(watch_buffer.max(1)).0,
             admission: Admission::default(),
@@ -160,14 +166,13 @@ impl Store {
 
     /// Subscribes to changes and returns the history after `since`, or `Err` with the oldest version a watch
     /// can start from when `since` is older: what kube-apiserver's 410 message names (`oldest-1` in
-    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). Events past `history_max_age` are
-    /// dropped first, so a version expires even while nothing is written. Atomic with respect to writes:
-    /// nothing is missed or repeated.
+    /// `staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go`). Events go only when a write finds
+    /// the history full, never by age alone: a version stays watchable while nothing is written. Atomic with
+    /// respect to writes: nothing is missed or repeated.
     pub(crate) fn watch_from(
         &mut self,
         since: u64,
     ) -> Result<(Vec<Arc<Event>>, Subscription), u64> {
-        self.drop_old_events(Instant::now());
         if since < self.history_floor {
             return Err(self.history_floor);
         }
@@ -208,25 +213,14 @@ impl Store {
             namespace: t.namespace.to_owned(),
             object: object.clone(),
         });
-        self.drop_old_events(now);
-        if self.history.len() == self.history_limit {
+        let keep = self.capacity.before_insert(&self.history, now);
+        while self.history.len() >= keep {
             self.drop_oldest_event();
         }
         self.history.push_back(event.clone());
         // No receivers is fine: nobody watches.
         let _ = self.events.send(event);
         object
-    }
-
-    /// Drops the events older than `history_max_age` (kube-apiserver's watch cache keeps about 75 s).
-    fn drop_old_events(&mut self, now: Instant) {
-        while self
-            .history
-            .front()
-            .is_some_and(|e| now.duration_since(e.at) > self.history_max_age)
-        {
-            self.drop_oldest_event();
-        }
     }
 
     fn drop_oldest_event(&mut self) {
@@ -245,8 +239,12 @@ impl Store {
             return Err(ApiError::already_exists(t.rt, t.name));
         }
         let rv = self.rv + 1;
+        if let Some(manager) = t.manager {
+            managed_fields::track_update(manager, t.rt, None, &mut object);
+        }
         stamp_new(&mut object, t, rv);
         self.admit(t, Operation::Create, Part::Main, Some(&object), None)?;
+        storage::check_size(t, &object)?;
         if t.dry_run {
             return Ok(Arc::new(object));
         }
@@ -269,6 +267,11 @@ impl Store {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
+        storage::check_uid(
+            t,
+            &object,
+            self.get(t.resource, t.namespace, t.name).as_deref(),
+        )?;
         let Some(current) = self.get(t.resource, t.namespace, t.name) else {
             if t.rt.is_lease() && part == Part::Main {
                 return self.create(t, object);
@@ -289,6 +292,7 @@ impl Store {
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
         self.admit(t, Operation::Update, part, Some(&object), Some(&current))?;
+        storage::check_size(t, &object)?;
         Ok(self.write_if_changed(t, current, object))
     }
 
@@ -310,6 +314,7 @@ impl Store {
         self.replace(t, &current, &mut object, part);
         check_finalizers(t, &current, &object)?;
         self.admit(t, Operation::Update, part, Some(&object), Some(&current))?;
+        storage::check_size(t, &object)?;
         Ok(self.write_if_changed(t, current, object))
     }
 
@@ -323,6 +328,9 @@ impl Store {
         mut object: Value,
     ) -> Arc<Value> {
         object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if let Some(manager) = t.manager {
+            managed_fields::track_update(manager, t.rt, Some(&current), &mut object);
+        }
         if object == *current {
             return current;
         }

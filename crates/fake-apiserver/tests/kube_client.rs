@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fake_apiserver::{FakeApiServer, Faults, ResourceType};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, WatchEvent, WatchParams,
@@ -14,6 +14,9 @@ use kube::api::{
 use kube::core::ObjectMeta;
 use leaderelection::KubeLeaseLock;
 use serde_json::json;
+use support::{api_error, lease};
+
+mod support;
 
 /// The elector's client ([`KubeLeaseLock::client_config`]: without kube's own retries of 429/503, so each
 /// fault is seen as sent) with short read and connect timeouts, so a delayed or dropped answer fails fast.
@@ -27,28 +30,6 @@ fn client(url: &str) -> kube::Client {
 /// The elector's client as it is (no read timeout), for watches that stay quiet.
 fn watch_client(url: &str) -> kube::Client {
     KubeLeaseLock::client_for_url(url).unwrap()
-}
-
-fn lease(name: &str, holder: &str) -> Lease {
-    Lease {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(15),
-            ..LeaseSpec::default()
-        }),
-    }
-}
-
-/// The code and reason of an API error.
-fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String, String) {
-    match result {
-        Err(kube::Error::Api(status)) => (status.code, status.reason, status.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -139,8 +120,8 @@ async fn lease_verbs_and_errors_match_kube_apiserver() {
     let (code, reason, _) = api_error(
         api.patch(
             "l1",
-            &PatchParams::apply("test"),
-            &Patch::Apply(json!({"spec": {}})),
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([])).unwrap()),
         )
         .await,
     );
@@ -304,29 +285,62 @@ async fn watch_sees_every_change_in_order_and_resumes() {
     server.shutdown().await;
 }
 
-/// kube-apiserver keeps about 75 s of watch history (`history_max_age` here): once the events after a version
-/// are older than that, a watch from it answers 410 Expired even though nothing was written since, naming the
-/// oldest version a watch can start from; a list names the collection's current version, and a watch from it
-/// follows.
-#[tokio::test]
-async fn watch_history_is_bounded_by_age() {
-    let max_age = Duration::from_millis(300);
-    let server = FakeApiServer::builder()
-        .history_max_age(max_age)
-        .start()
-        .await
-        .unwrap();
+/// Starts `server`, creates Lease "stale" (held by a dead holder), then Lease "other"; returns the server,
+/// the Leases of its namespace and "stale" as created.
+async fn stale_then_other(server: fake_apiserver::Builder) -> (FakeApiServer, Api<Lease>, Lease) {
+    let server = server.start().await.unwrap();
     let api: Api<Lease> = Api::namespaced(watch_client(&server.url()), "default");
     let stale = api
         .create(&PostParams::default(), &lease("stale", "dead"))
         .await
         .unwrap();
-    let stale_rv = stale.metadata.resource_version.clone().unwrap();
     api.create(&PostParams::default(), &lease("other", "x"))
         .await
         .unwrap();
+    (server, api, stale)
+}
+
+/// Gives Lease `stale` a new holder and checks that `watch` delivers that write as MODIFIED.
+async fn renewal_reaches(
+    api: &Api<Lease>,
+    mut stale: Lease,
+    watch: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<Lease>>> + Unpin),
+) {
+    stale.spec.as_mut().unwrap().holder_identity = Some("new".into());
+    let renewed = api
+        .replace("stale", &PostParams::default(), &stale)
+        .await
+        .unwrap();
+    match watch.try_next().await.unwrap().unwrap() {
+        WatchEvent::Modified(l) => assert_eq!(
+            l.metadata.resource_version,
+            renewed.metadata.resource_version
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// kube-apiserver's watch cache drops events only when it is full (`history_limit` here, once the history
+/// has grown to it), never by age alone: a watch from a version whose later events are gone answers 410
+/// Expired, naming the oldest version a watch can start from; a list names the collection's current version,
+/// and a watch from it follows.
+#[tokio::test]
+async fn watch_history_expires_when_full() {
+    let (server, api, stale) = stale_then_other(FakeApiServer::builder().history_limit(2)).await;
+    let stale_rv = stale.metadata.resource_version.clone().unwrap();
+    // Three writes after it in a history of two (with the create of "other"): the first of them is gone.
+    for holder in ["y", "z"] {
+        api.patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": holder}})),
+        )
+        .await
+        .unwrap();
+    }
     let current = server.resource_version().to_string();
-    assert_ne!(stale_rv, current);
+    // The history keeps the last two events: a watch can start from the version before them.
+    let oldest = (server.resource_version() - 2).to_string();
 
     let by_name = ListParams::default().fields("metadata.name=stale");
     let listed = api.list(&by_name).await.unwrap();
@@ -336,8 +350,6 @@ async fn watch_history_is_bounded_by_age() {
         Some(current.as_str())
     );
 
-    // Past the age bound (a lower bound on elapsed time, whatever the scheduling), with no write since.
-    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
     let params = WatchParams::default()
         .fields("metadata.name=stale")
         .timeout(10);
@@ -348,7 +360,7 @@ async fn watch_history_is_bounded_by_age() {
             (
                 410,
                 "Expired",
-                format!("too old resource version: {stale_rv} ({current})").as_str()
+                format!("too old resource version: {stale_rv} ({oldest})").as_str()
             )
         ),
         other => panic!("unexpected {other:?}"),
@@ -359,21 +371,7 @@ async fn watch_history_is_bounded_by_age() {
     );
 
     let mut resumed = api.watch(&params, &current).await.unwrap().boxed();
-    let mut renewed = stale;
-    renewed.spec.as_mut().unwrap().holder_identity = Some("new".into());
-    let renewed = api
-        .replace("stale", &PostParams::default(), &renewed)
-        .await
-        .unwrap();
-    match resumed.try_next().await.unwrap().unwrap() {
-        WatchEvent::Modified(l) => {
-            assert_eq!(
-                l.metadata.resource_version,
-                renewed.metadata.resource_version
-            )
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    renewal_reaches(&api, stale, &mut resumed).await;
     server.shutdown().await;
 }
 
@@ -1317,4 +1315,24 @@ async fn hand_w_to_b(api: &Api<Lease>, created: &Lease) {
     api.replace("w", &PostParams::default(), &update)
         .await
         .unwrap();
+}
+
+/// A watch from the version of a Lease untouched for longer than the watch cache's fresh duration (75 s in
+/// kube-apiserver, `history_max_age` here) streams while the cache still holds the events after it: the
+/// cache drops events when it is full, not by age (`watch_cache.go`, `resizeCacheLocked`). The fake once
+/// answered 410 here, where kube-apiserver streams.
+#[tokio::test]
+async fn a_watch_from_a_version_older_than_the_fresh_duration_streams_while_the_cache_holds_it() {
+    let fresh = Duration::from_millis(300);
+    let (server, api, stale) =
+        stale_then_other(FakeApiServer::builder().history_max_age(fresh)).await;
+    let stale_rv = stale.metadata.resource_version.clone().unwrap();
+    // Past the fresh duration (a lower bound on elapsed time, whatever the scheduling).
+    tokio::time::sleep(fresh + Duration::from_millis(100)).await;
+    let params = WatchParams::default()
+        .fields("metadata.name=stale")
+        .timeout(10);
+    let mut stream = api.watch(&params, &stale_rv).await.unwrap().boxed();
+    renewal_reaches(&api, stale, &mut stream).await;
+    server.shutdown().await;
 }

@@ -75,6 +75,32 @@ async fn claims_server() -> FakeApiServer {
         .unwrap()
 }
 
+/// `kubectl patch --type merge` of my-lease's holderIdentity to `holder` (kubectl's manager `kubectl-patch`).
+async fn holder_patched_to(url: &str, holder: &str) -> Output {
+    let patch = format!(r#"{{"spec":{{"holderIdentity":"{holder}"}}}}"#);
+    kubectl(
+        url,
+        &[
+            "patch", "lease", "my-lease", "-n", "team-a", "--type", "merge", "-p", &patch,
+        ],
+        None,
+    )
+    .await
+}
+
+/// my-lease's holderIdentity, as `kubectl get -o jsonpath` prints it.
+async fn holder(url: &str) -> String {
+    let jsonpath = "jsonpath={.spec.holderIdentity}";
+    let out = kubectl(
+        url,
+        &["get", "lease", "my-lease", "-n", "team-a", "-o", jsonpath],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether kubectl can be run here; prints why a test is skipped when not.
 fn kubectl_installed() -> bool {
     let installed = std::process::Command::new("kubectl")
@@ -137,41 +163,14 @@ async fn kubectl_apply_get_delete() {
     );
 
     // Change it with a merge patch.
-    let patch = r#"{"spec":{"holderIdentity":"pod-b"}}"#;
-    let out = kubectl(
-        &url,
-        &[
-            "patch", "lease", "my-lease", "-n", "team-a", "--type", "merge", "-p", patch,
-        ],
-        None,
-    )
-    .await;
+    let out = holder_patched_to(&url, "pod-b").await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("patched"),
         "{}",
         text(&out)
     );
-    let out = kubectl(
-        &url,
-        &[
-            "get",
-            "lease",
-            "my-lease",
-            "-n",
-            "team-a",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "pod-b",
-        "{}",
-        text(&out)
-    );
+    assert_eq!(holder(&url).await, "pod-b");
 
     let out = kubectl(&url, &["delete", "lease", "my-lease", "-n", "team-a"], None).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -524,5 +523,45 @@ spec:
         "{}",
         text(&out)
     );
+    server.shutdown().await;
+}
+
+/// `kubectl apply --server-side` (kubectl's field manager, `kubectl`): creates the Lease, then refuses to
+/// take a field another manager changed since (kube-apiserver's conflict message), and takes it with
+/// `--force-conflicts`.
+#[tokio::test]
+async fn kubectl_server_side_apply_creates_conflicts_and_forces() {
+    if !kubectl_installed() {
+        return;
+    }
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    let apply = ["apply", "--server-side", "-f", "-"];
+    let out = kubectl(&url, &apply, Some(LEASE)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("lease.coordination.k8s.io/my-lease serverside-applied"),
+        "{}",
+        text(&out)
+    );
+    let out = holder_patched_to(&url, "pod-b").await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let changed = LEASE.replace("holderIdentity: pod-a", "holderIdentity: pod-c");
+    let out = kubectl(&url, &apply, Some(&changed)).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using coordination.k8s.io/v1: \
+             .spec.holderIdentity"
+        ),
+        "{}",
+        text(&out)
+    );
+    let forced = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
+    let out = kubectl(&url, &forced, Some(&changed)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(holder(&url).await, "pod-c");
     server.shutdown().await;
 }

@@ -156,17 +156,30 @@ impl Write for Logs {
     }
 }
 
-/// Where LeaseCandidates are not served (404 on coordination.k8s.io/v1beta1), the candidate says so in one
-/// WARN line and the elector runs an ordinary election: it creates the Lease and leads.
-#[tokio::test(flavor = "current_thread")]
-async fn without_lease_candidates_the_election_is_ordinary_and_says_so_once() {
+/// Captures this thread's logs (this test's: its runtime is current-thread) while the guard lives.
+///
+/// tracing-core (0.1.36, `callsite.rs`) caches each callsite's interest for the whole process, and while
+/// only one dispatcher is registered (`has_just_one`) it asks just the thread that first hits a callsite:
+/// a test running in parallel, with no subscriber, would then mute our callsites for good (a log line
+/// missing here, depending on which tests the harness runs together). A second registered dispatcher, kept
+/// alive with the guard, makes it ask every dispatcher.
+fn capture_logs() -> (Logs, (tracing::subscriber::DefaultGuard, tracing::Dispatch)) {
     let logs = Logs::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let guard = tracing::subscriber::set_default(subscriber);
+    let second = tracing::Dispatch::new(tracing_subscriber::registry());
+    (logs, (guard, second))
+}
+
+/// Where LeaseCandidates are not served (404 on coordination.k8s.io/v1beta1), the candidate says so in one
+/// WARN line and the elector runs an ordinary election: it creates the Lease and leads.
+#[tokio::test(flavor = "current_thread")]
+async fn without_lease_candidates_the_election_is_ordinary_and_says_so_once() {
+    let (logs, _capture) = capture_logs();
 
     let server = FakeApiServer::builder()
         .without_lease_candidates()
@@ -502,13 +515,7 @@ async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
 /// `a_coordinated_candidate_without_an_election_controller_says_so_and_keeps_waiting`).
 #[tokio::test(flavor = "current_thread")]
 async fn with_an_election_controller_no_candidate_warns_that_none_answered() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _capture) = capture_logs();
 
     let server = with_election_controller().await;
     let client = client(&server.url());

@@ -367,12 +367,16 @@ async fn lock_outcomes_are_the_api_servers() {
         events.next().await.unwrap().unwrap(),
         LeaseEvent::Deleted(_)
     ));
-    // As kube-apiserver (the Lease strategy's AllowCreateOnUpdate): a PUT to a deleted Lease creates it,
-    // whatever resourceVersion it carries.
-    let recreated = lock
-        .update(&record("d", 3), &third.resource_version)
-        .await
-        .unwrap();
+    // As kube-apiserver: the PUT to the deleted Lease carries its uid (the metadata the lock remembers), a
+    // precondition of the update (`rest/update.go`), so it conflicts and creates nothing; a read then finds
+    // no Lease, and a create makes it again. (Without a uid, the Lease strategy's AllowCreateOnUpdate would
+    // create it.)
+    assert!(matches!(
+        lock.update(&record("d", 3), &third.resource_version).await,
+        Err(LockError::Conflict)
+    ));
+    assert!(lock.get().await.unwrap().is_none());
+    let recreated = lock.create(&record("d", 3)).await.unwrap();
     assert_eq!(recreated.record.holder_identity, "d");
     assert_ne!(recreated.resource_version, third.resource_version);
     server.shutdown().await;
@@ -424,16 +428,16 @@ async fn released_lease_is_taken_over_through_the_watch() {
     server.shutdown().await;
 }
 
-/// A 410 Gone must not turn a candidate into a hot loop. kube-apiserver keeps about 75 s of watch history
-/// (1 s here); a Lease whose holder died longer ago than that, while other Leases were written (in a cluster:
-/// every node's), has a resourceVersion too old to watch from, and a GET gives that version back. The
-/// candidate lists for the collection's version and resumes from it: a few requests per retry period (the
-/// old code sent thousands a second), and it takes the Lease once the record's duration has passed.
+/// A 410 Gone must not turn a candidate into a hot loop. kube-apiserver's watch cache drops events once it
+/// is full (100 to 100 Ki events, grown while its oldest is younger than 75 s; 2 here); a Lease whose holder
+/// died while many other Leases were written (in a cluster: every node's) has a resourceVersion too old to
+/// watch from, and a GET gives that version back. The candidate lists for the collection's version and
+/// resumes from it: a few requests per retry period (the old code sent thousands a second), and it takes the
+/// Lease once the record's duration has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_older_than_the_watch_history_costs_a_few_requests_per_retry_period() {
-    let history = Duration::from_secs(1);
     let server = FakeApiServer::builder()
-        .history_max_age(history)
+        .history_limit(2)
         .start()
         .await
         .unwrap();
@@ -441,10 +445,10 @@ async fn a_lease_older_than_the_watch_history_costs_a_few_requests_per_retry_per
     let mut dead = record("dead", 4);
     dead.lease_duration_seconds = 3;
     let stale = lock("stale").create(&dead).await.unwrap();
-    lock("other").create(&record("other", 0)).await.unwrap();
-    // Sleeping is the cause here, not a hope: afterwards the Lease's version is surely older than the
-    // history.
-    tokio::time::sleep(history + Duration::from_millis(100)).await;
+    // Three writes after it in a history of two: the events after its version are no longer all kept.
+    for name in ["other-1", "other-2", "other-3"] {
+        lock(name).create(&record("other", 0)).await.unwrap();
+    }
     let mut watch = lock("stale").watch(&stale.resource_version).await.unwrap();
     assert!(matches!(watch.next().await, Some(Err(LockError::Gone))));
     let listed = lock("stale").list().await.unwrap();
