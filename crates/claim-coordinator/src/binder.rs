@@ -152,10 +152,15 @@ impl Binder {
             ..BatchReport::default()
         };
         let live: Vec<&HostClaim> = claims.iter().filter(|c| !c.is_deleting()).collect();
-        // The index: claim uid -> hosts naming it (the truth).
+        // The index: claim uid -> hosts naming it (the truth); hosts of foreign consumers are not ours.
         let mut index: BTreeMap<String, Vec<&PhysicalHost>> = BTreeMap::new();
         for host in &hosts {
-            if let Some(consumer) = &host.spec.consumer_ref {
+            if let Some(consumer) = host
+                .spec
+                .consumer_ref
+                .as_ref()
+                .filter(|c| self.pool.is_own_consumer(c))
+            {
                 index.entry(consumer.uid.clone()).or_default().push(host);
             }
         }

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use leaderelection::LeaderState;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Outcome;
 use crate::resources::{
-    CLAIMED_BY_ANNOTATION, ClaimCondition, ClaimPhase, HostClaim, HostState, PhysicalHost,
-    RELEASE_FINALIZER, TERM_ANNOTATION,
+    CLAIMED_BY_ANNOTATION, ClaimCondition, ClaimPhase, ConsumerRef, GROUP, HostClaim, HostState,
+    PhysicalHost, RELEASE_FINALIZER, TERM_ANNOTATION,
 };
 
 /// Bound on one request when no term deadline is nearer.
@@ -143,6 +143,25 @@ impl Pool {
             claims: Api::namespaced(client, namespace),
             identity: identity.to_owned(),
         }
+    }
+
+    /// Whether `consumer` is a claim of this pool: a `HostClaim` of our API group (any version) in the
+    /// claims' namespace (any namespace when the claims are read across namespaces). Only such a consumer
+    /// may be released by the binder: a host consumed by another kind (a Metal3Machine, a reused node's
+    /// booking, as in cluster-api-provider-metal3#3474) or by another coordinator's claims is never
+    /// touched.
+    #[must_use]
+    pub fn is_own_consumer(&self, consumer: &ConsumerRef) -> bool {
+        let group = consumer
+            .api_version
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group);
+        group == GROUP
+            && consumer.kind == HostClaim::kind(&())
+            && self
+                .claims
+                .namespace()
+                .is_none_or(|ns| ns == consumer.namespace)
     }
 
     /// Lists hosts and claims (fresh reads, not a cache), each bounded as a write under `fence` (a
@@ -404,8 +423,9 @@ impl Pool {
         .map(drop)
     }
 
-    /// Releases the host of every claim being deleted and lets the claims go; frees hosts whose consumer no
-    /// longer exists. Idempotent: what is done already is not written again.
+    /// Releases the host of every claim being deleted and lets the claims go; frees hosts whose consumer is
+    /// a claim of this pool ([`Pool::is_own_consumer`]) that no longer exists. A host consumed by anything
+    /// else is left alone. Idempotent: what is done already is not written again.
     ///
     /// # Errors
     ///
@@ -423,7 +443,12 @@ impl Pool {
         let mut released = 0;
         let mut held = std::collections::BTreeSet::new();
         for host in hosts {
-            let Some(consumer) = &host.spec.consumer_ref else {
+            let Some(consumer) = host
+                .spec
+                .consumer_ref
+                .as_ref()
+                .filter(|c| self.is_own_consumer(c))
+            else {
                 continue;
             };
             let claim = by_uid.get(consumer.uid.as_str());

@@ -282,6 +282,92 @@ async fn deleting_a_claim_releases_its_host_and_a_second_host_is_released() {
     cluster.server.shutdown().await;
 }
 
+/// Item 7 of issue 23: the release of deleted claims frees only hosts whose `consumerRef` is a claim of
+/// this pool (our kind and group, the claims' namespace). On main it freed every host whose consumer uid
+/// was not a live claim, whatever its kind.
+#[tokio::test]
+async fn a_host_consumed_by_a_foreign_kind_is_never_touched() {
+    let cluster = Cluster::start().await.unwrap();
+    for p in [
+        plan("h-machine", &[], 8),
+        plan("h-other-namespace", &[], 8),
+        plan("h-1", &[], 8),
+    ] {
+        cluster.add_host(&p).await.unwrap();
+    }
+    let foreign = [
+        (
+            "h-machine",
+            ConsumerRef {
+                api_version: "infrastructure.cluster.x-k8s.io/v1beta1".into(),
+                kind: "Metal3Machine".into(),
+                namespace: NAMESPACE.into(),
+                name: "m-1".into(),
+                uid: "uid-of-a-machine".into(),
+            },
+        ),
+        (
+            "h-other-namespace",
+            ConsumerRef {
+                api_version: "claims.leaderelection.dev/v1alpha1".into(),
+                kind: "HostClaim".into(),
+                namespace: "another-pool".into(),
+                name: "c-elsewhere".into(),
+                uid: "uid-of-another-pools-claim".into(),
+            },
+        ),
+    ];
+    let mut versions = BTreeMap::new();
+    for (name, consumer) in &foreign {
+        let mut host = cluster.hosts().get(name).await.unwrap();
+        host.spec.consumer_ref = Some(consumer.clone());
+        let host = cluster
+            .hosts()
+            .replace(name, &PostParams::default(), &host)
+            .await
+            .unwrap();
+        versions.insert(*name, host.resource_version());
+    }
+    cluster.add_claim("c-1", simple()).await.unwrap();
+    let (fence, _state) = term(1);
+    let binder = binder(&cluster);
+    binder.batch(&fence).await.unwrap();
+    assert_eq!(
+        cluster.claims().get("c-1").await.unwrap().host_ref(),
+        Some("h-1")
+    );
+    cluster
+        .claims()
+        .delete("c-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.server.reset_counts();
+    binder.batch(&fence).await.unwrap();
+    binder.batch(&fence).await.unwrap();
+    assert!(cluster.claims().get_opt("c-1").await.unwrap().is_none());
+    assert!(cluster.hosts().get("h-1").await.unwrap().is_available());
+    for (name, consumer) in &foreign {
+        let host = cluster.hosts().get(name).await.unwrap();
+        assert_eq!(host.spec.consumer_ref.as_ref(), Some(consumer), "{name}");
+        assert_eq!(
+            host.resource_version(),
+            versions[name],
+            "{name} was written"
+        );
+    }
+    let touched: Vec<_> = cluster
+        .server
+        .request_log()
+        .into_iter()
+        .filter(|r| {
+            r.verb == "update" && r.name.as_deref().is_some_and(|n| n != "h-1" && n != "c-1")
+        })
+        .map(|r| r.name)
+        .collect();
+    assert!(touched.is_empty(), "{touched:?}");
+    cluster.server.shutdown().await;
+}
+
 fn fast(mode: Mode) -> Settings {
     Settings {
         lease_duration: Duration::from_secs(1),
