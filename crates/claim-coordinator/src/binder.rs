@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{Metrics, Outcome};
 use crate::priority::{self, Pending};
 use crate::resources::{ClaimPhase, HostClaim, PhysicalHost};
-use crate::selection::{self, Candidate};
+use crate::selection::{self, Candidate, Requirements};
 use crate::steps::{Fence, Pool, StepError};
 
 /// Events closer together than this start one batch.
@@ -295,18 +295,39 @@ impl Binder {
                 .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
                 .unwrap_or_default()
         };
-        let mut order: Vec<Pending> = waiting
-            .iter()
-            .map(|c| Pending {
+        // A claim whose selector breaks a rule can never be served until its spec changes: Failed, with
+        // the field, value and rule in the condition's message.
+        let mut by_name: BTreeMap<String, (&HostClaim, Requirements)> = BTreeMap::new();
+        for claim in waiting {
+            match Requirements::from_spec(&claim.spec) {
+                Ok(requirements) => {
+                    by_name.insert(claim.name_any(), (*claim, requirements));
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    self.step(claim, || {
+                        self.pool.mark_pending(
+                            fence,
+                            claim,
+                            "InvalidHostSelector",
+                            &message,
+                            ClaimPhase::Failed,
+                        )
+                    })
+                    .await?;
+                }
+            }
+        }
+        let mut order: Vec<Pending> = by_name
+            .values()
+            .map(|(c, requirements)| Pending {
                 name: c.name_any(),
                 age: age(c),
-                simple: c.spec.required_tags.is_empty() && c.spec.preferred_tags.is_empty(),
+                simple: requirements.is_simple(),
                 attempts: c.attempts(),
             })
             .collect();
         priority::sort(&mut order, self.max_wait);
-        let by_name: BTreeMap<String, &HostClaim> =
-            waiting.iter().map(|c| (c.name_any(), *c)).collect();
         let oldest = order.iter().map(|p| p.age).max().unwrap_or_default();
         let mut available: Vec<(Candidate, &PhysicalHost)> = hosts
             .iter()
@@ -319,7 +340,8 @@ impl Binder {
         let mut done: BTreeSet<String> = BTreeSet::new();
         let mut plan = Vec::new();
         for pending in &order {
-            let claim = by_name[&pending.name];
+            let (claim, requirements) = &by_name[&pending.name];
+            let claim = *claim;
             let started = Instant::now();
             served += 1;
             // An optimistic claimer's intent is honoured while its host is free.
@@ -331,9 +353,9 @@ impl Binder {
                     let others: Vec<_> = order
                         .iter()
                         .filter(|p| p.name != pending.name && !done.contains(&p.name))
-                        .map(|p| &by_name[&p.name].spec)
+                        .map(|p| &by_name[&p.name].1)
                         .collect();
-                    selection::choose(&pending.name, &claim.spec, &candidates, &others)
+                    selection::choose(&pending.name, requirements, &candidates, &others)
                 }
             };
             done.insert(pending.name.clone());
@@ -356,14 +378,14 @@ impl Binder {
                 self.metrics.attempt(Outcome::NoHosts);
                 self.metrics
                     .result(Outcome::NoHosts, started.elapsed().as_secs_f64());
-                if !pool.iter().any(|h| h.fits(&claim.spec)) && claim.phase() != ClaimPhase::Failed
+                if !pool.iter().any(|h| h.fits(requirements)) && claim.phase() != ClaimPhase::Failed
                 {
                     self.step(claim, || {
                         self.pool.mark_pending(
                             fence,
                             claim,
                             "Unsatisfiable",
-                            "no host in the pool has the required tags and minimums",
+                            "no host in the pool matches the host selector and minimums",
                             ClaimPhase::Failed,
                         )
                     })

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Outcome};
 use crate::resources::{HostClaim, HostClaimSpec};
-use crate::selection::{self, Candidate};
+use crate::selection::{self, Candidate, Requirements};
+use crate::selector::SelectorError;
 pub use crate::settings::Mode;
 use crate::steps::{Fence, Pool, StepError};
 
@@ -37,6 +38,15 @@ pub enum ClaimError {
         /// Why.
         #[source]
         source: kube::Error,
+    },
+    /// The claim's spec breaks a rule (its selector): it could never be bound.
+    #[error("claim {name}: {source}")]
+    Invalid {
+        /// The claim.
+        name: String,
+        /// The field, value and rule.
+        #[source]
+        source: SelectorError,
     },
     /// `shutdown` was cancelled before the claim was bound.
     #[error("claim {0}: cancelled")]
@@ -120,6 +130,7 @@ impl Claimer {
     ///
     /// # Errors
     ///
+    /// [`ClaimError::Invalid`] when `spec`'s selector breaks a rule (nothing is written);
     /// [`ClaimError::Api`] when the claim cannot be created or read; [`ClaimError::Cancelled`] on
     /// `shutdown`.
     ///
@@ -137,6 +148,10 @@ impl Claimer {
             name: name.to_owned(),
             source,
         };
+        Requirements::from_spec(&spec).map_err(|source| ClaimError::Invalid {
+            name: name.to_owned(),
+            source,
+        })?;
         let claim = HostClaim::with_release_finalizer(name, spec);
         match self
             .pool
@@ -354,13 +369,15 @@ impl Claimer {
                 .await?;
             return Ok(Some(host.name_any()));
         }
+        let requirements = Requirements::from_spec(&claim.spec)
+            .map_err(|err| StepError::InvalidState(format!("claim {name}: {err}")))?;
         let available: Vec<_> = hosts.iter().filter(|h| h.is_available()).collect();
         let candidates: Vec<Candidate> =
             available.iter().map(|h| Candidate::from_host(h)).collect();
         let chosen = intent
             .as_deref()
             .and_then(|i| candidates.iter().position(|c| c.name == i))
-            .or_else(|| selection::choose(name, &claim.spec, &candidates, &[]));
+            .or_else(|| selection::choose(name, &requirements, &candidates, &[]));
         let Some(index) = chosen else {
             return Ok(None);
         };

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod priority;
 pub mod resources;
 pub mod selection;
+pub mod selector;
 pub mod settings;
 pub mod steps;
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub const RELEASE_FINALIZER: &str = "claims.leaderelection.dev/release";
 pub const TERM_ANNOTATION: &str = "claims.leaderelection.dev/term";
 /// Annotation on a host: the identity that bound it (a leader or an optimistic claimer).
 pub const CLAIMED_BY_ANNOTATION: &str = "claims.leaderelection.dev/claimed-by";
+/// Annotation on a host: present (any value), the host is paused and never chosen, as Metal3's
+/// `baremetalhost.metal3.io/paused`.
+pub const PAUSED_ANNOTATION: &str = "claims.leaderelection.dev/paused";
 
 /// A pooled machine. Its labels are its tags; `spec.consumerRef` names the one claim using it.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -87,6 +91,28 @@ pub struct PhysicalHostStatus {
     /// CPU cores and memory.
     #[serde(default)]
     pub hardware: Hardware,
+    /// The last error of the host's controller; a host with one is never chosen (as Metal3's
+    /// `status.errorMessage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
+/// Why a host cannot be claimed now; CAPM3's `chooseHost` skips the same hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// `spec.consumerRef` is set.
+    Consumed,
+    /// `metadata.deletionTimestamp` is set.
+    Deleting,
+    /// The paused annotation is present.
+    Paused,
+    /// `status.errorMessage` is set (the message).
+    Erroring(String),
+    /// `status.ready` is false: the host does not answer its management interface.
+    Unhealthy,
+    /// `status.state` is not `Available` (the state; `None` without a status).
+    NotAvailable(Option<HostState>),
 }
 
 /// A host's size.
@@ -117,8 +143,14 @@ pub struct HostClaimSpec {
     /// The image to boot on the host (written to the host's `bootIsoSource`).
     #[serde(default)]
     pub image_url: String,
-    /// Tags the host must have. A tag `key=value` needs that label; a tag `key` needs the label with any
-    /// value.
+    /// The labels the host must have, as a Kubernetes label selector (`matchLabels`, `matchExpressions`
+    /// with `In`, `NotIn`, `Exists`, `DoesNotExist`), as CAPM3's `hostSelector`. Combined with
+    /// `requiredTags`: both must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "label_selector_schema")]
+    pub host_selector: Option<LabelSelector>,
+    /// Tags the host must have (a shorthand kept from Beskar7's requests). A tag `key=value` needs that
+    /// label (`In [value]`); a tag `key` needs the label with any value (`Exists`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_tags: Vec<String>,
     /// Tags the host should have: hosts with more of them are chosen first.
@@ -191,14 +223,39 @@ pub struct ClaimCondition {
 // === impl PhysicalHost ===
 
 impl PhysicalHost {
-    /// Claimable now: no consumer, state `Available`, `ready` (Beskar7's definition of available).
+    /// Why the host cannot be claimed now, `None` when it can: no consumer, not being deleted, not paused,
+    /// no error message, `ready`, state `Available`.
+    #[must_use]
+    pub fn unavailable(&self) -> Option<Unavailable> {
+        if self.spec.consumer_ref.is_some() {
+            return Some(Unavailable::Consumed);
+        }
+        if self.metadata.deletion_timestamp.is_some() {
+            return Some(Unavailable::Deleting);
+        }
+        if self.annotations().contains_key(PAUSED_ANNOTATION) {
+            return Some(Unavailable::Paused);
+        }
+        let Some(status) = &self.status else {
+            return Some(Unavailable::NotAvailable(None));
+        };
+        if let Some(message) = status.error_message.as_ref().filter(|m| !m.is_empty()) {
+            return Some(Unavailable::Erroring(message.clone()));
+        }
+        if status.state != HostState::Available {
+            return Some(Unavailable::NotAvailable(Some(status.state)));
+        }
+        if !status.ready {
+            return Some(Unavailable::Unhealthy);
+        }
+        None
+    }
+
+    /// Claimable now ([`PhysicalHost::unavailable`] is `None`): Beskar7's definition (no consumer, state
+    /// `Available`, `ready`) and CAPM3's skips (paused, erroring, being deleted).
     #[must_use]
     pub fn is_available(&self) -> bool {
-        self.spec.consumer_ref.is_none()
-            && self
-                .status
-                .as_ref()
-                .is_some_and(|s| s.state == HostState::Available && s.ready)
+        self.unavailable().is_none()
     }
 
     /// The host's size (zero when it has no status yet).
@@ -281,6 +338,35 @@ impl HostClaim {
             uid: self.metadata.uid.clone().unwrap_or_default(),
         }
     }
+}
+
+/// The schema of `metav1.LabelSelector` (k8s-openapi's type is used without its `schemars` feature, which
+/// would rebuild k8s-openapi for the whole workspace).
+fn label_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A Kubernetes label selector (metav1.LabelSelector): every requirement must hold.",
+        "type": "object",
+        "properties": {
+            "matchLabels": {
+                "description": "Labels the host must have with these values.",
+                "type": "object",
+                "additionalProperties": {"type": "string"}
+            },
+            "matchExpressions": {
+                "description": "Requirements: operator In or NotIn with values, Exists or DoesNotExist without.",
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                        "values": {"type": "array", "items": {"type": "string"}}
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// The two CustomResourceDefinitions as YAML documents, in file order: `(file name, YAML)`.

@@ -136,6 +136,7 @@ impl Cluster {
                 cpu_cores: plan.cpu_cores,
                 memory_gib: plan.memory_gib,
             },
+            error_message: None,
         });
         self.hosts()
             .replace_status(&plan.name, &PostParams::default(), &created)

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use claim_coordinator::resources::{
-    ConsumerRef, HostClaimSpec, HostState, RELEASE_FINALIZER, TERM_ANNOTATION,
+    ConsumerRef, HostClaimSpec, HostState, PAUSED_ANNOTATION, PhysicalHostStatus,
+    RELEASE_FINALIZER, TERM_ANNOTATION,
 };
 use claim_coordinator::{
     Binder, ClaimPhase, Claimer, Fence, Metrics, Mode, Pool, Settings, StepError,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
 use leaderelection::{LeaderState, Term};
@@ -365,6 +367,167 @@ async fn a_host_consumed_by_a_foreign_kind_is_never_touched() {
         .map(|r| r.name)
         .collect();
     assert!(touched.is_empty(), "{touched:?}");
+    cluster.server.shutdown().await;
+}
+
+/// Issue 23 item 3: CAPM3's `chooseHost` skips paused, erroring, deleting and unhealthy hosts and hosts not
+/// in an available state; so does the binder. A claim waits (Pending, not Failed) while only such hosts
+/// fit it, and one whose `hostSelector` breaks a rule is Failed with the field in the message.
+#[tokio::test]
+async fn paused_erroring_unhealthy_deleting_and_unavailable_hosts_are_skipped() {
+    let cluster = Cluster::start().await.unwrap();
+    let names = [
+        "h-paused",
+        "h-erroring",
+        "h-unhealthy",
+        "h-deleting",
+        "h-enrolling",
+    ];
+    for name in names {
+        cluster.add_host(&plan(name, &[], 8)).await.unwrap();
+    }
+    let hosts = cluster.hosts();
+    let mut paused = hosts.get("h-paused").await.unwrap();
+    paused
+        .annotations_mut()
+        .insert(PAUSED_ANNOTATION.into(), String::new());
+    hosts
+        .replace("h-paused", &PostParams::default(), &paused)
+        .await
+        .unwrap();
+    for (name, change) in [
+        (
+            "h-erroring",
+            (|s: &mut PhysicalHostStatus| s.error_message = Some("BMC unreachable".into()))
+                as fn(&mut PhysicalHostStatus),
+        ),
+        ("h-unhealthy", |s| s.ready = false),
+        ("h-enrolling", |s| s.state = HostState::Enrolling),
+    ] {
+        let mut host = hosts.get(name).await.unwrap();
+        change(host.status.as_mut().unwrap());
+        hosts
+            .replace_status(name, &PostParams::default(), &host)
+            .await
+            .unwrap();
+    }
+    let mut deleting = hosts.get("h-deleting").await.unwrap();
+    deleting.finalizers_mut().push("example.com/wipe".into());
+    hosts
+        .replace("h-deleting", &PostParams::default(), &deleting)
+        .await
+        .unwrap();
+    hosts
+        .delete("h-deleting", &DeleteParams::default())
+        .await
+        .unwrap();
+    for name in names {
+        assert!(!hosts.get(name).await.unwrap().is_available(), "{name}");
+    }
+    cluster.add_claim("c-1", simple()).await.unwrap();
+    let invalid = HostClaimSpec {
+        host_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "rack".into(),
+                operator: "Gt".into(),
+                values: Some(vec!["1".into()]),
+            }]),
+        }),
+        ..simple()
+    };
+    cluster.add_claim("c-invalid", invalid).await.unwrap();
+    let (fence, _state) = term(1);
+    let binder = binder(&cluster);
+    let report = binder.batch(&fence).await.unwrap();
+    assert_eq!(report.bound, 0);
+    let claim = cluster.claims().get("c-1").await.unwrap();
+    assert_eq!(claim.phase(), ClaimPhase::Pending);
+    let status = cluster
+        .claims()
+        .get("c-invalid")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.phase, ClaimPhase::Failed);
+    assert_eq!(status.conditions[0].reason, "InvalidHostSelector");
+    assert!(
+        status.conditions[0]
+            .message
+            .contains("spec.hostSelector.matchExpressions[0].operator"),
+        "{:?}",
+        status.conditions
+    );
+    for name in names {
+        assert_eq!(
+            hosts.get(name).await.unwrap().spec.consumer_ref,
+            None,
+            "{name}"
+        );
+    }
+    // A host that becomes available is taken at the next batch.
+    cluster.add_host(&plan("h-ok", &[], 8)).await.unwrap();
+    binder.batch(&fence).await.unwrap();
+    assert_eq!(
+        cluster.claims().get("c-1").await.unwrap().host_ref(),
+        Some("h-ok")
+    );
+    cluster.server.shutdown().await;
+}
+
+/// A `hostSelector` (label selector) decides end to end: `NotIn` and `DoesNotExist` leave the hosts they
+/// exclude, and a claim that no host of the pool matches is Failed (`Unsatisfiable`).
+#[tokio::test]
+async fn a_host_selector_with_not_in_and_does_not_exist_chooses_the_host() {
+    let cluster = Cluster::start().await.unwrap();
+    for p in [
+        plan("h-rack-1", &[("rack", "1")], 8),
+        plan("h-rack-2-gpu", &[("rack", "2"), ("gpu", "a100")], 8),
+        plan("h-rack-2", &[("rack", "2")], 8),
+    ] {
+        cluster.add_host(&p).await.unwrap();
+    }
+    let selector = |expressions: Vec<(&str, &str, &[&str])>| HostClaimSpec {
+        host_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(
+                expressions
+                    .into_iter()
+                    .map(|(key, operator, values)| LabelSelectorRequirement {
+                        key: key.into(),
+                        operator: operator.into(),
+                        values: (!values.is_empty())
+                            .then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+                    })
+                    .collect(),
+            ),
+        }),
+        ..simple()
+    };
+    cluster
+        .add_claim(
+            "c-no-gpu-not-rack-1",
+            selector(vec![
+                ("rack", "NotIn", &["1"]),
+                ("gpu", "DoesNotExist", &[]),
+            ]),
+        )
+        .await
+        .unwrap();
+    cluster
+        .add_claim("c-rack-3", selector(vec![("rack", "In", &["3"])]))
+        .await
+        .unwrap();
+    let (fence, _state) = term(1);
+    binder(&cluster).batch(&fence).await.unwrap();
+    let claims = cluster.claims();
+    assert_eq!(
+        claims.get("c-no-gpu-not-rack-1").await.unwrap().host_ref(),
+        Some("h-rack-2")
+    );
+    let waiting = claims.get("c-rack-3").await.unwrap();
+    assert_eq!(waiting.phase(), ClaimPhase::Failed, "{waiting:?}");
     cluster.server.shutdown().await;
 }
 
