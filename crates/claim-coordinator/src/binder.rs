@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Outcome};
 use crate::priority::{self, Pending};
+use crate::provider::{Claim, Host};
 use crate::resources::{ClaimPhase, HostClaim, PhysicalHost};
 use crate::selection::{self, Candidate, Requirements};
 use crate::steps::{Fence, Pool, StepError};
@@ -34,8 +35,8 @@ pub struct BatchReport {
 
 /// The leader's binder: construct once per replica, run once per term by [`Binder::run_term`].
 #[derive(Clone, Debug)]
-pub struct Binder {
-    pool: Pool,
+pub struct Binder<H = PhysicalHost, C = HostClaim> {
+    pool: Pool<H, C>,
     metrics: Metrics,
     interval: Duration,
     max_wait: Duration,
@@ -43,11 +44,11 @@ pub struct Binder {
 
 // === impl Binder ===
 
-impl Binder {
+impl<H: Host, C: Claim> Binder<H, C> {
     /// A binder of `pool`, serving every `interval` (or sooner after a change), with the starvation bound
     /// `max_wait`.
     #[must_use]
-    pub fn new(pool: Pool, metrics: Metrics, interval: Duration, max_wait: Duration) -> Self {
+    pub fn new(pool: Pool<H, C>, metrics: Metrics, interval: Duration, max_wait: Duration) -> Self {
         Self {
             pool,
             metrics,
@@ -151,23 +152,18 @@ impl Binder {
             released: self.pool.release_deleted(fence, &hosts, &claims).await?,
             ..BatchReport::default()
         };
-        let live: Vec<&HostClaim> = claims.iter().filter(|c| !c.is_deleting()).collect();
+        let live: Vec<&C> = claims.iter().filter(|c| !c.is_deleting()).collect();
         // The index: claim uid -> hosts naming it (the truth); hosts of foreign consumers are not ours.
-        let mut index: BTreeMap<String, Vec<&PhysicalHost>> = BTreeMap::new();
+        let mut index: BTreeMap<String, Vec<&H>> = BTreeMap::new();
         for host in &hosts {
-            if let Some(consumer) = host
-                .spec
-                .consumer_ref
-                .as_ref()
-                .filter(|c| self.pool.is_own_consumer(c))
-            {
-                index.entry(consumer.uid.clone()).or_default().push(host);
+            if let Some(consumer) = host.consumer().filter(|c| self.pool.is_own_consumer(c)) {
+                index.entry(consumer.uid).or_default().push(host);
             }
         }
         let mut waiting = Vec::new();
         let mut half_done = Vec::new();
         for claim in &live {
-            let uid = claim.metadata.uid.clone().unwrap_or_default();
+            let uid = claim.meta().uid.clone().unwrap_or_default();
             match index.get(&uid) {
                 Some(held) => half_done.push((*claim, held)),
                 None if claim.phase() == ClaimPhase::Bound => {
@@ -206,12 +202,12 @@ impl Binder {
     async fn finish(
         &self,
         fence: &Fence,
-        claim: &HostClaim,
-        held: &[&PhysicalHost],
+        claim: &C,
+        held: &[&H],
     ) -> Result<(bool, usize), StepError> {
-        let status = claim.status.clone().unwrap_or_default();
+        let status = claim.claim_status().cloned().unwrap_or_default();
         let named = |name: Option<&String>| {
-            name.and_then(|n| held.iter().find(|h| h.metadata.name.as_ref() == Some(n)))
+            name.and_then(|n| held.iter().find(|h| h.meta().name.as_ref() == Some(n)))
         };
         let intent_elsewhere = status
             .selected_host
@@ -222,13 +218,13 @@ impl Binder {
             .filter(|_| claim.phase() == ClaimPhase::Bound || !intent_elsewhere)
             .or_else(|| {
                 (!intent_elsewhere)
-                    .then(|| held.iter().min_by_key(|h| h.metadata.name.clone()))
+                    .then(|| held.iter().min_by_key(|h| h.meta().name.clone()))
                     .flatten()
             })
             .copied();
         let mut released = 0;
         for host in held {
-            if keep.is_none_or(|k| k.metadata.name != host.metadata.name) {
+            if keep.is_none_or(|k| k.meta().name != host.meta().name) {
                 // A second host (a write that outlived its term), or one an optimistic intent overrides.
                 tracing::warn!(claim = %claim.name_any(), host = %host.name_any(), "releasing a host the claim does not keep");
                 match self.pool.release_host(fence, host).await {
@@ -241,12 +237,7 @@ impl Binder {
         let Some(host) = keep else {
             return Ok((false, released));
         };
-        if claim.host_ref() == host.metadata.name.as_deref()
-            && host
-                .status
-                .as_ref()
-                .is_some_and(|s| s.state == crate::HostState::Claimed)
-        {
+        if claim.host_ref() == host.meta().name.as_deref() && host.claimed_state_recorded() {
             return Ok((false, released));
         }
         tracing::info!(claim = %claim.name_any(), host = %host.name_any(), "finishing a half-done bind");
@@ -255,12 +246,7 @@ impl Binder {
     }
 
     /// Steps 2 and 3 for a host that names the claim.
-    async fn complete(
-        &self,
-        fence: &Fence,
-        claim: &HostClaim,
-        host: &PhysicalHost,
-    ) -> Result<bool, StepError> {
+    async fn complete(&self, fence: &Fence, claim: &C, host: &H) -> Result<bool, StepError> {
         let result = async {
             let host = self.pool.mark_claimed(fence, host).await?;
             self.pool
@@ -284,24 +270,26 @@ impl Binder {
     async fn serve(
         &self,
         fence: &Fence,
-        hosts: &[PhysicalHost],
-        waiting: &[&HostClaim],
+        hosts: &[H],
+        waiting: &[&C],
     ) -> Result<(usize, usize), StepError> {
         let now = jiff::Timestamp::now();
-        let age = |c: &HostClaim| {
-            c.metadata
+        let age = |c: &C| {
+            c.meta()
                 .creation_timestamp
                 .as_ref()
                 .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
                 .unwrap_or_default()
         };
+        // Claims by `namespace/name`: claims of tenant namespaces may share a name.
+        let key = |c: &C| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
         // A claim whose selector breaks a rule can never be served until its spec changes: Failed, with
         // the field, value and rule in the condition's message.
-        let mut by_name: BTreeMap<String, (&HostClaim, Requirements)> = BTreeMap::new();
+        let mut by_name: BTreeMap<String, (&C, Requirements)> = BTreeMap::new();
         for claim in waiting {
-            match Requirements::from_spec(&claim.spec) {
+            match claim.requirements() {
                 Ok(requirements) => {
-                    by_name.insert(claim.name_any(), (*claim, requirements));
+                    by_name.insert(key(claim), (*claim, requirements));
                 }
                 Err(err) => {
                     let message = err.to_string();
@@ -321,7 +309,7 @@ impl Binder {
         let mut order: Vec<Pending> = by_name
             .values()
             .map(|(c, requirements)| Pending {
-                name: c.name_any(),
+                name: key(c),
                 age: age(c),
                 simple: requirements.is_simple(),
                 attempts: c.attempts(),
@@ -329,7 +317,7 @@ impl Binder {
             .collect();
         priority::sort(&mut order, self.max_wait);
         let oldest = order.iter().map(|p| p.age).max().unwrap_or_default();
-        let mut available: Vec<(Candidate, &PhysicalHost)> = hosts
+        let mut available: Vec<(Candidate, &H)> = hosts
             .iter()
             .filter(|h| h.is_available())
             .map(|h| (Candidate::from_host(h), h))
@@ -345,7 +333,7 @@ impl Binder {
             let started = Instant::now();
             served += 1;
             // An optimistic claimer's intent is honoured while its host is free.
-            let intent = claim.status.as_ref().and_then(|s| s.selected_host.clone());
+            let intent = claim.selected_host().map(str::to_owned);
             let candidates: Vec<Candidate> = available.iter().map(|(c, _)| c.clone()).collect();
             let choice = match &intent {
                 Some(name) => candidates.iter().position(|c| &c.name == name),
@@ -355,7 +343,7 @@ impl Binder {
                         .filter(|p| p.name != pending.name && !done.contains(&p.name))
                         .map(|p| &by_name[&p.name].1)
                         .collect();
-                    selection::choose(&pending.name, requirements, &candidates, &others)
+                    selection::choose(&claim.name_any(), requirements, &candidates, &others)
                 }
             };
             done.insert(pending.name.clone());
@@ -438,10 +426,10 @@ impl Binder {
     }
 
     /// Runs a best-effort claim status write: only [`StepError::Fenced`] stops the batch.
-    async fn step<F, Fut>(&self, claim: &HostClaim, write: F) -> Result<(), StepError>
+    async fn step<F, Fut>(&self, claim: &C, write: F) -> Result<(), StepError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<HostClaim, StepError>>,
+        Fut: Future<Output = Result<C, StepError>>,
     {
         match write().await {
             Ok(_) => Ok(()),

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Outcome};
-use crate::resources::{HostClaim, HostClaimSpec};
+use crate::provider::{Claim, Host};
+use crate::resources::{HostClaim, HostClaimSpec, PhysicalHost};
 use crate::selection::{self, Candidate, Requirements};
 use crate::selector::SelectorError;
 pub use crate::settings::Mode;
@@ -55,8 +56,8 @@ pub enum ClaimError {
 
 /// Gets hosts for one consumer. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Claimer {
-    pool: Pool,
+pub struct Claimer<H = PhysicalHost> {
+    pool: Pool<H, HostClaim>,
     mode: Mode,
     lease: std::sync::Arc<KubeLeaseLock>,
     lease_duration: Duration,
@@ -90,13 +91,32 @@ impl LeaderWatch {
 // === impl Claimer ===
 
 impl Claimer {
-    /// A claimer in `namespace` writing as `identity`, watching the coordinator Lease `lease_name` (same
-    /// namespace) in [`Mode::Auto`].
+    /// A claimer of our `PhysicalHost`s and `HostClaim`s in `namespace` writing as `identity`, watching
+    /// the coordinator Lease `lease_name` (same namespace) in [`Mode::Auto`].
     #[must_use]
     pub fn new(
         client: Client,
         namespace: &str,
         identity: &str,
+        settings: &crate::settings::Settings,
+        metrics: Metrics,
+    ) -> Self {
+        Self::with_pool(
+            Pool::new(client.clone(), namespace, identity),
+            KubeLeaseLock::new(client, namespace, &settings.lease_name),
+            settings,
+            metrics,
+        )
+    }
+}
+
+impl<H: Host> Claimer<H> {
+    /// A claimer of `pool` (hosts of kind `H` in the pool namespace; its claims in one namespace, e.g. a
+    /// tenant's), watching the coordinator Lease `lease` in [`Mode::Auto`].
+    #[must_use]
+    pub fn with_pool(
+        pool: Pool<H, HostClaim>,
+        lease: KubeLeaseLock,
         settings: &crate::settings::Settings,
         metrics: Metrics,
     ) -> Self {
@@ -106,12 +126,8 @@ impl Claimer {
             Mode::Optimistic
         };
         Self {
-            lease: std::sync::Arc::new(KubeLeaseLock::new(
-                client.clone(),
-                namespace,
-                &settings.lease_name,
-            )),
-            pool: Pool::new(client, namespace, identity),
+            lease: std::sync::Arc::new(lease),
+            pool,
             mode,
             lease_duration: settings.lease_duration,
             retry_period: settings.retry_period,
@@ -121,7 +137,7 @@ impl Claimer {
 
     /// The pool this claimer writes to.
     #[must_use]
-    pub fn pool(&self) -> &Pool {
+    pub fn pool(&self) -> &Pool<H, HostClaim> {
         &self.pool
     }
 
@@ -356,11 +372,11 @@ impl Claimer {
             )));
         }
         // A host already naming the claim (a bind half-done by anyone): finish it.
-        let intent = claim.status.as_ref().and_then(|s| s.selected_host.clone());
+        let intent = claim.selected_host().map(str::to_owned);
         let named: Vec<_> = hosts.iter().filter(|h| h.is_consumed_by(&claim)).collect();
         let held = named
             .iter()
-            .find(|h| intent.as_deref() == h.metadata.name.as_deref())
+            .find(|h| intent.as_deref() == h.meta().name.as_deref())
             .or(named.first());
         if let Some(host) = held {
             let host = self.pool.mark_claimed(&fence, host).await?;
@@ -369,11 +385,12 @@ impl Claimer {
                 .await?;
             return Ok(Some(host.name_any()));
         }
-        let requirements = Requirements::from_spec(&claim.spec)
+        let requirements = claim
+            .requirements()
             .map_err(|err| StepError::InvalidState(format!("claim {name}: {err}")))?;
         let available: Vec<_> = hosts.iter().filter(|h| h.is_available()).collect();
         let candidates: Vec<Candidate> =
-            available.iter().map(|h| Candidate::from_host(h)).collect();
+            available.iter().map(|h| Candidate::from_host(*h)).collect();
         let chosen = intent
             .as_deref()
             .and_then(|i| candidates.iter().position(|c| c.name == i))
@@ -384,7 +401,7 @@ impl Claimer {
         let host = available[index];
         let claim = self
             .pool
-            .record_intent(&fence, &claim, host.metadata.name.as_deref())
+            .record_intent(&fence, &claim, host.meta().name.as_deref())
             .await?;
         let host = self.pool.claim_host(&fence, host, &claim).await?;
         let host = self.pool.mark_claimed(&fence, &host).await?;

@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 
 use crate::binder::Binder;
 use crate::metrics::Metrics;
+use crate::provider::{Claim, Host};
 use crate::settings::{Mode, Settings};
 use crate::steps::Pool;
 
@@ -33,9 +34,30 @@ pub fn replica(
     settings: &Settings,
     identity: &str,
     namespace: &str,
+    registry: Registry,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<(Runtime, Metrics), leaderelection::ConfigError> {
+    let pool = Pool::new(client.clone(), namespace, identity);
+    replica_of(pool, client, settings, identity, namespace, registry, admin)
+}
+
+/// [`replica`] for any pool: hosts of kind `H` and claims of kind `C` in the namespaces `pool` reads
+/// (e.g. [`Pool::with_namespaces`]: a pool namespace and every tenant namespace), with the coordinator
+/// Lease in `lease_namespace`.
+///
+/// # Errors
+///
+/// [`leaderelection::ConfigError`] when the timings break a rule.
+pub fn replica_of<H: Host, C: Claim>(
+    pool: Pool<H, C>,
+    client: Client,
+    settings: &Settings,
+    identity: &str,
+    lease_namespace: &str,
     mut registry: Registry,
     admin: Option<std::net::SocketAddr>,
 ) -> Result<(Runtime, Metrics), leaderelection::ConfigError> {
+    let namespace = lease_namespace;
     let metrics = Metrics::new(&mut registry);
     let config = settings.elector_config(identity, namespace);
     let callbacks = Callbacks::new().on_new_leader({
@@ -62,7 +84,7 @@ pub fn replica(
     // In optimistic mode every consumer claims directly: a binder beside them would race their binds.
     if settings.leader_election && settings.mode != Mode::Optimistic {
         let binder = Binder::new(
-            Pool::new(client, namespace, identity),
+            pool,
             metrics.clone(),
             settings.processing_interval,
             settings.max_wait,

@@ -1,12 +1,14 @@
 //! The custom resources: `PhysicalHost` (a pooled machine; its `spec.consumerRef` is the single truth of who
 //! uses it) and `HostClaim` (what a consumer wants; its `status` is derived from the hosts and repaired).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
+use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::provider::{Claim, Host};
+use crate::selection::Requirements;
+use crate::selector::SelectorError;
 
 /// The API group of both resources.
 pub const GROUP: &str = "claims.leaderelection.dev";
@@ -111,8 +113,8 @@ pub enum Unavailable {
     Erroring(String),
     /// `status.ready` is false: the host does not answer its management interface.
     Unhealthy,
-    /// `status.state` is not `Available` (the state; `None` without a status).
-    NotAvailable(Option<HostState>),
+    /// The host is not in an available state (the state it is in; `None` without a status).
+    NotAvailable(Option<String>),
 }
 
 /// A host's size.
@@ -222,17 +224,18 @@ pub struct ClaimCondition {
 
 // === impl PhysicalHost ===
 
-impl PhysicalHost {
-    /// Why the host cannot be claimed now, `None` when it can: no consumer, not being deleted, not paused,
-    /// no error message, `ready`, state `Available`.
-    #[must_use]
-    pub fn unavailable(&self) -> Option<Unavailable> {
-        if self.spec.consumer_ref.is_some() {
-            return Some(Unavailable::Consumed);
-        }
-        if self.metadata.deletion_timestamp.is_some() {
-            return Some(Unavailable::Deleting);
-        }
+impl Host for PhysicalHost {
+    fn consumer(&self) -> Option<ConsumerRef> {
+        self.spec.consumer_ref.clone()
+    }
+
+    fn set_consumer(&mut self, consumer: Option<ConsumerRef>, image: Option<String>) {
+        self.spec.consumer_ref = consumer;
+        self.spec.boot_iso_source = image;
+    }
+
+    /// Paused (annotation), erroring (`status.errorMessage`), not `Available`, not `ready`.
+    fn skip(&self) -> Option<Unavailable> {
         if self.annotations().contains_key(PAUSED_ANNOTATION) {
             return Some(Unavailable::Paused);
         }
@@ -243,7 +246,10 @@ impl PhysicalHost {
             return Some(Unavailable::Erroring(message.clone()));
         }
         if status.state != HostState::Available {
-            return Some(Unavailable::NotAvailable(Some(status.state)));
+            return Some(Unavailable::NotAvailable(Some(format!(
+                "{:?}",
+                status.state
+            ))));
         }
         if !status.ready {
             return Some(Unavailable::Unhealthy);
@@ -251,35 +257,28 @@ impl PhysicalHost {
         None
     }
 
-    /// Claimable now ([`PhysicalHost::unavailable`] is `None`): Beskar7's definition (no consumer, state
-    /// `Available`, `ready`) and CAPM3's skips (paused, erroring, being deleted).
-    #[must_use]
-    pub fn is_available(&self) -> bool {
-        self.unavailable().is_none()
-    }
-
-    /// The host's size (zero when it has no status yet).
-    #[must_use]
-    pub fn hardware(&self) -> Hardware {
+    fn capacity(&self) -> Hardware {
         self.status
             .as_ref()
             .map(|s| s.hardware.clone())
             .unwrap_or_default()
     }
 
-    /// The host's tags: its labels.
-    #[must_use]
-    pub fn tags(&self) -> &BTreeMap<String, String> {
-        self.labels()
-    }
-
-    /// Whether `spec.consumerRef` names `claim` (by uid).
-    #[must_use]
-    pub fn is_consumed_by(&self, claim: &HostClaim) -> bool {
-        self.spec
-            .consumer_ref
+    /// `status.state`: `Claimed` when claimed; back to `Available` from `Claimed` when freed.
+    fn set_claimed_state(&mut self, claimed: bool) -> bool {
+        let is_claimed = self
+            .status
             .as_ref()
-            .is_some_and(|c| Some(&c.uid) == claim.metadata.uid.as_ref())
+            .is_some_and(|s| s.state == HostState::Claimed);
+        if claimed == is_claimed {
+            return false;
+        }
+        self.status.get_or_insert_default().state = if claimed {
+            HostState::Claimed
+        } else {
+            HostState::Available
+        };
+        true
     }
 }
 
@@ -299,44 +298,23 @@ impl HostClaim {
             status: None,
         }
     }
+}
 
-    /// The phase (`Pending` without a status).
-    #[must_use]
-    pub fn phase(&self) -> ClaimPhase {
-        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+impl Claim for HostClaim {
+    fn requirements(&self) -> Result<Requirements, SelectorError> {
+        Requirements::from_spec(&self.spec)
     }
 
-    /// The bound host, if `Bound`.
-    #[must_use]
-    pub fn host_ref(&self) -> Option<&str> {
-        self.status
-            .as_ref()
-            .filter(|s| s.phase == ClaimPhase::Bound)
-            .and_then(|s| s.host_ref.as_deref())
+    fn image(&self) -> Option<String> {
+        Some(self.spec.image_url.clone())
     }
 
-    /// Whether a delete is waiting on the finalizer.
-    #[must_use]
-    pub fn is_deleting(&self) -> bool {
-        self.metadata.deletion_timestamp.is_some()
+    fn claim_status(&self) -> Option<&HostClaimStatus> {
+        self.status.as_ref()
     }
 
-    /// Failed bind attempts so far.
-    #[must_use]
-    pub fn attempts(&self) -> u32 {
-        self.status.as_ref().map_or(0, |s| s.attempts)
-    }
-
-    /// The reference a host's `consumerRef` holds for this claim.
-    #[must_use]
-    pub fn consumer_ref(&self) -> ConsumerRef {
-        ConsumerRef {
-            api_version: Self::api_version(&()).into_owned(),
-            kind: Self::kind(&()).into_owned(),
-            namespace: self.namespace().unwrap_or_default(),
-            name: self.name_any(),
-            uid: self.metadata.uid.clone().unwrap_or_default(),
-        }
+    fn claim_status_mut(&mut self) -> &mut HostClaimStatus {
+        self.status.get_or_insert_default()
     }
 }
 

@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::resources::{HostClaimSpec, PhysicalHost};
+use kube::ResourceExt;
+
+use crate::provider::Host;
+use crate::resources::HostClaimSpec;
 use crate::selector::{Selector, SelectorError};
 
 /// What a claim asks of a host, checked once: the selector, the preferred tags, the minimums.
@@ -85,11 +88,11 @@ pub struct Candidate {
 impl Candidate {
     /// A host as a candidate (its labels, its hardware).
     #[must_use]
-    pub fn from_host(host: &PhysicalHost) -> Self {
-        let hardware = host.hardware();
+    pub fn from_host<H: Host>(host: &H) -> Self {
+        let hardware = host.capacity();
         Self {
-            name: host.metadata.name.clone().unwrap_or_default(),
-            tags: host.tags().clone(),
+            name: host.name_any(),
+            tags: host.labels().clone(),
             cpu_cores: hardware.cpu_cores,
             memory_gib: hardware.memory_gib,
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use claim_coordinator::metrics::Metrics;
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::HostClaim;
 use claim_coordinator::selection::{Candidate, Requirements, spread};
 use claim_coordinator::steps::{Fence, Pool};
@@ -414,7 +415,7 @@ async fn original(pool: &Pool, claim: &HostClaim) -> Option<Duration> {
         };
         let mut available: Vec<_> = hosts
             .iter()
-            .filter(|h| h.is_available() && Candidate::from_host(h).fits(&requirements))
+            .filter(|h| h.is_available() && Candidate::from_host(*h).fits(&requirements))
             .collect();
         if available.is_empty() {
             return Some(Duration::from_secs(60));

@@ -16,13 +16,38 @@ use tokio_util::sync::CancellationToken;
 use claim_coordinator::claimer::Claimer;
 use claim_coordinator::coordinator;
 use claim_coordinator::metrics::Metrics;
+use claim_coordinator::provider::Claim as _;
 use claim_coordinator::resources::{
     GROUP, Hardware, HostClaim, HostClaimSpec, HostState, PhysicalHost, PhysicalHostSpec,
     PhysicalHostStatus, VERSION,
 };
 use claim_coordinator::settings::Settings;
-use leaderelection::KubeLeaseLock;
+use claim_coordinator::steps::Fence;
+use leaderelection::{KubeLeaseLock, LeaderState, Term};
 use leaderelection_controller::BoxError;
+
+/// A fence of the term `transitions` of the leader `leader` that stays current (no deadline) while the
+/// sender is kept: for driving [`claim_coordinator::Binder::batch`] directly.
+#[must_use]
+pub fn current_term(transitions: i32) -> (Fence, tokio::sync::watch::Sender<LeaderState>) {
+    let (tx, rx) = tokio::sync::watch::channel(LeaderState {
+        leader: Some("leader".into()),
+        lease_transitions: transitions,
+        term: Some(Term {
+            holder: "leader".into(),
+            transitions,
+            acquire_time: None,
+        }),
+        ..LeaderState::default()
+    });
+    (
+        Fence::Term {
+            transitions,
+            state: rx,
+        },
+        tx,
+    )
+}
 
 /// The namespace of the simulated pool and Lease.
 pub const NAMESPACE: &str = "default";
@@ -119,29 +144,7 @@ impl Cluster {
     ///
     /// The API errors of the two writes.
     pub async fn add_host(&self, plan: &HostPlan) -> Result<(), kube::Error> {
-        let host = PhysicalHost {
-            metadata: ObjectMeta {
-                name: Some(plan.name.clone()),
-                labels: Some(plan.tags.clone()),
-                ..ObjectMeta::default()
-            },
-            spec: PhysicalHostSpec::default(),
-            status: None,
-        };
-        let mut created = self.hosts().create(&PostParams::default(), &host).await?;
-        created.status = Some(PhysicalHostStatus {
-            state: HostState::Available,
-            ready: true,
-            hardware: Hardware {
-                cpu_cores: plan.cpu_cores,
-                memory_gib: plan.memory_gib,
-            },
-            error_message: None,
-        });
-        self.hosts()
-            .replace_status(&plan.name, &PostParams::default(), &created)
-            .await?;
-        Ok(())
+        create_host(&self.hosts(), plan).await
     }
 
     /// Creates a claim (with the release finalizer), as a consumer would.
@@ -187,6 +190,37 @@ impl Cluster {
         }
         counts
     }
+}
+
+/// Creates a host through `hosts` (its namespace) and makes it `Available` and ready.
+///
+/// # Errors
+///
+/// The API errors of the two writes.
+pub async fn create_host(hosts: &Api<PhysicalHost>, plan: &HostPlan) -> Result<(), kube::Error> {
+    let host = PhysicalHost {
+        metadata: ObjectMeta {
+            name: Some(plan.name.clone()),
+            labels: Some(plan.tags.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: PhysicalHostSpec::default(),
+        status: None,
+    };
+    let mut created = hosts.create(&PostParams::default(), &host).await?;
+    created.status = Some(PhysicalHostStatus {
+        state: HostState::Available,
+        ready: true,
+        hardware: Hardware {
+            cpu_cores: plan.cpu_cores,
+            memory_gib: plan.memory_gib,
+        },
+        error_message: None,
+    });
+    hosts
+        .replace_status(&plan.name, &PostParams::default(), &created)
+        .await?;
+    Ok(())
 }
 
 /// 409s and writes on hosts and claims.

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::{
     ConsumerRef, HostClaimSpec, HostState, PAUSED_ANNOTATION, PhysicalHostStatus,
     RELEASE_FINALIZER, TERM_ANNOTATION,
@@ -15,10 +16,11 @@ use claim_coordinator::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
-use leaderelection::{LeaderState, Term};
-use leaderelection_lab::claim_sim::{Cluster, HostPlan, NAMESPACE, ReplicaEvent};
+use leaderelection::Term;
+use leaderelection_lab::claim_sim::{
+    Cluster, HostPlan, NAMESPACE, ReplicaEvent, current_term as term,
+};
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 fn plan(name: &str, tags: &[(&str, &str)], cpu: u32) -> HostPlan {
@@ -45,27 +47,6 @@ fn needs(tag: &str) -> HostClaimSpec {
         required_tags: vec![tag.into()],
         ..simple()
     }
-}
-
-/// A term-`transitions` fence whose term is current (no deadline).
-fn term(transitions: i32) -> (Fence, watch::Sender<LeaderState>) {
-    let (tx, rx) = watch::channel(LeaderState {
-        leader: Some("leader".into()),
-        lease_transitions: transitions,
-        term: Some(Term {
-            holder: "leader".into(),
-            transitions,
-            acquire_time: None,
-        }),
-        ..LeaderState::default()
-    });
-    (
-        Fence::Term {
-            transitions,
-            state: rx,
-        },
-        tx,
-    )
 }
 
 fn binder(cluster: &Cluster) -> Binder {

@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use claim_coordinator::provider::Claim as _;
 use claim_coordinator::resources::HostClaimSpec;
 use claim_coordinator::settings::DEFAULT_LEASE_NAME;
 use k8s_openapi::api::coordination::v1::Lease;

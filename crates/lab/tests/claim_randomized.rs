@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::HostClaimSpec;
 use claim_coordinator::{Mode, Settings};
 use fake_apiserver::Faults;
