@@ -5,13 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use leaderelection::{LeaderState, Term};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{self, ClaimEvents};
 use crate::metrics::{Metrics, Outcome};
 use crate::priority::{self, Pending};
 use crate::provider::{Claim, Host};
@@ -40,6 +43,7 @@ pub struct Binder<H = PhysicalHost, C = HostClaim> {
     metrics: Metrics,
     interval: Duration,
     max_wait: Duration,
+    events: Option<ClaimEvents>,
 }
 
 // === impl Binder ===
@@ -54,7 +58,15 @@ impl<H: Host, C: Claim> Binder<H, C> {
             metrics,
             interval,
             max_wait,
+            events: None,
         }
+    }
+
+    /// Records Kubernetes Events on the claims it binds, releases and cannot serve (see [`crate::events`]).
+    #[must_use]
+    pub fn events(mut self, events: ClaimEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown): a batch every
@@ -148,8 +160,18 @@ impl<H: Host, C: Claim> Binder<H, C> {
     /// [`StepError::Fenced`] when the term ended; the error of a failed list.
     pub async fn batch(&self, fence: &Fence) -> Result<BatchReport, StepError> {
         let (hosts, claims) = self.pool.list(fence).await?;
+        let released = self.pool.release_deleted(fence, &hosts, &claims).await?;
+        for freed in &released {
+            self.event(
+                events::reference(&freed.consumer),
+                EventType::Normal,
+                "Released",
+                "Release",
+                format!("host {} released", freed.host),
+            );
+        }
         let mut report = BatchReport {
-            released: self.pool.release_deleted(fence, &hosts, &claims).await?,
+            released: released.len(),
             ..BatchReport::default()
         };
         let live: Vec<&C> = claims.iter().filter(|c| !c.is_deleting()).collect();
@@ -168,15 +190,13 @@ impl<H: Host, C: Claim> Binder<H, C> {
                 Some(held) => half_done.push((*claim, held)),
                 None if claim.phase() == ClaimPhase::Bound => {
                     // Derived state says Bound, the hosts say otherwise: back to Pending.
-                    self.step(claim, || {
-                        self.pool.mark_pending(
-                            fence,
-                            claim,
-                            "HostLost",
-                            "no host names this claim",
-                            ClaimPhase::Pending,
-                        )
-                    })
+                    self.set_pending(
+                        fence,
+                        claim,
+                        "HostLost",
+                        "no host names this claim",
+                        ClaimPhase::Pending,
+                    )
                     .await?;
                 }
                 None => waiting.push(*claim),
@@ -249,14 +269,14 @@ impl<H: Host, C: Claim> Binder<H, C> {
     async fn complete(&self, fence: &Fence, claim: &C, host: &H) -> Result<bool, StepError> {
         let result = async {
             let host = self.pool.mark_claimed(fence, host).await?;
-            self.pool
-                .mark_bound(fence, claim, &host.name_any())
-                .await
-                .map(drop)
+            self.pool.mark_bound(fence, claim, &host.name_any()).await
         }
         .await;
         match result {
-            Ok(()) => Ok(true),
+            Ok(claim) => {
+                self.bound_event(&claim);
+                Ok(true)
+            }
             Err(StepError::Fenced) => Err(StepError::Fenced),
             Err(err) => {
                 self.metrics.attempt(err.outcome());
@@ -293,15 +313,13 @@ impl<H: Host, C: Claim> Binder<H, C> {
                 }
                 Err(err) => {
                     let message = err.to_string();
-                    self.step(claim, || {
-                        self.pool.mark_pending(
-                            fence,
-                            claim,
-                            "InvalidHostSelector",
-                            &message,
-                            ClaimPhase::Failed,
-                        )
-                    })
+                    self.set_pending(
+                        fence,
+                        claim,
+                        "InvalidHostSelector",
+                        &message,
+                        ClaimPhase::Failed,
+                    )
                     .await?;
                 }
             }
@@ -351,34 +369,27 @@ impl<H: Host, C: Claim> Binder<H, C> {
                 if let Some(host) = &intent {
                     // The intended host is gone or taken: the claim is pending again.
                     let message = format!("host {host} is no longer available");
-                    self.step(claim, || {
-                        self.pool.mark_pending(
-                            fence,
-                            claim,
-                            "IntentStale",
-                            &message,
-                            ClaimPhase::Pending,
-                        )
-                    })
-                    .await?;
+                    self.set_pending(fence, claim, "IntentStale", &message, ClaimPhase::Pending)
+                        .await?;
                     continue;
                 }
                 self.metrics.attempt(Outcome::NoHosts);
                 self.metrics
                     .result(Outcome::NoHosts, started.elapsed().as_secs_f64());
-                if !pool.iter().any(|h| h.fits(requirements)) && claim.phase() != ClaimPhase::Failed
-                {
-                    self.step(claim, || {
-                        self.pool.mark_pending(
-                            fence,
-                            claim,
-                            "Unsatisfiable",
-                            "no host in the pool matches the host selector and minimums",
-                            ClaimPhase::Failed,
-                        )
-                    })
+                // Why it waits, on the claim (not terminal: a host may join or be freed).
+                let (reason, message) = if pool.iter().any(|h| h.fits(requirements)) {
+                    (
+                        "NoHostAvailable",
+                        "the hosts that match the host selector and minimums are taken or skipped",
+                    )
+                } else {
+                    (
+                        "Unsatisfiable",
+                        "no host in the pool matches the host selector and minimums",
+                    )
+                };
+                self.set_pending(fence, claim, reason, message, ClaimPhase::Pending)
                     .await?;
-                }
                 continue;
             };
             let (_, host) = available.remove(index);
@@ -399,7 +410,8 @@ impl<H: Host, C: Claim> Binder<H, C> {
         let mut fenced = false;
         for (claim, result, seconds) in futures::future::join_all(binds).await {
             match result {
-                Ok(_) => {
+                Ok(claim) => {
+                    self.bound_event(&claim);
                     bound += 1;
                     self.metrics.attempt(Outcome::Success);
                     self.metrics.result(Outcome::Success, seconds);
@@ -423,6 +435,71 @@ impl<H: Host, C: Claim> Binder<H, C> {
         self.metrics
             .batch(waiting.len(), oldest.as_secs_f64(), served);
         Ok((bound, served))
+    }
+
+    /// The claim back to `phase` with `reason` and `message` (best effort, as [`Binder::step`]); an Event
+    /// when that changed its status: a Warning for a claim that no host can serve, else Normal.
+    async fn set_pending(
+        &self,
+        fence: &Fence,
+        claim: &C,
+        reason: &str,
+        message: &str,
+        phase: ClaimPhase,
+    ) -> Result<(), StepError> {
+        match self
+            .pool
+            .mark_pending(fence, claim, reason, message, phase)
+            .await
+        {
+            Ok(updated) if updated.resource_version() != claim.resource_version() => {
+                let type_ = if phase == ClaimPhase::Failed || reason == "Unsatisfiable" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                self.event(
+                    claim.object_ref(&()),
+                    type_,
+                    reason,
+                    "Wait",
+                    message.to_owned(),
+                );
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(StepError::Fenced) => Err(StepError::Fenced),
+            Err(err) => {
+                tracing::debug!(claim = %claim.name_any(), %err, "claim status write failed; retried next batch");
+                Ok(())
+            }
+        }
+    }
+
+    /// The `Bound` Event of a claim just bound.
+    fn bound_event(&self, claim: &C) {
+        let note = format!("bound to host {}", claim.host_ref().unwrap_or_default());
+        self.event(
+            claim.object_ref(&()),
+            EventType::Normal,
+            "Bound",
+            "Bind",
+            note,
+        );
+    }
+
+    /// Records an Event when the binder has a recorder ([`Binder::events`]).
+    fn event(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        if let Some(events) = &self.events {
+            events.publish(regarding, type_, reason, action, note);
+        }
     }
 
     /// Runs a best-effort claim status write: only [`StepError::Fenced`] stops the batch.

@@ -7,6 +7,7 @@ use leaderelection_controller::{LeaderContext, Runtime};
 use prometheus_client::registry::Registry;
 
 use crate::binder::Binder;
+use crate::events::ClaimEvents;
 use crate::metrics::Metrics;
 use crate::provider::{Claim, Host};
 use crate::settings::{Mode, Settings};
@@ -88,7 +89,8 @@ pub fn replica_of<H: Host, C: Claim>(
             metrics.clone(),
             settings.processing_interval,
             settings.max_wait,
-        );
+        )
+        .events(ClaimEvents::new(client, identity));
         builder = builder.leader_only("claim-binder", move |lead: LeaderContext| {
             binder.clone().run_term(lead.term, lead.state, lead.token)
         });

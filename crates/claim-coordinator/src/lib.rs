@@ -28,11 +28,13 @@
 //!
 //! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`;
 //! `claims.leaderelection.dev` `physicalhosts` and `hostclaims`: `get`, `list`, `watch`, `update`, and
-//! their `/status`: `update`; consumers also `create` and `delete` `hostclaims`.
+//! their `/status`: `update`; consumers also `create` and `delete` `hostclaims`; `events.k8s.io` `events`:
+//! `create`, `patch` (the claims' Events, [`events`]).
 
 pub mod binder;
 pub mod claimer;
 pub mod coordinator;
+pub mod events;
 pub mod metrics;
 pub mod priority;
 pub mod provider;

@@ -33,7 +33,10 @@ pub const PAUSED_ANNOTATION: &str = "claims.leaderelection.dev/paused";
     plural = "physicalhosts",
     shortname = "ph",
     namespaced,
-    status = "PhysicalHostStatus"
+    status = "PhysicalHostStatus",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state","description":"The host's lifecycle state."}"#,
+    printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.consumerRef.name","description":"The claim using the host."}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PhysicalHostSpec {
@@ -138,7 +141,10 @@ pub struct Hardware {
     plural = "hostclaims",
     shortname = "hc",
     namespaced,
-    status = "HostClaimStatus"
+    status = "HostClaimStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Pending, Bound or Failed."}"#,
+    printcolumn = r#"{"name":"Host","type":"string","jsonPath":".status.hostRef","description":"The bound host."}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HostClaimSpec {
@@ -175,7 +181,9 @@ pub enum ClaimPhase {
     Pending,
     /// A host's `consumerRef` names this claim, and `hostRef` names that host.
     Bound,
-    /// No host can ever satisfy the claim (no host in the pool has its required tags and minimums).
+    /// Terminal for the claim's generation: its spec can never be served (its selector breaks a rule); a
+    /// new generation (a changed spec) is served again. A claim that no host of the pool fits *now* stays
+    /// `Pending` (reason `Unsatisfiable`): a host may join.
     Failed,
 }
 
@@ -199,8 +207,10 @@ pub struct HostClaimStatus {
     /// Failed bind attempts (conflicts, errors). Fewer attempts go first.
     #[serde(default)]
     pub attempts: u32,
-    /// Conditions, `Bound` with its reason and message.
+    /// Conditions (`metav1.Condition`, a map keyed by `type`): `Bound` and `Ready`, with the same status,
+    /// reason and message (`Ready` is the summary condition generic tools read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<ClaimCondition>,
 }
 
@@ -220,6 +230,9 @@ pub struct ClaimCondition {
     pub message: String,
     /// RFC 3339 time of the last change of `status`.
     pub last_transition_time: String,
+    /// The claim's `metadata.generation` this condition was set from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 // === impl PhysicalHost ===

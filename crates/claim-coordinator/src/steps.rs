@@ -76,6 +76,15 @@ impl StepError {
     }
 }
 
+/// A host freed because the claim its `consumerRef` named was deleted (or is gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The host's name.
+    pub host: String,
+    /// The consumer reference it held.
+    pub consumer: ConsumerRef,
+}
+
 /// Who writes, and until when.
 #[derive(Clone, Debug)]
 pub enum Fence {
@@ -293,6 +302,7 @@ impl<H: Host, C: Claim> Pool<H, C> {
         status.bound_term = fence.term();
         set_condition(
             &mut status.conditions,
+            claim.meta().generation,
             "True",
             reason,
             &format!("bound to {host} by {}", self.identity),
@@ -334,7 +344,13 @@ impl<H: Host, C: Claim> Pool<H, C> {
         status.host_ref = None;
         status.bound_term = None;
         status.selected_host = None;
-        set_condition(&mut status.conditions, "False", reason, message);
+        set_condition(
+            &mut status.conditions,
+            claim.meta().generation,
+            "False",
+            reason,
+            message,
+        );
         if updated.claim_status() == claim.claim_status() {
             return Ok(claim.clone());
         }
@@ -415,12 +431,17 @@ impl<H: Host, C: Claim> Pool<H, C> {
     /// # Errors
     ///
     /// The first [`StepError::Fenced`]; other failures are left for the next pass.
-    pub async fn release_deleted(&self, fence: &Fence, hosts: &[H], claims: &[C]) -> Result<usize> {
+    pub async fn release_deleted(
+        &self,
+        fence: &Fence,
+        hosts: &[H],
+        claims: &[C],
+    ) -> Result<Vec<Released>> {
         let by_uid: BTreeMap<&str, &C> = claims
             .iter()
             .filter_map(|c| c.meta().uid.as_deref().map(|u| (u, c)))
             .collect();
-        let mut released = 0;
+        let mut released = Vec::new();
         let mut held = std::collections::BTreeSet::new();
         for host in hosts {
             let Some(consumer) = host.consumer().filter(|c| self.is_own_consumer(c)) else {
@@ -431,7 +452,10 @@ impl<H: Host, C: Claim> Pool<H, C> {
                 continue;
             }
             match self.release_host(fence, host).await {
-                Ok(_) => released += 1,
+                Ok(_) => released.push(Released {
+                    host: host.name_any(),
+                    consumer,
+                }),
                 Err(StepError::Fenced) => return Err(StepError::Fenced),
                 Err(err) => {
                     held.insert(consumer.uid);
@@ -470,26 +494,40 @@ async fn write<T>(fence: &Fence, write: impl Future<Output = Result<T, kube::Err
         .map_err(StepError::from_kube)
 }
 
-/// Sets the `Bound` condition, keeping `lastTransitionTime` when the status does not change.
-fn set_condition(conditions: &mut Vec<ClaimCondition>, status: &str, reason: &str, message: &str) {
+/// The condition types the binder sets on a claim, with the same status, reason and message.
+pub const CONDITION_TYPES: [&str; 2] = ["Bound", "Ready"];
+
+/// Sets the `Bound` and `Ready` conditions (a map keyed by `type`), with `observedGeneration`, keeping
+/// `lastTransitionTime` when the status does not change (as apimachinery's `meta.SetStatusCondition`).
+fn set_condition(
+    conditions: &mut Vec<ClaimCondition>,
+    generation: Option<i64>,
+    status: &str,
+    reason: &str,
+    message: &str,
+) {
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    match conditions.iter_mut().find(|c| c.type_ == "Bound") {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = now;
+    for type_ in CONDITION_TYPES {
+        match conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time.clone_from(&now);
+                }
+                c.status = status.into();
+                c.reason = reason.into();
+                c.message = message.into();
+                c.observed_generation = generation;
             }
-            c.status = status.into();
-            c.reason = reason.into();
-            c.message = message.into();
+            None => conditions.push(ClaimCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: now.clone(),
+                observed_generation: generation,
+            }),
         }
-        None => conditions.push(ClaimCondition {
-            type_: "Bound".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: now,
-        }),
     }
 }

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fake_apiserver::FakeApiServer;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, CustomResourceExt, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -52,18 +53,30 @@ pub fn current_term(transitions: i32) -> (Fence, tokio::sync::watch::Sender<Lead
 /// The namespace of the simulated pool and Lease.
 pub const NAMESPACE: &str = "default";
 
-/// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`).
+/// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`), with
+/// their CRDs' short names and printer columns (so that `kubectl get hostclaims` shows phase and host).
 #[must_use]
 pub fn fake_resource_types() -> [fake_apiserver::ResourceType; 2] {
-    let custom = |kind: &str, plural: &str, short: &str| {
-        let mut rt = fake_apiserver::ResourceType::custom(GROUP, VERSION, kind, plural, true);
-        rt.short_names = vec![short.to_owned()];
+    let custom = |crd: CustomResourceDefinition| {
+        let names = &crd.spec.names;
+        let mut rt =
+            fake_apiserver::ResourceType::custom(GROUP, VERSION, &names.kind, &names.plural, true);
+        rt.short_names = names.short_names.clone().unwrap_or_default();
+        rt.printer_columns = crd
+            .spec
+            .versions
+            .iter()
+            .flat_map(|v| v.additional_printer_columns.iter().flatten())
+            .map(|c| fake_apiserver::PrinterColumn {
+                name: c.name.clone(),
+                type_: c.type_.clone(),
+                json_path: c.json_path.clone(),
+                description: c.description.clone().unwrap_or_default(),
+            })
+            .collect();
         rt
     };
-    [
-        custom("PhysicalHost", "physicalhosts", "ph"),
-        custom("HostClaim", "hostclaims", "hc"),
-    ]
+    [custom(PhysicalHost::crd()), custom(HostClaim::crd())]
 }
 
 /// The timings of the demo and the benchmark: lease 2 s, renew deadline 1.5 s, retry period 250 ms,

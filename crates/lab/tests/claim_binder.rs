@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use claim_coordinator::events::ClaimEvents;
 use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::{
     ConsumerRef, HostClaimSpec, HostState, PAUSED_ANNOTATION, PhysicalHostStatus,
     RELEASE_FINALIZER, TERM_ANNOTATION,
 };
+use claim_coordinator::steps::CONDITION_TYPES;
 use claim_coordinator::{
     Binder, ClaimPhase, Claimer, Fence, Metrics, Mode, Pool, Settings, StepError,
 };
@@ -458,7 +460,8 @@ async fn paused_erroring_unhealthy_deleting_and_unavailable_hosts_are_skipped() 
 }
 
 /// A `hostSelector` (label selector) decides end to end: `NotIn` and `DoesNotExist` leave the hosts they
-/// exclude, and a claim that no host of the pool matches is Failed (`Unsatisfiable`).
+/// exclude, and a claim that no host of the pool matches waits (`Pending`, reason `Unsatisfiable`: a host
+/// may join).
 #[tokio::test]
 async fn a_host_selector_with_not_in_and_does_not_exist_chooses_the_host() {
     let cluster = Cluster::start().await.unwrap();
@@ -508,7 +511,158 @@ async fn a_host_selector_with_not_in_and_does_not_exist_chooses_the_host() {
         Some("h-rack-2")
     );
     let waiting = claims.get("c-rack-3").await.unwrap();
-    assert_eq!(waiting.phase(), ClaimPhase::Failed, "{waiting:?}");
+    assert_eq!(waiting.phase(), ClaimPhase::Pending, "{waiting:?}");
+    assert_eq!(
+        waiting.status.unwrap().conditions[0].reason,
+        "Unsatisfiable"
+    );
+    cluster.server.shutdown().await;
+}
+
+/// Issue 23 item 5: the claim's conditions are `metav1.Condition`s (`Bound` and `Ready`, with
+/// `observedGeneration`), `Failed` is kept for a claim that can never be served, the binder records Events
+/// on bind, release and failure, and `kubectl get hostclaims` / `physicalhosts` show the CRDs' printer
+/// columns through the fake's Table form.
+#[tokio::test]
+async fn claim_status_follows_kubernetes_conventions_with_events_and_printer_columns() {
+    let cluster = Cluster::start().await.unwrap();
+    cluster.add_host(&plan("h-1", &[], 8)).await.unwrap();
+    cluster.add_claim("c-1", simple()).await.unwrap();
+    let invalid = HostClaimSpec {
+        required_tags: vec!["=x".into()],
+        ..simple()
+    };
+    cluster.add_claim("c-invalid", invalid).await.unwrap();
+    let (fence, _state) = term(1);
+    let binder = binder(&cluster).events(ClaimEvents::new(cluster.client.clone(), "leader"));
+    binder.batch(&fence).await.unwrap();
+
+    let claim = cluster.claims().get("c-1").await.unwrap();
+    let status = claim.status.clone().unwrap();
+    let types: Vec<_> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, CONDITION_TYPES);
+    for condition in &status.conditions {
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "BoundByLeader")
+        );
+        assert_eq!(condition.observed_generation, claim.metadata.generation);
+        assert!(condition.observed_generation.is_some());
+    }
+    let failed = cluster
+        .claims()
+        .get("c-invalid")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(failed.phase, ClaimPhase::Failed);
+    assert_eq!(failed.conditions[1].type_, "Ready");
+    assert_eq!(failed.conditions[1].status, "False");
+
+    // Events (written in the background: a generous liveness bound, not a timing).
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let seen = |reason: &'static str, name: &'static str| {
+        let events = events.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let list = events.list(&Default::default()).await.unwrap().items;
+                if let Some(event) = list.into_iter().find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                }) {
+                    return event;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no {reason} Event on {name}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let bound = seen("Bound", "c-1").await;
+    assert_eq!(bound.type_.as_deref(), Some("Normal"));
+    assert_eq!(bound.note.as_deref(), Some("bound to host h-1"));
+    let invalid = seen("InvalidHostSelector", "c-invalid").await;
+    assert_eq!(invalid.type_.as_deref(), Some("Warning"));
+    assert!(
+        invalid
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("spec.requiredTags[0]"),
+        "{invalid:?}"
+    );
+
+    // kubectl get: the printer columns, from the fake's Table form.
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok()
+    {
+        let url = cluster.server.url();
+        let get = |kind: &'static str| {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new("kubectl")
+                    .args([
+                        "--server",
+                        &url,
+                        "--request-timeout=10s",
+                        "get",
+                        kind,
+                        "-n",
+                        NAMESPACE,
+                    ])
+                    .env("KUBECONFIG", "/dev/null")
+                    .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                String::from_utf8(out.stdout).unwrap()
+            })
+        };
+        let claims = get("hostclaims").await.unwrap();
+        let lines: Vec<Vec<&str>> = claims
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["NAME", "PHASE", "HOST", "AGE"], "{claims}");
+        assert!(
+            lines.iter().any(|l| l[..3] == ["c-1", "Bound", "h-1"]),
+            "{claims}"
+        );
+        // A missing field is an empty cell (kubectl prints nothing for a null custom column).
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.len() == 3 && l[..2] == ["c-invalid", "Failed"]),
+            "{claims}"
+        );
+        let hosts = get("physicalhosts").await.unwrap();
+        let lines: Vec<Vec<&str>> = hosts
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["NAME", "STATE", "CONSUMER", "AGE"], "{hosts}");
+        assert_eq!(lines[1][..3], ["h-1", "Claimed", "c-1"], "{hosts}");
+    } else {
+        println!(
+            "kubectl is not installed: the printer columns are checked by the fake's table tests only"
+        );
+    }
+
+    cluster
+        .claims()
+        .delete("c-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    binder.batch(&fence).await.unwrap();
+    let released = seen("Released", "c-1").await;
+    assert_eq!(released.note.as_deref(), Some("host h-1 released"));
     cluster.server.shutdown().await;
 }
 
@@ -671,7 +825,7 @@ async fn after_its_deadline_a_term_sends_nothing_and_waits_for_its_end() {
 }
 
 #[tokio::test]
-async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_fails_until_a_host_fits()
+async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_waits_until_a_host_fits()
  {
     let cluster = Cluster::start().await.unwrap();
     cluster
@@ -695,11 +849,16 @@ async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_fail
     };
     assert_eq!(phase("c-simple").await.host_ref.as_deref(), Some("h-1"));
     assert_eq!(phase("c-tagged").await.phase, ClaimPhase::Pending);
-    // No host of the pool has a GPU: Failed, with the reason.
+    // No host of the pool has a GPU: Pending (not the terminal Failed: a host may join), with the reason;
+    // the tagged claim's hosts are taken.
     let gpu = phase("c-gpu").await;
-    assert_eq!(gpu.phase, ClaimPhase::Failed);
+    assert_eq!(gpu.phase, ClaimPhase::Pending);
     assert_eq!(gpu.conditions[0].reason, "Unsatisfiable");
-    // A GPU host joins: the failed claim is bound.
+    assert_eq!(
+        phase("c-tagged").await.conditions[0].reason,
+        "NoHostAvailable"
+    );
+    // A GPU host joins: the waiting claim is bound.
     cluster
         .add_host(&plan("h-gpu", &[("gpu", "a100")], 8))
         .await
