@@ -1,5 +1,6 @@
-//! A consumer's side: write a claim and get a host. The claims are the queue: in [`Mode::Leader`] the
-//! consumer waits on its claim's watch until the leader binds it; in [`Mode::Optimistic`] it claims
+//! A consumer's side: write a claim and get a host. [`Claimer::ensure`] writes the claim if missing and
+//! returns its state at once (for a reconciler); [`Claimer::claim`] waits until it is bound. The claims are
+//! the queue: in [`Mode::Leader`] the consumer waits on its claim's watch until the leader binds it; in [`Mode::Optimistic`] it claims
 //! directly, intent first; in [`Mode::Auto`] it delegates while a valid leader exists and claims directly
 //! after a lease duration without one.
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Outcome};
 use crate::provider::{Claim, Host};
-use crate::resources::{HostClaim, HostClaimSpec, PhysicalHost};
+use crate::resources::{ClaimPhase, HostClaim, HostClaimSpec, PhysicalHost};
 use crate::selection::{self, Candidate, Requirements};
 use crate::selector::SelectorError;
 pub use crate::settings::Mode;
@@ -49,9 +50,69 @@ pub enum ClaimError {
         #[source]
         source: SelectorError,
     },
+    /// The claim can never be served in its current generation (status `Failed`).
+    #[error("claim {name} failed: {reason}: {message}")]
+    Failed {
+        /// The claim.
+        name: String,
+        /// Its `Bound` condition's reason, e.g. `InvalidHostSelector`.
+        reason: String,
+        /// Its message.
+        message: String,
+    },
     /// `shutdown` was cancelled before the claim was bound.
     #[error("claim {0}: cancelled")]
     Cancelled(String),
+}
+
+/// A claim's state as its status says it ([`Claimer::ensure`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimState {
+    /// Waiting for a host; the `Bound` condition's reason and message (empty before the binder has
+    /// written one).
+    Pending {
+        /// E.g. `NoHostAvailable`, `Unsatisfiable`.
+        reason: String,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Bound to the host `host` (a host's `consumerRef` names the claim).
+    Bound {
+        /// The host's name.
+        host: String,
+    },
+    /// Never served in its current generation; change the spec.
+    Failed {
+        /// E.g. `InvalidHostSelector`.
+        reason: String,
+        /// Human-readable detail (the field, value and rule).
+        message: String,
+    },
+}
+
+// === impl ClaimState ===
+
+impl ClaimState {
+    /// The state `claim`'s status says.
+    #[must_use]
+    pub fn of<C: Claim>(claim: &C) -> Self {
+        if let Some(host) = claim.host_ref() {
+            return Self::Bound {
+                host: host.to_owned(),
+            };
+        }
+        let condition = claim
+            .claim_status()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Bound"));
+        let (reason, message) =
+            condition.map_or_else(Default::default, |c| (c.reason.clone(), c.message.clone()));
+        if claim.phase() == ClaimPhase::Failed {
+            Self::Failed { reason, message }
+        } else {
+            Self::Pending { reason, message }
+        }
+    }
 }
 
 /// Gets hosts for one consumer. Cheap to clone.
@@ -60,6 +121,8 @@ pub struct Claimer<H = PhysicalHost> {
     pool: Pool<H, HostClaim>,
     mode: Mode,
     lease: std::sync::Arc<KubeLeaseLock>,
+    /// What this claimer has seen of the leader (shared by its clones: they watch the same Lease).
+    leader: std::sync::Arc<tokio::sync::Mutex<LeaderWatch>>,
     lease_duration: Duration,
     retry_period: Duration,
     metrics: Metrics,
@@ -127,6 +190,7 @@ impl<H: Host> Claimer<H> {
         };
         Self {
             lease: std::sync::Arc::new(lease),
+            leader: std::sync::Arc::new(tokio::sync::Mutex::new(LeaderWatch::new())),
             pool,
             mode,
             lease_duration: settings.lease_duration,
@@ -141,14 +205,88 @@ impl<H: Host> Claimer<H> {
         &self.pool
     }
 
-    /// Writes the claim `name` (with the release finalizer; an existing claim of that name is reused) and
-    /// returns the name of its host once bound.
+    /// Ensures the claim `name` exists (created with `spec` and the release finalizer; an existing claim of
+    /// that name is kept as it is) and returns its state, without waiting: for a reconciler, which is
+    /// triggered again by the claim's watch (or requeues). When this consumer claims directly (mode
+    /// `optimistic`, or `auto` without a valid leader), it makes one attempt first (intent first, as
+    /// [`Claimer::claim_directly`]); otherwise the leader binds it.
     ///
     /// # Errors
     ///
     /// [`ClaimError::Invalid`] when `spec`'s selector breaks a rule (nothing is written);
-    /// [`ClaimError::Api`] when the claim cannot be created or read; [`ClaimError::Cancelled`] on
-    /// `shutdown`.
+    /// [`ClaimError::Api`] when the claim cannot be created or read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the claim as far as it was written; a later call (or the leader) goes on
+    /// from there: every step is conditional and idempotent.
+    pub async fn ensure(&self, name: &str, spec: HostClaimSpec) -> Result<ClaimState> {
+        self.ensure_once(name, spec).await.map(|(state, _)| state)
+    }
+
+    /// [`Claimer::ensure`], and whether this consumer claimed directly.
+    async fn ensure_once(&self, name: &str, spec: HostClaimSpec) -> Result<(ClaimState, bool)> {
+        let api_error = |source| ClaimError::Api {
+            name: name.to_owned(),
+            source,
+        };
+        Requirements::from_spec(&spec).map_err(|source| ClaimError::Invalid {
+            name: name.to_owned(),
+            source,
+        })?;
+        // Read first: a create answered 409 for a claim that exists would count as a conflict.
+        let claim = match self.pool.claims.get_opt(name).await.map_err(api_error)? {
+            Some(claim) => claim,
+            None => {
+                let claim = HostClaim::with_release_finalizer(name, spec);
+                match self
+                    .pool
+                    .claims
+                    .create(&PostParams::default(), &claim)
+                    .await
+                {
+                    Ok(created) => created,
+                    // Created by another call meanwhile.
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        self.pool.claims.get(name).await.map_err(api_error)?
+                    }
+                    Err(err) => return Err(api_error(err)),
+                }
+            }
+        };
+        let state = ClaimState::of(&claim);
+        if !matches!(state, ClaimState::Pending { .. }) {
+            return Ok((state, false));
+        }
+        let direct = match self.mode {
+            Mode::Leader => false,
+            Mode::Optimistic => true,
+            Mode::Auto => !self.leader_is_valid(&mut *self.leader.lock().await).await,
+        };
+        if !direct {
+            return Ok((state, false));
+        }
+        tracing::info!(
+            claim = name,
+            mode = self.mode.as_str(),
+            "Using fallback coordinator (no leader or leader election disabled)"
+        );
+        if let Some(host) = self.direct_attempt(name).await {
+            return Ok((ClaimState::Bound { host }, true));
+        }
+        let claim = self.pool.claims.get(name).await.map_err(api_error)?;
+        Ok((ClaimState::of(&claim), true))
+    }
+
+    /// Ensures the claim `name` ([`Claimer::ensure`]) until it is bound, and returns its host: while
+    /// delegating, it waits for the claim's changes (re-checking the leader every retry period in
+    /// `auto`); while claiming directly, it retries with `try x 100 ms` backoff (5 tries, then again).
+    ///
+    /// # Errors
+    ///
+    /// [`ClaimError::Invalid`] when `spec`'s selector breaks a rule; [`ClaimError::Failed`] when the claim
+    /// can never be served in its current generation; [`ClaimError::Api`] when the claim cannot be created
+    /// or read; [`ClaimError::Cancelled`] on `shutdown`.
     ///
     /// # Cancel safety
     ///
@@ -160,53 +298,53 @@ impl<H: Host> Claimer<H> {
         spec: HostClaimSpec,
         shutdown: &CancellationToken,
     ) -> Result<String> {
-        let api_error = |source| ClaimError::Api {
-            name: name.to_owned(),
-            source,
-        };
-        Requirements::from_spec(&spec).map_err(|source| ClaimError::Invalid {
-            name: name.to_owned(),
-            source,
-        })?;
-        let claim = HostClaim::with_release_finalizer(name, spec);
-        match self
-            .pool
-            .claims
-            .create(&PostParams::default(), &claim)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(err) => return Err(api_error(err)),
-        }
-        let mut leader = LeaderWatch::new();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let changes = watcher(self.pool.claims.clone(), config)
+            .default_backoff()
+            .applied_objects();
+        tokio::pin!(changes);
         let mut delegating = false;
+        let mut tries = 0;
         loop {
-            let direct = match self.mode {
-                Mode::Leader => false,
-                Mode::Optimistic => true,
-                Mode::Auto => !self.leader_is_valid(&mut leader).await,
-            };
-            if direct {
-                tracing::info!(
-                    claim = name,
-                    mode = self.mode.as_str(),
-                    "Using fallback coordinator (no leader or leader election disabled)"
-                );
-                if let Some(host) = self.claim_directly(name, shutdown).await? {
-                    return Ok(host);
+            if shutdown.is_cancelled() {
+                return Err(ClaimError::Cancelled(name.to_owned()));
+            }
+            let (state, direct) = self.ensure_once(name, spec.clone()).await?;
+            match state {
+                ClaimState::Bound { host } => return Ok(host),
+                ClaimState::Failed { reason, message } => {
+                    return Err(ClaimError::Failed {
+                        name: name.to_owned(),
+                        reason,
+                        message,
+                    });
                 }
+                ClaimState::Pending { .. } => {}
+            }
+            let wait = if direct {
+                tries = tries % OPTIMISTIC_RETRIES + 1;
+                Duration::from_millis(100) * tries
             } else {
                 if !delegating {
                     tracing::info!(claim = name, "Delegating claim to leader");
                     delegating = true;
                 }
-                if let Some(host) = self.wait_bound(name, &mut leader, shutdown).await? {
-                    return Ok(host);
+                self.retry_period
+            };
+            let deadline = tokio::time::sleep(wait);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(ClaimError::Cancelled(name.to_owned())),
+                    () = &mut deadline => break,
+                    // Delegating: any change of the claim is worth a look (the leader wrote its status).
+                    item = changes.next(), if !direct => match item {
+                        Some(Ok(claim)) if !matches!(ClaimState::of(&claim), ClaimState::Pending { .. }) => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => tracing::debug!(%err, claim = name, "watching the claim"),
+                        None => break,
+                    },
                 }
-            }
-            if shutdown.is_cancelled() {
-                return Err(ClaimError::Cancelled(name.to_owned()));
             }
         }
     }
@@ -286,41 +424,6 @@ impl<H: Host> Claimer<H> {
         watch.valid_at.elapsed() < self.lease_duration
     }
 
-    /// Waits on the claim's watch until it is bound (`Some(host)`); in [`Mode::Auto`], `None` as soon as no
-    /// valid leader was seen for a lease duration (the Lease is read every retry period).
-    async fn wait_bound(
-        &self,
-        name: &str,
-        leader: &mut LeaderWatch,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<String>> {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(self.pool.claims.clone(), config)
-            .default_backoff()
-            .applied_objects();
-        tokio::pin!(stream);
-        let mut check = tokio::time::interval(self.retry_period);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Err(ClaimError::Cancelled(name.to_owned())),
-                _ = check.tick(), if self.mode == Mode::Auto => {
-                    if !self.leader_is_valid(leader).await {
-                        return Ok(None);
-                    }
-                }
-                item = stream.next() => match item {
-                    Some(Ok(claim)) => {
-                        if let Some(host) = claim.host_ref() {
-                            return Ok(Some(host.to_owned()));
-                        }
-                    }
-                    Some(Err(err)) => tracing::debug!(%err, claim = name, "watching the claim"),
-                    None => return Ok(None),
-                },
-            }
-        }
-    }
-
     /// The optimistic path, intent first (openshift/cluster-api-provider-baremetal#275): read the claim and
     /// the hosts; finish a bind a host already records; else record the chosen host on the claim
     /// (`status.selectedHost`, conditional), then claim that host (conditional), then bind the claim.
@@ -338,16 +441,8 @@ impl<H: Host> Claimer<H> {
             if shutdown.is_cancelled() {
                 return Err(ClaimError::Cancelled(name.to_owned()));
             }
-            match self.try_direct(name).await {
-                Ok(Some(host)) => {
-                    self.metrics.attempt(Outcome::Success);
-                    return Ok(Some(host));
-                }
-                Ok(None) => self.metrics.attempt(Outcome::NoHosts),
-                Err(err) => {
-                    self.metrics.attempt(err.outcome());
-                    tracing::debug!(claim = name, %err, attempt, "optimistic claim failed");
-                }
+            if let Some(host) = self.direct_attempt(name).await {
+                return Ok(Some(host));
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Err(ClaimError::Cancelled(name.to_owned())),
@@ -355,6 +450,26 @@ impl<H: Host> Claimer<H> {
             }
         }
         Ok(None)
+    }
+
+    /// One try of the optimistic path, counted in the metrics: the host once bound, `None` when no host
+    /// was free or a step failed (logged at DEBUG).
+    async fn direct_attempt(&self, name: &str) -> Option<String> {
+        match self.try_direct(name).await {
+            Ok(Some(host)) => {
+                self.metrics.attempt(Outcome::Success);
+                Some(host)
+            }
+            Ok(None) => {
+                self.metrics.attempt(Outcome::NoHosts);
+                None
+            }
+            Err(err) => {
+                self.metrics.attempt(err.outcome());
+                tracing::debug!(claim = name, %err, "optimistic claim failed");
+                None
+            }
+        }
     }
 
     async fn try_direct(&self, name: &str) -> Result<Option<String>, StepError> {

@@ -45,7 +45,7 @@ pub mod settings;
 pub mod steps;
 
 pub use crate::binder::Binder;
-pub use crate::claimer::{ClaimError, Claimer, Mode};
+pub use crate::claimer::{ClaimError, ClaimState, Claimer, Mode};
 pub use crate::metrics::Metrics;
 pub use crate::provider::{Claim, Host};
 pub use crate::settings::Settings;

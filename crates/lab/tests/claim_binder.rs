@@ -13,7 +13,8 @@ use claim_coordinator::resources::{
 };
 use claim_coordinator::steps::CONDITION_TYPES;
 use claim_coordinator::{
-    Binder, ClaimPhase, Claimer, Fence, Metrics, Mode, Pool, Settings, StepError,
+    Binder, ClaimError, ClaimPhase, ClaimState, Claimer, Fence, Metrics, Mode, Pool, Settings,
+    StepError,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::ResourceExt;
@@ -663,6 +664,105 @@ async fn claim_status_follows_kubernetes_conventions_with_events_and_printer_col
     binder.batch(&fence).await.unwrap();
     let released = seen("Released", "c-1").await;
     assert_eq!(released.note.as_deref(), Some("host h-1 released"));
+    cluster.server.shutdown().await;
+}
+
+/// Issue 23 item 4: `Claimer::ensure` writes the claim when missing and returns its state at once
+/// (pending with the reason, bound to a host, failed with the reason), for a reconciler re-triggered by the
+/// claim's watch; `claim` is the blocking convenience over it and stops on a terminal failure.
+#[tokio::test]
+async fn ensure_returns_the_claim_state_without_waiting() {
+    let cluster = Cluster::start().await.unwrap();
+    cluster.add_host(&plan("h-1", &[], 8)).await.unwrap();
+    let leader_mode = Claimer::new(
+        cluster.client.clone(),
+        NAMESPACE,
+        "consumer-a",
+        &fast(Mode::Leader),
+        Metrics::new(&mut Registry::default()),
+    );
+    // No leader runs: ensure does not wait for one.
+    let state = leader_mode.ensure("c-1", simple()).await.unwrap();
+    assert_eq!(
+        state,
+        ClaimState::Pending {
+            reason: String::new(),
+            message: String::new()
+        }
+    );
+    let created = cluster.claims().get("c-1").await.unwrap();
+    assert!(created.finalizers().contains(&RELEASE_FINALIZER.to_owned()));
+    // Again: the same claim, not a second one, and no conflict answered.
+    cluster.server.reset_counts();
+    leader_mode.ensure("c-1", simple()).await.unwrap();
+    assert_eq!(cluster.api_counts().conflicts, 0);
+    assert_eq!(
+        cluster.claims().get("c-1").await.unwrap().metadata.uid,
+        created.metadata.uid
+    );
+    cluster.add_claim("c-gpu", needs("gpu")).await.unwrap();
+    cluster
+        .add_claim(
+            "c-invalid",
+            HostClaimSpec {
+                required_tags: vec!["=x".into()],
+                ..simple()
+            },
+        )
+        .await
+        .unwrap();
+    let (fence, _state) = term(1);
+    binder(&cluster).batch(&fence).await.unwrap();
+    assert_eq!(
+        leader_mode.ensure("c-1", simple()).await.unwrap(),
+        ClaimState::Bound { host: "h-1".into() }
+    );
+    let ClaimState::Pending { reason, .. } =
+        leader_mode.ensure("c-gpu", needs("gpu")).await.unwrap()
+    else {
+        panic!("c-gpu is not pending");
+    };
+    assert_eq!(reason, "Unsatisfiable");
+    // A claim the binder failed (written by another client): Failed with the reason; `claim` stops.
+    let ClaimState::Failed { reason, message } =
+        leader_mode.ensure("c-invalid", simple()).await.unwrap()
+    else {
+        panic!("c-invalid is not failed");
+    };
+    assert_eq!(reason, "InvalidHostSelector");
+    assert!(message.contains("spec.requiredTags[0]"), "{message}");
+    let err = leader_mode
+        .claim("c-invalid", simple(), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClaimError::Failed { .. }), "{err}");
+    // A bad spec is refused before anything is written.
+    let err = leader_mode
+        .ensure(
+            "c-bad",
+            HostClaimSpec {
+                required_tags: vec!["=x".into()],
+                ..simple()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClaimError::Invalid { .. }), "{err}");
+    assert!(cluster.claims().get_opt("c-bad").await.unwrap().is_none());
+
+    // Claiming directly, ensure makes one attempt: bound in one call.
+    cluster.add_host(&plan("h-2", &[], 8)).await.unwrap();
+    let optimistic = Claimer::new(
+        cluster.client.clone(),
+        NAMESPACE,
+        "consumer-b",
+        &fast(Mode::Optimistic),
+        Metrics::new(&mut Registry::default()),
+    );
+    assert_eq!(
+        optimistic.ensure("c-2", simple()).await.unwrap(),
+        ClaimState::Bound { host: "h-2".into() }
+    );
     cluster.server.shutdown().await;
 }
 
