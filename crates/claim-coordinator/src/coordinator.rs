@@ -59,7 +59,7 @@ pub fn replica_of<H: Host, C: Claim>(
     admin: Option<std::net::SocketAddr>,
 ) -> Result<(Runtime, Metrics), leaderelection::ConfigError> {
     let namespace = lease_namespace;
-    let metrics = Metrics::new(&mut registry);
+    let metrics = Metrics::for_namespace(&mut registry, namespace);
     let config = settings.elector_config(identity, namespace);
     let callbacks = Callbacks::new().on_new_leader({
         let (metrics, identity) = (metrics.clone(), identity.to_owned());

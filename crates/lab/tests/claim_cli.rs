@@ -34,9 +34,9 @@ async fn run_binds_claims_as_leader_and_serves_the_metrics() {
     .await;
     let metrics = get(&format!("http://{admin_addr}/metrics")).await;
     for line in [
-        "claim_coordinator_leader_election_total{event_type=\"started_leading\"} 1",
-        "claim_coordinator_results_total{result_type=\"success\"} 1",
-        "host_claim_attempts_total{outcome=\"success\",conflict_reason=\"none\"} 1",
+        "claim_coordinator_leader_election_total{namespace=\"default\",event_type=\"started_leading\"} 1",
+        "claim_coordinator_results_total{namespace=\"default\",result_type=\"success\"} 1",
+        "host_claim_attempts_total{namespace=\"default\",outcome=\"success\",conflict_reason=\"none\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
