@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use leaderelection::{KubeLeaseLock, LeaseLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -271,7 +271,7 @@ impl<H: Host> Claimer<H> {
             mode = self.mode.as_str(),
             "Using fallback coordinator (no leader or leader election disabled)"
         );
-        if let Some(host) = self.direct_attempt(name).await {
+        if let Some(host) = self.direct_attempt(name, claim.meta().uid.as_deref()).await {
             return Ok((ClaimState::Bound { host }, true));
         }
         let claim = self.pool.claims.get(name).await.map_err(api_error)?;
@@ -392,6 +392,69 @@ impl<H: Host> Claimer<H> {
         Ok(())
     }
 
+    /// The fallback coordinator (leader election off, or mode `optimistic`): releases the hosts of deleted
+    /// claims, then serves every pending claim of the pool by the optimistic path, intent first (one try
+    /// each; a claim whose selector breaks a rule is skipped). Safe beside consumers and other replicas
+    /// doing the same: every step is conditional, and the intent is recorded on the claim first. Returns
+    /// the claims bound.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError`] of the failed list.
+    pub async fn serve_pending(&self) -> Result<usize, StepError> {
+        let fence = Fence::Unfenced;
+        let (hosts, claims) = self.pool.list(&fence).await?;
+        self.pool.release_deleted(&fence, &hosts, &claims).await?;
+        let mut bound = 0;
+        for claim in claims
+            .iter()
+            .filter(|c| !c.is_deleting() && c.host_ref().is_none() && c.requirements().is_ok())
+        {
+            let name = claim.name_any();
+            if self
+                .direct_attempt(&name, claim.meta().uid.as_deref())
+                .await
+                .is_some()
+            {
+                tracing::info!(claim = %name, "Using fallback coordinator (no leader or leader election disabled)");
+                bound += 1;
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Runs [`Claimer::serve_pending`] every `interval` until `token` is cancelled (a failed round is logged
+    /// and retried at the next).
+    ///
+    /// # Errors
+    ///
+    /// None.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel `token` and await: a round in flight ends after its current request.
+    pub async fn run_fallback(
+        self,
+        interval: Duration,
+        token: CancellationToken,
+    ) -> Result<(), leaderelection_controller::BoxError> {
+        while !token.is_cancelled() {
+            tokio::select! {
+                () = token.cancelled() => break,
+                served = self.serve_pending() => match served {
+                    Ok(0) => {}
+                    Ok(bound) => tracing::debug!(bound, "fallback round done"),
+                    Err(err) => tracing::debug!(%err, "fallback round failed; retrying"),
+                },
+            }
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a valid leader was seen within the last lease duration. A leader is valid while its Lease
     /// record keeps changing (it renews) within its `leaseDurationSeconds`, judged by our own clock from the
     /// moment we first saw each record, as a follower judges expiry in client-go's
@@ -441,7 +504,7 @@ impl<H: Host> Claimer<H> {
             if shutdown.is_cancelled() {
                 return Err(ClaimError::Cancelled(name.to_owned()));
             }
-            if let Some(host) = self.direct_attempt(name).await {
+            if let Some(host) = self.direct_attempt(name, None).await {
                 return Ok(Some(host));
             }
             tokio::select! {
@@ -452,10 +515,11 @@ impl<H: Host> Claimer<H> {
         Ok(None)
     }
 
-    /// One try of the optimistic path, counted in the metrics: the host once bound, `None` when no host
-    /// was free or a step failed (logged at DEBUG).
-    async fn direct_attempt(&self, name: &str) -> Option<String> {
-        match self.try_direct(name).await {
+    /// One try of the optimistic path for the claim `name` (with `uid` when known: claims of several
+    /// namespaces may share a name), counted in the metrics: the host once bound, `None` when no host was
+    /// free or a step failed (logged at DEBUG).
+    async fn direct_attempt(&self, name: &str, uid: Option<&str>) -> Option<String> {
+        match self.try_direct(name, uid).await {
             Ok(Some(host)) => {
                 self.metrics.attempt(Outcome::Success);
                 Some(host)
@@ -472,10 +536,12 @@ impl<H: Host> Claimer<H> {
         }
     }
 
-    async fn try_direct(&self, name: &str) -> Result<Option<String>, StepError> {
+    async fn try_direct(&self, name: &str, uid: Option<&str>) -> Result<Option<String>, StepError> {
         let fence = Fence::Unfenced;
         let (hosts, claims) = self.pool.list(&fence).await?;
-        let Some(claim) = claims.into_iter().find(|c| c.name_any() == name) else {
+        let Some(claim) = claims.into_iter().find(|c| {
+            c.name_any() == name && uid.is_none_or(|u| c.meta().uid.as_deref() == Some(u))
+        }) else {
             return Err(StepError::InvalidState(format!("claim {name} not found")));
         };
         if let Some(host) = claim.host_ref() {
