@@ -261,6 +261,11 @@ pub struct Violations {
     pub hosts_with_two_consumers: BTreeSet<String>,
     /// Claims two hosts name (`consumerRef`), or one host names and its `hostRef` names another.
     pub claims_with_two_hosts: BTreeSet<String>,
+    /// Hosts whose `consumerRef` went from one consumer to another in a single write (seen by a watch,
+    /// so no write is missed between snapshots): only a write that ignores the host's consumer, such as a
+    /// patch without resourceVersion (cluster-api-provider-metal3#3189), does that; the binder clears a
+    /// consumer (release) before another can be set.
+    pub consumers_replaced: BTreeSet<String>,
 }
 
 // === impl Violations ===
@@ -269,7 +274,9 @@ impl Violations {
     /// Whether both invariants hold.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.hosts_with_two_consumers.is_empty() && self.claims_with_two_hosts.is_empty()
+        self.hosts_with_two_consumers.is_empty()
+            && self.claims_with_two_hosts.is_empty()
+            && self.consumers_replaced.is_empty()
     }
 }
 
@@ -323,6 +330,7 @@ impl Snapshot {
                 .filter(|(_, hosts)| hosts.len() > 1)
                 .map(|(uid, _)| name_of.get(&uid).cloned().unwrap_or(uid))
                 .collect(),
+            consumers_replaced: BTreeSet::new(),
         }
     }
 
@@ -591,12 +599,14 @@ impl Observed {
 }
 
 /// Reads every host and claim every 20 ms until stopped: first-bound times, invariants on every snapshot,
-/// and the coordinator Lease's holder.
+/// and the coordinator Lease's holder; and watches the hosts, so that a write replacing a host's consumer
+/// is seen even between snapshots ([`Violations::consumers_replaced`]).
 #[derive(Debug)]
 pub struct Monitor {
     observed: std::sync::Arc<std::sync::Mutex<Observed>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    history: tokio::task::JoinHandle<()>,
     started: tokio::time::Instant,
 }
 
@@ -669,10 +679,16 @@ impl Monitor {
                 }
             }
         });
+        let history = tokio::spawn(watch_consumers(
+            cluster.hosts(),
+            observed.clone(),
+            stop.clone(),
+        ));
         Self {
             observed,
             stop,
             task,
+            history,
             started,
         }
     }
@@ -712,10 +728,60 @@ impl Monitor {
         self.stop.cancel();
         let observed = self.observed.clone();
         let _ = self.task.await;
+        let _ = self.history.await;
         observed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// Watches `hosts` until `stop`, recording in `observed` every host whose consumer uid changed from one
+/// consumer to another in one event. The watch's initial listing (and a relist after it restarts, which
+/// may skip writes) only resets what is known: only live changes are compared.
+async fn watch_consumers(
+    hosts: Api<PhysicalHost>,
+    observed: std::sync::Arc<std::sync::Mutex<Observed>>,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let consumer = |host: &PhysicalHost| host.spec.consumer_ref.as_ref().map(|c| c.uid.clone());
+    let events = watcher(hosts, watcher::Config::default()).default_backoff();
+    tokio::pin!(events);
+    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut relisting: BTreeMap<String, Option<String>> = BTreeMap::new();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            None => return,
+            Some(Err(_)) => {}
+            Some(Ok(watcher::Event::Init)) => relisting.clear(),
+            Some(Ok(watcher::Event::InitApply(host))) => {
+                relisting.insert(host.name_any(), consumer(&host));
+            }
+            Some(Ok(watcher::Event::InitDone)) => known = std::mem::take(&mut relisting),
+            Some(Ok(watcher::Event::Apply(host))) => {
+                let now = consumer(&host);
+                let before = known.insert(host.name_any(), now.clone()).flatten();
+                if let (Some(before), Some(now)) = (before, now)
+                    && before != now
+                {
+                    observed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .violations
+                        .consumers_replaced
+                        .insert(host.name_any());
+                }
+            }
+            Some(Ok(watcher::Event::Delete(host))) => {
+                known.remove(&host.name_any());
+            }
+        }
     }
 }
 
