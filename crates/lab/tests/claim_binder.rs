@@ -674,13 +674,7 @@ async fn claim_status_follows_kubernetes_conventions_with_events_and_printer_col
 async fn ensure_returns_the_claim_state_without_waiting() {
     let cluster = Cluster::start().await.unwrap();
     cluster.add_host(&plan("h-1", &[], 8)).await.unwrap();
-    let leader_mode = Claimer::new(
-        cluster.client.clone(),
-        NAMESPACE,
-        "consumer-a",
-        &fast(Mode::Leader),
-        Metrics::new(&mut Registry::default()),
-    );
+    let leader_mode = claimer(&cluster, "consumer-a", Mode::Leader);
     // No leader runs: ensure does not wait for one.
     let state = leader_mode.ensure("c-1", simple()).await.unwrap();
     assert_eq!(
@@ -752,18 +746,23 @@ async fn ensure_returns_the_claim_state_without_waiting() {
 
     // Claiming directly, ensure makes one attempt: bound in one call.
     cluster.add_host(&plan("h-2", &[], 8)).await.unwrap();
-    let optimistic = Claimer::new(
-        cluster.client.clone(),
-        NAMESPACE,
-        "consumer-b",
-        &fast(Mode::Optimistic),
-        Metrics::new(&mut Registry::default()),
-    );
+    let optimistic = claimer(&cluster, "consumer-b", Mode::Optimistic);
     assert_eq!(
         optimistic.ensure("c-2", simple()).await.unwrap(),
         ClaimState::Bound { host: "h-2".into() }
     );
     cluster.server.shutdown().await;
+}
+
+/// A consumer `identity` of the cluster's pool in `mode` (the [`fast`] timings).
+fn claimer(cluster: &Cluster, identity: &str, mode: Mode) -> Claimer {
+    Claimer::new(
+        cluster.client.clone(),
+        NAMESPACE,
+        identity,
+        &fast(mode),
+        Metrics::new(&mut Registry::default()),
+    )
 }
 
 fn fast(mode: Mode) -> Settings {
@@ -822,13 +821,7 @@ async fn optimistic_claims_record_the_intent_before_the_host() {
 async fn auto_mode_falls_back_after_a_lease_duration_without_a_leader() {
     let cluster = Cluster::start().await.unwrap();
     cluster.add_host(&plan("h-1", &[], 8)).await.unwrap();
-    let claimer = Claimer::new(
-        cluster.client.clone(),
-        NAMESPACE,
-        "consumer-a",
-        &fast(Mode::Auto),
-        Metrics::new(&mut Registry::default()),
-    );
+    let claimer = claimer(&cluster, "consumer-a", Mode::Auto);
     let started = tokio::time::Instant::now();
     let host = claimer
         .claim("c-1", simple(), &CancellationToken::new())

@@ -122,47 +122,21 @@ async fn run_without_a_binder_serves_claims_through_the_fallback() {
             })
             .await
             .unwrap();
-        let child = tokio::process::Command::new(&bin)
-            .args([
-                "run",
-                "--server",
-                &cluster.server.url(),
-                "--identity",
-                "pod-a",
-                "--namespace",
-                NAMESPACE,
-                "--claim-coordinator-lease-duration=2s",
-                "--claim-coordinator-renew-deadline=1s",
-                "--claim-coordinator-retry-period=200ms",
-                "--claim-coordinator-processing-interval=100ms",
-            ])
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        cluster
-            .add_claim(
-                "claim-1",
-                HostClaimSpec {
-                    image_url: "http://images.example/os.iso".into(),
-                    ..HostClaimSpec::default()
-                },
-            )
-            .await
-            .unwrap();
-        let claim = tokio::time::timeout(LIVENESS, async {
-            loop {
-                let claim = cluster.claims().get("claim-1").await.unwrap();
-                if claim.host_ref().is_some() {
-                    return claim;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{flags:?}: bound within the liveness bound"));
+        let child = spawn_run(
+            &bin,
+            &cluster,
+            &[
+                &[
+                    "--claim-coordinator-lease-duration=2s",
+                    "--claim-coordinator-renew-deadline=1s",
+                    "--claim-coordinator-retry-period=200ms",
+                    "--claim-coordinator-processing-interval=100ms",
+                ],
+                &flags[..],
+            ]
+            .concat(),
+        );
+        let claim = claim_one(&cluster).await;
         let status = claim.status.unwrap();
         assert_eq!(status.host_ref.as_deref(), Some("host-1"), "{flags:?}");
         assert_eq!(status.selected_host.as_deref(), Some("host-1"), "{flags:?}");
@@ -210,24 +184,29 @@ async fn start_leading(cluster: &Cluster, extra: &[&str]) -> tokio::process::Chi
         })
         .await
         .unwrap();
-    let child = tokio::process::Command::new(bin)
-        .args([
-            "run",
-            "--server",
-            &cluster.server.url(),
-            "--identity",
-            "pod-a",
-            "--namespace",
-            NAMESPACE,
-            "--enable-claim-coordinator-leader-election=true",
-            "--claim-coordinator-processing-interval=100ms",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn_run(
+        &bin,
+        cluster,
+        &[
+            &[
+                "--enable-claim-coordinator-leader-election=true",
+                "--claim-coordinator-processing-interval=100ms",
+            ],
+            extra,
+        ]
+        .concat(),
+    );
+    let bound = claim_one(cluster)
+        .await
+        .host_ref()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(bound, "host-1");
+    child
+}
+
+/// Creates the claim `claim-1` and returns it once bound (within the liveness bound).
+async fn claim_one(cluster: &Cluster) -> claim_coordinator::HostClaim {
     cluster
         .add_claim(
             "claim-1",
@@ -238,19 +217,37 @@ async fn start_leading(cluster: &Cluster, extra: &[&str]) -> tokio::process::Chi
         )
         .await
         .unwrap();
-    let bound = tokio::time::timeout(LIVENESS, async {
+    tokio::time::timeout(LIVENESS, async {
         loop {
             let claim = cluster.claims().get("claim-1").await.unwrap();
-            if let Some(host) = claim.host_ref() {
-                return host.to_owned();
+            if claim.host_ref().is_some() {
+                return claim;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .expect("bound within the liveness bound");
-    assert_eq!(bound, "host-1");
-    child
+    .expect("bound within the liveness bound")
+}
+
+/// `bin run` as `pod-a` in [`NAMESPACE`] on `cluster`'s server with `flags`, its logs piped.
+fn spawn_run(bin: &std::path::Path, cluster: &Cluster, flags: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(bin)
+        .args([
+            "run",
+            "--server",
+            &cluster.server.url(),
+            "--identity",
+            "pod-a",
+            "--namespace",
+            NAMESPACE,
+        ])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 /// Sends `signal` (`"TERM"`, `"INT"`) to `child`.
