@@ -1,7 +1,7 @@
 //! Logs on stderr through a lossy, non-blocking writer: a stderr nobody reads (a full pipe) or nobody can
 //! read (a closed pipe) costs log lines, never the elector's deadlines or the process.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
@@ -43,6 +43,12 @@ impl Logging {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colour only for a person at a terminal: redirected logs (a file, a pipe, kubectl logs)
+            // stay plain text. NO_COLOR (no-color.org) turns it off there too.
+            .with_ansi(
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .with_writer(writer.clone())
             .log_internal_errors(false);
         match format {

@@ -31,7 +31,8 @@ pub(crate) struct YieldArgs {
     /// The Lease's name.
     #[arg(long)]
     lease_name: String,
-    /// The Lease's namespace (default: POD_NAMESPACE, the service-account namespace, "default").
+    /// The Lease's namespace (default: POD_NAMESPACE, the kubeconfig context's, the service-account
+    /// namespace, "default").
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     /// The identity of the candidate to hand the Lease to (spec.preferredHolder), e.g. a pod's name.

@@ -1269,3 +1269,48 @@ async fn status_of_a_lease_expiring_past_year_9999_exits_0() {
     assert_eq!(json["lease_duration_seconds"], i32::MAX);
     server.shutdown().await;
 }
+
+/// With election disabled there is no Lease: a child that fails ends the process without a word about
+/// releasing one.
+#[tokio::test]
+async fn disabled_mode_does_not_say_it_released_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("off.yaml");
+    std::fs::write(
+        &config,
+        "controller:\n  leader_election:\n    enabled: false\n",
+    )
+    .unwrap();
+    let out = leader_elect_within(
+        &["run", "--config", config.to_str().unwrap(), "--", "false"],
+        STARTUP,
+    )
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 1, "{line}");
+    assert!(line.contains("the child exited on its own"), "{line}");
+    assert!(!line.contains("released the lease"), "{line}");
+    assert!(line.contains("no lease to release"), "{line}");
+}
+
+/// An unknown key in --config is reported once, with its path, its value and the keys there are.
+#[tokio::test]
+async fn an_unknown_config_key_is_named_once_with_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("typo.yaml");
+    std::fs::write(
+        &config,
+        "controller:\n  leader_election:\n    lease_name: x\n    lease_nmae: y\n",
+    )
+    .unwrap();
+    let out = leader_elect(&["run", "--config", config.to_str().unwrap()]).await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2, "{line}");
+    assert_eq!(line.matches("lease_nmae").count(), 1, "{line}");
+    assert!(
+        line.contains(
+            "controller.leader_election.lease_nmae \"y\": unknown key (line 4, column 5)"
+        ),
+        "{line}"
+    );
+}

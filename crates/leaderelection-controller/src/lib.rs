@@ -11,6 +11,8 @@
 //!   [`runtime::Builder::events`], fed from the bus;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/vars`;
 //! - [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`);
+//! - [`kubeconfig`]: the client configuration and default namespace by kubectl's rules (`--kubeconfig`,
+//!   `--context`, `--server`, the context's namespace, in-cluster);
 //! - [`signals`]: the first SIGTERM or SIGINT shuts down, the second skips the grace.
 //!
 //! # Examples
@@ -47,7 +49,7 @@
 //! | --- | --- | --- | --- |
 //! | `runtime` | yes | [`Runtime`] and [`runtime::Builder`], the composition root, and the [`recorder`] of Kubernetes Events on the Lease it runs ([`runtime::Builder::events`]) | the feature `admin`, whose server it runs; kube's `runtime` feature (kube-runtime's event recorder) |
 //! | `admin` | via `runtime` | the [`admin`] server (`/healthz`, `/readyz`, `/metrics`, `/debug/vars`) and [`Admin`] | `axum` (HTTP/1 only), `serde_json` |
-//! | `settings` | yes | [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`) | `serde`, `serde_norway` |
+//! | `settings` | yes | [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`); [`kubeconfig`]: the client configuration by kubectl's rules | `serde`, `serde_norway`, `http` |
 //!
 //! Always built: [`Election`], [`Supervisor`], the [`EventBus`], the [`commentator`] and [`Metrics`]
 //! (prometheus-client): the supervisor counts its restarts into [`Metrics`], so metrics have no feature
@@ -67,6 +69,8 @@ pub mod admin;
 pub mod commentator;
 mod election;
 mod events;
+#[cfg(feature = "settings")]
+pub mod kubeconfig;
 mod metrics;
 #[cfg(feature = "runtime")]
 pub mod recorder;

@@ -203,15 +203,16 @@ pub enum SettingsError {
         #[source]
         source: std::io::Error,
     },
-    /// Not YAML, or not the schema: an unknown key, a wrong type. The message names the key's path
-    /// (`controller.leader_election: unknown field ...`) and its line and column.
-    #[error("invalid configuration: {source}")]
+    /// Not YAML, or not the schema: a wrong type, a missing bracket. The message names the key's path
+    /// (`controller.leader_election.enabled: invalid type ...`) and its line and column. (An unknown key is
+    /// [`SettingsError::Invalid`], naming the key, its value and the keys there are.)
+    // The parser's error is in the message, not a `source`: a report of the error chain would say it twice.
+    #[error("invalid configuration: {error}")]
     Yaml {
         /// Where, as one-based `(line, column)`, when the parser knows.
         location: Option<(usize, usize)>,
         /// The parser's error.
-        #[source]
-        source: serde_norway::Error,
+        error: serde_norway::Error,
     },
     /// A value breaks a rule of the file's syntax (e.g. a duration that does not parse).
     #[error("invalid {key} {value:?}: {rule}")]
@@ -269,13 +270,16 @@ impl Settings {
     ///
     /// # Errors
     ///
-    /// [`SettingsError::Yaml`] for malformed YAML, an unknown key or a wrong type, naming the key and its
-    /// location; [`SettingsError::Invalid`] for a duration that does not parse, naming the key and the value.
+    /// [`SettingsError::Yaml`] for malformed YAML or a wrong type, naming the key and its location;
+    /// [`SettingsError::Invalid`] for an unknown key (naming its path, its value, its line and the keys
+    /// there are) or a duration that does not parse (naming the key and the value).
     pub fn from_yaml_str(yaml: &str) -> Result<Self> {
         let settings = serde_norway::from_str::<Option<Self>>(yaml)
-            .map_err(|source| SettingsError::Yaml {
-                location: source.location().map(|l| (l.line(), l.column())),
-                source,
+            .map_err(|error| {
+                unknown_key(yaml, &error).unwrap_or_else(|| SettingsError::Yaml {
+                    location: error.location().map(|l| (l.line(), l.column())),
+                    error,
+                })
             })?
             .unwrap_or_default();
         settings.controller.leader_election.durations()?;
@@ -583,6 +587,41 @@ impl Environment {
             .as_deref()
             .or(self.service_account_namespace.as_deref())
     }
+}
+
+/// serde's "unknown field" error (`controller.leader_election: unknown field `x`, expected one of ...
+/// at line 4 column 5`) as [`SettingsError::Invalid`] naming the key's whole path, the value written
+/// there and the keys there are; `None` for any other error.
+fn unknown_key(yaml: &str, error: &serde_norway::Error) -> Option<SettingsError> {
+    let text = error.to_string();
+    let (parent, rest) = match text.split_once(": unknown field `") {
+        Some((parent, rest)) => (Some(parent), rest),
+        None => (None, text.strip_prefix("unknown field `")?),
+    };
+    let (key, expected) = rest.split_once('`')?;
+    let expected = expected.strip_prefix(", ").unwrap_or(expected);
+    let expected = expected
+        .rfind(" at line ")
+        .map_or(expected, |at| &expected[..at]);
+    let path: Vec<&str> = parent.map(|p| p.split('.').collect()).unwrap_or_default();
+    let value = serde_norway::from_str::<serde_norway::Value>(yaml)
+        .ok()
+        .and_then(|doc| {
+            path.iter()
+                .chain([&key])
+                .try_fold(doc, |node, k| node.get(*k).cloned())
+        })
+        .and_then(|value| serde_norway::to_string(&value).ok())
+        .map_or_else(String::new, |v| v.trim_end().to_owned());
+    let at = error
+        .location()
+        .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+        .unwrap_or_default();
+    Some(SettingsError::Invalid {
+        key: parent.map_or_else(|| key.to_owned(), |p| format!("{p}.{key}")),
+        value,
+        rule: format!("unknown key{at}; {expected}"),
+    })
 }
 
 /// The first value given.
