@@ -67,24 +67,10 @@ impl ServerArgs {
 // === impl Connection ===
 
 impl Connection {
-    /// The namespace: `given` (a flag or the file), else POD_NAMESPACE, the kubeconfig context's, the
-    /// service-account namespace ([`Cluster::default_namespace`]); "default" when none names one, said
-    /// once in a WARN.
+    /// The namespace: `given` (a flag or the file), else the client configuration's
+    /// ([`Cluster::namespace`]: one WARN when it is a guess).
     pub(crate) fn namespace(&self, given: Option<&str>, env: &Environment) -> String {
-        if let Some(ns) = given {
-            return ns.to_owned();
-        }
-        let ns = self.cluster.default_namespace(env);
-        if ns.is_guess() {
-            tracing::warn!(
-                "no --namespace, POD_NAMESPACE, kubeconfig context namespace or service-account namespace: \
-                 using {:?}",
-                ns.name
-            );
-        } else {
-            tracing::debug!(namespace = ns.name, "namespace from {}", ns.source);
-        }
-        ns.name
+        self.cluster.namespace(given, env)
     }
 
     /// Where requests go, for messages.

@@ -266,6 +266,26 @@ impl Cluster {
         }
     }
 
+    /// The namespace: `given` (a flag, a settings file) if any, else [`Cluster::default_namespace`]; a
+    /// guess is logged as a WARN (once per call: call it once).
+    #[must_use]
+    pub fn namespace(&self, given: Option<&str>, env: &Environment) -> String {
+        if let Some(ns) = given {
+            return ns.to_owned();
+        }
+        let ns = self.default_namespace(env);
+        if ns.is_guess() {
+            tracing::warn!(
+                "no --namespace, POD_NAMESPACE, kubeconfig context namespace or service-account namespace: \
+                 using {:?}",
+                ns.name
+            );
+        } else {
+            tracing::debug!(namespace = ns.name, "namespace from {}", ns.source);
+        }
+        ns.name
+    }
+
     /// Where requests go, for messages: `http://127.0.0.1:6443 (kubeconfig context "team-a")`.
     #[must_use]
     pub fn describe(&self) -> String {
