@@ -227,6 +227,8 @@ async fn ask_to_yield(
         .args(["--to", identity, "--server", &cluster.server.url()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        // Its progress lines ("waiting up to 15 s ..."); the handover is timed from the watch.
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("starting leader-elect yield")?;

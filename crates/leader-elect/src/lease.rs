@@ -864,8 +864,9 @@ mod tests {
             }
         }
 
-        /// `yield` over any Lease ends without a panic: nothing written when "pod-b" already holds it,
-        /// otherwise preferredHolder "pod-b" with a strategy.
+        /// `yield` over any Lease ends without a panic: nothing written when "pod-b" already holds it or
+        /// when the Lease has a strategy (coordinated election), otherwise preferredHolder "pod-b" with a
+        /// strategy.
         #[test]
         fn yield_handles_any_lease(record in arbitrary_record()) {
             let store = MemoryLeaseStore::new();
@@ -874,6 +875,9 @@ mod tests {
             let after = store.lease().unwrap().record;
             if record.holder_identity == "pod-b" {
                 prop_assert_eq!(asked.ok(), Some(crate::preferred::Asked::AlreadyHeld));
+                prop_assert_eq!(after, record);
+            } else if let Some(strategy) = record.strategy.clone() {
+                prop_assert_eq!(asked.ok(), Some(crate::preferred::Asked::Coordinated { strategy }));
                 prop_assert_eq!(after, record);
             } else {
                 let set = matches!(asked, Ok(crate::preferred::Asked::Set { .. }));

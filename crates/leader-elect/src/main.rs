@@ -41,7 +41,8 @@ enum Command {
     Status(lease::StatusArgs),
     /// Step down a Lease this identity holds.
     Release(lease::ReleaseArgs),
-    /// Ask the Lease's holder to hand it to another candidate (sets spec.preferredHolder).
+    /// Hand the Lease to another candidate (spec.preferredHolder); exit 1 if it has not taken over within
+    /// one lease duration, or under coordinated election.
     #[command(name = "yield")]
     Yield(preferred::YieldArgs),
     /// Copy this binary into a directory (the Helm chart's wrap mode: an initContainer fills an emptyDir).
