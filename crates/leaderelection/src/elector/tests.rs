@@ -1415,7 +1415,10 @@ async fn a_leader_that_yielded_to_a_missing_preferred_holder_leads_again_before_
     );
     assert!(record.lease_transitions > term, "a new term");
     assert!(
-        !store.calls_of("c").iter().any(|call| call.starts_with("update")),
+        !store
+            .calls_of("c")
+            .iter()
+            .any(|call| call.starts_with("update")),
         "c left it to a: {:?}",
         store.calls_of("c")
     );
@@ -1435,7 +1438,11 @@ async fn when_the_yielding_leader_is_gone_too_another_takes_over_after_one_lease
     let released = LeaderElectionRecord {
         preferred_holder: Some("ghost".into()),
         strategy: Some(crate::OLDEST_EMULATION_VERSION.into()),
-        ..store.lease().unwrap().record.released(jiff::Timestamp::now())
+        ..store
+            .lease()
+            .unwrap()
+            .record
+            .released(jiff::Timestamp::now())
     };
     let seen = Instant::now();
     store.put(released);
