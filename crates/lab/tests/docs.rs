@@ -38,7 +38,8 @@ fn long_flags(text: &str) -> BTreeSet<String> {
             .chars()
             .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
             .collect();
-        let starts_word = at == 0 || !rest[..at].ends_with(|c: char| c.is_alphanumeric() || c == '-');
+        let starts_word =
+            at == 0 || !rest[..at].ends_with(|c: char| c.is_alphanumeric() || c == '-');
         if starts_word && name.starts_with(|c: char| c.is_ascii_lowercase()) {
             flags.insert(format!("--{name}"));
         }
@@ -62,7 +63,9 @@ fn help(bin: &Path, args: &[&str]) -> (BTreeSet<String>, Vec<String>) {
                 .filter(|l| !l.starts_with('-'))
                 .map_or(line, |l| l.get(3..).unwrap_or(""));
             line.strip_prefix("--")?;
-            long_flags(line.split_whitespace().next()?).into_iter().next()
+            long_flags(line.split_whitespace().next()?)
+                .into_iter()
+                .next()
         })
         .collect();
     let commands = text
@@ -82,7 +85,10 @@ fn documented(page: &str, binary: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut sections: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in page.lines() {
-        if let Some(heading) = line.strip_prefix("## ").or_else(|| line.strip_prefix("### ")) {
+        if let Some(heading) = line
+            .strip_prefix("## ")
+            .or_else(|| line.strip_prefix("### "))
+        {
             let named = heading
                 .strip_prefix('`')
                 .and_then(|h| h.split('`').next())
@@ -204,5 +210,8 @@ fn the_flag_parsers_find_flags_in_help_lines_and_first_cells_only() {
     assert_eq!(sections[""], ["--d"].map(str::to_owned).into());
     assert_eq!(sections.len(), 2);
     // A section without a table documents no flag, and is still the command's section.
-    assert_eq!(documented("## `b install DIR`\nprose\n", "b")["install"], BTreeSet::new());
+    assert_eq!(
+        documented("## `b install DIR`\nprose\n", "b")["install"],
+        BTreeSet::new()
+    );
 }
