@@ -355,12 +355,7 @@ async fn release_lease(lock: &dyn LeaseLock, identity: &str, force: bool) -> Res
         );
         read
     } else {
-        // At least 1 s: a Lease written without a duration (kubectl) still gets one look.
-        let window = Duration::from_secs(
-            u64::try_from(read.record.lease_duration_seconds)
-                .unwrap_or(0)
-                .max(1),
-        );
+        let window = lease_duration(&read.record);
         eprintln!(
             "watching lease {lease} for up to {} s (its leaseDurationSeconds) to see whether \"{holder}\" \
              still renews (--force skips this)...",
@@ -560,6 +555,16 @@ fn report(lease: &str, holder: &str, change: Change, after: Duration) -> Result<
             "lease {lease} was deleted meanwhile: nothing to release"
         ))),
     }
+}
+
+/// The record's leaseDurationSeconds, at least 1 s: a Lease written without a duration (kubectl) still
+/// gets one look.
+pub(crate) fn lease_duration(record: &LeaderElectionRecord) -> Duration {
+    Duration::from_secs(
+        u64::try_from(record.lease_duration_seconds)
+            .unwrap_or(0)
+            .max(1),
+    )
 }
 
 /// Reads the Lease, bounded by [`REQUEST_TIMEOUT`].

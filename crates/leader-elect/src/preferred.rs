@@ -8,7 +8,9 @@ use tokio::time::{Instant, timeout};
 
 use crate::client::ServerArgs;
 use crate::failure::Failure;
-use crate::lease::{Candidates, REQUEST_TIMEOUT, WRITE_ATTEMPTS, candidates, open_in, read};
+use crate::lease::{
+    Candidates, REQUEST_TIMEOUT, WRITE_ATTEMPTS, candidates, lease_duration, open_in, read,
+};
 
 const YIELD_HELP: &str = "\
 What happens next:
@@ -181,27 +183,11 @@ async fn withdraw(lock: &dyn LeaseLock, to: &str) -> Result<bool, Failure> {
             strategy: None,
             ..read.record.clone()
         };
-        match timeout(
-            REQUEST_TIMEOUT,
-            lock.update(&cleared, &read.resource_version),
-        )
-        .await
-        {
-            Ok(Ok(_)) => return Ok(true),
+        match put(lock, &cleared, &read.resource_version, "clearing").await? {
+            Put::Written => return Ok(true),
             // A renewal or a release since the read: read again.
-            Ok(Err(LockError::Conflict)) => {}
-            Ok(Err(LockError::NotFound)) => return Ok(false),
-            Ok(Err(err)) => {
-                return Err(anyhow::anyhow!("clearing preferredHolder on {lease}: {err}").into());
-            }
-            Err(_) => {
-                return Err(anyhow::anyhow!(
-                    "clearing preferredHolder on {lease}: no answer within {} s; it may still be set \
-                     (see leader-elect status)",
-                    REQUEST_TIMEOUT.as_secs()
-                )
-                .into());
-            }
+            Put::Conflict => {}
+            Put::NotFound => return Ok(false),
         }
     }
     Err(anyhow::anyhow!(
@@ -247,33 +233,18 @@ pub(crate) async fn ask(lock: &dyn LeaseLock, to: &str) -> Result<Asked, Failure
             strategy: Some(OLDEST_EMULATION_VERSION.to_owned()),
             ..record.clone()
         };
-        match timeout(REQUEST_TIMEOUT, lock.update(&asked, &read.resource_version)).await {
-            Ok(Ok(_)) => {
+        match put(lock, &asked, &read.resource_version, "setting").await? {
+            Put::Written => {
                 return Ok(Asked::Set {
                     holder: record.holder_identity.clone(),
-                    window: Duration::from_secs(
-                        u64::try_from(record.lease_duration_seconds)
-                            .unwrap_or(0)
-                            .max(1),
-                    ),
+                    window: lease_duration(record),
                 });
             }
             // A renewal (or another write) since the read: read again and ask again.
-            Ok(Err(LockError::Conflict)) => {}
-            Ok(Err(LockError::NotFound)) => {
+            Put::Conflict => {}
+            Put::NotFound => {
                 return Err(anyhow::anyhow!(
                     "lease {lease} was deleted meanwhile: nothing to yield"
-                )
-                .into());
-            }
-            Ok(Err(err)) => {
-                return Err(anyhow::anyhow!("setting preferredHolder on {lease}: {err}").into());
-            }
-            Err(_) => {
-                return Err(anyhow::anyhow!(
-                    "setting preferredHolder on {lease}: no answer within {} s; it may or may not be set \
-                     (see leader-elect status)",
-                    REQUEST_TIMEOUT.as_secs()
                 )
                 .into());
             }
@@ -283,4 +254,36 @@ pub(crate) async fn ask(lock: &dyn LeaseLock, to: &str) -> Result<Asked, Failure
         "lease {lease} was written {WRITE_ATTEMPTS} times while setting preferredHolder; not set"
     )
     .into())
+}
+
+/// What a PUT guarded by a resourceVersion did.
+enum Put {
+    Written,
+    /// Another write came first (409 Conflict).
+    Conflict,
+    /// The Lease is gone.
+    NotFound,
+}
+
+/// Writes `record` guarded by `version`, bounded by [`REQUEST_TIMEOUT`]; `doing` ("setting", "clearing")
+/// preferredHolder names the write in errors.
+async fn put(
+    lock: &dyn LeaseLock,
+    record: &LeaderElectionRecord,
+    version: &str,
+    doing: &str,
+) -> Result<Put, Failure> {
+    let lease = lock.describe();
+    match timeout(REQUEST_TIMEOUT, lock.update(record, version)).await {
+        Ok(Ok(_)) => Ok(Put::Written),
+        Ok(Err(LockError::Conflict)) => Ok(Put::Conflict),
+        Ok(Err(LockError::NotFound)) => Ok(Put::NotFound),
+        Ok(Err(err)) => Err(anyhow::anyhow!("{doing} preferredHolder on {lease}: {err}").into()),
+        Err(_) => Err(anyhow::anyhow!(
+            "{doing} preferredHolder on {lease}: no answer within {} s; it may or may not be written \
+             (see leader-elect status)",
+            REQUEST_TIMEOUT.as_secs()
+        )
+        .into()),
+    }
 }

@@ -330,6 +330,40 @@ impl Candidate {
     }
 }
 
+/// Starts `identity` on Lease `default/name` through the library, and waits until it sees `leader` lead.
+async fn follower(
+    url: &str,
+    name: &str,
+    identity: &str,
+    config: leaderelection::Config,
+    leader: &str,
+) -> (
+    watch::Receiver<LeaderState>,
+    tokio::task::JoinHandle<Result<(), leaderelection::Error>>,
+) {
+    let elector = Elector::new(
+        leaderelection::Config {
+            identity: identity.into(),
+            lease_name: name.into(),
+            lease_namespace: "default".into(),
+            ..config
+        },
+        KubeLeaseLock::new(client(url), "default", name),
+        Callbacks::new(),
+    )
+    .unwrap();
+    let mut state = elector.handle().subscribe();
+    let task = tokio::spawn(elector.run(CancellationToken::new()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| s.leader.as_deref() == Some(leader)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (state, task)
+}
+
 #[tokio::test]
 async fn status_and_release_of_a_held_lease() {
     let server = FakeApiServer::start().await.unwrap();
@@ -776,27 +810,7 @@ async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() 
         .with_renew_deadline(Duration::from_secs(1))
         .with_retry_period(Duration::from_millis(250));
     let a = Candidate::leading(&url, "y", "pod-a", fast.clone()).await;
-    let b_config = leaderelection::Config {
-        identity: "pod-b".into(),
-        lease_name: "y".into(),
-        lease_namespace: "default".into(),
-        ..fast
-    };
-    let b = Elector::new(
-        b_config,
-        KubeLeaseLock::new(client(&url), "default", "y"),
-        Callbacks::new(),
-    )
-    .unwrap();
-    let mut b_state = b.handle().subscribe();
-    let b_task = tokio::spawn(b.run(CancellationToken::new()));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        b_state.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (mut b_state, b_task) = follower(&url, "y", "pod-b", fast, "pod-a").await;
 
     let out = leader_elect(&[
         "yield",
@@ -1367,26 +1381,7 @@ async fn yield_to_nobody_exits_1_and_the_leader_leads_again() {
         .with_retry_period(Duration::from_millis(500));
     let a = Candidate::leading(&url, "n", "pod-a", config.clone()).await;
     let term = lease(&url, "n").await.lease_transitions;
-    let c = Elector::new(
-        leaderelection::Config {
-            identity: "pod-c".into(),
-            lease_name: "n".into(),
-            lease_namespace: "default".into(),
-            ..config
-        },
-        KubeLeaseLock::new(client(&url), "default", "n"),
-        Callbacks::new(),
-    )
-    .unwrap();
-    let mut c_state = c.handle().subscribe();
-    let c_task = tokio::spawn(c.run(CancellationToken::new()));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        c_state.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (c_state, c_task) = follower(&url, "n", "pod-c", config, "pod-a").await;
 
     let out = leader_elect_within(
         &[

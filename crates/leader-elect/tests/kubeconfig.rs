@@ -46,13 +46,16 @@ fn command(kubeconfig: &Path, args: &[&str]) -> tokio::process::Command {
     command
 }
 
+/// `leader-elect ARGS` with `kubeconfig`: its output and its stderr.
+async fn output(kubeconfig: &Path, args: &[&str]) -> (Output, String) {
+    let out = command(kubeconfig, args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
 /// `leader-elect status -o json ARGS`, which must succeed without a warning.
 async fn status(kubeconfig: &Path, args: &[&str]) -> serde_json::Value {
-    let out: Output = command(kubeconfig, &[&["status", "-o", "json"], args].concat())
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stderr) = output(kubeconfig, &[&["status", "-o", "json"], args].concat()).await;
     assert!(out.status.success(), "{stderr}");
     assert!(
         !stderr.contains("using \"default\""),
@@ -185,32 +188,23 @@ async fn without_any_namespace_source_one_warning_names_the_guess() {
     let server = FakeApiServer::start().await.unwrap();
     let url = server.url();
     hold(&url, "default", "app", "pod-a").await;
-    let out = command(
+    let (out, stderr) = output(
         Path::new("/nonexistent"),
         &["status", "--lease-name", "app", "--server", &url],
     )
-    .output()
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    .await;
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         stderr.matches("using \"default\"").count(),
         1,
         "one warning: {stderr}"
     );
-    let out = command(
+    let (out, stderr) = output(
         Path::new("/nonexistent"),
         &["status", "--lease-name", "app", "--context", "team-a"],
     )
-    .output()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(out.status.code(), Some(2), "--context without a kubeconfig");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--context \"team-a\""),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(stderr.contains("--context \"team-a\""), "{stderr}");
     server.shutdown().await;
 }
