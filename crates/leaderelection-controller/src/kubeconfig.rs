@@ -289,7 +289,9 @@ impl Cluster {
     /// Where requests go, for messages: `http://127.0.0.1:6443 (kubeconfig context "team-a")`.
     #[must_use]
     pub fn describe(&self) -> String {
-        let url = &self.config.cluster_url;
+        // As the user wrote it: `http://127.0.0.1:6443`, not `http::Uri`'s `http://127.0.0.1:6443/`.
+        let url = self.config.cluster_url.to_string();
+        let url = url.strip_suffix('/').unwrap_or(&url);
         match &self.origin {
             Origin::Kubeconfig { context, .. } => format!("{url} (kubeconfig context {context:?})"),
             Origin::InCluster => format!("{url} (in-cluster service account)"),
