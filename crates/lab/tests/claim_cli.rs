@@ -110,6 +110,8 @@ async fn start_leading(cluster: &Cluster, extra: &[&str]) -> tokio::process::Chi
         .await
         .unwrap();
     let child = tokio::process::Command::new(bin)
+        // Never the kubeconfig of the machine running the tests (its credentials would go with --server).
+        .env("KUBECONFIG", "/dev/null")
         .args([
             "run",
             "--server",
