@@ -64,8 +64,12 @@ impl Logging {
     /// Writes the final `leader-elect: error: ...` line behind the queued log lines, with the same
     /// guarantees: it never blocks and never panics.
     pub(crate) fn error_line(&self, err: &anyhow::Error) {
-        // One write, one queued line: never half a line.
-        let line = format!("leader-elect: error: {err:#}\n");
+        // One write, one queued line: never half a line. Each cause once: some errors repeat their
+        // source in their own message.
+        let line = format!(
+            "leader-elect: error: {}\n",
+            crate::client::error_chain(err.as_ref())
+        );
         let _ = self.writer.clone().write_all(line.as_bytes());
     }
 }

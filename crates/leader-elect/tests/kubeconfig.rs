@@ -199,12 +199,51 @@ async fn without_any_namespace_source_one_warning_names_the_guess() {
         1,
         "one warning: {stderr}"
     );
-    let (out, stderr) = output(
-        Path::new("/nonexistent"),
-        &["status", "--lease-name", "app", "--context", "team-a"],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(2), "--context without a kubeconfig");
-    assert!(stderr.contains("--context \"team-a\""), "{stderr}");
     server.shutdown().await;
+}
+
+/// A kubeconfig or context that cannot be used is a usage error (exit 2) naming it, each cause said once.
+#[tokio::test]
+async fn an_unusable_kubeconfig_or_context_is_a_usage_error_naming_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig(dir.path(), "http://127.0.0.1:1");
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    for (config, args, names) in [
+        (
+            Path::new("/nonexistent"),
+            vec!["--context", "team-a"],
+            "--context \"team-a\": no kubeconfig",
+        ),
+        (
+            kubeconfig.as_path(),
+            vec!["--context", "team-c"],
+            "kubeconfig context \"team-c\"",
+        ),
+        (
+            kubeconfig.as_path(),
+            vec!["--kubeconfig", missing],
+            "kubeconfig ",
+        ),
+    ] {
+        let (out, stderr) = output(
+            config,
+            &[&["status", "--lease-name", "app"], &args[..]].concat(),
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("leader-elect: error: "))
+            .unwrap_or_else(|| panic!("{args:?}: {stderr}"));
+        assert!(line.contains(names), "{line}");
+        if args[0] == "--kubeconfig" {
+            assert!(line.contains(missing), "{line}");
+            assert_eq!(
+                line.matches("No such file or directory").count(),
+                1,
+                "{line}"
+            );
+        }
+    }
 }

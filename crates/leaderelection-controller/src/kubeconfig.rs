@@ -74,12 +74,13 @@ pub struct Namespace {
     pub source: String,
 }
 
-/// Why no client configuration could be made.
+/// Why no client configuration could be made. The messages name what failed; the cause is the
+/// [`std::error::Error::source`] (a report of the chain says each once).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {
     /// A kubeconfig file could not be read or parsed.
-    #[error("kubeconfig {path}: {source}", path = path.display())]
+    #[error("kubeconfig {path}", path = path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -88,7 +89,7 @@ pub enum ClusterError {
         source: KubeconfigError,
     },
     /// The context (given or current) is missing from the kubeconfig, or its cluster or user is broken.
-    #[error("kubeconfig context {context:?}: {source}")]
+    #[error("kubeconfig context {context:?}")]
     Context {
         /// The context's name.
         context: String,
@@ -105,7 +106,7 @@ pub enum ClusterError {
         context: String,
     },
     /// `server` is not a URL.
-    #[error("invalid --server {url:?}: {source}")]
+    #[error("invalid --server {url:?}")]
     InvalidServer {
         /// The value given.
         url: String,
@@ -115,7 +116,7 @@ pub enum ClusterError {
     },
     /// No server, no kubeconfig, and not in a cluster.
     #[error(
-        "no --server, no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not in a cluster: {0}"
+        "no --server, no kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and not in a cluster"
     )]
     NotConfigured(#[source] kube::config::InClusterError),
 }
