@@ -5,6 +5,7 @@
 //!
 //! The demo and the benchmark live in the lab (`leader-elect-lab claim-demo`, `claim-bench`).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -13,6 +14,8 @@ use claim_coordinator::settings::{Mode, Overrides};
 use claim_coordinator::{Pool, Settings};
 use clap::{Args, Parser, Subcommand};
 use leaderelection::KubeLeaseLock;
+use leaderelection_controller::kubeconfig::ClientOptions;
+use leaderelection_controller::settings::Environment;
 use leaderelection_controller::signals::Signals;
 use prometheus_client::registry::Registry;
 
@@ -29,9 +32,11 @@ enum Command {
     /// Runs one coordinator replica: campaigns for the coordinator Lease and, while leading, binds the
     /// pending HostClaims of its namespace to PhysicalHosts.
     Run(Box<RunArgs>),
-    /// Writes the CustomResourceDefinitions (PhysicalHost, HostClaim) as YAML files into a directory.
+    /// Writes the CustomResourceDefinitions (PhysicalHost, HostClaim) as YAML files into a directory, or
+    /// to stdout (`--dir -`, for `| kubectl apply -f -`).
     Crds {
-        /// Directory to write `physicalhosts.yaml` and `hostclaims.yaml` into.
+        /// Directory to write `physicalhosts.yaml` and `hostclaims.yaml` into; `-`: stdout, as one YAML
+        /// stream of two documents.
         #[arg(long, default_value = "deploy/crds")]
         dir: PathBuf,
     },
@@ -40,16 +45,27 @@ enum Command {
 /// `run`'s flags (Beskar7's names), each overriding the YAML settings file.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// API server URL; default: the kubeconfig, then the in-cluster service account.
+    /// API server URL. Replaces only the kubeconfig context's cluster URL (its credentials and CA are
+    /// kept, as kubectl does); without a kubeconfig, no credentials. Default: the kubeconfig's, then the
+    /// in-cluster service account.
     #[arg(long, env = "CLAIM_COORDINATOR_SERVER")]
     server: Option<String>,
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config; none: the in-cluster service
+    /// account).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current-context); its namespace is the default
+    /// namespace, as with kubectl.
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
     /// This replica's identity (unique per replica).
     #[arg(long, env = "POD_NAME")]
     identity: String,
     /// Namespace of the Lease, and of the hosts and claims unless --host-namespace, --claim-namespace or
-    /// --all-claim-namespaces say otherwise.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    namespace: String,
+    /// --all-claim-namespaces say otherwise. Default: POD_NAMESPACE, the kubeconfig context's, the
+    /// service-account namespace, then "default".
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
     /// Namespace of the PhysicalHosts (the pool namespace); default: --namespace.
     #[arg(long)]
     host_namespace: Option<String>,
@@ -102,11 +118,21 @@ fn init_logs(default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only at a terminal: redirected logs stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
 
 fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir == std::path::Path::new("-") {
+        let docs: Vec<String> = claim_coordinator::resources::crd_files()?
+            .into_iter()
+            .map(|(_, yaml)| yaml)
+            .collect();
+        print!("{}", docs.join("---\n"));
+        return Ok(());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (file, yaml) in claim_coordinator::resources::crd_files()? {
         let path = dir.join(file);
@@ -132,19 +158,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Settings::from_path(path, &flags)?,
         None => Settings::resolve(None, &flags)?,
     };
-    let client = match &args.server {
-        Some(url) => KubeLeaseLock::client_for_url(url).context("--server")?,
-        None => KubeLeaseLock::client(
-            kube::Config::infer()
-                .await
-                .context("no --server, no usable kubeconfig and not in a cluster")?,
-        )?,
-    };
-    let host_namespace = args.host_namespace.as_deref().unwrap_or(&args.namespace);
+    let cluster = ClientOptions {
+        kubeconfig: args.kubeconfig,
+        context: args.context,
+        server: args.server,
+    }
+    .load()
+    .await?;
+    let namespace = cluster.namespace(args.namespace.as_deref(), &Environment::from_process());
+    let client = KubeLeaseLock::client(cluster.config)?;
+    let host_namespace = args.host_namespace.as_deref().unwrap_or(&namespace);
     let claim_namespace = if args.all_claim_namespaces {
         None
     } else {
-        Some(args.claim_namespace.as_deref().unwrap_or(&args.namespace))
+        Some(args.claim_namespace.as_deref().unwrap_or(&namespace))
     };
     let pool: Pool = Pool::with_namespaces(
         client.clone(),
@@ -157,7 +184,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client,
         &settings,
         &args.identity,
-        &args.namespace,
+        &namespace,
         Registry::default(),
         args.admin,
     )?;

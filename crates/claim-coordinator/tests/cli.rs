@@ -20,3 +20,27 @@ fn a_bad_duration_is_refused_naming_the_setting() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("retryPeriod") && err.contains("soon"), "{err}");
 }
+
+/// `crds --dir -` prints both CustomResourceDefinitions as one YAML stream (for `kubectl apply -f -`),
+/// the same documents as the files it writes.
+#[test]
+fn crds_print_to_stdout_as_one_yaml_stream() {
+    let output = std::process::Command::new(BIN)
+        .args(["crds", "--dir", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stream = String::from_utf8(output.stdout).unwrap();
+    let docs: Vec<&str> = stream.split("---\n").collect();
+    let files = claim_coordinator::resources::crd_files().unwrap();
+    assert_eq!(docs.len(), files.len(), "{stream}");
+    for (doc, (file, yaml)) in docs.iter().zip(&files) {
+        assert_eq!(*doc, yaml, "{file}");
+        let crd: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        assert_eq!(crd["kind"], "CustomResourceDefinition", "{file}");
+    }
+}

@@ -409,4 +409,8 @@ pub struct RequestRecord {
     pub code: Option<u16>,
     /// Time from arrival to answer (or to the start of a watch stream), in milliseconds.
     pub latency_ms: f64,
+    /// The request's `Authorization` header as sent (e.g. `Bearer TOKEN`), so that tests can check which
+    /// credentials a client used; the fake authenticates nobody. Absent from older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
 }

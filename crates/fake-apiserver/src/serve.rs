@@ -115,6 +115,11 @@ async fn handle(
             name: info.name.clone(),
             code: None,
             latency_ms: 0.0,
+            authorization: req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         }),
     };
     let faults = Some(listener.faults())

@@ -222,11 +222,14 @@ async fn ask_to_yield(
         .context("the Lease has no resourceVersion")?;
     let params = WatchParams::default().fields("metadata.name=demo");
     let mut events = leases.watch(&params, &version).await?.boxed();
-    let mut yielding = tokio::process::Command::new(cluster.leader_elect())
+    let mut yielding = cluster
+        .leader_elect()
         .args(["yield", "--lease-name", "demo", "--namespace", "default"])
         .args(["--to", identity, "--server", &cluster.server.url()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        // Its progress lines ("waiting up to 15 s ..."); the handover is timed from the watch.
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("starting leader-elect yield")?;

@@ -2,7 +2,7 @@
 //! candidate, real `leader-elect run` processes on it, and what they report, read from their JSON logs.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -137,9 +137,13 @@ impl Cluster {
         Ok(renew + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0))))
     }
 
-    /// The `leader-elect` binary the candidates run.
-    pub(crate) fn leader_elect(&self) -> &Path {
-        &self.exe
+    /// A `leader-elect` command (the binary the candidates run) that talks to this cluster's fake API
+    /// server only: with an empty kubeconfig, so that `--server` never carries the user's own credentials
+    /// (nor runs their exec plugins) to it, whatever `$KUBECONFIG` or `~/.kube/config` holds.
+    pub(crate) fn leader_elect(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.exe);
+        command.env("KUBECONFIG", "/dev/null");
+        command
     }
 
     /// Starts (or restarts) candidate `i`: a `leader-elect run` process on its own listener.
@@ -159,7 +163,8 @@ impl Cluster {
         command: &[OsString],
     ) -> anyhow::Result<()> {
         let t = &self.timings;
-        let mut child = tokio::process::Command::new(&self.exe)
+        let mut child = self
+            .leader_elect()
             .args([
                 "--log-format",
                 "json",

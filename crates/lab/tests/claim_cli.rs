@@ -233,6 +233,8 @@ async fn claim_one(cluster: &Cluster) -> claim_coordinator::HostClaim {
 /// `bin run` as `pod-a` in [`NAMESPACE`] on `cluster`'s server with `flags`, its logs piped.
 fn spawn_run(bin: &std::path::Path, cluster: &Cluster, flags: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(bin)
+        // Never the kubeconfig of the machine running the tests (its credentials would go with --server).
+        .env("KUBECONFIG", "/dev/null")
         .args([
             "run",
             "--server",

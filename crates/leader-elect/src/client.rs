@@ -2,50 +2,81 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::Context;
-use leaderelection::{ClientError, Config, Denied, KubeLeaseLock, LeaseLock, LockError};
+use leaderelection::{Config, Denied, KubeLeaseLock, LeaseLock, LockError};
+use leaderelection_controller::kubeconfig::{ClientOptions, Cluster, ClusterError};
 use leaderelection_controller::settings::Environment;
 use tokio_util::sync::CancellationToken;
 
 use crate::failure::Failure;
 
-/// Where the API server is: `--server URL`, else the kubeconfig or the in-cluster service account.
+/// Where the API server is and with which credentials, by kubectl's rules: `--kubeconfig`, `--context`,
+/// `--server` (over the kubeconfig's cluster URL only), else the in-cluster service account.
 #[derive(Clone, Debug, clap::Args)]
 pub(crate) struct ServerArgs {
-    /// API server URL (e.g. http://127.0.0.1:6443, as `fake-apiserver` prints). Default: the
-    /// kubeconfig ($KUBECONFIG, ~/.kube/config), then the in-cluster service account.
+    /// API server URL (e.g. http://127.0.0.1:6443, as `fake-apiserver` prints). Replaces only the
+    /// kubeconfig context's cluster URL: its credentials and CA are kept, as kubectl does; without a
+    /// kubeconfig, no credentials. Default: the kubeconfig's, then the in-cluster service account.
     #[arg(long, env = "LEADER_ELECT_SERVER")]
-    pub(crate) server: Option<String>,
+    server: Option<String>,
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config; none: the in-cluster service
+    /// account).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current-context). Its namespace is the default
+    /// namespace, as with kubectl.
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
 }
+
+/// A client and where it goes.
+pub(crate) struct Connection {
+    /// Fit for the elector ([`KubeLeaseLock::client`]).
+    pub(crate) client: kube::Client,
+    cluster: Cluster,
+}
+
+// === impl ServerArgs ===
 
 impl ServerArgs {
-    /// A client made fit for the elector ([`KubeLeaseLock::client`]).
-    pub(crate) async fn client(&self) -> Result<kube::Client, Failure> {
-        let client = match &self.server {
-            Some(url) => KubeLeaseLock::client_for_url(url).map_err(|e| match e {
-                ClientError::InvalidUrl { .. } => {
-                    Failure::Usage(anyhow::anyhow!("invalid --server: {e}"))
-                }
-                e => Failure::from(anyhow::Error::from(e)),
-            })?,
-            None => KubeLeaseLock::client(
-                kube::Config::infer()
-                    .await
-                    .context("no --server, no usable kubeconfig and not in a cluster")?,
-            )
-            .context("building the Kubernetes client")?,
+    /// Loads the kubeconfig (or the in-cluster configuration) and builds a client fit for the elector
+    /// ([`KubeLeaseLock::client`]).
+    ///
+    /// # Errors
+    ///
+    /// A usage failure for a kubeconfig, context or `--server` that cannot be used; a runtime failure
+    /// when nothing is configured at all or kube cannot build the client.
+    pub(crate) async fn connect(&self) -> Result<Connection, Failure> {
+        let options = ClientOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            server: self.server.clone(),
         };
-        Ok(client)
+        let cluster = options.load().await.map_err(|err| match err {
+            ClusterError::NotConfigured(_) => Failure::Runtime(err.into()),
+            err => Failure::Usage(err.into()),
+        })?;
+        let client = KubeLeaseLock::client(cluster.config.clone())
+            .context("building the Kubernetes client")?;
+        Ok(Connection { client, cluster })
     }
 }
 
-/// The namespace: the flag, then POD_NAMESPACE, the service-account namespace, then "default" (said so).
-pub(crate) fn namespace(flag: Option<&str>, env: &Environment) -> String {
-    if let Some(ns) = flag.or_else(|| env.namespace()) {
-        return ns.to_owned();
+// === impl Connection ===
+
+impl Connection {
+    /// The namespace: `given` (a flag or the file), else the client configuration's
+    /// ([`Cluster::namespace`]: one WARN when it is a guess).
+    pub(crate) fn namespace(&self, given: Option<&str>, env: &Environment) -> String {
+        self.cluster.namespace(given, env)
     }
-    tracing::warn!("no --namespace, POD_NAMESPACE or service-account namespace: using \"default\"");
-    "default".to_owned()
+
+    /// Where requests go, for messages.
+    pub(crate) fn describe(&self) -> String {
+        self.cluster.describe()
+    }
 }
 
 /// The identity when nothing names one: the hostname plus a random suffix (unique per process), made a
@@ -108,9 +139,9 @@ fn identity_for_host(host: &str, suffix: &str) -> String {
 ///
 /// A runtime failure when the API server cannot be reached, does not answer within 10 s, refuses the
 /// read (401, 403 naming the verb and the resource) or answers with any other error.
-pub(crate) async fn preflight(lock: &KubeLeaseLock, server: &ServerArgs) -> Result<(), Failure> {
+pub(crate) async fn preflight(lock: &KubeLeaseLock, where_: &str) -> Result<(), Failure> {
     let timeout = Duration::from_secs(10);
-    match read_lease(lock, server, timeout).await {
+    match read_lease(lock, where_, timeout).await {
         Read::Answered => Ok(()),
         Read::Refused(failure) => Err(failure),
         Read::Transient(reason) => Err(Failure::Runtime(anyhow::anyhow!(reason))),
@@ -135,11 +166,10 @@ pub(crate) async fn preflight(lock: &KubeLeaseLock, server: &ServerArgs) -> Resu
 /// Cancel safe: it only reads.
 pub(crate) async fn await_api_server(
     lock: &KubeLeaseLock,
-    server: &ServerArgs,
+    where_: &str,
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<(), Failure> {
-    let where_ = server.server.as_deref().unwrap_or("the configured cluster");
     let lease = lock.describe();
     let max_delay = config.retry_period;
     let mut delay = INITIAL_DELAY.min(max_delay);
@@ -148,7 +178,7 @@ pub(crate) async fn await_api_server(
     loop {
         let read = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            read = read_lease(lock, server, config.effective_request_timeout()) => read,
+            read = read_lease(lock, where_, config.effective_request_timeout()) => read,
         };
         let reason = match read {
             Read::Answered => {
@@ -196,8 +226,7 @@ enum Read {
 }
 
 /// One GET of the Lease, bounded by `timeout`.
-async fn read_lease(lock: &KubeLeaseLock, server: &ServerArgs, timeout: Duration) -> Read {
-    let where_ = server.server.as_deref().unwrap_or("the configured cluster");
+async fn read_lease(lock: &KubeLeaseLock, where_: &str, timeout: Duration) -> Read {
     let lease = lock.describe();
     let refused = |text: String| Read::Refused(Failure::Runtime(anyhow::anyhow!(text)));
     match tokio::time::timeout(timeout, lock.get()).await {

@@ -12,7 +12,7 @@ use leaderelection_controller::settings::Environment;
 use serde_json::json;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::client::{ServerArgs, namespace, preflight};
+use crate::client::{ServerArgs, preflight};
 use crate::failure::Failure;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -29,7 +29,8 @@ pub(crate) struct StatusArgs {
     /// The Lease's name.
     #[arg(long)]
     lease_name: String,
-    /// The Lease's namespace (default: POD_NAMESPACE, the service-account namespace, "default").
+    /// The Lease's namespace (default: POD_NAMESPACE, the kubeconfig context's, the service-account
+    /// namespace, "default").
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     /// Output format.
@@ -76,7 +77,8 @@ pub(crate) struct ReleaseArgs {
     /// The Lease's name.
     #[arg(long)]
     lease_name: String,
-    /// The Lease's namespace (default: POD_NAMESPACE, the service-account namespace, "default").
+    /// The Lease's namespace (default: POD_NAMESPACE, the kubeconfig context's, the service-account
+    /// namespace, "default").
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     /// The identity that holds the Lease; the release is refused if another holds it.
@@ -100,7 +102,7 @@ pub(crate) async fn open(
 }
 
 /// As [`open`], also giving the client and the namespace.
-async fn open_in(
+pub(crate) async fn open_in(
     lease_name: &str,
     ns: Option<&str>,
     server: &ServerArgs,
@@ -111,15 +113,15 @@ async fn open_in(
     {
         return Err(Failure::Usage(rule.into()));
     }
-    let ns = namespace(ns, &Environment::from_process());
-    let client = server.client().await?;
-    let lock = KubeLeaseLock::new(client.clone(), &ns, lease_name);
-    preflight(&lock, server).await?;
-    Ok((lock, client, ns))
+    let connection = server.connect().await?;
+    let ns = connection.namespace(ns, &Environment::from_process());
+    let lock = KubeLeaseLock::new(connection.client.clone(), &ns, lease_name);
+    preflight(&lock, &connection.describe()).await?;
+    Ok((lock, connection.client, ns))
 }
 
 /// The LeaseCandidates of a Lease (coordinated leader election), as far as the API server says.
-enum Candidates {
+pub(crate) enum Candidates {
     /// Those whose `spec.leaseName` is the Lease's, by name.
     Listed(Vec<LeaseCandidate>),
     /// `coordination.k8s.io/v1beta1` `leasecandidates` is not served (404).
@@ -128,7 +130,7 @@ enum Candidates {
     Failed(String),
 }
 
-async fn candidates(client: &kube::Client, ns: &str, lease_name: &str) -> Candidates {
+pub(crate) async fn candidates(client: &kube::Client, ns: &str, lease_name: &str) -> Candidates {
     let api: kube::Api<LeaseCandidate> = kube::Api::namespaced(client.clone(), ns);
     match timeout(REQUEST_TIMEOUT, api.list(&kube::api::ListParams::default())).await {
         Ok(Ok(list)) => Candidates::Listed(
@@ -353,12 +355,7 @@ async fn release_lease(lock: &dyn LeaseLock, identity: &str, force: bool) -> Res
         );
         read
     } else {
-        // At least 1 s: a Lease written without a duration (kubectl) still gets one look.
-        let window = Duration::from_secs(
-            u64::try_from(read.record.lease_duration_seconds)
-                .unwrap_or(0)
-                .max(1),
-        );
+        let window = lease_duration(&read.record);
         eprintln!(
             "watching lease {lease} for up to {} s (its leaseDurationSeconds) to see whether \"{holder}\" \
              still renews (--force skips this)...",
@@ -558,6 +555,16 @@ fn report(lease: &str, holder: &str, change: Change, after: Duration) -> Result<
             "lease {lease} was deleted meanwhile: nothing to release"
         ))),
     }
+}
+
+/// The record's leaseDurationSeconds, at least 1 s: a Lease written without a duration (kubectl) still
+/// gets one look.
+pub(crate) fn lease_duration(record: &LeaderElectionRecord) -> Duration {
+    Duration::from_secs(
+        u64::try_from(record.lease_duration_seconds)
+            .unwrap_or(0)
+            .max(1),
+    )
 }
 
 /// Reads the Lease, bounded by [`REQUEST_TIMEOUT`].
@@ -862,8 +869,9 @@ mod tests {
             }
         }
 
-        /// `yield` over any Lease ends without a panic: nothing written when "pod-b" already holds it,
-        /// otherwise preferredHolder "pod-b" with a strategy.
+        /// `yield` over any Lease ends without a panic: nothing written when "pod-b" already holds it or
+        /// when the Lease has a strategy (coordinated election), otherwise preferredHolder "pod-b" with a
+        /// strategy.
         #[test]
         fn yield_handles_any_lease(record in arbitrary_record()) {
             let store = MemoryLeaseStore::new();
@@ -872,6 +880,9 @@ mod tests {
             let after = store.lease().unwrap().record;
             if record.holder_identity == "pod-b" {
                 prop_assert_eq!(asked.ok(), Some(crate::preferred::Asked::AlreadyHeld));
+                prop_assert_eq!(after, record);
+            } else if let Some(strategy) = record.strategy.clone() {
+                prop_assert_eq!(asked.ok(), Some(crate::preferred::Asked::Coordinated { strategy }));
                 prop_assert_eq!(after, record);
             } else {
                 let set = matches!(asked, Ok(crate::preferred::Asked::Set { .. }));

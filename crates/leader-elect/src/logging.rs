@@ -1,7 +1,7 @@
 //! Logs on stderr through a lossy, non-blocking writer: a stderr nobody reads (a full pipe) or nobody can
 //! read (a closed pipe) costs log lines, never the elector's deadlines or the process.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
@@ -43,6 +43,12 @@ impl Logging {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colour only for a person at a terminal: redirected logs (a file, a pipe, kubectl logs)
+            // stay plain text. NO_COLOR (no-color.org) turns it off there too.
+            .with_ansi(
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .with_writer(writer.clone())
             .log_internal_errors(false);
         match format {
@@ -58,8 +64,12 @@ impl Logging {
     /// Writes the final `leader-elect: error: ...` line behind the queued log lines, with the same
     /// guarantees: it never blocks and never panics.
     pub(crate) fn error_line(&self, err: &anyhow::Error) {
-        // One write, one queued line: never half a line.
-        let line = format!("leader-elect: error: {err:#}\n");
+        // One write, one queued line: never half a line. Each cause once: some errors repeat their
+        // source in their own message.
+        let line = format!(
+            "leader-elect: error: {}\n",
+            crate::client::error_chain(err.as_ref())
+        );
         let _ = self.writer.clone().write_all(line.as_bytes());
     }
 }

@@ -43,7 +43,8 @@ enum Command {
     Status(lease::StatusArgs),
     /// Step down a Lease this identity holds.
     Release(lease::ReleaseArgs),
-    /// Ask the Lease's holder to hand it to another candidate (sets spec.preferredHolder).
+    /// Hand the Lease to another candidate (spec.preferredHolder); exit 1 if it has not taken over within
+    /// one lease duration, or under coordinated election.
     #[command(name = "yield")]
     Yield(preferred::YieldArgs),
     /// Print the admission policy that makes the API server refuse writes of a stale term (YAML).

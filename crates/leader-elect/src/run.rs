@@ -11,14 +11,14 @@ use clap::ValueEnum;
 use leaderelection::{CandidateConfig, KubeLeaseLock};
 use leaderelection_controller::runtime::Builder;
 use leaderelection_controller::settings::{
-    ElectionMode, Environment, Overrides, Settings, SettingsError,
+    DEFAULT_NAMESPACE, ElectionMode, Environment, Overrides, Settings, SettingsError,
 };
 use leaderelection_controller::signals::Signals;
 use leaderelection_controller::{Policy, Runtime, RuntimeError, SupervisorError};
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{ChildSpec, Groups, Guardian, Reaper, run_for_term, stop_children_on_sigtstp};
-use crate::client::{ServerArgs, await_api_server, generated_identity};
+use crate::client::{Connection, ServerArgs, await_api_server, generated_identity};
 use crate::failure::Failure;
 use crate::proxy::FenceProxy;
 
@@ -42,7 +42,8 @@ pub(crate) struct RunArgs {
     /// The Lease's name (or controller.leader_election.lease_name in --config).
     #[arg(long)]
     lease_name: Option<String>,
-    /// The Lease's namespace. Default: POD_NAMESPACE, the service-account namespace, then "default".
+    /// The Lease's namespace (or controller.leader_election.lease_namespace in --config). Default:
+    /// POD_NAMESPACE, the kubeconfig context's, the service-account namespace, then "default".
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     /// This candidate's identity. Default: POD_NAME, then the hostname plus a random suffix.
@@ -149,12 +150,30 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         .annotations
         .extend(args.lease_annotations.iter().cloned());
     let candidate = candidate_config(&settings, &args).map_err(|e| Failure::Usage(e.into()))?;
+    let enabled = settings.leader_election().enabled();
+    // The namespace named by the flag or the file; else, when elected, the client configuration's
+    // (kubectl's rules), known only once it is loaded: "default" stands in until then, so that every
+    // usage error is found before the kubeconfig is read.
+    let given_namespace = args.namespace.clone().or_else(|| {
+        settings
+            .leader_election()
+            .lease_namespace()
+            .map(str::to_owned)
+    });
     let overrides = Overrides {
         // Last in the identity precedence (flag, file, POD_NAME): a generated, unique one.
         fallback_identity: Some(generated_identity()),
         identity: args.identity.clone(),
         lease_name: args.lease_name.clone(),
-        lease_namespace: args.namespace.clone(),
+        lease_namespace: if enabled {
+            Some(
+                given_namespace
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            )
+        } else {
+            args.namespace.clone()
+        },
         lease_duration: args.lease_duration,
         renew_deadline: args.renew_deadline,
         retry_period: args.retry_period,
@@ -163,6 +182,16 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
         .to_election_mode(&env, &overrides)
         .map_err(|e| Failure::Usage(e.into()))?;
     mode.config_mut().watch = !args.no_watch;
+    let mode = match mode {
+        ElectionMode::Elected(mut config) => {
+            let connection = args.server.connect().await?;
+            config.lease_namespace = connection.namespace(given_namespace.as_deref(), &env);
+            config.validate().map_err(|e| Failure::Usage(e.into()))?;
+            Mode::Elected(config, Box::new(connection))
+        }
+        // Standalone makes no API call: it builds no client and needs no kubeconfig.
+        ElectionMode::Standalone(config) => Mode::Standalone(config),
+    };
     let config = mode.config();
     // The elector's stop timeout stays the whole stop window (`None`): its abort of the term's task
     // never comes before the child's SIGKILL, which the grace period and the work deadline bound.
@@ -213,9 +242,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     let proxy_stop = CancellationToken::new();
     let mut proxy_serve = None;
 
+    let elected = matches!(mode, Mode::Elected(..));
     let builder = match mode {
-        ElectionMode::Elected(config) => {
-            let client = args.server.client().await?;
+        Mode::Elected(config, connection) => {
+            let client = connection.client.clone();
             if let Some(spec) = child.as_mut().filter(|_| args.fence) {
                 let (proxy, serve) = FenceProxy::bind(client.clone(), proxy_stop.clone()).await?;
                 spec.proxy = Some(proxy);
@@ -226,7 +256,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             // refusal (401, 403) rather than retry it forever.
             let check_lock = KubeLeaseLock::new(client.clone(), &namespace, &name);
             let (server, check_config, stop) =
-                (args.server.clone(), config.clone(), shutdown.clone());
+                (connection.describe(), config.clone(), shutdown.clone());
             let lock = KubeLeaseLock::new(client.clone(), &namespace, &name)
                 .with_metadata(metadata)
                 .map_err(|e| Failure::Usage(e.into()))?;
@@ -244,12 +274,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
             })
         }
         // Standalone makes no API call: it builds no client and needs no kubeconfig.
-        ElectionMode::Standalone(_) if args.fence => {
+        Mode::Standalone(_) if args.fence => {
             return Err(Failure::Usage(anyhow::anyhow!(
                 "--fence needs an election: the disabled mode has no term to fence and no API client"
             )));
         }
-        ElectionMode::Standalone(config) => Runtime::standalone(config),
+        Mode::Standalone(config) => Runtime::standalone(config),
     };
     let runtime = build(builder, policy, args.admin_listen, child)?;
     // Every task is awaited here: the runtime's, the reaper and the SIGTSTP handler, with the signal
@@ -283,10 +313,30 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), Failure> {
     };
     match result {
         Ok(()) => Ok(()),
+        // Standalone holds no Lease: there is nothing to release.
+        Err(RuntimeError::Supervisor(SupervisorError::Failed(failure))) if elected => {
+            Err(Failure::Runtime(anyhow::anyhow!(
+                "{failure}; stepped down and released the lease"
+            )))
+        }
         Err(RuntimeError::Supervisor(SupervisorError::Failed(failure))) => Err(Failure::Runtime(
-            anyhow::anyhow!("{failure}; stepped down and released the lease"),
+            anyhow::anyhow!("{failure}; election disabled: no lease to release"),
         )),
         Err(err) => Err(Failure::Runtime(err.into())),
+    }
+}
+
+/// The election mode, with the connection an election uses.
+enum Mode {
+    Elected(leaderelection::Config, Box<Connection>),
+    Standalone(leaderelection::Config),
+}
+
+impl Mode {
+    fn config(&self) -> &leaderelection::Config {
+        match self {
+            Self::Elected(config, _) | Self::Standalone(config) => config,
+        }
     }
 }
 

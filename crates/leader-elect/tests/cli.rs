@@ -330,6 +330,40 @@ impl Candidate {
     }
 }
 
+/// Starts `identity` on Lease `default/name` through the library, and waits until it sees `leader` lead.
+async fn follower(
+    url: &str,
+    name: &str,
+    identity: &str,
+    config: leaderelection::Config,
+    leader: &str,
+) -> (
+    watch::Receiver<LeaderState>,
+    tokio::task::JoinHandle<Result<(), leaderelection::Error>>,
+) {
+    let elector = Elector::new(
+        leaderelection::Config {
+            identity: identity.into(),
+            lease_name: name.into(),
+            lease_namespace: "default".into(),
+            ..config
+        },
+        KubeLeaseLock::new(client(url), "default", name),
+        Callbacks::new(),
+    )
+    .unwrap();
+    let mut state = elector.handle().subscribe();
+    let task = tokio::spawn(elector.run(CancellationToken::new()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| s.leader.as_deref() == Some(leader)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (state, task)
+}
+
 #[tokio::test]
 async fn status_and_release_of_a_held_lease() {
     let server = FakeApiServer::start().await.unwrap();
@@ -776,49 +810,7 @@ async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() 
         .with_renew_deadline(Duration::from_secs(1))
         .with_retry_period(Duration::from_millis(250));
     let a = Candidate::leading(&url, "y", "pod-a", fast.clone()).await;
-    let b_config = leaderelection::Config {
-        identity: "pod-b".into(),
-        lease_name: "y".into(),
-        lease_namespace: "default".into(),
-        ..fast
-    };
-    let b = Elector::new(
-        b_config,
-        KubeLeaseLock::new(client(&url), "default", "y"),
-        Callbacks::new(),
-    )
-    .unwrap();
-    let mut b_state = b.handle().subscribe();
-    let b_task = tokio::spawn(b.run(CancellationToken::new()));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        b_state.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-
-    // A LeaseCandidate of this Lease and one of another, for status.
-    let candidates: kube::Api<LeaseCandidate> = kube::Api::namespaced(client(&url), "default");
-    for (name, lease) in [("pod-b", "y"), ("other", "z")] {
-        let candidate = LeaseCandidate {
-            metadata: kube::core::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(LeaseCandidateSpec {
-                lease_name: lease.into(),
-                binary_version: "1.34.0".into(),
-                emulation_version: Some("1.33.0".into()),
-                strategy: "OldestEmulationVersion".into(),
-                ..Default::default()
-            }),
-        };
-        candidates
-            .create(&Default::default(), &candidate)
-            .await
-            .unwrap();
-    }
+    let (mut b_state, b_task) = follower(&url, "y", "pod-b", fast, "pod-a").await;
 
     let out = leader_elect(&[
         "yield",
@@ -831,9 +823,16 @@ async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() 
     ])
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "asked \"pod-a\" to hand lease default/y to \"pod-b\" (preferredHolder set)"
+    assert!(
+        stderr(&out)
+            .contains("asked \"pod-a\" to hand lease default/y to \"pod-b\" (preferredHolder set)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("\"pod-b\" leads lease default/y (term "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -863,6 +862,28 @@ async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() 
     .await;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("already held by \"pod-b\""));
+
+    // A LeaseCandidate of this Lease and one of another, for status.
+    let candidates: kube::Api<LeaseCandidate> = kube::Api::namespaced(client(&url), "default");
+    for (name, lease) in [("pod-b", "y"), ("other", "z")] {
+        let candidate = LeaseCandidate {
+            metadata: kube::core::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseCandidateSpec {
+                lease_name: lease.into(),
+                binary_version: "1.34.0".into(),
+                emulation_version: Some("1.33.0".into()),
+                strategy: "OldestEmulationVersion".into(),
+                ..Default::default()
+            }),
+        };
+        candidates
+            .create(&Default::default(), &candidate)
+            .await
+            .unwrap();
+    }
 
     // Status of a Lease asked to yield (written here as `yield` writes it, on a Lease nobody renews).
     let lock = KubeLeaseLock::new(client(&url), "default", "s");
@@ -894,6 +915,41 @@ async fn yield_hands_the_lease_to_the_preferred_candidate_and_status_shows_it() 
         .collect();
     assert_eq!(names, ["pod-b"], "{json}");
     assert_eq!(json["candidates"][0]["emulation_version"], "1.33.0");
+    // Under coordinated election (LeaseCandidates name the Lease, or it has a strategy of its own) yield
+    // refuses up front and writes nothing.
+    for (lease, because) in [
+        ("y", "LeaseCandidates pod-b"),
+        ("s", "spec.strategy OldestEmulationVersion"),
+    ] {
+        let before = self::lease(&url, lease).await;
+        let out = leader_elect(&[
+            "yield",
+            "--lease-name",
+            lease,
+            "--to",
+            "pod-c",
+            "--server",
+            &url,
+        ])
+        .await;
+        let (code, line) = failure(&out);
+        assert_eq!(code, 1, "{line}");
+        assert!(
+            line.contains(&format!("coordinated leader election ({because})")),
+            "{line}"
+        );
+        assert!(
+            line.contains("election controller chooses the holder"),
+            "{line}"
+        );
+        // (Lease y's holder renews it meanwhile: its preferredHolder and strategy tell what yield wrote.)
+        let after = self::lease(&url, lease).await;
+        assert_eq!(
+            (after.preferred_holder, after.strategy),
+            (before.preferred_holder, before.strategy),
+            "nothing written"
+        );
+    }
     let out = leader_elect(&["status", "--lease-name", "s", "--server", &url]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Strategy:  OldestEmulationVersion"), "{text}");
@@ -1267,5 +1323,109 @@ async fn status_of_a_lease_expiring_past_year_9999_exits_0() {
     let json = status_json(&url, "far").await;
     assert_eq!(json["expired"], false);
     assert_eq!(json["lease_duration_seconds"], i32::MAX);
+    server.shutdown().await;
+}
+
+/// With election disabled there is no Lease: a child that fails ends the process without a word about
+/// releasing one.
+#[tokio::test]
+async fn disabled_mode_does_not_say_it_released_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("off.yaml");
+    std::fs::write(
+        &config,
+        "controller:\n  leader_election:\n    enabled: false\n",
+    )
+    .unwrap();
+    let out = leader_elect_within(
+        &["run", "--config", config.to_str().unwrap(), "--", "false"],
+        STARTUP,
+    )
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 1, "{line}");
+    assert!(line.contains("the child exited on its own"), "{line}");
+    assert!(!line.contains("released the lease"), "{line}");
+    assert!(line.contains("no lease to release"), "{line}");
+}
+
+/// An unknown key in --config is reported once, with its path, its value and the keys there are.
+#[tokio::test]
+async fn an_unknown_config_key_is_named_once_with_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("typo.yaml");
+    std::fs::write(
+        &config,
+        "controller:\n  leader_election:\n    lease_name: x\n    lease_nmae: my-lease\n",
+    )
+    .unwrap();
+    let out = leader_elect(&["run", "--config", config.to_str().unwrap()]).await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 2, "{line}");
+    assert_eq!(line.matches("lease_nmae").count(), 1, "{line}");
+    assert!(
+        line.contains(
+            "controller.leader_election.lease_nmae \"my-lease\": unknown key (line 4, column 5)"
+        ),
+        "{line}"
+    );
+}
+
+/// `yield --to` a candidate nobody runs: after one lease duration yield exits 1 naming who leads, and the
+/// leader that released the Lease for the missing candidate leads again (a new term, its work interrupted
+/// for about the released record's 1 s): the other candidate, which waits one lease duration for it, never
+/// takes it.
+#[tokio::test]
+async fn yield_to_nobody_exits_1_and_the_leader_leads_again() {
+    let server = FakeApiServer::start().await.unwrap();
+    let url = server.url();
+    // A lease duration of 4 s: the follower waits that long for the yielding leader to take the Lease
+    // back, which it does after 1 s; 3 s of margin for a loaded machine.
+    let config = leaderelection::Config::default()
+        .with_lease_duration(Duration::from_secs(4))
+        .with_renew_deadline(Duration::from_secs(2))
+        .with_retry_period(Duration::from_millis(500));
+    let a = Candidate::leading(&url, "n", "pod-a", config.clone()).await;
+    let term = lease(&url, "n").await.lease_transitions;
+    let (c_state, c_task) = follower(&url, "n", "pod-c", config, "pod-a").await;
+
+    let out = leader_elect_within(
+        &[
+            "yield",
+            "--lease-name",
+            "n",
+            "--to",
+            "nobody",
+            "--server",
+            &url,
+        ],
+        STARTUP,
+    )
+    .await;
+    let (code, line) = failure(&out);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains(
+            "\"nobody\" did not take over lease default/n within 4 s (one lease duration)"
+        ),
+        "{line}"
+    );
+    // pod-a leads again: said by yield, or (on a loaded machine) soon after.
+    let mut a_state = a.state.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        a_state.wait_for(LeaderState::is_leader),
+    )
+    .await
+    .expect("pod-a leads again")
+    .unwrap();
+    let record = lease(&url, "n").await;
+    assert_eq!(record.holder_identity, "pod-a");
+    // One term later: pod-c held no term in between.
+    assert_eq!(record.lease_transitions, term + 1, "{record:?}");
+    assert_eq!((record.preferred_holder, record.strategy), (None, None));
+    assert!(!c_state.borrow().is_leader());
+    c_task.abort();
+    a.crash().await;
     server.shutdown().await;
 }

@@ -92,7 +92,7 @@ fn candidate(
     dir: &Path,
     script: &str,
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(BIN);
+    let mut command = hermetic(BIN);
     command
         .args(run_args(url, identity, t))
         .args(["--", "sh", "-c", script])
@@ -203,9 +203,17 @@ async fn exit_code(child: &mut tokio::process::Child, within: Duration) -> Optio
     status.code()
 }
 
+/// `leader-elect` (the binary at `exe`) with an empty kubeconfig: never the kubeconfig of the machine
+/// running the tests, whose context namespace and credentials would apply to `--server`.
+fn hermetic(exe: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(exe);
+    command.env("KUBECONFIG", "/dev/null");
+    command
+}
+
 /// The Lease as `leader-elect status -o json` prints it.
 async fn status(url: &str) -> serde_json::Value {
-    let out = tokio::process::Command::new(BIN)
+    let out = hermetic(BIN)
         .args([
             "status",
             "--lease-name",
@@ -874,7 +882,7 @@ async fn a_binary_replaced_on_disk_still_starts_the_next_term() {
     let d = dir.path();
     let exe = d.join("leader-elect");
     std::fs::copy(BIN, &exe).unwrap();
-    let mut le = tokio::process::Command::new(&exe)
+    let mut le = hermetic(&exe)
         .args(run_args(&server.url(), "c0", &FAST))
         .args(["--", "sh", "-c", PID_SCRIPT])
         .env("DIR", d)
@@ -995,7 +1003,7 @@ async fn no_overlap_when_the_lease_is_taken_from_a_live_leader(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_release_of_a_live_leader_kills_its_child_before_the_next_term_starts() {
     no_overlap_when_the_lease_is_taken_from_a_live_leader(async |server| {
-        let status = tokio::process::Command::new(BIN)
+        let status = hermetic(BIN)
             .args([
                 "release",
                 "--force",
@@ -1277,7 +1285,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
 /// debug level (its own lines) into `$DIR/log`, running PID_SCRIPT while it leads.
 fn logged_candidate(url: &str, dir: &Path, extra: &[&str]) -> tokio::process::Child {
     let log = std::fs::File::create(dir.join("log")).unwrap();
-    tokio::process::Command::new(BIN)
+    hermetic(BIN)
         .args(run_args(url, "c0", &FAST))
         .args(["--log-format", "json"])
         .args(extra)
@@ -1562,7 +1570,7 @@ async fn lease_event_notes(url: &str) -> Vec<String> {
 async fn run_with_events_records_became_leader_and_stopped_leading_on_the_lease() {
     let server = FakeApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = tokio::process::Command::new(BIN)
+    let mut proc = hermetic(BIN)
         .args(run_args(&server.url(), "c0", &SLOW))
         .args(["--events", "--", "sh", "-c", PID_SCRIPT])
         .env("DIR", dir.path())
@@ -1593,7 +1601,7 @@ async fn run_gives_the_lease_it_creates_the_labels_and_annotations_of_its_flags(
     use k8s_openapi::api::coordination::v1::Lease;
     let server = FakeApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = tokio::process::Command::new(BIN)
+    let mut proc = hermetic(BIN)
         .args(run_args(&server.url(), "c0", &SLOW))
         .args([
             "--lease-label",

@@ -11,6 +11,8 @@
 //!   [`runtime::Builder::events`], fed from the bus;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/vars`;
 //! - [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`);
+//! - [`kubeconfig`]: the client configuration and default namespace by kubectl's rules (`--kubeconfig`,
+//!   `--context`, `--server`, the context's namespace, in-cluster);
 //! - [`signals`]: the first SIGTERM or SIGINT shuts down, the second skips the grace.
 //!
 //! # Examples
@@ -47,7 +49,7 @@
 //! | --- | --- | --- | --- |
 //! | `runtime` | yes | [`Runtime`] and [`runtime::Builder`], the composition root, and the [`recorder`] of Kubernetes Events on the Lease it runs ([`runtime::Builder::events`]) | the feature `admin`, whose server it runs; kube's `runtime` feature (kube-runtime's event recorder) |
 //! | `admin` | via `runtime` | the [`admin`] server (`/healthz`, `/readyz`, `/metrics`, `/debug/vars`) and [`Admin`] | `axum` (HTTP/1 only), `serde_json` |
-//! | `settings` | yes | [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`) | `serde`, `serde-saphyr` (kube's YAML library) |
+//! | `settings` | yes | [`settings`]: the YAML configuration and the environment (`POD_NAME`, `POD_NAMESPACE`); [`kubeconfig`]: the client configuration by kubectl's rules | `serde`, `serde-saphyr` (kube's YAML library), `http` |
 //! | `rustls-tls`, `ring` | yes | nothing of its own: the kube client's TLS stack, passed through to `leaderelection`'s features of the same names (kube's defaults) | kube's `rustls-tls` and `ring` |
 //! | `openssl-tls`, `aws-lc-rs` | no | likewise, for an application that turns the defaults off to choose its TLS stack | kube's `openssl-tls`, `aws-lc-rs` |
 //!
@@ -69,6 +71,8 @@ pub mod admin;
 pub mod commentator;
 mod election;
 mod events;
+#[cfg(feature = "settings")]
+pub mod kubeconfig;
 mod metrics;
 #[cfg(feature = "runtime")]
 pub mod recorder;

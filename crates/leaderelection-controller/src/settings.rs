@@ -344,13 +344,16 @@ impl Settings {
     ///
     /// # Errors
     ///
-    /// [`SettingsError::Yaml`] for malformed YAML, an unknown key or a wrong type, naming the key and its
-    /// location; [`SettingsError::Invalid`] for a duration that does not parse, naming the key and the value.
+    /// [`SettingsError::Yaml`] for malformed YAML or a wrong type, naming the key and its location;
+    /// [`SettingsError::Invalid`] for an unknown key (naming its path, its value, its line and the keys
+    /// there are) or a duration that does not parse (naming the key and the value).
     pub fn from_yaml_str(yaml: &str) -> Result<Self> {
         let settings = from_yaml_str::<Option<Self>>(yaml)
-            .map_err(|source| SettingsError::Yaml {
-                location: source.location(),
-                source,
+            .map_err(|source| {
+                unknown_key(yaml, &source).unwrap_or_else(|| SettingsError::Yaml {
+                    location: source.location(),
+                    source,
+                })
             })?
             .unwrap_or_default();
         settings.controller.leader_election.durations()?;
@@ -658,6 +661,41 @@ impl Environment {
             .as_deref()
             .or(self.service_account_namespace.as_deref())
     }
+}
+
+/// serde's "unknown field" error (``unknown field `x`, expected one of ...``, at the key's path) as
+/// [`SettingsError::Invalid`] naming the key's whole path, the value written there and the keys there are;
+/// `None` for any other error.
+fn unknown_key(yaml: &str, error: &YamlError) -> Option<SettingsError> {
+    let text = error.source.to_string();
+    let rest = &text[text.find("unknown field `")? + "unknown field `".len()..];
+    let (_, expected) = rest.split_once('`')?;
+    let expected = expected.strip_prefix(", ").unwrap_or(expected);
+    let expected = expected.lines().next().unwrap_or(expected);
+    let expected = expected
+        .rfind(" at line ")
+        .map_or(expected, |at| &expected[..at]);
+    let value = serde_saphyr::from_str::<serde_json::Value>(yaml)
+        .ok()
+        .and_then(|doc| {
+            error
+                .path
+                .split('.')
+                .try_fold(doc, |node, k| node.get(k).cloned())
+        })
+        .map_or_else(String::new, |v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        });
+    let at = error
+        .location()
+        .map(|(line, column)| format!(" (line {line}, column {column})"))
+        .unwrap_or_default();
+    Some(SettingsError::Invalid {
+        key: error.path.clone(),
+        value,
+        rule: format!("unknown key{at}; {}", expected.trim_end()),
+    })
 }
 
 /// The first value given.

@@ -767,6 +767,9 @@ struct Runner<'a> {
     foreign_seen: Option<LeaderElectionRecord>,
     /// When we last said at ERROR that another process writes the Lease under our identity.
     identity_alarm: Option<Instant>,
+    /// The released record of our last release, as stored: released for a preferred holder that does not
+    /// take it, the Lease is ours to take back first.
+    last_release: Option<LeaderElectionRecord>,
 }
 
 // === impl Watching ===
@@ -807,11 +810,19 @@ impl<'a> Runner<'a> {
             own: OwnWrites::default(),
             foreign_seen: None,
             identity_alarm: None,
+            last_release: None,
         }
     }
 
     fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Whether `record` is the released record of our last release.
+    fn released_by_us(&self, record: &LeaderElectionRecord) -> bool {
+        self.last_release
+            .as_ref()
+            .is_some_and(|released| same_write(released, record))
     }
 
     fn identity(&self) -> &str {

@@ -7,6 +7,7 @@ pub(crate) mod kube;
 #[cfg(any(test, feature = "test-util"))]
 mod memory;
 pub mod metadata;
+mod warnings;
 
 pub use self::kube::{ClientError, KubeLeaseLock};
 #[cfg(any(test, feature = "test-util"))]

@@ -983,7 +983,9 @@ impl Run<'_> {
                     return;
                 };
                 self.forced.push(Timestamp::now());
-                let released = tokio::process::Command::new(self.cluster.leader_elect())
+                let released = self
+                    .cluster
+                    .leader_elect()
                     .args(["release", "--lease-name", "demo", "--namespace", "default"])
                     .args(["--identity", &holder, "--force"])
                     .args(["--server", &self.cluster.server.url()])

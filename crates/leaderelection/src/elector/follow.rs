@@ -142,9 +142,16 @@ impl Runner<'_> {
             } => {
                 let record = &lease.record;
                 if !record.is_held() && record.preferred_other_than(self.identity()).is_some() {
-                    // Released for a preferred holder: it takes the Lease first; if it does not within
-                    // the record's duration (it is gone), anyone may.
-                    let deferred_until = *observed_at + lease_duration(record);
+                    // Released for a preferred holder: it takes the Lease first. If it does not within
+                    // the record's duration (it is gone, or was never running), the candidate that
+                    // released it for that one takes it back: a handover to nobody must not hand the
+                    // work to whoever is fastest. The others wait one lease duration (ours), in case
+                    // that candidate is gone too.
+                    let deferred_until = if self.released_by_us(record) {
+                        *observed_at + lease_duration(record)
+                    } else {
+                        *observed_at + lease_duration(record).max(self.config().lease_duration)
+                    };
                     return if now >= deferred_until {
                         Decision::Take(lease.clone())
                     } else {
@@ -172,8 +179,8 @@ impl Runner<'_> {
     }
 
     /// Whether a watching follower writes `decision` now. A free or expired Lease is taken after a
-    /// staggered delay ([`Contention`]), unless it holds our own last write, is assigned to us or prefers
-    /// us (then at once); a version we lost a race on is left alone until the watch shows the winner's
+    /// staggered delay ([`Contention`]), unless it holds our own last write, is assigned to us, prefers us
+    /// or is the record of our own release (then at once); a version we lost a race on is left alone until the watch shows the winner's
     /// write.
     fn hold_back(&mut self, decision: &Decision) -> Hold {
         let (version, record) = match decision {
@@ -184,6 +191,7 @@ impl Runner<'_> {
                 if self.own.wrote(record)
                     || self.assigned_to_us(record)
                     || record.preferred_holder.as_deref() == Some(self.identity())
+                    || self.released_by_us(record)
                 {
                     return Hold::Act;
                 }

@@ -438,6 +438,7 @@ impl Runner<'_> {
             {
                 Ok(lease) => {
                     info!(identity = %self.identity(), lease = %self.lock.describe(), "released the lease");
+                    self.last_release = Some(lease.record.clone());
                     self.observe(lease);
                     return true;
                 }

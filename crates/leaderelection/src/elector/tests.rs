@@ -1392,36 +1392,65 @@ async fn a_leader_yields_to_the_preferred_holder_which_takes_over_at_once() {
     assert!(b.elector.is_leader() && !a.elector.is_leader() && !c.elector.is_leader());
 }
 
-/// A preferred holder that never comes (gone, or never existed) leaves the released Lease without a leader
-/// for at most its leaseDurationSeconds (1 s once released): then the others take it.
+/// A preferred holder that never comes (gone, or never existed): the leader that released the Lease for
+/// it takes it back after the released record's leaseDurationSeconds (1 s), before any other candidate,
+/// which waits one lease duration: a yield to nobody does not hand the work to whoever is fastest.
 #[tokio::test(start_paused = true)]
-async fn a_missing_preferred_holder_delays_the_takeover_by_one_lease_duration_at_most() {
+async fn a_leader_that_yielded_to_a_missing_preferred_holder_leads_again_before_the_others() {
     let store = MemoryLeaseStore::new();
     let a = spawn(&store, "a");
     until_leader(&a).await;
+    let term = store.lease().unwrap().record.lease_transitions;
     let c = spawn(&store, "c");
     until(&c, |s| s.leader.as_deref() == Some("a")).await;
     store.put(preferring("ghost", &store));
     until(&a, |s| s.term.is_none()).await;
     let released = Instant::now();
-    let mut led = None;
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        if a.elector.is_leader() || c.elector.is_leader() {
-            led = Some(Instant::now());
-            break;
-        }
-    }
-    let led = led.expect("someone leads again");
-    assert!(
-        led - released >= Duration::from_secs(1),
-        "{:?}",
-        led - released
+    let led_again = until_leader(&a).await;
+    assert_eq!(led_again - released, Duration::from_secs(1));
+    let record = store.lease().unwrap().record;
+    assert_eq!(
+        (record.holder_identity.as_str(), record.preferred_holder),
+        ("a", None)
     );
+    assert!(record.lease_transitions > term, "a new term");
     assert!(
-        led - released <= Duration::from_millis(1_020),
-        "{:?}",
-        led - released
+        !store
+            .calls_of("c")
+            .iter()
+            .any(|call| call.starts_with("update")),
+        "c left it to a: {:?}",
+        store.calls_of("c")
+    );
+}
+
+/// When the candidate that released the Lease for a missing preferred holder is gone too, another takes
+/// it one lease duration after the release: never longer without a leader than a crashed leader costs.
+#[tokio::test(start_paused = true)]
+async fn when_the_yielding_leader_is_gone_too_another_takes_over_after_one_lease_duration() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn(&store, "a");
+    until_leader(&a).await;
+    let c = spawn(&store, "c");
+    until(&c, |s| s.leader.as_deref() == Some("a")).await;
+    // What a leaves behind when it yields to "ghost" and then dies (SIGKILL: no more writes).
+    a.task.abort();
+    let released = LeaderElectionRecord {
+        preferred_holder: Some("ghost".into()),
+        strategy: Some(crate::OLDEST_EMULATION_VERSION.into()),
+        ..store
+            .lease()
+            .unwrap()
+            .record
+            .released(jiff::Timestamp::now())
+    };
+    let seen = Instant::now();
+    store.put(released);
+    let led = until_leader(&c).await;
+    let waited = led - seen;
+    assert!(
+        waited >= LEASE && waited <= LEASE + RETRY,
+        "one lease duration, give or take the stagger: {waited:?}"
     );
 }
 

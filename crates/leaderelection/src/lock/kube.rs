@@ -99,13 +99,20 @@ impl KubeLeaseLock {
         config
     }
 
-    /// A kube [`Client`] built from `config` made fit for an elector ([`KubeLeaseLock::client_config`]).
+    /// A kube [`Client`] built from `config` made fit for an elector ([`KubeLeaseLock::client_config`]),
+    /// which logs each distinct API warning (a `Warning` response header with code 299, e.g. for a
+    /// deprecated API version) once, at WARN, as client-go's default warning handler does.
     ///
     /// # Errors
     ///
     /// [`ClientError::Build`] when kube cannot build a client from `config` (its TLS or proxy settings).
     pub fn client(config: kube::Config) -> Result<Client, ClientError> {
-        Client::try_from(Self::client_config(config)).map_err(ClientError::Build)
+        Ok(
+            kube::client::ClientBuilder::try_from(Self::client_config(config))
+                .map_err(ClientError::Build)?
+                .with_layer(&super::warnings::WarningLayer::default())
+                .build(),
+        )
     }
 
     /// A kube [`Client`] to the API server at `url` (e.g. `http://127.0.0.1:6443`, as `fake-apiserver`
