@@ -5,17 +5,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use leaderelection::{LeaderState, Term};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{self, ClaimEvents};
 use crate::metrics::{Metrics, Outcome};
 use crate::priority::{self, Pending};
+use crate::provider::{Claim, Host};
 use crate::resources::{ClaimPhase, HostClaim, PhysicalHost};
-use crate::selection::{self, Candidate};
+use crate::selection::{self, Candidate, Requirements};
 use crate::steps::{Fence, Pool, StepError};
 
 /// Events closer together than this start one batch.
@@ -34,26 +38,35 @@ pub struct BatchReport {
 
 /// The leader's binder: construct once per replica, run once per term by [`Binder::run_term`].
 #[derive(Clone, Debug)]
-pub struct Binder {
-    pool: Pool,
+pub struct Binder<H = PhysicalHost, C = HostClaim> {
+    pool: Pool<H, C>,
     metrics: Metrics,
     interval: Duration,
     max_wait: Duration,
+    events: Option<ClaimEvents>,
 }
 
 // === impl Binder ===
 
-impl Binder {
+impl<H: Host, C: Claim> Binder<H, C> {
     /// A binder of `pool`, serving every `interval` (or sooner after a change), with the starvation bound
     /// `max_wait`.
     #[must_use]
-    pub fn new(pool: Pool, metrics: Metrics, interval: Duration, max_wait: Duration) -> Self {
+    pub fn new(pool: Pool<H, C>, metrics: Metrics, interval: Duration, max_wait: Duration) -> Self {
         Self {
             pool,
             metrics,
             interval,
             max_wait,
+            events: None,
         }
+    }
+
+    /// Records Kubernetes Events on the claims it binds, releases and cannot serve (see [`crate::events`]).
+    #[must_use]
+    pub fn events(mut self, events: ClaimEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown): a batch every
@@ -147,35 +160,43 @@ impl Binder {
     /// [`StepError::Fenced`] when the term ended; the error of a failed list.
     pub async fn batch(&self, fence: &Fence) -> Result<BatchReport, StepError> {
         let (hosts, claims) = self.pool.list(fence).await?;
+        let released = self.pool.release_deleted(fence, &hosts, &claims).await?;
+        for freed in &released {
+            self.event(
+                events::reference(&freed.consumer),
+                EventType::Normal,
+                "Released",
+                "Release",
+                format!("host {} released", freed.host),
+            );
+        }
         let mut report = BatchReport {
-            released: self.pool.release_deleted(fence, &hosts, &claims).await?,
+            released: released.len(),
             ..BatchReport::default()
         };
-        let live: Vec<&HostClaim> = claims.iter().filter(|c| !c.is_deleting()).collect();
-        // The index: claim uid -> hosts naming it (the truth).
-        let mut index: BTreeMap<String, Vec<&PhysicalHost>> = BTreeMap::new();
+        let live: Vec<&C> = claims.iter().filter(|c| !c.is_deleting()).collect();
+        // The index: claim uid -> hosts naming it (the truth); hosts of foreign consumers are not ours.
+        let mut index: BTreeMap<String, Vec<&H>> = BTreeMap::new();
         for host in &hosts {
-            if let Some(consumer) = &host.spec.consumer_ref {
-                index.entry(consumer.uid.clone()).or_default().push(host);
+            if let Some(consumer) = host.consumer().filter(|c| self.pool.is_own_consumer(c)) {
+                index.entry(consumer.uid).or_default().push(host);
             }
         }
         let mut waiting = Vec::new();
         let mut half_done = Vec::new();
         for claim in &live {
-            let uid = claim.metadata.uid.clone().unwrap_or_default();
+            let uid = claim.meta().uid.clone().unwrap_or_default();
             match index.get(&uid) {
                 Some(held) => half_done.push((*claim, held)),
                 None if claim.phase() == ClaimPhase::Bound => {
                     // Derived state says Bound, the hosts say otherwise: back to Pending.
-                    self.step(claim, || {
-                        self.pool.mark_pending(
-                            fence,
-                            claim,
-                            "HostLost",
-                            "no host names this claim",
-                            ClaimPhase::Pending,
-                        )
-                    })
+                    self.set_pending(
+                        fence,
+                        claim,
+                        "HostLost",
+                        "no host names this claim",
+                        ClaimPhase::Pending,
+                    )
                     .await?;
                 }
                 None => waiting.push(*claim),
@@ -201,12 +222,12 @@ impl Binder {
     async fn finish(
         &self,
         fence: &Fence,
-        claim: &HostClaim,
-        held: &[&PhysicalHost],
+        claim: &C,
+        held: &[&H],
     ) -> Result<(bool, usize), StepError> {
-        let status = claim.status.clone().unwrap_or_default();
+        let status = claim.claim_status().cloned().unwrap_or_default();
         let named = |name: Option<&String>| {
-            name.and_then(|n| held.iter().find(|h| h.metadata.name.as_ref() == Some(n)))
+            name.and_then(|n| held.iter().find(|h| h.meta().name.as_ref() == Some(n)))
         };
         let intent_elsewhere = status
             .selected_host
@@ -217,13 +238,13 @@ impl Binder {
             .filter(|_| claim.phase() == ClaimPhase::Bound || !intent_elsewhere)
             .or_else(|| {
                 (!intent_elsewhere)
-                    .then(|| held.iter().min_by_key(|h| h.metadata.name.clone()))
+                    .then(|| held.iter().min_by_key(|h| h.meta().name.clone()))
                     .flatten()
             })
             .copied();
         let mut released = 0;
         for host in held {
-            if keep.is_none_or(|k| k.metadata.name != host.metadata.name) {
+            if keep.is_none_or(|k| k.meta().name != host.meta().name) {
                 // A second host (a write that outlived its term), or one an optimistic intent overrides.
                 tracing::warn!(claim = %claim.name_any(), host = %host.name_any(), "releasing a host the claim does not keep");
                 match self.pool.release_host(fence, host).await {
@@ -236,12 +257,7 @@ impl Binder {
         let Some(host) = keep else {
             return Ok((false, released));
         };
-        if claim.host_ref() == host.metadata.name.as_deref()
-            && host
-                .status
-                .as_ref()
-                .is_some_and(|s| s.state == crate::HostState::Claimed)
-        {
+        if claim.host_ref() == host.meta().name.as_deref() && host.claimed_state_recorded() {
             return Ok((false, released));
         }
         tracing::info!(claim = %claim.name_any(), host = %host.name_any(), "finishing a half-done bind");
@@ -250,22 +266,17 @@ impl Binder {
     }
 
     /// Steps 2 and 3 for a host that names the claim.
-    async fn complete(
-        &self,
-        fence: &Fence,
-        claim: &HostClaim,
-        host: &PhysicalHost,
-    ) -> Result<bool, StepError> {
+    async fn complete(&self, fence: &Fence, claim: &C, host: &H) -> Result<bool, StepError> {
         let result = async {
             let host = self.pool.mark_claimed(fence, host).await?;
-            self.pool
-                .mark_bound(fence, claim, &host.name_any())
-                .await
-                .map(drop)
+            self.pool.mark_bound(fence, claim, &host.name_any()).await
         }
         .await;
         match result {
-            Ok(()) => Ok(true),
+            Ok(claim) => {
+                self.bound_event(&claim);
+                Ok(true)
+            }
             Err(StepError::Fenced) => Err(StepError::Fenced),
             Err(err) => {
                 self.metrics.attempt(err.outcome());
@@ -279,31 +290,52 @@ impl Binder {
     async fn serve(
         &self,
         fence: &Fence,
-        hosts: &[PhysicalHost],
-        waiting: &[&HostClaim],
+        hosts: &[H],
+        waiting: &[&C],
     ) -> Result<(usize, usize), StepError> {
         let now = jiff::Timestamp::now();
-        let age = |c: &HostClaim| {
-            c.metadata
+        let age = |c: &C| {
+            c.meta()
                 .creation_timestamp
                 .as_ref()
                 .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
                 .unwrap_or_default()
         };
-        let mut order: Vec<Pending> = waiting
-            .iter()
-            .map(|c| Pending {
-                name: c.name_any(),
+        // Claims by `namespace/name`: claims of tenant namespaces may share a name.
+        let key = |c: &C| format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+        // A claim whose selector breaks a rule can never be served until its spec changes: Failed, with
+        // the field, value and rule in the condition's message.
+        let mut by_name: BTreeMap<String, (&C, Requirements)> = BTreeMap::new();
+        for claim in waiting {
+            match claim.requirements() {
+                Ok(requirements) => {
+                    by_name.insert(key(claim), (*claim, requirements));
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    self.set_pending(
+                        fence,
+                        claim,
+                        "InvalidHostSelector",
+                        &message,
+                        ClaimPhase::Failed,
+                    )
+                    .await?;
+                }
+            }
+        }
+        let mut order: Vec<Pending> = by_name
+            .values()
+            .map(|(c, requirements)| Pending {
+                name: key(c),
                 age: age(c),
-                simple: c.spec.required_tags.is_empty() && c.spec.preferred_tags.is_empty(),
+                simple: requirements.is_simple(),
                 attempts: c.attempts(),
             })
             .collect();
         priority::sort(&mut order, self.max_wait);
-        let by_name: BTreeMap<String, &HostClaim> =
-            waiting.iter().map(|c| (c.name_any(), *c)).collect();
         let oldest = order.iter().map(|p| p.age).max().unwrap_or_default();
-        let mut available: Vec<(Candidate, &PhysicalHost)> = hosts
+        let mut available: Vec<(Candidate, &H)> = hosts
             .iter()
             .filter(|h| h.is_available())
             .map(|h| (Candidate::from_host(h), h))
@@ -314,11 +346,12 @@ impl Binder {
         let mut done: BTreeSet<String> = BTreeSet::new();
         let mut plan = Vec::new();
         for pending in &order {
-            let claim = by_name[&pending.name];
+            let (claim, requirements) = &by_name[&pending.name];
+            let claim = *claim;
             let started = Instant::now();
             served += 1;
             // An optimistic claimer's intent is honoured while its host is free.
-            let intent = claim.status.as_ref().and_then(|s| s.selected_host.clone());
+            let intent = claim.selected_host().map(str::to_owned);
             let candidates: Vec<Candidate> = available.iter().map(|(c, _)| c.clone()).collect();
             let choice = match &intent {
                 Some(name) => candidates.iter().position(|c| &c.name == name),
@@ -326,9 +359,9 @@ impl Binder {
                     let others: Vec<_> = order
                         .iter()
                         .filter(|p| p.name != pending.name && !done.contains(&p.name))
-                        .map(|p| &by_name[&p.name].spec)
+                        .map(|p| &by_name[&p.name].1)
                         .collect();
-                    selection::choose(&pending.name, &claim.spec, &candidates, &others)
+                    selection::choose(&claim.name_any(), requirements, &candidates, &others)
                 }
             };
             done.insert(pending.name.clone());
@@ -336,34 +369,27 @@ impl Binder {
                 if let Some(host) = &intent {
                     // The intended host is gone or taken: the claim is pending again.
                     let message = format!("host {host} is no longer available");
-                    self.step(claim, || {
-                        self.pool.mark_pending(
-                            fence,
-                            claim,
-                            "IntentStale",
-                            &message,
-                            ClaimPhase::Pending,
-                        )
-                    })
-                    .await?;
+                    self.set_pending(fence, claim, "IntentStale", &message, ClaimPhase::Pending)
+                        .await?;
                     continue;
                 }
                 self.metrics.attempt(Outcome::NoHosts);
                 self.metrics
                     .result(Outcome::NoHosts, started.elapsed().as_secs_f64());
-                if !pool.iter().any(|h| h.fits(&claim.spec)) && claim.phase() != ClaimPhase::Failed
-                {
-                    self.step(claim, || {
-                        self.pool.mark_pending(
-                            fence,
-                            claim,
-                            "Unsatisfiable",
-                            "no host in the pool has the required tags and minimums",
-                            ClaimPhase::Failed,
-                        )
-                    })
+                // Why it waits, on the claim (not terminal: a host may join or be freed).
+                let (reason, message) = if pool.iter().any(|h| h.fits(requirements)) {
+                    (
+                        "NoHostAvailable",
+                        "the hosts that match the host selector and minimums are taken or skipped",
+                    )
+                } else {
+                    (
+                        "Unsatisfiable",
+                        "no host in the pool matches the host selector and minimums",
+                    )
+                };
+                self.set_pending(fence, claim, reason, message, ClaimPhase::Pending)
                     .await?;
-                }
                 continue;
             };
             let (_, host) = available.remove(index);
@@ -384,7 +410,8 @@ impl Binder {
         let mut fenced = false;
         for (claim, result, seconds) in futures::future::join_all(binds).await {
             match result {
-                Ok(_) => {
+                Ok(claim) => {
+                    self.bound_event(&claim);
                     bound += 1;
                     self.metrics.attempt(Outcome::Success);
                     self.metrics.result(Outcome::Success, seconds);
@@ -410,11 +437,76 @@ impl Binder {
         Ok((bound, served))
     }
 
+    /// The claim back to `phase` with `reason` and `message` (best effort, as [`Binder::step`]); an Event
+    /// when that changed its status: a Warning for a claim that no host can serve, else Normal.
+    async fn set_pending(
+        &self,
+        fence: &Fence,
+        claim: &C,
+        reason: &str,
+        message: &str,
+        phase: ClaimPhase,
+    ) -> Result<(), StepError> {
+        match self
+            .pool
+            .mark_pending(fence, claim, reason, message, phase)
+            .await
+        {
+            Ok(updated) if updated.resource_version() != claim.resource_version() => {
+                let type_ = if phase == ClaimPhase::Failed || reason == "Unsatisfiable" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                self.event(
+                    claim.object_ref(&()),
+                    type_,
+                    reason,
+                    "Wait",
+                    message.to_owned(),
+                );
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(StepError::Fenced) => Err(StepError::Fenced),
+            Err(err) => {
+                tracing::debug!(claim = %claim.name_any(), %err, "claim status write failed; retried next batch");
+                Ok(())
+            }
+        }
+    }
+
+    /// The `Bound` Event of a claim just bound.
+    fn bound_event(&self, claim: &C) {
+        let note = format!("bound to host {}", claim.host_ref().unwrap_or_default());
+        self.event(
+            claim.object_ref(&()),
+            EventType::Normal,
+            "Bound",
+            "Bind",
+            note,
+        );
+    }
+
+    /// Records an Event when the binder has a recorder ([`Binder::events`]).
+    fn event(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        if let Some(events) = &self.events {
+            events.publish(regarding, type_, reason, action, note);
+        }
+    }
+
     /// Runs a best-effort claim status write: only [`StepError::Fenced`] stops the batch.
-    async fn step<F, Fut>(&self, claim: &HostClaim, write: F) -> Result<(), StepError>
+    async fn step<F, Fut>(&self, claim: &C, write: F) -> Result<(), StepError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<HostClaim, StepError>>,
+        Fut: Future<Output = Result<C, StepError>>,
     {
         match write().await {
             Ok(_) => Ok(()),

@@ -2,12 +2,16 @@
 //! [`leaderelection_controller::Runtime`], with the [`Binder`] as its leader-only component.
 
 use kube::Client;
-use leaderelection::Callbacks;
+use leaderelection::{Callbacks, KubeLeaseLock};
 use leaderelection_controller::{LeaderContext, Runtime};
 use prometheus_client::registry::Registry;
 
 use crate::binder::Binder;
+use crate::claimer::Claimer;
+use crate::events::ClaimEvents;
 use crate::metrics::Metrics;
+use crate::provider::Host;
+use crate::resources::HostClaim;
 use crate::settings::{Mode, Settings};
 use crate::steps::Pool;
 
@@ -17,9 +21,10 @@ use crate::steps::Pool;
 /// [`Runtime::run`].
 ///
 /// With leader election disabled (`settings.leader_election == false`) the runtime campaigns for nothing
-/// and runs no binder: consumers then claim directly. In [`Mode::Optimistic`] it runs no binder either:
-/// a leader choosing hosts host-first while consumers choose them intent-first could give a claim two
-/// hosts until its next batch repairs it.
+/// and every replica runs the fallback coordinator ([`Claimer::run_fallback`]: pending claims served by the
+/// optimistic path, intent first). In [`Mode::Optimistic`] the leader runs the fallback instead of the
+/// binder: a leader choosing hosts host-first while consumers choose them intent-first could give a claim
+/// two hosts until its next batch repairs it; the intent-first path cannot.
 ///
 /// # Errors
 ///
@@ -33,10 +38,31 @@ pub fn replica(
     settings: &Settings,
     identity: &str,
     namespace: &str,
+    registry: Registry,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<(Runtime, Metrics), leaderelection::ConfigError> {
+    let pool = Pool::new(client.clone(), namespace, identity);
+    replica_of(pool, client, settings, identity, namespace, registry, admin)
+}
+
+/// [`replica`] for any pool of `HostClaim`s: hosts of kind `H` and claims in the namespaces `pool` reads
+/// (e.g. [`Pool::with_namespaces`]: a pool namespace and every tenant namespace), with the coordinator
+/// Lease in `lease_namespace`.
+///
+/// # Errors
+///
+/// [`leaderelection::ConfigError`] when the timings break a rule.
+pub fn replica_of<H: Host>(
+    pool: Pool<H, HostClaim>,
+    client: Client,
+    settings: &Settings,
+    identity: &str,
+    lease_namespace: &str,
     mut registry: Registry,
     admin: Option<std::net::SocketAddr>,
 ) -> Result<(Runtime, Metrics), leaderelection::ConfigError> {
-    let metrics = Metrics::new(&mut registry);
+    let namespace = lease_namespace;
+    let metrics = Metrics::for_namespace(&mut registry, namespace);
     let config = settings.elector_config(identity, namespace);
     let callbacks = Callbacks::new().on_new_leader({
         let (metrics, identity) = (metrics.clone(), identity.to_owned());
@@ -59,16 +85,32 @@ pub fn replica(
     if let Some(addr) = admin {
         builder = builder.admin(addr);
     }
-    // In optimistic mode every consumer claims directly: a binder beside them would race their binds.
     if settings.leader_election && settings.mode != Mode::Optimistic {
         let binder = Binder::new(
-            Pool::new(client, namespace, identity),
+            pool,
             metrics.clone(),
             settings.processing_interval,
             settings.max_wait,
-        );
+        )
+        .events(ClaimEvents::new(client, identity));
         builder = builder.leader_only("claim-binder", move |lead: LeaderContext| {
             binder.clone().run_term(lead.term, lead.state, lead.token)
+        });
+    } else {
+        // The fallback coordinator, intent first: a host-first binder beside consumers claiming intent
+        // first could give a claim two hosts, the fallback cannot. Without election every replica runs it
+        // (each leads at once); with election in optimistic mode, the leader.
+        let mut fallback_settings = settings.clone();
+        fallback_settings.mode = Mode::Optimistic;
+        let fallback = Claimer::with_pool(
+            pool,
+            KubeLeaseLock::new(client, namespace, &settings.lease_name),
+            &fallback_settings,
+            metrics.clone(),
+        );
+        let interval = settings.processing_interval;
+        builder = builder.leader_only("claim-fallback", move |lead: LeaderContext| {
+            fallback.clone().run_fallback(interval, lead.token)
         });
     }
     let runtime = builder.build()?;

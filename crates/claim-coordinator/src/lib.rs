@@ -14,6 +14,11 @@
 //! Every term starts from the hosts: it finishes the binds a previous leader left half-done, so a leader
 //! killed between steps never gives a claim two hosts. Writes stop when the term ends.
 //!
+//! The binder is generic over the provider's kinds ([`provider::Host`], [`provider::Claim`]): our
+//! `PhysicalHost` and `HostClaim` are one implementation, a provider's own host kind (Metal3's
+//! `BareMetalHost`) another; hosts may live in a pool namespace and claims in tenant namespaces
+//! ([`Pool::with_namespaces`]).
+//!
 //! Without a leader, a consumer can claim directly ([`claimer::Mode`]): it records its choice on the claim
 //! first (`status.selectedHost`, conditional), then claims the host, then binds, as
 //! openshift/cluster-api-provider-baremetal#275 fixed double claims. Deleting a claim releases its host
@@ -23,21 +28,26 @@
 //!
 //! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`;
 //! `claims.leaderelection.dev` `physicalhosts` and `hostclaims`: `get`, `list`, `watch`, `update`, and
-//! their `/status`: `update`; consumers also `create` and `delete` `hostclaims`.
+//! their `/status`: `update`; consumers also `create` and `delete` `hostclaims`; `events.k8s.io` `events`:
+//! `create`, `patch` (the claims' Events, [`events`]).
 
 pub mod binder;
 pub mod claimer;
 pub mod coordinator;
+pub mod events;
 pub mod metrics;
 pub mod priority;
+pub mod provider;
 pub mod resources;
 pub mod selection;
+pub mod selector;
 pub mod settings;
 pub mod steps;
 
 pub use crate::binder::Binder;
-pub use crate::claimer::{ClaimError, Claimer, Mode};
+pub use crate::claimer::{ClaimError, ClaimState, Claimer, Mode};
 pub use crate::metrics::Metrics;
+pub use crate::provider::{Claim, Host};
 pub use crate::settings::Settings;
 pub use crate::steps::{Fence, Pool, StepError};
 

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use claim_coordinator::Settings;
 use claim_coordinator::settings::{Mode, Overrides};
+use claim_coordinator::{Pool, Settings};
 use clap::{Args, Parser, Subcommand};
 use leaderelection::KubeLeaseLock;
 use leaderelection_controller::signals::Signals;
@@ -46,9 +46,19 @@ struct RunArgs {
     /// This replica's identity (unique per replica).
     #[arg(long, env = "POD_NAME")]
     identity: String,
-    /// Namespace of the hosts, the claims and the Lease.
+    /// Namespace of the Lease, and of the hosts and claims unless --host-namespace, --claim-namespace or
+    /// --all-claim-namespaces say otherwise.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
+    /// Namespace of the PhysicalHosts (the pool namespace); default: --namespace.
+    #[arg(long)]
+    host_namespace: Option<String>,
+    /// Namespace of the HostClaims; default: --namespace.
+    #[arg(long, conflicts_with = "all_claim_namespaces")]
+    claim_namespace: Option<String>,
+    /// Serve HostClaims of every namespace (tenant namespaces); needs a ClusterRole on hostclaims.
+    #[arg(long)]
+    all_claim_namespaces: bool,
     /// YAML settings file (keys under `claimCoordinator:`).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -130,7 +140,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .context("no --server, no usable kubeconfig and not in a cluster")?,
         )?,
     };
-    let (runtime, _metrics) = claim_coordinator::coordinator::replica(
+    let host_namespace = args.host_namespace.as_deref().unwrap_or(&args.namespace);
+    let claim_namespace = if args.all_claim_namespaces {
+        None
+    } else {
+        Some(args.claim_namespace.as_deref().unwrap_or(&args.namespace))
+    };
+    let pool: Pool = Pool::with_namespaces(
+        client.clone(),
+        host_namespace,
+        claim_namespace,
+        &args.identity,
+    );
+    let (runtime, _metrics) = claim_coordinator::coordinator::replica_of(
+        pool,
         client,
         &settings,
         &args.identity,

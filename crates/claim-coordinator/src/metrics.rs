@@ -96,7 +96,18 @@ impl Metrics {
     /// `claim_coordinator_processing_duration_seconds{result_type}` (one bind, histogram),
     /// `claim_coordinator_leadership_duration_seconds{identity}` (the current or last term, seconds),
     /// `host_claim_attempts_total{outcome,conflict_reason}`, `claim_coordinator_pending_claims`,
-    /// `claim_coordinator_oldest_pending_age_seconds`, `claim_coordinator_batch_size` (claims per batch).
+    /// `claim_coordinator_oldest_pending_age_seconds`, `claim_coordinator_batch_size` (claims per batch);
+    /// each with the label `namespace` (the coordinator's namespace), as the original's metrics.
+    #[must_use]
+    pub fn for_namespace(registry: &mut Registry, namespace: &str) -> Self {
+        Self::new(registry.sub_registry_with_label((
+            std::borrow::Cow::Borrowed("namespace"),
+            std::borrow::Cow::Owned(namespace.to_owned()),
+        )))
+    }
+
+    /// As [`Metrics::for_namespace`], without the `namespace` label (for tests and embedders that label
+    /// their registry themselves).
     #[must_use]
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
@@ -225,6 +236,27 @@ mod tests {
             "claim_coordinator_batch_size_count 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_metric_has_the_namespace_label() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::for_namespace(&mut registry, "pool-a");
+        metrics.leader_election_event("started_leading");
+        metrics.leadership_duration("pod-a", 1.5);
+        metrics.attempt(Outcome::Success);
+        metrics.result(Outcome::Success, 0.01);
+        metrics.batch(3, 42.0, 2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert!(samples.len() >= 8, "{text}");
+        for sample in samples {
+            assert!(sample.contains("namespace=\"pool-a\""), "{sample}");
         }
     }
 }

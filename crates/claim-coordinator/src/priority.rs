@@ -20,7 +20,7 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(600);
 /// What ordering needs to know of one pending claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
-    /// The claim's name (the last tie-break).
+    /// The claim's `namespace/name` (the last tie-break).
     pub name: String,
     /// How long ago it was created (`metadata.creationTimestamp`; zero for a timestamp in the future).
     pub age: Duration,

@@ -1,11 +1,14 @@
 //! The custom resources: `PhysicalHost` (a pooled machine; its `spec.consumerRef` is the single truth of who
 //! uses it) and `HostClaim` (what a consumer wants; its `status` is derived from the hosts and repaired).
 
-use std::collections::BTreeMap;
-
-use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::provider::{Claim, Host};
+use crate::selection::Requirements;
+use crate::selector::SelectorError;
 
 /// The API group of both resources.
 pub const GROUP: &str = "claims.leaderelection.dev";
@@ -17,6 +20,9 @@ pub const RELEASE_FINALIZER: &str = "claims.leaderelection.dev/release";
 pub const TERM_ANNOTATION: &str = "claims.leaderelection.dev/term";
 /// Annotation on a host: the identity that bound it (a leader or an optimistic claimer).
 pub const CLAIMED_BY_ANNOTATION: &str = "claims.leaderelection.dev/claimed-by";
+/// Annotation on a host: present (any value), the host is paused and never chosen, as Metal3's
+/// `baremetalhost.metal3.io/paused`.
+pub const PAUSED_ANNOTATION: &str = "claims.leaderelection.dev/paused";
 
 /// A pooled machine. Its labels are its tags; `spec.consumerRef` names the one claim using it.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -27,7 +33,10 @@ pub const CLAIMED_BY_ANNOTATION: &str = "claims.leaderelection.dev/claimed-by";
     plural = "physicalhosts",
     shortname = "ph",
     namespaced,
-    status = "PhysicalHostStatus"
+    status = "PhysicalHostStatus",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state","description":"The host's lifecycle state."}"#,
+    printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.consumerRef.name","description":"The claim using the host."}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PhysicalHostSpec {
@@ -87,6 +96,28 @@ pub struct PhysicalHostStatus {
     /// CPU cores and memory.
     #[serde(default)]
     pub hardware: Hardware,
+    /// The last error of the host's controller; a host with one is never chosen (as Metal3's
+    /// `status.errorMessage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
+/// Why a host cannot be claimed now; CAPM3's `chooseHost` skips the same hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// `spec.consumerRef` is set.
+    Consumed,
+    /// `metadata.deletionTimestamp` is set.
+    Deleting,
+    /// The paused annotation is present.
+    Paused,
+    /// `status.errorMessage` is set (the message).
+    Erroring(String),
+    /// `status.ready` is false: the host does not answer its management interface.
+    Unhealthy,
+    /// The host is not in an available state (the state it is in; `None` without a status).
+    NotAvailable(Option<String>),
 }
 
 /// A host's size.
@@ -110,15 +141,24 @@ pub struct Hardware {
     plural = "hostclaims",
     shortname = "hc",
     namespaced,
-    status = "HostClaimStatus"
+    status = "HostClaimStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Pending, Bound or Failed."}"#,
+    printcolumn = r#"{"name":"Host","type":"string","jsonPath":".status.hostRef","description":"The bound host."}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HostClaimSpec {
     /// The image to boot on the host (written to the host's `bootIsoSource`).
     #[serde(default)]
     pub image_url: String,
-    /// Tags the host must have. A tag `key=value` needs that label; a tag `key` needs the label with any
-    /// value.
+    /// The labels the host must have, as a Kubernetes label selector (`matchLabels`, `matchExpressions`
+    /// with `In`, `NotIn`, `Exists`, `DoesNotExist`), as CAPM3's `hostSelector`. Combined with
+    /// `requiredTags`: both must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "label_selector_schema")]
+    pub host_selector: Option<LabelSelector>,
+    /// Tags the host must have (a shorthand kept from Beskar7's requests). A tag `key=value` needs that
+    /// label (`In [value]`); a tag `key` needs the label with any value (`Exists`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_tags: Vec<String>,
     /// Tags the host should have: hosts with more of them are chosen first.
@@ -141,7 +181,9 @@ pub enum ClaimPhase {
     Pending,
     /// A host's `consumerRef` names this claim, and `hostRef` names that host.
     Bound,
-    /// No host can ever satisfy the claim (no host in the pool has its required tags and minimums).
+    /// Terminal for the claim's generation: its spec can never be served (its selector breaks a rule); a
+    /// new generation (a changed spec) is served again. A claim that no host of the pool fits *now* stays
+    /// `Pending` (reason `Unsatisfiable`): a host may join.
     Failed,
 }
 
@@ -165,8 +207,10 @@ pub struct HostClaimStatus {
     /// Failed bind attempts (conflicts, errors). Fewer attempts go first.
     #[serde(default)]
     pub attempts: u32,
-    /// Conditions, `Bound` with its reason and message.
+    /// Conditions (`metav1.Condition`, a map keyed by `type`): `Bound` and `Ready`, with the same status,
+    /// reason and message (`Ready` is the summary condition generic tools read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<ClaimCondition>,
 }
 
@@ -186,43 +230,68 @@ pub struct ClaimCondition {
     pub message: String,
     /// RFC 3339 time of the last change of `status`.
     pub last_transition_time: String,
+    /// The claim's `metadata.generation` this condition was set from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 // === impl PhysicalHost ===
 
-impl PhysicalHost {
-    /// Claimable now: no consumer, state `Available`, `ready` (Beskar7's definition of available).
-    #[must_use]
-    pub fn is_available(&self) -> bool {
-        self.spec.consumer_ref.is_none()
-            && self
-                .status
-                .as_ref()
-                .is_some_and(|s| s.state == HostState::Available && s.ready)
+impl Host for PhysicalHost {
+    fn consumer(&self) -> Option<ConsumerRef> {
+        self.spec.consumer_ref.clone()
     }
 
-    /// The host's size (zero when it has no status yet).
-    #[must_use]
-    pub fn hardware(&self) -> Hardware {
+    fn set_consumer(&mut self, consumer: Option<ConsumerRef>, image: Option<String>) {
+        self.spec.consumer_ref = consumer;
+        self.spec.boot_iso_source = image;
+    }
+
+    /// Paused (annotation), erroring (`status.errorMessage`), not `Available`, not `ready`.
+    fn skip(&self) -> Option<Unavailable> {
+        if self.annotations().contains_key(PAUSED_ANNOTATION) {
+            return Some(Unavailable::Paused);
+        }
+        let Some(status) = &self.status else {
+            return Some(Unavailable::NotAvailable(None));
+        };
+        if let Some(message) = status.error_message.as_ref().filter(|m| !m.is_empty()) {
+            return Some(Unavailable::Erroring(message.clone()));
+        }
+        if status.state != HostState::Available {
+            return Some(Unavailable::NotAvailable(Some(format!(
+                "{:?}",
+                status.state
+            ))));
+        }
+        if !status.ready {
+            return Some(Unavailable::Unhealthy);
+        }
+        None
+    }
+
+    fn capacity(&self) -> Hardware {
         self.status
             .as_ref()
             .map(|s| s.hardware.clone())
             .unwrap_or_default()
     }
 
-    /// The host's tags: its labels.
-    #[must_use]
-    pub fn tags(&self) -> &BTreeMap<String, String> {
-        self.labels()
-    }
-
-    /// Whether `spec.consumerRef` names `claim` (by uid).
-    #[must_use]
-    pub fn is_consumed_by(&self, claim: &HostClaim) -> bool {
-        self.spec
-            .consumer_ref
+    /// `status.state`: `Claimed` when claimed; back to `Available` from `Claimed` when freed.
+    fn set_claimed_state(&mut self, claimed: bool) -> bool {
+        let is_claimed = self
+            .status
             .as_ref()
-            .is_some_and(|c| Some(&c.uid) == claim.metadata.uid.as_ref())
+            .is_some_and(|s| s.state == HostState::Claimed);
+        if claimed == is_claimed {
+            return false;
+        }
+        self.status.get_or_insert_default().state = if claimed {
+            HostState::Claimed
+        } else {
+            HostState::Available
+        };
+        true
     }
 }
 
@@ -242,45 +311,53 @@ impl HostClaim {
             status: None,
         }
     }
+}
 
-    /// The phase (`Pending` without a status).
-    #[must_use]
-    pub fn phase(&self) -> ClaimPhase {
-        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+impl Claim for HostClaim {
+    fn requirements(&self) -> Result<Requirements, SelectorError> {
+        Requirements::from_spec(&self.spec)
     }
 
-    /// The bound host, if `Bound`.
-    #[must_use]
-    pub fn host_ref(&self) -> Option<&str> {
-        self.status
-            .as_ref()
-            .filter(|s| s.phase == ClaimPhase::Bound)
-            .and_then(|s| s.host_ref.as_deref())
+    fn image(&self) -> Option<String> {
+        Some(self.spec.image_url.clone())
     }
 
-    /// Whether a delete is waiting on the finalizer.
-    #[must_use]
-    pub fn is_deleting(&self) -> bool {
-        self.metadata.deletion_timestamp.is_some()
+    fn claim_status(&self) -> Option<&HostClaimStatus> {
+        self.status.as_ref()
     }
 
-    /// Failed bind attempts so far.
-    #[must_use]
-    pub fn attempts(&self) -> u32 {
-        self.status.as_ref().map_or(0, |s| s.attempts)
+    fn claim_status_mut(&mut self) -> &mut HostClaimStatus {
+        self.status.get_or_insert_default()
     }
+}
 
-    /// The reference a host's `consumerRef` holds for this claim.
-    #[must_use]
-    pub fn consumer_ref(&self) -> ConsumerRef {
-        ConsumerRef {
-            api_version: Self::api_version(&()).into_owned(),
-            kind: Self::kind(&()).into_owned(),
-            namespace: self.namespace().unwrap_or_default(),
-            name: self.name_any(),
-            uid: self.metadata.uid.clone().unwrap_or_default(),
+/// The schema of `metav1.LabelSelector` (k8s-openapi's type is used without its `schemars` feature, which
+/// would rebuild k8s-openapi for the whole workspace).
+fn label_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A Kubernetes label selector (metav1.LabelSelector): every requirement must hold.",
+        "type": "object",
+        "properties": {
+            "matchLabels": {
+                "description": "Labels the host must have with these values.",
+                "type": "object",
+                "additionalProperties": {"type": "string"}
+            },
+            "matchExpressions": {
+                "description": "Requirements: operator In or NotIn with values, Exists or DoesNotExist without.",
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                        "values": {"type": "array", "items": {"type": "string"}}
+                    }
+                }
+            }
         }
-    }
+    })
 }
 
 /// The two CustomResourceDefinitions as YAML documents, in file order: `(file name, YAML)`.

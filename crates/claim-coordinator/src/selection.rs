@@ -1,13 +1,74 @@
-//! Which hosts a claim may take, and which one it gets: required tags and minimums are hard; preferred tags
-//! rank; among equals, the host the fewest other pending claims could use (so a simple claim does not take
-//! the only host a constrained claim needs), then the best fit (fewest tags the claim did not ask for, then
-//! the fewest CPU cores and GiB beyond its minimums: claims arriving later may need the special hosts);
-//! then a deterministic spread by the claim's name, so that a retry picks the same host and different
-//! claims start at different hosts.
+//! Which hosts a claim may take, and which one it gets: the host selector (`spec.hostSelector`, a Kubernetes
+//! label selector, and `spec.requiredTags`) and the minimums are hard; preferred tags rank; among equals,
+//! the host the fewest other pending claims could use (so a simple claim does not take the only host a
+//! constrained claim needs), then the best fit (fewest labels the claim did not name, then the fewest CPU
+//! cores and GiB beyond its minimums: claims arriving later may need the special hosts); then a
+//! deterministic spread by the claim's name, so that a retry picks the same host and different claims
+//! start at different hosts.
 
 use std::collections::BTreeMap;
 
-use crate::resources::{HostClaimSpec, PhysicalHost};
+use kube::ResourceExt;
+
+use crate::provider::Host;
+use crate::resources::HostClaimSpec;
+use crate::selector::{Selector, SelectorError};
+
+/// What a claim asks of a host, checked once: the selector, the preferred tags, the minimums.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requirements {
+    /// `spec.hostSelector` and `spec.requiredTags`: every requirement must hold.
+    pub selector: Selector,
+    /// `spec.preferredTags` (`key=value` or `key`): hosts with more of them are chosen first.
+    pub preferred_tags: Vec<String>,
+    /// Minimum CPU cores (0: any).
+    pub min_cpu_cores: u32,
+    /// Minimum memory in GiB (0: any).
+    pub min_memory_gib: u32,
+}
+
+// === impl Requirements ===
+
+impl Requirements {
+    /// The requirements of a claim's spec.
+    ///
+    /// # Errors
+    ///
+    /// [`SelectorError`] naming the field of `spec.hostSelector` or `spec.requiredTags` that breaks a
+    /// rule.
+    pub fn from_spec(spec: &HostClaimSpec) -> Result<Self, SelectorError> {
+        let mut selector = Selector::from_tags(&spec.required_tags, "spec.requiredTags")?;
+        if let Some(host_selector) = &spec.host_selector {
+            selector = selector.and(Selector::from_label_selector(
+                host_selector,
+                "spec.hostSelector",
+            )?);
+        }
+        // Checked for an empty key too; only ranking uses them.
+        Selector::from_tags(&spec.preferred_tags, "spec.preferredTags")?;
+        Ok(Self {
+            selector,
+            preferred_tags: spec.preferred_tags.clone(),
+            min_cpu_cores: spec.min_cpu_cores,
+            min_memory_gib: spec.min_memory_gib,
+        })
+    }
+
+    /// Whether the claim asks for no label at all (Beskar7's "simple" claim, which gets the +50 priority).
+    #[must_use]
+    pub fn is_simple(&self) -> bool {
+        self.selector.is_empty() && self.preferred_tags.is_empty()
+    }
+
+    /// Whether the claim names the label `key` (in its selector or its preferred tags).
+    fn names(&self, key: &str) -> bool {
+        self.selector.names(key)
+            || self
+                .preferred_tags
+                .iter()
+                .any(|t| t.split_once('=').map_or(t.as_str(), |(k, _)| k) == key)
+    }
+}
 
 /// What selection needs to know of one host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,11 +88,11 @@ pub struct Candidate {
 impl Candidate {
     /// A host as a candidate (its labels, its hardware).
     #[must_use]
-    pub fn from_host(host: &PhysicalHost) -> Self {
-        let hardware = host.hardware();
+    pub fn from_host<H: Host>(host: &H) -> Self {
+        let hardware = host.capacity();
         Self {
-            name: host.metadata.name.clone().unwrap_or_default(),
-            tags: host.tags().clone(),
+            name: host.name_any(),
+            tags: host.labels().clone(),
             cpu_cores: hardware.cpu_cores,
             memory_gib: hardware.memory_gib,
         }
@@ -46,27 +107,20 @@ impl Candidate {
         }
     }
 
-    /// Whether `claim` may take this host: every required tag, and at least the minimums.
+    /// Whether a claim with `claim` may take this host: its selector matches, and at least the minimums.
     #[must_use]
-    pub fn fits(&self, claim: &HostClaimSpec) -> bool {
+    pub fn fits(&self, claim: &Requirements) -> bool {
         self.cpu_cores >= claim.min_cpu_cores
             && self.memory_gib >= claim.min_memory_gib
-            && claim.required_tags.iter().all(|t| self.has_tag(t))
+            && claim.selector.matches(&self.tags)
     }
 
-    /// What the host has beyond what `claim` asks: (tags it did not name, CPU cores and GiB above its
+    /// What the host has beyond what `claim` asks: (labels it did not name, CPU cores and GiB above its
     /// minimums). Smaller is a better fit.
     #[must_use]
-    pub fn surplus(&self, claim: &HostClaimSpec) -> (usize, u32, u32) {
-        let named = |key: &str| {
-            claim
-                .required_tags
-                .iter()
-                .chain(&claim.preferred_tags)
-                .any(|t| t.split_once('=').map_or(t.as_str(), |(k, _)| k) == key)
-        };
+    pub fn surplus(&self, claim: &Requirements) -> (usize, u32, u32) {
         (
-            self.tags.keys().filter(|k| !named(k)).count(),
+            self.tags.keys().filter(|k| !claim.names(k)).count(),
             self.cpu_cores.saturating_sub(claim.min_cpu_cores),
             self.memory_gib.saturating_sub(claim.min_memory_gib),
         )
@@ -74,7 +128,7 @@ impl Candidate {
 
     /// How many of `claim`'s preferred tags the host has.
     #[must_use]
-    pub fn preference(&self, claim: &HostClaimSpec) -> usize {
+    pub fn preference(&self, claim: &Requirements) -> usize {
         claim
             .preferred_tags
             .iter()
@@ -88,9 +142,9 @@ impl Candidate {
 #[must_use]
 pub fn choose(
     name: &str,
-    spec: &HostClaimSpec,
+    spec: &Requirements,
     available: &[Candidate],
-    others: &[&HostClaimSpec],
+    others: &[&Requirements],
 ) -> Option<usize> {
     let fitting: Vec<usize> = (0..available.len())
         .filter(|&i| available[i].fits(spec))
@@ -140,14 +194,16 @@ mod tests {
         }
     }
 
-    fn spec(required: &[&str], preferred: &[&str], cpu: u32, mem: u32) -> HostClaimSpec {
-        HostClaimSpec {
+    fn spec(required: &[&str], preferred: &[&str], cpu: u32, mem: u32) -> Requirements {
+        Requirements::from_spec(&HostClaimSpec {
             image_url: "http://images/os.iso".into(),
             required_tags: required.iter().map(|t| (*t).to_owned()).collect(),
             preferred_tags: preferred.iter().map(|t| (*t).to_owned()).collect(),
             min_cpu_cores: cpu,
             min_memory_gib: mem,
-        }
+            ..HostClaimSpec::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -228,6 +284,63 @@ mod tests {
             Some(3)
         );
         assert_eq!(hosts[0].surplus(&spec(&["gpu"], &[], 32, 0)), (1, 32, 512));
+    }
+
+    #[test]
+    fn a_host_selector_is_hard_and_its_keys_are_not_surplus() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector, LabelSelectorRequirement,
+        };
+        let hosts = [
+            host("gpu-rack-1", &[("gpu", "a100"), ("rack", "1")], 8, 32),
+            host("rack-1", &[("rack", "1")], 8, 32),
+            host(
+                "rack-2-quarantined",
+                &[("rack", "2"), ("quarantine", "")],
+                8,
+                32,
+            ),
+            host("rack-3", &[("rack", "3")], 8, 32),
+        ];
+        let expression = |key: &str, operator: &str, values: &[&str]| LabelSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+        };
+        let with_selector = |expressions| {
+            Requirements::from_spec(&HostClaimSpec {
+                host_selector: Some(LabelSelector {
+                    match_labels: None,
+                    match_expressions: Some(expressions),
+                }),
+                ..HostClaimSpec::default()
+            })
+            .unwrap()
+        };
+        // NotIn rack=1 and no quarantine label: only rack-3 fits.
+        let want = with_selector(vec![
+            expression("rack", "NotIn", &["1"]),
+            expression("quarantine", "DoesNotExist", &[]),
+        ]);
+        assert!(!want.is_simple());
+        for name in ["a", "b", "c", "d"] {
+            assert_eq!(choose(name, &want, &hosts, &[]), Some(3));
+        }
+        // A set: rack In (1, 2) without a GPU.
+        let want = with_selector(vec![
+            expression("rack", "In", &["1", "2"]),
+            expression("gpu", "DoesNotExist", &[]),
+        ]);
+        assert_eq!(choose("x", &want, &hosts, &[]), Some(1));
+        // The keys the selector names are not surplus: rack-1 has none.
+        assert_eq!(hosts[1].surplus(&want), (0, 8, 32));
+        assert_eq!(hosts[0].surplus(&spec(&[], &[], 0, 0)), (2, 8, 32));
+        // With required tags too, both must hold: rack=3 is not in (1, 2).
+        let mut both = want;
+        both.selector = both
+            .selector
+            .and(crate::selector::Selector::from_tags(&["rack=3".into()], "t").unwrap());
+        assert_eq!(choose("x", &both, &hosts, &[]), None);
     }
 
     #[test]

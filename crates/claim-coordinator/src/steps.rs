@@ -12,8 +12,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Outcome;
+use crate::provider::{Claim, Host};
 use crate::resources::{
-    CLAIMED_BY_ANNOTATION, ClaimCondition, ClaimPhase, HostClaim, HostState, PhysicalHost,
+    CLAIMED_BY_ANNOTATION, ClaimCondition, ClaimPhase, ConsumerRef, HostClaim, PhysicalHost,
     RELEASE_FINALIZER, TERM_ANNOTATION,
 };
 
@@ -75,6 +76,15 @@ impl StepError {
     }
 }
 
+/// A host freed because the claim its `consumerRef` named was deleted (or is gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The host's name.
+    pub host: String,
+    /// The consumer reference it held.
+    pub consumer: ConsumerRef,
+}
+
 /// Who writes, and until when.
 #[derive(Clone, Debug)]
 pub enum Fence {
@@ -121,13 +131,14 @@ impl Fence {
     }
 }
 
-/// The hosts and claims of one namespace, and who writes to them.
+/// The hosts and claims of a pool, and who writes to them: hosts of kind `H` in one namespace, claims of
+/// kind `C` in one namespace or in every namespace (tenant namespaces beside a pool namespace).
 #[derive(Clone, Debug)]
-pub struct Pool {
-    /// The hosts.
-    pub hosts: Api<PhysicalHost>,
-    /// The claims.
-    pub claims: Api<HostClaim>,
+pub struct Pool<H = PhysicalHost, C = HostClaim> {
+    /// The hosts (the pool namespace).
+    pub hosts: Api<H>,
+    /// The claims (one namespace, or all of them).
+    pub claims: Api<C>,
     /// The identity written into `claimed-by`.
     pub identity: String,
 }
@@ -135,14 +146,65 @@ pub struct Pool {
 // === impl Pool ===
 
 impl Pool {
-    /// The pool of `namespace` through `client`, writing as `identity`.
+    /// Our `PhysicalHost`s and `HostClaim`s, both in `namespace`, through `client`, writing as `identity`.
     #[must_use]
     pub fn new(client: Client, namespace: &str, identity: &str) -> Self {
+        Self::with_namespaces(client, namespace, Some(namespace), identity)
+    }
+}
+
+impl<H: Host, C: Claim> Pool<H, C> {
+    /// Hosts of kind `H` in `host_namespace`, claims of kind `C` in `claim_namespace` (`None`: every
+    /// namespace), through `client`, writing as `identity`.
+    #[must_use]
+    pub fn with_namespaces(
+        client: Client,
+        host_namespace: &str,
+        claim_namespace: Option<&str>,
+        identity: &str,
+    ) -> Self {
         Self {
-            hosts: Api::namespaced(client.clone(), namespace),
-            claims: Api::namespaced(client, namespace),
+            hosts: Api::namespaced(client.clone(), host_namespace),
+            claims: claim_namespace.map_or_else(
+                || Api::all(client.clone()),
+                |ns| Api::namespaced(client.clone(), ns),
+            ),
             identity: identity.to_owned(),
         }
+    }
+
+    /// Whether `consumer` is a claim of this pool: kind `C`, of `C`'s API group (any version), in the
+    /// claims' namespace (any namespace when the claims are read across namespaces). Only such a consumer
+    /// may be released by the binder: a host consumed by another kind (a Metal3Machine, a reused node's
+    /// booking, as in cluster-api-provider-metal3#3474) or by another pool's claims is never touched.
+    #[must_use]
+    pub fn is_own_consumer(&self, consumer: &ConsumerRef) -> bool {
+        let group = consumer
+            .api_version
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group);
+        group == C::group(&())
+            && consumer.kind == C::kind(&())
+            && self
+                .claims
+                .namespace()
+                .is_none_or(|ns| ns == consumer.namespace)
+    }
+
+    /// The API of `host`'s namespace.
+    fn host_api(&self, host: &H) -> Api<H> {
+        Api::namespaced(
+            self.hosts.clone().into_client(),
+            &host.namespace().unwrap_or_default(),
+        )
+    }
+
+    /// The API of `claim`'s namespace.
+    fn claim_api(&self, claim: &C) -> Api<C> {
+        Api::namespaced(
+            self.claims.clone().into_client(),
+            &claim.namespace().unwrap_or_default(),
+        )
     }
 
     /// Lists hosts and claims (fresh reads, not a cache), each bounded as a write under `fence` (a
@@ -151,22 +213,10 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError`] of the failed list.
-    pub async fn list(&self, fence: &Fence) -> Result<(Vec<PhysicalHost>, Vec<HostClaim>)> {
-        let hosts = Self::write(fence, self.hosts.list(&ListParams::default())).await?;
-        let claims = Self::write(fence, self.claims.list(&ListParams::default())).await?;
+    pub async fn list(&self, fence: &Fence) -> Result<(Vec<H>, Vec<C>)> {
+        let hosts = write(fence, self.hosts.list(&ListParams::default())).await?;
+        let claims = write(fence, self.claims.list(&ListParams::default())).await?;
         Ok((hosts.items, claims.items))
-    }
-
-    /// Sends `request` if `fence` allows it, bounded by the fence's deadline.
-    async fn write<T>(
-        fence: &Fence,
-        write: impl Future<Output = Result<T, kube::Error>>,
-    ) -> Result<T> {
-        let deadline = fence.deadline()?;
-        tokio::time::timeout_at(deadline, write)
-            .await
-            .map_err(|_| StepError::Timeout)?
-            .map_err(StepError::from_kube)
     }
 
     /// Step 1: the host's `consumerRef` names `claim` (with the claim's image, the term and the identity as
@@ -176,67 +226,56 @@ impl Pool {
     ///
     /// [`StepError::AlreadyClaimed`] when the host has another consumer, [`StepError::InvalidState`] when
     /// it is not available, [`StepError::Conflict`] when it changed since it was read.
-    pub async fn claim_host(
-        &self,
-        fence: &Fence,
-        host: &PhysicalHost,
-        claim: &HostClaim,
-    ) -> Result<PhysicalHost> {
+    pub async fn claim_host(&self, fence: &Fence, host: &H, claim: &C) -> Result<H> {
         if host.is_consumed_by(claim) {
             return Ok(host.clone());
         }
-        if let Some(other) = &host.spec.consumer_ref {
+        if let Some(other) = host.consumer() {
             return Err(StepError::AlreadyClaimed {
                 host: host.name_any(),
-                by: other.name.clone(),
+                by: other.name,
             });
         }
-        if !host.is_available() {
+        if let Some(why) = host.unavailable() {
             return Err(StepError::InvalidState(format!(
-                "host {} is not available",
+                "host {} is not available: {why:?}",
                 host.name_any()
             )));
         }
         let mut updated = host.clone();
-        updated.spec.consumer_ref = Some(claim.consumer_ref());
-        updated.spec.boot_iso_source = Some(claim.spec.image_url.clone());
+        updated.set_consumer(Some(claim.consumer_ref()), claim.image());
         let annotations = updated.annotations_mut();
         annotations.insert(CLAIMED_BY_ANNOTATION.into(), self.identity.clone());
         match fence.term() {
             Some(term) => annotations.insert(TERM_ANNOTATION.into(), term.to_string()),
             None => annotations.remove(TERM_ANNOTATION),
         };
-        Self::write(
+        write(
             fence,
-            self.hosts
+            self.host_api(host)
                 .replace(&host.name_any(), &PostParams::default(), &updated),
         )
         .await
     }
 
-    /// Step 2: the host's `status.state` is `Claimed`.
+    /// Step 2: the host's status records that it is claimed ([`Host::set_claimed_state`]; nothing is
+    /// written for a kind whose status is not ours).
     ///
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the host changed since it was read.
-    pub async fn mark_claimed(&self, fence: &Fence, host: &PhysicalHost) -> Result<PhysicalHost> {
-        self.set_host_state(fence, host, HostState::Claimed).await
+    pub async fn mark_claimed(&self, fence: &Fence, host: &H) -> Result<H> {
+        self.set_claimed_state(fence, host, true).await
     }
 
-    async fn set_host_state(
-        &self,
-        fence: &Fence,
-        host: &PhysicalHost,
-        state: HostState,
-    ) -> Result<PhysicalHost> {
-        if host.status.as_ref().is_some_and(|s| s.state == state) {
+    async fn set_claimed_state(&self, fence: &Fence, host: &H, claimed: bool) -> Result<H> {
+        let mut updated = host.clone();
+        if !updated.set_claimed_state(claimed) {
             return Ok(host.clone());
         }
-        let mut updated = host.clone();
-        updated.status.get_or_insert_default().state = state;
-        Self::write(
+        write(
             fence,
-            self.hosts
+            self.host_api(host)
                 .replace_status(&host.name_any(), &PostParams::default(), &updated),
         )
         .await
@@ -247,12 +286,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the claim changed since it was read.
-    pub async fn mark_bound(
-        &self,
-        fence: &Fence,
-        claim: &HostClaim,
-        host: &str,
-    ) -> Result<HostClaim> {
+    pub async fn mark_bound(&self, fence: &Fence, claim: &C, host: &str) -> Result<C> {
         if claim.host_ref() == Some(host) {
             return Ok(claim.clone());
         }
@@ -262,12 +296,13 @@ impl Pool {
             "BoundOptimistically"
         };
         let mut updated = claim.clone();
-        let status = updated.status.get_or_insert_default();
+        let status = updated.claim_status_mut();
         status.phase = ClaimPhase::Bound;
         status.host_ref = Some(host.to_owned());
         status.bound_term = fence.term();
         set_condition(
             &mut status.conditions,
+            claim.meta().generation,
             "True",
             reason,
             &format!("bound to {host} by {}", self.identity),
@@ -280,26 +315,17 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the claim changed since it was read.
-    pub async fn record_intent(
-        &self,
-        fence: &Fence,
-        claim: &HostClaim,
-        host: Option<&str>,
-    ) -> Result<HostClaim> {
-        if claim
-            .status
-            .as_ref()
-            .and_then(|s| s.selected_host.as_deref())
-            == host
-        {
+    pub async fn record_intent(&self, fence: &Fence, claim: &C, host: Option<&str>) -> Result<C> {
+        if claim.selected_host() == host {
             return Ok(claim.clone());
         }
         let mut updated = claim.clone();
-        updated.status.get_or_insert_default().selected_host = host.map(str::to_owned);
+        updated.claim_status_mut().selected_host = host.map(str::to_owned);
         self.write_claim_status(fence, claim, &updated).await
     }
 
-    /// The claim back to `Pending` (no host, no intent): its host no longer names it.
+    /// The claim back to `phase` (`Pending`, or `Failed`) with no host and no intent: its host no longer
+    /// names it, or it cannot be served.
     ///
     /// # Errors
     ///
@@ -307,19 +333,25 @@ impl Pool {
     pub async fn mark_pending(
         &self,
         fence: &Fence,
-        claim: &HostClaim,
+        claim: &C,
         reason: &str,
         message: &str,
         phase: ClaimPhase,
-    ) -> Result<HostClaim> {
+    ) -> Result<C> {
         let mut updated = claim.clone();
-        let status = updated.status.get_or_insert_default();
+        let status = updated.claim_status_mut();
         status.phase = phase;
         status.host_ref = None;
         status.bound_term = None;
         status.selected_host = None;
-        set_condition(&mut status.conditions, "False", reason, message);
-        if updated.status == claim.status {
+        set_condition(
+            &mut status.conditions,
+            claim.meta().generation,
+            "False",
+            reason,
+            message,
+        );
+        if updated.claim_status() == claim.claim_status() {
             return Ok(claim.clone());
         }
         self.write_claim_status(fence, claim, &updated).await
@@ -330,58 +362,46 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the claim changed since it was read.
-    pub async fn count_attempt(&self, fence: &Fence, claim: &HostClaim) -> Result<HostClaim> {
+    pub async fn count_attempt(&self, fence: &Fence, claim: &C) -> Result<C> {
         let mut updated = claim.clone();
-        updated.status.get_or_insert_default().attempts += 1;
+        updated.claim_status_mut().attempts += 1;
         self.write_claim_status(fence, claim, &updated).await
     }
 
-    async fn write_claim_status(
-        &self,
-        fence: &Fence,
-        claim: &HostClaim,
-        updated: &HostClaim,
-    ) -> Result<HostClaim> {
-        Self::write(
+    async fn write_claim_status(&self, fence: &Fence, claim: &C, updated: &C) -> Result<C> {
+        write(
             fence,
-            self.claims
-                .replace_status(&claim.name_any(), &PostParams::default(), updated),
+            self.claim_api(claim).replace_status(
+                &claim.name_any(),
+                &PostParams::default(),
+                updated,
+            ),
         )
         .await
     }
 
-    /// Frees `host`: its `consumerRef` (and the annotations) cleared, then its state `Available`. Guarded by
-    /// the host's resourceVersion; nothing is written for a step already done.
+    /// Frees `host`: its `consumerRef` (and the annotations) cleared, then its status no longer claimed.
+    /// Guarded by the host's resourceVersion; nothing is written for a step already done.
     ///
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the host changed since it was read.
-    pub async fn release_host(&self, fence: &Fence, host: &PhysicalHost) -> Result<PhysicalHost> {
+    pub async fn release_host(&self, fence: &Fence, host: &H) -> Result<H> {
         let mut host = host.clone();
-        if host.spec.consumer_ref.is_some() {
+        if host.consumer().is_some() {
             let mut updated = host.clone();
-            updated.spec.consumer_ref = None;
-            updated.spec.boot_iso_source = None;
+            updated.set_consumer(None, None);
             let annotations = updated.annotations_mut();
             annotations.remove(TERM_ANNOTATION);
             annotations.remove(CLAIMED_BY_ANNOTATION);
-            host = Self::write(
+            host = write(
                 fence,
-                self.hosts
+                self.host_api(&host)
                     .replace(&host.name_any(), &PostParams::default(), &updated),
             )
             .await?;
         }
-        if host
-            .status
-            .as_ref()
-            .is_some_and(|s| s.state == HostState::Claimed)
-        {
-            host = self
-                .set_host_state(fence, &host, HostState::Available)
-                .await?;
-        }
-        Ok(host)
+        self.set_claimed_state(fence, &host, false).await
     }
 
     /// Removes the release finalizer from a claim being deleted (which then goes).
@@ -389,23 +409,24 @@ impl Pool {
     /// # Errors
     ///
     /// [`StepError::Conflict`] when the claim changed since it was read.
-    pub async fn remove_finalizer(&self, fence: &Fence, claim: &HostClaim) -> Result<()> {
+    pub async fn remove_finalizer(&self, fence: &Fence, claim: &C) -> Result<()> {
         if !claim.finalizers().iter().any(|f| f == RELEASE_FINALIZER) {
             return Ok(());
         }
         let mut updated = claim.clone();
         updated.finalizers_mut().retain(|f| f != RELEASE_FINALIZER);
-        Self::write(
+        write(
             fence,
-            self.claims
+            self.claim_api(claim)
                 .replace(&claim.name_any(), &PostParams::default(), &updated),
         )
         .await
         .map(drop)
     }
 
-    /// Releases the host of every claim being deleted and lets the claims go; frees hosts whose consumer no
-    /// longer exists. Idempotent: what is done already is not written again.
+    /// Releases the host of every claim being deleted and lets the claims go; frees hosts whose consumer is
+    /// a claim of this pool ([`Pool::is_own_consumer`]) that no longer exists. A host consumed by anything
+    /// else is left alone. Idempotent: what is done already is not written again.
     ///
     /// # Errors
     ///
@@ -413,17 +434,17 @@ impl Pool {
     pub async fn release_deleted(
         &self,
         fence: &Fence,
-        hosts: &[PhysicalHost],
-        claims: &[HostClaim],
-    ) -> Result<usize> {
-        let by_uid: BTreeMap<&str, &HostClaim> = claims
+        hosts: &[H],
+        claims: &[C],
+    ) -> Result<Vec<Released>> {
+        let by_uid: BTreeMap<&str, &C> = claims
             .iter()
-            .filter_map(|c| c.metadata.uid.as_deref().map(|u| (u, c)))
+            .filter_map(|c| c.meta().uid.as_deref().map(|u| (u, c)))
             .collect();
-        let mut released = 0;
+        let mut released = Vec::new();
         let mut held = std::collections::BTreeSet::new();
         for host in hosts {
-            let Some(consumer) = &host.spec.consumer_ref else {
+            let Some(consumer) = host.consumer().filter(|c| self.is_own_consumer(c)) else {
                 continue;
             };
             let claim = by_uid.get(consumer.uid.as_str());
@@ -431,10 +452,13 @@ impl Pool {
                 continue;
             }
             match self.release_host(fence, host).await {
-                Ok(_) => released += 1,
+                Ok(_) => released.push(Released {
+                    host: host.name_any(),
+                    consumer,
+                }),
                 Err(StepError::Fenced) => return Err(StepError::Fenced),
                 Err(err) => {
-                    held.insert(consumer.uid.as_str());
+                    held.insert(consumer.uid);
                     tracing::debug!(host = %host.name_any(), %err, "release failed");
                 }
             }
@@ -442,9 +466,9 @@ impl Pool {
         for claim in claims.iter().filter(|c| c.is_deleting()) {
             // A claim goes only once no host names it.
             if claim
-                .metadata
+                .meta()
                 .uid
-                .as_deref()
+                .as_ref()
                 .is_some_and(|uid| held.contains(uid))
             {
                 continue;
@@ -461,26 +485,49 @@ impl Pool {
     }
 }
 
-/// Sets the `Bound` condition, keeping `lastTransitionTime` when the status does not change.
-fn set_condition(conditions: &mut Vec<ClaimCondition>, status: &str, reason: &str, message: &str) {
+/// Sends `write` if `fence` allows it, bounded by the fence's deadline.
+async fn write<T>(fence: &Fence, write: impl Future<Output = Result<T, kube::Error>>) -> Result<T> {
+    let deadline = fence.deadline()?;
+    tokio::time::timeout_at(deadline, write)
+        .await
+        .map_err(|_| StepError::Timeout)?
+        .map_err(StepError::from_kube)
+}
+
+/// The condition types the binder sets on a claim, with the same status, reason and message.
+pub const CONDITION_TYPES: [&str; 2] = ["Bound", "Ready"];
+
+/// Sets the `Bound` and `Ready` conditions (a map keyed by `type`), with `observedGeneration`, keeping
+/// `lastTransitionTime` when the status does not change (as apimachinery's `meta.SetStatusCondition`).
+fn set_condition(
+    conditions: &mut Vec<ClaimCondition>,
+    generation: Option<i64>,
+    status: &str,
+    reason: &str,
+    message: &str,
+) {
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    match conditions.iter_mut().find(|c| c.type_ == "Bound") {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = now;
+    for type_ in CONDITION_TYPES {
+        match conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time.clone_from(&now);
+                }
+                c.status = status.into();
+                c.reason = reason.into();
+                c.message = message.into();
+                c.observed_generation = generation;
             }
-            c.status = status.into();
-            c.reason = reason.into();
-            c.message = message.into();
+            None => conditions.push(ClaimCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: now.clone(),
+                observed_generation: generation,
+            }),
         }
-        None => conditions.push(ClaimCondition {
-            type_: "Bound".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: now,
-        }),
     }
 }

@@ -67,7 +67,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::election::ElectionTimings;
 pub use crate::faults::{Faults, FaultsError};
 pub use crate::listener::Listener;
-pub use crate::resource::ResourceType;
+pub use crate::resource::{PrinterColumn, ResourceType};
 pub use crate::status::ApiError;
 
 use crate::admission::Admission;

@@ -20,6 +20,22 @@ pub struct ResourceType {
     pub status_subresource: bool,
     /// Short names for kubectl (e.g. none for leases).
     pub short_names: Vec<String>,
+    /// A custom resource's `additionalPrinterColumns` (the Table form's columns after Name); empty: the
+    /// CRD default (Name, Age).
+    pub printer_columns: Vec<PrinterColumn>,
+}
+
+/// One of a custom resource's `additionalPrinterColumns`, as in its CustomResourceDefinition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrinterColumn {
+    /// The column's name, e.g. `Phase`.
+    pub name: String,
+    /// `string`, `integer`, `number`, `boolean` or `date` (a date cell is printed as an age).
+    pub type_: String,
+    /// A simple JSONPath into the object, e.g. `.status.phase` (no filters or wildcards).
+    pub json_path: String,
+    /// The column's description.
+    pub description: String,
 }
 
 impl ResourceType {
@@ -33,6 +49,7 @@ impl ResourceType {
             namespaced: true,
             status_subresource: false,
             short_names: Vec::new(),
+            printer_columns: Vec::new(),
         }
     }
 
@@ -48,6 +65,7 @@ impl ResourceType {
             namespaced: true,
             status_subresource: false,
             short_names: vec!["ev".into()],
+            printer_columns: Vec::new(),
         }
     }
 
@@ -63,6 +81,7 @@ impl ResourceType {
             namespaced: true,
             status_subresource: false,
             short_names: Vec::new(),
+            printer_columns: Vec::new(),
         }
     }
 
@@ -76,6 +95,7 @@ impl ResourceType {
             namespaced,
             status_subresource: true,
             short_names: Vec::new(),
+            printer_columns: Vec::new(),
         }
     }
 

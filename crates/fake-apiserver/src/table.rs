@@ -3,9 +3,9 @@
 //! kubectl's `get` sends `Accept: application/json;as=Table;v=v1;g=meta.k8s.io,
 //! application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json`; kube-apiserver then answers a `Table`
 //! whose columns come from the type's printer: for Leases `printLease` in kube-apiserver's
-//! `pkg/printers/internalversion/printers.go` (Name, Holder, Age); for custom resources without
-//! `additionalPrinterColumns` the CRD default (Name, Age; apiextensions-apiserver
-//! `pkg/registry/customresource/tableconvertor/tableconvertor.go`).
+//! `pkg/printers/internalversion/printers.go` (Name, Holder, Age); for custom resources Name and their
+//! `additionalPrinterColumns` ([`ResourceType::printer_columns`]), without them the CRD default (Name,
+//! Age; apiextensions-apiserver `pkg/registry/customresource/tableconvertor/tableconvertor.go`).
 
 use http::HeaderMap;
 use serde_json::{Map, Value, json};
@@ -137,6 +137,15 @@ fn column_definitions(rt: &ResourceType) -> Value {
             column("Holder", "string", "", HOLDER_DESCRIPTION),
             column("Age", "string", "", AGE_DESCRIPTION),
         ])
+    } else if !rt.printer_columns.is_empty() {
+        // The CRD's additionalPrinterColumns after Name (apiextensions-apiserver's tableconvertor).
+        let mut columns = vec![column("Name", "string", "name", NAME_DESCRIPTION)];
+        columns.extend(
+            rt.printer_columns
+                .iter()
+                .map(|c| column(&c.name, &c.type_, "", &c.description)),
+        );
+        Value::Array(columns)
     } else {
         json!([
             column("Name", "string", "name", NAME_DESCRIPTION),
@@ -165,6 +174,22 @@ fn cells(rt: &ResourceType, object: &Value, now: jiff::Timestamp) -> Value {
             .and_then(Value::as_str)
             .unwrap_or_default();
         json!([name, holder, age])
+    } else if !rt.printer_columns.is_empty() {
+        // A missing field is a null cell (kubectl prints `<none>`); a date is printed as an age.
+        let mut cells = vec![name];
+        cells.extend(rt.printer_columns.iter().map(|c| {
+            let value = object.pointer(&c.json_path.replace('.', "/"));
+            match (c.type_.as_str(), value) {
+                ("date", Some(Value::String(t))) => {
+                    t.parse::<jiff::Timestamp>().map_or(Value::Null, |at| {
+                        json!(human_duration(now.duration_since(at).as_secs()))
+                    })
+                }
+                (_, Some(v)) => v.clone(),
+                (_, None) => Value::Null,
+            }
+        }));
+        Value::Array(cells)
     } else {
         json!([name, age])
     }
@@ -282,6 +307,43 @@ mod tests {
             json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                    "metadata": {"name": "a", "namespace": "ns", "creationTimestamp": "2026-05-01T12:00:00Z"}})
         );
+    }
+
+    #[test]
+    fn custom_resource_rows_have_its_printer_columns() {
+        let request = TableRequest::from_request(&accept(KUBECTL_ACCEPT), Some("None")).unwrap();
+        let mut rt = ResourceType::custom("claims.example.com", "v1", "Claim", "claims", true);
+        let column = |name: &str, type_: &str, json_path: &str| crate::resource::PrinterColumn {
+            name: name.into(),
+            type_: type_.into(),
+            json_path: json_path.into(),
+            description: String::new(),
+        };
+        rt.printer_columns = vec![
+            column("Phase", "string", ".status.phase"),
+            column("Host", "string", ".status.hostRef"),
+            column("Age", "date", ".metadata.creationTimestamp"),
+        ];
+        let now: jiff::Timestamp = "2026-05-03T12:00:00Z".parse().unwrap();
+        let list = json!({"metadata": {"resourceVersion": "9"}, "items": [
+            {"metadata": {"name": "bound", "creationTimestamp": "2026-05-03T11:59:00Z"},
+             "status": {"phase": "Bound", "hostRef": "h-1"}},
+            {"metadata": {"name": "new", "creationTimestamp": "2026-05-03T11:59:55Z"}},
+        ]});
+        let table = request.table(&rt, &list, now);
+        let names: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Name", "Phase", "Host", "Age"]);
+        assert_eq!(table["columnDefinitions"][3]["type"], "date");
+        assert_eq!(
+            table["rows"][0]["cells"],
+            json!(["bound", "Bound", "h-1", "60s"])
+        );
+        assert_eq!(table["rows"][1]["cells"], json!(["new", null, null, "5s"]));
     }
 
     #[test]

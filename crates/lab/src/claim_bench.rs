@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use claim_coordinator::metrics::Metrics;
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::HostClaim;
-use claim_coordinator::selection::{Candidate, spread};
+use claim_coordinator::selection::{Candidate, Requirements, spread};
 use claim_coordinator::steps::{Fence, Pool};
 use claim_coordinator::{Claimer, Settings};
 use fake_apiserver::Faults;
@@ -409,9 +410,12 @@ async fn original(pool: &Pool, claim: &HostClaim) -> Option<Duration> {
                 .err()
                 .map(|_| Duration::from_secs(5));
         }
+        let Ok(requirements) = Requirements::from_spec(&claim.spec) else {
+            return Some(Duration::from_secs(60));
+        };
         let mut available: Vec<_> = hosts
             .iter()
-            .filter(|h| h.is_available() && Candidate::from_host(h).fits(&claim.spec))
+            .filter(|h| h.is_available() && Candidate::from_host(*h).fits(&requirements))
             .collect();
         if available.is_empty() {
             return Some(Duration::from_secs(60));

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use claim_coordinator::provider::Claim as _;
 use fake_apiserver::Faults;
 use kube::api::{Api, DeleteParams};
 use leaderelection_lab::claim_sim::{

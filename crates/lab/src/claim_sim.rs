@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fake_apiserver::FakeApiServer;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, CustomResourceExt, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,29 +17,66 @@ use tokio_util::sync::CancellationToken;
 use claim_coordinator::claimer::Claimer;
 use claim_coordinator::coordinator;
 use claim_coordinator::metrics::Metrics;
+use claim_coordinator::provider::Claim as _;
 use claim_coordinator::resources::{
     GROUP, Hardware, HostClaim, HostClaimSpec, HostState, PhysicalHost, PhysicalHostSpec,
     PhysicalHostStatus, VERSION,
 };
 use claim_coordinator::settings::Settings;
-use leaderelection::KubeLeaseLock;
+use claim_coordinator::steps::Fence;
+use leaderelection::{KubeLeaseLock, LeaderState, Term};
 use leaderelection_controller::BoxError;
+
+/// A fence of the term `transitions` of the leader `leader` that stays current (no deadline) while the
+/// sender is kept: for driving [`claim_coordinator::Binder::batch`] directly.
+#[must_use]
+pub fn current_term(transitions: i32) -> (Fence, tokio::sync::watch::Sender<LeaderState>) {
+    let (tx, rx) = tokio::sync::watch::channel(LeaderState {
+        leader: Some("leader".into()),
+        lease_transitions: transitions,
+        term: Some(Term {
+            holder: "leader".into(),
+            transitions,
+            acquire_time: None,
+        }),
+        ..LeaderState::default()
+    });
+    (
+        Fence::Term {
+            transitions,
+            state: rx,
+        },
+        tx,
+    )
+}
 
 /// The namespace of the simulated pool and Lease.
 pub const NAMESPACE: &str = "default";
 
-/// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`).
+/// The two resource types for [`fake_apiserver::Builder::custom_resource`] (namespaced, with `/status`), with
+/// their CRDs' short names and printer columns (so that `kubectl get hostclaims` shows phase and host).
 #[must_use]
 pub fn fake_resource_types() -> [fake_apiserver::ResourceType; 2] {
-    let custom = |kind: &str, plural: &str, short: &str| {
-        let mut rt = fake_apiserver::ResourceType::custom(GROUP, VERSION, kind, plural, true);
-        rt.short_names = vec![short.to_owned()];
+    let custom = |crd: CustomResourceDefinition| {
+        let names = &crd.spec.names;
+        let mut rt =
+            fake_apiserver::ResourceType::custom(GROUP, VERSION, &names.kind, &names.plural, true);
+        rt.short_names = names.short_names.clone().unwrap_or_default();
+        rt.printer_columns = crd
+            .spec
+            .versions
+            .iter()
+            .flat_map(|v| v.additional_printer_columns.iter().flatten())
+            .map(|c| fake_apiserver::PrinterColumn {
+                name: c.name.clone(),
+                type_: c.type_.clone(),
+                json_path: c.json_path.clone(),
+                description: c.description.clone().unwrap_or_default(),
+            })
+            .collect();
         rt
     };
-    [
-        custom("PhysicalHost", "physicalhosts", "ph"),
-        custom("HostClaim", "hostclaims", "hc"),
-    ]
+    [custom(PhysicalHost::crd()), custom(HostClaim::crd())]
 }
 
 /// The timings of the demo and the benchmark: lease 2 s, renew deadline 1.5 s, retry period 250 ms,
@@ -119,28 +157,7 @@ impl Cluster {
     ///
     /// The API errors of the two writes.
     pub async fn add_host(&self, plan: &HostPlan) -> Result<(), kube::Error> {
-        let host = PhysicalHost {
-            metadata: ObjectMeta {
-                name: Some(plan.name.clone()),
-                labels: Some(plan.tags.clone()),
-                ..ObjectMeta::default()
-            },
-            spec: PhysicalHostSpec::default(),
-            status: None,
-        };
-        let mut created = self.hosts().create(&PostParams::default(), &host).await?;
-        created.status = Some(PhysicalHostStatus {
-            state: HostState::Available,
-            ready: true,
-            hardware: Hardware {
-                cpu_cores: plan.cpu_cores,
-                memory_gib: plan.memory_gib,
-            },
-        });
-        self.hosts()
-            .replace_status(&plan.name, &PostParams::default(), &created)
-            .await?;
-        Ok(())
+        create_host(&self.hosts(), plan).await
     }
 
     /// Creates a claim (with the release finalizer), as a consumer would.
@@ -188,6 +205,37 @@ impl Cluster {
     }
 }
 
+/// Creates a host through `hosts` (its namespace) and makes it `Available` and ready.
+///
+/// # Errors
+///
+/// The API errors of the two writes.
+pub async fn create_host(hosts: &Api<PhysicalHost>, plan: &HostPlan) -> Result<(), kube::Error> {
+    let host = PhysicalHost {
+        metadata: ObjectMeta {
+            name: Some(plan.name.clone()),
+            labels: Some(plan.tags.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: PhysicalHostSpec::default(),
+        status: None,
+    };
+    let mut created = hosts.create(&PostParams::default(), &host).await?;
+    created.status = Some(PhysicalHostStatus {
+        state: HostState::Available,
+        ready: true,
+        hardware: Hardware {
+            cpu_cores: plan.cpu_cores,
+            memory_gib: plan.memory_gib,
+        },
+        error_message: None,
+    });
+    hosts
+        .replace_status(&plan.name, &PostParams::default(), &created)
+        .await?;
+    Ok(())
+}
+
 /// 409s and writes on hosts and claims.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApiCounts {
@@ -213,6 +261,11 @@ pub struct Violations {
     pub hosts_with_two_consumers: BTreeSet<String>,
     /// Claims two hosts name (`consumerRef`), or one host names and its `hostRef` names another.
     pub claims_with_two_hosts: BTreeSet<String>,
+    /// Hosts whose `consumerRef` went from one consumer to another in a single write (seen by a watch,
+    /// so no write is missed between snapshots): only a write that ignores the host's consumer, such as a
+    /// patch without resourceVersion (cluster-api-provider-metal3#3189), does that; the binder clears a
+    /// consumer (release) before another can be set.
+    pub consumers_replaced: BTreeSet<String>,
 }
 
 // === impl Violations ===
@@ -221,7 +274,9 @@ impl Violations {
     /// Whether both invariants hold.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.hosts_with_two_consumers.is_empty() && self.claims_with_two_hosts.is_empty()
+        self.hosts_with_two_consumers.is_empty()
+            && self.claims_with_two_hosts.is_empty()
+            && self.consumers_replaced.is_empty()
     }
 }
 
@@ -275,6 +330,7 @@ impl Snapshot {
                 .filter(|(_, hosts)| hosts.len() > 1)
                 .map(|(uid, _)| name_of.get(&uid).cloned().unwrap_or(uid))
                 .collect(),
+            consumers_replaced: BTreeSet::new(),
         }
     }
 
@@ -543,12 +599,14 @@ impl Observed {
 }
 
 /// Reads every host and claim every 20 ms until stopped: first-bound times, invariants on every snapshot,
-/// and the coordinator Lease's holder.
+/// and the coordinator Lease's holder; and watches the hosts, so that a write replacing a host's consumer
+/// is seen even between snapshots ([`Violations::consumers_replaced`]).
 #[derive(Debug)]
 pub struct Monitor {
     observed: std::sync::Arc<std::sync::Mutex<Observed>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    history: tokio::task::JoinHandle<()>,
     started: tokio::time::Instant,
 }
 
@@ -621,10 +679,16 @@ impl Monitor {
                 }
             }
         });
+        let history = tokio::spawn(watch_consumers(
+            cluster.hosts(),
+            observed.clone(),
+            stop.clone(),
+        ));
         Self {
             observed,
             stop,
             task,
+            history,
             started,
         }
     }
@@ -664,10 +728,60 @@ impl Monitor {
         self.stop.cancel();
         let observed = self.observed.clone();
         let _ = self.task.await;
+        let _ = self.history.await;
         observed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// Watches `hosts` until `stop`, recording in `observed` every host whose consumer uid changed from one
+/// consumer to another in one event. The watch's initial listing (and a relist after it restarts, which
+/// may skip writes) only resets what is known: only live changes are compared.
+async fn watch_consumers(
+    hosts: Api<PhysicalHost>,
+    observed: std::sync::Arc<std::sync::Mutex<Observed>>,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let consumer = |host: &PhysicalHost| host.spec.consumer_ref.as_ref().map(|c| c.uid.clone());
+    let events = watcher(hosts, watcher::Config::default()).default_backoff();
+    tokio::pin!(events);
+    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut relisting: BTreeMap<String, Option<String>> = BTreeMap::new();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            None => return,
+            Some(Err(_)) => {}
+            Some(Ok(watcher::Event::Init)) => relisting.clear(),
+            Some(Ok(watcher::Event::InitApply(host))) => {
+                relisting.insert(host.name_any(), consumer(&host));
+            }
+            Some(Ok(watcher::Event::InitDone)) => known = std::mem::take(&mut relisting),
+            Some(Ok(watcher::Event::Apply(host))) => {
+                let now = consumer(&host);
+                let before = known.insert(host.name_any(), now.clone()).flatten();
+                if let (Some(before), Some(now)) = (before, now)
+                    && before != now
+                {
+                    observed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .violations
+                        .consumers_replaced
+                        .insert(host.name_any());
+                }
+            }
+            Some(Ok(watcher::Event::Delete(host))) => {
+                known.remove(&host.name_any());
+            }
+        }
     }
 }
 

@@ -5,18 +5,25 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use claim_coordinator::events::ClaimEvents;
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::{
-    ConsumerRef, HostClaimSpec, HostState, RELEASE_FINALIZER, TERM_ANNOTATION,
+    ConsumerRef, HostClaimSpec, HostState, PAUSED_ANNOTATION, PhysicalHostStatus,
+    RELEASE_FINALIZER, TERM_ANNOTATION,
 };
+use claim_coordinator::steps::CONDITION_TYPES;
 use claim_coordinator::{
-    Binder, ClaimPhase, Claimer, Fence, Metrics, Mode, Pool, Settings, StepError,
+    Binder, ClaimError, ClaimPhase, ClaimState, Claimer, Fence, Metrics, Mode, Pool, Settings,
+    StepError,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
-use leaderelection::{LeaderState, Term};
-use leaderelection_lab::claim_sim::{Cluster, HostPlan, NAMESPACE, ReplicaEvent};
+use leaderelection::Term;
+use leaderelection_lab::claim_sim::{
+    Cluster, HostPlan, NAMESPACE, ReplicaEvent, current_term as term,
+};
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 fn plan(name: &str, tags: &[(&str, &str)], cpu: u32) -> HostPlan {
@@ -43,27 +50,6 @@ fn needs(tag: &str) -> HostClaimSpec {
         required_tags: vec![tag.into()],
         ..simple()
     }
-}
-
-/// A term-`transitions` fence whose term is current (no deadline).
-fn term(transitions: i32) -> (Fence, watch::Sender<LeaderState>) {
-    let (tx, rx) = watch::channel(LeaderState {
-        leader: Some("leader".into()),
-        lease_transitions: transitions,
-        term: Some(Term {
-            holder: "leader".into(),
-            transitions,
-            acquire_time: None,
-        }),
-        ..LeaderState::default()
-    });
-    (
-        Fence::Term {
-            transitions,
-            state: rx,
-        },
-        tx,
-    )
 }
 
 fn binder(cluster: &Cluster) -> Binder {
@@ -282,6 +268,504 @@ async fn deleting_a_claim_releases_its_host_and_a_second_host_is_released() {
     cluster.server.shutdown().await;
 }
 
+/// Item 7 of issue 23: the release of deleted claims frees only hosts whose `consumerRef` is a claim of
+/// this pool (our kind and group, the claims' namespace). On main it freed every host whose consumer uid
+/// was not a live claim, whatever its kind.
+#[tokio::test]
+async fn a_host_consumed_by_a_foreign_kind_is_never_touched() {
+    let cluster = Cluster::start().await.unwrap();
+    for p in [
+        plan("h-machine", &[], 8),
+        plan("h-other-namespace", &[], 8),
+        plan("h-1", &[], 8),
+    ] {
+        cluster.add_host(&p).await.unwrap();
+    }
+    let foreign = [
+        (
+            "h-machine",
+            ConsumerRef {
+                api_version: "infrastructure.cluster.x-k8s.io/v1beta1".into(),
+                kind: "Metal3Machine".into(),
+                namespace: NAMESPACE.into(),
+                name: "m-1".into(),
+                uid: "uid-of-a-machine".into(),
+            },
+        ),
+        (
+            "h-other-namespace",
+            ConsumerRef {
+                api_version: "claims.leaderelection.dev/v1alpha1".into(),
+                kind: "HostClaim".into(),
+                namespace: "another-pool".into(),
+                name: "c-elsewhere".into(),
+                uid: "uid-of-another-pools-claim".into(),
+            },
+        ),
+    ];
+    let mut versions = BTreeMap::new();
+    for (name, consumer) in &foreign {
+        let mut host = cluster.hosts().get(name).await.unwrap();
+        host.spec.consumer_ref = Some(consumer.clone());
+        let host = cluster
+            .hosts()
+            .replace(name, &PostParams::default(), &host)
+            .await
+            .unwrap();
+        versions.insert(*name, host.resource_version());
+    }
+    cluster.add_claim("c-1", simple()).await.unwrap();
+    let (fence, _state) = term(1);
+    let binder = binder(&cluster);
+    binder.batch(&fence).await.unwrap();
+    assert_eq!(
+        cluster.claims().get("c-1").await.unwrap().host_ref(),
+        Some("h-1")
+    );
+    cluster
+        .claims()
+        .delete("c-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.server.reset_counts();
+    binder.batch(&fence).await.unwrap();
+    binder.batch(&fence).await.unwrap();
+    assert!(cluster.claims().get_opt("c-1").await.unwrap().is_none());
+    assert!(cluster.hosts().get("h-1").await.unwrap().is_available());
+    for (name, consumer) in &foreign {
+        let host = cluster.hosts().get(name).await.unwrap();
+        assert_eq!(host.spec.consumer_ref.as_ref(), Some(consumer), "{name}");
+        assert_eq!(
+            host.resource_version(),
+            versions[name],
+            "{name} was written"
+        );
+    }
+    let touched: Vec<_> = cluster
+        .server
+        .request_log()
+        .into_iter()
+        .filter(|r| {
+            r.verb == "update" && r.name.as_deref().is_some_and(|n| n != "h-1" && n != "c-1")
+        })
+        .map(|r| r.name)
+        .collect();
+    assert!(touched.is_empty(), "{touched:?}");
+    cluster.server.shutdown().await;
+}
+
+/// Issue 23 item 3: CAPM3's `chooseHost` skips paused, erroring, deleting and unhealthy hosts and hosts not
+/// in an available state; so does the binder. A claim waits (Pending, not Failed) while only such hosts
+/// fit it, and one whose `hostSelector` breaks a rule is Failed with the field in the message.
+#[tokio::test]
+async fn paused_erroring_unhealthy_deleting_and_unavailable_hosts_are_skipped() {
+    let cluster = Cluster::start().await.unwrap();
+    let names = [
+        "h-paused",
+        "h-erroring",
+        "h-unhealthy",
+        "h-deleting",
+        "h-enrolling",
+    ];
+    for name in names {
+        cluster.add_host(&plan(name, &[], 8)).await.unwrap();
+    }
+    let hosts = cluster.hosts();
+    let mut paused = hosts.get("h-paused").await.unwrap();
+    paused
+        .annotations_mut()
+        .insert(PAUSED_ANNOTATION.into(), String::new());
+    hosts
+        .replace("h-paused", &PostParams::default(), &paused)
+        .await
+        .unwrap();
+    for (name, change) in [
+        (
+            "h-erroring",
+            (|s: &mut PhysicalHostStatus| s.error_message = Some("BMC unreachable".into()))
+                as fn(&mut PhysicalHostStatus),
+        ),
+        ("h-unhealthy", |s| s.ready = false),
+        ("h-enrolling", |s| s.state = HostState::Enrolling),
+    ] {
+        let mut host = hosts.get(name).await.unwrap();
+        change(host.status.as_mut().unwrap());
+        hosts
+            .replace_status(name, &PostParams::default(), &host)
+            .await
+            .unwrap();
+    }
+    let mut deleting = hosts.get("h-deleting").await.unwrap();
+    deleting.finalizers_mut().push("example.com/wipe".into());
+    hosts
+        .replace("h-deleting", &PostParams::default(), &deleting)
+        .await
+        .unwrap();
+    hosts
+        .delete("h-deleting", &DeleteParams::default())
+        .await
+        .unwrap();
+    for name in names {
+        assert!(!hosts.get(name).await.unwrap().is_available(), "{name}");
+    }
+    cluster.add_claim("c-1", simple()).await.unwrap();
+    let invalid = HostClaimSpec {
+        host_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "rack".into(),
+                operator: "Gt".into(),
+                values: Some(vec!["1".into()]),
+            }]),
+        }),
+        ..simple()
+    };
+    cluster.add_claim("c-invalid", invalid).await.unwrap();
+    let (fence, _state) = term(1);
+    let binder = binder(&cluster);
+    let report = binder.batch(&fence).await.unwrap();
+    assert_eq!(report.bound, 0);
+    let claim = cluster.claims().get("c-1").await.unwrap();
+    assert_eq!(claim.phase(), ClaimPhase::Pending);
+    let status = cluster
+        .claims()
+        .get("c-invalid")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.phase, ClaimPhase::Failed);
+    assert_eq!(status.conditions[0].reason, "InvalidHostSelector");
+    assert!(
+        status.conditions[0]
+            .message
+            .contains("spec.hostSelector.matchExpressions[0].operator"),
+        "{:?}",
+        status.conditions
+    );
+    for name in names {
+        assert_eq!(
+            hosts.get(name).await.unwrap().spec.consumer_ref,
+            None,
+            "{name}"
+        );
+    }
+    // A host that becomes available is taken at the next batch.
+    cluster.add_host(&plan("h-ok", &[], 8)).await.unwrap();
+    binder.batch(&fence).await.unwrap();
+    assert_eq!(
+        cluster.claims().get("c-1").await.unwrap().host_ref(),
+        Some("h-ok")
+    );
+    cluster.server.shutdown().await;
+}
+
+/// A `hostSelector` (label selector) decides end to end: `NotIn` and `DoesNotExist` leave the hosts they
+/// exclude, and a claim that no host of the pool matches waits (`Pending`, reason `Unsatisfiable`: a host
+/// may join).
+#[tokio::test]
+async fn a_host_selector_with_not_in_and_does_not_exist_chooses_the_host() {
+    let cluster = Cluster::start().await.unwrap();
+    for p in [
+        plan("h-rack-1", &[("rack", "1")], 8),
+        plan("h-rack-2-gpu", &[("rack", "2"), ("gpu", "a100")], 8),
+        plan("h-rack-2", &[("rack", "2")], 8),
+    ] {
+        cluster.add_host(&p).await.unwrap();
+    }
+    let selector = |expressions: Vec<(&str, &str, &[&str])>| HostClaimSpec {
+        host_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(
+                expressions
+                    .into_iter()
+                    .map(|(key, operator, values)| LabelSelectorRequirement {
+                        key: key.into(),
+                        operator: operator.into(),
+                        values: (!values.is_empty())
+                            .then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+                    })
+                    .collect(),
+            ),
+        }),
+        ..simple()
+    };
+    cluster
+        .add_claim(
+            "c-no-gpu-not-rack-1",
+            selector(vec![
+                ("rack", "NotIn", &["1"]),
+                ("gpu", "DoesNotExist", &[]),
+            ]),
+        )
+        .await
+        .unwrap();
+    cluster
+        .add_claim("c-rack-3", selector(vec![("rack", "In", &["3"])]))
+        .await
+        .unwrap();
+    let (fence, _state) = term(1);
+    binder(&cluster).batch(&fence).await.unwrap();
+    let claims = cluster.claims();
+    assert_eq!(
+        claims.get("c-no-gpu-not-rack-1").await.unwrap().host_ref(),
+        Some("h-rack-2")
+    );
+    let waiting = claims.get("c-rack-3").await.unwrap();
+    assert_eq!(waiting.phase(), ClaimPhase::Pending, "{waiting:?}");
+    assert_eq!(
+        waiting.status.unwrap().conditions[0].reason,
+        "Unsatisfiable"
+    );
+    cluster.server.shutdown().await;
+}
+
+/// Issue 23 item 5: the claim's conditions are `metav1.Condition`s (`Bound` and `Ready`, with
+/// `observedGeneration`), `Failed` is kept for a claim that can never be served, the binder records Events
+/// on bind, release and failure, and `kubectl get hostclaims` / `physicalhosts` show the CRDs' printer
+/// columns through the fake's Table form.
+#[tokio::test]
+async fn claim_status_follows_kubernetes_conventions_with_events_and_printer_columns() {
+    let cluster = Cluster::start().await.unwrap();
+    cluster.add_host(&plan("h-1", &[], 8)).await.unwrap();
+    cluster.add_claim("c-1", simple()).await.unwrap();
+    let invalid = HostClaimSpec {
+        required_tags: vec!["=x".into()],
+        ..simple()
+    };
+    cluster.add_claim("c-invalid", invalid).await.unwrap();
+    let (fence, _state) = term(1);
+    let binder = binder(&cluster).events(ClaimEvents::new(cluster.client.clone(), "leader"));
+    binder.batch(&fence).await.unwrap();
+
+    let claim = cluster.claims().get("c-1").await.unwrap();
+    let status = claim.status.clone().unwrap();
+    let types: Vec<_> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, CONDITION_TYPES);
+    for condition in &status.conditions {
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "BoundByLeader")
+        );
+        assert_eq!(condition.observed_generation, claim.metadata.generation);
+        assert!(condition.observed_generation.is_some());
+    }
+    let failed = cluster
+        .claims()
+        .get("c-invalid")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(failed.phase, ClaimPhase::Failed);
+    assert_eq!(failed.conditions[1].type_, "Ready");
+    assert_eq!(failed.conditions[1].status, "False");
+
+    // Events (written in the background: a generous liveness bound, not a timing).
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let seen = |reason: &'static str, name: &'static str| {
+        let events = events.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let list = events.list(&Default::default()).await.unwrap().items;
+                if let Some(event) = list.into_iter().find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                }) {
+                    return event;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no {reason} Event on {name}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let bound = seen("Bound", "c-1").await;
+    assert_eq!(bound.type_.as_deref(), Some("Normal"));
+    assert_eq!(bound.note.as_deref(), Some("bound to host h-1"));
+    let invalid = seen("InvalidHostSelector", "c-invalid").await;
+    assert_eq!(invalid.type_.as_deref(), Some("Warning"));
+    assert!(
+        invalid
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("spec.requiredTags[0]"),
+        "{invalid:?}"
+    );
+
+    // kubectl get: the printer columns, from the fake's Table form.
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok()
+    {
+        let url = cluster.server.url();
+        let get = |kind: &'static str| {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new("kubectl")
+                    .args([
+                        "--server",
+                        &url,
+                        "--request-timeout=10s",
+                        "get",
+                        kind,
+                        "-n",
+                        NAMESPACE,
+                    ])
+                    .env("KUBECONFIG", "/dev/null")
+                    .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                String::from_utf8(out.stdout).unwrap()
+            })
+        };
+        let claims = get("hostclaims").await.unwrap();
+        let lines: Vec<Vec<&str>> = claims
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["NAME", "PHASE", "HOST", "AGE"], "{claims}");
+        assert!(
+            lines.iter().any(|l| l[..3] == ["c-1", "Bound", "h-1"]),
+            "{claims}"
+        );
+        // A missing field is an empty cell (kubectl prints nothing for a null custom column).
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.len() == 3 && l[..2] == ["c-invalid", "Failed"]),
+            "{claims}"
+        );
+        let hosts = get("physicalhosts").await.unwrap();
+        let lines: Vec<Vec<&str>> = hosts
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["NAME", "STATE", "CONSUMER", "AGE"], "{hosts}");
+        assert_eq!(lines[1][..3], ["h-1", "Claimed", "c-1"], "{hosts}");
+    } else {
+        println!(
+            "kubectl is not installed: the printer columns are checked by the fake's table tests only"
+        );
+    }
+
+    cluster
+        .claims()
+        .delete("c-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    binder.batch(&fence).await.unwrap();
+    let released = seen("Released", "c-1").await;
+    assert_eq!(released.note.as_deref(), Some("host h-1 released"));
+    cluster.server.shutdown().await;
+}
+
+/// Issue 23 item 4: `Claimer::ensure` writes the claim when missing and returns its state at once
+/// (pending with the reason, bound to a host, failed with the reason), for a reconciler re-triggered by the
+/// claim's watch; `claim` is the blocking convenience over it and stops on a terminal failure.
+#[tokio::test]
+async fn ensure_returns_the_claim_state_without_waiting() {
+    let cluster = Cluster::start().await.unwrap();
+    cluster.add_host(&plan("h-1", &[], 8)).await.unwrap();
+    let leader_mode = Claimer::new(
+        cluster.client.clone(),
+        NAMESPACE,
+        "consumer-a",
+        &fast(Mode::Leader),
+        Metrics::new(&mut Registry::default()),
+    );
+    // No leader runs: ensure does not wait for one.
+    let state = leader_mode.ensure("c-1", simple()).await.unwrap();
+    assert_eq!(
+        state,
+        ClaimState::Pending {
+            reason: String::new(),
+            message: String::new()
+        }
+    );
+    let created = cluster.claims().get("c-1").await.unwrap();
+    assert!(created.finalizers().contains(&RELEASE_FINALIZER.to_owned()));
+    // Again: the same claim, not a second one, and no conflict answered.
+    cluster.server.reset_counts();
+    leader_mode.ensure("c-1", simple()).await.unwrap();
+    assert_eq!(cluster.api_counts().conflicts, 0);
+    assert_eq!(
+        cluster.claims().get("c-1").await.unwrap().metadata.uid,
+        created.metadata.uid
+    );
+    cluster.add_claim("c-gpu", needs("gpu")).await.unwrap();
+    cluster
+        .add_claim(
+            "c-invalid",
+            HostClaimSpec {
+                required_tags: vec!["=x".into()],
+                ..simple()
+            },
+        )
+        .await
+        .unwrap();
+    let (fence, _state) = term(1);
+    binder(&cluster).batch(&fence).await.unwrap();
+    assert_eq!(
+        leader_mode.ensure("c-1", simple()).await.unwrap(),
+        ClaimState::Bound { host: "h-1".into() }
+    );
+    let ClaimState::Pending { reason, .. } =
+        leader_mode.ensure("c-gpu", needs("gpu")).await.unwrap()
+    else {
+        panic!("c-gpu is not pending");
+    };
+    assert_eq!(reason, "Unsatisfiable");
+    // A claim the binder failed (written by another client): Failed with the reason; `claim` stops.
+    let ClaimState::Failed { reason, message } =
+        leader_mode.ensure("c-invalid", simple()).await.unwrap()
+    else {
+        panic!("c-invalid is not failed");
+    };
+    assert_eq!(reason, "InvalidHostSelector");
+    assert!(message.contains("spec.requiredTags[0]"), "{message}");
+    let err = leader_mode
+        .claim("c-invalid", simple(), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClaimError::Failed { .. }), "{err}");
+    // A bad spec is refused before anything is written.
+    let err = leader_mode
+        .ensure(
+            "c-bad",
+            HostClaimSpec {
+                required_tags: vec!["=x".into()],
+                ..simple()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClaimError::Invalid { .. }), "{err}");
+    assert!(cluster.claims().get_opt("c-bad").await.unwrap().is_none());
+
+    // Claiming directly, ensure makes one attempt: bound in one call.
+    cluster.add_host(&plan("h-2", &[], 8)).await.unwrap();
+    let optimistic = Claimer::new(
+        cluster.client.clone(),
+        NAMESPACE,
+        "consumer-b",
+        &fast(Mode::Optimistic),
+        Metrics::new(&mut Registry::default()),
+    );
+    assert_eq!(
+        optimistic.ensure("c-2", simple()).await.unwrap(),
+        ClaimState::Bound { host: "h-2".into() }
+    );
+    cluster.server.shutdown().await;
+}
+
 fn fast(mode: Mode) -> Settings {
     Settings {
         lease_duration: Duration::from_secs(1),
@@ -441,7 +925,7 @@ async fn after_its_deadline_a_term_sends_nothing_and_waits_for_its_end() {
 }
 
 #[tokio::test]
-async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_fails_until_a_host_fits()
+async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_waits_until_a_host_fits()
  {
     let cluster = Cluster::start().await.unwrap();
     cluster
@@ -465,11 +949,16 @@ async fn priority_decides_who_gets_a_scarce_host_and_an_unsatisfiable_claim_fail
     };
     assert_eq!(phase("c-simple").await.host_ref.as_deref(), Some("h-1"));
     assert_eq!(phase("c-tagged").await.phase, ClaimPhase::Pending);
-    // No host of the pool has a GPU: Failed, with the reason.
+    // No host of the pool has a GPU: Pending (not the terminal Failed: a host may join), with the reason;
+    // the tagged claim's hosts are taken.
     let gpu = phase("c-gpu").await;
-    assert_eq!(gpu.phase, ClaimPhase::Failed);
+    assert_eq!(gpu.phase, ClaimPhase::Pending);
     assert_eq!(gpu.conditions[0].reason, "Unsatisfiable");
-    // A GPU host joins: the failed claim is bound.
+    assert_eq!(
+        phase("c-tagged").await.conditions[0].reason,
+        "NoHostAvailable"
+    );
+    // A GPU host joins: the waiting claim is bound.
     cluster
         .add_host(&plan("h-gpu", &[("gpu", "a100")], 8))
         .await

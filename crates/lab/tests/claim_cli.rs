@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::HostClaimSpec;
 use claim_coordinator::settings::DEFAULT_LEASE_NAME;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -33,9 +34,9 @@ async fn run_binds_claims_as_leader_and_serves_the_metrics() {
     .await;
     let metrics = get(&format!("http://{admin_addr}/metrics")).await;
     for line in [
-        "claim_coordinator_leader_election_total{event_type=\"started_leading\"} 1",
-        "claim_coordinator_results_total{result_type=\"success\"} 1",
-        "host_claim_attempts_total{outcome=\"success\",conflict_reason=\"none\"} 1",
+        "claim_coordinator_leader_election_total{namespace=\"default\",event_type=\"started_leading\"} 1",
+        "claim_coordinator_results_total{namespace=\"default\",result_type=\"success\"} 1",
+        "host_claim_attempts_total{namespace=\"default\",outcome=\"success\",conflict_reason=\"none\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
@@ -93,6 +94,106 @@ async fn run_on_sigterm_stops_its_binder_and_releases_the_lease() {
         "the binder started, then stopped\n{logs}"
     );
     cluster.server.shutdown().await;
+}
+
+/// Issue 23: `run` with leader election off, or with `mode=optimistic`, serves claims through the fallback
+/// coordinator (intent first: `selectedHost` recorded, `BoundOptimistically`) and releases the host of a
+/// deleted claim; it used to bind nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_a_binder_serves_claims_through_the_fallback() {
+    let bin = locate(Product::ClaimCoordinator, None).unwrap();
+    for flags in [
+        [
+            "--enable-claim-coordinator-leader-election=false",
+            "--claim-coordinator-mode=auto",
+        ],
+        [
+            "--enable-claim-coordinator-leader-election=true",
+            "--claim-coordinator-mode=optimistic",
+        ],
+    ] {
+        let cluster = Cluster::start().await.unwrap();
+        cluster
+            .add_host(&HostPlan {
+                name: "host-1".into(),
+                tags: Default::default(),
+                cpu_cores: 8,
+                memory_gib: 32,
+            })
+            .await
+            .unwrap();
+        let child = tokio::process::Command::new(&bin)
+            .args([
+                "run",
+                "--server",
+                &cluster.server.url(),
+                "--identity",
+                "pod-a",
+                "--namespace",
+                NAMESPACE,
+                "--claim-coordinator-lease-duration=2s",
+                "--claim-coordinator-renew-deadline=1s",
+                "--claim-coordinator-retry-period=200ms",
+                "--claim-coordinator-processing-interval=100ms",
+            ])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        cluster
+            .add_claim(
+                "claim-1",
+                HostClaimSpec {
+                    image_url: "http://images.example/os.iso".into(),
+                    ..HostClaimSpec::default()
+                },
+            )
+            .await
+            .unwrap();
+        let claim = tokio::time::timeout(LIVENESS, async {
+            loop {
+                let claim = cluster.claims().get("claim-1").await.unwrap();
+                if claim.host_ref().is_some() {
+                    return claim;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{flags:?}: bound within the liveness bound"));
+        let status = claim.status.unwrap();
+        assert_eq!(status.host_ref.as_deref(), Some("host-1"), "{flags:?}");
+        assert_eq!(status.selected_host.as_deref(), Some("host-1"), "{flags:?}");
+        assert_eq!(
+            status.conditions[0].reason, "BoundOptimistically",
+            "{flags:?}"
+        );
+        cluster
+            .claims()
+            .delete("claim-1", &Default::default())
+            .await
+            .unwrap();
+        tokio::time::timeout(LIVENESS, async {
+            while cluster.claims().get_opt("claim-1").await.unwrap().is_some()
+                || !cluster.hosts().get("host-1").await.unwrap().is_available()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{flags:?}: released within the liveness bound"));
+        kill(&child, "INT");
+        let output = child.wait_with_output().await.unwrap();
+        let logs = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{flags:?}: {logs}");
+        assert!(
+            logs.contains("Using fallback coordinator (no leader or leader election disabled)"),
+            "{flags:?}: {logs}"
+        );
+        cluster.server.shutdown().await;
+    }
 }
 
 /// Starts `claim-coordinator run` as `pod-a` with `extra` flags on a cluster with one host, and returns

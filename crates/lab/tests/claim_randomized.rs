@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::HostClaimSpec;
 use claim_coordinator::{Mode, Settings};
 use fake_apiserver::Faults;
@@ -289,4 +290,76 @@ async fn invariants_hold_and_claims_are_bound_over_200_seeds() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The checker of the 200 seeds catches an unguarded host write (issue 23): a patch without
+/// resourceVersion that replaces a bound host's `consumerRef` (cluster-api-provider-metal3#3189's bug) is
+/// repaired by the next batch, so a snapshot every 100 ms sees it only if it falls in between (the issue
+/// measured 0 of 200 seeds); the monitor's watch of the hosts reports the write itself.
+#[tokio::test]
+async fn an_unguarded_host_write_is_caught_by_the_monitor() {
+    use claim_coordinator::{Binder, Metrics, Pool};
+    use kube::api::{Patch, PatchParams};
+    use leaderelection_lab::claim_sim::{NAMESPACE, current_term};
+
+    let cluster = Cluster::start().await.unwrap();
+    for name in ["h-1", "h-2"] {
+        cluster
+            .add_host(&HostPlan {
+                name: name.into(),
+                tags: Default::default(),
+                cpu_cores: 8,
+                memory_gib: 64,
+            })
+            .await
+            .unwrap();
+    }
+    let monitor = Monitor::every(&cluster, &settings().lease_name, Duration::from_millis(100));
+    let spec = HostClaimSpec {
+        image_url: "http://images.example/os.iso".into(),
+        ..HostClaimSpec::default()
+    };
+    for name in ["c-1", "c-2"] {
+        cluster.add_claim(name, spec.clone()).await.unwrap();
+    }
+    let binder = Binder::new(
+        Pool::new(cluster.client.clone(), NAMESPACE, "leader"),
+        Metrics::new(&mut prometheus_client::registry::Registry::default()),
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    let (fence, _state) = current_term(1);
+    assert_eq!(binder.batch(&fence).await.unwrap().bound, 2);
+    let claims = cluster.claims();
+    let (c1, c2) = (
+        claims.get("c-1").await.unwrap(),
+        claims.get("c-2").await.unwrap(),
+    );
+    let stolen = c1.host_ref().unwrap().to_owned();
+    // Guarded writes never replace a consumer: nothing is reported for the binds.
+    assert!(
+        monitor
+            .wait_for(Duration::from_secs(20), |o| o.bound_at.len() == 2)
+            .await
+    );
+    assert!(monitor.observed().violations.is_empty());
+    // The unguarded write: a merge patch of the consumer, no resourceVersion.
+    let patch = serde_json::json!({"spec": {"consumerRef": c2.consumer_ref()}});
+    cluster
+        .hosts()
+        .patch(&stolen, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    // The binder repairs at once (the stolen claim is pending again, the thief keeps one host).
+    binder.batch(&fence).await.unwrap();
+    binder.batch(&fence).await.unwrap();
+    // A liveness bound for the watch event, generous for a loaded machine.
+    let caught = monitor
+        .wait_for(Duration::from_secs(20), |o| {
+            o.violations.consumers_replaced.contains(&stolen)
+        })
+        .await;
+    let observed = monitor.stop().await;
+    assert!(caught, "{:?}", observed.violations);
+    cluster.server.shutdown().await;
 }
