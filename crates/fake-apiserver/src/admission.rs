@@ -40,6 +40,7 @@ impl ResourceType {
             namespaced: false,
             status_subresource: false,
             short_names: Vec::new(),
+            printer_columns: Vec::new(),
         }
     }
 
@@ -55,6 +56,7 @@ impl ResourceType {
             namespaced: false,
             status_subresource: false,
             short_names: Vec::new(),
+            printer_columns: Vec::new(),
         }
     }
 }
