@@ -93,13 +93,20 @@ pub fn replica_of<H: Host>(
             settings.max_wait,
         )
         .events(ClaimEvents::new(client, identity));
+        // The binder's writes go through the term's write gate: refused outside the term, cancelled in
+        // flight at its end, and stamped so that the fencing policy refuses them once a newer term began.
         builder = builder.leader_only("claim-binder", move |lead: LeaderContext| {
-            binder.clone().run_term(lead.term, lead.state, lead.token)
+            binder
+                .clone()
+                .gated(&lead.fence)
+                .run_term(lead.term, lead.state, lead.token)
         });
     } else {
         // The fallback coordinator, intent first: a host-first binder beside consumers claiming intent
         // first could give a claim two hosts, the fallback cannot. Without election every replica runs it
         // (each leads at once); with election in optimistic mode, the leader.
+        // Not gated: its writes are the consumers' optimistic path, safe with any number of writers
+        // (conditional, intent first) and stamped by no term.
         let mut fallback_settings = settings.clone();
         fallback_settings.mode = Mode::Optimistic;
         let fallback = Claimer::with_pool(
