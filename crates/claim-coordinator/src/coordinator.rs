@@ -16,7 +16,8 @@ use crate::settings::{Mode, Settings};
 use crate::steps::Pool;
 
 /// Builds a replica's runtime: the election of `settings.lease_name` in `namespace` as `identity`, the
-/// binder of the hosts and claims of `namespace` during this replica's terms, and the coordinator's
+/// binder of the hosts and claims of `namespace` during this replica's terms (its requests through the
+/// term's write gate, [`Binder::gated`]: `docs/claim-coordinator.md`, "Fencing"), and the coordinator's
 /// metrics in `registry` (served on `/metrics` with the election's when `admin` is set). Run it with
 /// [`Runtime::run`].
 ///
