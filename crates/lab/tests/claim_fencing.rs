@@ -21,7 +21,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::client::Body;
 use leaderelection::fencing::{self, LEASE_ANNOTATION};
 use leaderelection::{LeaderState, Term};
-use leaderelection_lab::claim_sim::{Cluster, HostPlan, NAMESPACE};
+use leaderelection_lab::claim_sim::{Cluster, HostPlan, NAMESPACE, Replica};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -224,4 +224,44 @@ async fn with_the_policy_a_bind_held_on_the_wire_across_a_takeover_is_refused_wi
         outcome.claims_with_two_hosts
     );
     assert_eq!(outcome.big_consumer, None, "h-big unchanged");
+}
+
+/// `coordinator::replica` runs the binder through its term's gate: a host it binds carries the Lease's
+/// stamp, which only the gate writes (the binder itself writes the term alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_binds_hosts_through_its_terms_gate() {
+    let cluster = Cluster::start().await.unwrap();
+    cluster.add_host(&host("h-1", 8)).await.unwrap();
+    let (events, _bound) = mpsc::unbounded_channel();
+    let settings = leaderelection_lab::claim_sim::fast_settings();
+    let mut replica = Replica::start(&cluster, "replica-0", &settings, events)
+        .await
+        .unwrap();
+    let spec = HostClaimSpec {
+        image_url: "http://images.example/os.iso".into(),
+        ..HostClaimSpec::default()
+    };
+    cluster.add_claim("c-1", spec).await.unwrap();
+    let host = bounded(async {
+        loop {
+            let host = cluster.hosts().get("h-1").await.unwrap();
+            if host.consumer().is_some() {
+                break host;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    replica.stop().await;
+    let lease: Lease = Api::namespaced(cluster.client.clone(), NAMESPACE)
+        .get(LEASE)
+        .await
+        .unwrap();
+    let transitions = lease.spec.unwrap().lease_transitions.unwrap_or_default();
+    assert_eq!(
+        host.annotations().get(LEASE_ANNOTATION).map(String::as_str),
+        Some(format!("{NAMESPACE}/{LEASE}").as_str())
+    );
+    assert_eq!(host.annotations()[TERM_ANNOTATION], transitions.to_string());
+    cluster.server.shutdown().await;
 }
