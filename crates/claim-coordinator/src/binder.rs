@@ -69,6 +69,16 @@ impl<H: Host, C: Claim> Binder<H, C> {
         self
     }
 
+    /// This binder with its reads and writes sent through `fence`, the write gate of the term it is about
+    /// to run ([`Pool::gated`]; `LeaderContext::fence` in a `Runtime`): with the fencing policy installed
+    /// for the hosts (`docs/claim-coordinator.md`, "Fencing"), a host write held on the wire past the
+    /// next leader's takeover is refused by the API server.
+    #[must_use]
+    pub fn gated(mut self, fence: &leaderelection::fencing::Fence) -> Self {
+        self.pool = self.pool.gated(fence);
+        self
+    }
+
     /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown): a batch every
     /// interval, or 10 ms after a host or claim changed. Nothing is sent once the term's deadline has
     /// passed (checked before every request).

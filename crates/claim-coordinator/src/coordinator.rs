@@ -16,7 +16,8 @@ use crate::settings::{Mode, Settings};
 use crate::steps::Pool;
 
 /// Builds a replica's runtime: the election of `settings.lease_name` in `namespace` as `identity`, the
-/// binder of the hosts and claims of `namespace` during this replica's terms, and the coordinator's
+/// binder of the hosts and claims of `namespace` during this replica's terms (its requests through the
+/// term's write gate, [`Binder::gated`]: `docs/claim-coordinator.md`, "Fencing"), and the coordinator's
 /// metrics in `registry` (served on `/metrics` with the election's when `admin` is set). Run it with
 /// [`Runtime::run`].
 ///
@@ -93,13 +94,20 @@ pub fn replica_of<H: Host>(
             settings.max_wait,
         )
         .events(ClaimEvents::new(client, identity));
+        // The binder's writes go through the term's write gate: refused outside the term, cancelled in
+        // flight at its end, and stamped so that the fencing policy refuses them once a newer term began.
         builder = builder.leader_only("claim-binder", move |lead: LeaderContext| {
-            binder.clone().run_term(lead.term, lead.state, lead.token)
+            binder
+                .clone()
+                .gated(&lead.fence)
+                .run_term(lead.term, lead.state, lead.token)
         });
     } else {
         // The fallback coordinator, intent first: a host-first binder beside consumers claiming intent
         // first could give a claim two hosts, the fallback cannot. Without election every replica runs it
         // (each leads at once); with election in optimistic mode, the leader.
+        // Not gated: its writes are the consumers' optimistic path, safe with any number of writers
+        // (conditional, intent first) and stamped by no term.
         let mut fallback_settings = settings.clone();
         fallback_settings.mode = Mode::Optimistic;
         let fallback = Claimer::with_pool(

@@ -12,7 +12,10 @@
 //! 3. the claim's `status` `phase: Bound`, `hostRef`, `boundTerm`, guarded by the claim's resourceVersion.
 //!
 //! Every term starts from the hosts: it finishes the binds a previous leader left half-done, so a leader
-//! killed between steps never gives a claim two hosts. Writes stop when the term ends.
+//! killed between steps never gives a claim two hosts. Writes stop when the term ends: they go through the
+//! term's write gate (`leaderelection::fencing::Fence`, [`Binder::gated`]), stamped with the term, so that
+//! the fencing policy for the hosts (`leader-elect fencing-policy`) refuses one that lands after a newer
+//! term began.
 //!
 //! The binder is generic over the provider's kinds ([`provider::Host`], [`provider::Claim`]): our
 //! `PhysicalHost` and `HostClaim` are one implementation, a provider's own host kind (Metal3's

@@ -16,8 +16,12 @@ pub const GROUP: &str = "claims.leaderelection.dev";
 pub const VERSION: &str = "v1alpha1";
 /// The finalizer every claim carries until its host is released.
 pub const RELEASE_FINALIZER: &str = "claims.leaderelection.dev/release";
-/// Annotation on a host: the term (the coordinator Lease's `leaseTransitions`) of the leader that bound it.
-pub const TERM_ANNOTATION: &str = "claims.leaderelection.dev/term";
+/// Annotation on a host: the term (the coordinator Lease's `leaseTransitions`) of the leader that last wrote
+/// its spec (the bind, or the release). The fencing token ([`leaderelection::fencing::TERM_ANNOTATION`],
+/// `leaderelection.dev/term`), so that the admission policy of `leader-elect fencing-policy` refuses a host
+/// write of an older term; the binder's write gate also stamps it, with the Lease
+/// ([`leaderelection::fencing::LEASE_ANNOTATION`]). Until 2026-12-07 it was `claims.leaderelection.dev/term`.
+pub const TERM_ANNOTATION: &str = leaderelection::fencing::TERM_ANNOTATION;
 /// Annotation on a host: the identity that bound it (a leader or an optimistic claimer).
 pub const CLAIMED_BY_ANNOTATION: &str = "claims.leaderelection.dev/claimed-by";
 /// Annotation on a host: present (any value), the host is paused and never chosen, as Metal3's

@@ -8,6 +8,7 @@ use std::time::Duration;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use leaderelection::LeaderState;
+use leaderelection::fencing::{self, Fenced, LEASE_ANNOTATION};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -28,7 +29,8 @@ pub type Result<T, E = StepError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StepError {
-    /// The term ended (or its deadline passed): nothing was sent.
+    /// The term ended (or its deadline passed): nothing was sent, or the term's write gate
+    /// ([`Pool::gated`]) cancelled the request in flight.
     #[error("the term ended")]
     Fenced,
     /// A conditional write lost: 409 Conflict.
@@ -68,6 +70,9 @@ impl StepError {
     }
 
     fn from_kube(err: kube::Error) -> Self {
+        if Fenced::find(&err).is_some() {
+            return Self::Fenced;
+        }
         match err {
             kube::Error::Api(status) if status.code == 409 => Self::Conflict(status.message),
             kube::Error::Api(status) if status.code == 404 => Self::InvalidState(status.message),
@@ -191,6 +196,25 @@ impl<H: Host, C: Claim> Pool<H, C> {
                 .is_none_or(|ns| ns == consumer.namespace)
     }
 
+    /// This pool with every request sent through `fence`, one term's write gate: a write outside the term
+    /// fails before it is sent ([`StepError::Fenced`]), one in flight when the term ends is cancelled, and
+    /// the objects written are stamped with the term and the Lease (`leaderelection::fencing`), so that the
+    /// admission policy refuses a host write that reaches the API server after a newer term began. The
+    /// namespaces are kept.
+    #[must_use]
+    pub fn gated(&self, fence: &fencing::Fence) -> Self {
+        let client = fence.client(&self.hosts.clone().into_client());
+        let hosts_namespace = self.hosts.namespace().unwrap_or_default();
+        Self {
+            hosts: Api::namespaced(client.clone(), hosts_namespace),
+            claims: self.claims.namespace().map_or_else(
+                || Api::all(client.clone()),
+                |ns| Api::namespaced(client.clone(), ns),
+            ),
+            identity: self.identity.clone(),
+        }
+    }
+
     /// The API of `host`'s namespace.
     fn host_api(&self, host: &H) -> Api<H> {
         Api::namespaced(
@@ -247,9 +271,13 @@ impl<H: Host, C: Claim> Pool<H, C> {
         let annotations = updated.annotations_mut();
         annotations.insert(CLAIMED_BY_ANNOTATION.into(), self.identity.clone());
         match fence.term() {
-            Some(term) => annotations.insert(TERM_ANNOTATION.into(), term.to_string()),
-            None => annotations.remove(TERM_ANNOTATION),
-        };
+            Some(term) => {
+                annotations.insert(TERM_ANNOTATION.into(), term.to_string());
+            }
+            // An optimistic bind is no term's: a leader's stamp left on the host would make it a stale
+            // write under the fencing policy.
+            None => unstamp(annotations),
+        }
         write(
             fence,
             self.host_api(host)
@@ -392,7 +420,7 @@ impl<H: Host, C: Claim> Pool<H, C> {
             let mut updated = host.clone();
             updated.set_consumer(None, None);
             let annotations = updated.annotations_mut();
-            annotations.remove(TERM_ANNOTATION);
+            unstamp(annotations);
             annotations.remove(CLAIMED_BY_ANNOTATION);
             host = write(
                 fence,
@@ -483,6 +511,13 @@ impl<H: Host, C: Claim> Pool<H, C> {
         }
         Ok(released)
     }
+}
+
+/// Removes the fencing stamp (term and Lease) from a host's annotations; a leader's write gate stamps its
+/// own again.
+fn unstamp(annotations: &mut BTreeMap<String, String>) {
+    annotations.remove(TERM_ANNOTATION);
+    annotations.remove(LEASE_ANNOTATION);
 }
 
 /// Sends `write` if `fence` allows it, bounded by the fence's deadline.

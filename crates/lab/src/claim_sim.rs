@@ -7,9 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fake_apiserver::FakeApiServer;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, CustomResourceExt, Resource as _, ResourceExt};
+use leaderelection::fencing::{FencingPolicy, GuardedResource};
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -183,6 +187,28 @@ impl Cluster {
             hosts: self.hosts().list(&ListParams::default()).await?.items,
             claims: self.claims().list(&ListParams::default()).await?.items,
         })
+    }
+
+    /// Installs the fencing policy of the coordinator Lease `lease_name` (in [`NAMESPACE`]) for the hosts,
+    /// lenient (`leader-elect fencing-policy --lease-name <lease_name> --resource
+    /// claims.leaderelection.dev/v1alpha1/physicalhosts`): the server then refuses with 422 a host write
+    /// stamped with a term older than the Lease's `leaseTransitions`.
+    ///
+    /// # Errors
+    ///
+    /// The API error of a create.
+    pub async fn install_fencing(&self, lease_name: &str) -> Result<(), BoxError> {
+        let hosts = GuardedResource::new(GROUP, VERSION, &PhysicalHost::plural(&()))?;
+        let (policy, binding) = FencingPolicy::new(NAMESPACE, lease_name)
+            .resource(hosts)
+            .build()?;
+        Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+            .create(&PostParams::default(), &policy)
+            .await?;
+        Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+            .create(&PostParams::default(), &binding)
+            .await?;
+        Ok(())
     }
 
     /// Conflicts (409 answers) and writes (PUT, POST, DELETE answers) on hosts and claims since the last
