@@ -12,16 +12,19 @@ use crate::faults::Faults;
 pub struct Listener {
     id: usize,
     addr: SocketAddr,
+    /// Served over TLS: its URL is `https://`.
+    tls: bool,
     faults: Arc<watch::Sender<Faults>>,
     /// Bumped by [`Listener::drop_watches`]: every watch open on this listener ends.
     watch_epoch: Arc<watch::Sender<u64>>,
 }
 
 impl Listener {
-    pub(crate) fn new(id: usize, addr: SocketAddr) -> Self {
+    pub(crate) fn new(id: usize, addr: SocketAddr, tls: bool) -> Self {
         Self {
             id,
             addr,
+            tls,
             faults: Arc::new(watch::Sender::new(Faults::default())),
             watch_epoch: Arc::new(watch::Sender::new(0)),
         }
@@ -37,9 +40,11 @@ impl Listener {
         self.addr
     }
 
-    /// Base URL, `http://127.0.0.1:PORT`.
+    /// Base URL, `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` when the server serves TLS
+    /// ([`crate::Builder::tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The faults in force.

@@ -15,6 +15,7 @@ use crate::listener::Listener;
 use crate::route::RequestInfo;
 use crate::shared::Shared;
 use crate::status::ApiError;
+use crate::tls::HANDSHAKE_TIMEOUT;
 use crate::{RequestRecord, admin, api};
 
 /// The error that makes hyper close a connection without answering (commit-then-drop).
@@ -75,12 +76,35 @@ async fn rebind(shared: &Shared, addr: SocketAddr) -> Option<TcpListener> {
     }
 }
 
+/// Serves one accepted connection until it closes or `cut` fires; over TLS after the handshake (a failed or
+/// overlong one closes the connection).
 async fn connection(
     shared: Arc<Shared>,
     listener: Listener,
     stream: tokio::net::TcpStream,
     cut: CancellationToken,
 ) {
+    match shared.tls.clone() {
+        None => serve_http(shared, listener, stream, cut).await,
+        Some(tls) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream));
+            let stream = tokio::select! {
+                () = cut.cancelled() => return,
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => return tracing::debug!(%err, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                },
+            };
+            serve_http(shared, listener, stream, cut).await;
+        }
+    }
+}
+
+async fn serve_http<S>(shared: Arc<Shared>, listener: Listener, stream: S, cut: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let listener = listener.clone();

@@ -14,6 +14,7 @@ use crate::listener::Listener;
 use crate::resource::ResourceType;
 use crate::serve;
 use crate::store::Store;
+use crate::tls::Tls;
 use crate::{AnswerCount, Count, RequestRecord};
 
 /// What the server counts and logs of the requests it serves.
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// `Some`: only these namespaces exist.
     pub(crate) namespaces: Option<Vec<String>>,
+    /// `Some`: every listener serves TLS ([`crate::Builder::tls`]).
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 // === impl Shared ===
@@ -73,7 +76,7 @@ impl Shared {
         socket.set_nonblocking(true)?;
         let socket = TcpListener::from_std(socket)?;
         let mut listeners = shared.listeners();
-        let listener = Listener::new(listeners.len(), socket.local_addr()?);
+        let listener = Listener::new(listeners.len(), socket.local_addr()?, shared.tls.is_some());
         listeners.push(listener.clone());
         drop(listeners);
         shared
