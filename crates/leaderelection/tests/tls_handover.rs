@@ -19,10 +19,12 @@ async fn bounded<F: Future>(f: F) -> F::Output {
 async fn client(server: &FakeApiServer) -> kube::Client {
     let kubeconfig =
         kube::config::Kubeconfig::from_yaml(&server.kubeconfig(server.default_listener())).unwrap();
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
     KubeLeaseLock::client(config).unwrap()
 }
 

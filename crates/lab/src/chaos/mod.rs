@@ -393,6 +393,7 @@ async fn run_once(
         args.candidates + 1,
         timings.clone(),
         vec!["--on-child-exit".into(), "restart".into()],
+        false,
     )
     .await?;
     cluster.verbose = args.verbose;
