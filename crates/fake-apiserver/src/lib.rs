@@ -384,6 +384,9 @@ pub struct RequestRecord {
     pub at: String,
     /// Listener id.
     pub listener: usize,
+    /// The number of the connection that carried the request on its listener (the first accepted is 1;
+    /// [`Listener::connections_accepted`]).
+    pub connection: u64,
     /// Kubernetes verb (see [`Count::verb`]).
     pub verb: String,
     /// Plural resource name or discovery path.

@@ -8,6 +8,7 @@ pub(crate) mod kube;
 #[cfg(any(test, feature = "test-util"))]
 mod memory;
 pub mod metadata;
+mod spare;
 
 pub use self::kube::{ClientError, KubeLeaseLock};
 #[cfg(any(test, feature = "test-util"))]

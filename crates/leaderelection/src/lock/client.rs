@@ -16,6 +16,8 @@ use kube::Client;
 use kube::client::{Body, ConfigExt};
 use tower::{BoxError, ServiceBuilder};
 
+use super::spare::SpareLayer;
+
 /// How long a pooled connection may stay idle before the client closes it: under kube-apiserver's 90 s
 /// `IdleTimeout` (`staging/src/k8s.io/apiserver/pkg/server/secure_serving.go`), so the client never sends a
 /// request on a connection the server is closing.
@@ -53,6 +55,7 @@ pub(crate) fn build(config: kube::Config) -> Result<Client, kube::Error> {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
     let service = ServiceBuilder::new()
+        .layer(SpareLayer)
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
