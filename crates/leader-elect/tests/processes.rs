@@ -93,9 +93,15 @@ fn candidate(
     dir: &Path,
     script: &str,
 ) -> tokio::process::Command {
+    command_with(run_args(url, identity, t), dir, script)
+}
+
+/// `leader-elect` with `args` and `-- sh -c script`, with `$DIR` set to `dir`; in its own process group,
+/// killed when dropped.
+fn command_with(args: Vec<String>, dir: &Path, script: &str) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(BIN);
     command
-        .args(run_args(url, identity, t))
+        .args(args)
         .args(["--", "sh", "-c", script])
         .env("DIR", dir)
         .stdin(Stdio::null())
@@ -319,17 +325,9 @@ async fn over_tls_with_a_kubeconfig_sigterm_hands_over() {
             let mut args = run_args("", &format!("c{i}"), &SLOW);
             let server_flag = args.iter().position(|a| a == "--server").unwrap();
             args.drain(server_flag..server_flag + 2);
-            tokio::process::Command::new(BIN)
-                .args(args)
-                .args(["--", "sh", "-c", PID_SCRIPT])
-                .env("DIR", dir.path())
+            command_with(args, dir.path(), PID_SCRIPT)
                 .env("KUBECONFIG", &kubeconfig)
                 .env_remove("LEADER_ELECT_SERVER")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .kill_on_drop(true)
                 .spawn()
                 .unwrap()
         })
