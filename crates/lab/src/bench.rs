@@ -477,7 +477,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                     format!("< {:.2}%", l.cpu_resolution)
                 };
                 println!(
-                    "  candidate-{i} ({}): RSS {:.1} MiB, CPU {cpu} of one core (target <= 15 MiB, <= 0.5%)",
+                    "  candidate-{i} ({}): RSS {:.1} MiB, CPU {cpu} of one core (target <= 10 MiB, <= 0.5%)",
                     if *leading { "leader" } else { "follower" },
                     *rss as f64 / 1024.0
                 );
