@@ -59,7 +59,10 @@ pub enum ClientError {
 ///   resources: ["leases"]
 ///   verbs: ["get", "create", "update", "list", "watch"]
 /// ```
-/// Without `list`/`watch` the elector polls instead of watching (and says so once in its logs).
+/// Without `list`/`watch` the elector polls instead of watching (and says so once in its logs). A client made
+/// by [`KubeLeaseLock::client`] also sends `GET /version` beside its watches, to keep a spare connection
+/// open: a non-resource URL that kube-apiserver lets every client read (`system:public-info-viewer`), and
+/// whatever it answers, the connection is kept.
 pub struct KubeLeaseLock {
     api: Api<Lease>,
     name: String,
