@@ -1,11 +1,13 @@
 //! The elector's kube [`Client`]: kube's own layer stack (base URI, authentication, extra headers, connect,
-//! read and write timeouts, rustls) around a TCP connector with `TCP_NODELAY` set.
+//! read and write timeouts, rustls) around a TCP connector with `TCP_NODELAY` set, under a layer that keeps
+//! a spare connection beside the watches ([`super::spare`]).
 //!
 //! kube 5 (`kube-client`'s `client/builder.rs`) builds its `HttpConnector` without `set_nodelay(true)`, so
-//! every request is subject to Nagle's algorithm: a write that follows a TLS 1.3 resumed handshake waits
-//! for the server's delayed ACK (about 40 ms on Linux) before it leaves, since the server has nothing to
-//! send that would acknowledge the client's Finished. Measured against kube-apiserver 1.36 (issue 22): a
-//! graceful handover took 60 ms with Nagle on and 18 ms with `TCP_NODELAY` forced onto the same binary.
+//! every request is subject to Nagle's algorithm: a small write that follows unacknowledged data (the first
+//! request after the client's TLS Finished, a PUT's body after its headers) waits for the server's delayed
+//! ACK, about 40 ms on Linux. Measured against kube-apiserver 1.36 (issue 22): a graceful handover took
+//! 60 ms with Nagle on and 18 ms with `TCP_NODELAY` forced onto the same binary; on the fake API server over
+//! TLS, `tests/tls_handover.rs` (docs/design.md, "The client's connections").
 
 use std::time::Duration;
 
