@@ -59,6 +59,7 @@ mod status;
 mod storage;
 mod store;
 mod table;
+mod tls;
 mod watch;
 mod watch_cache;
 
@@ -103,6 +104,7 @@ pub struct Builder {
     coordinated_election: Option<ElectionTimings>,
     namespaces: Option<Vec<String>>,
     terminating_namespaces: Vec<String>,
+    tls: bool,
 }
 
 impl Default for Builder {
@@ -126,6 +128,7 @@ impl Default for Builder {
             coordinated_election: None,
             namespaces: None,
             terminating_namespaces: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -230,12 +233,27 @@ impl Builder {
         self
     }
 
+    /// Serves TLS on every listener, as kube-apiserver does (default: plain HTTP): a CA (ECDSA P-256) and a
+    /// serving certificate for `localhost`, `127.0.0.1` and `::1` (and the listen address) are generated at
+    /// start; [`FakeApiServer::ca_pem`] and [`FakeApiServer::kubeconfig`] give clients the CA. HTTP/1.1 only
+    /// (ALPN `http/1.1`), no client authentication.
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Binds the default listener and starts serving.
     ///
     /// # Errors
     ///
-    /// The I/O error of binding the address.
+    /// The I/O error of binding the address; with [`Builder::tls`], an error of kind `Other` when the
+    /// certificates cannot be made.
     pub async fn start(self) -> std::io::Result<FakeApiServer> {
+        let tls = if self.tls {
+            Some(Arc::new(tls::Tls::generate(self.listen.ip())?))
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             store: Mutex::new(
                 Store::new(self.history_limit, self.history_max_age, self.watch_buffer)
@@ -250,6 +268,7 @@ impl Builder {
             tasks: TaskTracker::new(),
             namespaces: self.namespaces,
             terminating_namespaces: Mutex::new(self.terminating_namespaces.into_iter().collect()),
+            tls,
         });
         let default = Shared::add_listener(&shared, self.listen)?;
         if let Some(timings) = self.coordinated_election {
@@ -290,6 +309,18 @@ impl FakeApiServer {
     /// The default listener's base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
         self.default.url()
+    }
+
+    /// The PEM of the CA that signed the server's certificate, with [`Builder::tls`]; `None` over plain HTTP.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.shared.tls.as_ref().map(|tls| tls.ca_pem.as_str())
+    }
+
+    /// A kubeconfig (YAML) for `listener`'s URL, trusting the server's CA ([`FakeApiServer::ca_pem`]) when
+    /// it serves TLS; no credentials. For `KUBECONFIG` of a client process, or kube's
+    /// `Kubeconfig::from_yaml` in the same one.
+    pub fn kubeconfig(&self, listener: &Listener) -> String {
+        tls::kubeconfig(&listener.url(), self.ca_pem())
     }
 
     /// The default listener's address.
@@ -397,6 +428,9 @@ pub struct RequestRecord {
     pub at: String,
     /// Listener id.
     pub listener: usize,
+    /// The number of the connection that carried the request on its listener (the first accepted is 1;
+    /// [`Listener::connections_accepted`]).
+    pub connection: u64,
     /// Kubernetes verb (see [`Count::verb`]).
     pub verb: String,
     /// Plural resource name or discovery path.

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -12,18 +13,24 @@ use crate::faults::Faults;
 pub struct Listener {
     id: usize,
     addr: SocketAddr,
+    /// Served over TLS: its URL is `https://`.
+    tls: bool,
     faults: Arc<watch::Sender<Faults>>,
     /// Bumped by [`Listener::drop_watches`]: every watch open on this listener ends.
     watch_epoch: Arc<watch::Sender<u64>>,
+    /// Connections accepted so far.
+    connections: Arc<AtomicU64>,
 }
 
 impl Listener {
-    pub(crate) fn new(id: usize, addr: SocketAddr) -> Self {
+    pub(crate) fn new(id: usize, addr: SocketAddr, tls: bool) -> Self {
         Self {
             id,
             addr,
+            tls,
             faults: Arc::new(watch::Sender::new(Faults::default())),
             watch_epoch: Arc::new(watch::Sender::new(0)),
+            connections: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -37,9 +44,22 @@ impl Listener {
         self.addr
     }
 
-    /// Base URL, `http://127.0.0.1:PORT`.
+    /// Base URL, `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` when the server serves TLS
+    /// ([`crate::Builder::tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// TCP connections accepted on this listener since it opened: what a client's connection reuse (or a
+    /// handshake on the critical path) shows as.
+    pub fn connections_accepted(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection accepted; its number on this listener (the first is 1).
+    pub(crate) fn accepted(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The faults in force.

@@ -15,6 +15,7 @@ use crate::listener::Listener;
 use crate::route::RequestInfo;
 use crate::shared::Shared;
 use crate::status::ApiError;
+use crate::tls::HANDSHAKE_TIMEOUT;
 use crate::{RequestRecord, admin, api};
 
 /// The error that makes hyper close a connection without answering (commit-then-drop).
@@ -54,7 +55,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: Listener, socket: TcpLi
             accepted = bound.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    shared.tasks.spawn(connection(shared.clone(), listener.clone(), stream, connections.clone()));
+                    let number = listener.accepted();
+                    shared.tasks.spawn(connection(shared.clone(), listener.clone(), number, stream, connections.clone()));
                 }
                 Err(err) => tracing::debug!(%err, "accept failed"),
             },
@@ -75,16 +77,45 @@ async fn rebind(shared: &Shared, addr: SocketAddr) -> Option<TcpListener> {
     }
 }
 
+/// Serves one accepted connection until it closes or `cut` fires; over TLS after the handshake (a failed or
+/// overlong one closes the connection).
 async fn connection(
     shared: Arc<Shared>,
     listener: Listener,
+    number: u64,
     stream: tokio::net::TcpStream,
     cut: CancellationToken,
 ) {
+    match shared.tls.clone() {
+        None => serve_http(shared, listener, number, stream, cut).await,
+        Some(tls) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream));
+            let stream = tokio::select! {
+                () = cut.cancelled() => return,
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => return tracing::debug!(%err, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                },
+            };
+            serve_http(shared, listener, number, stream, cut).await;
+        }
+    }
+}
+
+async fn serve_http<S>(
+    shared: Arc<Shared>,
+    listener: Listener,
+    number: u64,
+    stream: S,
+    cut: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let listener = listener.clone();
-        async move { handle(shared, listener, req).await }
+        async move { handle(shared, listener, number, req).await }
     });
     let conn =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -97,6 +128,7 @@ async fn connection(
 async fn handle(
     shared: Arc<Shared>,
     listener: Listener,
+    connection: u64,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Body>, Dropped> {
     if req.uri().path().starts_with("/fake/") {
@@ -109,6 +141,7 @@ async fn handle(
         record: Some(RequestRecord {
             at: jiff::Timestamp::now().to_string(),
             listener: listener.id(),
+            connection,
             verb: info.verb.clone(),
             resource: info.resource.clone(),
             namespace: info.namespace.clone(),

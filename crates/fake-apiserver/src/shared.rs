@@ -14,6 +14,7 @@ use crate::listener::Listener;
 use crate::resource::ResourceType;
 use crate::serve;
 use crate::store::Store;
+use crate::tls::Tls;
 use crate::{AnswerCount, Count, RequestRecord};
 
 /// What the server counts and logs of the requests it serves.
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) namespaces: Option<Vec<String>>,
     /// Namespaces being deleted: nothing can be created in them (see `namespaces.rs`).
     pub(crate) terminating_namespaces: Mutex<BTreeSet<String>>,
+    /// `Some`: every listener serves TLS ([`crate::Builder::tls`]).
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 // === impl Shared ===
@@ -81,7 +84,7 @@ impl Shared {
         socket.set_nonblocking(true)?;
         let socket = TcpListener::from_std(socket)?;
         let mut listeners = shared.listeners();
-        let listener = Listener::new(listeners.len(), socket.local_addr()?);
+        let listener = Listener::new(listeners.len(), socket.local_addr()?, shared.tls.is_some());
         listeners.push(listener.clone());
         drop(listeners);
         shared

@@ -4,6 +4,8 @@
 //! The server is driven over plain HTTP/1.1 from the test, as the curl reproduction does: a watch on a
 //! second listener, that listener black-holed, one Lease created through the default listener, the
 //! watch's client gone, then SIGTERM.
+//!
+//! With `--tls` it serves HTTPS and writes a kubeconfig whose CA a kube client trusts.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -151,4 +153,69 @@ fn sigterm_ends_the_apiserver_while_a_black_hole_stalls_a_watch() {
 #[test]
 fn sigterm_ends_the_apiserver_while_a_black_hole_stalls_a_watch_with_bookmarks() {
     exits_on_sigterm_with_a_black_holed_watch("&allowWatchBookmarks=true");
+}
+
+/// `--tls`: the server speaks only TLS, with a certificate signed by the CA of the kubeconfig it writes, and
+/// a client given that kubeconfig (as `KUBECONFIG`) reads and writes Leases; a plain-HTTP request gets no
+/// HTTP answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_it_serves_https_and_writes_a_kubeconfig_that_trusts_its_ca() {
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "fake-apiserver-binary-test-{}.kubeconfig",
+        std::process::id()
+    ));
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--tls", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = [String::new(), String::new()];
+    for line in &mut lines {
+        stdout.read_line(line).unwrap();
+    }
+    let addr = lines[0]
+        .trim()
+        .strip_prefix("fake API server listening on https://")
+        .unwrap_or_else(|| panic!("unexpected first line {:?}", lines[0]))
+        .to_owned();
+    assert_eq!(
+        lines[1].trim(),
+        format!("kubeconfig written to {}", kubeconfig.display())
+    );
+
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(config.cluster_url.to_string(), format!("https://{addr}/"));
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(
+        leaderelection::KubeLeaseLock::client(config).unwrap(),
+        "default",
+    );
+    let lease = serde_json::from_value(serde_json::json!({"metadata": {"name": "tls"}})).unwrap();
+    leases
+        .create(&kube::api::PostParams::default(), &lease)
+        .await
+        .unwrap();
+    assert!(leases.get_opt("tls").await.unwrap().is_some());
+
+    // Plain HTTP on the TLS port: the handshake fails and the connection closes without an HTTP answer.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain.set_read_timeout(Some(LIVENESS)).unwrap();
+    write!(plain, "GET {LEASES} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&kubeconfig);
 }

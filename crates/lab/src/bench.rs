@@ -65,16 +65,33 @@ pub(crate) struct BenchArgs {
     /// candidate (`watch_delay_ms`).
     #[arg(long, default_value_t = 0)]
     watch_delay_ms: u64,
+    /// Process scenarios: the fake API server speaks plain HTTP instead of TLS. kube-apiserver serves only
+    /// TLS, where a new connection costs a handshake and a client without TCP_NODELAY waits for the
+    /// server's delayed ACK; plain HTTP hides both.
+    #[arg(long)]
+    plain_http: bool,
+}
+
+/// How the candidates of the process scenarios reach the fake API server.
+#[derive(Debug)]
+struct Network {
+    /// Set on every candidate's listener.
+    faults: Faults,
+    /// The server serves TLS.
+    tls: bool,
 }
 
 impl BenchArgs {
-    /// The faults set on every candidate's listener in the process scenarios.
-    fn network(&self) -> Faults {
-        Faults {
-            latency: Duration::from_millis(self.latency_ms),
-            jitter: Duration::from_millis(self.jitter_ms),
-            watch_delay: Duration::from_millis(self.watch_delay_ms),
-            ..Faults::none()
+    /// The transport and the faults set on every candidate's listener in the process scenarios.
+    fn network(&self) -> Network {
+        Network {
+            faults: Faults {
+                latency: Duration::from_millis(self.latency_ms),
+                jitter: Duration::from_millis(self.jitter_ms),
+                watch_delay: Duration::from_millis(self.watch_delay_ms),
+                ..Faults::none()
+            },
+            tls: !self.plain_http,
         }
     }
 }
@@ -123,12 +140,12 @@ fn ms(d: SignedDuration) -> f64 {
 async fn leading(
     timings: Timings,
     extra: Vec<String>,
-    network: &Faults,
+    network: &Network,
 ) -> anyhow::Result<(Cluster, usize)> {
-    let mut cluster = Cluster::new(3, timings, extra).await?;
+    let mut cluster = Cluster::new(3, timings, extra, network.tls).await?;
     cluster.verbose = false;
     for listener in &cluster.listeners {
-        listener.set_faults(network.clone());
+        listener.set_faults(network.faults.clone());
     }
     for i in 0..3 {
         cluster.spawn(i)?;
@@ -148,7 +165,7 @@ async fn failovers(
     timings: Timings,
     runs: usize,
     signal: Signal,
-    network: &Faults,
+    network: &Network,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
     let (mut cluster, mut leader) = leading(timings, Vec::new(), network).await?;
     let timeout = Duration::from_secs(60);
@@ -179,10 +196,10 @@ async fn failovers(
 /// Repeats: `leader-elect yield --to` the next candidate, as a user would, and measure from the instant the
 /// lab's watch on the Lease sees `preferredHolder` written until that candidate's child starts. Returns the
 /// samples in milliseconds, and the number of child intervals of different candidates that overlapped.
-async fn yields(runs: usize, network: &Faults) -> anyhow::Result<(Vec<f64>, usize)> {
+async fn yields(runs: usize, network: &Network) -> anyhow::Result<(Vec<f64>, usize)> {
     let (mut cluster, mut leader) = leading(defaults(), Vec::new(), network).await?;
     let timeout = Duration::from_secs(60);
-    let leases: Api<Lease> = Api::namespaced(client(&cluster.server.url())?, "default");
+    let leases: Api<Lease> = Api::namespaced(cluster.client().await?, "default");
     // Let the followers open their watches.
     cluster.drain(Duration::from_millis(500)).await;
     let mut samples = Vec::new();
@@ -222,10 +239,12 @@ async fn ask_to_yield(
         .context("the Lease has no resourceVersion")?;
     let params = WatchParams::default().fields("metadata.name=demo");
     let mut events = leases.watch(&params, &version).await?.boxed();
-    let mut yielding = cluster
-        .leader_elect()
+    let mut command = cluster.leader_elect();
+    command
         .args(["yield", "--lease-name", "demo", "--namespace", "default"])
-        .args(["--to", identity, "--server", &cluster.server.url()])
+        .args(["--to", identity]);
+    let mut yielding = cluster
+        .point_at(&mut command, cluster.server.default_listener())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // Its progress lines ("waiting up to 15 s ..."); the handover is timed from the watch.
@@ -279,7 +298,7 @@ struct Load {
     cpu_resolution: f64,
 }
 
-async fn load(window: Duration, poll: bool, network: &Faults) -> anyhow::Result<Load> {
+async fn load(window: Duration, poll: bool, network: &Network) -> anyhow::Result<Load> {
     let extra = if poll {
         vec!["--no-watch".to_owned()]
     } else {
@@ -377,7 +396,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     println!(
         "leader-elect-lab bench: 3 candidate processes per scenario on the embedded fake API server"
     );
-    if network != Faults::none() {
+    println!(
+        "the fake API server speaks {}",
+        if network.tls {
+            "TLS (as kube-apiserver)"
+        } else {
+            "plain HTTP (--plain-http)"
+        }
+    );
+    if network.faults != Faults::none() {
         println!(
             "every candidate's requests delayed {} ms + [0, {}) ms, its watch events {} ms after the commit",
             args.latency_ms, args.jitter_ms, args.watch_delay_ms
@@ -452,7 +479,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                     format!("< {:.2}%", l.cpu_resolution)
                 };
                 println!(
-                    "  candidate-{i} ({}): RSS {:.1} MiB, CPU {cpu} of one core (target <= 15 MiB, <= 0.5%)",
+                    "  candidate-{i} ({}): RSS {:.1} MiB, CPU {cpu} of one core (target <= 10 MiB, <= 0.5%)",
                     if *leading { "leader" } else { "follower" },
                     *rss as f64 / 1024.0
                 );

@@ -28,6 +28,10 @@ pub(crate) struct DemoArgs {
     /// Draw the demo as SVG to this file: a row per candidate, a bar per term, the injected faults.
     #[arg(long)]
     timeline: Option<PathBuf>,
+    /// The fake API server serves TLS, as kube-apiserver does (the candidates trust its CA through a
+    /// kubeconfig).
+    #[arg(long)]
+    tls: bool,
 }
 /// Whether process `pid` is gone (polls for up to `within`).
 async fn gone(pid: i32, within: Duration) -> bool {
@@ -64,7 +68,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let failover_bound = lease + 2 * timings.retry_period;
     let timeout = args.phase_timeout;
     let fmt = |d: Duration| humantime::format_duration(d).to_string();
-    let mut cluster = Cluster::new(args.candidates, timings.clone(), Vec::new()).await?;
+    let mut cluster = Cluster::new(args.candidates, timings.clone(), Vec::new(), args.tls).await?;
     println!(
         "leader-elect-lab demo: {} candidates on the embedded fake API server {} (lease {}, renew deadline {}, \
          retry period {}); each runs `sleep 3600` only while it leads\n",

@@ -64,10 +64,45 @@ impl Timings {
     }
 }
 
+/// Kubeconfig files for the listeners of a fake API server serving TLS (each trusting its CA), in a
+/// directory of their own, removed with it.
+struct Kubeconfigs {
+    dir: PathBuf,
+}
+
+impl Kubeconfigs {
+    /// Writes one kubeconfig per listener of `server` (`<dir>/<listener id>.kubeconfig`).
+    fn write(server: &FakeApiServer) -> anyhow::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("leader-elect-lab-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let kubeconfigs = Self { dir };
+        for listener in server.listeners() {
+            let path = kubeconfigs.path(&listener);
+            std::fs::write(&path, server.kubeconfig(&listener))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(kubeconfigs)
+    }
+
+    fn path(&self, listener: &Listener) -> PathBuf {
+        self.dir.join(format!("{}.kubeconfig", listener.id()))
+    }
+}
+
+impl Drop for Kubeconfigs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The fake API server and the candidate processes.
 pub(crate) struct Cluster {
     pub(crate) server: FakeApiServer,
     pub(crate) listeners: Vec<Listener>,
+    /// `Some` when the server serves TLS: how the candidates and the lab's own clients trust it.
+    kubeconfigs: Option<Kubeconfigs>,
     processes: Vec<Option<tokio::process::Child>>,
     exe: PathBuf,
     timings: Timings,
@@ -84,16 +119,19 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the fake API server with one listener per candidate (no candidate yet).
+    /// Starts the fake API server (over TLS when `tls`, as kube-apiserver serves) with one listener per
+    /// candidate (no candidate yet).
     pub(crate) async fn new(
         candidates: usize,
         timings: Timings,
         extra_args: Vec<String>,
+        tls: bool,
     ) -> anyhow::Result<Self> {
         // The object `chaos --mode fenced-writer` guards is a widget: Leases cannot be guarded (the
         // election's own is written unstamped).
         let server = FakeApiServer::builder()
             .custom_resource(crate::chaos::widgets())
+            .tls(tls)
             .start()
             .await
             .context("starting the fake API server")?;
@@ -101,10 +139,16 @@ impl Cluster {
         for _ in 0..candidates {
             listeners.push(server.add_listener().await.context("opening a listener")?);
         }
+        let kubeconfigs = if tls {
+            Some(Kubeconfigs::write(&server)?)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Self {
             server,
             listeners,
+            kubeconfigs,
             processes: (0..candidates).map(|_| None).collect(),
             exe: LEADER_ELECT
                 .get()
@@ -122,13 +166,43 @@ impl Cluster {
         })
     }
 
+    /// A client of the server's default listener, made as `leader-elect` makes its own
+    /// ([`leaderelection::KubeLeaseLock::client`]): from `--server URL`, or over TLS from the kubeconfig.
+    pub(crate) async fn client(&self) -> anyhow::Result<kube::Client> {
+        let Some(kubeconfigs) = &self.kubeconfigs else {
+            return Ok(leaderelection::KubeLeaseLock::client_for_url(
+                &self.server.url(),
+            )?);
+        };
+        let path = kubeconfigs.path(self.server.default_listener());
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .context("the fake API server's kubeconfig")?;
+        Ok(leaderelection::KubeLeaseLock::client(config)?)
+    }
+
+    /// Points a `leader-elect` command at `listener`: `--server URL`, or over TLS `KUBECONFIG` naming a
+    /// kubeconfig that trusts the server's CA.
+    pub(crate) fn point_at<'c>(
+        &self,
+        command: &'c mut tokio::process::Command,
+        listener: &Listener,
+    ) -> &'c mut tokio::process::Command {
+        match &self.kubeconfigs {
+            None => command.args(["--server", &listener.url()]),
+            Some(kubeconfigs) => command
+                .env_remove("LEADER_ELECT_SERVER")
+                .env("KUBECONFIG", kubeconfigs.path(listener)),
+        }
+    }
+
     /// The Lease's expiry as last written: renewTime + leaseDurationSeconds (the candidates' wall clock is
     /// this machine's, so it compares with the times they log).
     pub(crate) async fn lease_expiry(&self) -> anyhow::Result<Timestamp> {
-        let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(
-            leaderelection::KubeLeaseLock::client_for_url(&self.server.url())?,
-            "default",
-        );
+        let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(self.client().await?, "default");
         let spec = api.get("demo").await?.spec.unwrap_or_default();
         let renew = spec
             .renew_time
@@ -163,8 +237,8 @@ impl Cluster {
         command: &[OsString],
     ) -> anyhow::Result<()> {
         let t = &self.timings;
-        let mut child = self
-            .leader_elect()
+        let mut process = self.leader_elect();
+        let child = process
             .args([
                 "--log-format",
                 "json",
@@ -174,7 +248,9 @@ impl Cluster {
                 "--namespace",
                 "default",
             ])
-            .args(["--identity", identity, "--server", &self.listeners[i].url()])
+            .args(["--identity", identity]);
+        let mut child = self
+            .point_at(child, &self.listeners[i])
             .args([
                 "--lease-duration",
                 &humantime::format_duration(t.lease_duration).to_string(),

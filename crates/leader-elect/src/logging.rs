@@ -5,6 +5,11 @@ use std::io::{IsTerminal, Write};
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
+/// Log lines queued for stderr before new ones are dropped. tracing-appender's default, 128,000, is a
+/// channel allocated whole at start (about 4 MiB resident, most of an idle process's heap); a candidate
+/// logs a few lines per term, and a stderr that stops draining loses lines either way.
+const LOG_QUEUE_LINES: usize = 1024;
+
 /// Log format on stderr (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogFormat {
@@ -37,6 +42,7 @@ impl Logging {
     pub(crate) fn init(format: LogFormat) -> Self {
         let (writer, flush) = NonBlockingBuilder::default()
             .lossy(true)
+            .buffered_lines_limit(LOG_QUEUE_LINES)
             .thread_name("leader-elect-log")
             .finish(std::io::stderr());
         let filter = tracing_subscriber::EnvFilter::try_from_env("LEADER_ELECT_LOG")

@@ -20,6 +20,7 @@
 //! Startup: disabled mode starts the child without any kubeconfig; an API server that is unreachable or
 //! answers 503 / 429 is waited out (one WARN, not ready meanwhile, SIGTERM ends the wait with exit 0) and
 //! the candidate leads once it answers; a 401 or 403 after the outage exits 1 naming the verb and resource.
+//! Over TLS, with the server and its CA in a kubeconfig, candidates lead and hand over on SIGTERM.
 //!
 //! Nothing here sleeps and hopes: every wait polls a fact (a file, a pid, an exit code) with a generous
 //! bound, and the children's overlap is judged from the timestamps they write themselves (one machine,
@@ -92,9 +93,15 @@ fn candidate(
     dir: &Path,
     script: &str,
 ) -> tokio::process::Command {
+    command_with(run_args(url, identity, t), dir, script)
+}
+
+/// `leader-elect` with `args` and `-- sh -c script`, with `$DIR` set to `dir`; in its own process group,
+/// killed when dropped.
+fn command_with(args: Vec<String>, dir: &Path, script: &str) -> tokio::process::Command {
     let mut command = hermetic(BIN);
     command
-        .args(run_args(url, identity, t))
+        .args(args)
         .args(["--", "sh", "-c", script])
         .env("DIR", dir)
         .stdin(Stdio::null())
@@ -311,6 +318,47 @@ async fn stop_all(procs: &mut [tokio::process::Child]) {
     for p in procs.iter_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(10), p.wait()).await;
     }
+}
+
+/// Over TLS, as against kube-apiserver: the candidates find the server and trust its CA through a kubeconfig
+/// (`KUBECONFIG`, no `--server`), lead, and hand over on SIGTERM without waiting for expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_kubeconfig_sigterm_hands_over() {
+    let server = FakeApiServer::builder().tls(true).start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig(server.default_listener())).unwrap();
+    let mut procs: Vec<_> = (0..2)
+        .map(|i| {
+            let mut args = run_args("", &format!("c{i}"), &SLOW);
+            let server_flag = args.iter().position(|a| a == "--server").unwrap();
+            args.drain(server_flag..server_flag + 2);
+            command_with(args, dir.path(), PID_SCRIPT)
+                .env("KUBECONFIG", &kubeconfig)
+                .env_remove("LEADER_ELECT_SERVER")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (leader, _, child) = wait_for(Duration::from_secs(20), || {
+        alive(dir.path()).first().copied()
+    })
+    .await
+    .expect("a leader over TLS");
+    let stopped = Instant::now();
+    kill(pid(&procs[leader]), Signal::SIGTERM).unwrap();
+    let next = wait_for(Duration::from_secs(20), || {
+        alive(dir.path()).into_iter().find(|c| c.0 != leader)
+    })
+    .await
+    .expect("a new leader's child");
+    let handover = stopped.elapsed();
+    assert!(!running(child), "the old child had exited");
+    // Polling would take a retry period (5 s), expiry the lease duration (30 s).
+    assert!(handover < SLOW.retry, "handover waited {handover:?}");
+    assert_eq!(next.0, 1 - leader);
+    stop_all(&mut procs).await;
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,10 +3,12 @@
 //! Two implementations share these semantics: [`KubeLeaseLock`] over the Kubernetes API, and
 //! `MemoryLeaseLock`, in memory, for tests and simulation (feature `test-util`).
 
+mod client;
 pub(crate) mod kube;
 #[cfg(any(test, feature = "test-util"))]
 mod memory;
 pub mod metadata;
+mod spare;
 mod warnings;
 
 pub use self::kube::{ClientError, KubeLeaseLock};

@@ -469,7 +469,7 @@ async fn run_once(
     if args.mode == Mode::FencedWriter {
         extra_args.push("--fence".into());
     }
-    let mut cluster = Cluster::new(args.candidates + 1, timings.clone(), extra_args).await?;
+    let mut cluster = Cluster::new(args.candidates + 1, timings.clone(), extra_args, false).await?;
     cluster.verbose = args.verbose;
     let token = format!("{}-{seed}", std::process::id());
     cluster.env.push((MARKER.into(), token.clone()));

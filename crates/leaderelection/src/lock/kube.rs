@@ -59,7 +59,10 @@ pub enum ClientError {
 ///   resources: ["leases"]
 ///   verbs: ["get", "create", "update", "list", "watch"]
 /// ```
-/// Without `list`/`watch` the elector polls instead of watching (and says so once in its logs).
+/// Without `list`/`watch` the elector polls instead of watching (and says so once in its logs). A client made
+/// by [`KubeLeaseLock::client`] also sends `GET /version` beside its watches, to keep a spare connection
+/// open: a non-resource URL that kube-apiserver lets every client read (`system:public-info-viewer`), and
+/// whatever it answers, the connection is kept.
 pub struct KubeLeaseLock {
     api: Api<Lease>,
     name: String,
@@ -99,20 +102,17 @@ impl KubeLeaseLock {
         config
     }
 
-    /// A kube [`Client`] built from `config` made fit for an elector ([`KubeLeaseLock::client_config`]),
-    /// which logs each distinct API warning (a `Warning` response header with code 299, e.g. for a
-    /// deprecated API version) once, at WARN, as client-go's default warning handler does.
+    /// A kube [`Client`] built from `config` made fit for an elector ([`KubeLeaseLock::client_config`]), with
+    /// `TCP_NODELAY` on every connection it opens (kube's own client leaves Nagle's algorithm on, which
+    /// holds a write after a resumed TLS handshake until the server's delayed ACK, about 40 ms), and which
+    /// logs each distinct API warning (a `Warning` response header with code 299, e.g. for a deprecated API
+    /// version) once, at WARN, as client-go's default warning handler does.
     ///
     /// # Errors
     ///
     /// [`ClientError::Build`] when kube cannot build a client from `config` (its TLS or proxy settings).
     pub fn client(config: kube::Config) -> Result<Client, ClientError> {
-        Ok(
-            kube::client::ClientBuilder::try_from(Self::client_config(config))
-                .map_err(ClientError::Build)?
-                .with_layer(&super::warnings::WarningLayer::default())
-                .build(),
-        )
+        super::client::build(Self::client_config(config)).map_err(ClientError::Build)
     }
 
     /// A kube [`Client`] to the API server at `url` (e.g. `http://127.0.0.1:6443`, as `fake-apiserver`
