@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# The libraries force no TLS stack: a crate that depends on `leaderelection` and
+# Each binary crate, built alone (`cargo build -p <crate>`, as the lab builds `leader-elect`; feature
+# unification across the workspace would hide a missing choice), selects a TLS stack for the elector's client:
+# without one, every `https://` server is refused ("TLS required but no TLS stack selected").
+# And the libraries force no TLS stack: a crate that depends on `leaderelection` and
 # `leaderelection-controller` without their default features, and on kube with `openssl-tls`, has no
 # rustls (nor ring, nor aws-lc-rs) in its dependency tree. Only resolved (`cargo tree`), never built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+for bin in leader-elect claim-coordinator leaderelection-lab; do
+    if ! cargo tree -p "$bin" -e normal,build,features -i leaderelection --prefix none --locked |
+        grep -qx 'leaderelection feature "rustls-tls"'; then
+        echo "$bin, built alone, selects no TLS stack in leaderelection (its rustls-tls feature is off)" >&2
+        exit 1
+    fi
+done
 dir=$root/target/tls-choice
 rm -rf "$dir"
 mkdir -p "$dir/src"
