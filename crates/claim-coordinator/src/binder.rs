@@ -1,29 +1,31 @@
-//! The leader's binder: one term of serving pending claims in batches, from a fresh read of the hosts (the
-//! truth) and the claims each time, so a new term starts by finishing whatever the last one left half-done.
+//! The leader's binder: one term of serving pending claims in batches, from the hosts (the truth) and the
+//! claims as the term's watch of each has them (kube-runtime reflector stores, with the binder's own writes
+//! laid over them), so a new term starts by finishing whatever the last one left half-done.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use leaderelection::{LeaderState, Term};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::{Writes, Written};
+use crate::debounce::{self, MAX_DELAY, QUIET};
 use crate::events::{self, ClaimEvents};
 use crate::metrics::{Metrics, Outcome};
 use crate::priority::{self, Pending};
-use crate::provider::{Claim, Host};
+use crate::provider::{Claim, Host, Object};
 use crate::resources::{ClaimPhase, HostClaim, PhysicalHost};
-use crate::selection::{self, Candidate, Requirements};
+use crate::selection::{Batch, Candidate, Requirements};
+use crate::settings::DEFAULT_MAX_CONCURRENT_BINDS;
 use crate::steps::{Fence, Pool, StepError};
-
-/// Events closer together than this start one batch.
-const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// What one batch did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,6 +45,7 @@ pub struct Binder<H = PhysicalHost, C = HostClaim> {
     metrics: Metrics,
     interval: Duration,
     max_wait: Duration,
+    max_concurrent_binds: usize,
     events: Option<ClaimEvents>,
 }
 
@@ -50,7 +53,7 @@ pub struct Binder<H = PhysicalHost, C = HostClaim> {
 
 impl<H: Host, C: Claim> Binder<H, C> {
     /// A binder of `pool`, serving every `interval` (or sooner after a change), with the starvation bound
-    /// `max_wait`.
+    /// `max_wait`, and at most [`DEFAULT_MAX_CONCURRENT_BINDS`] binds in flight.
     #[must_use]
     pub fn new(pool: Pool<H, C>, metrics: Metrics, interval: Duration, max_wait: Duration) -> Self {
         Self {
@@ -58,8 +61,18 @@ impl<H: Host, C: Claim> Binder<H, C> {
             metrics,
             interval,
             max_wait,
+            max_concurrent_binds: DEFAULT_MAX_CONCURRENT_BINDS,
             events: None,
         }
+    }
+
+    /// At most `binds` binds (each its host's and its claim's writes, in order) in flight at once, as
+    /// controller-runtime's `MaxConcurrentReconciles` bounds reconciles (`--claim-coordinator-max-concurrent-binds`,
+    /// default [`DEFAULT_MAX_CONCURRENT_BINDS`]); 0 counts as 1. Finishing half-done binds shares the bound.
+    #[must_use]
+    pub fn max_concurrent_binds(mut self, binds: usize) -> Self {
+        self.max_concurrent_binds = binds.max(1);
+        self
     }
 
     /// Records Kubernetes Events on the claims it binds, releases and cannot serve (see [`crate::events`]).
@@ -80,16 +93,26 @@ impl<H: Host, C: Claim> Binder<H, C> {
     }
 
     /// Serves claims for one term until `token` is cancelled (the term ended, or shutdown): a batch every
-    /// interval, or 10 ms after a host or claim changed. Nothing is sent once the term's deadline has
-    /// passed (checked before every request).
+    /// interval, or sooner after a host or claim changed ([`debounce`]: once changes have been quiet for
+    /// [`QUIET`], at most [`MAX_DELAY`] after the first). The hosts and claims come from one watch each
+    /// (kube-runtime's `reflector`, no LIST per batch), with the binder's own writes laid over them until
+    /// the watch brings them back (`crate::cache`); the echo of its own write starts no batch. A batch waits
+    /// for both initial lists. Every write stays guarded by the resourceVersion read: one made from a stale
+    /// cache gets 409 Conflict and is tried again in a later batch, once the watch has the newer version.
+    /// Nothing is sent once the term's deadline has passed (checked before every request).
     ///
     /// # Errors
     ///
-    /// None: failed requests are retried at the next batch.
+    /// None: failed requests are retried at the next batch; a failed watch is retried with kube-runtime's
+    /// default backoff (and logged).
     ///
     /// # Cancel safety
     ///
     /// Cancel `token` and await: a write in flight is bounded by the term's deadline.
+    ///
+    /// ## RBAC
+    ///
+    /// `list` and `watch` on the hosts and the claims (the crate's RBAC).
     pub async fn run_term(
         self,
         term: Term,
@@ -107,19 +130,43 @@ impl<H: Host, C: Claim> Binder<H, C> {
             transitions: term.transitions,
             state,
         };
-        let changes = futures::stream::select(
-            watcher(self.pool.hosts.clone(), watcher::Config::default())
-                .default_backoff()
-                .map(drop),
-            watcher(self.pool.claims.clone(), watcher::Config::default())
-                .default_backoff()
-                .map(drop),
-        );
+        let writes = Arc::new(Writes::default());
+        let binder = Self {
+            pool: self.pool.recording(&writes),
+            ..self
+        };
+        let (hosts, hosts_writer) = reflector::store::<H>();
+        let (claims, claims_writer) = reflector::store::<C>();
+        let host_changes = reflector(
+            hosts_writer,
+            watcher(binder.pool.hosts.clone(), watcher::Config::default()).default_backoff(),
+        )
+        .filter_map({
+            let writes = writes.clone();
+            move |event| futures::future::ready(news(&writes.hosts, event))
+        });
+        let claim_changes = reflector(
+            claims_writer,
+            watcher(binder.pool.claims.clone(), watcher::Config::default()).default_backoff(),
+        )
+        .filter_map({
+            let writes = writes.clone();
+            move |event| futures::future::ready(news(&writes.claims, event))
+        });
+        let changes = futures::stream::select(host_changes, claim_changes);
         tokio::pin!(changes);
+        // The first batch reads both initial lists; the watches run meanwhile.
+        tokio::select! {
+            () = token.cancelled() => {}
+            _ = async { tokio::join!(hosts.wait_until_ready(), claims.wait_until_ready()) } => {}
+            () = changes.by_ref().for_each(|()| futures::future::ready(())) => {}
+        }
         // Until the term's token is cancelled: returning early would count as a failed component. A batch
         // after the term's deadline (before the elector has ended the term) sends nothing.
         while !token.is_cancelled() {
-            match self.batch(&fence).await {
+            let hosts = writes.hosts.overlay(hosts.state());
+            let claims = writes.claims.overlay(claims.state());
+            match binder.batch_on(&fence, &hosts, &claims).await {
                 Ok(report) if report != BatchReport::default() => {
                     tracing::debug!(?report, term = term.transitions, "batch done");
                 }
@@ -132,27 +179,18 @@ impl<H: Host, C: Claim> Binder<H, C> {
                 }
                 Err(err) => tracing::debug!(%err, "batch failed; retrying at the next interval"),
             }
-            self.metrics
+            binder
+                .metrics
                 .leadership_duration(&term.holder, started.elapsed().as_secs_f64());
             tokio::select! {
                 () = token.cancelled() => break,
-                () = tokio::time::sleep(self.interval) => {}
-                Some(()) = changes.next() => {
-                    // Debounce: one batch for a burst of changes.
-                    let quiet = tokio::time::sleep(DEBOUNCE);
-                    tokio::pin!(quiet);
-                    loop {
-                        tokio::select! {
-                            () = &mut quiet => break,
-                            Some(()) = changes.next() => {}
-                        }
-                    }
-                }
+                () = debounce::next_batch(&mut changes, binder.interval, QUIET, MAX_DELAY) => {}
             }
         }
-        self.metrics
+        binder
+            .metrics
             .leadership_duration(&term.holder, started.elapsed().as_secs_f64());
-        self.metrics.leader_election_event("stopped_leading");
+        binder.metrics.leader_election_event("stopped_leading");
         tracing::info!(
             term = term.transitions,
             identity = %term.holder,
@@ -161,16 +199,31 @@ impl<H: Host, C: Claim> Binder<H, C> {
         Ok(())
     }
 
-    /// One batch: release what deleted claims held, finish half-done binds (from the hosts), repair claims
-    /// whose host no longer names them, finish optimistic intents, then bind pending claims in priority
-    /// order.
+    /// One batch from fresh reads (a LIST of the hosts and one of the claims): what a term's batches do
+    /// from the cache ([`Binder::run_term`]), for a caller that drives batches itself.
     ///
     /// # Errors
     ///
     /// [`StepError::Fenced`] when the term ended; the error of a failed list.
     pub async fn batch(&self, fence: &Fence) -> Result<BatchReport, StepError> {
         let (hosts, claims) = self.pool.list(fence).await?;
-        let released = self.pool.release_deleted(fence, &hosts, &claims).await?;
+        self.batch_on(fence, &hosts, &claims).await
+    }
+
+    /// One batch over `hosts` and `claims` as read: release what deleted claims held, finish half-done
+    /// binds (from the hosts), repair claims whose host no longer names them, finish optimistic intents,
+    /// then bind pending claims in priority order.
+    ///
+    /// # Errors
+    ///
+    /// [`StepError::Fenced`] when the term ended.
+    async fn batch_on(
+        &self,
+        fence: &Fence,
+        hosts: &[H],
+        claims: &[C],
+    ) -> Result<BatchReport, StepError> {
+        let released = self.pool.release_deleted(fence, hosts, claims).await?;
         for freed in &released {
             self.event(
                 events::reference(&freed.consumer),
@@ -187,7 +240,7 @@ impl<H: Host, C: Claim> Binder<H, C> {
         let live: Vec<&C> = claims.iter().filter(|c| !c.is_deleting()).collect();
         // The index: claim uid -> hosts naming it (the truth); hosts of foreign consumers are not ours.
         let mut index: BTreeMap<String, Vec<&H>> = BTreeMap::new();
-        for host in &hosts {
+        for host in hosts {
             if let Some(consumer) = host.consumer().filter(|c| self.pool.is_own_consumer(c)) {
                 index.entry(consumer.uid).or_default().push(host);
             }
@@ -212,16 +265,22 @@ impl<H: Host, C: Claim> Binder<H, C> {
                 None => waiting.push(*claim),
             }
         }
-        // Each claim's hosts are its own: the binds to finish touch disjoint objects and go together.
-        let finishing = half_done
+        // Each claim's hosts are its own: the binds to finish touch disjoint objects and go together, at
+        // most `max_concurrent_binds` at once.
+        let finishing: Vec<_> = half_done
             .iter()
-            .map(|(claim, held)| self.finish(fence, claim, held));
-        for finished in futures::future::join_all(finishing).await {
+            .map(|(claim, held)| self.finish(fence, claim, held))
+            .collect();
+        let finished: Vec<_> = futures::stream::iter(finishing)
+            .buffer_unordered(self.max_concurrent_binds)
+            .collect()
+            .await;
+        for finished in finished {
             let (bound, released) = finished?;
             report.bound += usize::from(bound);
             report.released += released;
         }
-        let (bound, served) = self.serve(fence, &hosts, &waiting).await?;
+        let (bound, served) = self.serve(fence, hosts, &waiting).await?;
         report.bound += bound;
         report.served = served;
         Ok(report)
@@ -345,38 +404,27 @@ impl<H: Host, C: Claim> Binder<H, C> {
             .collect();
         priority::sort(&mut order, self.max_wait);
         let oldest = order.iter().map(|p| p.age).max().unwrap_or_default();
-        let mut available: Vec<(Candidate, &H)> = hosts
-            .iter()
-            .filter(|h| h.is_available())
-            .map(|h| (Candidate::from_host(h), h))
-            .collect();
+        let available: Vec<&H> = hosts.iter().filter(|h| h.is_available()).collect();
+        let candidates: Vec<Candidate> =
+            available.iter().map(|h| Candidate::from_host(*h)).collect();
         let pool: Vec<Candidate> = hosts.iter().map(Candidate::from_host).collect();
+        // In priority order, each claim ranks the hosts not yet taken by how many claims after it fit them.
+        let mut batch = Batch::new(
+            &candidates,
+            order.iter().map(|p| &by_name[&p.name].1).collect(),
+        );
         let mut bound = 0;
         let mut served = 0;
-        let mut done: BTreeSet<String> = BTreeSet::new();
         let mut plan = Vec::new();
-        for pending in &order {
+        for (k, pending) in order.iter().enumerate() {
             let (claim, requirements) = &by_name[&pending.name];
             let claim = *claim;
             let started = Instant::now();
             served += 1;
             // An optimistic claimer's intent is honoured while its host is free.
-            let intent = claim.selected_host().map(str::to_owned);
-            let candidates: Vec<Candidate> = available.iter().map(|(c, _)| c.clone()).collect();
-            let choice = match &intent {
-                Some(name) => candidates.iter().position(|c| &c.name == name),
-                None => {
-                    let others: Vec<_> = order
-                        .iter()
-                        .filter(|p| p.name != pending.name && !done.contains(&p.name))
-                        .map(|p| &by_name[&p.name].1)
-                        .collect();
-                    selection::choose(&claim.name_any(), requirements, &candidates, &others)
-                }
-            };
-            done.insert(pending.name.clone());
-            let Some(index) = choice else {
-                if let Some(host) = &intent {
+            let intent = claim.selected_host();
+            let Some(index) = batch.serve(k, &claim.name_any(), intent) else {
+                if let Some(host) = intent {
                     // The intended host is gone or taken: the claim is pending again.
                     let message = format!("host {host} is no longer available");
                     self.set_pending(fence, claim, "IntentStale", &message, ClaimPhase::Pending)
@@ -402,23 +450,20 @@ impl<H: Host, C: Claim> Binder<H, C> {
                     .await?;
                 continue;
             };
-            let (_, host) = available.remove(index);
+            let host = available[index];
             tracing::info!(claim = %pending.name, host = %host.name_any(), term = ?fence.term(), "Processing claim as leader");
             plan.push((claim, host, started));
         }
         // The hosts are chosen (in priority order, each once); the binds touch disjoint objects, so they
-        // are sent together, each still host first.
-        let binds = plan.into_iter().map(|(claim, host, started)| async move {
-            let result = async {
-                let host = self.pool.claim_host(fence, host, claim).await?;
-                let host = self.pool.mark_claimed(fence, &host).await?;
-                self.pool.mark_bound(fence, claim, &host.name_any()).await
-            }
-            .await;
-            (claim, result, started.elapsed().as_secs_f64())
-        });
+        // are sent together, each still host first, at most `max_concurrent_binds` at once.
+        let binds: Vec<_> = plan
+            .into_iter()
+            .map(|(claim, host, started)| self.bind(fence, claim, host, started))
+            .collect();
+        let mut binds = futures::stream::iter(binds).buffer_unordered(self.max_concurrent_binds);
         let mut fenced = false;
-        for (claim, result, seconds) in futures::future::join_all(binds).await {
+        while let Some((claim, result, seconds, counted)) = binds.next().await {
+            fenced |= counted.is_err();
             match result {
                 Ok(claim) => {
                     self.bound_event(&claim);
@@ -432,10 +477,6 @@ impl<H: Host, C: Claim> Binder<H, C> {
                     self.metrics.attempt(outcome);
                     self.metrics.result(outcome, seconds);
                     tracing::debug!(claim = %claim.name_any(), %err, "bind failed; retried next batch");
-                    if !fenced && !matches!(outcome, Outcome::Error) {
-                        self.step(claim, || self.pool.count_attempt(fence, claim))
-                            .await?;
-                    }
                 }
             }
         }
@@ -445,6 +486,33 @@ impl<H: Host, C: Claim> Binder<H, C> {
         self.metrics
             .batch(waiting.len(), oldest.as_secs_f64(), served);
         Ok((bound, served))
+    }
+
+    /// Binds `claim` to `host`, host first; a failed bind counts an attempt on the claim. Returns the
+    /// claim, the result, the seconds since `started`, and whether the attempt could be counted
+    /// ([`StepError::Fenced`] only).
+    async fn bind<'c>(
+        &self,
+        fence: &Fence,
+        claim: &'c C,
+        host: &H,
+        started: Instant,
+    ) -> (&'c C, Result<C, StepError>, f64, Result<(), StepError>) {
+        let result = async {
+            let host = self.pool.claim_host(fence, host, claim).await?;
+            let host = self.pool.mark_claimed(fence, &host).await?;
+            self.pool.mark_bound(fence, claim, &host.name_any()).await
+        }
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let counted = match &result {
+            Err(err) if !matches!(err.outcome(), Outcome::Error) => {
+                self.step(claim, || self.pool.count_attempt(fence, claim))
+                    .await
+            }
+            _ => Ok(()),
+        };
+        (claim, result, seconds, counted)
     }
 
     /// The claim back to `phase` with `reason` and `message` (best effort, as [`Binder::step`]); an Event
@@ -525,6 +593,21 @@ impl<H: Host, C: Claim> Binder<H, C> {
                 tracing::debug!(claim = %claim.name_any(), %err, "claim status write failed; retried next batch");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Whether a watch event may change a batch's decisions (`Some`), as [`Written::is_news`]; a watch error
+/// is logged (the watch retries with backoff).
+fn news<K: Object>(
+    written: &Written<K>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> Option<()> {
+    match event {
+        Ok(event) => written.is_news(&event).then_some(()),
+        Err(err) => {
+            tracing::warn!(%err, kind = %K::kind(&()), "watch failed; retrying with backoff");
+            None
         }
     }
 }

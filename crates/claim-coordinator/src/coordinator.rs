@@ -93,6 +93,7 @@ pub fn replica_of<H: Host>(
             settings.processing_interval,
             settings.max_wait,
         )
+        .max_concurrent_binds(settings.max_concurrent_binds)
         .events(ClaimEvents::new(client, identity));
         // The binder's writes go through the term's write gate: refused outside the term, cancelled in
         // flight at its end, and stamped so that the fencing policy refuses them once a newer term began.

@@ -35,8 +35,10 @@
 //! `create`, `patch` (the claims' Events, [`events`]).
 
 pub mod binder;
+mod cache;
 pub mod claimer;
 pub mod coordinator;
+pub mod debounce;
 pub mod events;
 pub mod metrics;
 pub mod priority;

@@ -96,6 +96,9 @@ struct RunArgs {
     /// How consumers get hosts: leader, optimistic or auto.
     #[arg(long, value_enum)]
     claim_coordinator_mode: Option<Mode>,
+    /// The leader's binds in flight at most (default 10; at least 1).
+    #[arg(long, value_name = "N")]
+    claim_coordinator_max_concurrent_binds: Option<usize>,
     /// Serve /healthz, /readyz and /metrics here.
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -152,6 +155,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         retry_period: args.claim_coordinator_retry_period,
         processing_interval: args.claim_coordinator_processing_interval,
         mode: args.claim_coordinator_mode,
+        max_concurrent_binds: args.claim_coordinator_max_concurrent_binds,
         ..Overrides::default()
     };
     let settings = match &args.config {

@@ -12,6 +12,13 @@ use crate::priority::DEFAULT_MAX_WAIT;
 /// The coordinator Lease's default name.
 pub const DEFAULT_LEASE_NAME: &str = "claim-coordinator-leader";
 
+/// The binds a leader has in flight at most by default: 10, the concurrent reconciles per replica that the
+/// bench's optimistic arms model for the original claim controller (controller-runtime's
+/// `MaxConcurrentReconciles`, `docs/claim-coordinator.md`). Ten binds of three PUTs each keep a batch of
+/// a thousand claims at about a hundred round trips deep, and stay far below kube-apiserver's default
+/// 400 mutating requests in flight (`--max-mutating-requests-inflight`).
+pub const DEFAULT_MAX_CONCURRENT_BINDS: usize = 10;
+
 /// How a consumer gets its host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +66,8 @@ pub struct Settings {
     pub mode: Mode,
     /// A claim pending this long goes first (default 10 min).
     pub max_wait: Duration,
+    /// The leader's binds in flight at most (default [`DEFAULT_MAX_CONCURRENT_BINDS`]; at least 1).
+    pub max_concurrent_binds: usize,
 }
 
 impl Default for Settings {
@@ -73,6 +82,7 @@ impl Default for Settings {
             processing_interval: Duration::from_secs(1),
             mode: Mode::Auto,
             max_wait: DEFAULT_MAX_WAIT,
+            max_concurrent_binds: DEFAULT_MAX_CONCURRENT_BINDS,
         }
     }
 }
@@ -136,6 +146,8 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     /// `maxWait`.
     pub max_wait: Option<String>,
+    /// `maxConcurrentBinds`.
+    pub max_concurrent_binds: Option<usize>,
 }
 
 // === impl Settings ===
@@ -184,6 +196,9 @@ impl Settings {
         if let Some(v) = o.mode {
             self.mode = v;
         }
+        if let Some(v) = o.max_concurrent_binds {
+            self.max_concurrent_binds = v;
+        }
         for (field, value, target) in [
             ("leaseDuration", &o.lease_duration, &mut self.lease_duration),
             ("renewDeadline", &o.renew_deadline, &mut self.renew_deadline),
@@ -207,7 +222,8 @@ impl Settings {
     }
 
     /// Checks the rules: the elector's ([`leaderelection::Config::validate`]: leaseDuration > renewDeadline
-    /// > retryPeriod x 1.2, whole seconds), and processingInterval and maxWait above zero.
+    /// > retryPeriod x 1.2, whole seconds), processingInterval and maxWait above zero, and
+    /// maxConcurrentBinds at least 1.
     ///
     /// # Errors
     ///
@@ -224,6 +240,13 @@ impl Settings {
                     rule: "must be greater than zero".into(),
                 });
             }
+        }
+        if self.max_concurrent_binds == 0 {
+            return Err(SettingsError::Invalid {
+                field: "maxConcurrentBinds",
+                value: "0".into(),
+                rule: "must be at least 1".into(),
+            });
         }
         self.elector_config("validation", "default")
             .validate()
@@ -262,11 +285,12 @@ mod tests {
         );
         assert_eq!(s.lease_name, "claim-coordinator-leader");
         assert_eq!(s.mode, Mode::Auto);
+        assert_eq!(s.max_concurrent_binds, 10);
     }
 
     #[test]
     fn flags_override_the_file() {
-        let yaml = "claimCoordinator:\n  leaseDuration: 20s\n  mode: leader\n  processingInterval: 500ms\n";
+        let yaml = "claimCoordinator:\n  leaseDuration: 20s\n  mode: leader\n  processingInterval: 500ms\n  maxConcurrentBinds: 4\n";
         let flags = Overrides {
             mode: Some(Mode::Optimistic),
             ..Overrides::default()
@@ -275,6 +299,7 @@ mod tests {
         assert_eq!(s.lease_duration, Duration::from_secs(20));
         assert_eq!(s.processing_interval, Duration::from_millis(500));
         assert_eq!(s.mode, Mode::Optimistic);
+        assert_eq!(s.max_concurrent_binds, 4);
     }
 
     #[test]
@@ -303,6 +328,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("processingInterval"), "{err}");
+        let err = Settings::resolve(
+            Some("claimCoordinator:\n  maxConcurrentBinds: 0\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("maxConcurrentBinds") && err.contains("at least 1"),
+            "{err}"
+        );
         let err = Settings::resolve(
             Some("claimCoordinator:\n  leaseTime: 5s\n"),
             &Overrides::default(),

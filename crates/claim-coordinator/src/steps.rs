@@ -3,6 +3,7 @@
 //! bounded by the term's validity deadline).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams, PostParams};
@@ -12,6 +13,7 @@ use leaderelection::fencing::{self, Fenced, LEASE_ANNOTATION};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cache::Writes;
 use crate::metrics::Outcome;
 use crate::provider::{Claim, Host};
 use crate::resources::{
@@ -146,6 +148,8 @@ pub struct Pool<H = PhysicalHost, C = HostClaim> {
     pub claims: Api<C>,
     /// The identity written into `claimed-by`.
     pub identity: String,
+    /// Where the binder's cache learns of its own writes ([`Pool::recording`]).
+    writes: Option<Arc<Writes<H, C>>>,
 }
 
 // === impl Pool ===
@@ -175,7 +179,33 @@ impl<H: Host, C: Claim> Pool<H, C> {
                 |ns| Api::namespaced(client.clone(), ns),
             ),
             identity: identity.to_owned(),
+            writes: None,
         }
+    }
+
+    /// This pool with every successful write recorded into `writes`, which the binder lays over its cache
+    /// (`crate::cache`).
+    pub(crate) fn recording(&self, writes: &Arc<Writes<H, C>>) -> Self {
+        Self {
+            writes: Some(writes.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// `after`, the answer to a write of `before`, recorded for the cache.
+    fn wrote_host(&self, before: &H, after: H) -> H {
+        if let Some(writes) = &self.writes {
+            writes.hosts.record(before, &after);
+        }
+        after
+    }
+
+    /// As [`Pool::wrote_host`] for a claim.
+    fn wrote_claim(&self, before: &C, after: C) -> C {
+        if let Some(writes) = &self.writes {
+            writes.claims.record(before, &after);
+        }
+        after
     }
 
     /// Whether `consumer` is a claim of this pool: kind `C`, of `C`'s API group (any version), in the
@@ -212,6 +242,7 @@ impl<H: Host, C: Claim> Pool<H, C> {
                 |ns| Api::namespaced(client.clone(), ns),
             ),
             identity: self.identity.clone(),
+            writes: self.writes.clone(),
         }
     }
 
@@ -278,12 +309,13 @@ impl<H: Host, C: Claim> Pool<H, C> {
             // write under the fencing policy.
             None => unstamp(annotations),
         }
-        write(
+        let written = write(
             fence,
             self.host_api(host)
                 .replace(&host.name_any(), &PostParams::default(), &updated),
         )
-        .await
+        .await?;
+        Ok(self.wrote_host(host, written))
     }
 
     /// Step 2: the host's status records that it is claimed ([`Host::set_claimed_state`]; nothing is
@@ -301,12 +333,13 @@ impl<H: Host, C: Claim> Pool<H, C> {
         if !updated.set_claimed_state(claimed) {
             return Ok(host.clone());
         }
-        write(
+        let written = write(
             fence,
             self.host_api(host)
                 .replace_status(&host.name_any(), &PostParams::default(), &updated),
         )
-        .await
+        .await?;
+        Ok(self.wrote_host(host, written))
     }
 
     /// Step 3: the claim is `Bound` to `host` (with the term), guarded by the claim's resourceVersion.
@@ -397,7 +430,7 @@ impl<H: Host, C: Claim> Pool<H, C> {
     }
 
     async fn write_claim_status(&self, fence: &Fence, claim: &C, updated: &C) -> Result<C> {
-        write(
+        let written = write(
             fence,
             self.claim_api(claim).replace_status(
                 &claim.name_any(),
@@ -405,7 +438,8 @@ impl<H: Host, C: Claim> Pool<H, C> {
                 updated,
             ),
         )
-        .await
+        .await?;
+        Ok(self.wrote_claim(claim, written))
     }
 
     /// Frees `host`: its `consumerRef` (and the annotations) cleared, then its status no longer claimed.
@@ -422,12 +456,13 @@ impl<H: Host, C: Claim> Pool<H, C> {
             let annotations = updated.annotations_mut();
             unstamp(annotations);
             annotations.remove(CLAIMED_BY_ANNOTATION);
-            host = write(
+            let written = write(
                 fence,
                 self.host_api(&host)
                     .replace(&host.name_any(), &PostParams::default(), &updated),
             )
             .await?;
+            host = self.wrote_host(&host, written);
         }
         self.set_claimed_state(fence, &host, false).await
     }
@@ -443,13 +478,14 @@ impl<H: Host, C: Claim> Pool<H, C> {
         }
         let mut updated = claim.clone();
         updated.finalizers_mut().retain(|f| f != RELEASE_FINALIZER);
-        write(
+        let written = write(
             fence,
             self.claim_api(claim)
                 .replace(&claim.name_any(), &PostParams::default(), &updated),
         )
-        .await
-        .map(drop)
+        .await?;
+        self.wrote_claim(claim, written);
+        Ok(())
     }
 
     /// Releases the host of every claim being deleted and lets the claims go; frees hosts whose consumer is
