@@ -611,3 +611,103 @@ fn news<K: Object>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kube::api::ObjectMeta;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::resources::{
+        Hardware, HostClaimSpec, HostState, PhysicalHostSpec, PhysicalHostStatus,
+    };
+
+    /// Requests in flight now, and the most seen at once.
+    #[derive(Debug, Default)]
+    struct InFlight {
+        now: AtomicUsize,
+        most: AtomicUsize,
+        answered: AtomicUsize,
+    }
+
+    /// A client whose API server holds every request 10 ms, then answers a PUT with the object sent, its
+    /// resourceVersion one higher; `in_flight` counts the requests held.
+    fn fake_client(in_flight: Arc<InFlight>) -> kube::Client {
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let in_flight = in_flight.clone();
+            async move {
+                let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+                in_flight.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let body = request.into_body().collect_bytes().await?;
+                let mut object: serde_json::Value = serde_json::from_slice(&body)?;
+                let rv: u64 = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|rv| rv.parse().ok())
+                    .unwrap_or_default();
+                object["metadata"]["resourceVersion"] = (rv + 1).to_string().into();
+                in_flight.now.fetch_sub(1, Ordering::SeqCst);
+                in_flight.answered.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, leaderelection_controller::BoxError>(http::Response::new(
+                    kube::client::Body::from(serde_json::to_vec(&object)?),
+                ))
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some("1".into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_max_concurrent_binds_are_in_flight() {
+        let in_flight = Arc::new(InFlight::default());
+        let pool = Pool::new(fake_client(in_flight.clone()), "default", "leader");
+        let hosts: Vec<PhysicalHost> = (0..30)
+            .map(|i| PhysicalHost {
+                metadata: meta(&format!("h-{i:02}")),
+                spec: PhysicalHostSpec::default(),
+                status: Some(PhysicalHostStatus {
+                    state: HostState::Available,
+                    ready: true,
+                    hardware: Hardware {
+                        cpu_cores: 8,
+                        memory_gib: 32,
+                    },
+                    error_message: None,
+                }),
+            })
+            .collect();
+        let claims: Vec<HostClaim> = (0..30)
+            .map(|i| HostClaim {
+                metadata: meta(&format!("c-{i:02}")),
+                spec: HostClaimSpec::default(),
+                status: None,
+            })
+            .collect();
+        let binder = Binder::new(
+            pool,
+            Metrics::new(&mut Registry::default()),
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )
+        .max_concurrent_binds(4);
+        let report = binder
+            .batch_on(&Fence::Unfenced, &hosts, &claims)
+            .await
+            .unwrap();
+        assert_eq!((report.bound, report.served), (30, 30));
+        // Three PUTs per bind (host, host status, claim status), one bind's PUTs one after the other.
+        assert_eq!(in_flight.answered.load(Ordering::SeqCst), 90);
+        assert_eq!(in_flight.most.load(Ordering::SeqCst), 4);
+    }
+}
