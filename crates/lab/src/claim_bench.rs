@@ -32,6 +32,8 @@ use rand::SeedableRng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod selection;
+
 /// `bench`'s flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -56,6 +58,10 @@ pub(crate) struct BenchArgs {
     /// The arms to run, e.g. `a,c`.
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
     arms: Vec<char>,
+    /// Instead of the arms: time the leader's selection of --claims pending claims over --hosts hosts,
+    /// with no API server (e.g. `--selection --hosts 1000 --claims 1000`; build with --release).
+    #[arg(long)]
+    selection: bool,
 }
 
 /// The four arms.
@@ -94,6 +100,9 @@ struct Result {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.selection {
+        return selection::run(args.hosts, args.claims, args.seed);
+    }
     println!(
         "leader-elect-lab claim-bench: {} hosts, {} claims over {}, 3 replicas, {} ms latency per request, seed {}",
         args.hosts,
