@@ -221,8 +221,8 @@ impl Settings {
         Ok(())
     }
 
-    /// Checks the rules: the elector's ([`leaderelection::Config::validate`]: leaseDuration > renewDeadline
-    /// > retryPeriod x 1.2, whole seconds), processingInterval and maxWait above zero, and
+    /// Checks the rules: the elector's ([`leaderelection::Config::validate`]: leaseDuration >
+    /// renewDeadline > retryPeriod x 1.2, whole seconds), processingInterval and maxWait above zero,
     /// maxConcurrentBinds at least 1.
     ///
     /// # Errors
