@@ -131,6 +131,7 @@ DEFAULT_ARGS = [
     "--claim-coordinator-processing-interval=1s",
     "--claim-coordinator-mode=auto",
     "--claim-coordinator-max-wait=10m",
+    "--claim-coordinator-max-concurrent-binds=10",
     "--admin=0.0.0.0:8080",
 ]
 
@@ -271,6 +272,7 @@ def test_custom():
         "--set", "processingInterval=500ms",
         "--set", "mode=leader",
         "--set", "maxWait=1h",
+        "--set", "maxConcurrentBinds=4",
         "--set", "server=https://apiserver.example:6443",
         "--set", "logLevel=debug",
         "--set", "extraArgs={--kubeconfig=/kube/config}",
@@ -293,6 +295,7 @@ def test_custom():
         "--claim-coordinator-processing-interval=500ms",
         "--claim-coordinator-mode=leader",
         "--claim-coordinator-max-wait=1h",
+        "--claim-coordinator-max-concurrent-binds=4",
         "--admin=[::]:9090",
         "--server=https://apiserver.example:6443",
         "--kubeconfig=/kube/config",
@@ -358,6 +361,7 @@ def test_negative():
         ("unknown key", ["--set", "replicas=3"], "additional properties 'replicas' not allowed"),
         ("duration a number", ["--set", "processingInterval=1"], "at '/processingInterval': got number, want string"),
         ("malformed duration", ["--set", "maxWait=10 minutes"], "at '/maxWait'"),
+        ("no binds in flight", ["--set", "maxConcurrentBinds=0"], "at '/maxConcurrentBinds': minimum"),
         ("lease name", ["--set", "leaderElection.leaseName=My_Lease"], "at '/leaderElection/leaseName'"),
         ("namespace not a label", ["--set", "hosts.namespace=a.b"], "at '/hosts/namespace'"),
         ("server not a URL", ["--set", "server=apiserver:6443"], "at '/server'"),
