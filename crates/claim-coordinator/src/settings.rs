@@ -14,9 +14,10 @@ pub const DEFAULT_LEASE_NAME: &str = "claim-coordinator-leader";
 
 /// The binds a leader has in flight at most by default: 10, the concurrent reconciles per replica that the
 /// bench's optimistic arms model for the original claim controller (controller-runtime's
-/// `MaxConcurrentReconciles`, `docs/claim-coordinator.md`). Ten binds of three PUTs each keep a batch of
-/// a thousand claims at about a hundred round trips deep, and stay far below kube-apiserver's default
-/// 400 mutating requests in flight (`--max-mutating-requests-inflight`).
+/// `MaxConcurrentReconciles`, `docs/claim-coordinator.md`). Ten writes in flight stay far below
+/// kube-apiserver's default of 400 mutating requests in flight (`--max-mutating-requests-inflight`); a
+/// batch of a thousand binds (three PUTs each, one after the other) is then three hundred round trips
+/// long.
 pub const DEFAULT_MAX_CONCURRENT_BINDS: usize = 10;
 
 /// How a consumer gets its host.
