@@ -488,9 +488,29 @@ impl<H: Host, C: Claim> Pool<H, C> {
         Ok(())
     }
 
+    /// Whether the claim `consumer` names exists and is not being deleted, read fresh (a LIST by name:
+    /// the RBAC the binder has): `claims` may come from a cache that lags the hosts' (two watches, no
+    /// order between them), so a claim created and bound since the cache was filled must not count as
+    /// deleted. When the read fails, the claim counts as alive until the next batch.
+    async fn claim_lives(&self, fence: &Fence, consumer: &ConsumerRef) -> Result<bool> {
+        let api: Api<C> = Api::namespaced(self.claims.clone().into_client(), &consumer.namespace);
+        let by_name = ListParams::default().fields(&format!("metadata.name={}", consumer.name));
+        match write(fence, api.list(&by_name)).await {
+            Ok(found) => Ok(found.items.iter().any(|c| {
+                c.meta().uid.as_deref() == Some(consumer.uid.as_str()) && !c.is_deleting()
+            })),
+            Err(StepError::Fenced) => Err(StepError::Fenced),
+            Err(err) => {
+                tracing::debug!(claim = %consumer.name, %err, "reading a claim failed; its host is kept");
+                Ok(true)
+            }
+        }
+    }
+
     /// Releases the host of every claim being deleted and lets the claims go; frees hosts whose consumer is
-    /// a claim of this pool ([`Pool::is_own_consumer`]) that no longer exists. A host consumed by anything
-    /// else is left alone. Idempotent: what is done already is not written again.
+    /// a claim of this pool ([`Pool::is_own_consumer`]) that no longer exists (not in `claims`, and not
+    /// found by a fresh read either). A host consumed by anything else is left alone. Idempotent: what is
+    /// done already is not written again.
     ///
     /// # Errors
     ///
@@ -513,6 +533,9 @@ impl<H: Host, C: Claim> Pool<H, C> {
             };
             let claim = by_uid.get(consumer.uid.as_str());
             if claim.is_some_and(|c| !c.is_deleting()) {
+                continue;
+            }
+            if claim.is_none() && self.claim_lives(fence, &consumer).await? {
                 continue;
             }
             match self.release_host(fence, host).await {

@@ -1,11 +1,12 @@
 //! The binder's cache against the fake API server: a term reads the hosts and claims from its watches, so
 //! what it reads can be stale. Its writes stay guarded by the resourceVersion: a stale host gets 409
-//! Conflict and the bind succeeds once the watch has the newer version; and its own writes, laid over the
-//! cache, keep a bound claim bound while the watch still shows the host free.
+//! Conflict and the bind succeeds once the watch has the newer version; its own writes, laid over the
+//! cache, keep a bound claim bound while the watch still shows the host free; and a host bound to a claim
+//! the claims' watch has not delivered yet is not released as if that claim were deleted.
 
 use std::time::Duration;
 
-use claim_coordinator::provider::Claim as _;
+use claim_coordinator::provider::{Claim as _, Host as _};
 use claim_coordinator::resources::HostClaimSpec;
 use claim_coordinator::{Binder, Metrics, Pool};
 use fake_apiserver::Faults;
@@ -148,6 +149,93 @@ async fn a_stale_host_gets_409_and_is_bound_once_the_watch_has_it_and_own_writes
         updates(&cluster, &binder_listeners, "physicalhosts", "h-0"),
         [200, 200]
     );
+    let snapshot = cluster.snapshot().await.unwrap();
+    assert!(
+        snapshot.violations().is_empty(),
+        "{:?}",
+        snapshot.violations()
+    );
+    cluster.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_bound_to_a_claim_the_cache_has_not_seen_is_not_released() {
+    let cluster = Cluster::start().await.unwrap();
+    cluster.add_host(&plan("h-0")).await.unwrap();
+    cluster.add_host(&plan("h-1")).await.unwrap();
+    // The binder's claims through a listener whose watches deliver every event WATCH_DELAY late; its
+    // hosts through one without delay.
+    let slow = cluster.server.add_listener().await.unwrap();
+    slow.set_faults(Faults {
+        watch_delay: WATCH_DELAY,
+        ..Faults::default()
+    });
+    let fast = cluster.server.add_listener().await.unwrap();
+    let mut pool = Pool::new(
+        leaderelection::KubeLeaseLock::client_for_url(&fast.url()).unwrap(),
+        NAMESPACE,
+        "leader",
+    );
+    pool.claims = Api::namespaced(
+        leaderelection::KubeLeaseLock::client_for_url(&slow.url()).unwrap(),
+        NAMESPACE,
+    );
+    let binder = Binder::new(
+        pool,
+        Metrics::new(&mut Registry::default()),
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    let (fence, _state) = current_term(4);
+    let claim_coordinator::Fence::Term { state, .. } = fence else {
+        unreachable!("current_term gives a term's fence")
+    };
+    let token = CancellationToken::new();
+    let term = tokio::spawn(binder.run_term(
+        Term {
+            holder: "leader".into(),
+            transitions: 4,
+            acquire_time: None,
+        },
+        state,
+        token.clone(),
+    ));
+    // A first claim, bound from the cache: the term's watches are running.
+    cluster.add_claim("c-0", simple()).await.unwrap();
+    let taken = bound(&cluster, "c-0").await;
+    let free = if taken == "h-0" { "h-1" } else { "h-0" };
+
+    // A consumer creates a claim and binds the free host to it, as the optimistic path does: the binder
+    // sees the host at once and the claim WATCH_DELAY later.
+    cluster.add_claim("c-x", simple()).await.unwrap();
+    let claim = cluster.claims().get("c-x").await.unwrap();
+    let uid = claim.metadata.uid.clone().unwrap();
+    let mut host = cluster.hosts().get(free).await.unwrap();
+    host.spec.consumer_ref = Some(claim.consumer_ref());
+    cluster
+        .hosts()
+        .replace(free, &PostParams::default(), &host)
+        .await
+        .unwrap();
+    // Until the binder has finished that bind (once the claim reaches its cache), the host keeps its
+    // consumer: never released for a claim the cache does not have yet.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let host = cluster.hosts().get(free).await.unwrap();
+        assert_eq!(
+            host.consumer().map(|c| c.uid),
+            Some(uid.clone()),
+            "{free} was released while c-x lives"
+        );
+        let claim = cluster.claims().get("c-x").await.unwrap();
+        if claim.host_ref() == Some(free) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "c-x not bound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    term.await.unwrap().unwrap();
     let snapshot = cluster.snapshot().await.unwrap();
     assert!(
         snapshot.violations().is_empty(),
