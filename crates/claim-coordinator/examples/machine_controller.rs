@@ -28,7 +28,8 @@
 //! RBAC, in the namespace: `example.claims.leaderelection.dev` `machines`: `get`, `list`, `watch`, and
 //! `machines/status`: `patch`; `claims.leaderelection.dev` `hostclaims`: `get`, `list`, `watch`, `create`;
 //! `coordination.k8s.io` `leases`: `get` (the coordinator Lease, to know whether a leader binds: mode
-//! `auto`).
+//! `auto`); and for claiming directly when no leader binds (the optimistic path): `physicalhosts`: `get`,
+//! `list`, `update`, `physicalhosts/status` and `hostclaims/status`: `update`.
 
 use std::sync::Arc;
 use std::time::Duration;
