@@ -17,64 +17,18 @@ import tempfile
 
 import yaml
 
+from chart_checks import KUBE_VERSION, Chart, check, finish
+
 HELM, KV, PROMTOOL = sys.argv[1], sys.argv[2], sys.argv[3]
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHART = os.path.join(HERE, "leader-elect")
 METRICS_DOC = os.path.join(HERE, "..", "..", "docs", "metrics.md")
 RULES_TEST = os.path.join(HERE, "alert-rules.test.yaml")
-KUBE_VERSION = "1.33"
 RELEASE, NAMESPACE = "job", "jobs"
 FULLNAME = "job-leader-elect"
 
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print(f"  FAIL {what}")
-
-
-def helm_template(args):
-    return subprocess.run(
-        [HELM, "template", RELEASE, CHART, "--namespace", NAMESPACE, *args],
-        capture_output=True,
-        text=True,
-    )
-
-
-def validate(text, case):
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(text)
-    try:
-        r = subprocess.run(
-            [KV, "--strict", "-k", KUBE_VERSION, "--quiet", f.name], capture_output=True, text=True
-        )
-    finally:
-        os.unlink(f.name)
-    check(r.returncode == 0, f"{case}: kubernetes-validate --strict -k {KUBE_VERSION}: {r.stdout}{r.stderr}")
-
-
-def render(case, args):
-    """Renders, validates, and returns {(kind, name): object}."""
-    print(f"case {case}: helm template {' '.join(args)}")
-    r = helm_template(args)
-    if r.returncode != 0:
-        check(False, f"{case}: helm template failed: {r.stderr}")
-        return {}
-    validate(r.stdout, case)
-    objects = {}
-    for doc in yaml.safe_load_all(r.stdout):
-        if doc:
-            objects[(doc["kind"], doc["metadata"]["name"])] = doc
-    return objects
-
-
-def must_fail(case, args, message):
-    print(f"case {case} (must fail): helm template {' '.join(args)}")
-    r = helm_template(args)
-    check(r.returncode != 0, f"{case}: rendered, but must fail with {message!r}")
-    check(message in r.stderr, f"{case}: error does not say {message!r}: {r.stderr.strip()}")
+chart = Chart(HELM, KV, CHART, RELEASE, NAMESPACE)
+helm_template, render, must_fail = chart.template, chart.render, chart.must_fail
 
 
 def deployment(objects):
@@ -117,9 +71,7 @@ DOWNWARD_ENV = [
 
 def test_lint():
     for case, args in [("default", []), ("wrap", WRAP)]:
-        print(f"case lint {case}: helm lint --strict {' '.join(args)}")
-        r = subprocess.run([HELM, "lint", "--strict", CHART, *args], capture_output=True, text=True)
-        check(r.returncode == 0, f"lint {case}: {r.stdout}{r.stderr}")
+        chart.lint(case, args)
 
 
 def test_validator_rejects():
@@ -512,10 +464,7 @@ def main():
     test_notes()
     test_alert_rules()
     test_negative()
-    if failures:
-        print(f"chart tests: {len(failures)} failure(s)")
-        sys.exit(1)
-    print("chart tests: all passed")
+    finish("leader-elect chart tests")
 
 
 if __name__ == "__main__":

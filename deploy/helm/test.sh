@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Chart tests for deploy/helm/leader-elect, offline: helm lint --strict, helm template with several value sets,
-# kubernetes-validate --strict on every rendered manifest, assertions on the rendered objects and failing value
-# sets (deploy/helm/check_chart.py), and promtool unit tests of docs/metrics.md's alert rules at the chart's
-# scrape interval (deploy/helm/alert-rules.test.yaml).
+# Chart tests, offline: helm lint --strict, helm template with several value sets, kubernetes-validate --strict
+# on every rendered manifest, assertions on the rendered objects and failing value sets, for
+# deploy/helm/leader-elect (deploy/helm/check_chart.py, with promtool unit tests of docs/metrics.md's alert
+# rules at the chart's scrape interval: deploy/helm/alert-rules.test.yaml) and deploy/helm/claim-coordinator
+# (deploy/helm/check_claim_coordinator_chart.py: its Roles exactly the coordinator's calls). Both run; the
+# script fails when either does.
 #
 # Tools: $HELM, $KUBERNETES_VALIDATE and $PROMTOOL when set (.ci/run sets the first two), else helm 4,
 # kubernetes-validate and promtool (Debian's package prometheus) from PATH.
@@ -41,4 +43,7 @@ if [ -z "$python" ]; then
 fi
 
 echo "chart tests: $("$HELM" version --short), $("$KUBERNETES_VALIDATE" --version), $("$PROMTOOL" --version 2>&1 | head -n 1)"
-exec "$python" "$here/check_chart.py" "$HELM" "$KUBERNETES_VALIDATE" "$PROMTOOL"
+status=0
+"$python" "$here/check_chart.py" "$HELM" "$KUBERNETES_VALIDATE" "$PROMTOOL" || status=1
+"$python" "$here/check_claim_coordinator_chart.py" "$HELM" "$KUBERNETES_VALIDATE" || status=1
+exit "$status"

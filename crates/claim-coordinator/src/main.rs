@@ -81,6 +81,10 @@ struct RunArgs {
     /// Elect a leader to bind claims (default true).
     #[arg(long)]
     enable_claim_coordinator_leader_election: Option<bool>,
+    /// The coordinator Lease's name (default claim-coordinator-leader); consumers in auto mode read the
+    /// same Lease.
+    #[arg(long, value_name = "NAME")]
+    claim_coordinator_lease_name: Option<String>,
     /// LeaseDuration, e.g. 15s.
     #[arg(long)]
     claim_coordinator_lease_duration: Option<String>,
@@ -96,6 +100,9 @@ struct RunArgs {
     /// How consumers get hosts: leader, optimistic or auto.
     #[arg(long, value_enum)]
     claim_coordinator_mode: Option<Mode>,
+    /// A claim pending this long goes first, e.g. 10m.
+    #[arg(long)]
+    claim_coordinator_max_wait: Option<String>,
     /// Serve /healthz, /readyz and /metrics here.
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -147,12 +154,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let flags = Overrides {
         leader_election: args.enable_claim_coordinator_leader_election,
+        lease_name: args.claim_coordinator_lease_name,
         lease_duration: args.claim_coordinator_lease_duration,
         renew_deadline: args.claim_coordinator_renew_deadline,
         retry_period: args.claim_coordinator_retry_period,
         processing_interval: args.claim_coordinator_processing_interval,
         mode: args.claim_coordinator_mode,
-        ..Overrides::default()
+        max_wait: args.claim_coordinator_max_wait,
     };
     let settings = match &args.config {
         Some(path) => Settings::from_path(path, &flags)?,

@@ -21,6 +21,36 @@ fn a_bad_duration_is_refused_naming_the_setting() {
     assert!(err.contains("retryPeriod") && err.contains("soon"), "{err}");
 }
 
+/// The two settings with a flag of their own since the Helm chart (which passes every setting as a flag):
+/// each is read, and a bad value refused naming the setting.
+#[test]
+fn lease_name_and_max_wait_flags_are_read_and_checked() {
+    for (flag, expected) in [
+        ("--claim-coordinator-max-wait=0s", "maxWait"),
+        ("--claim-coordinator-lease-name=My_Lease", "lease_name"),
+    ] {
+        let output = std::process::Command::new(BIN)
+            .args([
+                "run",
+                "--server",
+                "http://127.0.0.1:1",
+                "--identity",
+                "pod-a",
+                flag,
+            ])
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{flag}");
+        let err = String::from_utf8_lossy(&output.stderr);
+        let value = flag.split_once('=').unwrap().1;
+        assert!(
+            err.contains(expected) && err.contains(value),
+            "{flag}: {err}"
+        );
+    }
+}
+
 /// `crds --dir -` prints both CustomResourceDefinitions as one YAML stream (for `kubectl apply -f -`),
 /// the same documents as the files it writes.
 #[test]

@@ -1,20 +1,23 @@
-//! The checked-in CustomResourceDefinitions under `deploy/crds/` are what `claim-coordinator crds` writes
-//! from the current types.
+//! The checked-in CustomResourceDefinitions under `deploy/crds/` and the Helm chart's copy under
+//! `deploy/helm/claim-coordinator/crds/` (which helm installs before the templates) are what
+//! `claim-coordinator crds` writes from the current types.
 
 use std::path::Path;
 
 #[test]
 fn checked_in_crds_are_current() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
-    for (file, yaml) in claim_coordinator::resources::crd_files().unwrap() {
-        let path = dir.join(file);
-        let checked_in =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            checked_in == yaml,
-            "{} is stale: run `cargo run -p claim-coordinator -- crds` and commit the result",
-            path.display()
-        );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for dir in ["deploy/crds", "deploy/helm/claim-coordinator/crds"] {
+        for (file, yaml) in claim_coordinator::resources::crd_files().unwrap() {
+            let path = root.join(dir).join(file);
+            let checked_in = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                checked_in == yaml,
+                "{dir}/{file} is stale: run `cargo run -p claim-coordinator -- crds --dir {dir}` and commit \
+                 the result"
+            );
+        }
     }
 }
 

@@ -435,6 +435,10 @@ pub struct RequestRecord {
     pub verb: String,
     /// Plural resource name or discovery path.
     pub resource: String,
+    /// The subresource (`status`), if any: RBAC authorizes `leases/status` apart from `leases`. Absent
+    /// from older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
     /// Namespace, if any.
     pub namespace: Option<String>,
     /// Object name, if any.

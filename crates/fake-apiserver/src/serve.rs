@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, error_response};
 use crate::listener::Listener;
-use crate::route::RequestInfo;
+use crate::route::{RequestInfo, Route};
 use crate::shared::Shared;
 use crate::status::ApiError;
 use crate::tls::HANDSHAKE_TIMEOUT;
@@ -144,6 +144,10 @@ async fn handle(
             connection,
             verb: info.verb.clone(),
             resource: info.resource.clone(),
+            subresource: match &info.route {
+                Route::Resource { subresource, .. } => subresource.clone(),
+                _ => None,
+            },
             namespace: info.namespace.clone(),
             name: info.name.clone(),
             code: None,
