@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -221,11 +222,43 @@ impl<H: Host> Claimer<H> {
     /// Dropping the future leaves the claim as far as it was written; a later call (or the leader) goes on
     /// from there: every step is conditional and idempotent.
     pub async fn ensure(&self, name: &str, spec: HostClaimSpec) -> Result<ClaimState> {
-        self.ensure_once(name, spec).await.map(|(state, _)| state)
+        self.ensure_once(name, spec, None)
+            .await
+            .map(|(state, _)| state)
     }
 
-    /// [`Claimer::ensure`], and whether this consumer claimed directly.
-    async fn ensure_once(&self, name: &str, spec: HostClaimSpec) -> Result<(ClaimState, bool)> {
+    /// [`Claimer::ensure`] for a claim owned by `owner` (an object of the claim's namespace, e.g. from
+    /// `Resource::controller_owner_ref`): a claim it creates carries `owner` in `metadata.ownerReferences`,
+    /// so that a kube-runtime `Controller` of the owner's kind is triggered by the claim's changes
+    /// (`Controller::owns`), and Kubernetes' garbage collector deletes the claim when the owner goes (its
+    /// release finalizer frees the host first). An existing claim is kept as it is.
+    ///
+    /// # Errors
+    ///
+    /// As [`Claimer::ensure`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Claimer::ensure`].
+    pub async fn ensure_owned(
+        &self,
+        name: &str,
+        spec: HostClaimSpec,
+        owner: OwnerReference,
+    ) -> Result<ClaimState> {
+        self.ensure_once(name, spec, Some(owner))
+            .await
+            .map(|(state, _)| state)
+    }
+
+    /// [`Claimer::ensure`] (a claim it creates owned by `owner`), and whether this consumer claimed
+    /// directly.
+    async fn ensure_once(
+        &self,
+        name: &str,
+        spec: HostClaimSpec,
+        owner: Option<OwnerReference>,
+    ) -> Result<(ClaimState, bool)> {
         let api_error = |source| ClaimError::Api {
             name: name.to_owned(),
             source,
@@ -238,7 +271,8 @@ impl<H: Host> Claimer<H> {
         let claim = match self.pool.claims.get_opt(name).await.map_err(api_error)? {
             Some(claim) => claim,
             None => {
-                let claim = HostClaim::with_release_finalizer(name, spec);
+                let mut claim = HostClaim::with_release_finalizer(name, spec);
+                claim.metadata.owner_references = owner.map(|owner| vec![owner]);
                 match self
                     .pool
                     .claims
@@ -309,7 +343,7 @@ impl<H: Host> Claimer<H> {
             if shutdown.is_cancelled() {
                 return Err(ClaimError::Cancelled(name.to_owned()));
             }
-            let (state, direct) = self.ensure_once(name, spec.clone()).await?;
+            let (state, direct) = self.ensure_once(name, spec.clone(), None).await?;
             match state {
                 ClaimState::Bound { host } => return Ok(host),
                 ClaimState::Failed { reason, message } => {

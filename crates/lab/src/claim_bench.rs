@@ -1,5 +1,6 @@
-//! `leader-elect-lab claim-bench`: one workload, four arms, each on a fresh embedded fake API server with three
-//! replicas, each replica on its own listener with the same latency:
+//! `leader-elect-lab claim-bench`: one pool and one set of claims, six arms, each run under two loads (the
+//! claims arriving evenly over `--arrival`, and a burst over `--burst`), each run on a fresh embedded fake API
+//! server with three replicas (one for (e) and (f)), each replica on its own listener with the same latency:
 //!
 //! - (a) every replica claims optimistically as Beskar7 did: for each pending claim (10 concurrent
 //!   reconciles per replica, every replica reconciling every claim), list the hosts, start at a hash of
@@ -8,7 +9,10 @@
 //! - (b) the same reconcilers, optimistic with the intent first ([`Claimer::claim_directly`]); requeue after
 //!   5 s when it did not bind;
 //! - (c) leader-batched: the replicas elect a leader that binds;
-//! - (d) as (c), with the leader killed (no release) once it has bound a third of the claims.
+//! - (d) as (c), with the leader killed (no release) once it has bound a third of the claims;
+//! - (e) as (b) on one replica: the original as deployed, behind controller-runtime's manager election (one
+//!   active replica, 10 concurrent reconciles), with our optimistic path and no leader-elected binder;
+//! - (f) as (a) on one replica: the original as deployed, with its own retry loop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -55,8 +59,19 @@ pub(crate) struct BenchArgs {
     /// Seed of the claims' requirements.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How long the claims take to arrive in the `burst` load, e.g. 50ms.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    burst: Duration,
+    /// The loads to run each arm under: `steady` (over `--arrival`), `burst` (over `--burst`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "steady,burst"
+    )]
+    loads: Vec<Load>,
     /// The arms to run, e.g. `a,c`.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f", value_parser = parse_arm)]
     arms: Vec<char>,
     /// Instead of the arms: time the leader's selection of --claims pending claims over --hosts hosts,
     /// with no API server (e.g. `--selection --hosts 1000 --claims 1000`; build with --release).
@@ -64,13 +79,34 @@ pub(crate) struct BenchArgs {
     selection: bool,
 }
 
-/// The four arms.
+/// An arm's letter, `a` to `f`.
+fn parse_arm(value: &str) -> std::result::Result<char, String> {
+    match value.trim() {
+        letter @ ("a" | "b" | "c" | "d" | "e" | "f") => Ok(letter.chars().next().unwrap_or('a')),
+        other => Err(format!("arm {other:?}: an arm is one letter from a to f")),
+    }
+}
+
+/// How the claims arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Load {
+    /// Evenly over `--arrival`.
+    Steady,
+    /// Evenly over `--burst`.
+    Burst,
+}
+
+/// The six arms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Arm {
     Original,
     Intent,
     Leader,
     LeaderKilled,
+    /// [`Arm::Intent`] on one replica.
+    SingleIntent,
+    /// [`Arm::Original`] on one replica.
+    SingleOriginal,
 }
 
 impl Arm {
@@ -80,6 +116,16 @@ impl Arm {
             Self::Intent => "(b) optimistic, intent first",
             Self::Leader => "(c) leader-batched",
             Self::LeaderKilled => "(d) leader-batched, leader killed",
+            Self::SingleIntent => "(e) 1 replica, intent first",
+            Self::SingleOriginal => "(f) 1 replica, as Beskar7",
+        }
+    }
+
+    /// The active replicas: one for the original as deployed (behind its manager's election), else three.
+    fn replicas(self) -> usize {
+        match self {
+            Self::SingleIntent | Self::SingleOriginal => 1,
+            _ => 3,
         }
     }
 }
@@ -97,6 +143,8 @@ struct Result {
     max: Duration,
     two_consumers: usize,
     two_hosts: usize,
+    /// From the first claim's creation to the last's.
+    arrived: Duration,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -104,71 +152,86 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return selection::run(args.hosts, args.claims, args.seed);
     }
     println!(
-        "leader-elect-lab claim-bench: {} hosts, {} claims over {}, 3 replicas, {} ms latency per request, seed {}",
-        args.hosts,
-        args.claims,
-        humantime::format_duration(args.arrival),
-        args.latency_ms,
-        args.seed
+        "leader-elect-lab claim-bench: {} hosts, {} claims, 3 replicas ((e) and (f): 1), {} ms latency per request, seed {}",
+        args.hosts, args.claims, args.latency_ms, args.seed
     );
-    println!();
-    println!(
-        "{:<36} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}",
-        "arm",
-        "bound",
-        "hosts",
-        "409s",
-        "409/min",
-        "409/cl",
-        "writes/cl",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "2-cons.h",
-        "2-host cl"
-    );
-    for (letter, arm) in [
-        ('a', Arm::Original),
-        ('b', Arm::Intent),
-        ('c', Arm::Leader),
-        ('d', Arm::LeaderKilled),
-    ] {
-        if !args.arms.contains(&letter) {
-            continue;
-        }
-        let r = run_arm(arm, &args).await?;
-        #[allow(clippy::cast_precision_loss)]
-        let per = |n: u64| {
-            if r.bound == 0 {
-                0.0
-            } else {
-                n as f64 / r.bound as f64
-            }
+    for load in &args.loads {
+        let (name, arrival) = match load {
+            Load::Steady => ("steady", args.arrival),
+            Load::Burst => ("burst", args.burst),
         };
-        #[allow(clippy::cast_precision_loss)]
-        let per_minute = r.conflicts as f64 / (r.wall.as_secs_f64() / 60.0).max(1e-9);
-        let ms = |d: Duration| {
-            if d == Duration::MAX {
-                "unbound".to_owned()
-            } else {
-                format!("{:.0}", d.as_secs_f64() * 1000.0)
-            }
-        };
+        println!();
         println!(
-            "{:<36} {:>3}/{:<3} {:>6} {:>6} {:>8.0} {:>7.2} {:>8.2} {:>8} {:>8} {:>8} {:>10} {:>10}",
-            arm.label(),
-            r.bound,
+            "{name}: {} claims over {}",
             args.claims,
-            r.hosts_used,
-            r.conflicts,
-            per_minute,
-            per(r.conflicts),
-            per(r.writes),
-            ms(r.p50),
-            ms(r.p99),
-            ms(r.max),
-            r.two_consumers,
-            r.two_hosts
+            humantime::format_duration(arrival)
+        );
+        println!(
+            "{:<36} {:>7} {:>6} {:>6} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}",
+            "arm",
+            "bound",
+            "hosts",
+            "409s",
+            "409/min",
+            "409/cl",
+            "writes/cl",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "2-cons.h",
+            "2-host cl"
+        );
+        let mut arrived = Duration::ZERO;
+        for (letter, arm) in [
+            ('a', Arm::Original),
+            ('b', Arm::Intent),
+            ('c', Arm::Leader),
+            ('d', Arm::LeaderKilled),
+            ('e', Arm::SingleIntent),
+            ('f', Arm::SingleOriginal),
+        ] {
+            if !args.arms.contains(&letter) {
+                continue;
+            }
+            let r = run_arm(arm, &args, arrival).await?;
+            arrived = arrived.max(r.arrived);
+            #[allow(clippy::cast_precision_loss)]
+            let per = |n: u64| {
+                if r.bound == 0 {
+                    0.0
+                } else {
+                    n as f64 / r.bound as f64
+                }
+            };
+            #[allow(clippy::cast_precision_loss)]
+            let per_minute = r.conflicts as f64 / (r.wall.as_secs_f64() / 60.0).max(1e-9);
+            let ms = |d: Duration| {
+                if d == Duration::MAX {
+                    "unbound".to_owned()
+                } else {
+                    format!("{:.0}", d.as_secs_f64() * 1000.0)
+                }
+            };
+            println!(
+                "{:<36} {:>3}/{:<3} {:>6} {:>6} {:>8.0} {:>7.2} {:>8.2} {:>8} {:>8} {:>8} {:>10} {:>10}",
+                arm.label(),
+                r.bound,
+                args.claims,
+                r.hosts_used,
+                r.conflicts,
+                per_minute,
+                per(r.conflicts),
+                per(r.writes),
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.max),
+                r.two_consumers,
+                r.two_hosts
+            );
+        }
+        println!(
+            "(the claims arrived within {:.0} ms in the slowest arm)",
+            arrived.as_secs_f64() * 1000.0
         );
     }
     println!();
@@ -181,7 +244,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
+/// Runs `arm` with the claims arriving evenly over `arrival`.
+async fn run_arm(arm: Arm, args: &BenchArgs, arrival: Duration) -> anyhow::Result<Result> {
     let cluster = Cluster::start()
         .await
         .map_err(|e| anyhow::anyhow!("starting the fake API server: {e}"))?;
@@ -199,10 +263,10 @@ async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
     let mut replicas = Vec::new();
     let mut reconcilers = tokio::task::JoinSet::new();
     let (events, _bound) = tokio::sync::mpsc::unbounded_channel();
-    for i in 0..3 {
+    for i in 0..arm.replicas() {
         let identity = format!("replica-{i}");
         match arm {
-            Arm::Original | Arm::Intent => {
+            Arm::Original | Arm::Intent | Arm::SingleOriginal | Arm::SingleIntent => {
                 let listener = cluster.server.add_listener().await?;
                 listener.set_faults(faults.clone());
                 let client = leaderelection::KubeLeaseLock::client_for_url(&listener.url())?;
@@ -233,9 +297,11 @@ async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
     }
     cluster.server.reset_counts();
     let started = Instant::now();
-    let gap = args.arrival / u32::try_from(args.claims.max(1)).unwrap_or(1);
+    let gap = arrival / u32::try_from(args.claims.max(1)).unwrap_or(1);
     let mut killed = false;
-    for claim in &claims {
+    // Each claim at its time from the start (no drift from the creations' own latency).
+    for (at, claim) in (0u32..).zip(&claims) {
+        tokio::time::sleep_until(started + gap * at).await;
         cluster
             .add_claim(&claim.name, claim.spec.clone())
             .await
@@ -243,8 +309,8 @@ async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
         if arm == Arm::LeaderKilled && !killed {
             killed = kill_leader_after(&monitor, &mut replicas, claims.len() / 3, false).await;
         }
-        tokio::time::sleep(gap).await;
     }
+    let arrived = started.elapsed();
     if arm == Arm::LeaderKilled && !killed {
         kill_leader_after(&monitor, &mut replicas, claims.len() / 3, true).await;
     }
@@ -301,6 +367,7 @@ async fn run_arm(arm: Arm, args: &BenchArgs) -> anyhow::Result<Result> {
         max: quantile(&times, 1.0),
         two_consumers: two_consumers.len(),
         two_hosts: two_hosts.len(),
+        arrived,
     })
 }
 
@@ -327,7 +394,7 @@ async fn kill_leader_after(
     false
 }
 
-/// A replica's reconciler for arms (a) and (b): every 50 ms, the pending claims not in flight and not
+/// A replica's reconciler for arms (a), (b), (e) and (f): every 50 ms, the pending claims not in flight and not
 /// waiting for a requeue are reconciled, at most 10 at once.
 async fn reconciler(
     arm: Arm,
@@ -381,7 +448,7 @@ async fn reconciler(
             let (pool, claimer, stop) = (pool.clone(), claimer.clone(), stop.clone());
             in_flight.spawn(async move {
                 let after = match arm {
-                    Arm::Original => original(&pool, &claim).await,
+                    Arm::Original | Arm::SingleOriginal => original(&pool, &claim).await,
                     _ => match claimer.claim_directly(&name, &stop).await {
                         Ok(Some(_)) => None,
                         _ => Some(Duration::from_secs(5)),

@@ -46,8 +46,9 @@ enum Command {
     /// The claim coordinator: three replicas, 50 hosts, 40 claims and a leader killed mid-batch on the
     /// embedded fake API server.
     ClaimDemo,
-    /// The claim coordinator's four arms: optimistic as Beskar7, optimistic with intent first,
-    /// leader-batched, and the leader killed; conflicts, writes, time to claim and the invariants of each.
+    /// The claim coordinator's six arms under a steady and a burst load: optimistic as Beskar7, optimistic
+    /// with intent first, leader-batched, the leader killed, and the original as deployed (one replica,
+    /// intent first or its own retry loop); conflicts, writes, time to claim and the invariants of each.
     ClaimBench(claim_bench::BenchArgs),
     /// (internal) The child of a `chaos` candidate: appends fenced heartbeats to a work log.
     #[command(hide = true)]
