@@ -29,10 +29,13 @@
 //!
 //! ## RBAC
 //!
-//! `coordination.k8s.io` `leases`: `get`, `create`, `update`, `list`, `watch`;
-//! `claims.leaderelection.dev` `physicalhosts` and `hostclaims`: `get`, `list`, `watch`, `update`, and
-//! their `/status`: `update`; consumers also `create` and `delete` `hostclaims`; `events.k8s.io` `events`:
-//! `create`, `patch` (the claims' Events, [`events`]).
+//! `claim-coordinator run` (the binder, or the fallback): `coordination.k8s.io` `leases`: `get`, `create`,
+//! `update`, `list`, `watch`; `claims.leaderelection.dev` `physicalhosts` and `hostclaims`: `list`, `watch`,
+//! `update`, and their `/status`: `update`; `events.k8s.io` `events`: `create`, `patch` (the claims'
+//! Events, [`events`]). No `get`: it lists. Rule by rule, with the call that needs each, in the repository's
+//! `docs/claim-coordinator.md` (Installing); the Helm chart `deploy/helm/claim-coordinator` grants exactly
+//! these. A consumer ([`Claimer`]) also needs `hostclaims` `get`, `create`, `delete` and `watch`, and
+//! `leases` `get` (whether a leader binds); claiming directly, the binder's rules on hosts and claims.
 
 pub mod binder;
 mod cache;
