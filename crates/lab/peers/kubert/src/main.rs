@@ -70,7 +70,14 @@ async fn main() -> anyhow::Result<()> {
         let ours = claims.borrow_and_update().is_current_for(&args.identity);
         if ours != leading {
             leading = ours;
-            println!("{}", if ours { "started leading" } else { "stopped leading" });
+            println!(
+                "{}",
+                if ours {
+                    "started leading"
+                } else {
+                    "stopped leading"
+                }
+            );
         }
         tokio::select! {
             biased;
