@@ -320,6 +320,8 @@ impl<'a> Candidates<'a> {
             }
             Kind::Peer => {
                 command
+                    // An error is one line and its causes, not a backtrace.
+                    .env_remove("RUST_BACKTRACE")
                     .arg("--kubeconfig")
                     .arg(&self.kubeconfigs[i])
                     .args(["--identity", &identity, "--namespace", "default"])
@@ -601,7 +603,12 @@ pub(crate) async fn run(args: PeersArgs) -> Result<(), Failure> {
             }
             Err(err) => {
                 println!("{} failed: {err:#}", implementation.name());
-                not_measured.push(format!("{}: failed: {err:#}", implementation.name()));
+                let first = format!("{err:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                not_measured.push(format!("{}: failed: {first}", implementation.name()));
             }
         }
     }
