@@ -36,7 +36,10 @@ const RETRY_PERIOD_SECONDS: u64 = 2;
 /// How long to wait for a leader, first or next: past four lease durations something is wrong.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// After a stopped candidate is restarted: long enough for a polling candidate (every retry period) to
-/// have read the Lease, and for one started by an interpreter to be up.
+/// have read the Lease, and for one started by an interpreter to be up. A random part of up to one retry
+/// period is added to each wait, so that the SIGTERM falls at a random phase of the polling candidates'
+/// periods: a fixed wait locks the SIGTERM to the phase of the last takeover, and a poller's handover then
+/// takes the same time every run (2.95 s for kube-leader-election with 3 s, where it takes 1 to 3 s).
 const SETTLE: Duration = Duration::from_secs(3);
 /// A peer's last lines on stderr kept to explain a failure.
 const STDERR_KEPT: usize = 8;
@@ -470,7 +473,7 @@ async fn handovers(
             );
         };
         let mut leader = first.candidate;
-        let mut settled = candidates.next(Some(leader), SETTLE).await;
+        let mut settled = candidates.next(Some(leader), settle()).await;
         let mut measured = Handovers {
             latencies: Vec::new(),
             requests: Vec::new(),
@@ -499,13 +502,18 @@ async fn handovers(
             candidates.reap(leader, Duration::from_secs(20)).await;
             candidates.spawn(leader)?;
             leader = next.candidate;
-            settled = candidates.next(Some(leader), SETTLE).await;
+            settled = candidates.next(Some(leader), settle()).await;
         }
         Ok(measured)
     }
     .await;
     candidates.stop_all().await;
     result
+}
+
+/// [`SETTLE`] and a random part in `[0, RETRY_PERIOD_SECONDS)`.
+fn settle() -> Duration {
+    SETTLE + Duration::from_secs(RETRY_PERIOD_SECONDS).mul_f64(rand::random::<f64>())
 }
 
 /// One line of the table.
