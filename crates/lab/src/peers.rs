@@ -7,7 +7,7 @@
 //! version), built here on demand with `cargo build --release --locked`; a peer whose build or toolchain is
 //! missing is skipped with the reason.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -267,11 +267,18 @@ fn last_line(bytes: &[u8]) -> String {
         .to_owned()
 }
 
-/// One candidate started its work (by the lab's clock, when its line arrived).
+/// A candidate's work started or stopped (by the lab's clock, when its line arrived).
 #[derive(Debug)]
-struct Started {
+struct Seen {
     candidate: usize,
     at: Instant,
+    work: Work,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Started,
+    Stopped,
 }
 
 /// The three candidates of one implementation, each on its own listener.
@@ -280,8 +287,13 @@ struct Candidates<'a> {
     lease: String,
     kubeconfigs: Vec<PathBuf>,
     processes: Vec<Option<tokio::process::Child>>,
-    tx: mpsc::UnboundedSender<Started>,
-    rx: mpsc::UnboundedReceiver<Started>,
+    tx: mpsc::UnboundedSender<Seen>,
+    rx: mpsc::UnboundedReceiver<Seen>,
+    /// The candidates whose work started and has not stopped, by their lines (a candidate sent SIGTERM
+    /// counts as stopped).
+    leading: BTreeSet<usize>,
+    /// How many times a candidate started its work while another's had started and not stopped.
+    overlaps: usize,
     /// The last lines of every candidate's stderr that were not events.
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
@@ -298,6 +310,8 @@ impl<'a> Candidates<'a> {
             kubeconfigs,
             tx,
             rx,
+            leading: BTreeSet::new(),
+            overlaps: 0,
             stderr: Arc::default(),
         }
     }
@@ -350,20 +364,21 @@ impl<'a> Candidates<'a> {
         Ok(())
     }
 
-    /// Reads one of candidate `i`'s outputs: a line that says its work started becomes [`Started`]; other
-    /// lines are kept as the last few.
+    /// Reads one of candidate `i`'s outputs: a line that says its work started or stopped becomes
+    /// [`Seen`]; other lines of a peer are kept as the last few.
     fn read(&self, i: usize, kind: Kind, output: impl AsyncRead + Unpin + Send + 'static) {
         let tx = self.tx.clone();
         let kept = self.stderr.clone();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(output).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if starts_work(kind, &line) {
-                    let _ = tx.send(Started {
+                if let Some(work) = work_of(kind, &line) {
+                    let _ = tx.send(Seen {
                         candidate: i,
                         at: Instant::now(),
+                        work,
                     });
-                } else if kind == Kind::Peer && line.trim() != "stopped leading" {
+                } else if kind == Kind::Peer {
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() == STDERR_KEPT {
                         kept.pop_front();
@@ -397,16 +412,51 @@ impl<'a> Candidates<'a> {
         }
     }
 
-    /// The next candidate other than `not` to start its work, within `timeout`.
-    async fn next(&mut self, not: Option<usize>, timeout: Duration) -> Option<Started> {
-        let until = Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(until, self.rx.recv()).await {
-                Ok(Some(s)) if Some(s.candidate) != not => return Some(s),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return None,
+    /// Sends SIGTERM to candidate `i`, which from now on counts as stopped.
+    fn stop(&mut self, i: usize) {
+        self.leading.remove(&i);
+        self.signal(i, Signal::SIGTERM);
+    }
+
+    /// Records what arrives until `until`; the first start of a candidate other than `not`, if `want`.
+    async fn pump(&mut self, until: Instant, not: Option<usize>, want: bool) -> Option<Seen> {
+        while let Ok(Some(seen)) = tokio::time::timeout_at(until, self.rx.recv()).await {
+            match seen.work {
+                Work::Started => {
+                    if !self.leading.is_empty() && !self.leading.contains(&seen.candidate) {
+                        self.overlaps += 1;
+                    }
+                    self.leading.insert(seen.candidate);
+                    if want && Some(seen.candidate) != not {
+                        return Some(seen);
+                    }
+                }
+                Work::Stopped => {
+                    self.leading.remove(&seen.candidate);
+                }
             }
         }
+        None
+    }
+
+    /// The next candidate other than `not` to start its work, within `timeout`.
+    async fn next(&mut self, not: Option<usize>, timeout: Duration) -> Option<Seen> {
+        self.pump(Instant::now() + timeout, not, true).await
+    }
+
+    /// Records what arrives for `duration`, then until one candidate alone leads (within `timeout`): that
+    /// one.
+    async fn settle(&mut self, duration: Duration, timeout: Duration) -> Option<usize> {
+        self.pump(Instant::now() + duration, None, false).await;
+        let until = Instant::now() + timeout;
+        while self.leading.len() != 1 && Instant::now() < until {
+            let step = (Instant::now() + Duration::from_millis(100)).min(until);
+            self.pump(step, None, false).await;
+        }
+        self.leading
+            .first()
+            .copied()
+            .filter(|_| self.leading.len() == 1)
     }
 
     /// Why no candidate led: the last lines the candidates printed.
@@ -432,14 +482,20 @@ impl<'a> Candidates<'a> {
     }
 }
 
-/// Whether `line` (stdout or stderr) of a candidate of `kind` says its work started.
-fn starts_work(kind: Kind, line: &str) -> bool {
+/// Whether `line` (stdout or stderr) of a candidate of `kind` says its work started or stopped:
+/// `leader-elect`'s child, a peer's `started leading` and `stopped leading`.
+fn work_of(kind: Kind, line: &str) -> Option<Work> {
     match kind {
-        Kind::LeaderElect => matches!(
-            harness::parse_log_line(0, line).map(|s| s.what),
-            Some(What::ChildStarted { .. })
-        ),
-        Kind::Peer => line.trim() == "started leading",
+        Kind::LeaderElect => match harness::parse_log_line(0, line)?.what {
+            What::ChildStarted { .. } => Some(Work::Started),
+            What::ChildExited { .. } => Some(Work::Stopped),
+            _ => None,
+        },
+        Kind::Peer => match line.trim() {
+            "started leading" => Some(Work::Started),
+            "stopped leading" => Some(Work::Stopped),
+            _ => None,
+        },
     }
 }
 
@@ -450,6 +506,8 @@ struct Handovers {
     latencies: Vec<f64>,
     /// API requests of all candidates over the same span, per run.
     requests: Vec<f64>,
+    /// How many times a candidate started its work while another's had started and not stopped.
+    overlaps: usize,
 }
 
 /// The protocol: three candidates; repeat `runs` times: SIGTERM to the leader, time until another starts
@@ -466,28 +524,27 @@ async fn handovers(
         for i in 0..CANDIDATES {
             candidates.spawn(i)?;
         }
-        let Some(first) = candidates.next(None, LEADER_TIMEOUT).await else {
+        if candidates.next(None, LEADER_TIMEOUT).await.is_none() {
             anyhow::bail!(
                 "no candidate led within {LEADER_TIMEOUT:?}; {}",
                 candidates.explain()
             );
-        };
-        let mut leader = first.candidate;
-        let mut settled = candidates.next(Some(leader), settle()).await;
+        }
         let mut measured = Handovers {
             latencies: Vec::new(),
             requests: Vec::new(),
+            overlaps: 0,
         };
         for run in 0..runs {
-            if let Some(s) = settled {
+            let Some(leader) = candidates.settle(settle(), LEADER_TIMEOUT).await else {
                 anyhow::bail!(
-                    "run {run}: candidate-{} started leading while candidate-{leader} led",
-                    s.candidate
+                    "run {run}: not one leader within {LEADER_TIMEOUT:?} (leading: {:?})",
+                    candidates.leading
                 );
-            }
+            };
             server.reset_counts();
             let t0 = Instant::now();
-            candidates.signal(leader, Signal::SIGTERM);
+            candidates.stop(leader);
             let Some(next) = candidates.next(Some(leader), LEADER_TIMEOUT).await else {
                 anyhow::bail!(
                     "run {run}: no handover within {LEADER_TIMEOUT:?}; {}",
@@ -501,9 +558,8 @@ async fn handovers(
             measured.requests.push(requests as f64);
             candidates.reap(leader, Duration::from_secs(20)).await;
             candidates.spawn(leader)?;
-            leader = next.candidate;
-            settled = candidates.next(Some(leader), settle()).await;
         }
+        measured.overlaps = candidates.overlaps;
         Ok(measured)
     }
     .await;
@@ -583,6 +639,7 @@ pub(crate) async fn run(args: PeersArgs) -> Result<(), Failure> {
     );
     let mut rows = Vec::new();
     let mut not_measured = Vec::new();
+    let mut notes = Vec::new();
     for implementation in chosen {
         let launcher = match tokio::task::spawn_blocking(move || prepare(implementation))
             .await
@@ -599,6 +656,13 @@ pub(crate) async fn run(args: PeersArgs) -> Result<(), Failure> {
         println!("measuring {} {}", implementation.name(), launcher.version);
         match handovers(&server, &launcher, lease, paths.clone(), args.runs).await {
             Ok(h) => {
+                if h.overlaps > 0 {
+                    notes.push(format!(
+                        "{}: {} times a candidate started leading while another had started and not stopped",
+                        implementation.name(),
+                        h.overlaps
+                    ));
+                }
                 let (median_ms, p99_ms) = percentiles(h.latencies);
                 rows.push(Row {
                     implementation: implementation.name().to_owned(),
@@ -623,6 +687,9 @@ pub(crate) async fn run(args: PeersArgs) -> Result<(), Failure> {
     server.shutdown().await;
     println!();
     print!("{}", table(&rows));
+    for line in &notes {
+        println!("two leaders at once: {line}");
+    }
     for line in &not_measured {
         println!("not measured: {line}");
     }
@@ -689,13 +756,18 @@ mod tests {
     }
 
     #[test]
-    fn work_starts_at_leader_elects_child_and_at_a_peers_line() {
+    fn work_starts_and_stops_at_leader_elects_child_and_at_a_peers_lines() {
         let child = r#"{"timestamp":"2026-11-25T05:51:39.123456Z","level":"INFO","fields":{"message":"child started","pid":42,"term":3},"target":"x"}"#;
         let became = r#"{"timestamp":"2026-11-25T05:51:39.123456Z","level":"INFO","fields":{"message":"became leader","term":3},"target":"leaderelection_controller::commentator"}"#;
-        assert!(starts_work(Kind::LeaderElect, child));
-        assert!(!starts_work(Kind::LeaderElect, became));
-        assert!(starts_work(Kind::Peer, "started leading"));
-        assert!(!starts_work(Kind::Peer, "stopped leading"));
-        assert!(!starts_work(Kind::Peer, child));
+        let exited = r#"{"timestamp":"2026-11-25T05:51:40.123456Z","level":"INFO","fields":{"message":"child exited","pid":42},"target":"x"}"#;
+        assert_eq!(work_of(Kind::LeaderElect, child), Some(Work::Started));
+        assert_eq!(work_of(Kind::LeaderElect, exited), Some(Work::Stopped));
+        assert_eq!(work_of(Kind::LeaderElect, became), None);
+        assert_eq!(work_of(Kind::Peer, "started leading"), Some(Work::Started));
+        assert_eq!(
+            work_of(Kind::Peer, "stopped leading\n"),
+            Some(Work::Stopped)
+        );
+        assert_eq!(work_of(Kind::Peer, child), None);
     }
 }
