@@ -39,7 +39,7 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// have read the Lease, and for one started by an interpreter to be up. A random part of up to one retry
 /// period is added to each wait, so that the SIGTERM falls at a random phase of the polling candidates'
 /// periods: a fixed wait locks the SIGTERM to the phase of the last takeover, and a poller's handover then
-/// takes the same time every run (2.95 s for kube-leader-election with 3 s, where it takes 1 to 3 s).
+/// takes the same time every run (kube-leader-election's: median 2.95 s, p99 3.00 s over 10 runs with a fixed 3 s).
 const SETTLE: Duration = Duration::from_secs(3);
 /// A peer's last lines on stderr kept to explain a failure.
 const STDERR_KEPT: usize = 8;
