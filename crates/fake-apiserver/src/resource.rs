@@ -113,6 +113,28 @@ impl ResourceType {
         self.group == "coordination.k8s.io" && self.plural == "leases"
     }
 
+    /// Puts an object to be stored in the form kube-apiserver stores and answers it. For a Lease: `spec` is
+    /// always there (`LeaseSpec` is a struct field, `json:"spec,omitempty"`, which Go's encoder never omits;
+    /// `{}` at least), and a `null` field of it is absent (every field is a pointer: a null decodes to nil,
+    /// which is omitted). Other types are stored as written.
+    pub(crate) fn canonicalize(&self, object: &mut Value) {
+        if !self.is_lease() {
+            return;
+        }
+        let Some(map) = object.as_object_mut() else {
+            return;
+        };
+        let spec = map
+            .entry("spec")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if spec.is_null() {
+            *spec = Value::Object(Default::default());
+        }
+        if let Some(spec) = spec.as_object_mut() {
+            spec.retain(|_, v| !v.is_null());
+        }
+    }
+
     /// Checks a decoded object of this type as kube-apiserver's validation does; each cause is one
     /// `<field>: <detail>` of a 422.
     pub(crate) fn validate(&self, object: &Value) -> Vec<String> {
@@ -398,6 +420,30 @@ mod tests {
         assert_eq!(rt.strict_decoding_error(&known), None);
         let custom = ResourceType::custom("claims.example.com", "v1", "Claim", "claims", true);
         assert_eq!(custom.strict_decoding_error(&lease), None);
+    }
+
+    #[test]
+    fn a_lease_is_stored_with_a_spec_and_without_null_fields() {
+        let rt = ResourceType::lease();
+        let mut bare = json!({"metadata": {"name": "a"}});
+        rt.canonicalize(&mut bare);
+        assert_eq!(bare, json!({"metadata": {"name": "a"}, "spec": {}}));
+        let mut nulls = json!({"metadata": {"name": "a"}, "spec": {"holderIdentity": null, "leaseDurationSeconds": 15}});
+        rt.canonicalize(&mut nulls);
+        assert_eq!(
+            nulls,
+            json!({"metadata": {"name": "a"}, "spec": {"leaseDurationSeconds": 15}})
+        );
+        let mut null_spec = json!({"metadata": {"name": "a"}, "spec": null});
+        rt.canonicalize(&mut null_spec);
+        assert_eq!(null_spec["spec"], json!({}));
+        let custom = ResourceType::custom("claims.example.com", "v1", "Claim", "claims", true);
+        let mut claim = json!({"metadata": {"name": "a"}, "spec": {"x": null}});
+        custom.canonicalize(&mut claim);
+        assert_eq!(
+            claim,
+            json!({"metadata": {"name": "a"}, "spec": {"x": null}})
+        );
     }
 
     #[test]

@@ -239,6 +239,7 @@ impl Store {
             return Err(ApiError::already_exists(t.rt, t.name));
         }
         let rv = self.rv + 1;
+        t.rt.canonicalize(&mut object);
         if let Some(manager) = t.manager {
             managed_fields::track_update(manager, t.rt, None, &mut object);
         }
@@ -290,6 +291,7 @@ impl Store {
         };
         check_version(t, &current, Some(&given))?;
         self.replace(t, &current, &mut object, part);
+        t.rt.canonicalize(&mut object);
         check_finalizers(t, &current, &object)?;
         self.admit(t, Operation::Update, part, Some(&object), Some(&current))?;
         storage::check_size(t, &object)?;
@@ -312,6 +314,7 @@ impl Store {
         merge_patch(&mut object, patch);
         validate(&object)?;
         self.replace(t, &current, &mut object, part);
+        t.rt.canonicalize(&mut object);
         check_finalizers(t, &current, &object)?;
         self.admit(t, Operation::Update, part, Some(&object), Some(&current))?;
         storage::check_size(t, &object)?;

@@ -1336,3 +1336,43 @@ async fn a_watch_from_a_version_older_than_the_fresh_duration_streams_while_the_
     renewal_reaches(&api, stale, &mut stream).await;
     server.shutdown().await;
 }
+
+/// kube-apiserver stores a Lease as Go's `Lease` type encodes it: `spec` always there (a struct, which
+/// `omitempty` never omits), a null field absent (a nil pointer). kubert's `LeaseManager::init` refuses a
+/// Lease without `spec`, so a Lease created bare (as linkerd2 creates its own) must come back with `{}`.
+#[tokio::test]
+async fn a_lease_is_answered_with_a_spec_and_without_null_fields_as_kube_apiserver_stores_it() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = client(&server.url());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let bare = Lease {
+        metadata: ObjectMeta {
+            name: Some("bare".into()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    };
+    let created = leases.create(&PostParams::default(), &bare).await.unwrap();
+    assert_eq!(created.spec, Some(Default::default()));
+    assert_eq!(
+        leases.get("bare").await.unwrap().spec,
+        Some(Default::default())
+    );
+
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"),
+        "leases",
+    );
+    let raw: Api<DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let mut nulls = DynamicObject::new("nulls", &ar);
+    nulls.data = json!({"spec": {"holderIdentity": null, "leaseDurationSeconds": 15}});
+    let created = raw.create(&PostParams::default(), &nulls).await.unwrap();
+    assert_eq!(created.data["spec"], json!({"leaseDurationSeconds": 15}));
+    let mut replaced = created.clone();
+    replaced.data = json!({"spec": null});
+    let replaced = raw
+        .replace("nulls", &PostParams::default(), &replaced)
+        .await
+        .unwrap();
+    assert_eq!(replaced.data["spec"], json!({}));
+}

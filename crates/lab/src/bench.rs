@@ -111,8 +111,8 @@ fn defaults() -> Timings {
     }
 }
 
-/// (median, p99) in milliseconds.
-fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+/// (median, p99) of `samples` (nearest rank; NaN when empty).
+pub(crate) fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     (middle(&samples), quantile(&samples, 0.99))
 }

@@ -66,13 +66,13 @@ impl Timings {
 
 /// Kubeconfig files for the listeners of a fake API server serving TLS (each trusting its CA), in a
 /// directory of their own, removed with it.
-struct Kubeconfigs {
+pub(crate) struct Kubeconfigs {
     dir: PathBuf,
 }
 
 impl Kubeconfigs {
     /// Writes one kubeconfig per listener of `server` (`<dir>/<listener id>.kubeconfig`).
-    fn write(server: &FakeApiServer) -> anyhow::Result<Self> {
+    pub(crate) fn write(server: &FakeApiServer) -> anyhow::Result<Self> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("leader-elect-lab-{}-{n}", std::process::id()));
@@ -86,7 +86,7 @@ impl Kubeconfigs {
         Ok(kubeconfigs)
     }
 
-    fn path(&self, listener: &Listener) -> PathBuf {
+    pub(crate) fn path(&self, listener: &Listener) -> PathBuf {
         self.dir.join(format!("{}.kubeconfig", listener.id()))
     }
 }
@@ -470,7 +470,7 @@ fn child_intervals(
 }
 
 /// Parses one JSON log line of a candidate (tracing-subscriber's JSON format).
-fn parse_log_line(candidate: usize, line: &str) -> Option<Seen> {
+pub(crate) fn parse_log_line(candidate: usize, line: &str) -> Option<Seen> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let at: Timestamp = value.get("timestamp")?.as_str()?.parse().ok()?;
     let fields = value.get("fields")?;

@@ -11,6 +11,7 @@ mod claim_demo;
 mod demo;
 mod failure;
 mod harness;
+mod peers;
 mod timeline;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum Command {
     /// Measure handover, crash failover, yield, API load and footprint over many runs (build with
     /// --release).
     Bench(bench::BenchArgs),
+    /// Graceful handover side by side: leader-elect and the peer candidates present (kube-leader-election,
+    /// kube-lease-manager, kubert, the Python client), one table.
+    Peers(peers::PeersArgs),
     /// Real candidates under random faults from a seed, checked from the outside on every run.
     Chaos(chaos::ChaosArgs),
     /// The claim coordinator: three replicas, 50 hosts, 40 claims and a leader killed mid-batch on the
@@ -58,7 +62,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(_) | Command::Bench(_) | Command::Chaos(_) => {
+        Command::Demo(_) | Command::Bench(_) | Command::Chaos(_) | Command::Peers(_) => {
             init_logs("info,kube_client::client::builder=off");
             match products::locate(Product::LeaderElect, cli.leader_elect.as_deref()) {
                 Ok(path) => {
@@ -109,6 +113,7 @@ fn run(runtime: std::io::Result<tokio::runtime::Runtime>, command: Command) -> R
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Chaos(args) => chaos::run(args).await,
+            Command::Peers(args) => peers::run(args).await,
             Command::ClaimDemo => Ok(claim_demo::run().await?),
             Command::ClaimBench(args) => Ok(claim_bench::run(args).await?),
             Command::ChaosWorker(args) => chaos::worker(args).await,
