@@ -203,10 +203,12 @@ async fn with_tls_it_serves_https_and_writes_a_kubeconfig_that_trusts_its_ca() {
         .unwrap();
     assert!(leases.get_opt("tls").await.unwrap().is_some());
 
-    // Plain HTTP on the TLS port: the handshake fails and the connection closes without an HTTP answer.
+    // Plain HTTP on the TLS port: the handshake fails and the connection closes without an HTTP answer. The
+    // server may reset the connection before the request is written (seen once under load): then the write
+    // fails, which is the same refusal.
     let mut plain = TcpStream::connect(&addr).unwrap();
     plain.set_read_timeout(Some(LIVENESS)).unwrap();
-    write!(plain, "GET {LEASES} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = write!(plain, "GET {LEASES} HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut answer = Vec::new();
     let _ = plain.read_to_end(&mut answer);
     assert!(
