@@ -69,6 +69,48 @@ fn updates(cluster: &Cluster, listeners: &[usize], resource: &str, name: &str) -
         .collect()
 }
 
+/// Runs a binder's term `transitions` (holder `leader`) in the background, its hosts read through
+/// `hosts` and its claims through `claims`; cancel the token to end it.
+fn run_term(
+    hosts: &fake_apiserver::Listener,
+    claims: &fake_apiserver::Listener,
+    transitions: i32,
+) -> (
+    tokio::task::JoinHandle<Result<(), leaderelection_controller::BoxError>>,
+    CancellationToken,
+) {
+    let mut pool = Pool::new(
+        leaderelection::KubeLeaseLock::client_for_url(&hosts.url()).unwrap(),
+        NAMESPACE,
+        "leader",
+    );
+    pool.claims = Api::namespaced(
+        leaderelection::KubeLeaseLock::client_for_url(&claims.url()).unwrap(),
+        NAMESPACE,
+    );
+    let binder = Binder::new(
+        pool,
+        Metrics::new(&mut Registry::default()),
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    let (fence, _state) = current_term(transitions);
+    let claim_coordinator::Fence::Term { state, .. } = fence else {
+        unreachable!("current_term gives a term's fence")
+    };
+    let token = CancellationToken::new();
+    let term = tokio::spawn(binder.run_term(
+        Term {
+            holder: "leader".into(),
+            transitions,
+            acquire_time: None,
+        },
+        state,
+        token.clone(),
+    ));
+    (term, token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_host_gets_409_and_is_bound_once_the_watch_has_it_and_own_writes_are_not_undone() {
     let cluster = Cluster::start().await.unwrap();
@@ -82,35 +124,7 @@ async fn a_stale_host_gets_409_and_is_bound_once_the_watch_has_it_and_own_writes
     });
     let fast = cluster.server.add_listener().await.unwrap();
     let binder_listeners = [slow.id(), fast.id()];
-    let mut pool = Pool::new(
-        leaderelection::KubeLeaseLock::client_for_url(&slow.url()).unwrap(),
-        NAMESPACE,
-        "leader",
-    );
-    pool.claims = Api::namespaced(
-        leaderelection::KubeLeaseLock::client_for_url(&fast.url()).unwrap(),
-        NAMESPACE,
-    );
-    let binder = Binder::new(
-        pool,
-        Metrics::new(&mut Registry::default()),
-        Duration::from_millis(100),
-        Duration::from_secs(600),
-    );
-    let (fence, _state) = current_term(3);
-    let claim_coordinator::Fence::Term { state, .. } = fence else {
-        unreachable!("current_term gives a term's fence")
-    };
-    let token = CancellationToken::new();
-    let term = tokio::spawn(binder.run_term(
-        Term {
-            holder: "leader".into(),
-            transitions: 3,
-            acquire_time: None,
-        },
-        state,
-        token.clone(),
-    ));
+    let (term, token) = run_term(&slow, &fast, 3);
 
     // A first claim, bound from the cache: the term's watches are running.
     cluster.add_claim("c-0", simple()).await.unwrap();
@@ -171,35 +185,7 @@ async fn a_host_bound_to_a_claim_the_cache_has_not_seen_is_not_released() {
         ..Faults::default()
     });
     let fast = cluster.server.add_listener().await.unwrap();
-    let mut pool = Pool::new(
-        leaderelection::KubeLeaseLock::client_for_url(&fast.url()).unwrap(),
-        NAMESPACE,
-        "leader",
-    );
-    pool.claims = Api::namespaced(
-        leaderelection::KubeLeaseLock::client_for_url(&slow.url()).unwrap(),
-        NAMESPACE,
-    );
-    let binder = Binder::new(
-        pool,
-        Metrics::new(&mut Registry::default()),
-        Duration::from_millis(100),
-        Duration::from_secs(600),
-    );
-    let (fence, _state) = current_term(4);
-    let claim_coordinator::Fence::Term { state, .. } = fence else {
-        unreachable!("current_term gives a term's fence")
-    };
-    let token = CancellationToken::new();
-    let term = tokio::spawn(binder.run_term(
-        Term {
-            holder: "leader".into(),
-            transitions: 4,
-            acquire_time: None,
-        },
-        state,
-        token.clone(),
-    ));
+    let (term, token) = run_term(&fast, &slow, 4);
     // A first claim, bound from the cache: the term's watches are running.
     cluster.add_claim("c-0", simple()).await.unwrap();
     let taken = bound(&cluster, "c-0").await;
