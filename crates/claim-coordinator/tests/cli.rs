@@ -3,19 +3,25 @@
 
 const BIN: &str = env!("CARGO_BIN_EXE_claim-coordinator");
 
-#[test]
-fn a_bad_duration_is_refused_naming_the_setting() {
-    let output = std::process::Command::new(BIN)
+/// `claim-coordinator run` against a closed port with `flag`, its settings refused before any request.
+fn run_with(flag: &str) -> std::process::Output {
+    std::process::Command::new(BIN)
         .args([
             "run",
             "--server",
             "http://127.0.0.1:1",
             "--identity",
             "pod-a",
-            "--claim-coordinator-retry-period=soon",
+            flag,
         ])
+        .env_remove("RUST_BACKTRACE")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_bad_duration_is_refused_naming_the_setting() {
+    let output = run_with("--claim-coordinator-retry-period=soon");
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("retryPeriod") && err.contains("soon"), "{err}");
@@ -29,18 +35,7 @@ fn lease_name_and_max_wait_flags_are_read_and_checked() {
         ("--claim-coordinator-max-wait=0s", "maxWait"),
         ("--claim-coordinator-lease-name=My_Lease", "lease_name"),
     ] {
-        let output = std::process::Command::new(BIN)
-            .args([
-                "run",
-                "--server",
-                "http://127.0.0.1:1",
-                "--identity",
-                "pod-a",
-                flag,
-            ])
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .unwrap();
+        let output = run_with(flag);
         assert!(!output.status.success(), "{flag}");
         let err = String::from_utf8_lossy(&output.stderr);
         let value = flag.split_once('=').unwrap().1;

@@ -41,8 +41,15 @@ fn simple() -> HostClaimSpec {
 
 /// Waits until `claim` is bound, returning its host.
 async fn bound(cluster: &Cluster, claim: &str) -> String {
+    bound_checking(cluster, claim, async || {}).await
+}
+
+/// Waits until `claim` is bound, returning its host; `check` runs before every look, to assert what must
+/// hold until then.
+async fn bound_checking(cluster: &Cluster, claim: &str, mut check: impl AsyncFnMut()) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
+        check().await;
         let claim = cluster.claims().get(claim).await.unwrap();
         if let Some(host) = claim.host_ref() {
             return host.to_owned();
@@ -129,7 +136,6 @@ async fn a_stale_host_gets_409_and_is_bound_once_the_watch_has_it_and_own_writes
     // A first claim, bound from the cache: the term's watches are running.
     cluster.add_claim("c-0", simple()).await.unwrap();
     assert_eq!(bound(&cluster, "c-0").await, "h-0");
-    let bound_at = tokio::time::Instant::now();
 
     // A second host changes after the binder listed it (a label a host controller adds), then a claim
     // arrives: the binder learns of the claim at once but of the host's change WATCH_DELAY late.
@@ -154,9 +160,9 @@ async fn a_stale_host_gets_409_and_is_bound_once_the_watch_has_it_and_own_writes
     let h1_writes = updates(&cluster, &binder_listeners, "physicalhosts", "h-1");
     assert!(h1_writes.contains(&409), "{h1_writes:?}");
     assert_eq!(h1_writes.last(), Some(&200), "{h1_writes:?}");
-    // While the hosts' watch still showed h-0 free (for WATCH_DELAY after its bind), the binder's own
-    // writes kept c-0 bound: one write of its status, none that undid it, and h-0 written twice.
-    assert!(bound_at.elapsed() > WATCH_DELAY);
+    // While the hosts' watch still showed h-0 free (for WATCH_DELAY after its bind; the test slept past
+    // it above), the binder's own writes kept c-0 bound: one write of its status, none that undid it, and
+    // h-0 written twice.
     let c0_writes = updates(&cluster, &binder_listeners, "hostclaims", "c-0");
     assert_eq!(c0_writes, [200], "{c0_writes:?}");
     assert_eq!(
@@ -205,21 +211,16 @@ async fn a_host_bound_to_a_claim_the_cache_has_not_seen_is_not_released() {
         .unwrap();
     // Until the binder has finished that bind (once the claim reaches its cache), the host keeps its
     // consumer: never released for a claim the cache does not have yet.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let host = bound_checking(&cluster, "c-x", async || {
         let host = cluster.hosts().get(free).await.unwrap();
         assert_eq!(
             host.consumer().map(|c| c.uid),
             Some(uid.clone()),
             "{free} was released while c-x lives"
         );
-        let claim = cluster.claims().get("c-x").await.unwrap();
-        if claim.host_ref() == Some(free) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "c-x not bound");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(host, free);
     token.cancel();
     term.await.unwrap().unwrap();
     let snapshot = cluster.snapshot().await.unwrap();
